@@ -1,0 +1,5 @@
+import sys
+
+from stubdom.cli import main
+
+sys.exit(main())
