@@ -1,0 +1,120 @@
+"""The platform process: machine, secure world, trap path and toolstack.
+
+This is the "Xen + secure world" box of DESIGN.md: it owns the machine model,
+the OP-TEE model (which outlives every domain) and the isolation oracle, and
+it creates and destroys domains the way a toolstack does: populate the
+domain's memory, let the placement initialise its mediator state (which sends
+VM_CREATED), and hand out the domain's trap entry for its vCPUs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from stubdom.tee import IsolationOracle, OpteeModel, TeeConfig
+from stubdom.xen import Domain, Machine
+
+from .errors import DomainCreationFailed, UnknownDomain
+from .regs import Regs
+from .vsmc import Placement, route_smc
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """What the toolstack is asked to build (a tiny xl.cfg)."""
+
+    domid: int
+    nr_pages: int
+    hwdom: bool = False
+    direct_mapped: bool = False
+    # Map OP-TEE's static shm carve-out 1:1 into the domain at creation, as a
+    # dom0 device tree's reserved-memory node does. Only the machine model's
+    # mechanism: the mediator decides policy on GET_SHM_CONFIG.
+    static_shm: bool = False
+    vcpus: int = 1
+
+
+class Platform:
+    """One simulated machine with its secure world and one placement."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        nr_frames: int,
+        tee_config: TeeConfig,
+        placement: Callable[["Platform"], Placement],
+        require_pins: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.machine = Machine.create(Path(path), nr_frames=nr_frames, seed=seed)
+        self.oracle = IsolationOracle(self.machine, require_pins=require_pins)
+        self.tee = OpteeModel(self.machine, tee_config, self.oracle)
+        self.placement = placement(self)
+        self._specs: dict[int, DomainSpec] = {}
+
+    # -- toolstack ---------------------------------------------------------
+
+    def create_domain(self, spec: DomainSpec) -> Domain:
+        domain = self.machine.create_domain(
+            spec.domid, nr_pages=spec.nr_pages, hwdom=spec.hwdom, direct_mapped=spec.direct_mapped
+        )
+        try:
+            if spec.static_shm:
+                domain.map_static_shm()
+            self.placement.domain_init(spec.domid)
+        except DomainCreationFailed:
+            self.machine.destroy_domain(spec.domid)
+            raise
+        self._specs[spec.domid] = spec
+        return domain
+
+    def destroy_domain(self, domid: int) -> None:
+        """Stop the domain's vCPUs (the caller's threads must be done), let the
+        placement relinquish everything, then free the domain's memory."""
+        if domid not in self._specs:
+            raise UnknownDomain(domid)
+        while not self.placement.relinquish_resources(domid):
+            pass  # resumable teardown: each round releases a bounded chunk
+        self.placement.domain_teardown(domid)
+        self.machine.destroy_domain(domid)
+        del self._specs[domid]
+
+    def domain(self, domid: int) -> Domain:
+        if domid not in self._specs:
+            raise UnknownDomain(domid)
+        return self.machine.domain(domid)
+
+    def domids(self) -> list[int]:
+        return sorted(self._specs)
+
+    # -- trap path ---------------------------------------------------------
+
+    def trap(self, domid: int, vcpu: int, regs: Sequence[int]) -> Regs:
+        """A vCPU of ``domid`` executed SMC with ``regs``: the registers it resumes with."""
+        if domid not in self._specs:
+            raise UnknownDomain(domid)
+        return route_smc(self.placement, domid, vcpu, regs)
+
+    def trap_entry(self, domid: int) -> Callable[[int, Sequence[int]], Regs]:
+        """The trap entry a guest driver is given: (vcpu, regs) -> regs."""
+        if domid not in self._specs:
+            raise UnknownDomain(domid)
+
+        def entry(vcpu: int, regs: Sequence[int]) -> Regs:
+            return route_smc(self.placement, domid, vcpu, regs)
+
+        return entry
+
+    def close(self) -> None:
+        for domid in list(self._specs):
+            self.destroy_domain(domid)
+        self.machine.close()
+
+    def __enter__(self) -> "Platform":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
