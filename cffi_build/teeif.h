@@ -1,12 +1,46 @@
 /*
- * teeif: the shared ring between a domain's OP-TEE frontend (the trap path in
- * the platform) and its backend (stubdom-teed). Layout: Xen's public
- * io/ring.h with DEFINE_RING_TYPES(teeif, struct teeif_request,
- * struct teeif_response). See docs/protocol.md.
+ * teeif.h: the shared ring between a domain's OP-TEE frontend (the trap path
+ * in the platform) and its backend (stubdom-teed), and the socket event
+ * channel beside it. The shared page has exactly the layout of Xen's public
+ * io/ring.h with
  *
- * This header is the cdef of the cffi module ring._ring: plain declarations
- * only, no macros or preprocessor conditionals.
+ *     DEFINE_RING_TYPES(teeif, struct teeif_request, struct teeif_response);
+ *
+ * so a C program written against Xen's own header can be either end.
+ * docs/protocol.md is the prose version of this file: file names, barriers,
+ * notification hold-off, hostile-peer rules and an example peer.
+ *
+ * This header is also the cdef of the cffi module ring._ring: plain
+ * declarations and integer #defines only, no macros with arguments and no
+ * preprocessor conditionals. The includer provides <stdint.h> and <stddef.h>.
+ * It has no include guard on purpose (cffi cannot parse one): include it once.
+ *
+ * Roles. The FRONT produces requests and consumes responses; the BACK
+ * consumes requests and produces responses. Each end is single-threaded: one
+ * producer and one consumer per direction, as in io/ring.h.
+ *
+ * Return values. Every function returning int returns >= 0 on success (a
+ * count where one is meaningful), a negative errno for an operating-system
+ * failure, or one of the TEEIF_E* codes below (all <= -10000, far from any
+ * errno). ring/_lib.py turns them into exceptions in one place.
  */
+
+/* Bumped whenever this interface changes; ring/_lib.py refuses a stale build. */
+#define TEEIF_ABI_VERSION 1
+
+#define TEEIF_PAGE_SIZE 4096        /* ring protocols use 4 KiB pages: io/ring.h XEN_PAGE_SHIFT */
+#define TEEIF_RING_HDR_SIZE 64      /* io/ring.h: four indices, pvt[4], __pad[44] */
+#define TEEIF_ENTRY_SIZE 80         /* sizeof(union teeif_sring_entry) */
+#define TEEIF_MAX_RING_PAGES 1024   /* 4 MiB; a sanity bound on a file we are handed */
+
+enum teeif_error {
+    TEEIF_EFULL = -10001,       /* front: not enough free slots for the whole batch; nothing pushed */
+    TEEIF_ECORRUPT = -10002,    /* the peer's producer index is impossible (see bad_* fields) */
+    TEEIF_ENOREQ = -10003,      /* back: more responses than requests taken off the ring */
+    TEEIF_EPEER = -10004,       /* event channel: end-of-file, the peer closed or died */
+    TEEIF_ESIZE = -10005,       /* ring file size is not a whole number of pages in range */
+    TEEIF_EMISMATCH = -10006    /* floor: a response did not echo its request */
+};
 
 struct teeif_request {          /* 80 bytes */
     uint64_t id;                /* chosen by the frontend, echoed back */
@@ -22,15 +56,130 @@ struct teeif_response {         /* 80 bytes */
     uint64_t a[8];              /* x0..x7 the vCPU resumes with */
 };
 
-/* The io/ring.h shared header; entries follow at offset 64. */
-struct teeif_sring_hdr {
-    uint32_t req_prod;
-    uint32_t req_event;
-    uint32_t rsp_prod;
-    uint32_t rsp_event;
-    uint8_t  pvt[4];
-    uint8_t  pad[44];
+/* One slot: a request until the back answers it, then that request's response. */
+union teeif_sring_entry {
+    struct teeif_request req;
+    struct teeif_response rsp;
 };
 
-#define TEEIF_RING_HDR_SIZE 64
-#define TEEIF_ENTRY_SIZE 80
+/*
+ * The shared page(s): io/ring.h's struct teeif_sring. Indices are free-running
+ * uint32 (RING_IDX); slot = index & (nr_ents - 1). req_event/rsp_event are the
+ * index whose production the sleeping consumer wants to be woken for.
+ */
+struct teeif_sring {
+    uint32_t req_prod;          /* written by the front only */
+    uint32_t req_event;         /* written by the back only */
+    uint32_t rsp_prod;          /* written by the back only */
+    uint32_t rsp_event;         /* written by the front only */
+    uint8_t  pvt[4];            /* io/ring.h's per-protocol union; teeif keeps it 0 */
+    uint8_t  pad[44];
+    union teeif_sring_entry ring[]; /* nr_ents slots from offset 64 */
+};
+
+/* Counters kept by each end; read by ring.RingStatistics. */
+struct teeif_stats {
+    uint64_t pushes;            /* entries produced */
+    uint64_t pops;              /* entries consumed */
+    uint64_t batches;           /* push/pop calls that moved at least one entry */
+    uint64_t notify_sent;       /* pushes after which the peer had to be notified */
+    uint64_t notify_suppressed; /* pushes the peer's event index said need no notify */
+    uint64_t final_checks;      /* final checks that re-armed the event index */
+    uint64_t sleeps;            /* final checks that found nothing: caller may sleep */
+    uint64_t poll_hits;         /* polls that found work while spinning */
+};
+
+/* The front's private state: io/ring.h's struct teeif_front_ring plus ours. */
+struct teeif_front_ring {
+    uint32_t req_prod_pvt;      /* next request slot to fill */
+    uint32_t rsp_cons;          /* next response to consume */
+    uint32_t nr_ents;           /* from ring_pages, never from the shared page */
+    uint32_t ring_pages;
+    struct teeif_sring *sring;
+    struct teeif_stats stats;
+    uint32_t bad_prod;          /* on TEEIF_ECORRUPT: the rsp_prod that was refused */
+};
+
+/* The back's private state: io/ring.h's struct teeif_back_ring plus ours. */
+struct teeif_back_ring {
+    uint32_t rsp_prod_pvt;      /* next response slot to fill */
+    uint32_t req_cons;          /* next request to consume */
+    uint32_t nr_ents;
+    uint32_t ring_pages;
+    struct teeif_sring *sring;
+    struct teeif_stats stats;
+    uint32_t bad_prod;          /* on TEEIF_ECORRUPT: the req_prod that was refused */
+};
+
+/* Entries in a ring of ring_pages pages: the largest power of two that fits. */
+uint32_t teeif_ring_entries(uint32_t ring_pages);
+
+/*
+ * Map a ring file. create != 0: make a new file (it must not exist) of
+ * ring_pages pages and initialise the shared header like SHARED_RING_INIT,
+ * but with every index at start (events at start + 1). create == 0: map an
+ * existing file; ring_pages 0 means "take it from the file size", otherwise
+ * it must match. *out_pages receives the page count.
+ */
+int teeif_ring_map(const char *path, uint32_t ring_pages, int create, uint32_t start,
+                   struct teeif_sring **out_sring, uint32_t *out_pages);
+int teeif_ring_unmap(struct teeif_sring *sring, uint32_t ring_pages);
+
+/*
+ * Attach an end to a mapped ring, taking the private indices from the shared
+ * page (a fresh ring, or re-attaching after this end restarted): the front
+ * resumes at req_prod/rsp_prod, the back at rsp_prod (requests it had taken
+ * but not answered before it died are taken again). TEEIF_ECORRUPT if the
+ * page's indices are impossible.
+ */
+int teeif_front_attach(struct teeif_front_ring *f, struct teeif_sring *s, uint32_t ring_pages);
+int teeif_back_attach(struct teeif_back_ring *b, struct teeif_sring *s, uint32_t ring_pages);
+
+/* Front. */
+uint32_t teeif_front_free_requests(const struct teeif_front_ring *f);
+/* Copy n requests in and push them all (TEEIF_EFULL, nothing pushed, if they
+ * do not fit); *notify = 1 if the back must be notified. */
+int teeif_front_push_requests(struct teeif_front_ring *f, const struct teeif_request *reqs,
+                              uint32_t n, int *notify);
+/* Copy up to max responses out; returns how many. */
+int teeif_front_pop_responses(struct teeif_front_ring *f, struct teeif_response *out, uint32_t max);
+/* Responses waiting, without re-arming rsp_event. */
+int teeif_front_unconsumed(struct teeif_front_ring *f);
+/* RING_FINAL_CHECK_FOR_RESPONSES: > 0 work waiting, 0 sleep (rsp_event armed). */
+int teeif_front_final_check(struct teeif_front_ring *f);
+/* Spin for up to spin_ns waiting for responses, then the final check. */
+int teeif_front_poll(struct teeif_front_ring *f, uint64_t spin_ns);
+
+/* Back. */
+/* Copy up to max requests out of the shared page; returns how many. */
+int teeif_back_pop_requests(struct teeif_back_ring *b, struct teeif_request *out, uint32_t max);
+/* Copy n responses in and push them with one notify decision. */
+int teeif_back_push_responses(struct teeif_back_ring *b, const struct teeif_response *rsps,
+                              uint32_t n, int *notify);
+int teeif_back_unconsumed(struct teeif_back_ring *b);
+/* RING_FINAL_CHECK_FOR_REQUESTS: > 0 work waiting, 0 sleep (req_event armed). */
+int teeif_back_final_check(struct teeif_back_ring *b);
+int teeif_back_poll(struct teeif_back_ring *b, uint64_t spin_ns);
+
+/*
+ * Event channel over a connected AF_UNIX SOCK_SEQPACKET socket. A notification
+ * is one message of one byte (content ignored; zero-length messages are not
+ * allowed, they would read as end-of-file).
+ */
+/* Send one notification; a full socket buffer means one is already pending: 0. */
+int teeif_evtchn_notify(int fd);
+/* Read every pending notification without blocking; returns how many. */
+int teeif_evtchn_drain(int fd);
+/* Wait until readable: 1 readable, 0 timed out; timeout_ns < 0 waits forever. */
+int teeif_evtchn_wait(int fd, int64_t timeout_ns);
+
+/*
+ * Transport floor: ping-pong through this ring and channel with no Python in
+ * the loop. The front runs `rounds` rounds of `batch` requests, checks every
+ * response and stores each round trip in samples_ns[rounds]. The back echoes
+ * (id, a[i] -> ~a[i]) until it has answered `entries` requests. spin_ns is the
+ * polling window before sleeping on the channel (0: sleep at once).
+ */
+int teeif_floor_front_run(struct teeif_front_ring *f, int fd, uint32_t rounds, uint32_t batch,
+                          uint64_t spin_ns, uint64_t *samples_ns);
+int teeif_floor_back_run(struct teeif_back_ring *b, int fd, uint64_t entries, uint64_t spin_ns);
