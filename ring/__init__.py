@@ -1,8 +1,40 @@
-"""The teeif shared ring and event channels (see docs/protocol.md)."""
+"""The teeif shared ring and socket event channels (docs/protocol.md).
 
-from ring._ring import ffi as _ffi
+The ring's hot path is C (``ring._ring``, built from cffi_build/); this
+package is its Python face: typed entries, the two ring ends, the event
+channel, and the transport floor.
+"""
 
-REQUEST_SIZE = _ffi.sizeof("struct teeif_request")
-RESPONSE_SIZE = _ffi.sizeof("struct teeif_response")
+from ring._back import BackRing as BackRing
+from ring._entries import Request as Request
+from ring._entries import Response as Response
+from ring._entries import request_buffer as request_buffer
+from ring._entries import response_buffer as response_buffer
+from ring._evtchn import ChannelStatistics as ChannelStatistics
+from ring._evtchn import EventChannel as EventChannel
+from ring._evtchn import EventChannelListener as EventChannelListener
+from ring._evtchn import connect as connect
+from ring._floor import EVTCHN_FILE as EVTCHN_FILE
+from ring._floor import RING_FILE as RING_FILE
+from ring._floor import run_floor as run_floor
+from ring._front import FrontRing as FrontRing
+from ring._shared import ENTRY_SIZE as ENTRY_SIZE
+from ring._shared import HEADER_SIZE as HEADER_SIZE
+from ring._shared import MAX_RING_PAGES as MAX_RING_PAGES
+from ring._shared import PAGE_SIZE as PAGE_SIZE
+from ring._shared import RingStatistics as RingStatistics
+from ring._shared import SharedIndices as SharedIndices
+from ring._shared import create_ring_file as create_ring_file
+from ring._shared import ring_entries as ring_entries
+from ring.errors import FloorMismatch as FloorMismatch
+from ring.errors import PeerDied as PeerDied
+from ring.errors import RingClosed as RingClosed
+from ring.errors import RingCorrupted as RingCorrupted
+from ring.errors import RingError as RingError
+from ring.errors import RingFull as RingFull
+from ring.errors import RingSizeError as RingSizeError
+from ring.errors import TooManyResponses as TooManyResponses
 
-__all__ = ["REQUEST_SIZE", "RESPONSE_SIZE"]
+# Kept from the skeleton: the entry sizes other packages already use.
+REQUEST_SIZE = ENTRY_SIZE
+RESPONSE_SIZE = ENTRY_SIZE

@@ -1,0 +1,119 @@
+"""The frontend of a teeif ring: pushes requests, pops responses.
+
+In stubdom-teed the frontend is the platform's trap path, and the backend
+(the stub domain) is the less trusted side: like the backend, the frontend
+validates the peer's producer index and copies entries out before use.
+"""
+
+from ring._entries import Request, Response, read_responses, request_buffer, response_buffer, write_requests
+from ring._lib import check, lib
+from ring._shared import _RingEnd
+
+__all__ = ["FrontRing"]
+
+
+class FrontRing(_RingEnd):
+    """One domain's teeif ring, seen from the frontend. Not thread-safe: one
+    owner pushes and pops (io/ring.h's single producer, single consumer).
+
+    Every push returns whether the backend must be notified (the
+    RING_PUSH_REQUESTS_AND_CHECK_NOTIFY decision); send that notification on
+    the event channel.
+    """
+
+    _ctype = "struct teeif_front_ring"
+
+    @classmethod
+    def create(cls, path, ring_pages: int = 1, *, start: int = 0) -> "FrontRing":
+        """Create a new ring file (it must not exist) and attach to it."""
+        return cls(path, ring_pages, True, start)
+
+    @classmethod
+    def attach(cls, path, ring_pages: int = 0) -> "FrontRing":
+        """Attach to an existing ring (also after this end restarted): resume
+        producing at the shared req_prod and consuming at rsp_prod. Responses
+        to requests an earlier frontend left in flight still arrive: callers
+        drop ids they do not know. ``ring_pages`` 0 takes it from the file."""
+        return cls(path, ring_pages, False, 0)
+
+    def _attach(self) -> None:
+        check(lib.teeif_front_attach(self._c, self._sring, self._pages), self.path, front=self._c)
+        self._req1 = request_buffer(1)
+        self._rsps = response_buffer(self._c.nr_ents)
+
+    @property
+    def free_requests(self) -> int:
+        """Slots the frontend may still fill (io/ring.h RING_FREE_REQUESTS)."""
+        self._live()
+        return lib.teeif_front_free_requests(self._c)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests pushed whose responses have not been popped."""
+        return self._c.nr_ents - self.free_requests
+
+    # -- push ---------------------------------------------------------------
+
+    def push(self, req: Request) -> bool:
+        """Push one request; returns True if the backend must be notified.
+        Raises RingFull if no slot is free."""
+        self._live()
+        write_requests(self._req1, (req,))
+        return self.push_raw(self._req1, 1)
+
+    def push_batch(self, reqs) -> bool:
+        """Push every request in ``reqs`` with one notify decision; all or
+        nothing (RingFull if they do not fit)."""
+        self._live()
+        n = len(reqs)
+        buf = request_buffer(n) if n > 1 else self._req1
+        write_requests(buf, reqs)
+        return self.push_raw(buf, n)
+
+    def push_raw(self, buf, n: int) -> bool:
+        """Push the first ``n`` entries of a ``request_buffer``; the hot path."""
+        self._live()
+        check(lib.teeif_front_push_requests(self._c, buf, n, self._notify), self.path,
+              front=self._c, wanted=n)
+        return bool(self._notify[0])
+
+    # -- pop ----------------------------------------------------------------
+
+    def pop(self) -> Response | None:
+        """Take one response off the ring, or None if there is none."""
+        self._live()
+        n = check(lib.teeif_front_pop_responses(self._c, self._rsps, 1), self.path, front=self._c)
+        return read_responses(self._rsps, 1)[0] if n else None
+
+    def pop_batch(self, max_entries: int | None = None) -> list[Response]:
+        """Take up to ``max_entries`` (default: a ring's worth) responses."""
+        self._live()
+        limit = self._c.nr_ents if max_entries is None else min(max_entries, self._c.nr_ents)
+        n = self.pop_raw(self._rsps, limit)
+        return read_responses(self._rsps, n)
+
+    def pop_raw(self, buf, max_entries: int) -> int:
+        """Copy up to ``max_entries`` responses into a ``response_buffer``;
+        returns how many. The hot path."""
+        self._live()
+        return check(lib.teeif_front_pop_responses(self._c, buf, max_entries), self.path,
+                     front=self._c)
+
+    # -- sleeping -----------------------------------------------------------
+
+    def unconsumed(self) -> int:
+        """Responses waiting to be popped (does not re-arm rsp_event)."""
+        self._live()
+        return check(lib.teeif_front_unconsumed(self._c), self.path, front=self._c)
+
+    def final_check(self) -> bool:
+        """RING_FINAL_CHECK_FOR_RESPONSES: True if responses are waiting; False
+        means rsp_event is armed and the caller may sleep on the channel."""
+        self._live()
+        return check(lib.teeif_front_final_check(self._c), self.path, front=self._c) > 0
+
+    def poll(self, spin_ns: int) -> bool:
+        """Spin on the ring (GIL released) for up to ``spin_ns`` waiting for
+        responses, then do the final check: False means go to sleep."""
+        self._live()
+        return check(lib.teeif_front_poll(self._c, spin_ns), self.path, front=self._c) > 0
