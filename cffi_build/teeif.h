@@ -168,7 +168,8 @@ int teeif_back_poll(struct teeif_back_ring *b, uint64_t spin_ns);
  */
 /* Send one notification; a full socket buffer means one is already pending: 0. */
 int teeif_evtchn_notify(int fd);
-/* Read every pending notification without blocking; returns how many. */
+/* Read every pending notification without blocking; returns how many.
+ * TEEIF_EPEER on end-of-file, once the notifications before it are drained. */
 int teeif_evtchn_drain(int fd);
 /* Wait until readable: 1 readable, 0 timed out; timeout_ns < 0 waits forever. */
 int teeif_evtchn_wait(int fd, int64_t timeout_ns);

@@ -44,8 +44,8 @@ int teeif_evtchn_drain(int fd)
                 n++;
             continue;
         }
-        if (r == 0)
-            return TEEIF_EPEER;
+        if (r == 0)     /* EOF is sticky: report what came before it first */
+            return n ? n : TEEIF_EPEER;
         if (errno == EINTR)
             continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK)

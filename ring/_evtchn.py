@@ -98,7 +98,8 @@ class EventChannel:
 
     def drain(self) -> int:
         """Read every pending notification without blocking; returns how many
-        (0: a spurious wake-up). Raises PeerDied on end-of-file."""
+        (0: a spurious wake-up). Raises PeerDied on end-of-file, once the
+        notifications sent before it have been drained (EOF is sticky)."""
         self._check_open()
         n = check(lib.teeif_evtchn_drain(self._fd), "drain")
         if n:
