@@ -413,3 +413,14 @@ def test_meta_login_must_fit_32_bits() -> None:
         OpenSessionMeta.from_params(params)
     with pytest.raises(FieldOutOfRange, match="login = 4294967296"):
         OpenSessionMeta(EXAMPLE_TA, EXAMPLE_TA, 1 << 32)
+
+
+def test_int_subclasses_accepted_bool_refused() -> None:
+    import enum
+
+    class Cmd(enum.IntEnum):
+        INVOKE = 1
+
+    assert MsgArg(cmd=Cmd.INVOKE).pack()[:4] == b"\x01\x00\x00\x00"
+    with pytest.raises(FieldOutOfRange, match="cmd = True"):
+        MsgArg(cmd=True)

@@ -28,7 +28,8 @@ import dataclasses
 import struct
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Iterable, Mapping
+from collections.abc import Iterable
+from typing import Mapping
 
 from .errors import BadParamAttr, FieldOutOfRange, TooManyParams, TruncatedMessage
 
@@ -169,13 +170,18 @@ def param_offset(index: int) -> int:
     return OFFSET_PARAMS + MSG_PARAM_SIZE * index
 
 
+def _is_int(value: object) -> bool:
+    # int subclasses (IntEnum) are fine; bool is not a field value.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _u32(name: str, value: int) -> None:
-    if type(value) is not int or not 0 <= value <= _U32:
+    if not _is_int(value) or not 0 <= value <= _U32:
         raise FieldOutOfRange(name, value, 32)
 
 
 def _u64(name: str, value: int) -> None:
-    if type(value) is not int or not 0 <= value <= _U64:
+    if not _is_int(value) or not 0 <= value <= _U64:
         raise FieldOutOfRange(name, value, 64)
 
 

@@ -80,7 +80,7 @@ class PageList:
 
 
 def _u64(name: str, value: int) -> None:
-    if type(value) is not int or not 0 <= value <= _U64:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _U64:
         raise FieldOutOfRange(name, value, 64)
 
 
@@ -88,7 +88,7 @@ def pages_needed(size: int, offset: int) -> int:
     """Number of 4 KiB pages a buffer of ``size`` bytes starting ``offset``
     bytes into its first page touches: ceil((size + offset) / 4096)."""
     _u64("buffer size", size)
-    if type(offset) is not int or not 0 <= offset <= PAGE_MASK:
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= PAGE_MASK:
         raise FieldOutOfRange("page offset", offset, 12)
     return (size + offset + PAGE_MASK) // PAGE_SIZE
 
@@ -110,7 +110,7 @@ def make_buf_ptr(list_addr: int, offset: int) -> int:
     _u64("list page address", list_addr)
     if list_addr & PAGE_MASK:
         raise UnalignedAddress("list page address", list_addr)
-    if type(offset) is not int or not 0 <= offset <= PAGE_MASK:
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= PAGE_MASK:
         raise FieldOutOfRange("page offset", offset, 12)
     return list_addr | offset
 
@@ -184,7 +184,7 @@ def read_page_list(
     * PageListLoop when a needed next pointer names a list page already read;
     * TruncatedPage when ``read_page`` returns other than 4096 bytes.
     """
-    if type(max_entries) is not int or max_entries < 0:
+    if not isinstance(max_entries, int) or isinstance(max_entries, bool) or max_entries < 0:
         raise FieldOutOfRange("max_entries", max_entries, 64)
     list_addr, offset = split_buf_ptr(buf_ptr)
     n = pages_needed(size, offset)

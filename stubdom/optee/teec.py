@@ -105,16 +105,16 @@ def TEEC_PARAM_TYPES(t0: int, t1: int, t2: int, t3: int) -> int:  # noqa: N802 -
     """Pack four 4-bit param types into paramTypes (tee_client_api.h)."""
     types = (t0, t1, t2, t3)
     for i, t in enumerate(types):
-        if type(t) is not int or not 0 <= t <= 0xF:
+        if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t <= 0xF:
             raise FieldOutOfRange(f"param type {i}", t, 4)
     return t0 | (t1 << 4) | (t2 << 8) | (t3 << 12)
 
 
 def TEEC_PARAM_TYPE_GET(types: int, index: int) -> int:  # noqa: N802 - C macro name
     """The ``index``-th (0..3) 4-bit type in paramTypes (tee_client_api.h)."""
-    if type(types) is not int or not 0 <= types <= 0xFFFFFFFF:
+    if not isinstance(types, int) or isinstance(types, bool) or not 0 <= types <= 0xFFFFFFFF:
         raise FieldOutOfRange("paramTypes", types, 32)
-    if type(index) is not int or not 0 <= index < TEEC_CONFIG_PAYLOAD_REF_COUNT:
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < TEEC_CONFIG_PAYLOAD_REF_COUNT:
         raise FieldOutOfRange("param index", index, 2)
     return (types >> (index * 4)) & 0xF
 

@@ -78,7 +78,7 @@ class OpenSessionMeta:
             raise BadUuid(f"ta_uuid {self.ta_uuid!r} is not a uuid.UUID")
         if not isinstance(self.client_uuid, uuid.UUID):
             raise BadUuid(f"client_uuid {self.client_uuid!r} is not a uuid.UUID")
-        if type(self.login) is not int or not 0 <= self.login <= 0xFFFFFFFF:
+        if not isinstance(self.login, int) or isinstance(self.login, bool) or not 0 <= self.login <= 0xFFFFFFFF:
             raise FieldOutOfRange("login", self.login, 32)
 
     def to_params(self) -> tuple[MsgParam, MsgParam]:
