@@ -1,0 +1,81 @@
+"""The guest side: an OP-TEE driver modelled on Linux drivers/tee/optee, its
+tee-supplicant, the guest kernel's page allocator and a libteec-like client API.
+
+    driver = OpteeDriver(trap, domain, nr_vcpus=2, supplicant=Supplicant())
+    driver.probe()
+    with Context(driver) as ctx:
+        session = ctx.open_session(TA_UUID)
+        out = session.invoke(0, [Value(41, 0, INOUT)])
+    driver.shutdown()
+"""
+
+from .callqueue import CallQueue as CallQueue
+from .client import (
+    IN as IN,
+    INOUT as INOUT,
+    OUT as OUT,
+    Context as Context,
+    Direction as Direction,
+    Param as Param,
+    RegisteredMemref as RegisteredMemref,
+    Session as Session,
+    SharedMemory as SharedMemory,
+    TempMemref as TempMemref,
+    Value as Value,
+)
+from .driver import (
+    MAX_ARG_PARAM_COUNT as MAX_ARG_PARAM_COUNT,
+    CallResult as CallResult,
+    OpteeDriver as OpteeDriver,
+    ProbeInfo as ProbeInfo,
+    ShmAllocReply as ShmAllocReply,
+    ShmCacheBusy as ShmCacheBusy,
+    Trap as Trap,
+    UnsupportedLogin as UnsupportedLogin,
+)
+from .errors import *  # noqa: F401,F403
+from .errors import __all__ as _errors_all
+from .notif import Notifications as Notifications
+from .pages import PAGE_SIZE as PAGE_SIZE, PageAllocator as PageAllocator
+from .params import TeeParam as TeeParam
+from .shm import DynamicPool as DynamicPool, Shm as Shm, ShmOwner as ShmOwner, StaticPool as StaticPool
+from .supplicant import (
+    DirectoryStore as DirectoryStore,
+    MemoryStore as MemoryStore,
+    Supplicant as Supplicant,
+)
+
+__all__ = [
+    "CallQueue",
+    "IN",
+    "INOUT",
+    "OUT",
+    "Context",
+    "Direction",
+    "Param",
+    "RegisteredMemref",
+    "Session",
+    "SharedMemory",
+    "TempMemref",
+    "Value",
+    "MAX_ARG_PARAM_COUNT",
+    "CallResult",
+    "OpteeDriver",
+    "ProbeInfo",
+    "ShmAllocReply",
+    "ShmCacheBusy",
+    "Trap",
+    "UnsupportedLogin",
+    "Notifications",
+    "PAGE_SIZE",
+    "PageAllocator",
+    "TeeParam",
+    "DynamicPool",
+    "Shm",
+    "ShmOwner",
+    "StaticPool",
+    "DirectoryStore",
+    "MemoryStore",
+    "Supplicant",
+    *_errors_all,
+]
