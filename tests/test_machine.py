@@ -306,3 +306,13 @@ def test_file_layouts_match_the_documentation(machine):
     assert entry == 0  # beyond the 600 pages: p2m_invalid
     assert d0.lookup(d0.ram_gfns()[0]).mfn == d0.ram_gfns()[0]
     machine.put_pages([mfn, mfn])
+
+
+def test_hwdom_property(machine):
+    assert machine.hwdom is None
+    machine.create_domain(2, nr_pages=1)
+    machine.create_domain(0, nr_pages=1, hwdom=True, direct_mapped=True)
+    with Machine.attach(machine.path) as other:
+        assert other.hwdom == 0
+    machine.destroy_domain(0)
+    assert machine.hwdom is None

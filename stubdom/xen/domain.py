@@ -30,7 +30,7 @@ from .errors import (
     WrongP2mType,
 )
 from .frames import FrameState
-from .p2m import P2M_TYPE_MASK, RAM_TYPES, P2mEntry, P2mFile, P2mType, decode_entry, encode_entry
+from .p2m import P2M_TABLE_ORDER, P2M_TYPE_MASK, RAM_TYPES, P2mEntry, P2mFile, P2mType, decode_entry, encode_entry
 from .registry import DomainState, decode_control
 
 if TYPE_CHECKING:
@@ -52,11 +52,11 @@ _MFN_LIMIT = 1 << (64 - PAGE_SHIFT)
 class Domain:
     """One domain (incarnation ``generation`` of ``domid``)."""
 
-    def __init__(self, machine: Machine, domid: int, flags_hwdom: bool, direct_mapped: bool,
+    def __init__(self, machine: Machine, domid: int, is_hwdom: bool, direct_mapped: bool,
                  generation: int, p2m: P2mFile) -> None:
         self._machine = machine
         self.domid = domid
-        self.is_hwdom = flags_hwdom
+        self.is_hwdom = is_hwdom
         self.direct_mapped = direct_mapped
         self.generation = generation
         self._p2m = p2m
@@ -231,7 +231,7 @@ class Domain:
             else:
                 if frames.nr_free < 1:
                     raise OutOfFrames(self.domid, 1, frames.nr_free)
-                self._p2m.ensure_tables([gfn >> 9])  # P2mFull before allocating
+                self._p2m.ensure_tables([gfn >> P2M_TABLE_ORDER])  # P2mFull before allocating
                 rng = random.Random(
                     f"stubdom.xen:{m.seed}:populate:{self.domid}:{self.generation}:{gfn}:"
                     f"{m._registry.tot_pages(self.domid)}"

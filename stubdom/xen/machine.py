@@ -48,7 +48,7 @@ from .errors import (
 )
 from .frames import FrameState, FrameTable
 from .lock import MachineLock
-from .p2m import P2M_TABLE_ORDER, P2mFile, P2mType, encode_entry
+from .p2m import P2M_TABLE_ORDER, P2M_TYPE_MASK, RAM_TYPES, P2mFile, P2mType, encode_entry
 from .registry import FLAG_DIRECT_MAPPED, FLAG_HWDOM, DomainRegistry, DomainState, decode_control
 
 __all__ = ["Machine", "StaticShm", "P2M_SPARE_TABLES"]
@@ -275,6 +275,12 @@ class Machine:
     def free_frames(self) -> int:
         return self._frames.nr_free
 
+    @property
+    def hwdom(self) -> int | None:
+        """The live hardware domain's id, if there is one."""
+        domid = self._registry.hwdom
+        return None if domid == DOMID_INVALID else domid
+
     # -- machine-address access ---------------------------------------------------------
 
     def _ram_offset(self, maddr: int, length: int) -> int:
@@ -476,7 +482,7 @@ class Machine:
             freed = zombies = 0
             for gfn, word in list(p2m.mapped()):
                 p2m.clear(gfn)
-                if P2mType(word & 0xF) not in (P2mType.p2m_ram_rw, P2mType.p2m_ram_ro):
+                if P2mType(word & P2M_TYPE_MASK) not in RAM_TYPES:
                     continue
                 mfn = word >> PAGE_SHIFT
                 if not self.first_mfn <= mfn <= self.last_mfn:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 
-from .constants import PAGE_SHIFT, PAGE_SIZE
+from .constants import INVALID_MFN, PAGE_SHIFT, PAGE_SIZE
 from .errors import MachineFormatError, P2mFull
 
 __all__ = [
@@ -91,8 +91,6 @@ def encode_entry(mfn: int, p2m_type: P2mType) -> int:
 def decode_entry(gfn: int, word: int) -> P2mEntry:
     p2m_type = P2mType(word & P2M_TYPE_MASK)
     if p2m_type is P2mType.p2m_invalid:
-        from .constants import INVALID_MFN
-
         return P2mEntry(gfn, INVALID_MFN, p2m_type)
     return P2mEntry(gfn, word >> PAGE_SHIFT, p2m_type)
 
