@@ -316,3 +316,16 @@ def test_hwdom_property(machine):
         assert other.hwdom == 0
     machine.destroy_domain(0)
     assert machine.hwdom is None
+
+
+def test_errors_pickle_with_their_values():
+    import pickle
+
+    from stubdom.xen import NotMapped, NotOwner, WrongP2mType
+
+    for exc in (NotOwner(0x40123, 1, 2, "allocated"), NotMapped(3, 0x40001000),
+                WrongP2mType(1, 0x9000010, "p2m_mmio_direct_dev", "read"),
+                FrameOutOfRange(-1, 0x40000, 0x43FFF)):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc)
+    assert NotOwner(0x40123, 1, 2, "allocated").mfn == 0x40123
