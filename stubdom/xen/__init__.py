@@ -40,6 +40,7 @@ from .errors import (
     DomainExists,
     FrameNotFree,
     FrameOutOfRange,
+    FramePinned,
     GfnOccupied,
     HwdomExists,
     MachineAddressOutOfRange,
@@ -75,6 +76,6 @@ __all__ = [
     "MachineError", "BadMachineConfig", "MachineExists", "MachineFormatError", "BadDomid",
     "BadDomainConfig", "DomainExists", "HwdomExists", "NoSuchDomain", "BadIpa", "BadGfn",
     "NotMapped", "WrongP2mType", "GfnOccupied", "BadP2mTransition", "P2mFull",
-    "MmioOverlapsRam", "FrameOutOfRange", "MachineAddressOutOfRange", "NotOwner",
+    "MmioOverlapsRam", "FrameOutOfRange", "MachineAddressOutOfRange", "NotOwner", "FramePinned",
     "PageNotPinned", "RefcountOverflow", "OutOfFrames", "FrameNotFree", "StaticShmDenied",
 ]

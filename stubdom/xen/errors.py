@@ -34,6 +34,7 @@ __all__ = [
     "RefcountOverflow",
     "OutOfFrames",
     "FrameNotFree",
+    "FramePinned",
     "StaticShmDenied",
 ]
 
@@ -169,7 +170,7 @@ class NotMapped(MachineError):
     populated, ballooned out, or the domain was destroyed.  In Xen this is a
     stage-2 translation fault (or a failed ``get_page_from_gfn``)."""
 
-    def __init__(self, domid: int, ipa: int, *, gfn_only: bool = False) -> None:
+    def __init__(self, domid: int, ipa: int, gfn_only: bool = False) -> None:
         self.domid = domid
         self.ipa = ipa
         what = f"gfn {ipa >> 12:#x}" if gfn_only else f"IPA {ipa:#x} (gfn {ipa >> 12:#x})"
@@ -331,6 +332,18 @@ class FrameNotFree(MachineError):
             f"d{domid}: mfn {mfn:#x} is not free (owner {owner:#x}, state {state})",
             domid, mfn, owner, state,
         )
+
+
+class FramePinned(MachineError):
+    """Raised by :meth:`Machine.free_domheap_pages` for a frame that still
+    has get_page pins: the caller must put_page it first (freeing it would
+    pull memory from under whoever holds the pin)."""
+
+    def __init__(self, mfn: int, pins: int) -> None:
+        self.mfn = mfn
+        self.pins = pins
+        super().__init__(f"mfn {mfn:#x} still has {pins} pin(s); put_page it before freeing",
+                         mfn, pins)
 
 
 class StaticShmDenied(MachineError):

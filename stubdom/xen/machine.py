@@ -43,7 +43,9 @@ from .errors import (
     MachineError,
     MachineExists,
     MachineFormatError,
+    FramePinned,
     NoSuchDomain,
+    NotOwner,
     OutOfFrames,
 )
 from .frames import FrameState, FrameTable
@@ -363,6 +365,45 @@ class Machine:
     def pinned_frames(self, domid: int | None = None) -> dict[int, int]:
         """{mfn: pins} of every pinned frame (of one owner if given)."""
         return self._frames.pinned(domid)
+
+    # -- hypervisor heap pages accounted to a domain ---------------------------------------
+
+    def alloc_domheap_pages(self, domid: int, count: int) -> list[int]:
+        """Xen's alloc_domheap_pages(d, 0, MEMF_no_refcount), ``count`` times:
+        zeroed frames owned by live domain ``domid`` but in no p2m and not in
+        its tot_pages -- memory the hypervisor keeps on the domain's behalf
+        (a mediator's shadow pages).  The caller must free them with
+        :meth:`free_domheap_pages` before the domain is destroyed.  All or
+        nothing; raises OutOfFrames."""
+        if type(count) is not int or count <= 0:
+            raise BadDomainConfig(domid, "domheap page count", count, "must be a positive int")
+        frames = self._frames
+        with self._lock:
+            dom = self._domain_locked(domid)
+            if frames.nr_free < count:
+                raise OutOfFrames(domid, count, frames.nr_free)
+            rng = random.Random(f"stubdom.xen:{self.seed}:domheap:{domid}:{dom.generation}:"
+                                f"{frames.nr_free}")
+            mfns = frames.pick_scattered(count, rng)
+            self._scrub(frames.assign(mfns, domid))
+        return mfns
+
+    def free_domheap_pages(self, domid: int, mfns: Iterable[int]) -> None:
+        """Free frames from :meth:`alloc_domheap_pages`.  Each must still be
+        allocated to ``domid``, unpinned and unmapped; all or nothing."""
+        mfns = list(mfns)
+        frames = self._frames
+        with self._lock:
+            for mfn in mfns:
+                owner, state = frames.describe(mfn)
+                if owner != domid or state != "allocated":
+                    raise NotOwner(mfn, domid, owner, state)
+                if frames.pins(mfn):
+                    raise FramePinned(mfn, frames.pins(mfn))
+            if len(set(mfns)) != len(mfns):
+                raise BadDomainConfig(domid, "domheap frames to free", mfns, "repeats a frame")
+            for mfn in mfns:
+                frames.give_back(mfn)
 
     # -- domains --------------------------------------------------------------------------
 
