@@ -107,7 +107,9 @@ def test_shared_header_layout_matches_io_ring_h():
 
 @pytest.mark.parametrize(
     ("pages", "entries"),
-    [(1, 32), (2, 64), (3, 128), (4, 128), (5, 128), (6, 256), (8, 256), (11, 512), (16, 512)],
+    # docs/protocol.md's table, at both ends of every range it lists
+    [(1, 32), (2, 64), (3, 128), (5, 128), (6, 256), (10, 256), (11, 512), (20, 512),
+     (21, 1024), (40, 1024), (641, 32768), (1024, 32768)],
 )
 def test_entry_count_is_largest_power_of_two_that_fits(pages, entries):
     assert ring.ring_entries(pages) == entries
