@@ -284,9 +284,11 @@ def test_file_layouts_match_the_documentation(machine):
 
     reg = (machine.path / "domains").read_bytes()
     assert struct.unpack_from("<8sIIQQ", reg, 0) == (b"SDTDOMRG", 1, 0x7FF0, 0, 2)
-    control, tot, zombie, reserved = struct.unpack_from("<4Q", reg, 64 + 32 * 1)
+    machine.alloc_domheap_pages(1, 2)
+    reg = (machine.path / "domains").read_bytes()
+    control, tot, zombie, extra = struct.unpack_from("<4Q", reg, 64 + 32 * 1)
     assert (control & 0xFF, (control >> 8) & 0xFF, control >> 16) == (1, 0, d1.generation)
-    assert (tot, zombie, reserved) == (600, 0, 0)
+    assert (tot, zombie, extra) == (600, 0, 2)
     control, *_ = struct.unpack_from("<4Q", reg, 64 + 32 * 0)
     assert (control >> 8) & 0xFF == 3  # hwdom | direct-mapped
 
@@ -321,11 +323,29 @@ def test_hwdom_property(machine):
 def test_errors_pickle_with_their_values():
     import pickle
 
-    from stubdom.xen import NotMapped, NotOwner, WrongP2mType
-
-    for exc in (NotOwner(0x40123, 1, 2, "allocated"), NotMapped(3, 0x40001000),
-                WrongP2mType(1, 0x9000010, "p2m_mmio_direct_dev", "read"),
-                FrameOutOfRange(-1, 0x40000, 0x43FFF)):
+    samples = {
+        "BadMachineConfig": ("nr_frames", 0, "why"), "MachineExists": ("/x",),
+        "MachineFormatError": ("/x", "why"), "BadDomid": (0x7FF2,),
+        "BadDomainConfig": (1, "nr_pages", 0, "why"), "DomainExists": (1, "dying", 2),
+        "HwdomExists": (1, 0), "NoSuchDomain": (9, "free"), "BadIpa": (1, -1, "why"),
+        "BadGfn": (1, -1), "NotMapped": (3, 0x40001000, True),
+        "WrongP2mType": (1, 0x9000010, "p2m_mmio_direct_dev", "read"),
+        "GfnOccupied": (1, 0x40000, "p2m_ram_rw"),
+        "BadP2mTransition": (1, 0x40000, "p2m_ram_rw", "p2m_invalid"),
+        "P2mFull": (1, 0x40000, 33), "MmioOverlapsRam": (1, 0x9000, 0x40000),
+        "FrameOutOfRange": (-1, 0x40000, 0x43FFF),
+        "MachineAddressOutOfRange": (0x3FFFFFFF, 1, 0x40000000, 0x44000000),
+        "NotOwner": (0x40123, 1, 2, "allocated"), "PageNotPinned": (0x40123,),
+        "RefcountOverflow": (0x40123,), "OutOfFrames": (1, 10, 3),
+        "FrameNotFree": (0, 0x42000, DOMID_XEN, "allocated"),
+        "StaticShmDenied": (1, False, False), "FramePinned": (0x40123, 2),
+        "NotDomheapPage": (0x40123, 1),
+    }
+    classes = [n for n in xen.errors.__all__ if n != "MachineError"]
+    assert sorted(samples) == sorted(classes)
+    for name, args in samples.items():
+        exc = getattr(xen, name)(*args)
+        assert isinstance(exc, xen.MachineError)
         back = pickle.loads(pickle.dumps(exc))
-        assert type(back) is type(exc) and str(back) == str(exc)
-    assert NotOwner(0x40123, 1, 2, "allocated").mfn == 0x40123
+        assert type(back) is type(exc) and str(back) == str(exc), name
+    assert xen.NotOwner(0x40123, 1, 2, "allocated").mfn == 0x40123

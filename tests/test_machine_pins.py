@@ -327,3 +327,30 @@ def test_pin_churn_from_two_processes_and_threads(machine, child):
     assert errors == []
     assert machine.frame_refcount(mfn) == 0
     assert machine.frame_state(mfn) is FrameState.ALLOCATED
+
+
+# -- extra (domheap) pages at teardown -------------------------------------------------------------------
+
+
+def test_domheap_pages_are_not_guest_ram_and_are_relinquished(machine):
+    from stubdom.xen import NotDomheapPage
+
+    dom = machine.create_domain(1, nr_pages=8)
+    ram_mfn = dom.lookup(RAM0_GFN).mfn
+    with pytest.raises(NotDomheapPage, match=f"mfn {ram_mfn:#x} of d1 is guest RAM"):
+        machine.free_domheap_pages(1, [ram_mfn])
+    assert dom.lookup(RAM0_GFN).mfn == ram_mfn  # still mapped, still the guest's
+    heap = machine.alloc_domheap_pages(1, 4)
+    assert dom.extra_pages == 4 and dom.nr_pages == 8
+    machine.free_domheap_pages(1, heap[:1])
+    assert dom.extra_pages == 3
+    machine.get_page(heap[1], 1)  # a shadow page still in use when the domain dies
+    free = machine.free_frames
+    machine.destroy_domain(1)
+    assert machine.free_frames == free + 8 + 2
+    assert machine.frame_state(heap[1]) is FrameState.ZOMBIE
+    assert all(machine.frame_state(m) is FrameState.FREE for m in heap[2:])
+    assert machine.dying_domains() == {1: 1}
+    machine.put_page(heap[1])
+    assert machine.dying_domains() == {}
+    assert machine.frame_owner(heap[1]) == DOMID_INVALID

@@ -41,6 +41,7 @@ from .errors import (
     FrameNotFree,
     FrameOutOfRange,
     FramePinned,
+    NotDomheapPage,
     GfnOccupied,
     HwdomExists,
     MachineAddressOutOfRange,
@@ -76,6 +77,6 @@ __all__ = [
     "MachineError", "BadMachineConfig", "MachineExists", "MachineFormatError", "BadDomid",
     "BadDomainConfig", "DomainExists", "HwdomExists", "NoSuchDomain", "BadIpa", "BadGfn",
     "NotMapped", "WrongP2mType", "GfnOccupied", "BadP2mTransition", "P2mFull",
-    "MmioOverlapsRam", "FrameOutOfRange", "MachineAddressOutOfRange", "NotOwner", "FramePinned",
+    "MmioOverlapsRam", "FrameOutOfRange", "MachineAddressOutOfRange", "NotOwner", "FramePinned", "NotDomheapPage",
     "PageNotPinned", "RefcountOverflow", "OutOfFrames", "FrameNotFree", "StaticShmDenied",
 ]

@@ -87,6 +87,14 @@ class Domain:
             raise NoSuchDomain(self.domid, "destroyed")
         return self._machine._registry.tot_pages(self.domid)
 
+    @property
+    def extra_pages(self) -> int:
+        """Frames it owns outside its RAM (Machine.alloc_domheap_pages)."""
+        entry = self._machine._registry.entry(self.domid)
+        if entry.generation != self.generation or entry.state is not DomainState.LIVE:
+            raise NoSuchDomain(self.domid, "destroyed")
+        return entry.extra_pages
+
     def ram_gfns(self) -> list[int]:
         """The guest's RAM gfns in ascending order: entries of a RAM type whose
         frame this domain owns (the hwdom's 1:1 static shm is Xen's)."""

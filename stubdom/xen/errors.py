@@ -35,6 +35,7 @@ __all__ = [
     "OutOfFrames",
     "FrameNotFree",
     "FramePinned",
+    "NotDomheapPage",
     "StaticShmDenied",
 ]
 
@@ -344,6 +345,17 @@ class FramePinned(MachineError):
         self.pins = pins
         super().__init__(f"mfn {mfn:#x} still has {pins} pin(s); put_page it before freeing",
                          mfn, pins)
+
+
+class NotDomheapPage(MachineError):
+    """Raised by :meth:`Machine.free_domheap_pages` for a frame of the
+    domain that is not one of its extra (domheap) pages: guest RAM, which
+    only leaves through balloon_out or domain destruction."""
+
+    def __init__(self, mfn: int, domid: int) -> None:
+        self.mfn = mfn
+        self.domid = domid
+        super().__init__(f"mfn {mfn:#x} of d{domid} is guest RAM, not a domheap page", mfn, domid)
 
 
 class StaticShmDenied(MachineError):

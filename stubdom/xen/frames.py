@@ -8,6 +8,8 @@ lock-free reader always sees a consistent (owner, state, pins) triple:
     bits  0..15  owner domid (DOMID_INVALID when free, DOMID_XEN for Xen's)
     bits 16..17  state: 0 free, 1 allocated, 2 zombie
     bit  20      need scrub (contents are stale; zeroed before reuse)
+    bit  21      extra: owned but not guest RAM (Xen's PGC_extra, a
+                 MEMF_no_refcount domheap page such as a mediator's shadow)
     bits 32..63  pins: references taken by get_page, dropped by put_page
 
 "zombie" is Xen's page whose ``PGC_allocated`` was cleared (the guest gave
@@ -54,6 +56,7 @@ _OWNER_MASK = 0xFFFF
 _STATE_SHIFT = 16
 _STATE_MASK = 0x3
 _NEED_SCRUB = 1 << 20
+_EXTRA = 1 << 21
 _PINS_SHIFT = 32
 _PINS_MAX = 0xFFFF_FFFF
 _LOW_MASK = (1 << _PINS_SHIFT) - 1
@@ -182,6 +185,15 @@ class FrameTable:
             if w >> _PINS_SHIFT and (owner is None or w & _OWNER_MASK == owner)
         }
 
+    def is_extra(self, mfn: int) -> bool:
+        return bool(self.word(mfn) & _EXTRA)
+
+    def extra_frames(self, owner: int) -> list[int]:
+        """Allocated extra frames of ``owner`` (a full scan; teardown only)."""
+        want = owner | (FrameState.ALLOCATED << _STATE_SHIFT) | _EXTRA
+        mask = _OWNER_MASK | (_STATE_MASK << _STATE_SHIFT) | _EXTRA
+        return [self.first_mfn + i for i, w in enumerate(self._words.tolist()) if w & mask == want]
+
     def describe(self, mfn: int) -> tuple[int, str]:
         """(owner, state name) of a frame, for error messages."""
         w = self.word(mfn)
@@ -222,9 +234,10 @@ class FrameTable:
                     break
         return picked
 
-    def assign(self, mfns: Iterable[int], owner: int) -> list[int]:
-        """Allocate free ``mfns`` to ``owner``.  Returns the frames whose stale
-        contents the caller must scrub (zero) before the owner sees them."""
+    def assign(self, mfns: Iterable[int], owner: int, *, extra: bool = False) -> list[int]:
+        """Allocate free ``mfns`` to ``owner`` (as extra pages if ``extra``).
+        Returns the frames whose stale contents the caller must scrub (zero)
+        before the owner sees them."""
         words = self._words
         dirty: list[int] = []
         n = 0
@@ -234,7 +247,7 @@ class FrameTable:
             assert (w >> _STATE_SHIFT) & _STATE_MASK == FrameState.FREE, hex(mfn)
             if w & _NEED_SCRUB:
                 dirty.append(mfn)
-            words[i] = _word(owner, FrameState.ALLOCATED, 0)
+            words[i] = _word(owner, FrameState.ALLOCATED, 0) | (_EXTRA if extra else 0)
             n += 1
         self._header[_H_NR_FREE] -= n
         return dirty

@@ -45,6 +45,7 @@ from .errors import (
     MachineFormatError,
     FramePinned,
     NoSuchDomain,
+    NotDomheapPage,
     NotOwner,
     OutOfFrames,
 )
@@ -372,9 +373,10 @@ class Machine:
         """Xen's alloc_domheap_pages(d, 0, MEMF_no_refcount), ``count`` times:
         zeroed frames owned by live domain ``domid`` but in no p2m and not in
         its tot_pages -- memory the hypervisor keeps on the domain's behalf
-        (a mediator's shadow pages).  The caller must free them with
-        :meth:`free_domheap_pages` before the domain is destroyed.  All or
-        nothing; raises OutOfFrames."""
+        (a mediator's shadow pages).  They are marked extra (Xen's PGC_extra)
+        and counted in the domain's extra_pages.  The caller should free them
+        with :meth:`free_domheap_pages`; destroy_domain relinquishes any left.
+        All or nothing; raises OutOfFrames."""
         if type(count) is not int or count <= 0:
             raise BadDomainConfig(domid, "domheap page count", count, "must be a positive int")
         frames = self._frames
@@ -385,7 +387,8 @@ class Machine:
             rng = random.Random(f"stubdom.xen:{self.seed}:domheap:{domid}:{dom.generation}:"
                                 f"{frames.nr_free}")
             mfns = frames.pick_scattered(count, rng)
-            self._scrub(frames.assign(mfns, domid))
+            self._scrub(frames.assign(mfns, domid, extra=True))
+            self._registry.adjust(domid, extra=count)
         return mfns
 
     def free_domheap_pages(self, domid: int, mfns: Iterable[int]) -> None:
@@ -398,12 +401,15 @@ class Machine:
                 owner, state = frames.describe(mfn)
                 if owner != domid or state != "allocated":
                     raise NotOwner(mfn, domid, owner, state)
+                if not frames.is_extra(mfn):
+                    raise NotDomheapPage(mfn, domid)
                 if frames.pins(mfn):
                     raise FramePinned(mfn, frames.pins(mfn))
             if len(set(mfns)) != len(mfns):
                 raise BadDomainConfig(domid, "domheap frames to free", mfns, "repeats a frame")
             for mfn in mfns:
                 frames.give_back(mfn)
+            self._registry.adjust(domid, extra=-len(mfns))
 
     # -- domains --------------------------------------------------------------------------
 
@@ -536,10 +542,15 @@ class Machine:
                         zombies += 1
             p2m.mark_dead()
             reg.adjust(domid, tot=-(freed + zombies), zombie=zombies)
+            # Extra (domheap) pages its users did not free: relinquished too.
+            extra = frames.extra_frames(domid) if reg.entry(domid).extra_pages else []
+            extra_zombies = sum(not frames.give_back(mfn) for mfn in extra)
+            reg.adjust(domid, extra=-len(extra), zombie=extra_zombies)
             entry = reg.entry(domid)
-            if entry.tot_pages:
-                # Teardown invariant: every frame the domain owned was in its p2m.
-                raise MachineError(f"d{domid}: {entry.tot_pages} frames still owned after relinquish")
+            if entry.tot_pages or entry.extra_pages:
+                # Teardown invariant: every frame the domain owned was found.
+                raise MachineError(f"d{domid}: {entry.tot_pages} RAM and {entry.extra_pages} "
+                                   "extra frames still owned after relinquish")
             reg.set_state(domid, DomainState.DYING if entry.zombie_pages else DomainState.FREE)
             if entry.is_hwdom:
                 reg.set_hwdom(DOMID_INVALID)

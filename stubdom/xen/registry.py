@@ -11,7 +11,8 @@ File ``<machine>/domains`` (little-endian, sparse, zero = free):
                          bits 16..63 generation of this incarnation
         +8  u64 tot_pages     frames the domain owns and has not given back
         +16 u64 zombie_pages  frames it gave back that pins keep alive
-        +24 u64 reserved (0)
+        +24 u64 extra_pages   frames it owns outside its RAM (Xen's
+                              d->extra_pages: MEMF_no_refcount domheap pages)
 
 ``control`` is one aligned 8-byte word, so a lock-free reader sees a
 consistent (state, flags, generation); counters are updated under the
@@ -50,7 +51,7 @@ _HEADER = struct.Struct("<8sIIQQ")
 _HEADER_SIZE = 64
 _ENTRY_WORDS = 4  # 32 bytes
 _H_HWDOM, _H_LAST_GEN = 2, 3
-_E_CONTROL, _E_TOT, _E_ZOMBIE = 0, 1, 2
+_E_CONTROL, _E_TOT, _E_ZOMBIE, _E_EXTRA = 0, 1, 2, 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class RegistryEntry:
     generation: int
     tot_pages: int
     zombie_pages: int
+    extra_pages: int
 
     @property
     def is_hwdom(self) -> bool:
@@ -138,8 +140,8 @@ class DomainRegistry:
     def entry(self, domid: int) -> RegistryEntry:
         base = domid * _ENTRY_WORDS
         state, flags, generation = decode_control(self._entries[base + _E_CONTROL])
-        return RegistryEntry(domid, state, flags, generation,
-                             self._entries[base + _E_TOT], self._entries[base + _E_ZOMBIE])
+        return RegistryEntry(domid, state, flags, generation, self._entries[base + _E_TOT],
+                             self._entries[base + _E_ZOMBIE], self._entries[base + _E_EXTRA])
 
     def tot_pages(self, domid: int) -> int:
         return self._entries[domid * _ENTRY_WORDS + _E_TOT]
@@ -170,6 +172,7 @@ class DomainRegistry:
         base = domid * _ENTRY_WORDS
         self._entries[base + _E_TOT] = tot_pages
         self._entries[base + _E_ZOMBIE] = 0
+        self._entries[base + _E_EXTRA] = 0
         # Published last: readers that see LIVE see the counters too.
         self._entries[base + _E_CONTROL] = DomainState.LIVE | (flags << 8) | (generation << 16)
 
@@ -178,8 +181,10 @@ class DomainRegistry:
         control = self._entries[base + _E_CONTROL]
         self._entries[base + _E_CONTROL] = (control & ~0xFF) | state
 
-    def adjust(self, domid: int, *, tot: int = 0, zombie: int = 0) -> None:
+    def adjust(self, domid: int, *, tot: int = 0, zombie: int = 0, extra: int = 0) -> None:
         base = domid * _ENTRY_WORDS
+        if extra:
+            self._entries[base + _E_EXTRA] += extra
         if tot:
             self._entries[base + _E_TOT] += tot
         if zombie:
