@@ -91,3 +91,30 @@ def test_digest_of_scattered_temp_and_registered_buffers(world):
 
 def tee_caps(tee) -> int:
     return tee.smc((0xB2000009, 0, 0, 0, 0, 0, 0, HWDOM + 1))[1]
+
+
+def test_storage_round_trip_through_the_supplicant(world, tmp_path):
+    from stubdom.guest import DirectoryStore, ShmAllocReply
+    from stubdom.tee.tas import STORAGE_CMD_DELETE, STORAGE_CMD_READ, STORAGE_CMD_WRITE, STORAGE_UUID
+
+    machine, hwdom, tee, oracle, trap = world
+    store = DirectoryStore(tmp_path / "tee-dom0")
+    drv = OpteeDriver(
+        trap, hwdom, allocator=PageAllocator.for_domain(hwdom, seed=4),
+        supplicant=Supplicant(store), shm_alloc_reply=ShmAllocReply.PLAIN_SINGLE_PAGE,
+    )
+    drv.probe()
+    blob = bytes(range(256)) * 40  # 10 KiB: several FS transfers
+    with Context(drv) as ctx:
+        s = ctx.open_session(STORAGE_UUID)
+        s.invoke(STORAGE_CMD_WRITE, [TempMemref(b"obj-1", IN), TempMemref(blob, IN)])
+        assert any(p.is_file() for p in store.root.rglob("*"))
+        out = s.invoke(STORAGE_CMD_READ, [TempMemref(b"obj-1", IN), TempMemref(size=len(blob), direction=OUT)])
+        assert out[1].data == blob
+        s.invoke(STORAGE_CMD_DELETE, [TempMemref(b"obj-1", IN)])
+        with pytest.raises(TeecError) as e:
+            s.invoke(STORAGE_CMD_READ, [TempMemref(b"obj-1", IN), TempMemref(size=16, direction=OUT)])
+        assert e.value.ret == 0xFFFF0008  # TEEC_ERROR_ITEM_NOT_FOUND
+    drv.shutdown()
+    assert drv.pages.allocated_count == 0 and drv.supplicant.open_fds == frozenset()
+    oracle.assert_clean()
