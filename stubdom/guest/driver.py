@@ -17,6 +17,7 @@ from Linux.
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import threading
 import time
@@ -806,8 +807,6 @@ class OpteeDriver:
         out["ret"] = TEEC_SUCCESS
 
     def _rpc_notification(self, params: list[MsgParam], out: dict) -> None:
-        import errno
-
         rc = -errno.EINVAL
         if len(params) == 1 and params[0].attr & OPTEE_MSG_ATTR_TYPE_MASK == OPTEE_MSG_ATTR_TYPE_VALUE_INPUT:
             p = params[0]
