@@ -5,6 +5,7 @@
 #ifndef TEEIF_PRIVATE_H
 #define TEEIF_PRIVATE_H
 
+#include <sched.h>
 #include <stdint.h>
 
 /* Tell the CPU we are spinning (x86 PAUSE, Arm YIELD) so a polling loop does
@@ -18,6 +19,18 @@ static inline void teeif_cpu_relax(void)
 #else
     __asm__ __volatile__("" ::: "memory");
 #endif
+}
+
+/* One step of a polling loop: relax, and every TEEIF_SPINS_PER_YIELD steps
+ * give the CPU away. Two processes on two CPUs never notice the yield (it
+ * returns at once); two that the scheduler put on one CPU would otherwise
+ * each burn its whole window before the other could run. */
+#define TEEIF_SPINS_PER_YIELD 32
+static inline void teeif_spin_step(unsigned *spins)
+{
+    teeif_cpu_relax();
+    if (++*spins % TEEIF_SPINS_PER_YIELD == 0)
+        sched_yield();
 }
 
 /* CLOCK_MONOTONIC in nanoseconds. */

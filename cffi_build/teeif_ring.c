@@ -265,6 +265,7 @@ int teeif_front_poll(struct teeif_front_ring *f, uint64_t spin_ns)
 {
     if (spin_ns) {
         uint64_t t0 = teeif_now_ns();
+        unsigned spins = 0;
         do {
             int avail = front_avail(f);
             if (avail != 0) {
@@ -272,7 +273,7 @@ int teeif_front_poll(struct teeif_front_ring *f, uint64_t spin_ns)
                     f->stats.poll_hits++;
                 return avail;
             }
-            teeif_cpu_relax();
+            teeif_spin_step(&spins);
         } while (teeif_now_ns() - t0 < spin_ns);
     }
     return teeif_front_final_check(f);
@@ -367,6 +368,7 @@ int teeif_back_poll(struct teeif_back_ring *b, uint64_t spin_ns)
 {
     if (spin_ns) {
         uint64_t t0 = teeif_now_ns();
+        unsigned spins = 0;
         do {
             int avail = back_avail(b);
             if (avail != 0) {
@@ -374,7 +376,7 @@ int teeif_back_poll(struct teeif_back_ring *b, uint64_t spin_ns)
                     b->stats.poll_hits++;
                 return avail;
             }
-            teeif_cpu_relax();
+            teeif_spin_step(&spins);
         } while (teeif_now_ns() - t0 < spin_ns);
     }
     return teeif_back_final_check(b);

@@ -15,6 +15,7 @@ Percentiles come from an HdrHistogram (the ``bench`` extra: hdrhistogram).
 
 import argparse
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 from ring._back import BackRing
 from ring._entries import request_buffer, response_buffer
 from ring._evtchn import EventChannel, EventChannelListener
-from ring._floor import EVTCHN_FILE, RING_FILE, run_floor
+from ring._floor import EVTCHN_FILE, RING_FILE, pinned, run_floor
 from ring._front import FrontRing
 from ring._lib import ffi
 
@@ -33,8 +34,10 @@ _READY_TIMEOUT = 30.0
 _WARMUP = 200  # rounds dropped from the front of every run (page faults, caches)
 
 
-def serve_python_back(domdir: str, entries: int, spin_ns: int, ready) -> None:
+def serve_python_back(domdir: str, entries: int, spin_ns: int, ready, cpu: int | None = None) -> None:
     """The Python backend process: echo ``entries`` requests, one memmove per batch."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     domdir = Path(domdir)
     with BackRing.create(domdir / RING_FILE, 1) as back, \
             EventChannelListener(domdir / EVTCHN_FILE) as listener:
@@ -56,19 +59,23 @@ def serve_python_back(domdir: str, entries: int, spin_ns: int, ready) -> None:
                     chan.wait()
 
 
-def run_python_pingpong(domdir, rounds: int, *, batch: int = 1, spin_ns: int = 0) -> list[int]:
+def run_python_pingpong(domdir, rounds: int, *, batch: int = 1, spin_ns: int = 0,
+                        cpus: tuple[int, int] | None = None) -> list[int]:
     """Python frontend here, Python backend in a spawned process. Returns the
-    round-trip time of each round in ns (``batch`` requests out, all back)."""
+    round-trip time of each round in ns (``batch`` requests out, all back).
+    ``cpus``: (frontend CPU, backend CPU), as for ``ring.run_floor``."""
+    front_cpu, back_cpu = cpus or (None, None)
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
-    proc = ctx.Process(target=serve_python_back, args=(str(domdir), rounds * batch, spin_ns, ready))
+    proc = ctx.Process(target=serve_python_back,
+                       args=(str(domdir), rounds * batch, spin_ns, ready, back_cpu))
     proc.start()
     try:
         if not ready.wait(_READY_TIMEOUT):
             raise TimeoutError("python backend not ready")
         samples = [0] * rounds
         with FrontRing.attach(Path(domdir) / RING_FILE) as front, \
-                EventChannel.connect(Path(domdir) / EVTCHN_FILE) as chan:
+                EventChannel.connect(Path(domdir) / EVTCHN_FILE) as chan, pinned(front_cpu):
             reqs = request_buffer(batch)
             rsps = response_buffer(batch)
             clock = time.perf_counter_ns
@@ -115,13 +122,21 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ring.microbench", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20_000, help="ping-pong rounds per latency run")
     parser.add_argument("--batch-rounds", type=int, default=5_000, help="rounds per throughput run")
-    parser.add_argument("--spin-us", type=float, default=50.0, help="polling window before sleeping")
+    # The window must outlast the peer's wake-up from sleep (~50-100 µs on the
+    # development VM), or both ends settle into sleeping on every round.
+    parser.add_argument("--spin-us", type=float, default=200.0, help="polling window before sleeping")
+    parser.add_argument("--cpus", default="0,1",
+                        help="FRONT,BACK CPUs to pin the two processes to, or 'none'")
     parser.add_argument("--only", choices=("floor", "python"), help="run one path only")
     args = parser.parse_args(argv)
     spin = int(args.spin_us * 1000)
+    cpus = None if args.cpus == "none" else tuple(int(c) for c in args.cpus.split(","))
+    if cpus is not None and (len(cpus) != 2 or not set(cpus) <= os.sched_getaffinity(0)):
+        parser.error(f"--cpus wants two CPUs of {sorted(os.sched_getaffinity(0))}, got {args.cpus}")
     batch_full = 32  # one page: the whole ring per round
     print(f"teeif ping-pong, 1-page ring ({batch_full} slots), two processes; "
-          f"latency in µs per round trip, throughput in entries/s; polling window {args.spin_us:g} µs")
+          f"latency in µs per round trip, throughput in entries/s; polling window {args.spin_us:g} µs; "
+          f"CPUs (front, back): {cpus or 'unpinned'}")
     print(f"{'path':<26} {'batch':>5} {'p50':>9} {'p90':>9} {'p99':>9} {'p99.9':>9} {'max':>9} {'entries/s':>13}")
     runs = []
     for path, runner in (("C floor", run_floor), ("Python", run_python_pingpong)):
@@ -132,7 +147,7 @@ def main(argv=None) -> int:
             runs.append((f"{path}, {mode}", runner, batch_full, args.batch_rounds, spin_ns))
     for name, runner, batch, rounds, spin_ns in runs:
         with tempfile.TemporaryDirectory(prefix="teeif-bench-") as d:
-            samples = runner(d, rounds, batch=batch, spin_ns=spin_ns)
+            samples = runner(d, rounds, batch=batch, spin_ns=spin_ns, cpus=cpus)
         print(_summarise(name, batch, samples), flush=True)
     return 0
 
