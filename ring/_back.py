@@ -2,7 +2,15 @@
 page is hostile: a request is copied out before anything looks at it, and a
 req_prod the frontend could not legitimately have written is RingCorrupted."""
 
-from ring._entries import Request, Response, read_requests, request_buffer, response_buffer, write_responses
+from ring._entries import (
+    Request,
+    Response,
+    check_room,
+    read_requests,
+    request_buffer,
+    response_buffer,
+    write_responses,
+)
 from ring._lib import check, lib
 from ring._shared import _RingEnd
 
@@ -62,6 +70,7 @@ class BackRing(_RingEnd):
         """Copy up to ``max_entries`` requests into a ``request_buffer``;
         returns how many. The hot path."""
         self._live()
+        check_room(buf, max_entries)
         return check(lib.teeif_back_pop_requests(self._c, buf, max_entries), self.path,
                      back=self._c)
 
@@ -85,6 +94,7 @@ class BackRing(_RingEnd):
         """Push the first ``n`` entries of a ``response_buffer``; the hot path.
         Raises TooManyResponses if fewer than ``n`` requests await one."""
         self._live()
+        check_room(buf, n)
         check(lib.teeif_back_push_responses(self._c, buf, n, self._notify), self.path,
               back=self._c, wanted=n)
         return bool(self._notify[0])

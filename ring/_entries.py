@@ -15,6 +15,7 @@ __all__ = [
     "write_responses",
     "read_requests",
     "read_responses",
+    "check_room",
 ]
 
 _NREGS = 8  # x0..x7: teeif_request.a / teeif_response.a
@@ -83,3 +84,14 @@ def read_requests(buf, n: int) -> list[Request]:
 
 def read_responses(buf, n: int) -> list[Response]:
     return [Response(c.id, c.status, c.flags, tuple(c.a)) for c in (buf[i] for i in range(n))]
+
+
+def check_room(buf, n: int) -> None:
+    """Refuse a count larger than a cffi array (C would run past its end).
+    A bare pointer (``buf + k``) carries no length: its caller vouches for it."""
+    try:
+        room = len(buf)
+    except TypeError:
+        return
+    if n > room:
+        raise ValueError(f"{n} entries do not fit a buffer of {room}")

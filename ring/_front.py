@@ -5,7 +5,15 @@ In stubdom-teed the frontend is the platform's trap path, and the backend
 validates the peer's producer index and copies entries out before use.
 """
 
-from ring._entries import Request, Response, read_responses, request_buffer, response_buffer, write_requests
+from ring._entries import (
+    Request,
+    Response,
+    check_room,
+    read_responses,
+    request_buffer,
+    response_buffer,
+    write_requests,
+)
 from ring._lib import check, lib
 from ring._shared import _RingEnd
 
@@ -73,6 +81,7 @@ class FrontRing(_RingEnd):
     def push_raw(self, buf, n: int) -> bool:
         """Push the first ``n`` entries of a ``request_buffer``; the hot path."""
         self._live()
+        check_room(buf, n)
         check(lib.teeif_front_push_requests(self._c, buf, n, self._notify), self.path,
               front=self._c, wanted=n)
         return bool(self._notify[0])
@@ -96,6 +105,7 @@ class FrontRing(_RingEnd):
         """Copy up to ``max_entries`` responses into a ``response_buffer``;
         returns how many. The hot path."""
         self._live()
+        check_room(buf, max_entries)
         return check(lib.teeif_front_pop_responses(self._c, buf, max_entries), self.path,
                      front=self._c)
 

@@ -301,6 +301,16 @@ def test_pop_batch_limit_and_raw_buffers(pair):
     assert front.unconsumed() == 6
 
 
+def test_raw_counts_larger_than_the_buffer_are_refused(pair):
+    front, back = pair
+    with pytest.raises(ValueError, match="3 entries do not fit a buffer of 2"):
+        front.push_raw(request_buffer(2), 3)
+    front.push(req(0))
+    with pytest.raises(ValueError, match="5 entries do not fit a buffer of 4"):
+        back.pop_raw(request_buffer(4), 5)
+    assert back.unconsumed() == 1
+
+
 def test_backend_cannot_answer_more_than_it_took(pair):
     front, back = pair
     front.push_batch([req(0), req(1)])
