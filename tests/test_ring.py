@@ -89,6 +89,23 @@ def hostile(tmp_path):
 # -- layout -----------------------------------------------------------------
 
 
+def test_the_package_exports_its_public_api():
+    public = {
+        "FrontRing", "BackRing", "Request", "Response", "request_buffer", "response_buffer",
+        "EventChannel", "EventChannelListener", "connect", "ChannelStatistics",
+        "RingStatistics", "SharedIndices", "create_ring_file", "ring_entries", "run_floor",
+        "RING_FILE", "EVTCHN_FILE", "PAGE_SIZE", "HEADER_SIZE", "ENTRY_SIZE", "MAX_RING_PAGES",
+        "RingError", "RingFull", "RingCorrupted", "TooManyResponses", "RingClosed",
+        "RingSizeError", "PeerDied", "FloorMismatch",
+    }
+    assert public <= set(dir(ring))
+    assert (ring.RING_FILE, ring.EVTCHN_FILE) == ("ring", "evtchn")  # docs/protocol.md
+    for name in ("RingFull", "RingCorrupted", "TooManyResponses", "RingClosed", "RingSizeError",
+                 "PeerDied", "FloorMismatch"):
+        assert issubclass(getattr(ring, name), ring.RingError)
+
+
+
 def test_entry_layout_matches_design():
     # DESIGN.md "Wire protocol: teeif": both entries are 80 bytes.
     assert ffi.sizeof("struct teeif_request") == 80
