@@ -161,7 +161,7 @@ async def test_trio_listener_readiness(tmp_path):
 
 
 def _spawn(code, *args):
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
+    return subprocess.Popen([sys.executable, "-P", "-c", code, *map(str, args)],
                             stdout=subprocess.PIPE, text=True)
 
 

@@ -86,7 +86,7 @@ machine.close()
 class Child:
     def __init__(self, path: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(path)],
+            [sys.executable, "-P", "-c", CHILD, str(path)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         assert self.ask(None) == "attached"
