@@ -1,0 +1,187 @@
+"""The mediator's state, one structure per lifetime (Xen's optee.c keeps
+the same four: call context, RPC buffer, pinned shared buffer, per-domain
+context), plus the pool of mediator-owned shadow pages.
+
+All of it lives in mediator objects, never in the machine: the stub-domain
+daemon attaches to the same machine files from another process and keeps
+its own.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass, field
+
+from stubdom.optee.msg import MsgArg
+from stubdom.xen import PAGE_SHIFT, PAGE_SIZE
+
+from .limits import DomainLimits
+from .ratelog import RateLimitedLog
+
+__all__ = [
+    "ShadowPage",
+    "ShadowPool",
+    "ShmKind",
+    "ShmBuffer",
+    "RpcBuffer",
+    "StdCall",
+    "DomainContext",
+]
+
+_ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+@dataclass(eq=False, slots=True)
+class ShadowPage:
+    """One frame the hypervisor keeps for a domain: owned by it, in no p2m,
+    pinned for as long as the mediator holds it (so the TEE may use it)."""
+
+    mfn: int
+
+    @property
+    def maddr(self) -> int:
+        return self.mfn << PAGE_SHIFT
+
+
+class ShadowPool:
+    """Per-domain shadow pages, preallocated (one argument page and one RPC
+    page per call the domain may have in flight) and grown on demand for
+    translated page lists.  Pages return to the pool, never to the heap,
+    until the domain is torn down."""
+
+    def __init__(self, machine, domid: int) -> None:
+        self._machine = machine
+        self._domid = domid
+        self._free: list[ShadowPage] = []
+        self.total = 0  # pages allocated from the heap and not yet freed
+
+    def grow(self, count: int) -> None:
+        mfns = self._machine.alloc_domheap_pages(self._domid, count)
+        try:
+            self._machine.get_pages(mfns, self._domid)
+        except BaseException:
+            self._machine.free_domheap_pages(self._domid, mfns)
+            raise
+        self._free.extend(ShadowPage(m) for m in mfns)
+        self.total += count
+
+    def take(self) -> ShadowPage:
+        """A zeroed page (grows the pool by one if it is empty)."""
+        if not self._free:
+            self.grow(1)
+        page = self._free.pop()
+        self._machine.write_machine(page.maddr, _ZERO_PAGE)
+        return page
+
+    def give(self, page: ShadowPage) -> None:
+        self._free.append(page)
+
+    @property
+    def idle(self) -> int:
+        return len(self._free)
+
+    def release(self, budget: int) -> int:
+        """Unpin and free up to ``budget`` idle pages; returns how many."""
+        batch = self._free[-budget:] if budget < len(self._free) else list(self._free)
+        if not batch:
+            return 0
+        del self._free[len(self._free) - len(batch):]
+        mfns = [p.mfn for p in batch]
+        self._machine.put_pages(mfns)
+        self._machine.free_domheap_pages(self._domid, mfns)
+        self.total -= len(batch)
+        return len(batch)
+
+
+class ShmKind(enum.Enum):
+    TMEM = "tmem"  # temporary memref of one call; released when the call ends
+    REGISTERED = "registered"  # REGISTER_SHM; released when UNREGISTER_SHM succeeds
+    RPC = "rpc"  # RPC SHM_ALLOC reply; released when OP-TEE sends SHM_FREE
+
+
+@dataclass(eq=False, slots=True)
+class ShmBuffer:
+    """A guest buffer whose pages are pinned on the domain's behalf."""
+
+    kind: ShmKind
+    cookie: int  # the guest's shm_ref (tmem: informative only, not indexed)
+    ipas: list[int]  # guest page addresses, in buffer order
+    mfns: list[int]  # frames behind them, pinned once each (empty when static)
+    offset: int  # where the buffer starts in its first page
+    size: int  # bytes
+    # Translated page list (machine addresses) handed to OP-TEE; freed once
+    # OP-TEE has read it (after the call, or after the registration).
+    list_pages: list[ShadowPage] = field(default_factory=list)
+    static: bool = False  # lies in the static region (hwdom): nothing pinned
+
+    @property
+    def nr_pages(self) -> int:
+        return len(self.mfns)
+
+
+@dataclass(eq=False, slots=True)
+class RpcBuffer:
+    """A guest buffer given to OP-TEE through RPC ALLOC: OP-TEE sees only the
+    shadow page, the guest only its own page; the mediator copies between
+    them at each RPC CMD."""
+
+    cookie: int  # the guest's cookie (a4/a5 of the ALLOC reply)
+    ipa: int  # the guest's buffer
+    mfn: int | None  # the guest frame, pinned (None: static region)
+    shadow: ShadowPage  # what OP-TEE reads and writes
+
+
+class RpcState(enum.Enum):
+    NONE = "none"  # not suspended in an RPC (starting, or running)
+    GUEST = "guest"  # the guest is serving OP-TEE's RPC
+    MEDIATOR_FREE = "mediator-free"  # the guest is serving the mediator's own SHM_FREE
+
+
+@dataclass(eq=False, slots=True)
+class StdCall:
+    """A standard call from its first SMC to its completion, across RPCs."""
+
+    seq: int  # per-domain sequence number (logs; tells reused thread ids apart)
+    function: int  # CALL_WITH_ARG, CALL_WITH_RPC_ARG or CALL_WITH_REGD_ARG
+    shadow: ShadowPage  # the mediator's copy of the argument, given to OP-TEE
+    guest_ipa: int = 0  # where the guest's argument is (copied back there)
+    request: MsgArg | None = None  # the argument as validated (drives copy back)
+    rpc_offset: int | None = None  # trailing RPC argument: offset in shadow and guest page
+    rpc_size: int = 0  # its size, GET_ARG_SIZE(negotiated RPC param count)
+    tmem: list[ShmBuffer] = field(default_factory=list)  # released at completion
+    register: ShmBuffer | None = None  # REGISTER_SHM buffer until OP-TEE answers
+    thread_id: int | None = None  # OP-TEE thread while suspended
+    rpc_state: RpcState = RpcState.NONE
+    rpc_func: int = 0  # RPC function OP-TEE returned with
+    rpc_a1: int = 0  # its a1 and a2
+    rpc_a2: int = 0
+    rpc_request: MsgArg | None = None  # OP-TEE's RPC CMD request, as it wrote it
+    rpc_shm_type: int = 0  # SHM_ALLOC type, for an injected SHM_FREE
+    stale_lists: list[ShadowPage] = field(default_factory=list)  # freed after OP-TEE's next return
+
+
+class DomainContext:
+    """Everything the mediator holds for one domain (Xen's optee_domain)."""
+
+    def __init__(self, domid: int, limits: DomainLimits, max_calls: int, max_rpc_buffers: int,
+                 static_shm_allowed: bool, pool: ShadowPool, log: RateLimitedLog) -> None:
+        self.domid = domid
+        self.limits = limits
+        self.max_calls = max_calls  # min(limits.max_calls, OP-TEE threads)
+        self.max_rpc_buffers = max_rpc_buffers
+        self.static_shm_allowed = static_shm_allowed  # policy; hwdom + direct map checked at use
+        self.pool = pool
+        self.log = log
+        self.lock = threading.Lock()  # guards everything below
+        self.calls = 0  # StdCalls allocated (in flight or suspended)
+        self.suspended: dict[int, StdCall] = {}  # OP-TEE thread id -> call waiting for the guest
+        self.all_calls: set[StdCall] = set()  # every allocated call (for teardown)
+        self.rpc_buffers: dict[int, RpcBuffer] = {}  # by guest cookie
+        self.shm_buffers: dict[int, ShmBuffer] = {}  # REGISTERED and RPC, by guest cookie
+        self.nr_buffers = 0  # ShmBuffers alive, temporary ones included
+        self.pinned_pages = 0  # guest pages pinned for this domain (buffers + RPC buffers)
+        self.rpc_param_count = 0  # negotiated by EXCHANGE_CAPABILITIES (0: no RPC_ARG)
+        self.dying = False  # relinquish started: every new call is refused
+        self.next_seq = 1
+        self.internal_errors = 0  # mediator bugs caught at the dispatch boundary

@@ -1,0 +1,162 @@
+"""Turning guest buffers into something OP-TEE may touch: translate every
+IPA (p2m_ram_rw only), pin the frame on the domain's behalf, and build the
+machine-address page list in mediator-owned pages.  All or nothing: on any
+refusal nothing stays pinned and nothing is accounted."""
+
+from __future__ import annotations
+
+from stubdom.optee.errors import AbiError, PageListTooLong
+from stubdom.optee.pagelist import build_page_list, list_pages_needed, make_buf_ptr, read_page_list
+from stubdom.optee.teec import TEEC_ERROR_BAD_PARAMETERS, TEEC_ERROR_OUT_OF_MEMORY
+from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, MachineError, P2mType
+
+from .context import DomainContext, ShadowPage, ShmBuffer, ShmKind
+from .limits import TRANSLATE_BATCH
+
+__all__ = ["Refusal", "translate_noncontig", "translate_page", "release_buffer", "buffer_buf_ptr",
+           "free_list_pages"]
+
+_PAGE_MASK = PAGE_SIZE - 1
+
+
+class Refusal(Exception):
+    """A guest buffer the mediator will not hand to OP-TEE; ``ret`` is the
+    TEEC code the guest (or OP-TEE, for RPC replies) is given."""
+
+    def __init__(self, ret: int, reason: str) -> None:
+        super().__init__(reason)
+        self.ret = ret
+        self.reason = reason
+
+
+def _reserve(ctx: DomainContext, pages: int) -> None:
+    """Account one more buffer of ``pages`` pages, or refuse (limits)."""
+    lim = ctx.limits
+    if pages > lim.max_pages_per_buffer:
+        raise Refusal(TEEC_ERROR_OUT_OF_MEMORY,
+                      f"buffer of {pages} pages exceeds max_pages_per_buffer {lim.max_pages_per_buffer}")
+    with ctx.lock:
+        if ctx.nr_buffers >= lim.max_shm_buffers:
+            raise Refusal(TEEC_ERROR_OUT_OF_MEMORY, f"{ctx.nr_buffers} buffers pinned already "
+                          f"(max_shm_buffers {lim.max_shm_buffers})")
+        if ctx.pinned_pages + pages > lim.max_total_pages:
+            raise Refusal(TEEC_ERROR_OUT_OF_MEMORY, f"{ctx.pinned_pages} + {pages} pages exceed "
+                          f"max_total_pages {lim.max_total_pages}")
+        ctx.nr_buffers += 1
+        ctx.pinned_pages += pages
+
+
+def _unreserve(ctx: DomainContext, pages: int) -> None:
+    with ctx.lock:
+        ctx.nr_buffers -= 1
+        ctx.pinned_pages -= pages
+
+
+def _frame_of(domain, ipa: int) -> int:
+    """The frame behind a page-aligned guest IPA the TEE may write: p2m_ram_rw
+    only, never machine address 0."""
+    try:
+        entry = domain.lookup(ipa >> PAGE_SHIFT)
+    except MachineError as e:
+        raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"IPA {ipa:#x}: {e}") from None
+    if entry.type != P2mType.p2m_ram_rw:
+        raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"IPA {ipa:#x} is {entry.type.name}, not p2m_ram_rw")
+    if entry.mfn == 0:
+        raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"IPA {ipa:#x} is backed by machine address 0")
+    return entry.mfn
+
+
+def _pin(machine, ctx: DomainContext, mfns: list[int]) -> None:
+    """Pin in bounded steps; undo every step taken if one fails."""
+    done = 0
+    try:
+        while done < len(mfns):
+            step = mfns[done:done + TRANSLATE_BATCH]
+            machine.get_pages(step, ctx.domid)
+            done += len(step)
+    except MachineError as e:
+        if done:
+            machine.put_pages(mfns[:done])
+        raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"cannot pin guest frames: {e}") from None
+
+
+def translate_noncontig(machine, domain, ctx: DomainContext, kind: ShmKind, buf_ptr: int,
+                        size: int, cookie: int) -> ShmBuffer:
+    """A NONCONTIG tmem (guest page list at ``buf_ptr``): pinned pages plus a
+    translated list in shadow pages."""
+
+    def read_page(ipa: int) -> bytes:
+        try:
+            return domain.read(ipa, PAGE_SIZE)
+        except MachineError as e:
+            raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"page list at {ipa:#x}: {e}") from None
+
+    try:
+        plist = read_page_list(read_page, buf_ptr, size, max_entries=ctx.limits.max_pages_per_buffer)
+    except AbiError as e:
+        ret = TEEC_ERROR_OUT_OF_MEMORY if isinstance(e, PageListTooLong) else TEEC_ERROR_BAD_PARAMETERS
+        raise Refusal(ret, f"page list {buf_ptr:#x} size {size:#x}: {e}") from None
+    ipas = list(plist.entries)
+    _reserve(ctx, len(ipas))
+    try:
+        mfns = [_frame_of(domain, ipa) for ipa in ipas]
+        _pin(machine, ctx, mfns)
+    except BaseException:
+        _unreserve(ctx, len(ipas))
+        raise
+    buf = ShmBuffer(kind, cookie, ipas, mfns, plist.offset, size)
+    try:
+        with ctx.lock:
+            buf.list_pages = [ctx.pool.take() for _ in range(list_pages_needed(len(mfns)))]
+        pages = build_page_list([m << PAGE_SHIFT for m in mfns], [p.maddr for p in buf.list_pages])
+        for page, data in zip(buf.list_pages, pages, strict=True):
+            machine.write_machine(page.maddr, data)
+    except BaseException:
+        release_buffer(machine, ctx, buf)
+        raise
+    return buf
+
+
+def translate_page(machine, domain, ctx: DomainContext, kind: ShmKind, ipa: int, size: int,
+                   cookie: int) -> ShmBuffer:
+    """A contiguous buffer that fits one page (Linux's single-page SHM_ALLOC
+    reply since late 2023): pin that page; OP-TEE gets its machine address."""
+    offset = ipa & _PAGE_MASK
+    if size == 0 or offset + size > PAGE_SIZE:
+        raise Refusal(TEEC_ERROR_BAD_PARAMETERS,
+                      f"contiguous buffer {ipa:#x}+{size:#x} does not fit one page")
+    _reserve(ctx, 1)
+    try:
+        mfn = _frame_of(domain, ipa & ~_PAGE_MASK)
+        _pin(machine, ctx, [mfn])
+    except BaseException:
+        _unreserve(ctx, 1)
+        raise
+    return ShmBuffer(kind, cookie, [ipa & ~_PAGE_MASK], [mfn], offset, size)
+
+
+def buffer_buf_ptr(buf: ShmBuffer) -> int:
+    """What OP-TEE gets in tmem.buf_ptr for a translated buffer."""
+    if buf.list_pages:
+        return make_buf_ptr(buf.list_pages[0].maddr, buf.offset)
+    return (buf.mfns[0] << PAGE_SHIFT) | buf.offset
+
+
+def free_list_pages(ctx: DomainContext, pages: list[ShadowPage]) -> None:
+    with ctx.lock:
+        for page in pages:
+            ctx.pool.give(page)
+    pages.clear()
+
+
+def release_buffer(machine, ctx: DomainContext, buf: ShmBuffer) -> None:
+    """Unpin a buffer's pages, return its list pages, drop its accounting."""
+    free_list_pages(ctx, buf.list_pages)
+    if buf.static:
+        with ctx.lock:
+            ctx.nr_buffers -= 1
+        return
+    if buf.mfns:
+        machine.put_pages(buf.mfns)
+    _unreserve(ctx, len(buf.mfns))
+    buf.mfns = []

@@ -1,0 +1,46 @@
+"""The EL2 placement: the mediator core runs inside the hypervisor, in the
+trapping vCPU's own thread of control, and issues SMCs itself (as Xen's
+xen/arch/arm/tee/optee.c does)."""
+
+from __future__ import annotations
+
+from stubdom.mediator import DirectTeePort, DomainLimits, Mediator
+from stubdom.mediator.errors import DomainRefused
+
+from .errors import DomainCreationFailed
+from .regs import Regs
+
+__all__ = ["El2Placement"]
+
+
+class El2Placement:
+    """Placement protocol (stubdom/platform/vsmc.py) over one Mediator.
+
+    ``Platform(..., placement=El2Placement)`` works as is; for other limits
+    use ``placement=lambda p: El2Placement(p, limits=...)``.  The mediator
+    probes the TEE when the placement is made (TeeProbeFailed stops it).
+    """
+
+    name = "el2"
+
+    def __init__(self, platform, *, limits: DomainLimits | None = None,
+                 static_shm: bool = True) -> None:
+        self.port = DirectTeePort(platform.tee)
+        self.mediator = Mediator(platform.machine, self.port)
+        self._limits = limits or DomainLimits()
+        self._static_shm = static_shm
+
+    def domain_init(self, domid: int) -> None:
+        try:
+            self.mediator.domain_init(domid, limits=self._limits, static_shm=self._static_shm)
+        except DomainRefused as e:
+            raise DomainCreationFailed(domid, str(e)) from e
+
+    def handle_call(self, domid: int, vcpu: int, regs: Regs) -> Regs | None:
+        return self.mediator.handle_call(domid, vcpu, regs)
+
+    def relinquish_resources(self, domid: int) -> bool:
+        return self.mediator.relinquish_resources(domid)
+
+    def domain_teardown(self, domid: int) -> None:
+        self.mediator.domain_teardown(domid)
