@@ -214,3 +214,12 @@ def test_config_validation(kwargs: dict, field: str) -> None:
 def test_bad_registers_are_a_caller_bug(tee, bad) -> None:
     with pytest.raises(BadRegisters):
         tee.smc(bad)
+
+
+def test_facade_exports() -> None:
+    import stubdom.tee
+    import stubdom.tee.tas
+
+    for module in (stubdom.tee, stubdom.tee.tas):
+        for name in module.__all__:
+            assert hasattr(module, name), name

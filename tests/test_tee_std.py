@@ -654,3 +654,31 @@ def test_require_pins_false_checks_ownership_only(tmp_path: Path) -> None:
     nw.run(OPTEE_SMC_CALL_WITH_ARG, hi(ma), lo(ma))
     assert {v.reason for v in oracle.clear()} == {REASON_FOREIGN}
     machine.close()
+
+
+def test_concurrent_vcpus_are_serialised(tmp_path: Path) -> None:
+    import threading
+
+    machine, tee, oracle, worlds = setup_guests(tmp_path, 1, 2, 3)
+    sessions = [opened(nw) for nw in worlds]
+    errors: list[BaseException] = []
+
+    def vcpu(nw, sid) -> None:
+        try:
+            value = 0
+            for _ in range(15):
+                _, arg = nw.invoke(sid, TA_INCREMENT_CMD_INC_VALUE, value_inout(value))
+                assert arg.ret == TEEC_SUCCESS and arg.params[0].a == value + 1
+                value += 1
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=vcpu, args=(nw, sid)) for nw, sid in zip(worlds, sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all(tee.partition_stats(nw.client).threads_free == 4 for nw in worlds)
+    oracle.assert_clean()
+    machine.close()
