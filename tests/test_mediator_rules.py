@@ -571,3 +571,25 @@ def test_disable_shm_cache_releases_the_right_buffer(plat):
             assert plat.machine.frame_refcount(cached[other].mfn) == 1
         released.append(cookie)
     assert sorted(released) == sorted(cached) and ctx.rpc_buffers == {}
+
+
+def test_resume_of_a_call_already_in_flight_is_eresume(tmp_path):
+    """Another vCPU resumes the same OP-TEE thread while the first resume is
+    still inside the TEE: ERESUME, and the TEE never sees the second one."""
+    nested: list[tuple[int, ...]] = []
+    seen: list[tuple[int, ...]] = []
+    with make_platform(tmp_path, record=seen) as p:
+        g = domu(p)
+        ipa, r = _busy_call(g, g.open_session(WAIT_UUID))
+        tid = r[3]
+        real = p.tee.smc
+
+        def racing_smc(regs):
+            if regs[0] == OPTEE_SMC_CALL_RETURN_FROM_RPC and not nested:
+                nested.append(p.trap(1, 1, (OPTEE_SMC_CALL_RETURN_FROM_RPC, 0, 0, tid, 0, 0, 0, 0)))
+            return real(regs)
+
+        p.tee.smc = racing_smc
+        assert g.serve(r)[0] == OPTEE_SMC_RETURN_OK and g.read_arg(ipa).ret == 0
+        assert nested == [(OPTEE_SMC_RETURN_ERESUME,) + (0,) * 7]
+        p.oracle.assert_clean()
