@@ -1,6 +1,7 @@
 """What both ends of a teeif ring share: the mapped ring file, the layout
 facts, the statistics record."""
 
+import abc
 import os
 from dataclasses import dataclass
 
@@ -73,7 +74,7 @@ class RingStatistics:
     poll_hits: int  # polls that found work while spinning
 
 
-class _RingEnd:
+class _RingEnd(abc.ABC):
     """A mapped ring file and one end's C state; subclassed by FrontRing/BackRing."""
 
     _ctype = ""  # the C struct of the end's private state
@@ -97,8 +98,9 @@ class _RingEnd:
             raise
         self._closed = False
 
+    @abc.abstractmethod
     def _attach(self) -> None:
-        raise NotImplementedError
+        """Bind the C ring end to the mapped page (front or back role)."""
 
     @property
     def ring_pages(self) -> int:
