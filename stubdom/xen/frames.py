@@ -42,6 +42,7 @@ from pathlib import Path
 
 from .constants import DOMID_INVALID, PAGE_SHIFT, PAGE_SIZE
 from .errors import FrameOutOfRange, MachineFormatError, NotOwner, PageNotPinned, RefcountOverflow
+from .mapped import MappedFile
 
 __all__ = ["FrameState", "FrameTable", "FRAME_WORD_FREE"]
 
@@ -79,14 +80,15 @@ def _state_name(word: int) -> str:
     return FrameState((word >> _STATE_SHIFT) & _STATE_MASK).name.lower()
 
 
-class FrameTable:
+class FrameTable(MappedFile):
     """The mapped frame table.  Readers are lock-free; every method documented
     "(lock held)" must be called under the machine lock."""
 
+    WHAT = "frame table"
+    VIEWS = ("_words", "_header")
+
     def __init__(self, path: Path, fd: int, mm: mmap.mmap) -> None:
-        self.path = path
-        self._fd = fd
-        self._mm = mm
+        super().__init__(path, fd, mm)
         (magic, version, page_shift, self.ram_base, self.nr_frames,
          self.static_shm_base, self.static_shm_size, self.seed, _free) = _HEADER.unpack_from(mm, 0)
         if magic != _MAGIC or version != _VERSION or page_shift != PAGE_SHIFT:
@@ -105,8 +107,7 @@ class FrameTable:
     @classmethod
     def create(cls, path: Path, *, ram_base: int, nr_frames: int, static_shm_base: int,
                static_shm_size: int, seed: int) -> FrameTable:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
+        def init(fd: int) -> None:
             os.pwrite(fd, _HEADER.pack(_MAGIC, _VERSION, PAGE_SHIFT, ram_base, nr_frames,
                                        static_shm_base, static_shm_size, seed, nr_frames), 0)
             os.ftruncate(fd, _WORDS_OFFSET)
@@ -117,38 +118,12 @@ class FrameTable:
                 n = min(left, len(chunk))
                 os.pwrite(fd, chunk[:n].tobytes(), _WORDS_OFFSET + 8 * (nr_frames - left))
                 left -= n
-            mm = mmap.mmap(fd, _WORDS_OFFSET + 8 * nr_frames)
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(path, fd, mm)
+
+        return cls(path, *cls._create_mapping(path, _WORDS_OFFSET + 8 * nr_frames, init))
 
     @classmethod
     def open(cls, path: Path) -> FrameTable:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise MachineFormatError(str(path), "frame table missing") from None
-        try:
-            size = os.fstat(fd).st_size
-            if size < _WORDS_OFFSET:
-                raise MachineFormatError(str(path), f"frame table too short ({size} bytes)")
-            mm = mmap.mmap(fd, size)
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(path, fd, mm)
-
-    def close(self) -> None:
-        for name in ("_words", "_header"):
-            view = self.__dict__.pop(name, None)
-            if view is not None:
-                view.release()
-        if not self._mm.closed:
-            self._mm.close()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        return cls(path, *cls._open_mapping(path, _WORDS_OFFSET))
 
     # -- lock-free readers ------------------------------------------------------
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from .constants import INVALID_MFN, PAGE_SHIFT, PAGE_SIZE
 from .errors import MachineFormatError, P2mFull
+from .mapped import MappedFile
 
 __all__ = [
     "P2mType",
@@ -114,14 +115,15 @@ def _tables_offset(capacity: int) -> int:
     return (end_of_dir + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
-class P2mFile:
+class P2mFile(MappedFile):
     """A domain's p2m file, mapped.  Mutators expect the machine lock held;
     :meth:`word` is lock-free."""
 
+    WHAT = "p2m file"
+    VIEWS = ("_entries", "_dir", "_header")
+
     def __init__(self, path: Path, fd: int, mm: mmap.mmap) -> None:
-        self.path = path
-        self._fd = fd
-        self._mm = mm
+        super().__init__(path, fd, mm)
         self._header = memoryview(mm)[:_HEADER.size].cast("Q")
         magic, version, domid, _gen, capacity, _n, dir_offset, tables_offset, _flags = (
             _HEADER.unpack_from(mm, 0)
@@ -151,8 +153,8 @@ class P2mFile:
     def create(cls, path: Path, *, domid: int, generation: int, capacity: int) -> P2mFile:
         tables_offset = _tables_offset(capacity)
         size = tables_offset + capacity * PAGE_SIZE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
+
+        def init(fd: int) -> None:
             os.ftruncate(fd, size)  # sparse: untouched tables cost nothing
             os.pwrite(
                 fd,
@@ -160,38 +162,12 @@ class P2mFile:
                              _DIR_OFFSET, tables_offset, 0),
                 0,
             )
-            mm = mmap.mmap(fd, size)
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(path, fd, mm)
+
+        return cls(path, *cls._create_mapping(path, size, init))
 
     @classmethod
     def open(cls, path: Path) -> P2mFile:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise MachineFormatError(str(path), "p2m file missing") from None
-        try:
-            size = os.fstat(fd).st_size
-            if size < _HEADER.size:
-                raise MachineFormatError(str(path), f"p2m file too short ({size} bytes)")
-            mm = mmap.mmap(fd, size)
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(path, fd, mm)
-
-    def close(self) -> None:
-        for name in ("_entries", "_dir", "_header"):
-            view = self.__dict__.pop(name, None)
-            if view is not None:
-                view.release()
-        if not self._mm.closed:
-            self._mm.close()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        return cls(path, *cls._open_mapping(path, _HEADER.size))
 
     # -- header ---------------------------------------------------------------
 

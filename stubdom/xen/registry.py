@@ -32,6 +32,7 @@ from pathlib import Path
 
 from .constants import DOMID_FIRST_RESERVED, DOMID_INVALID
 from .errors import MachineFormatError
+from .mapped import MappedFile
 
 __all__ = ["DomainState", "RegistryEntry", "DomainRegistry", "FLAG_HWDOM", "FLAG_DIRECT_MAPPED"]
 
@@ -77,11 +78,12 @@ def decode_control(control: int) -> tuple[DomainState, int, int]:
     return DomainState(control & 0xFF), (control >> 8) & 0xFF, control >> 16
 
 
-class DomainRegistry:
+class DomainRegistry(MappedFile):
+    WHAT = "domain registry"
+    VIEWS = ("_entries", "_header")
+
     def __init__(self, path: Path, fd: int, mm: mmap.mmap) -> None:
-        self.path = path
-        self._fd = fd
-        self._mm = mm
+        super().__init__(path, fd, mm)
         magic, version, nr_entries, _hwdom, _gen = _HEADER.unpack_from(mm, 0)
         if magic != _MAGIC or version != _VERSION or nr_entries != DOMID_FIRST_RESERVED:
             self.close()
@@ -95,42 +97,16 @@ class DomainRegistry:
     @classmethod
     def create(cls, path: Path) -> DomainRegistry:
         size = _HEADER_SIZE + 8 * _ENTRY_WORDS * DOMID_FIRST_RESERVED
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
+
+        def init(fd: int) -> None:
             os.ftruncate(fd, size)
             os.pwrite(fd, _HEADER.pack(_MAGIC, _VERSION, DOMID_FIRST_RESERVED, DOMID_INVALID, 0), 0)
-            mm = mmap.mmap(fd, size)
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(path, fd, mm)
+
+        return cls(path, *cls._create_mapping(path, size, init))
 
     @classmethod
     def open(cls, path: Path) -> DomainRegistry:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise MachineFormatError(str(path), "domain registry missing") from None
-        try:
-            size = os.fstat(fd).st_size
-            if size < _HEADER_SIZE:
-                raise MachineFormatError(str(path), f"registry too short ({size} bytes)")
-            mm = mmap.mmap(fd, size)
-        except BaseException:
-            os.close(fd)
-            raise
-        return cls(path, fd, mm)
-
-    def close(self) -> None:
-        for name in ("_entries", "_header"):
-            view = self.__dict__.pop(name, None)
-            if view is not None:
-                view.release()
-        if not self._mm.closed:
-            self._mm.close()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        return cls(path, *cls._open_mapping(path, _HEADER_SIZE))
 
     # -- lock-free readers ----------------------------------------------------
 
