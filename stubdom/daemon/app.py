@@ -1,0 +1,169 @@
+"""The daemon program: startup, the trio task tree, signals, shutdown
+(docs/daemon.md). ``run_daemon`` is `stubdom-teed --config X`.
+
+Task tree, nested by lifetime (Hypercorn's shape):
+
+    run_daemon ─ trio.run(_serve)
+      connections nursery      control connections; lives until the very end
+        control accept loop    stops first on SIGTERM / shutdown
+        backends nursery       one task per domain ring, the signal task
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from .control import ControlServer, control_socket_path
+from .daemon import Daemon
+from .errors import ControlError, GateUnavailable, StartupError
+from .gateport import GatePort
+from .logs import MEDIATOR_LOGGER, event, setup_logging
+from .tafilter import TaFilterPort
+
+__all__ = ["run_daemon", "EXIT_OK", "EXIT_STARTUP", "EXIT_CONFIG"]
+
+EXIT_OK = 0
+EXIT_STARTUP = 1  # no gate, no machine, TEE probe failed, another daemon runs
+EXIT_CONFIG = 2  # the configuration does not validate (nothing was started)
+
+# How long one gate hypercall may take before the platform counts as dead.
+GATE_TIMEOUT_S = 5.0
+
+
+def run_daemon(config_path: str | None, *, log_level: str | None = None,
+               out=None, err=None) -> int:
+    """Run the daemon until SIGTERM/SIGINT or a ``shutdown`` request.
+    Returns the exit status."""
+    from stubdom.config import ConfigError, load_config
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=err)
+        print(f"stubdom-teed: {len(e.problems)} problem(s) in the configuration; nothing started",
+              file=err)
+        return EXIT_CONFIG
+    except OSError as e:
+        print(f"stubdom-teed: cannot read {config_path}: {e.strerror}", file=err)
+        return EXIT_CONFIG
+    logger = setup_logging(log_level or config.mediator.log_level, err)
+    try:
+        return trio.run(_serve, config, config_path, load_config, logger, out)
+    except StartupError as e:
+        print(str(e), file=err, flush=True)
+        return EXIT_STARTUP
+    except GateUnavailable as e:
+        print(str(e), file=err, flush=True)
+        return EXIT_STARTUP
+
+
+def _connect_gate(runtime_dir: Path, config_path: str | None, poll_window_ns: int):
+    from stubdom.platform.errors import GateError
+    from stubdom.platform.gate import GateClient, gate_dir
+
+    path = str(gate_dir(runtime_dir) / "evtchn")
+    try:
+        return GateClient(runtime_dir, poll_window_ns, GATE_TIMEOUT_S)
+    except GateError as e:
+        reason = getattr(e, "reason", None) or str(e)
+        raise GateUnavailable(path, config_path, reason) from None
+    except OSError as e:
+        raise GateUnavailable(path, config_path, e.strerror or str(e)) from None
+
+
+async def _serve(config, config_path, load_config, logger: logging.Logger, out) -> int:
+    from stubdom.mediator import Mediator, TeeProbeFailed
+    from stubdom.platform.gate import GATE_OP_HYP, GATE_OP_SMC
+    from stubdom.policy import PolicyEngine
+    from stubdom.xen import Machine
+    from stubdom.xen.errors import MachineError
+
+    runtime_dir = Path(config.mediator.runtime_dir)
+    poll_ns = config.mediator.poll_window_us * 1000
+    gate = _connect_gate(runtime_dir, config_path, poll_ns)
+    machine = None
+    own_dir = runtime_dir / "stubdom-teed"
+    try:
+        try:
+            machine = Machine.attach(runtime_dir / "machine")
+        except (MachineError, OSError) as e:
+            raise StartupError(f"stubdom-teed: no machine at {runtime_dir / 'machine'} ({e}); "
+                               f"is the platform running in this runtime directory?") from None
+        gate_port = GatePort(gate, op_smc=GATE_OP_SMC, op_hyp=GATE_OP_HYP)
+        holder: list[Daemon] = []
+        port = TaFilterPort(gate_port, machine, lambda d, ta: holder[0].check_open_session(d, ta))
+        try:
+            mediator = Mediator(machine, port, logger=logging.getLogger(MEDIATOR_LOGGER))
+        except TeeProbeFailed as e:
+            raise StartupError(f"stubdom-teed: {e}") from None
+        except Exception as e:  # the gate refused or died during the probe
+            raise StartupError(f"stubdom-teed: probing OP-TEE through the gate failed: {e}") from None
+        daemon = Daemon(config=config, config_path=config_path, policy=PolicyEngine(config),
+                        mediator=mediator, gate_port=_GateStats(gate_port, port, gate), machine=machine,
+                        logger=logger, load_config=load_config)
+        holder.append(daemon)
+        own_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        server = ControlServer(control_socket_path(runtime_dir), daemon, logger)
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as backends:
+                daemon.backend_nursery = backends
+                await connections.start(server.serve, connections)
+                await backends.start(_signals, daemon, logger)
+                print(f"stubdom-teed: listening on {server.path} (placement stubdom, "
+                      f"{len(config.domains)} domains)", file=out, flush=True)
+                event(logger, logging.INFO, "started", pid=os.getpid(), control=server.path,
+                      tee_threads=mediator.tee_threads, tee_caps=f"{mediator.tee_caps:#x}")
+                await daemon.shutdown_requested.wait()
+                server.stop_accepting()
+                await daemon.drain(config.mediator.drain_timeout_ms / 1000)
+                backends.cancel_scope.cancel()
+            connections.cancel_scope.cancel()
+        event(logger, logging.INFO, "stopped")
+        return EXIT_OK
+    finally:
+        gate.close()
+        if machine is not None:
+            machine.close()
+        with contextlib.suppress(OSError):  # only if empty: a live daemon's socket stays
+            own_dir.rmdir()
+
+
+async def _signals(daemon: Daemon, logger: logging.Logger, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                try:
+                    daemon.reload()
+                except ControlError:
+                    pass  # logged by reload(); the old policy stays
+            else:
+                event(logger, logging.INFO, "shutdown_requested", via=signal.Signals(signum).name)
+                daemon.shutdown_requested.set()
+
+
+class _GateStats:
+    """``statistics()`` for the stats op: what this stub domain sent through
+    the gate (the gate's own counters live in the platform)."""
+
+    def __init__(self, gate_port: GatePort, filter_port: TaFilterPort, client) -> None:
+        self._port = gate_port
+        self._filter = filter_port
+        self._client = client
+
+    def statistics(self) -> dict:
+        s = self._client.statistics()
+        return {**self._port.statistics(), "ta_refused": self._filter.refused,
+                "notifications_sent": s.notifications_sent,
+                "notifications_suppressed": s.notifications_suppressed,
+                "wakeups": s.wakeups, "timeouts": s.timeouts, "dropped": s.dropped}

@@ -1,0 +1,147 @@
+"""The control server: msgpack requests over a Unix stream socket
+(docs/control-protocol.md). Framing lives in :mod:`.wire`; the operations
+in :class:`.daemon.Daemon`; this module only moves bytes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket as _socket
+from pathlib import Path
+
+import trio
+
+from .errors import ControlError, ErrorCode, ProtocolError, StartupError
+from .logs import event
+from .wire import READ_SIZE, FrameReader, encode, error_response, ok_response
+
+__all__ = ["ControlServer", "control_socket_path", "sockaddr"]
+
+_SUN_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path), NUL included
+_BACKLOG = 16
+
+
+def control_socket_path(runtime_dir) -> Path:
+    """``<runtime_dir>/stubdom-teed/control``."""
+    return Path(runtime_dir) / "stubdom-teed" / "control"
+
+
+@contextlib.contextmanager
+def sockaddr(path):
+    """An address for ``path`` even past sun_path's 107 bytes: the directory
+    reached through /proc/self/fd (as the ring package does)."""
+    raw = os.fsencode(path)
+    if len(raw) < _SUN_PATH_MAX:
+        yield raw
+        return
+    head, name = os.path.split(raw)
+    dfd = os.open(head or b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield b"/proc/self/fd/%d/%s" % (dfd, name)
+    finally:
+        os.close(dfd)
+
+
+def _claim(path: Path) -> None:
+    """Remove a stale socket left by a daemon that died; refuse if a live one
+    answers there."""
+    if not path.exists():
+        return
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        with sockaddr(path) as addr:
+            probe.connect(addr)
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)
+        return
+    except OSError as e:
+        raise StartupError(f"stubdom-teed: cannot use {path}: {e.strerror}") from None
+    finally:
+        probe.close()
+    raise StartupError(f"stubdom-teed: another daemon is already listening on {path}")
+
+
+class ControlServer:
+    """Listens on ``path``; one task per connection in ``conn_nursery``.
+    ``stop_accepting()`` closes the listening socket (and removes it);
+    connections already open keep being served until their nursery ends."""
+
+    def __init__(self, path: Path, daemon, logger: logging.Logger) -> None:
+        self.path = Path(path)
+        self._daemon = daemon
+        self._logger = logger
+        self._scope = trio.CancelScope()
+        self._ino: int | None = None
+        self.connections = 0
+
+    async def serve(self, conn_nursery: trio.Nursery, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        _claim(self.path)
+        sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            with sockaddr(self.path) as addr:
+                await sock.bind(addr)
+            os.chmod(self.path, 0o600)
+            self._ino = os.stat(self.path).st_ino
+            sock.listen(_BACKLOG)
+            listener = trio.SocketListener(sock)
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            with self._scope:
+                task_status.started()
+                while True:
+                    stream = await listener.accept()
+                    self.connections += 1
+                    conn_nursery.start_soon(self._connection, stream, self.connections)
+        finally:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+            self._unlink()
+
+    def stop_accepting(self) -> None:
+        self._scope.cancel()
+
+    def _unlink(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(self.path).st_ino == self._ino:
+                os.unlink(self.path)
+
+    async def _connection(self, stream: trio.SocketStream, number: int) -> None:
+        reader = FrameReader()
+        async with stream:
+            while True:
+                try:
+                    data = await stream.receive_some(READ_SIZE)
+                except trio.BrokenResourceError:
+                    return
+                if not data:
+                    return
+                try:
+                    reader.feed(data)
+                    for req in reader.requests():
+                        response = await self._answer(req)
+                        await stream.send_all(response)
+                except ProtocolError as e:
+                    event(self._logger, logging.WARNING, "control_bad_message", connection=number,
+                          error=e.message)
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await stream.send_all(encode(error_response(reader.error_seq, e.code, e.message)))
+                    return
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+
+    async def _answer(self, req) -> bytes:
+        try:
+            message = ok_response(req.seq, await self._daemon.dispatch(req))
+        except ControlError as e:
+            message = error_response(req.seq, e.code, e.message)
+        except Exception as e:  # a daemon bug: say so, keep serving
+            event(self._logger, logging.ERROR, "control_internal_error", op=req.op,
+                  error=f"{type(e).__name__}: {e}")
+            message = error_response(req.seq, ErrorCode.INTERNAL, f"{type(e).__name__}: {e}")
+        try:
+            return encode(message)
+        except ControlError as e:
+            return encode(error_response(req.seq, e.code, e.message))

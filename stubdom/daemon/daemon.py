@@ -1,0 +1,285 @@
+"""The daemon's state and its operations: the domains it serves, the policy,
+the mediator behind the SMC gate (docs/daemon.md, docs/control-protocol.md).
+
+:class:`Daemon` does no socket I/O of its own: the control server hands it
+parsed requests (``dispatch``), each domain's backend task calls
+``serve_call`` per request. Everything runs in one trio thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import trio
+
+from stubdom.mediator.errors import DomainAlreadyInitialised, DomainRefused, TeardownInvariantBroken
+from stubdom.optee.teec import TEEC_ERROR_ACCESS_DENIED
+from stubdom.platform.errors import GateError as _PlatformGateError
+from stubdom.xen.errors import NoSuchDomain
+
+from .backend import DomainBackend, refuse_while_draining
+from .errors import ControlError, ErrorCode, GateRefused
+from .logs import event
+from .wire import PROTOCOL_VERSION, Request
+
+__all__ = ["Daemon", "DUMP_LIST_CAP"]
+
+# The gate refused (status != 0), timed out or went away.
+_GATE_FAILURES = (GateRefused, _PlatformGateError)
+
+# Lists in a dump are cut at this many entries (the response must fit the
+# 64 KiB frame); the count beside each list is always exact.
+DUMP_LIST_CAP = 256
+
+
+class Daemon:
+    """One stub domain's mediator service."""
+
+    def __init__(self, *, config, config_path: str | None, policy, mediator, gate_port,
+                 machine, logger: logging.Logger, load_config, placement: str = "stubdom") -> None:
+        self.config = config
+        self.config_path = config_path
+        self.policy = policy
+        self.mediator = mediator
+        self.gate_port = gate_port
+        self.machine = machine
+        self.logger = logger
+        self._load_config = load_config
+        self.placement = placement
+        self.runtime_dir = Path(config.mediator.runtime_dir)
+        self.domains: dict[int, DomainBackend] = {}
+        self.draining = False
+        self.shutdown_requested = trio.Event()
+        self.backend_nursery: trio.Nursery | None = None  # set by the app once running
+        self.ta_refusals: dict[int, int] = {}
+
+    # == per call (the backend tasks) ========================================
+
+    def serve_call(self, backend: DomainBackend, vcpu: int, regs: tuple) -> tuple[tuple, str | None]:
+        """Policy, then the mediator. Returns (registers, refusal reason or None)."""
+        domid = backend.domid
+        if self.draining:
+            refused = refuse_while_draining(regs[0])
+            if refused is not None:
+                return refused, "shutting_down"
+        refusal = self.policy.check_call(domid, regs[0], time.monotonic())
+        if refusal is not None:
+            backend.log.event(logging.WARNING, "call_refused", function=f"{regs[0]:#x}",
+                              reason=refusal.reason)
+            return tuple(refusal.regs), refusal.reason
+        return self.mediator.handle_call(domid, vcpu, regs), None
+
+    def check_open_session(self, domid: int, ta_uuid) -> int | None:
+        """The TaFilterPort's question: None, or the TEEC error to return."""
+        refusal = self.policy.check_open_session(domid, ta_uuid)
+        if refusal is None:
+            return None
+        backend = self.domains.get(domid)
+        if backend is not None:
+            backend.stats.refusals[refusal.reason] += 1
+            backend.log.event(logging.WARNING, "open_session_refused", ta=ta_uuid, reason=refusal.reason)
+        return getattr(refusal, "ret", TEEC_ERROR_ACCESS_DENIED)
+
+    # == control operations ==================================================
+
+    async def dispatch(self, req: Request) -> dict:
+        handler = getattr(self, "op_" + req.op, None) if req.op.isidentifier() else None
+        if handler is None:
+            raise ControlError(ErrorCode.UNKNOWN_OP, f"unknown op {req.op!r}")
+        return await handler(req)
+
+    async def op_hello(self, req: Request) -> dict:
+        return {"version": PROTOCOL_VERSION, "pid": os.getpid(), "placement": self.placement,
+                "runtime_dir": str(self.runtime_dir)}
+
+    async def op_domain_create(self, req: Request) -> dict:
+        domid = req.int_arg("domid")
+        if self.draining:
+            raise ControlError(ErrorCode.SHUTTING_DOWN, f"d{domid}: the daemon is shutting down")
+        if domid in self.domains:
+            raise ControlError(ErrorCode.DOMAIN_EXISTS, f"d{domid} is already served")
+        try:
+            domain = self.machine.domain(domid)
+        except NoSuchDomain as e:
+            raise ControlError(ErrorCode.NO_SUCH_DOMAIN, f"d{domid}: {e}") from None
+        policy = self.config.policy_for(domid)
+        if not policy.enabled:
+            raise ControlError(ErrorCode.POLICY_REFUSED, f"d{domid}: its policy is disabled")
+        try:
+            self.mediator.domain_init(domid, limits=policy.limits, static_shm=policy.static_shm_allowed)
+        except DomainRefused as e:
+            raise ControlError(ErrorCode.TEE_REFUSED, str(e)) from None
+        except _GATE_FAILURES as e:
+            raise ControlError(ErrorCode.TEE_REFUSED, f"d{domid}: VM_CREATED: {e}") from None
+        except DomainAlreadyInitialised as e:
+            raise ControlError(ErrorCode.DOMAIN_EXISTS, str(e)) from None
+        try:
+            backend = DomainBackend(
+                domid, self.runtime_dir / f"dom{domid}", self.config.mediator.ring_pages,
+                hwdom=domain.is_hwdom, direct_mapped=domain.direct_mapped, daemon=self,
+                logger=self.logger, poll_window_ns=self.config.mediator.poll_window_us * 1000)
+            self.domains[domid] = backend
+            assert self.backend_nursery is not None
+            await self.backend_nursery.start(backend.run)
+        except BaseException:
+            backend_ = self.domains.pop(domid, None)
+            if backend_ is not None:
+                backend_.close()
+            await self._mediator_teardown(domid)
+            raise
+        event(self.logger, logging.INFO, "domain_created", domid=domid, hwdom=domain.is_hwdom,
+              direct_mapped=domain.direct_mapped, ring=backend.ring_path)
+        return {"domid": domid, "dir": str(backend.directory), "ring": str(backend.ring_path),
+                "evtchn": str(backend.evtchn_path), "ring_pages": backend.ring_pages}
+
+    async def op_domain_destroy(self, req: Request) -> dict:
+        domid = req.int_arg("domid")
+        if domid not in self.domains:
+            raise ControlError(ErrorCode.NO_SUCH_DOMAIN, f"d{domid} is not served by this daemon")
+        await self.destroy_domain(domid)
+        return {"domid": domid}
+
+    async def destroy_domain(self, domid: int) -> None:
+        """Stop the backend, relinquish, VM_DESTROYED through the gate, remove
+        the files. The backend's files go whatever the TEE says."""
+        backend = self.domains[domid]
+        await backend.stop()
+        del self.domains[domid]
+        backend.close()
+        await self._mediator_teardown(domid)
+        event(self.logger, logging.INFO, "domain_destroyed", domid=domid,
+              calls=sum(backend.stats.calls.values()), errors=backend.stats.errors,
+              refusals=sum(backend.stats.refusals.values()))
+
+    async def _mediator_teardown(self, domid: int) -> None:
+        try:
+            while not self.mediator.relinquish_resources(domid):
+                await trio.lowlevel.checkpoint()  # resumable: other domains go on between rounds
+            self.mediator.domain_teardown(domid)
+        except _GATE_FAILURES as e:
+            event(self.logger, logging.ERROR, "vm_destroyed_failed", domid=domid, error=e)
+            raise ControlError(ErrorCode.TEE_REFUSED, f"d{domid}: VM_DESTROYED: {e}") from None
+        except TeardownInvariantBroken as e:
+            event(self.logger, logging.ERROR, "teardown_invariant_broken", domid=domid, error=e)
+            raise ControlError(ErrorCode.INTERNAL, str(e)) from None
+
+    def _mediator_calls(self, domid: int) -> int:
+        try:
+            return self.mediator.context(domid).calls
+        except Exception:
+            return 0
+
+    async def op_list(self, req: Request) -> dict:
+        domains = []
+        for domid in sorted(self.domains):
+            d = self.domains[domid].describe()
+            d["in_flight"] = self.domains[domid].stats.in_flight + self._mediator_calls(domid)
+            domains.append(d)
+        return {"domains": domains, "draining": self.draining}
+
+    async def op_stats(self, req: Request) -> dict:
+        domid = req.int_arg("domid", required=False)
+        if domid is not None and domid not in self.domains:
+            raise ControlError(ErrorCode.NO_SUCH_DOMAIN, f"d{domid} is not served by this daemon")
+        chosen = [domid] if domid is not None else sorted(self.domains)
+        out = {}
+        for d in chosen:
+            out[d] = self.domains[d].stats.snapshot(
+                len(self.machine.pinned_frames(d)), self._mediator_calls(d))
+        gate = self.gate_port.statistics()
+        return {"domains": out, "gate": gate}
+
+    async def op_reload(self, req: Request) -> dict:
+        path = req.str_arg("path", required=False)
+        self.reload(path)
+        return {"reloaded": True, "path": str(path or self.config_path or "<embedded default>")}
+
+    def reload(self, path: str | None = None) -> None:
+        """Swap in a new policy; a bad file keeps the old one (CONFIG_INVALID
+        with every problem). Only the policy changes: ring size, runtime
+        directory, polling window and the limits of domains already created
+        stay as they were."""
+        from stubdom.config import ConfigError  # the loader's error class
+
+        target = path or self.config_path
+        try:
+            new = self._load_config(target)
+        except ConfigError as e:
+            event(self.logger, logging.ERROR, "reload_refused", path=target or "<embedded default>",
+                  problems=len(e.problems), first=e.problems[0] if e.problems else "")
+            raise ControlError(ErrorCode.CONFIG_INVALID, "\n".join(e.problems)) from None
+        except OSError as e:
+            event(self.logger, logging.ERROR, "reload_refused", path=target, error=e.strerror)
+            raise ControlError(ErrorCode.CONFIG_INVALID, f"{target}: {e.strerror}") from None
+        self.policy.swap(new)
+        self.config = new
+        if path:
+            self.config_path = path
+        event(self.logger, logging.INFO, "reloaded", path=target or "<embedded default>")
+
+    async def op_dump(self, req: Request) -> dict:
+        domid = req.int_arg("domid")
+        if domid not in self.domains:
+            raise ControlError(ErrorCode.NO_SUCH_DOMAIN, f"d{domid} is not served by this daemon")
+        ctx = self.mediator.context(domid)
+        cap = DUMP_LIST_CAP
+        with ctx.lock:
+            calls = sorted(ctx.all_calls, key=lambda c: c.seq)
+            shm = list(ctx.shm_buffers.values())
+            rpc = list(ctx.rpc_buffers.values())
+            suspended = {tid: c.seq for tid, c in ctx.suspended.items()}
+            out = {
+                "domid": domid,
+                "limits": {"max_calls": ctx.limits.max_calls, "max_shm_buffers": ctx.limits.max_shm_buffers,
+                           "max_pages_per_buffer": ctx.limits.max_pages_per_buffer,
+                           "max_total_pages": ctx.limits.max_total_pages},
+                "max_calls": ctx.max_calls, "max_rpc_buffers": ctx.max_rpc_buffers,
+                "static_shm_allowed": ctx.static_shm_allowed, "rpc_param_count": ctx.rpc_param_count,
+                "dying": ctx.dying, "internal_errors": ctx.internal_errors,
+                "calls_in_flight": ctx.calls, "buffers": ctx.nr_buffers,
+                "pinned_pages": ctx.pinned_pages, "shadow_pages": ctx.pool.total,
+            }
+        out["calls"] = [{"seq": c.seq, "function": f"{c.function:#x}", "thread": c.thread_id,
+                         "rpc_state": c.rpc_state.value, "tmem_buffers": len(c.tmem)} for c in calls[:cap]]
+        out["suspended"] = {str(t): s for t, s in list(suspended.items())[:cap]}
+        out["shm_buffers"] = [{"cookie": b.cookie, "kind": b.kind.value, "pages": b.nr_pages,
+                               "size": b.size, "static": b.static} for b in shm[:cap]]
+        out["nr_shm_buffers"] = len(shm)
+        out["rpc_buffers"] = [{"cookie": b.cookie, "pinned": b.mfn is not None} for b in rpc[:cap]]
+        out["nr_rpc_buffers"] = len(rpc)
+        pins = self.machine.pinned_frames(domid)
+        out["pinned_frames"] = {f"{mfn:#x}": n for mfn, n in sorted(pins.items())[:cap]}
+        out["nr_pinned_frames"] = len(pins)
+        return out
+
+    async def op_shutdown(self, req: Request) -> dict:
+        event(self.logger, logging.INFO, "shutdown_requested", via="control")
+        self.shutdown_requested.set()
+        return {}
+
+    # == drain ===============================================================
+
+    def calls_in_flight(self) -> int:
+        return sum(b.stats.in_flight + self._mediator_calls(d) for d, b in self.domains.items())
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new calls, let the admitted ones finish (bounded), then
+        destroy every domain cleanly."""
+        self.draining = True
+        left = self.calls_in_flight()
+        event(self.logger, logging.INFO, "draining", domains=len(self.domains), in_flight=left,
+              timeout_ms=int(timeout_s * 1000))
+        with trio.move_on_after(timeout_s):
+            while self.calls_in_flight():
+                await trio.sleep(0.005)
+        left = self.calls_in_flight()
+        if left:
+            event(self.logger, logging.WARNING, "drain_timeout", in_flight=left)
+        for domid in sorted(self.domains):
+            try:
+                await self.destroy_domain(domid)
+            except ControlError as e:
+                event(self.logger, logging.ERROR, "destroy_failed", domid=domid, error=e.message)

@@ -1,0 +1,93 @@
+"""Per-domain counters for the ``stats`` control operation (trio's
+``statistics()`` idea: the backend counts, a snapshot is a plain record)."""
+
+from __future__ import annotations
+
+import collections
+import math
+
+from stubdom.optee.smc import (
+    OPTEE_SMC_CALL_GET_OS_REVISION,
+    OPTEE_SMC_CALL_GET_OS_UUID,
+    OPTEE_SMC_CALLS_COUNT,
+    OPTEE_SMC_CALLS_REVISION,
+    OPTEE_SMC_CALLS_UID,
+    OPTEE_SMC_RETURN_OK,
+    OPTEE_SMC_RETURN_RPC_ALLOC,
+    OPTEE_SMC_RETURN_RPC_CMD,
+    OPTEE_SMC_RETURN_RPC_FOREIGN_INTR,
+    OPTEE_SMC_RETURN_RPC_FREE,
+    SMC_NAMES,
+)
+
+__all__ = ["DomainStats", "LATENCY_SAMPLE", "function_key", "percentiles"]
+
+# Latency percentiles come from the most recent calls only: a bounded sample,
+# so a long-lived domain costs constant memory and the figures stay current.
+LATENCY_SAMPLE = 4096
+
+_U32 = 0xFFFFFFFF
+# Functions whose a0 on return is data (a count, a UID, a revision), not a
+# return code (optee_smc.h): never counted as errors.
+_A0_IS_DATA = frozenset({OPTEE_SMC_CALLS_COUNT, OPTEE_SMC_CALLS_UID, OPTEE_SMC_CALLS_REVISION,
+                         OPTEE_SMC_CALL_GET_OS_UUID, OPTEE_SMC_CALL_GET_OS_REVISION})
+_NOT_ERRORS = frozenset({OPTEE_SMC_RETURN_OK, OPTEE_SMC_RETURN_RPC_ALLOC, OPTEE_SMC_RETURN_RPC_FREE,
+                         OPTEE_SMC_RETURN_RPC_FOREIGN_INTR, OPTEE_SMC_RETURN_RPC_CMD})
+
+
+def function_key(a0: int) -> str:
+    """The stats key of a function ID: its optee_smc.h name without the
+    OPTEE_SMC_ prefix, or "unknown" (a guest must not be able to grow the
+    table with made-up IDs)."""
+    if a0 >> 32:
+        return "unknown"
+    name = SMC_NAMES.get(a0)
+    return name.removeprefix("OPTEE_SMC_") if name else "unknown"
+
+
+def percentiles(sample, points=(50, 90, 99)) -> dict[str, int]:
+    """Nearest-rank percentiles (and max) of ``sample``; zeros when empty."""
+    data = sorted(sample)
+    out = {}
+    for p in points:
+        out[f"p{p}"] = data[max(0, math.ceil(p / 100 * len(data)) - 1)] if data else 0
+    out["max"] = data[-1] if data else 0
+    return out
+
+
+class DomainStats:
+    """What one domain's backend counted since domain_create."""
+
+    def __init__(self) -> None:
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.errors = 0  # OP-TEE error returns and backend failures
+        self.backend_failures = 0  # responses with a negative status
+        self.refusals: collections.Counter[str] = collections.Counter()
+        self.in_flight = 0  # requests popped and not yet answered
+        self._latency_us: collections.deque[int] = collections.deque(maxlen=LATENCY_SAMPLE)
+
+    def record(self, a0: int, ret_a0: int, elapsed_ns: int) -> None:
+        self.calls[function_key(a0)] += 1
+        if (a0 & _U32) not in _A0_IS_DATA and ret_a0 not in _NOT_ERRORS:
+            self.errors += 1
+        self._latency_us.append(elapsed_ns // 1000)
+
+    def record_failure(self, a0: int) -> None:
+        self.calls[function_key(a0)] += 1
+        self.errors += 1
+        self.backend_failures += 1
+
+    def record_refusal(self, a0: int, reason: str) -> None:
+        self.calls[function_key(a0)] += 1
+        self.refusals[reason] += 1
+
+    def snapshot(self, pinned_pages: int, mediator_calls: int) -> dict:
+        return {
+            "calls": dict(self.calls),
+            "errors": self.errors,
+            "backend_failures": self.backend_failures,
+            "refusals": dict(self.refusals),
+            "pinned_pages": pinned_pages,
+            "in_flight": self.in_flight + mediator_calls,
+            "latency_us": percentiles(self._latency_us),
+        }
