@@ -23,6 +23,7 @@ from .core import (
     KNOWN_NSEC_CAPS as KNOWN_NSEC_CAPS,
     KNOWN_SEC_CAPS as KNOWN_SEC_CAPS,
     Mediator as Mediator,
+    OpenSessionFilter as OpenSessionFilter,
 )
 from .errors import (
     DomainAlreadyInitialised as DomainAlreadyInitialised,
@@ -46,7 +47,7 @@ __all__ = [
     "ALLOWED_STD_CMDS", "DEFAULT_MAX_CALLS", "DEFAULT_MAX_PAGES_PER_BUFFER", "DEFAULT_MAX_SHM_BUFFERS",
     "DEFAULT_MAX_TOTAL_PAGES", "DirectTeePort", "DomainAlreadyInitialised", "DomainContext",
     "DomainLimits", "DomainNotInitialised", "DomainRefused", "HYP_CLIENT_ID", "KNOWN_NSEC_CAPS",
-    "KNOWN_SEC_CAPS", "Mediator", "MediatorError", "RateLimitedLog", "RpcBuffer", "ShadowPage",
+    "KNOWN_SEC_CAPS", "Mediator", "MediatorError", "OpenSessionFilter", "RateLimitedLog", "RpcBuffer", "ShadowPage",
     "ShadowPool", "ShmBuffer", "ShmKind", "StdCall", "TeardownInvariantBroken", "TeePort",
     "TeeProbeFailed", "client_id",
 ]

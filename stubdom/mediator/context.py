@@ -54,10 +54,23 @@ class ShadowPool:
         self._machine = machine
         self._domid = domid
         self._free: list[ShadowPage] = []
+        # Frame 0, if the heap hands it out: kept (so it is not handed out
+        # again) but never used, since OP-TEE would read machine address 0
+        # as a NULL buffer.  Freed with the rest at release.
+        self._frame_zero: list[int] = []
         self.total = 0  # pages allocated from the heap and not yet freed
 
     def grow(self, count: int) -> None:
         mfns = self._machine.alloc_domheap_pages(self._domid, count)
+        if 0 in mfns:
+            try:
+                spare = self._machine.alloc_domheap_pages(self._domid, 1)
+            except BaseException:
+                self._machine.free_domheap_pages(self._domid, mfns)
+                raise
+            mfns = [m for m in mfns if m] + spare
+            self._frame_zero.append(0)
+            self.total += 1
         try:
             self._machine.get_pages(mfns, self._domid)
         except BaseException:
@@ -83,15 +96,23 @@ class ShadowPool:
 
     def release(self, budget: int) -> int:
         """Unpin and free up to ``budget`` idle pages; returns how many."""
-        batch = self._free[-budget:] if budget < len(self._free) else list(self._free)
+        done = 0
+        if self._frame_zero and budget > 0:
+            self._machine.free_domheap_pages(self._domid, self._frame_zero)
+            self._frame_zero.clear()
+            self.total -= 1
+            done = 1
+            budget -= 1
+        batch = self._free[-budget:] if 0 < budget < len(self._free) else (
+            list(self._free) if budget > 0 else [])
         if not batch:
-            return 0
+            return done
         del self._free[len(self._free) - len(batch):]
         mfns = [p.mfn for p in batch]
         self._machine.put_pages(mfns)
         self._machine.free_domheap_pages(self._domid, mfns)
         self.total -= len(batch)
-        return len(batch)
+        return done + len(batch)
 
 
 class ShmKind(enum.Enum):

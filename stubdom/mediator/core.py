@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import uuid
 from collections.abc import Callable
 
-from stubdom.optee.errors import AbiError
+from stubdom.optee.errors import AbiError, BadMetaParam
 from stubdom.optee.msg import (
     MSG_ARG_HEADER_SIZE,
     OFFSET_RET,
@@ -56,6 +57,7 @@ from stubdom.optee.msg import (
     unpack_header,
 )
 from stubdom.optee.rpc import OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE
+from stubdom.optee.uuid import OpenSessionMeta
 from stubdom.optee.smc import (
     OPTEE_MSG_UID_0,
     OPTEE_MSG_UID_1,
@@ -136,9 +138,12 @@ from .translate import (
     translate_page,
 )
 
-__all__ = ["Mediator", "KNOWN_NSEC_CAPS", "KNOWN_SEC_CAPS", "ALLOWED_STD_CMDS", "Regs"]
+__all__ = ["Mediator", "KNOWN_NSEC_CAPS", "KNOWN_SEC_CAPS", "ALLOWED_STD_CMDS", "Regs",
+           "OpenSessionFilter"]
 
 Regs = tuple[int, int, int, int, int, int, int, int]
+# open_session_filter(domid, ta_uuid, login) -> None (allow) or (ret, ret_origin)
+OpenSessionFilter = Callable[[int, uuid.UUID, int], "tuple[int, int] | None"]
 
 _U32 = 0xFFFFFFFF
 _PAGE_MASK = PAGE_SIZE - 1
@@ -207,9 +212,15 @@ class Mediator:
     """One OP-TEE mediator for every domain of a machine."""
 
     def __init__(self, machine, port: TeePort, *, logger: logging.Logger | None = None,
-                 log_clock: Callable[[], float] | None = None) -> None:
+                 log_clock: Callable[[], float] | None = None,
+                 open_session_filter: OpenSessionFilter | None = None) -> None:
+        """``open_session_filter(domid, ta_uuid, login)`` is policy: None lets
+        an OPEN_SESSION through, ``(ret, ret_origin)`` refuses it without
+        reaching the TEE.  It is judged on the mediator's own copy of the
+        meta params and is called with no mediator lock held."""
         self._machine = machine
         self._port = port
+        self._open_session_filter = open_session_filter
         self._logger = logger or _log
         self._log_clock = log_clock
         self._domains: dict[int, DomainContext] = {}
@@ -355,7 +366,7 @@ class Mediator:
             return handler(ctx, vcpu, regs)
         except Exception as e:  # a mediator bug: log, never crash the platform
             ctx.internal_errors += 1
-            self._logger.exception("d%d: internal error handling %#x: %s", domid, function, e)
+            ctx.log.error("internal error handling %#x: %s", function, e, exc_info=True)
             return _ret(OPTEE_SMC_RETURN_ENOMEM)
 
     def _tee(self, ctx: DomainContext, regs: Regs) -> Regs:
@@ -548,6 +559,11 @@ class Mediator:
             a0 = self._copy_std_request(ctx, call, regs)
             if a0 is not None:
                 return _ret(a0)
+            verdict = self._filter_open_session(ctx, call)
+            if verdict is not None:
+                # Refused by policy: nothing pinned, nothing reaches the TEE.
+                self._write_result(ctx, call, *verdict)
+                return _ret(OPTEE_SMC_RETURN_OK)
             try:
                 shadow_arg = self._translate_params(ctx, call)
             except Refusal as e:
@@ -573,12 +589,18 @@ class Mediator:
             cookie, offs = _pair(regs[1], regs[2]), regs[3] & _U32
             with ctx.lock:
                 buf = ctx.shm_buffers.get(cookie)
-            if buf is None or buf.kind is not ShmKind.REGISTERED or offs >= buf.size:
+            # OP-TEE's get_msg_arg: the argument (and the RPC argument after
+            # it) must lie inside the registration, 8-byte aligned.
+            if buf is None or buf.kind is not ShmKind.REGISTERED:
+                ctx.log.warning("call %d: REGD_ARG cookie %#x is not a registration", call.seq, cookie)
+                return OPTEE_SMC_RETURN_EBADADDR
+            if offs & (_MSG_ARG_ALIGN - 1) or offs + MSG_ARG_HEADER_SIZE > buf.size:
+                ctx.log.warning("call %d: REGD_ARG offset %#x in a registration of %#x bytes",
+                                call.seq, offs, buf.size)
                 return OPTEE_SMC_RETURN_EBADADDR
             pos = buf.offset + offs
             ipa = buf.ipas[pos // PAGE_SIZE] + pos % PAGE_SIZE
-            if ipa & (_MSG_ARG_ALIGN - 1):
-                return OPTEE_SMC_RETURN_EBADADDR
+            registered = buf.size - offs  # bytes of the registration from the argument on
         else:
             ipa = _pair(regs[1], regs[2])
             shm = self._machine.static_shm
@@ -589,7 +611,12 @@ class Mediator:
                     return OPTEE_SMC_RETURN_EBADADDR
             elif ipa & _PAGE_MASK:
                 return OPTEE_SMC_RETURN_EBADADDR
+        # The argument is read from one guest page: the pages of a
+        # registration are not contiguous, and Linux never lets an argument
+        # cross a page (its arg cache packs whole arguments into pages).
         room = PAGE_SIZE - (ipa & _PAGE_MASK)
+        if call.function == OPTEE_SMC_CALL_WITH_REGD_ARG:
+            room = min(room, registered)
         try:
             data = domain.read(ipa, room)
         except MachineError as e:
@@ -602,6 +629,11 @@ class Mediator:
         except AbiError as e:
             ctx.log.warning("call %d: bad argument: %s", call.seq, e)
             return OPTEE_SMC_RETURN_EBADADDR
+        if rpc_size and get_arg_size(arg.num_params) + rpc_size > room:
+            # The trailing RPC argument must fit too (get_msg_arg checks it).
+            ctx.log.warning("call %d: no room for the RPC argument after %d params",
+                            call.seq, arg.num_params)
+            return OPTEE_SMC_RETURN_EBADADDR
         call.guest_ipa = ipa
         call.request = arg
         if rpc_size:
@@ -610,6 +642,32 @@ class Mediator:
         if arg.cmd not in ALLOWED_STD_CMDS:
             return OPTEE_SMC_RETURN_EBADCMD
         return None
+
+    def _filter_open_session(self, ctx: DomainContext, call: StdCall) -> tuple[int, int] | None:
+        """Policy on an OPEN_SESSION, decided on the validated shadow copy:
+        None, or the (ret, ret_origin) the guest gets instead."""
+        arg = call.request
+        if self._open_session_filter is None or arg.cmd != OPTEE_MSG_CMD_OPEN_SESSION:
+            return None
+        try:
+            meta = OpenSessionMeta.from_params(arg.params)
+        except BadMetaParam as e:
+            # OP-TEE refuses these too; with a policy in place refuse here,
+            # so no malformed request can slip past the filter.
+            ctx.log.warning("call %d: %s", call.seq, e)
+            return TEEC_ERROR_BAD_PARAMETERS, TEEC_ORIGIN_COMMS
+        verdict = self._open_session_filter(ctx.domid, meta.ta_uuid, meta.login)
+        if verdict is None:
+            return None
+        ret, origin = verdict
+        for v in (ret, origin):
+            if type(v) is not int or not 0 <= v <= _U32:
+                raise ValueError(f"open_session_filter returned {verdict!r}, not None or two u32")
+        if ret == 0:
+            raise ValueError(f"open_session_filter refused with ret 0 (TEEC_SUCCESS): {verdict!r}")
+        ctx.log.warning("call %d: OPEN_SESSION of %s (login %#x) refused by policy: %#x",
+                        call.seq, meta.ta_uuid, meta.login, ret)
+        return ret, origin
 
     def _translate_params(self, ctx: DomainContext, call: StdCall) -> MsgArg:
         """The argument OP-TEE gets: attributes checked, temporary memory
@@ -906,7 +964,7 @@ class Mediator:
                 buf.list_pages = []
             elif g.attr == OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT:
                 shm = self._machine.static_shm
-                if self._static_ok(ctx) and shm.contains(g.buf_ptr, g.size):
+                if g.buf_ptr and self._static_ok(ctx) and shm.contains(g.buf_ptr, g.size):
                     buf = ShmBuffer(ShmKind.RPC, g.shm_ref, [], [], 0, g.size, static=True)
                     with ctx.lock:
                         ctx.nr_buffers += 1

@@ -39,7 +39,7 @@ class RateLimitedLog:
             return True
         return False
 
-    def log(self, level: int, msg: str, *args: object) -> None:
+    def log(self, level: int, msg: str, *args: object, exc_info: bool = False) -> None:
         if not self._take():
             self.suppressed += 1
             self._pending_suppressed += 1
@@ -48,10 +48,10 @@ class RateLimitedLog:
         if self._pending_suppressed:
             msg += f" ({self._pending_suppressed} similar lines suppressed)"
             self._pending_suppressed = 0
-        self._logger.log(level, self._prefix + msg, *args)
+        self._logger.log(level, self._prefix + msg, *args, exc_info=exc_info)
 
     def warning(self, msg: str, *args: object) -> None:
         self.log(logging.WARNING, msg, *args)
 
-    def error(self, msg: str, *args: object) -> None:
-        self.log(logging.ERROR, msg, *args)
+    def error(self, msg: str, *args: object, exc_info: bool = False) -> None:
+        self.log(logging.ERROR, msg, *args, exc_info=exc_info)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from stubdom.optee.errors import AbiError, PageListTooLong
 from stubdom.optee.pagelist import build_page_list, list_pages_needed, make_buf_ptr, read_page_list
-from stubdom.optee.teec import TEEC_ERROR_BAD_PARAMETERS, TEEC_ERROR_OUT_OF_MEMORY
+from stubdom.optee.teec import TEEC_ERROR_BAD_PARAMETERS, TEEC_ERROR_BAD_STATE, TEEC_ERROR_OUT_OF_MEMORY
 from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, MachineError, P2mType
 
 from .context import DomainContext, ShadowPage, ShmBuffer, ShmKind
@@ -66,18 +66,28 @@ def _frame_of(domain, ipa: int) -> int:
     return entry.mfn
 
 
-def _pin(machine, ctx: DomainContext, mfns: list[int]) -> None:
-    """Pin in bounded steps; undo every step taken if one fails."""
-    done = 0
+def _translate_and_pin(machine, domain, ctx: DomainContext, ipas: list[int]) -> list[int]:
+    """Translate and pin ``ipas`` in steps of TRANSLATE_BATCH pages.  Before
+    each step after the first the domain is re-checked (a teardown begun on
+    another CPU stops the work); the pages were accounted against the limits
+    before the first step, so no step can overcommit.  On any refusal every
+    step taken is undone: all or nothing."""
+    mfns: list[int] = []
     try:
-        while done < len(mfns):
-            step = mfns[done:done + TRANSLATE_BATCH]
-            machine.get_pages(step, ctx.domid)
-            done += len(step)
-    except MachineError as e:
-        if done:
-            machine.put_pages(mfns[:done])
-        raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"cannot pin guest frames: {e}") from None
+        for start in range(0, len(ipas), TRANSLATE_BATCH):
+            if start and ctx.dying:
+                raise Refusal(TEEC_ERROR_BAD_STATE, "domain is being destroyed")
+            step = [_frame_of(domain, ipa) for ipa in ipas[start:start + TRANSLATE_BATCH]]
+            try:
+                machine.get_pages(step, ctx.domid)
+            except MachineError as e:
+                raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"cannot pin guest frames: {e}") from None
+            mfns.extend(step)
+    except BaseException:
+        if mfns:
+            machine.put_pages(mfns)
+        raise
+    return mfns
 
 
 def translate_noncontig(machine, domain, ctx: DomainContext, kind: ShmKind, buf_ptr: int,
@@ -99,8 +109,7 @@ def translate_noncontig(machine, domain, ctx: DomainContext, kind: ShmKind, buf_
     ipas = list(plist.entries)
     _reserve(ctx, len(ipas))
     try:
-        mfns = [_frame_of(domain, ipa) for ipa in ipas]
-        _pin(machine, ctx, mfns)
+        mfns = _translate_and_pin(machine, domain, ctx, ipas)
     except BaseException:
         _unreserve(ctx, len(ipas))
         raise
@@ -127,8 +136,7 @@ def translate_page(machine, domain, ctx: DomainContext, kind: ShmKind, ipa: int,
                       f"contiguous buffer {ipa:#x}+{size:#x} does not fit one page")
     _reserve(ctx, 1)
     try:
-        mfn = _frame_of(domain, ipa & ~_PAGE_MASK)
-        _pin(machine, ctx, [mfn])
+        (mfn,) = _translate_and_pin(machine, domain, ctx, [ipa & ~_PAGE_MASK])
     except BaseException:
         _unreserve(ctx, 1)
         raise

@@ -4,7 +4,10 @@ xen/arch/arm/tee/optee.c does)."""
 
 from __future__ import annotations
 
-from stubdom.mediator import DirectTeePort, DomainLimits, Mediator
+import logging
+from collections.abc import Callable
+
+from stubdom.mediator import DirectTeePort, DomainLimits, Mediator, OpenSessionFilter
 from stubdom.mediator.errors import DomainRefused
 
 from .errors import DomainCreationFailed
@@ -17,16 +20,20 @@ class El2Placement:
     """Placement protocol (stubdom/platform/vsmc.py) over one Mediator.
 
     ``Platform(..., placement=El2Placement)`` works as is; for other limits
-    use ``placement=lambda p: El2Placement(p, limits=...)``.  The mediator
+    use ``placement=lambda p: El2Placement(p, limits=...)``; ``open_session_filter``
+    is the mediator's policy hook (see Mediator).  The mediator
     probes the TEE when the placement is made (TeeProbeFailed stops it).
     """
 
     name = "el2"
 
     def __init__(self, platform, *, limits: DomainLimits | None = None,
-                 static_shm: bool = True) -> None:
+                 static_shm: bool = True, open_session_filter: OpenSessionFilter | None = None,
+                 logger: logging.Logger | None = None,
+                 log_clock: Callable[[], float] | None = None) -> None:
         self.port = DirectTeePort(platform.tee)
-        self.mediator = Mediator(platform.machine, self.port)
+        self.mediator = Mediator(platform.machine, self.port, logger=logger, log_clock=log_clock,
+                                 open_session_filter=open_session_filter)
         self._limits = limits or DomainLimits()
         self._static_shm = static_shm
 
