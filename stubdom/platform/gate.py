@@ -1,0 +1,521 @@
+"""The SMC gate: the stub domain's narrow hypercall (docs/smc-gate.md).
+
+A real stub domain cannot execute SMCs for other domains: it asks Xen, and
+Xen checks that the toolstack gave it the domain it names, stamps the client
+ID itself and makes the SMC. This module is that hypercall, in the platform
+process beside the TEE model:
+
+* :class:`Gate` (the platform, backend): a teeif ``BackRing`` at
+  ``<runtime_dir>/xen/gate/ring`` and an event channel listening at
+  ``<runtime_dir>/xen/gate/evtchn``, served by one thread. It keeps the
+  assignment table (``assign``/``unassign``, the toolstack's decision),
+  refuses everything else with a negative errno and zeroed registers, and
+  counts every hypercall.
+* :class:`GateClient` (the stub domain, frontend): one synchronous call at a
+  time, bounded by a timeout. The daemon builds its ``TeePort`` on it.
+
+Entries are ``struct teeif_request``/``teeif_response`` used as follows:
+request ``vcpu`` = the target domid, ``flags`` = the op, ``a`` = x0..x7;
+response ``status`` = 0 or -EPERM/-EINVAL/-ENOENT, ``a`` = the TEE's
+registers (all zero when status != 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from ring import (
+    EVTCHN_FILE,
+    RING_FILE,
+    BackRing,
+    EventChannel,
+    EventChannelListener,
+    FrontRing,
+    PeerDied,
+    Request,
+    Response,
+    RingClosed,
+    RingCorrupted,
+    RingError,
+)
+from stubdom.optee.smc import (
+    OPTEE_SMC_CALL_GET_OS_REVISION,
+    OPTEE_SMC_CALLS_REVISION,
+    OPTEE_SMC_CALLS_UID,
+    OPTEE_SMC_EXCHANGE_CAPABILITIES,
+    OPTEE_SMC_GET_THREAD_COUNT,
+    OPTEE_SMC_VM_CREATED,
+    OPTEE_SMC_VM_DESTROYED,
+)
+from stubdom.optee.smccc import (
+    ARM_SMCCC_OWNER_TRUSTED_APP,
+    ARM_SMCCC_OWNER_TRUSTED_OS_END,
+    decode_function_id,
+)
+from stubdom.xen.constants import DOMID_FIRST_RESERVED
+
+from .errors import GateBusy, GateClosed, GateNotRunning, GateTimeout
+
+__all__ = [
+    "GATE_OP_SMC",
+    "GATE_OP_HYP",
+    "HYP_PROBE_CALLS",
+    "HYP_DOMAIN_CALLS",
+    "Gate",
+    "GateClient",
+    "GateStatistics",
+    "GateClientStatistics",
+    "gate_dir",
+]
+
+log = logging.getLogger("stubdom.platform.gate")
+
+# Gate ops, in the request's ``flags`` field (docs/smc-gate.md).
+GATE_OP_SMC = 1  # an SMC on behalf of the domain named in ``vcpu``; the gate stamps a7
+GATE_OP_HYP = 2  # a hypervisor-class SMC (a7 = 0) from the allow-list below
+
+# Hypervisor-class calls a stub domain may make: the probe a mediator does at
+# start (optee_smc.h function IDs; any caller may issue these natively) ...
+HYP_PROBE_CALLS = frozenset({
+    OPTEE_SMC_CALLS_UID,
+    OPTEE_SMC_CALLS_REVISION,
+    OPTEE_SMC_CALL_GET_OS_REVISION,
+    OPTEE_SMC_GET_THREAD_COUNT,
+    OPTEE_SMC_EXCHANGE_CAPABILITIES,
+})
+# ... and the partition life cycle, only for a domain assigned to it, named
+# both in ``vcpu`` and as client ID domid + 1 in a1.
+HYP_DOMAIN_CALLS = frozenset({OPTEE_SMC_VM_CREATED, OPTEE_SMC_VM_DESTROYED})
+
+HYP_CLIENT_ID = 0  # OP-TEE's HYP_CLNT_ID (core/include/kernel/virtualization.h)
+_ZERO_REGS = (0,) * 8
+_U64 = (1 << 64) - 1
+
+# Refusals: (negative errno, name used in statistics).
+_EPERM = -errno.EPERM  # domid not assigned to this stub domain, or the op not allowed for it
+_EINVAL = -errno.EINVAL  # unknown op, malformed request (reserved domid)
+_ENOENT = -errno.ENOENT  # no such domain on the machine
+
+
+def gate_dir(runtime_dir: str | os.PathLike[str]) -> Path:
+    """``<runtime_dir>/xen/gate``: where the gate's ring and event channel live."""
+    return Path(runtime_dir) / "xen" / "gate"
+
+
+def _errno_name(status: int) -> str:
+    return errno.errorcode.get(-status, str(status))
+
+
+@dataclass(frozen=True, slots=True)
+class GateStatistics:
+    """Counters of the gate since it started (``Gate.statistics()``)."""
+
+    calls: Mapping[tuple[int, int], int]  # (domid, op) -> hypercalls received, refused ones included
+    refusals: Mapping[tuple[int, str], int]  # (domid, "EPERM"/"EINVAL"/"ENOENT") -> refused hypercalls
+    assigned: frozenset[int]  # domids the toolstack gave the stub domain
+    connections: int  # stub domains that connected (a restarted daemon counts again)
+    wakeups: int  # sleeps on the event channel that ended with a notification
+    batches: int  # pops that found at least one request
+    notifications_sent: int  # response pushes after which the stub domain was notified
+    notifications_suppressed: int  # response pushes that needed no notification
+    tee_errors: int  # the TEE model raised (a bug in the model): answered -EINVAL
+
+    def as_dict(self) -> dict:
+        """The counters as plain, msgpack-friendly values."""
+        return {
+            "calls": {f"d{d}/op{op}": n for (d, op), n in sorted(self.calls.items())},
+            "refusals": {f"d{d}/{name}": n for (d, name), n in sorted(self.refusals.items())},
+            "assigned": sorted(self.assigned),
+            "connections": self.connections,
+            "wakeups": self.wakeups,
+            "batches": self.batches,
+            "notifications_sent": self.notifications_sent,
+            "notifications_suppressed": self.notifications_suppressed,
+            "tee_errors": self.tee_errors,
+        }
+
+
+class Gate:
+    """The platform's end of the SMC gate: owns the ring and the listener,
+    serves one stub domain at a time in a thread, and survives it: when the
+    daemon dies (end-of-file) the gate answers whatever it left on the ring
+    and waits for the next one, which re-attaches the same ring.
+
+    ``tee`` is anything with a thread-safe ``smc(regs) -> regs`` (the OP-TEE
+    model). ``domain_exists(domid)`` tells -ENOENT from -EPERM.
+    ``poll_window_ns`` is how long the gate spins on the ring for the next
+    request before it sleeps on the event channel.
+    """
+
+    def __init__(
+        self,
+        runtime_dir: str | os.PathLike[str],
+        tee,
+        *,
+        domain_exists: Callable[[int], bool],
+        poll_window_ns: int = 0,
+        ring_pages: int = 1,
+    ) -> None:
+        if type(poll_window_ns) is not int or poll_window_ns < 0:
+            raise ValueError(f"poll_window_ns must be a non-negative int, got {poll_window_ns!r}")
+        self.dir = gate_dir(runtime_dir)
+        self.ring_path = self.dir / RING_FILE
+        self.evtchn_path = self.dir / EVTCHN_FILE
+        self._tee = tee
+        self._domain_exists = domain_exists
+        self._poll_ns = poll_window_ns
+        self._ring_pages = ring_pages
+
+        self._lock = threading.Lock()  # the assignment table and the counters
+        self._assigned: set[int] = set()
+        self._calls: Counter[tuple[int, int]] = Counter()
+        self._refusals: Counter[tuple[int, str]] = Counter()
+        self._connections = self._wakeups = self._batches = self._tee_errors = 0
+        self._sent = self._suppressed = 0  # of rings already replaced
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._clear_stale()
+        self._ring = BackRing.create(self.ring_path, ring_pages)
+        try:
+            self._listener = EventChannelListener(self.evtchn_path)
+        except BaseException:
+            self._ring.close()
+            self.ring_path.unlink(missing_ok=True)
+            raise
+        # A pipe that wakes the serving thread for close().
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def _clear_stale(self) -> None:
+        """Remove a dead platform's gate files; refuse if a live one serves here."""
+        if self.evtchn_path.exists():
+            try:
+                probe = EventChannel.connect(self.evtchn_path)
+            except OSError:
+                pass  # nobody listens: a platform died without cleaning up
+            else:
+                probe.close()
+                raise GateBusy(str(self.evtchn_path))
+            self.evtchn_path.unlink(missing_ok=True)
+        self.ring_path.unlink(missing_ok=True)
+
+    # -- the toolstack's assignment table ----------------------------------------
+
+    def assign(self, domid: int) -> None:
+        """Give ``domid`` to the stub domain (before the daemon is asked to
+        create its backend)."""
+        if type(domid) is not int or not 0 <= domid < DOMID_FIRST_RESERVED:
+            raise ValueError(f"domid must be an int in [0, {DOMID_FIRST_RESERVED:#x}), got {domid!r}")
+        with self._lock:
+            self._assigned.add(domid)
+
+    def unassign(self, domid: int) -> None:
+        """Take ``domid`` back (after domain_destroy completed). Idempotent."""
+        with self._lock:
+            self._assigned.discard(domid)
+
+    def assigned(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._assigned)
+
+    # -- life cycle --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start serving in a daemon thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="smc-gate", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread, close the ring and the listener, remove the files."""
+        if self._wake_w < 0:
+            return  # closed already
+        self._stopping = True
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._wake_r >= 0:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
+        self._listener.close()
+        if not self._ring.closed:
+            self._ring.close()
+            self.ring_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "Gate":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def statistics(self) -> GateStatistics:
+        rs = self._ring.statistics() if not self._ring.closed else None
+        with self._lock:
+            return GateStatistics(
+                calls=MappingProxyType(dict(self._calls)),
+                refusals=MappingProxyType(dict(self._refusals)),
+                assigned=frozenset(self._assigned),
+                connections=self._connections,
+                wakeups=self._wakeups,
+                batches=self._batches,
+                notifications_sent=self._sent + (rs.notifications_sent if rs else 0),
+                notifications_suppressed=self._suppressed + (rs.notifications_suppressed if rs else 0),
+                tee_errors=self._tee_errors,
+            )
+
+    # -- the serving thread ------------------------------------------------------
+
+    def _wait(self, fd: int) -> bool:
+        """Block until ``fd`` is readable (True) or close() was called (False)."""
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stopping:
+            for ready, _ in poller.poll():
+                if ready == self._wake_r:
+                    return False
+            return True
+        return False
+
+    def _serve(self) -> None:
+        while not self._stopping:
+            if not self._wait(self._listener.fileno()):
+                return
+            try:
+                chan = self._listener.accept(timeout=0)
+            except (BlockingIOError, TimeoutError, InterruptedError):
+                continue
+            with self._lock:
+                self._connections += 1
+            log.info("stub domain connected to the SMC gate")
+            try:
+                # Answer what a dead predecessor left, so that the newcomer
+                # attaches to a ring with nothing in flight; then welcome it.
+                self._answer_pending(None)
+                chan.notify()
+                self._serve_channel(chan)
+            except PeerDied:
+                log.warning("stub domain closed the SMC gate channel; waiting for it to come back")
+            except RingCorrupted as e:
+                log.error("stub domain corrupted the SMC gate ring (%s): disconnected, ring reset", e)
+                self._reset_ring()
+            except Exception:  # never let the gate die with the platform still up
+                log.exception("SMC gate: unexpected error; dropping the stub domain's connection")
+            finally:
+                chan.close()
+
+    def _reset_ring(self) -> None:
+        rs = self._ring.statistics()
+        with self._lock:
+            self._sent += rs.notifications_sent
+            self._suppressed += rs.notifications_suppressed
+        self._ring.close()
+        self.ring_path.unlink(missing_ok=True)
+        self._ring = BackRing.create(self.ring_path, self._ring_pages)
+
+    def _answer_pending(self, chan: EventChannel | None) -> bool:
+        """Pop every pending request, answer them all, one notify decision.
+        Returns whether anything was answered."""
+        reqs = self._ring.pop_batch()
+        if not reqs:
+            return False
+        rsps = [self._handle(req) for req in reqs]
+        with self._lock:
+            self._batches += 1
+        if self._ring.push_batch(rsps) and chan is not None:
+            chan.notify()
+        return True
+
+    def _serve_channel(self, chan: EventChannel) -> None:
+        while not self._stopping:
+            if self._answer_pending(chan):
+                continue
+            if self._ring.poll(self._poll_ns):  # spin, then the final check
+                continue
+            if not self._wait(chan.fileno()):
+                return
+            if chan.drain():  # PeerDied on end-of-file
+                with self._lock:
+                    self._wakeups += 1
+
+    # -- one hypercall -----------------------------------------------------------
+
+    def _handle(self, req: Request) -> Response:
+        op, domid = req.flags, req.vcpu
+        status = self._check(op, domid, req.a)
+        with self._lock:
+            self._calls[(domid, op)] += 1
+            if status:
+                self._refusals[(domid, _errno_name(status))] += 1
+        if status:
+            log.debug("gate refused op %d for d%d a0=%#x: %s", op, domid, req.a[0], _errno_name(status))
+            return Response(req.id, status, 0, _ZERO_REGS)
+        # The gate, never the stub domain, chooses a7.
+        a7 = domid + 1 if op == GATE_OP_SMC else HYP_CLIENT_ID
+        try:
+            regs = tuple(self._tee.smc(tuple(req.a[:7]) + (a7,)))
+        except Exception:
+            log.exception("the TEE model raised on op %d for d%d a0=%#x", op, domid, req.a[0])
+            with self._lock:
+                self._tee_errors += 1
+                self._refusals[(domid, "EINVAL")] += 1
+            return Response(req.id, _EINVAL, 0, _ZERO_REGS)
+        return Response(req.id, 0, 0, regs)
+
+    def _check(self, op: int, domid: int, a: Sequence[int]) -> int:
+        """0 if the hypercall may go to the TEE, else the negative errno."""
+        if op == GATE_OP_SMC:
+            if domid >= DOMID_FIRST_RESERVED:
+                return _EINVAL
+            refused = self._check_assigned(domid)
+            if refused:
+                return refused
+            owner = decode_function_id(a[0]).owner
+            if not ARM_SMCCC_OWNER_TRUSTED_APP <= owner <= ARM_SMCCC_OWNER_TRUSTED_OS_END:
+                return _EPERM  # the gate reaches the secure world's OS, nothing else
+            return 0
+        if op == GATE_OP_HYP:
+            if a[0] in HYP_PROBE_CALLS:
+                return 0
+            if a[0] not in HYP_DOMAIN_CALLS:
+                return _EPERM
+            if domid >= DOMID_FIRST_RESERVED:
+                return _EINVAL
+            refused = self._check_assigned(domid)
+            if refused:
+                return refused
+            return 0 if a[1] == domid + 1 else _EPERM
+        return _EINVAL
+
+    def _check_assigned(self, domid: int) -> int:
+        with self._lock:
+            if domid in self._assigned:
+                return 0
+        return _EPERM if self._domain_exists(domid) else _ENOENT
+
+
+# -- the stub domain's side ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GateClientStatistics:
+    """Counters of one GateClient."""
+
+    calls: int  # hypercalls issued
+    notifications_sent: int  # pushes after which the gate had to be notified
+    notifications_suppressed: int  # pushes the gate's event index said need no notify
+    wakeups: int  # sleeps on the event channel that ended with a notification
+    timeouts: int  # calls that got no answer within the bound
+    dropped: int  # responses whose id no call waited for (late, or a predecessor's)
+
+
+class GateClient:
+    """The stub domain's end of the gate: ``call(op, domid, regs)`` pushes one
+    request, notifies if the ring says so, spins for ``poll_window_ns``, then
+    sleeps on the event channel; no answer within ``timeout`` seconds is
+    :class:`GateTimeout`, the platform going away is :class:`GateClosed`.
+
+    Thread-safe: calls are serialised (the stub domain's vCPU is in the
+    hypervisor for the whole hypercall). Connecting waits, bounded by
+    ``timeout``, for the gate's welcome notification before it attaches the
+    ring, so that only the stub domain the gate serves ever touches it.
+    """
+
+    def __init__(self, runtime_dir: str | os.PathLike[str], poll_window_ns: int = 0,
+                 timeout: float = 5.0) -> None:
+        if type(poll_window_ns) is not int or poll_window_ns < 0:
+            raise ValueError(f"poll_window_ns must be a non-negative int, got {poll_window_ns!r}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        d = gate_dir(runtime_dir)
+        self.path = str(d / EVTCHN_FILE)
+        self._poll_ns = poll_window_ns
+        self._timeout = timeout
+        try:
+            self._chan = EventChannel.connect(d / EVTCHN_FILE)
+        except FileNotFoundError:
+            raise GateNotRunning(self.path, "no such socket") from None
+        except ConnectionRefusedError:
+            raise GateNotRunning(self.path, "connection refused") from None
+        try:
+            try:
+                welcomed = self._chan.wait(timeout)
+            except PeerDied:
+                raise GateClosed(self.path, "closed before it accepted us") from None
+            if not welcomed:
+                raise GateNotRunning(self.path, f"not accepted within {timeout:g} s: the gate "
+                                                f"serves another stub domain")
+            self._ring = FrontRing.attach(d / RING_FILE)
+        except BaseException:
+            self._chan.close()
+            raise
+        self._lock = threading.Lock()
+        # Ids start at a random point so that a restarted daemon never takes a
+        # predecessor's late response for its own.
+        self._next_id = int.from_bytes(os.urandom(8), "little") & (_U64 >> 1)
+        self._calls = self._wakeups = self._timeouts = self._dropped = 0
+
+    def call(self, op: int, domid: int, regs: Sequence[int]) -> tuple[int, tuple[int, ...]]:
+        """One hypercall: returns (status, a0..a7) as the gate answered."""
+        with self._lock:
+            if self._ring.closed:
+                raise GateClosed(self.path, "client closed")
+            rid = self._next_id
+            self._next_id = (rid + 1) & _U64
+            self._calls += 1
+            deadline = time.monotonic() + self._timeout
+            try:
+                if self._ring.push(Request(rid, domid, op, tuple(regs))):
+                    self._chan.notify()
+                while True:
+                    for rsp in self._ring.pop_batch():
+                        if rsp.id == rid:
+                            return rsp.status, tuple(rsp.a)
+                        self._dropped += 1
+                    if self._ring.poll(self._poll_ns):
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        self._timeouts += 1
+                        raise GateTimeout(op, domid, self._timeout)
+                    if self._chan.wait(remaining):
+                        self._wakeups += 1
+            except PeerDied:
+                raise GateClosed(self.path, "the platform closed the event channel") from None
+            except RingClosed:
+                raise GateClosed(self.path, "client closed") from None
+            except RingError as e:
+                raise GateClosed(self.path, str(e)) from e
+
+    def statistics(self) -> GateClientStatistics:
+        rs = self._ring.statistics()
+        return GateClientStatistics(self._calls, rs.notifications_sent, rs.notifications_suppressed,
+                                    self._wakeups, self._timeouts, self._dropped)
+
+    def close(self) -> None:
+        """Detach from the ring and close the channel (the gate sees EOF)."""
+        self._chan.close()
+        if not self._ring.closed:
+            self._ring.close()
+
+    def __enter__(self) -> "GateClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
