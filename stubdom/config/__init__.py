@@ -2,4 +2,40 @@
 
 The default configuration is embedded as package data: stubdom/config/xen.yaml
 is a link to configs/xen.yaml in the source tree.
+
+    config = load_config("xen.yaml")      # or None: the embedded default
+    config.policy_for(domid).limits       # a stubdom.mediator.DomainLimits
+
+Every problem in a file is reported at once, as ``file:line: key.path:
+message`` (ConfigError.problems).  See docs/config.md.
 """
+
+from .errors import ConfigError as ConfigError
+from .loader import EMBEDDED_NAME as EMBEDDED_NAME
+from .loader import load_config as load_config
+from .loader import parse_config as parse_config
+from .model import LOG_LEVELS as LOG_LEVELS
+from .model import PLACEMENTS as PLACEMENTS
+from .model import Config as Config
+from .model import DomainConfig as DomainConfig
+from .model import DomainPolicy as DomainPolicy
+from .model import MediatorConfig as MediatorConfig
+from .model import PlatformConfig as PlatformConfig
+from .model import RateLimit as RateLimit
+from .model import StaticShmConfig as StaticShmConfig
+
+__all__ = [
+    "EMBEDDED_NAME",
+    "LOG_LEVELS",
+    "PLACEMENTS",
+    "Config",
+    "ConfigError",
+    "DomainConfig",
+    "DomainPolicy",
+    "MediatorConfig",
+    "PlatformConfig",
+    "RateLimit",
+    "StaticShmConfig",
+    "load_config",
+    "parse_config",
+]
