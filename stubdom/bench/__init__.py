@@ -1,0 +1,44 @@
+"""``stubdom-teed bench``: EL2 vs stub-domain OP-TEE mediation, measured and
+projected onto hardware (docs/performance.md; result schema in
+docs/bench-schema.md).
+
+    from stubdom.bench import bench_main
+    bench_main(["--quick", "--out", "bench-out"])
+"""
+
+from .counters import OPS as OPS
+from .counters import CountingMachine as CountingMachine
+from .counters import CountingTee as CountingTee
+from .counters import OpCounter as OpCounter
+from .counters import counting_trap as counting_trap
+from .counters import per_call as per_call
+from .errors import BadOption as BadOption
+from .errors import BadProfile as BadProfile
+from .errors import BenchError as BenchError
+from .errors import PlacementUnavailable as PlacementUnavailable
+from .errors import SchemaError as SchemaError
+from .layout import Layout as Layout
+from .main import JSON_NAME as JSON_NAME
+from .main import REPORT_NAME as REPORT_NAME
+from .main import bench_main as bench_main
+from .main import run_bench as run_bench
+from .options import BenchOptions as BenchOptions
+from .options import parse_options as parse_options
+from .placements import PLACEMENT_NAMES as PLACEMENT_NAMES
+from .placements import make_placement as make_placement
+from .projection import Profile as Profile
+from .projection import load_profile as load_profile
+from .projection import parse_profile as parse_profile
+from .projection import project as project
+from .report import render_report as render_report
+from .schema import SCHEMA_VERSION as SCHEMA_VERSION
+from .schema import validate as validate
+from .workloads import WORKLOADS as WORKLOADS
+
+__all__ = [
+    "OPS", "CountingMachine", "CountingTee", "OpCounter", "counting_trap", "per_call",
+    "BadOption", "BadProfile", "BenchError", "PlacementUnavailable", "SchemaError", "Layout",
+    "JSON_NAME", "REPORT_NAME", "bench_main", "run_bench", "BenchOptions", "parse_options",
+    "PLACEMENT_NAMES", "make_placement", "Profile", "load_profile", "parse_profile", "project",
+    "render_report", "SCHEMA_VERSION", "validate", "WORKLOADS",
+]

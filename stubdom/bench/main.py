@@ -1,0 +1,84 @@
+"""``stubdom-teed bench``: run, then write bench.json, report.md and the PNGs."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from stubdom.workloads import WorkloadFailed
+
+from . import latency
+from .errors import BenchError
+from .options import BenchOptions, parse_options
+from .plots import write_plots
+from .procinfo import machine_description
+from .projection import load_profile
+from .report import render_report
+from .results import build_document
+from .runner import Runner
+from .schema import validate
+
+__all__ = ["bench_main", "run_bench", "JSON_NAME", "REPORT_NAME"]
+
+JSON_NAME = "bench.json"
+REPORT_NAME = "report.md"
+
+
+def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> dict:
+    """Run the benchmark described by ``opts``; write and return the document."""
+    profiles = [load_profile(p) for p in opts.hw_profiles]
+    machine = machine_description()
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    runner = Runner(opts)
+    bar = tqdm(total=runner.total_blocks(), desc="bench", unit="block", file=sys.stderr,
+               disable=not opts.progress, leave=False)
+    runner._progress = bar
+    try:
+        with tempfile.TemporaryDirectory(prefix="stubdom-bench-") as root:
+            runner.run(Path(root))
+    finally:
+        bar.close()
+    cdfs: dict = {}
+    for c in runner.cells:
+        if c.sweep == "workloads" and c.calls:
+            cdfs.setdefault(c.workload, {})[c.placement] = latency.cdf_points(c.hist)
+    doc = build_document(runner, opts, argv=list(argv or []), machine=machine, created=created,
+                         elapsed_s=time.perf_counter() - t0, profiles=profiles, cdfs=cdfs)
+    validate(doc)
+    (out / JSON_NAME).write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    plots = write_plots(doc, out)
+    (out / REPORT_NAME).write_text(render_report(doc, plots))
+    return doc
+
+
+def bench_main(argv: list[str]) -> int:
+    """Entry point of ``stubdom-teed bench``: 0 on success, 1 when a workload
+    got a wrong answer, 2 on bad options or profiles."""
+    try:
+        opts = parse_options(list(argv))
+    except BenchError as e:
+        print(f"stubdom-teed bench: {e}", file=sys.stderr)
+        return 2
+    try:
+        doc = run_bench(opts, argv)
+    except WorkloadFailed as e:
+        print(f"stubdom-teed bench: wrong answer: {e}", file=sys.stderr)
+        return 1
+    except BenchError as e:
+        print(f"stubdom-teed bench: {e}", file=sys.stderr)
+        return 2
+    ran = [n for n, p in doc["placements"].items() if p["status"] == "ran"]
+    skipped = [n for n, p in doc["placements"].items() if p["status"] == "skipped"]
+    print(f"bench: {len(doc['cells'])} cells over {', '.join(ran)}"
+          + (f" (skipped: {', '.join(skipped)})" if skipped else "")
+          + f" in {doc['elapsed_s']:.1f} s -> {opts.out / JSON_NAME}, {opts.out / REPORT_NAME}")
+    return 0

@@ -1,0 +1,136 @@
+"""``stubdom-teed bench`` options: parsed once into a frozen record that is
+written into the result document as is."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import BadOption
+from .placements import PLACEMENT_NAMES
+from .workloads import workload_names
+
+__all__ = ["BenchOptions", "parse_options", "FULL", "QUICK"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to run: the sizes --quick shrinks."""
+
+    warmup: int  # calls per worker dropped before measuring
+    block: int  # calls per worker in one interleaved block
+    rounds: int  # round-robin rounds of blocks per placement
+    vcpu_layouts: tuple[tuple[int, int], ...]  # (domains, vCPUs per domain)
+    vcpu_workloads: tuple[str, ...]
+    scale_domains: tuple[int, ...]
+    scale_workloads: tuple[str, ...]
+    scale_pages: int  # pages per domain in the scale sweep
+    floor_rounds: int  # floor round trips per block
+
+
+FULL = Plan(warmup=50, block=200, rounds=10,
+            vcpu_layouts=((1, 1), (1, 2), (2, 1), (1, 4), (4, 1), (2, 4), (4, 2)),
+            vcpu_workloads=("fast_call", "invoke_value"),
+            scale_domains=(1, 10, 100, 1000), scale_workloads=("fast_call", "invoke_value"),
+            scale_pages=64, floor_rounds=2000)
+QUICK = Plan(warmup=5, block=20, rounds=3,
+             vcpu_layouts=((1, 1), (1, 2), (2, 1)),
+             vcpu_workloads=("fast_call",),
+             scale_domains=(1, 8), scale_workloads=("fast_call",),
+             scale_pages=64, floor_rounds=300)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    out: Path
+    quick: bool = False
+    seed: int = 1
+    placements: tuple[str, ...] = PLACEMENT_NAMES
+    workloads: tuple[str, ...] = tuple(workload_names())
+    sweeps: tuple[str, ...] = ("workloads", "vcpus", "scale")
+    cpus: str = "different"  # same | different | none
+    open_loop_rate: float | None = None  # calls/s per worker; None = closed loop
+    poll_window_us: int = 200
+    hw_profiles: tuple[Path, ...] = ()
+    progress: bool = True
+    plan: Plan = field(default=FULL)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["out"] = str(self.out)
+        d["hw_profiles"] = [str(p) for p in self.hw_profiles]
+        return d
+
+    def cpu_pair(self) -> tuple[int, int] | None:
+        """(platform CPU, daemon CPU) for --cpus, or None (unpinned)."""
+        cpus = sorted(os.sched_getaffinity(0))
+        if self.cpus == "none":
+            return None
+        if self.cpus == "same":
+            return cpus[0], cpus[0]
+        if len(cpus) < 2:
+            raise BadOption("--cpus", self.cpus, f"needs two usable CPUs, this process may use {cpus}")
+        return cpus[0], cpus[1]
+
+
+def _csv(value: str, known: tuple[str, ...], option: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    for v in items:
+        if v not in known:
+            raise BadOption(option, v, f"not one of {', '.join(known)}")
+    if not items:
+        raise BadOption(option, value, "empty list")
+    return items
+
+
+def default_profiles() -> tuple[Path, ...]:
+    """configs/hw-*.yaml of the source tree, when there is one."""
+    root = Path(__file__).resolve().parents[2] / "configs"
+    return tuple(sorted(root.glob("hw-*.yaml")))
+
+
+def parse_options(argv: list[str]) -> BenchOptions:
+    p = argparse.ArgumentParser(prog="stubdom-teed bench",
+                                description="EL2 vs stub-domain OP-TEE mediation: latency, operation "
+                                            "counts and a hardware projection (docs/performance.md)")
+    p.add_argument("--out", default="bench-out", help="directory for bench.json, report.md and plots")
+    p.add_argument("--quick", action="store_true", help="small sizes: under a minute, same schema")
+    p.add_argument("--seed", type=int, default=1, help="seed of machines, allocators and data")
+    p.add_argument("--placements", default=",".join(PLACEMENT_NAMES),
+                   help=f"comma-separated subset of {','.join(PLACEMENT_NAMES)}")
+    p.add_argument("--workloads", default=",".join(workload_names()),
+                   help=f"comma-separated subset of {','.join(workload_names())}")
+    p.add_argument("--sweeps", default="workloads,vcpus,scale", help="comma-separated: workloads,vcpus,scale")
+    p.add_argument("--cpus", choices=("same", "different", "none"), default="different",
+                   help="pin the platform process and the daemon (and the floor's two ends) to the same "
+                        "core, to different cores, or not at all")
+    p.add_argument("--open-loop", type=float, default=None, metavar="RATE",
+                   help="open-loop mode: RATE calls/s per vCPU, latency from the intended start")
+    p.add_argument("--poll-window-us", type=int, default=200,
+                   help="adaptive polling window of stubdom-poll and of the polling floor")
+    p.add_argument("--hw-profile", action="append", default=None, metavar="YAML",
+                   help="hardware profile(s) to project with (default: configs/hw-*.yaml)")
+    p.add_argument("--rounds", type=int, default=None, help="override the interleaved rounds")
+    p.add_argument("--block", type=int, default=None, help="override the calls per block")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    a = p.parse_args(argv)
+    plan = QUICK if a.quick else FULL
+    if a.rounds is not None or a.block is not None:
+        from dataclasses import replace
+
+        if (a.rounds is not None and a.rounds < 1) or (a.block is not None and a.block < 1):
+            raise BadOption("--rounds/--block", (a.rounds, a.block), "must be at least 1")
+        plan = replace(plan, rounds=a.rounds or plan.rounds, block=a.block or plan.block)
+    if a.open_loop is not None and not a.open_loop > 0:
+        raise BadOption("--open-loop", a.open_loop, "rate must be positive")
+    if a.poll_window_us < 0:
+        raise BadOption("--poll-window-us", a.poll_window_us, "must not be negative")
+    profiles = tuple(Path(x) for x in a.hw_profile) if a.hw_profile else default_profiles()
+    return BenchOptions(out=Path(a.out), quick=a.quick, seed=a.seed,
+                        placements=_csv(a.placements, PLACEMENT_NAMES, "--placements"),
+                        workloads=_csv(a.workloads, tuple(workload_names()), "--workloads"),
+                        sweeps=_csv(a.sweeps, ("workloads", "vcpus", "scale"), "--sweeps"),
+                        cpus=a.cpus, open_loop_rate=a.open_loop, poll_window_us=a.poll_window_us,
+                        hw_profiles=profiles, progress=not a.no_progress, plan=plan)

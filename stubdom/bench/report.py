@@ -1,0 +1,119 @@
+"""The Markdown report of one result document."""
+
+from __future__ import annotations
+
+from .counters import OPS
+
+__all__ = ["render_report"]
+
+
+def _us(ns) -> str:
+    return "–" if ns is None else f"{ns / 1000:.1f}"
+
+
+def _x(v, digits: int = 2) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return out + [""]
+
+
+def render_report(doc: dict, plots: list[str] | None = None) -> str:
+    m, o = doc["machine"], doc["options"]
+    cells = doc["cells"]
+    L = ["# stubdom-teed bench report", ""]
+    L += [f"Run {doc['created']}, {doc['elapsed_s']:.1f} s, `{' '.join(['stubdom-teed', 'bench', *doc['argv']])}`"
+          f" — schema {doc['schema_version']}.", ""]
+    L += ["## Machine and process layout", ""]
+    L += [f"- CPU: {m['cpu_model']}, {m['logical_cpus']} logical CPUs (usable {m['usable_cpus']}), {m['machine']}",
+          f"- Kernel: {m['kernel']}",
+          f"- Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v),
+          f"- Load average at start: {', '.join(f'{x:.2f}' for x in m['loadavg'])}",
+          f"- Mode: {'open loop at %g calls/s per vCPU (latency from the intended start)' % o['open_loop_rate'] if o['open_loop_rate'] else 'closed loop'}; "
+          f"seed {o['seed']}; warm-up {o['plan']['warmup']} calls per worker; {o['plan']['rounds']} interleaved "
+          f"rounds of {o['plan']['block']} calls per worker and placement",
+          f"- CPU placement: `--cpus {o['cpus']}` (platform CPU {doc['process_layout']['platform_cpu']}, "
+          f"daemon CPU {doc['process_layout']['daemon_cpu']})", ""]
+    for name, p in doc["placements"].items():
+        if p["status"] == "skipped":
+            L.append(f"- **{name}**: skipped — {p['reason']}")
+        else:
+            procs = "; ".join(f"{x.get('role')}" + (f" pid {x['pid']}" if x.get("pid") else "")
+                              + (f" on CPUs {x['affinity']}" if x.get("affinity") else "") +
+                              (f" ({x['what']})" if x.get("what") else "") for x in p.get("processes", []))
+            L.append(f"- **{name}**: {procs}")
+    L.append("")
+
+    wl = [c for c in cells if c["sweep"] == "workloads"]
+    if wl:
+        L += ["## Latency per workload (1 domain, 1 vCPU)", "", "Latency in µs; CPU time in µs per call per process.", ""]
+        rows = []
+        for c in wl:
+            lat = c["latency_ns"]
+            cpu = ", ".join(f"{k} {_us(v)}" for k, v in c["cpu_ns_per_call"].items()) or "–"
+            rows.append([c["workload"], c["placement"], str(c["calls"]), _us(lat["p50"]), _us(lat["p90"]),
+                         _us(lat["p99"]), _us(lat["p99_9"]), _us(lat["max"]),
+                         _x(c["throughput_per_s"], 0), cpu])
+        L += _table(["workload", "placement", "calls", "p50", "p90", "p99", "p99.9", "max", "calls/s",
+                     "CPU µs/call"], rows)
+    if doc["ratios"]:
+        L += ["## Ratios", "",
+              "stubdom / el2 at p50 and p99; overhead over the floor = (stubdom p50 − el2 p50) / "
+              "(crossings × floor p50), crossings = guest traps + gate hypercalls per call (each one ring "
+              "round trip), floor = floor-sleep for stubdom, floor-poll for stubdom-poll.", ""]
+        rows = [[r["workload"], f"{r['domains']}×{r['vcpus_per_domain']}", r["placement"],
+                 _x(r["p50_ratio_to_el2"]), _x(r["p99_ratio_to_el2"]), _x(r["crossings_per_call"], 1),
+                 _x(r["overhead_over_floor"])] for r in doc["ratios"] if r["sweep"] == "workloads"]
+        L += _table(["workload", "layout", "placement", "p50 / el2", "p99 / el2", "crossings",
+                     "(Δp50) / floor"], rows)
+    ops_cells = [c for c in wl if c["ops_per_call"]]
+    if ops_cells:
+        L += ["## Operations per call (counted in real runs)", ""]
+        L += _table(["workload", "placement", *OPS],
+                    [[c["workload"], c["placement"], *(_x(c["ops_per_call"][op], 2) for op in OPS)]
+                     for c in ops_cells])
+    if doc["profiles"] and ops_cells:
+        names = list(doc["profiles"])
+        L += ["## Measured and projected (µs per call)", "",
+              "Projected = counted operations × the profile's figures (mediation and transport only; "
+              "the TA's own work is excluded). 'est.' = share of the projection resting on estimates.", ""]
+        rows = []
+        for c in ops_cells:
+            pr = c.get("projected_ns") or {}
+            rows.append([c["workload"], c["placement"], _us(c["latency_ns"]["p50"]),
+                         *(f"{_us(pr[n]['total_ns'])} (est. {pr[n]['estimated_share']:.0%})" if n in pr else "–"
+                           for n in names)])
+        L += _table(["workload", "placement", "measured p50", *names], rows)
+        for n, p in doc["profiles"].items():
+            L += [f"### Profile {n}", "", p["description"], ""]
+            L += _table(["operation", "ns", "kind", "source"],
+                        [[op, f"{f['ns']:.3g}", f["kind"], f["source"].replace("\n", " ")]
+                         for op, f in p["figures"].items()])
+    vc = [c for c in cells if c["sweep"] == "vcpus"]
+    if vc:
+        L += ["## vCPU sweep", ""]
+        L += _table(["workload", "domains × vCPUs", "placement", "p50 µs", "p99 µs", "calls/s",
+                     "notif./call (to back, to front)", "wake-ups/call"],
+                    [[c["workload"], f"{c['domains']}×{c['vcpus_per_domain']}", c["placement"],
+                      _us(c["latency_ns"]["p50"]), _us(c["latency_ns"]["p99"]), _x(c["throughput_per_s"], 0),
+                      (f"{_x(c['notifications_per_call']['to_backend'])}, "
+                       f"{_x(c['notifications_per_call']['to_frontend'])}") if c["notifications_per_call"] else "–",
+                      (f"{_x(c['wakeups_per_call']['frontend'])}, {_x(c['wakeups_per_call']['backend'])}")
+                      if c["wakeups_per_call"] else "–"] for c in vc])
+    sc = [c for c in cells if c["sweep"] == "scale"]
+    if sc:
+        L += ["## Domain scale", "", "One issuing thread, each call to the next domain.", ""]
+        L += _table(["workload", "domains", "placement", "p50 µs", "p99 µs", "calls/s", "RSS MiB per process"],
+                    [[c["workload"], str(c["domains"]), c["placement"], _us(c["latency_ns"]["p50"]),
+                      _us(c["latency_ns"]["p99"]), _x(c["throughput_per_s"], 0),
+                      ", ".join(f"{k} {v / 1024:.1f}" for k, v in c["rss_kib"].items())] for c in sc])
+    L += ["## Targets (goals, not CI gates)", ""]
+    L += _table(["target", "goal", "value", "status"],
+                [[t["target"], t["goal"], _x(t["value"]), t["status"]] for t in doc["targets"]])
+    L += ["## Notes", ""] + [f"- {n}" for n in doc["notes"]] + [""]
+    if plots:
+        L += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(L)
