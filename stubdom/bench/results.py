@@ -128,7 +128,8 @@ def _notes(cells: list[dict], opts: BenchOptions, skipped: dict) -> list[str]:
         t1, tn = el2[1]["throughput_per_s"], el2[top]["throughput_per_s"]
         if t1 and tn:
             notes.append(f"el2 fast-call throughput with {top} vCPUs is {tn / t1:.2f}x that of 1 vCPU "
-                         "(the interpreter lock serialises the vCPU threads; hardware would scale).")
+                         "(here the vCPU threads share one interpreter lock; on hardware each vCPU "
+                         "runs the mediator on its own pCPU).")
     if opts.cpus == "same":
         notes.append("--cpus same: the platform process and the daemon share one core, so every "
                      "crossing that sleeps is a context switch on that core; polling spins against its peer.")
