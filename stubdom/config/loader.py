@@ -273,6 +273,7 @@ class _Walker:
             self.problem(cap_line, "tee.capabilities",
                          f"{', '.join(missing)} missing: the model is an NS-virtualization build "
                          f"with NULL memrefs, and the mediator needs dynamic shared memory")
+            return None
         rev = t.get("os_revision") or {}
         rkeys = key["os_revision"].kind.keys
         rv = {k.name: rev.get(k.name, k.default) for k in rkeys}
