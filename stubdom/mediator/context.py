@@ -94,6 +94,11 @@ class ShadowPool:
     def idle(self) -> int:
         return len(self._free)
 
+    @property
+    def idle_mfns(self) -> frozenset[int]:
+        """Frames of the idle pages (at rest: every page of the pool)."""
+        return frozenset(p.mfn for p in self._free)
+
     def release(self, budget: int) -> int:
         """Unpin and free up to ``budget`` idle pages; returns how many."""
         done = 0

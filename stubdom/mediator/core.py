@@ -148,6 +148,12 @@ OpenSessionFilter = Callable[[int, uuid.UUID, int], "tuple[int, int] | None"]
 _U32 = 0xFFFFFFFF
 _PAGE_MASK = PAGE_SIZE - 1
 _MSG_ARG_ALIGN = 8  # OP-TEE: an argument in the reserved shm must be 8-byte aligned
+# What OP-TEE is resumed with when the mediator refuses the guest's RPC
+# ALLOC.  Not 0, Linux's "no buffer": on a board whose DRAM starts at 0 that
+# is a real page OP-TEE would map.  A misaligned address fails OP-TEE's
+# first check (thread_rpc_alloc_arg: IS_ALIGNED_WITH_TYPE) before it touches
+# memory, and cookie 0 spares the guest an RPC FREE of a buffer it never had.
+_REFUSED_RPC_ARG_ADDR = _MSG_ARG_ALIGN - 1
 
 # Capabilities the mediator can stand behind; anything else is hidden (a
 # guest must never be told of a feature the mediator would not mediate).
@@ -896,7 +902,8 @@ class Mediator:
         if func == OPTEE_SMC_RPC_FUNC_ALLOC:
             buf = self._alloc_rpc_buffer(ctx, call, _pair(regs[1], regs[2]), _pair(regs[4], regs[5]))
             if buf is None:
-                return _Resume((OPTEE_SMC_CALL_RETURN_FROM_RPC, 0, 0, tid, 0, 0, 0, 0), False)
+                hi, lo = _split(_REFUSED_RPC_ARG_ADDR)
+                return _Resume((OPTEE_SMC_CALL_RETURN_FROM_RPC, hi, lo, tid, 0, 0, 0, 0), False)
             hi, lo = _split(buf.shadow.maddr)
             chi, clo = _split(buf.cookie)
             return _Resume((OPTEE_SMC_CALL_RETURN_FROM_RPC, hi, lo, tid, chi, clo, 0, 0), False)

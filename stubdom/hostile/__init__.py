@@ -1,0 +1,37 @@
+"""Hostile guests: a guest kernel that does what a malicious kernel can,
+through the same trap entry as an honest guest and its own memory only, and
+the harness the attack tests share (placements, an honest domain running
+beside the attack, checks after the attacker is destroyed).
+
+    p = make_platform(tmp_path / "m", "el2")
+    p.create_domain(DomainSpec(1, nr_pages=512))
+    evil = HostileGuest(p, 1)
+    with HonestLoad(p, 2):
+        assert evil.start(evil.page() + 8)[0] == OPTEE_SMC_RETURN_EBADADDR
+    destroy_and_check(p, evil)
+
+See docs/security.md.
+"""
+
+from .errors import (
+    GuestOutOfPages as GuestOutOfPages,
+    HonestLoadFailed as HonestLoadFailed,
+    HostileError as HostileError,
+    UnexpectedRpc as UnexpectedRpc,
+)
+from .guest import M32 as M32, HostileGuest as HostileGuest, ShmAllocHook as ShmAllocHook
+from .harness import (
+    BASE_CAPS as BASE_CAPS,
+    PLACEMENTS as PLACEMENTS,
+    HonestLoad as HonestLoad,
+    destroy_and_check as destroy_and_check,
+    make_platform as make_platform,
+    tee_smcs as tee_smcs,
+)
+from .race import Scribbler as Scribbler
+
+__all__ = [
+    "BASE_CAPS", "GuestOutOfPages", "HonestLoad", "HonestLoadFailed", "HostileError",
+    "HostileGuest", "M32", "PLACEMENTS", "Scribbler", "ShmAllocHook", "UnexpectedRpc",
+    "destroy_and_check", "make_platform", "tee_smcs",
+]

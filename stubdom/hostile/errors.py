@@ -1,0 +1,37 @@
+"""Errors of the hostile-guest library (its own misuse, never the
+mediator's verdicts: those are return codes the tests assert on)."""
+
+from __future__ import annotations
+
+__all__ = ["HostileError", "GuestOutOfPages", "UnexpectedRpc", "HonestLoadFailed"]
+
+
+class HostileError(Exception):
+    """Base of every error in :mod:`stubdom.hostile`."""
+
+
+class GuestOutOfPages(HostileError):
+    """The guest handed out every page of its RAM; create it with more."""
+
+    def __init__(self, domid: int) -> None:
+        self.domid = domid
+        super().__init__(f"d{domid}: no free guest page left")
+
+
+class UnexpectedRpc(HostileError):
+    """The guest got registers it has no honest answer for (an RPC function
+    it does not know, or an RPC CMD naming a buffer it never gave)."""
+
+    def __init__(self, domid: int, a0: int, detail: str = "") -> None:
+        self.domid = domid
+        self.a0 = a0
+        super().__init__(f"d{domid}: unexpected a0={a0:#x}" + (f": {detail}" if detail else ""))
+
+
+class HonestLoadFailed(HostileError):
+    """A call of the honest domain running beside an attack failed."""
+
+    def __init__(self, domid: int, errors: list[BaseException]) -> None:
+        self.domid = domid
+        self.errors = errors
+        super().__init__(f"d{domid}: {len(errors)} honest call(s) failed, first: {errors[0]!r}")
