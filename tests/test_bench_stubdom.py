@@ -1,0 +1,85 @@
+"""Operation counts under the stub-domain placements, against the real
+daemon process: a call's crossings are known by construction. And the whole
+``--quick`` run end to end (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stubdom.bench import Layout, PlacementUnavailable, bench_main, make_placement, per_call, validate
+from stubdom.bench.workloads import WORKLOADS, Worker
+
+
+@pytest.fixture(scope="module", params=["stubdom", "stubdom-poll"])
+def stub(request, tmp_path_factory):
+    try:
+        pl = make_placement(request.param, tmp_path_factory.mktemp(request.param), Layout(1, 1), seed=2,
+                            daemon_cpu=None, poll_window_us=200)
+    except PlacementUnavailable as e:
+        pytest.skip(e.reason)
+    try:
+        pl.start()
+        yield pl
+    finally:
+        pl.close()
+
+
+def _ops(pl, workload: str, calls: int = 3) -> dict:
+    w = Worker(pl.drivers[1], 1, 0, seed=4)
+    try:
+        call = WORKLOADS[workload].prepare(w)
+        call()
+        before = pl.counts()
+        for _ in range(calls):
+            call()
+        return per_call(before, pl.counts(), calls)
+    finally:
+        w.close()
+
+
+def test_fast_call_crossings(stub):
+    ops = _ops(stub, "fast_call")
+    # 1 trap + 1 teeif request and 1 response (each pushed once, popped once)
+    # + 1 SMC-gate hypercall + 1 SMC
+    assert ops["guest_traps"] == 1
+    assert ops["ring_pushes"] == 2 and ops["ring_pops"] == 2
+    assert ops["gate_hypercalls"] == 1
+    assert ops["smc_world_switches"] == 1
+    assert ops["rpc_round_trips"] == 0
+
+
+def test_every_smc_goes_through_the_gate(stub):
+    ops = _ops(stub, "storage_rw", calls=1)
+    assert ops["gate_hypercalls"] == ops["smc_world_switches"] == ops["guest_traps"]
+    assert ops["ring_pushes"] == 2 * ops["guest_traps"]
+    assert ops["rpc_round_trips"] == ops["guest_traps"] - 2
+
+
+def test_blocking_notifies_each_way(stub):
+    if stub.name != "stubdom":
+        pytest.skip("polling may suppress notifications; counts depend on timing")
+    t0 = stub.transport()
+    _ops(stub, "fast_call", calls=4)
+    t1 = stub.transport()
+    # with no polling window the daemon is asleep when the request lands and
+    # the vCPU is asleep when the answer lands: one notification each way
+    calls = t1["entries_pushed"] - t0["entries_pushed"]
+    assert t1["notifications_to_backend"] - t0["notifications_to_backend"] == calls
+    assert t1["wakeups_frontend"] - t0["wakeups_frontend"] == calls
+
+
+def test_daemon_is_a_separate_process(stub):
+    procs = {p["role"]: p for p in stub.processes()}
+    assert procs["daemon"]["pid"] != procs["platform"]["pid"]
+    assert stub.rss_kib()["daemon"] > 0
+
+
+@pytest.mark.slow
+def test_quick_run_end_to_end(tmp_path):
+    assert bench_main(["--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    validate(doc)
+    assert {c["sweep"] for c in doc["cells"]} == {"workloads", "vcpus", "scale"}
+    assert (tmp_path / "report.md").exists() and (tmp_path / "latency-cdf.png").exists()
