@@ -1,24 +1,93 @@
 """The platform: the hypervisor side of the simulation (trap path,
-placements, toolstack)."""
+placements, the SMC gate, the toolstack)."""
 
-from .errors import BadRegisters, DomainCreationFailed, PlatformError, UnknownDomain
+from .errors import (
+    BadRegisters,
+    ControlBadRequest,
+    ControlConfigInvalid,
+    ControlDomainExists,
+    ControlError,
+    ControlInternal,
+    ControlNoSuchDomain,
+    ControlPolicyRefused,
+    ControlProtocolError,
+    ControlShuttingDown,
+    ControlTeeRefused,
+    ControlUnknownOp,
+    DaemonUnavailable,
+    DomainCreationFailed,
+    GateBusy,
+    GateClosed,
+    GateError,
+    GateNotRunning,
+    GateTimeout,
+    PlatformError,
+    ToolstackError,
+    UnknownDomain,
+)
+from .gate import (
+    GATE_OP_HYP,
+    GATE_OP_SMC,
+    Gate,
+    GateClient,
+    GateClientStatistics,
+    GateStatistics,
+    gate_dir,
+)
 from .passthrough import PassThrough, client_id
-from .platform import DomainSpec, Platform
+from .platform import DomainSpec, Platform, domain_spec
 from .regs import NR_SMC_REGS, Regs, check_regs
+from .run import run_platform
+from .stubdom import UNAVAILABLE_REGS, DomainLink, LinkStatistics, StubdomPlacement, stubdom_placement
+from .toolstack import Toolstack, control_path
 from .vsmc import Placement, route_smc
 
 __all__ = [
     "BadRegisters",
+    "ControlBadRequest",
+    "ControlConfigInvalid",
+    "ControlDomainExists",
+    "ControlError",
+    "ControlInternal",
+    "ControlNoSuchDomain",
+    "ControlPolicyRefused",
+    "ControlProtocolError",
+    "ControlShuttingDown",
+    "ControlTeeRefused",
+    "ControlUnknownOp",
+    "DaemonUnavailable",
     "DomainCreationFailed",
+    "DomainLink",
     "DomainSpec",
+    "GATE_OP_HYP",
+    "GATE_OP_SMC",
+    "Gate",
+    "GateBusy",
+    "GateClient",
+    "GateClientStatistics",
+    "GateClosed",
+    "GateError",
+    "GateNotRunning",
+    "GateStatistics",
+    "GateTimeout",
+    "LinkStatistics",
     "NR_SMC_REGS",
     "PassThrough",
     "Placement",
     "Platform",
     "PlatformError",
     "Regs",
+    "StubdomPlacement",
+    "Toolstack",
+    "ToolstackError",
+    "UNAVAILABLE_REGS",
     "UnknownDomain",
     "check_regs",
     "client_id",
+    "control_path",
+    "domain_spec",
+    "gate_dir",
     "route_smc",
+    "run_platform",
+    "stubdom_placement",
 ]

@@ -36,6 +36,19 @@ class DomainSpec:
     vcpus: int = 1
 
 
+def domain_spec(domain_config) -> DomainSpec:
+    """The DomainSpec of a pre-declared domain of the configuration
+    (stubdom.config.DomainConfig)."""
+    return DomainSpec(
+        domid=domain_config.domid,
+        nr_pages=domain_config.nr_pages,
+        hwdom=domain_config.hwdom,
+        direct_mapped=domain_config.direct_mapped,
+        static_shm=domain_config.static_shm,
+        vcpus=domain_config.vcpus,
+    )
+
+
 class Platform:
     """One simulated machine with its secure world and one placement."""
 
@@ -50,10 +63,40 @@ class Platform:
         seed: int = 0,
     ) -> None:
         self.machine = Machine.create(Path(path), nr_frames=nr_frames, seed=seed)
-        self.oracle = IsolationOracle(self.machine, require_pins=require_pins)
-        self.tee = OpteeModel(self.machine, tee_config, self.oracle)
-        self.placement = placement(self)
+        try:
+            self.oracle = IsolationOracle(self.machine, require_pins=require_pins)
+            self.tee = OpteeModel(self.machine, tee_config, self.oracle)
+            self.placement = placement(self)
+        except BaseException:
+            self.machine.close()
+            raise
         self._specs: dict[int, DomainSpec] = {}
+
+    @classmethod
+    def for_config(cls, config, *, placement: Callable[["Platform"], Placement] | None = None,
+                   control_timeout: float = 10.0) -> "Platform":
+        """The platform a stubdom-teed configuration describes (the
+        contract of stubdom.config.Config): the machine at
+        ``<runtime_dir>/machine``; under ``placement: stubdom`` the SMC gate is
+        serving before this returns, so the daemon can start beside it. Domains
+        are not created: see :func:`domain_spec`."""
+        med = config.mediator
+        runtime = Path(med.runtime_dir)
+        if placement is None:
+            if med.placement == "stubdom":
+                from .stubdom import stubdom_placement
+
+                placement = stubdom_placement(runtime, poll_window_us=med.poll_window_us,
+                                              call_timeout_ms=med.call_timeout_ms,
+                                              control_timeout=control_timeout)
+            elif med.placement == "el2":
+                from .el2 import El2Placement
+
+                placement = El2Placement
+            else:
+                raise ValueError(f"unknown placement {med.placement!r}")
+        return cls(runtime / "machine", nr_frames=config.platform.nr_frames, tee_config=config.tee,
+                   placement=placement, seed=config.platform.seed)
 
     # -- toolstack ---------------------------------------------------------
 
@@ -109,9 +152,16 @@ class Platform:
         return entry
 
     def close(self) -> None:
-        for domid in list(self._specs):
-            self.destroy_domain(domid)
-        self.machine.close()
+        """Destroy every domain, stop the placement (under stubdom: the SMC
+        gate's thread and the control connection), unmap the machine."""
+        try:
+            for domid in list(self._specs):
+                self.destroy_domain(domid)
+        finally:
+            close = getattr(self.placement, "close", None)
+            if close is not None:
+                close()
+            self.machine.close()
 
     def __enter__(self) -> "Platform":
         return self

@@ -1,0 +1,177 @@
+"""``stubdom-teed platform --config X``: the simulated Xen with its domains
+and the secure world, in the foreground, so that the daemon can be run by
+hand beside it (``stubdom-teed --config X``), as on a real host.
+
+It creates the machine and the TEE model, serves the SMC gate, waits
+(bounded) for the daemon's control socket, creates the configuration's
+pre-declared domains through the toolstack, boots each guest's OP-TEE driver
+and runs the TA workload in every domain once per interval, one log line per
+round. SIGINT/SIGTERM: destroy the domains, stop the gate, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from typing import TextIO
+
+from stubdom import workloads
+from stubdom.guest import Context, GuestError, MemoryStore, OpteeDriver, Supplicant
+
+from .errors import DaemonUnavailable, DomainCreationFailed
+from .gate import gate_dir
+from .platform import Platform, domain_spec
+from .toolstack import control_path
+
+__all__ = ["run_platform", "DEFAULT_DAEMON_WAIT", "EXIT_CONFIG", "EXIT_NO_DAEMON"]
+
+log = logging.getLogger("stubdom.platform.run")
+
+DEFAULT_DAEMON_WAIT = 60.0  # seconds the platform waits for stubdom-teed's control socket
+EXIT_NO_DAEMON = 1  # the daemon never answered; nothing was left behind
+EXIT_CONFIG = 2  # the configuration did not validate (every problem printed)
+_DIGEST_BYTES = 3 * 4096 + 77  # spans four scattered guest pages
+
+
+def _round(driver: OpteeDriver, n: int) -> int:
+    """One round of the TA workload in one domain; returns the workloads run."""
+    with Context(driver) as ctx:
+        workloads.increment(ctx, n)
+        data = workloads.random_bytes(_DIGEST_BYTES, n)
+        workloads.digest_temp(ctx, data)
+        workloads.digest_registered(ctx, data)
+        workloads.storage_round_trip(ctx, b"platform-%d" % n, workloads.random_bytes(5000, n))
+    return 4
+
+
+def run_platform(
+    config_path: str | None,
+    *,
+    log_level: str | None = None,
+    interval: float = 1.0,
+    rounds: int | None = None,
+    daemon_wait: float = DEFAULT_DAEMON_WAIT,
+    stop: threading.Event | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Run the platform until SIGINT/SIGTERM (or ``stop`` is set, or
+    ``rounds`` rounds are done). Returns the exit status."""
+    from stubdom.config import ConfigError, load_config  # the config package loads YAML
+
+    out = out or sys.stdout
+
+    def say(line: str) -> None:
+        print(f"platform: {line}", file=out, flush=True)
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        for problem in getattr(e, "problems", None) or [str(e)]:
+            print(f"platform: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(level=(log_level or config.mediator.log_level).upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    stop = stop or threading.Event()
+    restore = _install_signals(stop)
+    try:
+        return _run(config, config_path, say, stop, interval, rounds, daemon_wait)
+    finally:
+        restore()
+
+
+def _install_signals(stop: threading.Event):
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
+def _run(config, config_path, say, stop, interval, rounds, daemon_wait) -> int:
+    runtime = config.mediator.runtime_dir
+    stubdom = config.mediator.placement == "stubdom"
+    with ExitStack() as stack:
+        platform = stack.enter_context(Platform.for_config(config))
+        daemon_cmd = "stubdom-teed" + (f" --config {config_path}" if config_path else "")
+        if stubdom:
+            say(f"machine at {platform.machine.path}, SMC gate at {gate_dir(runtime)}; "
+                f"start the daemon beside it: {daemon_cmd}")
+            say(f"waiting up to {daemon_wait:g} s for stubdom-teed at {control_path(runtime)}")
+            try:
+                hello = platform.placement.toolstack.wait_ready(daemon_wait)
+            except DaemonUnavailable as e:
+                say(f"no stubdom-teed answered within {daemon_wait:g} s ({e.reason}); "
+                    f"start it with: {daemon_cmd}")
+                return EXIT_NO_DAEMON
+            say(f"stubdom-teed pid {hello.get('pid')} answered (protocol {hello.get('version')})")
+        else:
+            say(f"machine at {platform.machine.path}, placement {config.mediator.placement}: "
+                f"the mediator runs in the platform, no daemon needed")
+
+        drivers: dict[int, OpteeDriver] = {}
+        stack.callback(_shutdown, drivers)  # runs before platform.close() destroys the domains
+        for dc in config.domains:
+            try:
+                domain = platform.create_domain(domain_spec(dc))
+            except DomainCreationFailed as e:
+                say(f"d{dc.domid} ({dc.name}) not created: {e.reason}")
+                continue
+            driver = OpteeDriver(platform.trap_entry(dc.domid), domain, nr_vcpus=dc.vcpus,
+                                 seed=dc.domid, supplicant=Supplicant(MemoryStore()))
+            try:
+                info = driver.probe()
+            except GuestError as e:
+                say(f"d{dc.domid} ({dc.name}) created, OP-TEE driver did not bind: {e}")
+                continue
+            drivers[dc.domid] = driver
+            say(f"d{dc.domid} ({dc.name}) up: {domain.nr_pages} pages, {dc.vcpus} vCPUs, "
+                f"{'dynamic' if info.dynamic_shm else 'static'} shm, {info.thread_count} OP-TEE threads")
+
+        n = 0
+        while not stop.is_set() and (rounds is None or n < rounds):
+            n += 1
+            say(f"round {n}: " + _run_round(drivers, n))
+            if rounds is None or n < rounds:
+                stop.wait(interval)
+        say("stopping: destroying domains")
+    say("stopped")
+    return 0
+
+
+def _run_round(drivers: dict[int, OpteeDriver], n: int) -> str:
+    """Run the workload in every domain at once; one summary string."""
+    results: dict[int, str] = {}
+
+    def one(domid: int, driver: OpteeDriver) -> None:
+        t0 = time.perf_counter()
+        try:
+            done = _round(driver, n)
+        except Exception as e:  # a guest-visible failure: report it, keep running
+            results[domid] = f"d{domid} FAILED ({type(e).__name__}: {e})"
+        else:
+            results[domid] = f"d{domid} ok {done} workloads {1000 * (time.perf_counter() - t0):.1f} ms"
+
+    threads = [threading.Thread(target=one, args=item, name=f"d{item[0]}-round")
+               for item in drivers.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return ", ".join(results[d] for d in sorted(results)) or "no domain runs the workload"
+
+
+def _shutdown(drivers: dict[int, OpteeDriver]) -> None:
+    for domid, driver in drivers.items():
+        try:
+            driver.shutdown()
+        except Exception as e:
+            log.warning("d%d: driver shutdown failed: %s", domid, e)

@@ -1,0 +1,451 @@
+"""The stubdom placement: the platform's trap path forwards each trapped SMC
+over the domain's teeif ring to stubdom-teed and blocks the vCPU until the
+answer comes back (docs/smc-gate.md, docs/protocol.md).
+
+The platform is the ring's frontend. Per domain, one :class:`DomainLink`
+owns the ring end: pushes and pops happen under its lock, and among the
+vCPU threads waiting for answers exactly one at a time is the *receiver*: it
+spins on the ring for the polling window, then sleeps on the event channel,
+and hands every response it pops to the vCPU waiting for that id.
+
+A daemon that is dead, silent, or answers with status != 0 gives the guest
+:data:`UNAVAILABLE_REGS` — a0 = OPTEE_SMC_RETURN_ENOTAVAIL, a1..a7 = 0 —
+within ``call_timeout_ms``, never a hang. Linux's OP-TEE driver fails a
+yielding call whose a0 is neither RPC nor ETHREAD_LIMIT with
+TEEC_ERROR_COMMUNICATION (origin COMMS), and a fast call with ENOTAVAIL is
+refused like any other error; the UID probe sees a mismatch and the driver
+does not bind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ring import EVTCHN_FILE, RING_FILE, EventChannel, FrontRing, PeerDied, Request, RingCorrupted, RingError, RingFull
+from stubdom.optee.smc import OPTEE_SMC_RETURN_ENOTAVAIL, OPTEE_SMC_VM_DESTROYED
+
+from .errors import (
+    ControlError,
+    ControlNoSuchDomain,
+    ControlProtocolError,
+    DaemonUnavailable,
+    DomainCreationFailed,
+    ToolstackError,
+    UnknownDomain,
+)
+from .gate import HYP_CLIENT_ID, Gate
+from .regs import Regs
+from .toolstack import Toolstack, control_path
+
+__all__ = [
+    "UNAVAILABLE_REGS",
+    "DEFAULT_CALL_TIMEOUT_MS",
+    "DomainLink",
+    "LinkStatistics",
+    "StubdomPlacement",
+    "stubdom_placement",
+]
+
+log = logging.getLogger("stubdom.platform.stubdom")
+
+# What a guest resumes with when its stub domain cannot answer (optee_smc.h:
+# OPTEE_SMC_RETURN_ENOTAVAIL); every other register zero (invariant 2).
+UNAVAILABLE_REGS: Regs = (OPTEE_SMC_RETURN_ENOTAVAIL, 0, 0, 0, 0, 0, 0, 0)
+DEFAULT_CALL_TIMEOUT_MS = 5000
+# The receiver spins with the ring lock held in slices this long, so that a
+# vCPU pushing a request waits at most one slice.
+_SPIN_SLICE_NS = 20_000
+_U64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStatistics:
+    """Counters of one domain's trap path under stubdom (for the benchmark)."""
+
+    requests: int  # trapped SMCs pushed to the daemon
+    responses: int  # answers handed to the vCPU that waited for them
+    notifications_sent: int  # pushes after which the daemon was notified
+    notifications_suppressed: int  # pushes the daemon's req_event said need no notify
+    wakeups: int  # sleeps on the event channel that ended with a notification
+    timeouts: int  # calls answered UNAVAILABLE_REGS after call_timeout_ms
+    backend_errors: int  # responses with status != 0
+    unavailable: int  # calls answered UNAVAILABLE_REGS at once: daemon gone, ring full
+    dropped: int  # responses no vCPU waited for (timed out, or before a restart)
+    reconnects: int  # event channels re-established after the daemon restarted
+
+
+class DomainLink:
+    """The frontend of one domain's teeif ring and event channel. ``call`` is
+    thread-safe: several vCPUs of the domain may be in flight at once."""
+
+    def __init__(self, domid: int, ring_path: Path, evtchn_path: Path, ring_pages: int, *,
+                 poll_window_ns: int, timeout_s: float) -> None:
+        self.domid = domid
+        self.ring_path = Path(ring_path)
+        self.evtchn_path = Path(evtchn_path)
+        self._poll_ns = poll_window_ns
+        self._timeout = timeout_s
+        self._ring = FrontRing.attach(self.ring_path, ring_pages)
+        self._ring_ino = os.stat(self.ring_path).st_ino
+        try:
+            self._chan: EventChannel | None = EventChannel.connect(self.evtchn_path)
+        except BaseException:
+            self._ring.close()
+            raise
+        self._cond = threading.Condition(threading.Lock())  # guards the ring and everything below
+        self._waiting: dict[int, object] = {}  # request id -> its Response once popped, else None
+        self._receiving = False  # a vCPU thread is the receiver
+        self._dead: str | None = None  # why the daemon is unreachable
+        self._broken = False  # the ring itself is unusable (corrupted by the peer)
+        self._next_id = 1
+        self._closed = False
+        self._n = dict.fromkeys(("requests", "responses", "wakeups", "timeouts", "backend_errors",
+                                 "unavailable", "dropped", "reconnects"), 0)
+        self._sent = self._suppressed = 0  # of rings replaced on reconnect
+
+    # -- the trap path -----------------------------------------------------------
+
+    def call(self, vcpu: int, regs: Regs) -> Regs:
+        """Forward one trapped SMC and wait for its answer (bounded)."""
+        deadline = time.monotonic() + self._timeout
+        with self._cond:
+            if self._closed:
+                raise UnknownDomain(self.domid)
+            if self._dead is not None and not self._reconnect():
+                self._n["unavailable"] += 1
+                return UNAVAILABLE_REGS
+            rid = self._next_id
+            self._next_id = (rid + 1) & _U64
+            try:
+                notify = self._ring.push(Request(rid, vcpu, 0, regs))
+            except RingFull:
+                log.warning("d%d: teeif ring full (daemon not answering): ENOTAVAIL", self.domid)
+                self._n["unavailable"] += 1
+                return UNAVAILABLE_REGS
+            self._n["requests"] += 1
+            self._waiting[rid] = None
+            chan = self._chan
+        if notify and chan is not None:
+            try:
+                chan.notify()
+            except (PeerDied, RingError):
+                self._mark_dead("the daemon closed the event channel")
+        return self._await(rid, deadline)
+
+    def _await(self, rid: int, deadline: float) -> Regs:
+        while True:
+            with self._cond:
+                while True:
+                    rsp = self._waiting.get(rid)
+                    if rsp is not None:
+                        del self._waiting[rid]
+                        return self._resume_regs(rsp)
+                    if self._dead is not None:
+                        del self._waiting[rid]
+                        self._n["unavailable"] += 1
+                        return UNAVAILABLE_REGS
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        del self._waiting[rid]
+                        self._n["timeouts"] += 1
+                        log.warning("d%d: no answer from stubdom-teed within %g s: ENOTAVAIL",
+                                    self.domid, self._timeout)
+                        return UNAVAILABLE_REGS
+                    if not self._receiving:
+                        self._receiving = True
+                        break
+                    self._cond.wait(remaining)
+            try:
+                self._receive(deadline)
+            finally:
+                with self._cond:
+                    self._receiving = False
+                    self._cond.notify_all()
+
+    def _resume_regs(self, rsp) -> Regs:
+        self._n["responses"] += 1
+        if rsp.status != 0:
+            self._n["backend_errors"] += 1
+            log.warning("d%d: stubdom-teed answered status %d: ENOTAVAIL", self.domid, rsp.status)
+            return UNAVAILABLE_REGS
+        return tuple(rsp.a)  # type: ignore[return-value]
+
+    def _receive(self, deadline: float) -> None:
+        """As the receiver: return once some response was delivered, the
+        daemon died, or ``deadline`` passed."""
+        spin_left = self._poll_ns
+        while True:
+            with self._cond:
+                if self._dead is not None or self._deliver():
+                    return
+                step = min(spin_left, _SPIN_SLICE_NS)
+                spin_left -= step
+                try:
+                    if self._ring.poll(step):  # spin, then the final check (re-arms rsp_event)
+                        continue
+                except RingCorrupted as e:
+                    self._break(e)
+                    return
+                chan = self._chan
+            if spin_left > 0:
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or chan is None:
+                return
+            poller = select.poll()
+            try:
+                poller.register(chan.fileno(), select.POLLIN)
+            except RingError:
+                return  # closed under us: the domain is being torn down
+            if not poller.poll(max(1, int(remaining * 1000))):
+                return
+            try:
+                if chan.drain():
+                    with self._cond:
+                        self._n["wakeups"] += 1
+            except PeerDied:
+                self._mark_dead("the daemon closed the event channel")
+                # the responses it pushed before dying are still on the ring
+                with self._cond:
+                    self._deliver()
+                return
+            except RingError:
+                return
+
+    def _deliver(self) -> bool:
+        """Pop every response (lock held) and hand each to its waiter."""
+        try:
+            rsps = self._ring.pop_batch()
+        except RingCorrupted as e:
+            self._break(e)
+            return True
+        for rsp in rsps:
+            if rsp.id in self._waiting and self._waiting[rsp.id] is None:
+                self._waiting[rsp.id] = rsp
+            else:
+                self._n["dropped"] += 1
+        if rsps:
+            self._cond.notify_all()
+        return bool(rsps)
+
+    # -- the daemon going away ---------------------------------------------------
+
+    def _mark_dead(self, why: str) -> None:
+        with self._cond:
+            if self._dead is None:
+                log.warning("d%d: %s; calls get ENOTAVAIL until it is back", self.domid, why)
+                self._dead = why
+            self._cond.notify_all()
+
+    def _break(self, e: RingCorrupted) -> None:
+        """The daemon wrote impossible indices (lock held): disconnect it for good."""
+        log.error("d%d: stubdom-teed corrupted the teeif ring (%s): disconnected", self.domid, e)
+        self._broken = True
+        self._dead = f"ring corrupted: {e}"
+        if self._chan is not None:
+            self._chan.close()
+        self._cond.notify_all()
+
+    def _reconnect(self) -> bool:
+        """(lock held) A restarted daemon replaced the listener (and maybe the
+        ring file): connect again. False while nobody listens."""
+        if self._broken or self._receiving:
+            return False
+        try:
+            chan = EventChannel.connect(self.evtchn_path)
+        except OSError:
+            return False
+        try:
+            ino = os.stat(self.ring_path).st_ino
+            if ino != self._ring_ino:
+                ring = FrontRing.attach(self.ring_path, self._ring.ring_pages)
+                rs = self._ring.statistics()
+                self._sent += rs.notifications_sent
+                self._suppressed += rs.notifications_suppressed
+                self._ring.close()
+                self._ring, self._ring_ino = ring, ino
+        except (OSError, RingError) as e:
+            chan.close()
+            log.warning("d%d: cannot re-attach the teeif ring: %s", self.domid, e)
+            return False
+        if self._chan is not None:
+            self._chan.close()
+        self._chan = chan
+        self._dead = None
+        self._n["reconnects"] += 1
+        log.info("d%d: stubdom-teed is back: event channel reconnected", self.domid)
+        return True
+
+    # -- statistics, close -------------------------------------------------------
+
+    def statistics(self) -> LinkStatistics:
+        with self._cond:
+            rs = self._ring.statistics() if not self._ring.closed else None
+            return LinkStatistics(
+                requests=self._n["requests"],
+                responses=self._n["responses"],
+                notifications_sent=self._sent + (rs.notifications_sent if rs else 0),
+                notifications_suppressed=self._suppressed + (rs.notifications_suppressed if rs else 0),
+                wakeups=self._n["wakeups"],
+                timeouts=self._n["timeouts"],
+                backend_errors=self._n["backend_errors"],
+                unavailable=self._n["unavailable"],
+                dropped=self._n["dropped"],
+                reconnects=self._n["reconnects"],
+            )
+
+    def close(self) -> None:
+        """Close the channel and unmap the ring (the vCPUs must be stopped)."""
+        with self._cond:
+            self._closed = True
+            if self._chan is not None:
+                self._chan.close()
+            if not self._ring.closed:
+                rs = self._ring.statistics()
+                self._sent += rs.notifications_sent
+                self._suppressed += rs.notifications_suppressed
+                self._ring.close()
+            self._dead = "domain closed"
+            self._cond.notify_all()
+
+
+class StubdomPlacement:
+    """Placement protocol (stubdom/platform/vsmc.py) forwarding to stubdom-teed.
+
+    Starts the SMC gate for ``runtime_dir`` at once (the daemon connects to
+    it at its own start); domains are created in the daemon through the
+    control socket. Build it with :func:`stubdom_placement`.
+    """
+
+    name = "stubdom"
+
+    def __init__(self, platform, runtime_dir: str | os.PathLike[str], *, poll_window_us: int = 0,
+                 call_timeout_ms: int = DEFAULT_CALL_TIMEOUT_MS, control_timeout: float = 10.0,
+                 toolstack: Toolstack | None = None) -> None:
+        if type(poll_window_us) is not int or poll_window_us < 0:
+            raise ValueError(f"poll_window_us must be a non-negative int, got {poll_window_us!r}")
+        if type(call_timeout_ms) is not int or call_timeout_ms <= 0:
+            raise ValueError(f"call_timeout_ms must be a positive int, got {call_timeout_ms!r}")
+        self.runtime_dir = Path(runtime_dir)
+        self._tee = platform.tee
+        self._poll_ns = poll_window_us * 1000
+        self._timeout = call_timeout_ms / 1000
+        machine = platform.machine
+        self.gate = Gate(self.runtime_dir, platform.tee,
+                         domain_exists=lambda domid: domid in machine.domains(),
+                         poll_window_ns=self._poll_ns)
+        self.gate.start()
+        self.toolstack = toolstack or Toolstack(control_path(self.runtime_dir), timeout=control_timeout)
+        self._lock = threading.Lock()
+        self._links: dict[int, DomainLink] = {}
+        self._destroyed: set[int] = set()  # relinquish_resources done, teardown pending
+        self.fallback_destroys = 0  # VM_DESTROYED the platform sent itself (daemon gone)
+
+    def domain_dir(self, domid: int) -> Path:
+        return self.runtime_dir / f"dom{domid}"
+
+    # -- Placement protocol ------------------------------------------------------
+
+    def domain_init(self, domid: int) -> None:
+        self.gate.assign(domid)  # before the daemon may ask the gate for VM_CREATED
+        try:
+            result = self.toolstack.domain_create(domid)
+        except ToolstackError as e:
+            self.gate.unassign(domid)
+            raise DomainCreationFailed(domid, f"stubdom-teed: {e}") from e
+        try:
+            link = self._attach(domid, result)
+        except (OSError, RingError, KeyError, TypeError, ValueError) as e:
+            try:
+                self.toolstack.domain_destroy(domid)
+            except ToolstackError as e2:
+                log.warning("d%d: domain_destroy after a failed attach: %s", domid, e2)
+            self.gate.unassign(domid)
+            raise DomainCreationFailed(domid, f"cannot attach its teeif ring: {e}") from e
+        with self._lock:
+            self._links[domid] = link
+            self._destroyed.discard(domid)
+
+    def _attach(self, domid: int, result: dict) -> DomainLink:
+        # The daemon is less privileged than the platform: map only the files
+        # the contract names, wherever it says they are.
+        ring, evtchn = self.domain_dir(domid) / RING_FILE, self.domain_dir(domid) / EVTCHN_FILE
+        for key, expected in (("ring", ring), ("evtchn", evtchn)):
+            if Path(result[key]).resolve() != expected.resolve():
+                raise ValueError(f"daemon answered {key}={result[key]!r}, expected {str(expected)!r}")
+        pages = result.get("ring_pages", 0)
+        if type(pages) is not int:
+            raise TypeError(f"daemon answered ring_pages={pages!r}")
+        return DomainLink(domid, ring, evtchn, pages, poll_window_ns=self._poll_ns, timeout_s=self._timeout)
+
+    def handle_call(self, domid: int, vcpu: int, regs: Regs) -> Regs:
+        with self._lock:
+            link = self._links.get(domid)
+        if link is None:
+            raise UnknownDomain(domid)
+        return link.call(vcpu, regs)
+
+    def relinquish_resources(self, domid: int) -> bool:
+        """Ask the daemon to destroy the domain's backend (it relinquishes
+        pins and sends VM_DESTROYED through the gate). If the daemon is gone
+        or lost the domain, the platform sends VM_DESTROYED itself, as the
+        hypervisor may, so that the secure world frees the partition."""
+        with self._lock:
+            if domid in self._destroyed:
+                return True
+        try:
+            self.toolstack.domain_destroy(domid)
+        except (DaemonUnavailable, ControlNoSuchDomain, ControlProtocolError) as e:
+            log.warning("d%d: stubdom-teed could not destroy it (%s): VM_DESTROYED from the platform",
+                        domid, e)
+            a0 = self._tee.smc((OPTEE_SMC_VM_DESTROYED, domid + 1, 0, 0, 0, 0, 0, HYP_CLIENT_ID))[0]
+            log.info("d%d: OP-TEE answered VM_DESTROYED with a0=%#x", domid, a0)
+            self.fallback_destroys += 1
+        except ControlError as e:
+            log.error("d%d: stubdom-teed refused domain_destroy: %s", domid, e)
+        with self._lock:
+            self._destroyed.add(domid)
+        return True
+
+    def domain_teardown(self, domid: int) -> None:
+        self.gate.unassign(domid)  # after domain_destroy completed
+        with self._lock:
+            link = self._links.pop(domid, None)
+            self._destroyed.discard(domid)
+        if link is not None:
+            link.close()
+
+    # -- the rest ------------------------------------------------------------------
+
+    def statistics(self, domid: int) -> LinkStatistics:
+        with self._lock:
+            link = self._links.get(domid)
+        if link is None:
+            raise UnknownDomain(domid)
+        return link.statistics()
+
+    def close(self) -> None:
+        """Close every link, the control connection and the gate."""
+        with self._lock:
+            links, self._links = list(self._links.values()), {}
+        for link in links:
+            link.close()
+        self.toolstack.close()
+        self.gate.close()
+
+
+def stubdom_placement(runtime_dir: str | os.PathLike[str], *, poll_window_us: int = 0,
+                      call_timeout_ms: int = DEFAULT_CALL_TIMEOUT_MS, control_timeout: float = 10.0):
+    """A ``placement=`` factory for :class:`~stubdom.platform.Platform`."""
+
+    def make(platform) -> StubdomPlacement:
+        return StubdomPlacement(platform, runtime_dir, poll_window_us=poll_window_us,
+                                call_timeout_ms=call_timeout_ms, control_timeout=control_timeout)
+
+    return make
