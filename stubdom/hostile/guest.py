@@ -33,6 +33,7 @@ from stubdom.optee import (
     OPTEE_RPC_CMD_SHM_FREE,
     OPTEE_SMC_CALL_RETURN_FROM_RPC,
     OPTEE_SMC_CALL_WITH_ARG,
+    OPTEE_SMC_CALL_WITH_REGD_ARG,
     OPTEE_SMC_CALL_WITH_RPC_ARG,
     OPTEE_SMC_EXCHANGE_CAPABILITIES,
     OPTEE_SMC_RETURN_OK,
@@ -189,6 +190,17 @@ class HostileGuest:
             except Exception:  # a deliberately broken argument: no RPC arg to find
                 self._current.pop(vcpu, None)
         return self.smc(function, ipa >> 32, ipa & M32, vcpu=vcpu)
+
+    def start_regd(self, cookie: int, offset: int, arg_ipa: int | None = None, *,
+                   vcpu: int = 0) -> Regs:
+        """CALL_WITH_REGD_ARG naming registration ``cookie`` at ``offset``
+        (``arg_ipa``: where that is in its memory, to find the RPC argument)."""
+        if arg_ipa is not None and self.rpc_arg:
+            try:
+                self._current[vcpu] = (arg_ipa, get_arg_size(self.read_arg(arg_ipa).num_params))
+            except Exception:
+                self._current.pop(vcpu, None)
+        return self.smc(OPTEE_SMC_CALL_WITH_REGD_ARG, cookie >> 32, cookie & M32, offset, vcpu=vcpu)
 
     def serve(self, r: Regs, *, vcpu: int = 0,
               stop: Callable[[Regs], bool] | None = None) -> Regs:
