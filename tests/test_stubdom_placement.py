@@ -22,6 +22,7 @@ from stubdom.optee import (
     OPTEE_SMC_GET_THREAD_COUNT,
     OPTEE_SMC_RETURN_ENOTAVAIL,
     OPTEE_SMC_VM_CREATED,
+    OPTEE_SMC_VM_DESTROYED,
 )
 from stubdom.optee.teec import TEEC_ERROR_COMMUNICATION, TEEC_ORIGIN_COMMS
 from stubdom.platform import (
@@ -268,4 +269,4 @@ def test_daemon_gone_at_destroy_platform_sends_vm_destroyed(world) -> None:
     assert platform.placement.fallback_destroys == 1
     # the partition is gone: client 2 can be created again
     assert platform.tee.smc(regs(OPTEE_SMC_VM_CREATED, 2))[0] == 0
-    platform.tee.smc(regs(0xB200000E, 2))  # VM_DESTROYED again, for a clean end
+    platform.tee.smc(regs(OPTEE_SMC_VM_DESTROYED, 2))  # and gone again, for a clean end

@@ -61,8 +61,11 @@ class Platform:
         placement: Callable[["Platform"], Placement],
         require_pins: bool = True,
         seed: int = 0,
+        static_shm: tuple[int, int] | None = None,
     ) -> None:
-        self.machine = Machine.create(Path(path), nr_frames=nr_frames, seed=seed)
+        # static_shm: (base, size) of OP-TEE's carve-out; None = the machine's default
+        shm = {} if static_shm is None else {"static_shm_base": static_shm[0], "static_shm_size": static_shm[1]}
+        self.machine = Machine.create(Path(path), nr_frames=nr_frames, seed=seed, **shm)
         try:
             self.oracle = IsolationOracle(self.machine, require_pins=require_pins)
             self.tee = OpteeModel(self.machine, tee_config, self.oracle)
@@ -92,11 +95,13 @@ class Platform:
             elif med.placement == "el2":
                 from .el2 import El2Placement
 
-                placement = El2Placement
+                limits = config.default_policy.limits
+                placement = lambda p: El2Placement(p, limits=limits)  # noqa: E731
             else:
                 raise ValueError(f"unknown placement {med.placement!r}")
         return cls(runtime / "machine", nr_frames=config.platform.nr_frames, tee_config=config.tee,
-                   placement=placement, seed=config.platform.seed)
+                   placement=placement, seed=config.platform.seed,
+                   static_shm=(config.static_shm.base, config.static_shm.size))
 
     # -- toolstack ---------------------------------------------------------
 

@@ -27,13 +27,14 @@ from .gate import gate_dir
 from .platform import Platform, domain_spec
 from .toolstack import control_path
 
-__all__ = ["run_platform", "DEFAULT_DAEMON_WAIT", "EXIT_CONFIG", "EXIT_NO_DAEMON"]
+__all__ = ["run_platform", "DEFAULT_DAEMON_WAIT", "EXIT_CONFIG", "EXIT_NO_DAEMON", "EXIT_ORACLE"]
 
 log = logging.getLogger("stubdom.platform.run")
 
 DEFAULT_DAEMON_WAIT = 60.0  # seconds the platform waits for stubdom-teed's control socket
 EXIT_NO_DAEMON = 1  # the daemon never answered; nothing was left behind
 EXIT_CONFIG = 2  # the configuration did not validate (every problem printed)
+EXIT_ORACLE = 3  # the isolation oracle recorded a violation (each printed)
 _DIGEST_BYTES = 3 * 4096 + 77  # spans four scattered guest pages
 
 
@@ -70,7 +71,7 @@ def run_platform(
     try:
         config = load_config(config_path)
     except ConfigError as e:
-        for problem in getattr(e, "problems", None) or [str(e)]:
+        for problem in e.problems:
             print(f"platform: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     logging.basicConfig(level=(log_level or config.mediator.log_level).upper(),
@@ -143,8 +144,15 @@ def _run(config, config_path, say, stop, interval, rounds, daemon_wait) -> int:
             if rounds is None or n < rounds:
                 stop.wait(interval)
         say("stopping: destroying domains")
-    say("stopped")
-    return 0
+        _shutdown(drivers)
+        drivers.clear()
+        for domid in platform.domids():
+            platform.destroy_domain(domid)
+        violations = list(platform.oracle.violations)
+    for v in violations:
+        say(f"ORACLE {v}")
+    say(f"stopped; isolation oracle: {len(violations)} violations")
+    return EXIT_ORACLE if violations else 0
 
 
 def _run_round(drivers: dict[int, OpteeDriver], n: int) -> str:
