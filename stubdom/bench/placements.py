@@ -20,7 +20,7 @@ from stubdom.platform import DomainSpec, Platform
 from .counters import CountingMachine, CountingTee, OpCounter, counting_trap
 from .errors import PlacementUnavailable
 from .layout import Layout
-from .procinfo import proc_cpu_ns, proc_rss_kib, self_cpu_ns
+from .procinfo import proc_rss_kib, self_cpu_ns
 
 __all__ = ["BenchPlacement", "El2Bench", "PLACEMENT_NAMES", "make_placement"]
 
@@ -143,8 +143,3 @@ def make_placement(name: str, root: Path, layout: Layout, *, seed: int,
         return StubdomBench(root, layout, seed=seed, poll=name == "stubdom-poll",
                             daemon_cpu=daemon_cpu, poll_window_us=poll_window_us)
     raise PlacementUnavailable(name, f"unknown placement (known: {', '.join(PLACEMENT_NAMES)})")
-
-
-def daemon_proc_stats(pid: int) -> tuple[int, int]:
-    """(CPU ns, RSS KiB) of a daemon process."""
-    return proc_cpu_ns(pid), proc_rss_kib(pid)
