@@ -57,17 +57,17 @@ def test_every_smc_goes_through_the_gate(stub):
     assert ops["rpc_round_trips"] == ops["guest_traps"] - 2
 
 
-def test_blocking_notifies_each_way(stub):
-    if stub.name != "stubdom":
-        pytest.skip("polling may suppress notifications; counts depend on timing")
+def test_every_push_notifies_or_is_suppressed(stub):
     t0 = stub.transport()
     _ops(stub, "fast_call", calls=4)
     t1 = stub.transport()
-    # with no polling window the daemon is asleep when the request lands and
-    # the vCPU is asleep when the answer lands: one notification each way
-    calls = t1["entries_pushed"] - t0["entries_pushed"]
-    assert t1["notifications_to_backend"] - t0["notifications_to_backend"] == calls
-    assert t1["wakeups_frontend"] - t0["wakeups_frontend"] == calls
+    d = {k: t1[k] - t0.get(k, 0) for k in t1}
+    # io/ring.h: each request push either crosses the daemon's req_event
+    # (one notification) or finds it awake (suppressed) -- whatever the timing
+    assert d["notifications_to_backend"] + d["notifications_suppressed_to_backend"] == d["entries_pushed"]
+    assert d["entries_pushed"] == d["gate_calls"] == 5  # the unmeasured first call and 4 more
+    # a vCPU is woken at most once per answer it waits for
+    assert 0 <= d["wakeups_frontend"] <= d["entries_pushed"]
 
 
 def test_daemon_is_a_separate_process(stub):
