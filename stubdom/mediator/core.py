@@ -108,7 +108,7 @@ from stubdom.optee.teec import (
     TEEC_ERROR_OUT_OF_MEMORY,
     TEEC_ORIGIN_COMMS,
 )
-from stubdom.xen import PAGE_SIZE, MachineError, P2mType
+from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, MachineError, P2mType, WrongP2mType
 
 from .context import (
     DomainContext,
@@ -624,6 +624,10 @@ class Mediator:
         if call.function == OPTEE_SMC_CALL_WITH_REGD_ARG:
             room = min(room, registered)
         try:
+            # Writable RAM only, as Xen's get_domain_ram_page: the results
+            # go back to this page, so a read-only one is refused up front.
+            if domain.lookup(ipa >> PAGE_SHIFT).type != P2mType.p2m_ram_rw:
+                raise WrongP2mType(ctx.domid, ipa, domain.lookup(ipa >> PAGE_SHIFT).type.name, "argument")
             data = domain.read(ipa, room)
         except MachineError as e:
             ctx.log.warning("call %d: argument at %#x: %s", call.seq, ipa, e)
