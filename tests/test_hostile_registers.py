@@ -1,0 +1,111 @@
+"""Hostile guests, registers: arbitrary values in every SMC, a7 and the
+reserved bits included (hypothesis; a bounded profile by default, a long one
+behind ``-m slow``).  After every SMC: the guest got eight 64-bit registers,
+a Trusted-OS call returned nothing in a4..a7 (DESIGN.md invariant 2), every
+SMC that reached the TEE carried a live domain's own client ID (invariant 1:
+a guest's a7 never does), no mediator bug was hit, the isolation oracle is
+clean; all the while an honest domain's calls succeed, and destroying the
+attacker leaves nothing behind."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stubdom.hostile import (
+    BASE_CAPS,
+    PLACEMENTS,
+    HonestLoad,
+    HostileGuest,
+    destroy_and_check,
+    make_platform,
+    tee_smcs,
+)
+from stubdom.mediator import client_id
+from stubdom.optee import (
+    ARM_SMCCC_OWNER_TRUSTED_APP,
+    ARM_SMCCC_OWNER_TRUSTED_OS_END,
+    OPTEE_SMC_SEC_CAP_RPC_ARG,
+    SMC_NAMES,
+    MsgArg,
+    decode_function_id,
+)
+from stubdom.platform import DomainSpec
+
+U64 = (1 << 64) - 1
+FUNCTION_IDS = sorted(SMC_NAMES)
+
+
+def _a0() -> st.SearchStrategy[int]:
+    known = st.sampled_from(FUNCTION_IDS)
+    return st.one_of(
+        known,
+        # Reserved bits: SMC64 flag, bits 23:16 of a fast call, bits 63:32.
+        st.tuples(known, st.integers(0, 0xFF), st.integers(0, U64 >> 32), st.booleans()).map(
+            lambda t: t[0] | (t[1] << 16) | (t[2] << 32) | (t[3] << 30)),
+        st.integers(0, U64),
+    )
+
+
+def _reg(guest_ipas: list[int]) -> st.SearchStrategy[int]:
+    return st.one_of(
+        st.integers(0, U64),
+        st.integers(0, 0xFFFFFFFF),
+        st.sampled_from([0, 1, 7, 0xFFFFFFFF, U64, 1 << 63]),
+        # Halves of real guest addresses, so calls also start for real.
+        st.sampled_from(guest_ipas).map(lambda ipa: ipa & 0xFFFFFFFF),
+        st.sampled_from(guest_ipas).map(lambda ipa: ipa >> 32),
+    )
+
+
+def _fuzz(tmp_path, placement: str, max_examples: int) -> None:
+    with make_platform(tmp_path / "m", placement, caps=BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG) as p:
+        p.create_domain(DomainSpec(1, nr_pages=512))
+        evil = HostileGuest(p, 1)
+        evil.negotiate()
+        # Argument pages with plausible headers and random bodies at known IPAs.
+        ipas = evil.pages(16)
+        for i, ipa in enumerate(ipas):
+            evil.write_arg(ipa, MsgArg(i % 8, func=i, session=i))
+        mediator = p.placement.mediator
+        with HonestLoad(p, 2) as honest:
+            live = {client_id(1), client_id(2)}
+            seen = len(tee_smcs(p))
+
+            @settings(max_examples=max_examples, deadline=None, database=None,
+                      suppress_health_check=[HealthCheck.too_slow])
+            @given(a0=_a0(), rest=st.lists(_reg(ipas), min_size=7, max_size=7),
+                   vcpu=st.integers(0, 3), body=st.binary(max_size=256), where=st.sampled_from(ipas))
+            def one_smc(a0, rest, vcpu, body, where):
+                nonlocal seen
+                evil.write(where + 32, body)  # random params behind a plausible header
+                regs = (a0, *rest)
+                r = evil.smc8(regs, vcpu=vcpu)
+                assert len(r) == 8 and all(0 <= x <= U64 for x in r)
+                owner = decode_function_id(a0).owner
+                if ARM_SMCCC_OWNER_TRUSTED_APP <= owner <= ARM_SMCCC_OWNER_TRUSTED_OS_END:
+                    assert r[4:] == (0, 0, 0, 0), (hex(a0), r)
+                new = tee_smcs(p)[seen:]
+                seen += len(new)
+                assert all(s[7] in live for s in new), [hex(s[7]) for s in new]
+                assert mediator.context(1).internal_errors == 0
+                p.oracle.assert_clean()
+
+            one_smc()
+        assert honest.rounds > 0
+        assert mediator.context(2).internal_errors == 0
+        # The fuzz did reach the TEE on the attacker's behalf (not only refusals).
+        assert sum(s[7] == client_id(1) for s in tee_smcs(p)) > 10
+        destroy_and_check(p, evil)
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_arbitrary_registers_in_every_smc(tmp_path, placement):
+    _fuzz(tmp_path, placement, max_examples=200)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_arbitrary_registers_in_every_smc_long(tmp_path, placement):
+    _fuzz(tmp_path, placement, max_examples=20000)
