@@ -1,7 +1,13 @@
 """The ``stubdom-teed`` command line.
 
-``main(argv) -> int`` stays thin: parse, dispatch, turn expected errors into
-a message and an exit status.
+    stubdom-teed [--config FILE] [--log-level L]        the daemon (stub-domain mediator)
+    stubdom-teed platform [--config FILE] [...]          the simulated Xen + secure world + guests
+    stubdom-teed ctl [...] COMMAND [ARG]                 talk to a running daemon
+    stubdom-teed demo [--runtime-dir D] [--seed N]       the end-to-end run
+    stubdom-teed bench [--quick] [...]                   the EL2-vs-stubdom benchmark
+
+``main(argv) -> int`` stays thin: each sub-command's own module parses the
+rest and returns the exit status.
 """
 
 from __future__ import annotations
@@ -12,36 +18,77 @@ from collections.abc import Sequence
 
 from stubdom import __version__
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+# Sub-commands that parse their own arguments.
+_DELEGATED = ("bench", "ctl")
+
+
+def _daemon_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
         prog="stubdom-teed",
-        description="Stub-domain OP-TEE mediator for Xen on Arm, on a simulated machine.",
+        description="Stub-domain OP-TEE mediator for Xen on Arm, on a simulated machine. Without a "
+        "sub-command, runs the daemon.",
+        epilog="sub-commands: platform, ctl, demo, bench (stubdom-teed SUBCOMMAND --help)",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--config", help="YAML configuration (default: the embedded configs/xen.yaml)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, help="overrides mediator.log_level")
+    return p
 
-    demo = sub.add_parser(
-        "demo",
-        help="run the end-to-end demo: guests probe OP-TEE and use every built-in TA",
+
+def _platform_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stubdom-teed platform",
+        description="Run the simulated Xen with its domains and the secure world; start the daemon "
+        "beside it with `stubdom-teed --config FILE`.",
     )
-    demo.add_argument(
-        "--runtime-dir",
-        help="where the machine's files go (default: a temporary directory, removed afterwards)",
+    p.add_argument("--config", help="YAML configuration (default: the embedded configs/xen.yaml)")
+    p.add_argument("--log-level", choices=LOG_LEVELS)
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between workload rounds (default 1)")
+    p.add_argument("--rounds", type=int, help="stop after this many workload rounds (default: run until SIGTERM)")
+    return p
+
+
+def _demo_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stubdom-teed demo",
+        description="Run every built-in TA from every domain under each placement and print a table.",
     )
-    demo.add_argument("--seed", type=int, default=1, help="seed for page scattering (default 1)")
-    return parser
+    p.add_argument("--runtime-dir", help="where the machines' files go (default: a temporary directory)")
+    p.add_argument("--seed", type=int, default=1, help="seed for page scattering and data (default 1)")
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None or args.command == "demo":
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args and not args[0].startswith("-") else None
+
+    if command == "bench":
+        from stubdom.bench import bench_main
+
+        return bench_main(args[1:])
+    if command == "ctl":
+        from stubdom.daemon import ctl_main
+
+        return ctl_main(args[1:])
+    if command == "platform":
+        from stubdom.platform import run_platform
+
+        opts = _platform_parser().parse_args(args[1:])
+        return run_platform(opts.config, log_level=opts.log_level, interval=opts.interval, rounds=opts.rounds)
+    if command == "demo":
         from stubdom.demo import run_demo
 
-        return run_demo(runtime_dir=getattr(args, "runtime_dir", None), seed=getattr(args, "seed", 1))
-    parser.error(f"unknown command {args.command!r}")
-    return 2  # unreachable: parser.error exits
+        opts = _demo_parser().parse_args(args[1:])
+        return run_demo(runtime_dir=opts.runtime_dir, seed=opts.seed)
+    if command is not None:
+        _daemon_parser().error(f"unknown sub-command {command!r} (platform, ctl, demo, bench)")
+
+    from stubdom.daemon import run_daemon
+
+    opts = _daemon_parser().parse_args(args)
+    return run_daemon(opts.config, log_level=opts.log_level)
 
 
 if __name__ == "__main__":  # pragma: no cover
