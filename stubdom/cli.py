@@ -57,6 +57,8 @@ def _demo_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--runtime-dir", help="where the machines' files go (default: a temporary directory)")
     p.add_argument("--seed", type=int, default=1, help="seed for page scattering and data (default 1)")
+    p.add_argument("--config", help="YAML configuration whose domains run under el2 and stubdom "
+                   "(default: the embedded configs/xen.yaml)")
     return p
 
 
@@ -81,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stubdom.demo import run_demo
 
         opts = _demo_parser().parse_args(args[1:])
-        return run_demo(runtime_dir=opts.runtime_dir, seed=opts.seed)
+        return run_demo(runtime_dir=opts.runtime_dir, seed=opts.seed, config_path=opts.config)
     if command is not None:
         _daemon_parser().error(f"unknown sub-command {command!r} (platform, ctl, demo, bench)")
 

@@ -4,8 +4,14 @@ The same guests run the same TA workload under each placement:
 
 * ``passthrough`` — the 2017 RFC (forward, stamp the client ID): only a
   direct-mapped hardware domain, trusted like a native kernel;
-* ``el2`` — the mediator core in the hypervisor, as Xen does it: dom0 with
-  static shm plus two domUs on scattered memory, dynamic shm only;
+* ``el2`` — the mediator core in the hypervisor, as Xen does it;
+* ``stubdom`` — the same mediator core in stubdom-teed, a separate daemon
+  process reached over each domain's teeif ring and event channel, which
+  reaches the TEE only through the platform's SMC gate.
+
+Under ``el2`` and ``stubdom`` the domains are the configuration's (the
+embedded configs/xen.yaml by default: dom0 with static shm plus two domUs on
+scattered memory, dynamic shm only).
 
 Each domain runs every built-in TA from each of its vCPUs at once: value
 params, temporary and registered memory up to 512 KiB over scattered pages,
@@ -17,6 +23,7 @@ every answer was right and the oracle saw nothing.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import statistics
 import sys
@@ -27,22 +34,24 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from importlib.resources import files
 from typing import TextIO
 
+import yaml
+
 from stubdom import workloads
+from stubdom.config import load_config
 from stubdom.guest import Context, DirectoryStore, OpteeDriver, PageAllocator, Supplicant
 from stubdom.platform import DomainSpec, PassThrough, Platform
-from stubdom.platform.el2 import El2Placement
+from stubdom.platform.launch import DaemonProcess
+from stubdom.platform.platform import domain_spec
 from stubdom.tee import TeeConfig
 
 DEMO_FRAMES = 32768  # 128 MiB of machine RAM
 BUFFER_SIZES = (1, 4096, 3 * 4096 + 77, 64 * 1024, 512 * 1024)
 
+DAEMON_READY_S = 30.0
 HWDOM_ONLY = (DomainSpec(0, nr_pages=4096, hwdom=True, direct_mapped=True, static_shm=True, vcpus=2),)
-THREE_DOMAINS = HWDOM_ONLY + (
-    DomainSpec(1, nr_pages=4096, vcpus=2),
-    DomainSpec(2, nr_pages=4096, vcpus=2),
-)
 
 
 @dataclass
@@ -91,53 +100,76 @@ def _workload(ctx: Context, seed: int) -> None:
 
 def run_placement(
     name: str,
-    root: Path,
-    placement: Callable[[Platform], object],
+    platform: Platform,
     specs: Sequence[DomainSpec],
+    store: Path,
     *,
-    require_pins: bool,
     seed: int,
 ) -> list[DomainResult]:
-    """Boot a platform with ``placement``, run the workload in every domain
-    from every vCPU at once, tear everything down; one result per domain."""
+    """Run the workload in every domain from every vCPU at once on a booted
+    ``platform``, then destroy the domains; one result per domain."""
     results = {s.domid: DomainResult(name, s.domid) for s in specs}
-    with Platform(root / "machine", nr_frames=DEMO_FRAMES, tee_config=TeeConfig(),
-                  placement=placement, require_pins=require_pins, seed=seed) as platform:
-        drivers: dict[int, OpteeDriver] = {}
-        for spec in specs:
-            domain = platform.create_domain(spec)
-            drivers[spec.domid] = OpteeDriver(
-                _timed(platform.trap_entry(spec.domid), results[spec.domid].latencies_ns),
-                domain,
-                nr_vcpus=spec.vcpus,
-                allocator=PageAllocator.for_domain(domain, seed=seed + spec.domid),
-                supplicant=Supplicant(DirectoryStore(root / f"dom{spec.domid}-tee-store")),
-            )
-            drivers[spec.domid].probe()
+    drivers: dict[int, OpteeDriver] = {}
+    for spec in specs:
+        domain = platform.create_domain(spec)
+        drivers[spec.domid] = OpteeDriver(
+            _timed(platform.trap_entry(spec.domid), results[spec.domid].latencies_ns),
+            domain,
+            nr_vcpus=spec.vcpus,
+            allocator=PageAllocator.for_domain(domain, seed=seed + spec.domid),
+            supplicant=Supplicant(DirectoryStore(store / f"dom{spec.domid}-tee-store")),
+        )
+        drivers[spec.domid].probe()
 
-        def vcpu_thread(domid: int, vcpu: int) -> None:
-            try:
-                with Context(drivers[domid], vcpu=vcpu) as ctx:
-                    _workload(ctx, seed * 100 + domid * 10 + vcpu)
-            except Exception as e:  # reported in the table, never swallowed
-                results[domid].failures.append(f"vcpu{vcpu}: {type(e).__name__}: {e}")
+    def vcpu_thread(domid: int, vcpu: int) -> None:
+        try:
+            with Context(drivers[domid], vcpu=vcpu) as ctx:
+                _workload(ctx, seed * 100 + domid * 10 + vcpu)
+        except Exception as e:  # reported in the table, never swallowed
+            results[domid].failures.append(f"vcpu{vcpu}: {type(e).__name__}: {e}")
 
-        threads = [threading.Thread(target=vcpu_thread, args=(s.domid, v)) for s in specs for v in range(s.vcpus)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for spec in specs:
-            drivers[spec.domid].shutdown()
-            platform.destroy_domain(spec.domid)
-            leaked = platform.machine.pinned_frames(spec.domid)
-            if leaked:
-                results[spec.domid].failures.append(f"{len(leaked)} frames still pinned after destroy")
-        for v in platform.oracle.violations:
-            row = results.get(v.domid) or next(iter(results.values()))
-            row.violations += 1
-            row.failures.append(f"oracle: {v.describe()}")
+    threads = [threading.Thread(target=vcpu_thread, args=(s.domid, v)) for s in specs for v in range(s.vcpus)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for spec in specs:
+        drivers[spec.domid].shutdown()
+        platform.destroy_domain(spec.domid)
+        leaked = platform.machine.pinned_frames(spec.domid)
+        if leaked:
+            results[spec.domid].failures.append(f"{len(leaked)} frames still pinned after destroy")
+    for v in platform.oracle.violations:
+        row = results.get(v.domid) or next(iter(results.values()))
+        row.violations += 1
+        row.failures.append(f"oracle: {v.describe()}")
     return list(results.values())
+
+
+def _config_for(base: dict, root: Path, placement: str) -> Path:
+    """Write the configuration both processes read: ``base`` with its
+    runtime directory under ``root`` and the placement set."""
+    doc = copy.deepcopy(base)
+    doc.setdefault("mediator", {})
+    doc["mediator"]["runtime_dir"] = str(root / "rt")
+    doc["mediator"]["placement"] = placement
+    path = root / "xen.yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _run_config_placement(name: str, base: dict, root: Path, seed: int, say) -> list[DomainResult]:
+    path = _config_for(base, root, name)
+    config = load_config(path)
+    specs = [domain_spec(d) for d in config.domains]
+    with ExitStack() as stack:
+        platform = stack.enter_context(Platform.for_config(config))
+        if name == "stubdom":
+            daemon = stack.enter_context(DaemonProcess(path, root / "daemon.log"))
+            hello = daemon.wait_ready(platform.placement.toolstack, DAEMON_READY_S)
+            say(f"stubdom-teed pid {hello['pid']} serving {config.mediator.runtime_dir}")
+        return run_placement(name, platform, specs, root, seed=seed)
 
 
 def print_table(rows: Sequence[DomainResult], out: TextIO) -> None:
@@ -148,22 +180,32 @@ def print_table(rows: Sequence[DomainResult], out: TextIO) -> None:
               f"{r.percentile_us(50):>8.1f} {r.percentile_us(99):>8.1f}", file=out)
 
 
-def run_demo(*, runtime_dir: str | None = None, seed: int = 1, out: TextIO = sys.stdout) -> int:
+def run_demo(*, runtime_dir: str | None = None, seed: int = 1, config_path: str | None = None,
+             out: TextIO = sys.stdout) -> int:
+    def say(text: str) -> None:
+        print(f"demo: {text}", file=out, flush=True)
+
+    base = yaml.safe_load(Path(config_path).read_text() if config_path else
+                          (files("stubdom.config") / "xen.yaml").read_text())
     with ExitStack() as stack:
         root = Path(runtime_dir) if runtime_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         root.mkdir(parents=True, exist_ok=True)
-        plan = [
-            ("passthrough", lambda p: PassThrough(p.tee), HWDOM_ONLY, False),
-            ("el2", El2Placement, THREE_DOMAINS, True),
-        ]
         rows: list[DomainResult] = []
-        for name, placement, specs, require_pins in plan:
-            print(f"demo: {name}: {len(specs)} domain(s), every TA from every vCPU ...", file=out, flush=True)
-            rows += run_placement(name, root / name, placement, specs, require_pins=require_pins, seed=seed)
+
+        say("passthrough: dom0 only (the 2017 RFC), every TA from every vCPU ...")
+        with Platform(root / "passthrough" / "machine", nr_frames=DEMO_FRAMES, tee_config=TeeConfig(),
+                      placement=lambda p: PassThrough(p.tee), require_pins=False, seed=seed) as platform:
+            rows += run_placement("passthrough", platform, HWDOM_ONLY, root / "passthrough", seed=seed)
+
+        for name in ("el2", "stubdom"):
+            say(f"{name}: {len(base.get('domains') or [])} domain(s) from the configuration, every TA from "
+                f"every vCPU ...")
+            rows += _run_config_placement(name, base, root / name, seed, say)
+
         print_table(rows, out)
         for r in rows:
             for f in r.failures:
-                print(f"demo: FAILED {r.placement} d{r.domid}: {f}", file=out)
+                say(f"FAILED {r.placement} d{r.domid}: {f}")
         ok = all(not r.failures and not r.violations for r in rows)
-        print(f"demo: {'every answer matched, no isolation violation' if ok else 'FAILED'}", file=out)
+        say("every answer matched, no isolation violation" if ok else "FAILED")
         return 0 if ok else 1

@@ -10,13 +10,11 @@ reserved-shm pool are exercised.
 from __future__ import annotations
 
 import hashlib
-import io
 import threading
 
 import pytest
 
 from stubdom import workloads
-from stubdom.demo import run_demo
 from stubdom.guest import Context, OpteeDriver, PageAllocator, ShmAllocReply, Supplicant
 from stubdom.optee import (
     OPTEE_SMC_SEC_CAP_DYNAMIC_SHM,
@@ -113,14 +111,3 @@ def test_concurrent_vcpus_share_the_tee_threads(platform, tmp_path):
     assert errors == []
     driver.shutdown()
     platform.destroy_domain(HWDOM)
-
-
-def test_demo_runs_clean(tmp_path):
-    out = io.StringIO()
-    assert run_demo(runtime_dir=str(tmp_path / "rt"), seed=3, out=out) == 0
-    text = out.getvalue()
-    assert "every answer matched, no isolation violation" in text
-    rows = [line.split() for line in text.splitlines() if line.startswith(("passthrough ", "el2 "))]
-    assert [(r[0], r[1]) for r in rows] == [("passthrough", "d0"), ("el2", "d0"), ("el2", "d1"), ("el2", "d2")]
-    for r in rows:
-        assert int(r[2]) > 0 and r[3:5] == ["0", "0"]  # calls made, no errors, no oracle violations

@@ -311,7 +311,7 @@ class Gate:
                 chan.notify()
                 self._serve_channel(chan)
             except PeerDied:
-                log.warning("stub domain closed the SMC gate channel; waiting for it to come back")
+                log.info("stub domain closed the SMC gate channel; waiting for it to come back")
             except RingCorrupted as e:
                 log.error("stub domain corrupted the SMC gate ring (%s): disconnected, ring reset", e)
                 self._reset_ring()
