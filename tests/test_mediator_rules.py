@@ -11,7 +11,6 @@ import pytest
 from stubdom.mediator import DomainLimits
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,
-    OPTEE_MSG_ATTR_TYPE_NONE,
     OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
     OPTEE_MSG_ATTR_TYPE_TMEM_INPUT,
     OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT,

@@ -1,0 +1,250 @@
+"""Hostile guests, lifetimes: cookies reused, guessed and never freed;
+OP-TEE threads resumed by a domain that does not own them, twice, or never;
+floods past every per-domain limit; another domain's sessions closed; pinned
+pages ballooned out mid-call.  Beside each attack an honest domain runs the
+Linux-like driver; after it, destroying the attacker leaves no pin and no
+TEE partition (the fixture checks)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from stubdom.hostile import PLACEMENTS, HonestLoad, HostileGuest, destroy_and_check, make_platform, tee_smcs
+from stubdom.mediator import DomainLimits, client_id
+from stubdom.optee import (
+    OPTEE_MSG_ATTR_NONCONTIG,
+    OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
+    OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT,
+    OPTEE_MSG_ATTR_TYPE_VALUE_INOUT,
+    OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT,
+    OPTEE_MSG_CMD_INVOKE_COMMAND,
+    OPTEE_SMC_CALL_WITH_REGD_ARG,
+    OPTEE_SMC_ENABLE_SHM_CACHE,
+    OPTEE_SMC_RETURN_EBADADDR,
+    OPTEE_SMC_RETURN_ERESUME,
+    OPTEE_SMC_RETURN_ETHREAD_LIMIT,
+    OPTEE_SMC_RETURN_OK,
+    OPTEE_SMC_RETURN_RPC_CMD,
+    OPTEE_SMC_RETURN_RPC_FOREIGN_INTR,
+    OPTEE_SMC_RPC_FUNC_ALLOC,
+    OPTEE_SMC_SEC_CAP_RPC_ARG,
+    TEEC_ERROR_BAD_PARAMETERS,
+    TEEC_ERROR_OUT_OF_MEMORY,
+    TEEC_ORIGIN_COMMS,
+    MsgArg,
+    MsgParam,
+    rpc_func,
+)
+from stubdom.hostile import BASE_CAPS
+from stubdom.platform import DomainSpec
+from stubdom.tee.tas import (
+    DIGEST_CMD_SHA256,
+    DIGEST_UUID,
+    INCREMENT_UUID,
+    TA_INCREMENT_CMD_INC_VALUE,
+    WAIT_CMD_BUSY,
+    WAIT_CMD_GET_TIME,
+    WAIT_UUID,
+)
+from stubdom.xen import DOMID_INVALID, PAGE_SIZE
+
+LIMITS = DomainLimits(max_calls=3, max_shm_buffers=6, max_pages_per_buffer=8, max_total_pages=24)
+ERESUME = (OPTEE_SMC_RETURN_ERESUME,) + (0,) * 7
+
+
+@pytest.fixture(params=PLACEMENTS)
+def world(request, tmp_path):
+    """Attacker d1 and victim d3 under tight limits (the honest load, d2, is
+    started by each test)."""
+    with make_platform(tmp_path / "m", request.param, limits=LIMITS,
+                       caps=BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG) as p:
+        p.create_domain(DomainSpec(1, nr_pages=512))
+        p.create_domain(DomainSpec(3, nr_pages=256))
+        evil, victim = HostileGuest(p, 1), HostileGuest(p, 3)
+        yield p, evil, victim
+        destroy_and_check(p, evil)
+
+
+def _busy(g: HostileGuest, session: int, *, vcpu: int = 0):
+    """A BUSY invoke stopped at its first FOREIGN_INTR: a suspended call."""
+    ipa = g.page()
+    g.write_arg(ipa, MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=WAIT_CMD_BUSY, session=session,
+                            params=(MsgParam.value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT),)))
+    r = g.serve(g.start(ipa, vcpu=vcpu), vcpu=vcpu,
+                stop=lambda r: r[0] == OPTEE_SMC_RETURN_RPC_FOREIGN_INTR)
+    assert r[0] == OPTEE_SMC_RETURN_RPC_FOREIGN_INTR
+    return ipa, r
+
+
+def _get_time(g: HostileGuest, session: int, *, cookie: int):
+    """A GET_TIME invoke whose RPC ALLOC is answered with ``cookie``,
+    stopped at its RPC CMD (or wherever OP-TEE went after a refusal)."""
+    ipa = g.page()
+    g.write_arg(ipa, MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=WAIT_CMD_GET_TIME, session=session,
+                            params=(MsgParam.value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT),)))
+    r = g.start(ipa)
+    if rpc_func(r[0]) == OPTEE_SMC_RPC_FUNC_ALLOC:
+        r = g.reply(r, cookie=cookie)
+    return ipa, r
+
+
+def _inc(g: HostileGuest, session: int, value: int) -> int:
+    r, out, _ = g.call(MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=TA_INCREMENT_CMD_INC_VALUE, session=session,
+                              params=(MsgParam.value(OPTEE_MSG_ATTR_TYPE_VALUE_INOUT, value),)))
+    assert r[0] == OPTEE_SMC_RETURN_OK and out.ret == 0
+    return out.params[0].a
+
+
+def test_resuming_threads_it_does_not_own_twice_or_never(world):
+    p, evil, victim = world
+    _, vr = _busy(victim, victim.session(WAIT_UUID))
+    with HonestLoad(p, 2):
+        before = len(tee_smcs(p))
+        # Every thread id, the victim's included, and junk in every other register.
+        for tid in list(range(8)) + [vr[3], 0xFFFF_FFFF]:
+            assert evil.resume(tid, 0xDEAD, 0xBEEF, 0xF00D, 0xCAFE) == ERESUME
+        assert len(tee_smcs(p)) == before  # refused without reaching the TEE
+        # Its own call resumed twice: once, then ERESUME.
+        ipa, r = _busy(evil, evil.session(WAIT_UUID))
+        assert evil.serve(r)[0] == OPTEE_SMC_RETURN_OK
+        assert evil.resume(r[3]) == ERESUME
+        # Never resumed: as many suspended calls as it may have, then walk away.
+        for vcpu in range(LIMITS.max_calls):
+            _busy(evil, evil.session(WAIT_UUID), vcpu=vcpu)
+        assert evil.start(evil.page()) == (OPTEE_SMC_RETURN_ETHREAD_LIMIT,) + (0,) * 7
+    # The victim's call is intact and resumable by the victim only.
+    assert victim.serve(vr)[0] == OPTEE_SMC_RETURN_OK
+    assert p.tee.partition_stats(client_id(1)).threads_suspended == LIMITS.max_calls
+
+
+def test_floods_past_every_per_domain_limit(world):
+    p, evil, victim = world
+    mediator = p.placement.mediator
+    with HonestLoad(p, 2):
+        # Calls in flight: the limit, then ETHREAD_LIMIT without the TEE.
+        calls = [_busy(evil, evil.session(WAIT_UUID), vcpu=v) for v in range(LIMITS.max_calls)]
+        before = len(tee_smcs(p))
+        for _ in range(50):
+            assert evil.start(evil.page())[0] == OPTEE_SMC_RETURN_ETHREAD_LIMIT
+        assert len(tee_smcs(p)) == before
+        for v, (_, r) in enumerate(calls):
+            assert evil.serve(r, vcpu=v)[0] == OPTEE_SMC_RETURN_OK
+        # Buffers: pages per buffer, total pages, number of buffers.
+        assert evil.register(0x100, LIMITS.max_pages_per_buffer + 1)[1].ret == TEEC_ERROR_OUT_OF_MEMORY
+        cookies = []
+        for i in range(10):
+            r, out = evil.register(0x200 + i, LIMITS.max_pages_per_buffer)
+            if out.ret:
+                assert (out.ret, out.ret_origin) == (TEEC_ERROR_OUT_OF_MEMORY, TEEC_ORIGIN_COMMS)
+            else:
+                cookies.append(0x200 + i)
+        ctx = mediator.context(1)
+        assert len(cookies) == LIMITS.max_total_pages // LIMITS.max_pages_per_buffer
+        assert ctx.pinned_pages == LIMITS.max_total_pages
+        for i in range(10):
+            assert evil.register(0x300 + i, 1)[1].ret == TEEC_ERROR_OUT_OF_MEMORY
+        assert ctx.pinned_pages == LIMITS.max_total_pages and len(ctx.shm_buffers) == len(cookies)
+        # The victim is not starved by any of it.
+        assert _inc(victim, victim.session(INCREMENT_UUID), 1) == 2
+        assert victim.register(0x200, LIMITS.max_pages_per_buffer)[1].ret == 0
+    assert mediator.context(2).internal_errors == 0 and ctx.internal_errors == 0
+
+
+def test_cookies_reused_guessed_and_never_freed(world):
+    p, evil, victim = world
+    ctx_victim = p.placement.mediator.context(3)
+    assert victim.register(0xC0FFEE, 2)[1].ret == 0
+    victim_buf = ctx_victim.shm_buffers[0xC0FFEE]
+    with HonestLoad(p, 2):
+        # Reused: its own live cookie again.
+        assert evil.register(0x42, 1)[1].ret == 0
+        assert evil.register(0x42, 1)[1].ret == TEEC_ERROR_BAD_PARAMETERS
+        # Guessed: the victim's cookie, to unregister it, to use it as a
+        # REGD argument, to reference it as a registered memref.
+        r, out = evil.unregister(0xC0FFEE)
+        assert out.ret != 0
+        assert ctx_victim.shm_buffers[0xC0FFEE] is victim_buf
+        assert all(p.machine.frame_refcount(m) == 1 for m in victim_buf.mfns)
+        evil.negotiate()
+        before = len(tee_smcs(p))
+        assert evil.smc(OPTEE_SMC_CALL_WITH_REGD_ARG, 0, 0xC0FFEE, 0) == (OPTEE_SMC_RETURN_EBADADDR,) + (0,) * 7
+        assert len(tee_smcs(p)) == before
+        session = evil.session(DIGEST_UUID)
+        r, out, _ = evil.call(MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=DIGEST_CMD_SHA256, session=session, params=(
+            MsgParam.rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 0, 16, 0xC0FFEE),
+            MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
+                          evil.page_list([evil.page()]), 32, 9))))
+        assert out.ret != 0  # OP-TEE looks the cookie up in the attacker's own partition only
+        # An RPC buffer cookie reused while live: refused, the live one intact.
+        assert evil.smc(OPTEE_SMC_ENABLE_SHM_CACHE)[0] == OPTEE_SMC_RETURN_OK
+        ipa_a, ra = _get_time(evil, evil.session(WAIT_UUID), cookie=0xAB)
+        assert ra[0] == OPTEE_SMC_RETURN_RPC_CMD
+        ipa_b, rb = _get_time(evil, evil.session(WAIT_UUID), cookie=0xAB)
+        assert evil.serve(rb)[0] == OPTEE_SMC_RETURN_OK
+        assert evil.read_arg(ipa_b).ret == TEEC_ERROR_OUT_OF_MEMORY
+        assert evil.serve(ra)[0] == OPTEE_SMC_RETURN_OK and evil.read_arg(ipa_a).ret == 0
+        assert 0xAB in p.placement.mediator.context(1).rpc_buffers  # cached, never disabled
+        # Never freed: registrations and cached RPC buffers left behind.
+        for c in (0x50, 0x51, 0x52):
+            assert evil.register(c, 2)[1].ret == 0
+    # The victim's buffer still works for the victim.
+    assert victim.unregister(0xC0FFEE)[1].ret == 0
+    assert all(p.machine.frame_refcount(m) == 0 for m in victim_buf.mfns)
+
+
+def test_closing_another_domains_sessions(world):
+    p, evil, victim = world
+    session = victim.session(INCREMENT_UUID)
+    with HonestLoad(p, 2):
+        for guess in list(range(64)) + [session, 0xFFFF_FFFF]:
+            r, out = evil.close_session(guess)  # it has no session of its own
+            assert r[0] == OPTEE_SMC_RETURN_OK and out.ret != 0
+    # Sessions live in the caller's partition: the victim's is untouched.
+    assert _inc(victim, session, 41) == 42
+    assert p.tee.partition_stats(client_id(3)).sessions == 1
+
+
+def test_ballooning_out_pinned_pages_mid_call(world):
+    p, evil, _ = world
+    session = evil.session(DIGEST_UUID)
+    pages = evil.pages(3)
+    data = b"".join(bytes([0x10 + i]) * PAGE_SIZE for i in range(3))
+    for i, ipa in enumerate(pages):
+        evil.write(ipa, data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
+    with HonestLoad(p, 2):
+        assert evil.register(0x77, 3, buf_ptr=evil.page_list(pages))[1].ret == 0
+        frames = [evil.frame_of(ipa) for ipa in pages]
+        # Give every registered page back to Xen: pinned, so they stay
+        # allocated (zombies, still the attacker's) until the last put.
+        for ipa in pages:
+            evil.balloon_out(ipa)
+        assert all(p.machine.frame_owner(m) == 1 and p.machine.frame_refcount(m) == 1 for m in frames)
+        out = evil.page()
+        r, res, _ = evil.call(MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=DIGEST_CMD_SHA256, session=session, params=(
+            MsgParam.rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 0, len(data), 0x77),
+            MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
+                          evil.page_list([out]), 32, 9))))
+        # OP-TEE read frames that are still the attacker's and still pinned.
+        assert res.ret == 0 and evil.dom.read(out, 32) == hashlib.sha256(data).digest()
+        p.oracle.assert_clean()
+        assert evil.unregister(0x77)[1].ret == 0
+        assert all(p.machine.frame_owner(m) == DOMID_INVALID for m in frames)  # freed at the last put
+        # An RPC buffer ballooned out while OP-TEE waits for the reply.
+        wait = evil.session(WAIT_UUID)
+        ipa = evil.page()
+        evil.write_arg(ipa, MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=WAIT_CMD_GET_TIME, session=wait,
+                                   params=(MsgParam.value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT),)))
+        r = evil.start(ipa)
+        if rpc_func(r[0]) == OPTEE_SMC_RPC_FUNC_ALLOC:
+            r = evil.reply(r)
+        assert r[0] == OPTEE_SMC_RETURN_RPC_CMD
+        rpc_page = evil.rpc_arg_ipa(r)
+        rpc_frame = evil.balloon_out(rpc_page & ~0xFFF)
+        assert p.machine.frame_owner(rpc_frame) == 1  # pinned by the mediator: a zombie
+        r = evil.serve(evil.resume(r[3]))
+        assert r[0] == OPTEE_SMC_RETURN_OK and evil.read_arg(ipa).ret != 0  # no reply could be read
+        assert p.machine.frame_owner(rpc_frame) == DOMID_INVALID  # OP-TEE freed it; unpinned, gone
+        p.oracle.assert_clean()
+    assert p.placement.mediator.context(1).pinned_pages == 0
