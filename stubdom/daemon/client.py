@@ -28,8 +28,7 @@ class ControlClient:
         except BaseException:
             self._sock.close()
             raise
-        # stats maps domids (ints) to records: int keys allowed here
-        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
+        self._unpacker = msgpack.Unpacker(raw=False, strict_map_key=True,
                                           max_buffer_size=MAX_MESSAGE + READ_SIZE)
         self._seq = 0
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import trio
 
 from stubdom.mediator.errors import DomainAlreadyInitialised, DomainRefused, TeardownInvariantBroken
-from stubdom.optee.teec import TEEC_ERROR_ACCESS_DENIED
 from stubdom.platform.errors import GateError as _PlatformGateError
 from stubdom.xen.errors import NoSuchDomain
 
@@ -54,34 +53,45 @@ class Daemon:
         self.draining = False
         self.shutdown_requested = trio.Event()
         self.backend_nursery: trio.Nursery | None = None  # set by the app once running
-        self.ta_refusals: dict[int, int] = {}
+        self._view = None  # the policy view of the call being served
 
     # == per call (the backend tasks) ========================================
 
     def serve_call(self, backend: DomainBackend, vcpu: int, regs: tuple) -> tuple[tuple, str | None]:
-        """Policy, then the mediator. Returns (registers, refusal reason or None)."""
+        """Policy, then the mediator. Returns (registers, refusal reason or None).
+
+        The policy view is taken once, when the call arrives; the TA check
+        inside the same (synchronous) mediator call uses that view too, so a
+        reload between two calls never splits one."""
         domid = backend.domid
         if self.draining:
             refused = refuse_while_draining(regs[0])
             if refused is not None:
                 return refused, "shutting_down"
-        refusal = self.policy.check_call(domid, regs[0], time.monotonic())
+        view = self.policy.snapshot(domid)
+        refusal = self.policy.check_call(domid, regs[0], time.monotonic(), view=view)
         if refusal is not None:
-            backend.log.event(logging.WARNING, "call_refused", function=f"{regs[0]:#x}",
-                              reason=refusal.reason)
-            return tuple(refusal.regs), refusal.reason
-        return self.mediator.handle_call(domid, vcpu, regs), None
+            backend.log.event(logging.WARNING, "call_refused", reason=refusal.reason,
+                              detail=refusal.describe())
+            return refusal.regs, refusal.reason
+        self._view = view
+        try:
+            return self.mediator.handle_call(domid, vcpu, regs), None
+        finally:
+            self._view = None
 
-    def check_open_session(self, domid: int, ta_uuid) -> int | None:
-        """The TaFilterPort's question: None, or the TEEC error to return."""
-        refusal = self.policy.check_open_session(domid, ta_uuid)
+    def check_open_session(self, domid: int, ta_uuid) -> tuple[int, int] | None:
+        """The TaFilterPort's question: None, or (ret, ret_origin) for the
+        guest's OPEN_SESSION argument."""
+        refusal = self.policy.check_open_session(domid, ta_uuid, view=self._view)
         if refusal is None:
             return None
         backend = self.domains.get(domid)
         if backend is not None:
             backend.stats.refusals[refusal.reason] += 1
-            backend.log.event(logging.WARNING, "open_session_refused", ta=ta_uuid, reason=refusal.reason)
-        return getattr(refusal, "ret", TEEC_ERROR_ACCESS_DENIED)
+            backend.log.event(logging.WARNING, "open_session_refused", reason=refusal.reason,
+                              detail=refusal.describe())
+        return refusal.msg_ret, refusal.msg_origin
 
     # == control operations ==================================================
 
@@ -149,6 +159,7 @@ class Daemon:
         await backend.stop()
         del self.domains[domid]
         backend.close()
+        self.policy.forget(domid)
         await self._mediator_teardown(domid)
         event(self.logger, logging.INFO, "domain_destroyed", domid=domid,
               calls=sum(backend.stats.calls.values()), errors=backend.stats.errors,
@@ -187,7 +198,8 @@ class Daemon:
         chosen = [domid] if domid is not None else sorted(self.domains)
         out = {}
         for d in chosen:
-            out[d] = self.domains[d].stats.snapshot(
+            # keys are strings ("1"): msgpack readers with strict_map_key accept them
+            out[str(d)] = self.domains[d].stats.snapshot(
                 len(self.machine.pinned_frames(d)), self._mediator_calls(d))
         gate = self.gate_port.statistics()
         return {"domains": out, "gate": gate}

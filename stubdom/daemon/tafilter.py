@@ -7,9 +7,10 @@ in a page the guest cannot map. :class:`TaFilterPort` sits between the
 mediator and the gate: for an OPEN_SESSION it reads the TA UUID from that
 shadow copy (params[0], VALUE_INPUT|META, optee_msg.h) and asks the policy;
 a refused session never reaches the TEE: the filter writes the refusal's
-TEEC return code with origin TEEC_ORIGIN_TEE into the shadow argument and
-returns OPTEE_SMC_RETURN_OK, exactly as OP-TEE returns a failed open, so the
-mediator copies ret / ret_origin back to the guest as usual.
+ret / ret_origin (TEEC_ERROR_ACCESS_DENIED from TEEC_ORIGIN_COMMS,
+stubdom.policy.refuse_ta) into the shadow argument and returns
+OPTEE_SMC_RETURN_OK, as OP-TEE returns a failed open, so the mediator
+copies ret / ret_origin back to the guest as usual.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from stubdom.optee.msg import (
     unpack_header,
 )
 from stubdom.optee.smc import OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_CALL_WITH_RPC_ARG, OPTEE_SMC_RETURN_OK
-from stubdom.optee.teec import TEEC_ORIGIN_TEE
 from stubdom.optee.uuid import META_PARAM_ATTR, value_words_to_uuid
 
 __all__ = ["TaFilterPort"]
@@ -41,10 +41,10 @@ _U32S = struct.Struct("<I")
 
 class TaFilterPort:
     """TeePort wrapping ``port``; ``check(domid, ta_uuid)`` returns None to
-    let the open through, or the TEEC error (u32) the guest gets, and is
-    expected to count and log its refusals itself."""
+    let the open through, or (ret, ret_origin) for the guest, and counts
+    and logs its refusals itself."""
 
-    def __init__(self, port, machine, check: Callable[[int, uuid.UUID], int | None]) -> None:
+    def __init__(self, port, machine, check: Callable[[int, uuid.UUID], tuple[int, int] | None]) -> None:
         self._port = port
         self._machine = machine
         self._check = check
@@ -55,11 +55,12 @@ class TaFilterPort:
             maddr = ((regs[1] & _U32) << 32) | (regs[2] & _U32)
             ta = self._open_session_ta(maddr)
             if ta is not None:
-                ret = self._check(domid, ta)
-                if ret is not None:
+                refused = self._check(domid, ta)
+                if refused is not None:
+                    ret, origin = refused
                     self.refused += 1
                     self._machine.write_machine(maddr + OFFSET_RET, _U32S.pack(ret))
-                    self._machine.write_machine(maddr + OFFSET_RET_ORIGIN, _U32S.pack(TEEC_ORIGIN_TEE))
+                    self._machine.write_machine(maddr + OFFSET_RET_ORIGIN, _U32S.pack(origin))
                     return (OPTEE_SMC_RETURN_OK, 0, 0, 0, 0, 0, 0, 0)
         return self._port.call(domid, regs)
 

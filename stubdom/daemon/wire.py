@@ -83,6 +83,8 @@ class FrameReader:
             max_buffer_size=MAX_MESSAGE + READ_SIZE,
         )
         self._fed = 0  # bytes fed so far
+        # where the current message starts (tell() moves on OutOfData too)
+        self._start = 0
         self.error_seq: int | None = None
 
     def feed(self, data: bytes) -> None:
@@ -97,17 +99,17 @@ class FrameReader:
     def requests(self) -> Iterator[Request]:
         while True:
             self.error_seq = None
-            start = self._unpacker.tell()
             try:
                 obj = self._unpacker.unpack()
             except msgpack.OutOfData:
-                if self._fed - self._unpacker.tell() > MAX_MESSAGE:
+                if self._fed - self._start > MAX_MESSAGE:
                     raise ProtocolError(f"message larger than {MAX_MESSAGE} bytes") from None
                 return
             except (msgpack.UnpackException, ValueError, TypeError) as e:
                 # FormatError, StackError, ExtraData; ValueError for non-str map keys
                 raise ProtocolError(f"malformed msgpack: {type(e).__name__}: {e}") from None
-            size = self._unpacker.tell() - start
+            end = self._unpacker.tell()
+            size, self._start = end - self._start, end
             if size > MAX_MESSAGE:
                 raise ProtocolError(f"message of {size} bytes is larger than {MAX_MESSAGE}")
             yield self._request(obj)
