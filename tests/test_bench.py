@@ -83,7 +83,9 @@ def test_digest_pins_every_data_page_and_releases_them(el2, pages):
     # for the OUT digest; every pin is dropped when the call ends (invariant 6)
     assert ops["pages_pinned"] == pages + 1
     assert ops["pages_unpinned"] == ops["pages_pinned"]
-    assert ops["p2m_lookups"] == ops["pages_pinned"]
+    # every pinned page was translated first; the mediator may look up more
+    # (the argument page's type, for one)
+    assert ops["p2m_lookups"] >= ops["pages_pinned"]
     # the page list (ceil(pages / 511) pages, read once) is part of what is copied
     assert ops["bytes_copied"] >= 4096 * math.ceil(pages / 511)
 
