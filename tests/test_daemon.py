@@ -1,0 +1,327 @@
+"""stubdom-teed as a real process: startup errors, the control socket, and
+guests running the TA workload through it (docs/daemon.md).
+
+Each test boots a platform in this process (machine, OP-TEE model, SMC gate,
+the stubdom placement's trap path) and starts ``python -P -m stubdom.daemon``
+beside it, as a user would run the two programs.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import trio
+
+from stubdom import workloads
+from stubdom.config import load_config
+from stubdom.daemon import ControlClient, ErrorCode, control_socket_path, ctl_main
+from stubdom.daemon.wire import MAX_MESSAGE, encode
+from stubdom.guest import Context, MemoryStore, OpteeDriver, Supplicant, TeecError
+from stubdom.optee.smc import (
+    OPTEE_SMC_CALLS_UID,
+    OPTEE_SMC_GET_SHM_CONFIG,
+    OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,
+)
+from stubdom.optee.teec import TEEC_ERROR_ACCESS_DENIED, TEEC_ORIGIN_COMMS
+from stubdom.platform import Platform
+from stubdom.platform.platform import DomainSpec, domain_spec
+from stubdom.tee.tas import DIGEST_UUID, INCREMENT_UUID
+
+START_TIMEOUT = 20.0  # seconds for the daemon to say where it listens (a loaded CI box)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+DOMAINS = """\
+domains:
+  - domid: 0
+    name: dom0
+    hwdom: true
+    direct_mapped: true
+    static_shm: true
+    static_shm_allowed: true
+    nr_pages: 1024
+    vcpus: 2
+  - domid: 1
+    nr_pages: 1024
+    vcpus: 2
+  - domid: 2
+    nr_pages: 1024
+    vcpus: 2
+    ta_deny: [{digest}]
+    deny_classes: [shm_config]
+  - domid: 3
+    nr_pages: 256
+    enabled: false
+"""
+
+
+def write_config(tmp_path: Path, *, domains: str = DOMAINS, defaults: str = "", name="xen.yaml",
+                 drain_ms: int = 3000) -> Path:
+    text = textwrap.dedent(f"""\
+        tee:
+          threads: 4
+        mediator:
+          placement: stubdom
+          runtime_dir: {tmp_path / 'run'}
+          poll_window_us: 50
+          call_timeout_ms: 10000
+          drain_timeout_ms: {drain_ms}
+        platform:
+          nr_frames: 16384
+          seed: 7
+        """) + defaults + domains.format(digest=DIGEST_UUID)
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+class Daemon:
+    """A daemon child process; stderr (its log) goes to a file."""
+
+    def __init__(self, config: Path, tmp_path: Path, *extra: str) -> None:
+        self.log_path = tmp_path / f"daemon-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", "stubdom.daemon", "--config", str(config), *extra],
+            stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self.line = ""
+
+    def wait_listening(self) -> str:
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        if not sel.select(START_TIMEOUT):
+            raise AssertionError(f"daemon said nothing in {START_TIMEOUT} s: {self.log()}")
+        self.line = self.proc.stdout.readline()
+        return self.line
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc.stdout.close()
+            self._log.close()
+
+
+@pytest.fixture
+def stack(tmp_path):
+    """(config path, Config, Platform, Daemon): platform first, then the daemon."""
+    path = write_config(tmp_path)
+    config = load_config(path)
+    platform = Platform.for_config(config)
+    daemon = Daemon(path, tmp_path)
+    try:
+        line = daemon.wait_listening()
+        assert line == (f"stubdom-teed: listening on {control_socket_path(tmp_path / 'run')} "
+                        f"(placement stubdom, 4 domains)\n"), daemon.log()
+        yield path, config, platform, daemon
+        for domid in platform.domids():  # through the daemon, while it runs
+            platform.destroy_domain(domid)
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        daemon.stop()
+        platform.close()
+
+
+def client(config) -> ControlClient:
+    return ControlClient(control_socket_path(config.mediator.runtime_dir), timeout=20)
+
+
+def boot(platform, config, domid: int) -> OpteeDriver:
+    dc = config.domain(domid)
+    domain = platform.create_domain(domain_spec(dc))
+    driver = OpteeDriver(platform.trap_entry(domid), domain, nr_vcpus=dc.vcpus, seed=domid,
+                         supplicant=Supplicant(MemoryStore()))
+    driver.probe()
+    return driver
+
+
+# -- startup -------------------------------------------------------------------------------
+
+
+def test_missing_gate_is_one_clear_line_and_exit_1(tmp_path):
+    path = write_config(tmp_path)
+    proc = subprocess.run([sys.executable, "-P", "-m", "stubdom.daemon", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    gate = tmp_path / "run" / "xen" / "gate" / "evtchn"
+    assert proc.stderr == (f"stubdom-teed: no SMC gate at {gate} (no such socket); start the platform "
+                           f"first with `stubdom-teed platform --config {path}`\n")
+    assert not (tmp_path / "run" / "stubdom-teed").exists()
+
+
+@pytest.mark.parametrize("body, problem", [
+    ("mediator:\n  ring_pages: 0\n", "xen.yaml:2: mediator.ring_pages:"),
+    ("mediator:\n  polling: 3\n", "xen.yaml:2: mediator.polling: unknown key"),
+    ("domains:\n  - domid: 1\n  - domid: 1\n", "xen.yaml:3: domains[1].domid:"),
+    ("defaults:\n  ta_allow: [not-a-uuid]\n", "xen.yaml:2: defaults.ta_allow"),
+    ("platform:\n  nr_frames: lots\n", "xen.yaml:2: platform.nr_frames:"),
+])
+def test_bad_config_exits_2_naming_file_line_and_key(tmp_path, body, problem):
+    path = tmp_path / "xen.yaml"
+    path.write_text(f"mediator:\n  runtime_dir: {tmp_path / 'run'}\n" if "mediator" not in body else "")
+    path.write_text(body if "mediator" in body else body + f"mediator:\n  runtime_dir: {tmp_path / 'run'}\n")
+    proc = subprocess.run([sys.executable, "-P", "-m", "stubdom.daemon", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert any(line.startswith(f"{tmp_path}/{problem}") for line in lines), proc.stderr
+    assert lines[-1].endswith("problem(s) in the configuration; nothing started")
+    assert not (tmp_path / "run").exists()
+
+
+def test_second_daemon_on_the_same_runtime_dir_refuses(stack, tmp_path):
+    path, config, platform, daemon = stack
+    # the gate serves one stub domain at a time: the newcomer is not welcomed
+    proc = subprocess.run([sys.executable, "-P", "-m", "stubdom.daemon", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("stubdom-teed: no SMC gate at "), proc.stderr
+    assert "the gate serves another stub domain" in proc.stderr
+    with client(config) as c:  # the first one is untouched
+        assert c.call("hello")["pid"] == daemon.proc.pid
+
+
+# -- the control socket ---------------------------------------------------------------------
+
+
+def test_hello_list_stats_on_an_idle_daemon(stack):
+    _, config, _, daemon = stack
+    with client(config) as c:
+        assert c.call("hello") == {"version": 1, "pid": daemon.proc.pid, "placement": "stubdom",
+                                   "runtime_dir": str(config.mediator.runtime_dir)}
+        assert c.call("list") == {"domains": [], "draining": False}
+        stats = c.call("stats")
+        assert stats["domains"] == {}
+        assert stats["gate"]["hyp_calls"] == 3  # the probe: CALLS_UID, GET_THREAD_COUNT, EXCHANGE_CAPABILITIES
+        assert stats["gate"]["failures"] == 0
+
+
+def test_errors_keep_the_connection(stack):
+    _, config, platform, _ = stack
+    with client(config) as c:
+        r = c.request("frobnicate")
+        assert r == {"seq": 1, "ok": False, "error": {"code": 2, "name": "UNKNOWN_OP",
+                                                        "message": "unknown op 'frobnicate'"}}
+        r = c.request("domain_create", domid="1")
+        assert r["error"]["code"] == ErrorCode.BAD_REQUEST
+        assert r["error"]["message"] == "domain_create: domid must be an int in [0, 32751], got '1'"
+        r = c.request("domain_create", domid=9)
+        assert r["error"]["name"] == "NO_SUCH_DOMAIN"
+        r = c.request("stats", domid=9)
+        assert r["error"]["name"] == "NO_SUCH_DOMAIN"
+        r = c.request("dump", domid=9)
+        assert r["error"]["name"] == "NO_SUCH_DOMAIN"
+        r = c.request("domain_destroy", domid=9)
+        assert r["error"]["name"] == "NO_SUCH_DOMAIN"
+        # a disabled policy refuses the domain before anything reaches the TEE
+        platform.machine.create_domain(3, nr_pages=256)
+        platform.placement.gate.assign(3)
+        r = c.request("domain_create", domid=3)
+        assert r["error"] == {"code": 6, "name": "POLICY_REFUSED", "message": "d3: its policy is disabled"}
+        # a domain the toolstack did not give this stub domain: the gate says -EPERM
+        platform.machine.create_domain(5, nr_pages=256)
+        r = c.request("domain_create", domid=5)
+        assert r["error"]["name"] == "TEE_REFUSED"
+        assert "VM_CREATED" in r["error"]["message"] and "status -1" in r["error"]["message"]
+        assert c.call("hello")["version"] == 1  # still the same connection
+        assert c.call("list")["domains"] == []
+
+
+@pytest.mark.parametrize("junk, message", [
+    (b"\xc1", "malformed msgpack"),
+    (msgpack.packb([1, 2]), "a request must be a map, got list"),
+    (msgpack.packb({"op": "hello"}), "a request needs an int 'seq', got None"),
+    (msgpack.packb({"op": "hello", "seq": 1, "pad": b"x" * MAX_MESSAGE}), "larger than 65536"),
+])
+async def test_bad_message_closes_only_that_connection(stack, junk, message):
+    _, config, _, _ = stack
+    path = control_socket_path(config.mediator.runtime_dir)
+    bystander = await trio.open_unix_socket(str(path))
+    culprit = await trio.open_unix_socket(str(path))
+    with trio.fail_after(20):
+        await bystander.send_all(encode({"op": "hello", "seq": 1})[:5])  # half a request
+        await culprit.send_all(junk)
+        unpacker = msgpack.Unpacker(raw=False)
+        while True:
+            data = await culprit.receive_some(4096)
+            if not data:
+                break
+            unpacker.feed(data)
+        (answer,) = list(unpacker)
+        assert answer["ok"] is False and answer["error"]["code"] == ErrorCode.BAD_REQUEST
+        assert message in answer["error"]["message"]
+        await bystander.send_all(encode({"op": "hello", "seq": 1})[5:])
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(await bystander.receive_some(4096))
+        assert next(unpacker)["result"]["version"] == 1
+    await culprit.aclose()
+    await bystander.aclose()
+
+
+def test_ctl(stack, capsys):
+    path, config, platform, daemon = stack
+    assert ctl_main(["--config", str(path), "hello"]) == 0
+    out = capsys.readouterr().out
+    assert f"pid: {daemon.proc.pid}\n" in out and "placement: stubdom\n" in out
+    boot(platform, config, 1)
+    sock = str(control_socket_path(config.mediator.runtime_dir))
+    assert ctl_main(["--socket", sock, "list"]) == 0
+    assert "- domid: 1\n" in capsys.readouterr().out
+    assert ctl_main(["--socket", sock, "stats", "1"]) == 0
+    assert "OPTEE_SMC_CALLS_UID".removeprefix("OPTEE_SMC_") in capsys.readouterr().out
+    assert ctl_main(["--socket", sock, "dump", "1"]) == 0
+    assert "calls_in_flight: 0\n" in capsys.readouterr().out
+    assert ctl_main(["--socket", sock, "dump", "7"]) == 1
+    assert capsys.readouterr().err == "ctl: dump: NO_SUCH_DOMAIN (3): d7 is not served by this daemon\n"
+    assert ctl_main(["--socket", str(path.parent / "nowhere"), "hello"]) == 1
+    assert "cannot talk to the daemon" in capsys.readouterr().err
+
+
+def test_domain_lifecycle_files_and_pins(stack):
+    _, config, platform, _ = stack
+    run = config.mediator.runtime_dir
+    driver = boot(platform, config, 1)
+    assert sorted(p.name for p in (run / "dom1").iterdir()) == ["evtchn", "ring"]
+    with client(config) as c:
+        (d,) = c.call("list")["domains"]
+        assert d["domid"] == 1 and d["hwdom"] is False and d["direct_mapped"] is False
+        assert d["state"] == "connected" and d["in_flight"] == 0
+        r = c.request("domain_create", domid=1)
+        assert r["error"]["name"] == "DOMAIN_EXISTS"
+        with Context(driver) as ctx:
+            assert workloads.increment(ctx, 1) == 2
+            data = workloads.random_bytes(3 * 4096 + 5, 1)
+            assert workloads.digest_registered(ctx, data) == workloads.digest_temp(ctx, data)
+        s = c.call("stats", domid=1)["domains"]["1"]
+        std = ("CALL_WITH_ARG", "CALL_WITH_RPC_ARG", "CALL_WITH_REGD_ARG")
+        assert s["calls"]["CALLS_UID"] == 1 and sum(s["calls"].get(k, 0) for k in std) >= 6
+        assert s["errors"] == 0 and s["refusals"] == {}
+        assert set(s["latency_us"]) == {"p50", "p90", "p99", "max"}
+        driver.shutdown()
+        platform.destroy_domain(1)
+        assert not (run / "dom1").exists()
+        assert c.call("list")["domains"] == []
+        assert platform.machine.pinned_frames(1) == {}
+
