@@ -87,6 +87,7 @@ class HostileGuest:
         self._cookies = itertools.count(0x1000)
         self._mmio = itertools.count(MMIO_GFN_BASE)
         self.rpc_arg = False  # negotiated SEC_CAP_RPC_ARG (then the RPC arg trails the call's)
+        self._rpc_param_count = 0
         self.rpc_pages: dict[int, int] = {}  # cookie -> IPA of an RPC argument buffer
         self.shm_allocs: dict[int, list[int]] = {}  # cookie -> pages given for SHM_ALLOC
         self.shm_frees: list[tuple[int, int]] = []  # (type, cookie) of every SHM_FREE asked

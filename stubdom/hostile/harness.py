@@ -107,7 +107,13 @@ class HonestLoad:
 
     def __enter__(self) -> HonestLoad:
         self._thread.start()
-        self._first.wait()
+        # Not a timing assertion: only keeps a wedged load from hanging the suite.
+        if not self._first.wait(timeout=120):
+            self._stop.set()
+            raise HonestLoadFailed(self.domid, [TimeoutError("no honest round completed in 120 s")])
+        if self.errors:
+            self._thread.join()
+            raise HonestLoadFailed(self.domid, self.errors)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,6 +1,7 @@
 """The placement-agnostic OP-TEE mediator core.
 
-    mediator = Mediator(machine, DirectTeePort(tee))   # probes the TEE once
+    mediator = Mediator(machine, DirectTeePort(tee),   # probes the TEE once
+                        open_session_filter=policy)    # optional: (domid, ta_uuid, login) -> None | (ret, origin)
     mediator.domain_init(domid, limits=DomainLimits())  # VM_CREATED
     regs = mediator.handle_call(domid, vcpu, regs)      # every trapped SMC
     while not mediator.relinquish_resources(domid): ...
