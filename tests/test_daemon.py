@@ -317,7 +317,7 @@ def test_domain_lifecycle_files_and_pins(stack):
         s = c.call("stats", domid=1)["domains"]["1"]
         std = ("CALL_WITH_ARG", "CALL_WITH_RPC_ARG", "CALL_WITH_REGD_ARG")
         assert s["calls"]["CALLS_UID"] == 1 and sum(s["calls"].get(k, 0) for k in std) >= 6
-        assert s["errors"] == 0 and s["refusals"] == {}
+        assert s["errors"] == 0 and s["refusals"] == {}, s
         assert set(s["latency_us"]) == {"p50", "p90", "p99", "max"}
         driver.shutdown()
         platform.destroy_domain(1)

@@ -7,11 +7,10 @@ import collections
 import math
 
 from stubdom.optee.smc import (
-    OPTEE_SMC_CALL_GET_OS_REVISION,
-    OPTEE_SMC_CALL_GET_OS_UUID,
-    OPTEE_SMC_CALLS_COUNT,
-    OPTEE_SMC_CALLS_REVISION,
-    OPTEE_SMC_CALLS_UID,
+    OPTEE_SMC_CALL_RETURN_FROM_RPC,
+    OPTEE_SMC_CALL_WITH_ARG,
+    OPTEE_SMC_CALL_WITH_REGD_ARG,
+    OPTEE_SMC_CALL_WITH_RPC_ARG,
     OPTEE_SMC_RETURN_OK,
     OPTEE_SMC_RETURN_RPC_ALLOC,
     OPTEE_SMC_RETURN_RPC_CMD,
@@ -26,11 +25,12 @@ __all__ = ["DomainStats", "LATENCY_SAMPLE", "function_key", "percentiles"]
 # so a long-lived domain costs constant memory and the figures stay current.
 LATENCY_SAMPLE = 4096
 
-_U32 = 0xFFFFFFFF
-# Functions whose a0 on return is data (a count, a UID, a revision), not a
-# return code (optee_smc.h): never counted as errors.
-_A0_IS_DATA = frozenset({OPTEE_SMC_CALLS_COUNT, OPTEE_SMC_CALLS_UID, OPTEE_SMC_CALLS_REVISION,
-                         OPTEE_SMC_CALL_GET_OS_UUID, OPTEE_SMC_CALL_GET_OS_REVISION})
+# Calls whose a0 answer says whether the guest's request failed: standard
+# calls and their resumption. A fast call's answer is information (a UID, a
+# count, ENOTAVAIL from GET_SHM_CONFIG to a guest without static shm) and is
+# never counted as an error.
+_A0_IS_STATUS = frozenset({OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_CALL_WITH_RPC_ARG,
+                           OPTEE_SMC_CALL_WITH_REGD_ARG, OPTEE_SMC_CALL_RETURN_FROM_RPC})
 _NOT_ERRORS = frozenset({OPTEE_SMC_RETURN_OK, OPTEE_SMC_RETURN_RPC_ALLOC, OPTEE_SMC_RETURN_RPC_FREE,
                          OPTEE_SMC_RETURN_RPC_FOREIGN_INTR, OPTEE_SMC_RETURN_RPC_CMD})
 
@@ -60,7 +60,7 @@ class DomainStats:
 
     def __init__(self) -> None:
         self.calls: collections.Counter[str] = collections.Counter()
-        self.errors = 0  # OP-TEE error returns and backend failures
+        self.errors = 0  # standard calls answered with an error a0, and backend failures
         self.backend_failures = 0  # responses with a negative status
         self.refusals: collections.Counter[str] = collections.Counter()
         self.in_flight = 0  # requests popped and not yet answered
@@ -68,7 +68,7 @@ class DomainStats:
 
     def record(self, a0: int, ret_a0: int, elapsed_ns: int) -> None:
         self.calls[function_key(a0)] += 1
-        if (a0 & _U32) not in _A0_IS_DATA and ret_a0 not in _NOT_ERRORS:
+        if not a0 >> 32 and a0 in _A0_IS_STATUS and ret_a0 not in _NOT_ERRORS:
             self.errors += 1
         self._latency_us.append(elapsed_ns // 1000)
 
