@@ -4,6 +4,7 @@ written into the result document as is."""
 from __future__ import annotations
 
 import argparse
+from importlib.resources import files
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,8 +87,9 @@ def _csv(value: str, known: tuple[str, ...], option: str) -> tuple[str, ...]:
 
 
 def default_profiles() -> tuple[Path, ...]:
-    """configs/hw-*.yaml of the source tree, when there is one."""
-    root = Path(__file__).resolve().parents[2] / "configs"
+    """configs/hw-*.yaml, as embedded in the package (stubdom/config/hw-*.yaml
+    are links to them in the source tree)."""
+    root = Path(str(files("stubdom.config")))
     return tuple(sorted(root.glob("hw-*.yaml")))
 
 
