@@ -325,3 +325,43 @@ def test_domain_lifecycle_files_and_pins(stack):
         assert c.call("list")["domains"] == []
         assert platform.machine.pinned_frames(1) == {}
 
+
+
+def test_hostile_frontend_corrupting_its_ring_loses_only_its_channel(stack):
+    """req_prod pushed past a ring's worth: that domain's channel is torn
+    down, the daemon and the other domains go on, destroy still works."""
+    import mmap
+    import struct
+
+    import ring
+
+    _, config, platform, daemon = stack
+    good = boot(platform, config, 1)
+    platform.machine.create_domain(2, nr_pages=256)
+    platform.placement.gate.assign(2)
+    with client(config) as c:
+        made = c.call("domain_create", domid=2)
+        chan = ring.connect(made["evtchn"])
+        with open(made["ring"], "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+            (rsp_prod,) = struct.unpack_from("<I", m, 8)
+            struct.pack_into("<I", m, 0, (rsp_prod + 33) & 0xFFFFFFFF)  # 33 > 32 entries
+        chan.notify()
+        with pytest.raises(ring.PeerDied):  # the daemon hangs up on us
+            for _ in range(200):
+                chan.wait(0.1)
+        chan.close()
+        states = {d["domid"]: d["state"] for d in c.call("list")["domains"]}
+        assert states == {1: "connected", 2: "broken"}
+        with Context(good) as ctx:
+            assert workloads.increment(ctx, 8) == 9
+        assert c.call("domain_destroy", domid=2) == {"domid": 2}
+        assert not (config.mediator.runtime_dir / "dom2").exists()
+    assert "event=ring_corrupted domid=2" in daemon.log()
+
+
+def test_exports():
+    import stubdom.daemon as d
+
+    for name in ("run_daemon", "ctl_main", "GatePort", "ControlClient", "ErrorCode", "ControlError",
+                 "TaFilterPort", "Daemon", "DomainBackend", "control_socket_path", "MAX_MESSAGE"):
+        assert hasattr(d, name), name

@@ -98,9 +98,12 @@ class DomainBackend:
             except ring.PeerDied:
                 self.state = "peer-died"
                 self.log.event(logging.WARNING, "frontend_died", connection=self.connections)
-            except ring.RingCorrupted as e:
+            except (ring.RingCorrupted, ring.RingError, OSError) as e:
+                # RingCorrupted: a hostile frontend; anything else here is a
+                # daemon bug. Either way only this domain's channel goes.
                 self.state = "broken"
-                self.log.event(logging.ERROR, "ring_corrupted", detail=str(e))
+                name = "ring_corrupted" if isinstance(e, ring.RingCorrupted) else "backend_broken"
+                self.log.event(logging.ERROR, name, detail=f"{type(e).__name__}: {e}")
                 self._close_channel()
                 self.listener.close()  # no reconnecting to a ring we cannot trust
                 return
