@@ -365,3 +365,17 @@ def test_exports():
     for name in ("run_daemon", "ctl_main", "GatePort", "ControlClient", "ErrorCode", "ControlError",
                  "TaFilterPort", "Daemon", "DomainBackend", "control_socket_path", "MAX_MESSAGE"):
         assert hasattr(d, name), name
+
+
+def test_ctl_shutdown_drains_and_removes_the_daemons_files(stack, capsys):
+    _, config, platform, daemon = stack
+    run = config.mediator.runtime_dir
+    boot(platform, config, 0)
+    sock = str(control_socket_path(run))
+    assert ctl_main(["--socket", sock, "shutdown"]) == 0
+    assert capsys.readouterr().out == "{}\n"
+    assert daemon.proc.wait(30) == 0
+    log = daemon.log()
+    assert "event=shutdown_requested via=control" in log and "event=domain_destroyed domid=0" in log
+    assert not (run / "stubdom-teed").exists() and not (run / "dom0").exists()
+    assert platform.machine.pinned_frames(0) == {}
