@@ -363,7 +363,7 @@ def test_exports():
     import stubdom.daemon as d
 
     for name in ("run_daemon", "ctl_main", "GatePort", "ControlClient", "ErrorCode", "ControlError",
-                 "TaFilterPort", "Daemon", "DomainBackend", "control_socket_path", "MAX_MESSAGE"):
+                 "Daemon", "DomainBackend", "control_socket_path", "MAX_MESSAGE"):
         assert hasattr(d, name), name
 
 

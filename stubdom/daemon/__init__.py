@@ -25,7 +25,6 @@ from .errors import ProtocolError as ProtocolError
 from .errors import StartupError as StartupError
 from .gateport import GatePort as GatePort
 from .stats import DomainStats as DomainStats
-from .tafilter import TaFilterPort as TaFilterPort
 from .wire import MAX_MESSAGE as MAX_MESSAGE
 from .wire import PROTOCOL_VERSION as PROTOCOL_VERSION
 from .wire import FrameReader as FrameReader

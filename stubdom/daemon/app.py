@@ -25,7 +25,6 @@ from .daemon import Daemon
 from .errors import ControlError, GateUnavailable, StartupError
 from .gateport import GatePort
 from .logs import MEDIATOR_LOGGER, event, setup_logging
-from .tafilter import TaFilterPort
 
 __all__ = ["run_daemon", "EXIT_OK", "EXIT_STARTUP", "EXIT_CONFIG"]
 
@@ -101,15 +100,17 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out) 
                                f"is the platform running in this runtime directory?") from None
         gate_port = GatePort(gate, op_smc=GATE_OP_SMC, op_hyp=GATE_OP_HYP)
         holder: list[Daemon] = []
-        port = TaFilterPort(gate_port, machine, lambda d, ta: holder[0].check_open_session(d, ta))
         try:
-            mediator = Mediator(machine, port, logger=logging.getLogger(MEDIATOR_LOGGER))
+            # TA allow/deny is decided by the mediator on its own validated
+            # copy of OPEN_SESSION's meta params (never re-reading the guest).
+            mediator = Mediator(machine, gate_port, logger=logging.getLogger(MEDIATOR_LOGGER),
+                                open_session_filter=lambda d, ta, login: holder[0].check_open_session(d, ta))
         except TeeProbeFailed as e:
             raise StartupError(f"stubdom-teed: {e}") from None
         except Exception as e:  # the gate refused or died during the probe
             raise StartupError(f"stubdom-teed: probing OP-TEE through the gate failed: {e}") from None
         daemon = Daemon(config=config, config_path=config_path, policy=PolicyEngine(config),
-                        mediator=mediator, gate_port=_GateStats(gate_port, port, gate), machine=machine,
+                        mediator=mediator, gate_port=_GateStats(gate_port, gate), machine=machine,
                         logger=logger, load_config=load_config)
         holder.append(daemon)
         own_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -156,14 +157,13 @@ class _GateStats:
     """``statistics()`` for the stats op: what this stub domain sent through
     the gate (the gate's own counters live in the platform)."""
 
-    def __init__(self, gate_port: GatePort, filter_port: TaFilterPort, client) -> None:
+    def __init__(self, gate_port: GatePort, client) -> None:
         self._port = gate_port
-        self._filter = filter_port
         self._client = client
 
     def statistics(self) -> dict:
         s = self._client.statistics()
-        return {**self._port.statistics(), "ta_refused": self._filter.refused,
+        return {**self._port.statistics(),
                 "notifications_sent": s.notifications_sent,
                 "notifications_suppressed": s.notifications_suppressed,
                 "wakeups": s.wakeups, "timeouts": s.timeouts, "dropped": s.dropped}

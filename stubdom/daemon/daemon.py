@@ -81,8 +81,8 @@ class Daemon:
             self._view = None
 
     def check_open_session(self, domid: int, ta_uuid) -> tuple[int, int] | None:
-        """The TaFilterPort's question: None, or (ret, ret_origin) for the
-        guest's OPEN_SESSION argument."""
+        """The mediator's open_session_filter: None, or (ret, ret_origin) for
+        the guest's OPEN_SESSION argument (judged on the mediator's shadow)."""
         refusal = self.policy.check_open_session(domid, ta_uuid, view=self._view)
         if refusal is None:
             return None
