@@ -15,6 +15,7 @@ import uuid
 from stubdom.optee.teec import TEE_ERROR_BAD_PARAMETERS, TEE_ERROR_SHORT_BUFFER, TEE_SUCCESS
 
 from .ta import (
+    StatelessTa,
     TEE_PARAM_TYPE_MEMREF_INPUT,
     TEE_PARAM_TYPE_MEMREF_OUTPUT,
     TEE_PARAM_TYPE_NONE,
@@ -31,20 +32,13 @@ DIGEST_UUID = uuid.UUID("a0bd9563-24c5-41c0-9d22-36aa5bad6745")
 DIGEST_CMD_SHA256 = 0
 SHA256_SIZE = 32
 
-_NONE4 = TEE_PARAM_TYPES(TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_NONE)
 _SHA256 = TEE_PARAM_TYPES(TEE_PARAM_TYPE_MEMREF_INPUT, TEE_PARAM_TYPE_MEMREF_OUTPUT, TEE_PARAM_TYPE_NONE,
                           TEE_PARAM_TYPE_NONE)
 
 
-class DigestTa:
+class DigestTa(StatelessTa):
     uuid = DIGEST_UUID
     name = "digest"
-
-    def open_session(self, ctx: TaContext, params: list[TaParam]) -> TaGen:
-        if param_types(params) != _NONE4:
-            return TEE_ERROR_BAD_PARAMETERS, None
-        return TEE_SUCCESS, None
-        yield
 
     def invoke(self, ctx: TaContext, cmd: int, params: list[TaParam]) -> TaGen:
         if cmd != DIGEST_CMD_SHA256 or param_types(params) != _SHA256:
@@ -59,5 +53,3 @@ class DigestTa:
         return TEE_SUCCESS
         yield
 
-    def close_session(self, ctx: TaContext) -> None:
-        pass

@@ -13,6 +13,7 @@ import uuid
 from stubdom.optee.teec import TEE_ERROR_BAD_PARAMETERS, TEE_SUCCESS
 
 from .ta import (
+    StatelessTa,
     TEE_PARAM_TYPE_NONE,
     TEE_PARAM_TYPE_VALUE_INOUT,
     TEE_PARAM_TYPES,
@@ -29,20 +30,13 @@ INCREMENT_UUID = uuid.UUID("8aaaf200-2450-11e4-abe2-0002a5d5c51b")
 TA_INCREMENT_CMD_INC_VALUE = 0  # TA_HELLO_WORLD_CMD_INC_VALUE
 TA_INCREMENT_CMD_DEC_VALUE = 1  # TA_HELLO_WORLD_CMD_DEC_VALUE
 
-_NONE4 = TEE_PARAM_TYPES(TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_NONE)
 _VALUE_INOUT = TEE_PARAM_TYPES(TEE_PARAM_TYPE_VALUE_INOUT, TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_NONE,
                                TEE_PARAM_TYPE_NONE)
 
 
-class IncrementTa:
+class IncrementTa(StatelessTa):
     uuid = INCREMENT_UUID
     name = "increment"
-
-    def open_session(self, ctx: TaContext, params: list[TaParam]) -> TaGen:
-        if param_types(params) != _NONE4:
-            return TEE_ERROR_BAD_PARAMETERS, None
-        return TEE_SUCCESS, None
-        yield  # a generator like every TA entry
 
     def invoke(self, ctx: TaContext, cmd: int, params: list[TaParam]) -> TaGen:
         if cmd == TA_INCREMENT_CMD_INC_VALUE:
@@ -57,5 +51,3 @@ class IncrementTa:
         return TEE_SUCCESS
         yield
 
-    def close_session(self, ctx: TaContext) -> None:
-        pass

@@ -45,6 +45,7 @@ from stubdom.optee.teec import (
 
 from ..thread import SHM_CACHE_USER_FS, RpcParam
 from .ta import (
+    StatelessTa,
     TEE_PARAM_TYPE_MEMREF_INPUT,
     TEE_PARAM_TYPE_MEMREF_OUTPUT,
     TEE_PARAM_TYPE_NONE,
@@ -78,7 +79,6 @@ TEE_FS_NAME_MAX = 350  # core/include/tee/tee_fs.h
 STORAGE_READ_CHUNK = 16 * 1024
 
 _N = TEE_PARAM_TYPE_NONE
-_NONE4 = TEE_PARAM_TYPES(_N, _N, _N, _N)
 _WRITE = TEE_PARAM_TYPES(TEE_PARAM_TYPE_MEMREF_INPUT, TEE_PARAM_TYPE_MEMREF_INPUT, _N, _N)
 _READ = TEE_PARAM_TYPES(TEE_PARAM_TYPE_MEMREF_INPUT, TEE_PARAM_TYPE_MEMREF_OUTPUT, _N, _N)
 _DELETE = TEE_PARAM_TYPES(TEE_PARAM_TYPE_MEMREF_INPUT, _N, _N, _N)
@@ -89,15 +89,9 @@ def object_file_name(ta_uuid: uuid.UUID, object_id: bytes) -> str:
     return f"/{ta_uuid}/{object_id.hex()}"
 
 
-class StorageTa:
+class StorageTa(StatelessTa):
     uuid = STORAGE_UUID
     name = "storage"
-
-    def open_session(self, ctx: TaContext, params: list[TaParam]) -> TaGen:
-        if param_types(params) != _NONE4:
-            return TEE_ERROR_BAD_PARAMETERS, None
-        return TEE_SUCCESS, None
-        yield
 
     def invoke(self, ctx: TaContext, cmd: int, params: list[TaParam]) -> TaGen:
         types = param_types(params)
@@ -128,8 +122,6 @@ class StorageTa:
             return (yield from _remove(ctx, name))
         return TEE_ERROR_BAD_PARAMETERS
 
-    def close_session(self, ctx: TaContext) -> None:
-        pass
 
 
 def _object_name(ctx: TaContext, p: TaParam) -> TaGen:

@@ -14,6 +14,8 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from stubdom.optee.teec import TEE_ERROR_BAD_PARAMETERS, TEE_SUCCESS
+
 from ..errors import TaProtocolError
 from ..memory import Mobj
 
@@ -135,3 +137,23 @@ class TrustedApp(Protocol):
     def invoke(self, ctx: TaContext, cmd: int, params: list[TaParam]) -> TaGen: ...
 
     def close_session(self, ctx: TaContext) -> None: ...
+
+
+# A TA entry taking no parameters (all four slots NONE).
+NO_PARAMS = TEE_PARAM_TYPES(TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_NONE, TEE_PARAM_TYPE_NONE)
+
+
+class StatelessTa:
+    """Base of the built-in TAs: sessions carry no state, so opening one takes
+    no parameters (anything else is TEE_ERROR_BAD_PARAMETERS, as a TA's
+    TA_OpenSessionEntryPoint that checks its param types answers) and
+    closing one has nothing to release."""
+
+    def open_session(self, ctx: TaContext, params: list[TaParam]) -> TaGen:
+        if param_types(params) != NO_PARAMS:
+            return TEE_ERROR_BAD_PARAMETERS, None
+        return TEE_SUCCESS, None
+        yield  # a generator like every TA entry point
+
+    def close_session(self, ctx: TaContext) -> None:
+        return None

@@ -29,6 +29,7 @@ from stubdom.optee.teec import TEE_ERROR_BAD_PARAMETERS, TEE_ERROR_CANCEL, TEE_S
 
 from ..thread import RpcParam
 from .ta import (
+    StatelessTa,
     TEE_PARAM_TYPE_NONE,
     TEE_PARAM_TYPE_VALUE_INPUT,
     TEE_PARAM_TYPE_VALUE_OUTPUT,
@@ -57,20 +58,13 @@ WAIT_CMD_WAIT = 3
 WAIT_CMD_SEND = 4
 
 _N = TEE_PARAM_TYPE_NONE
-_NONE4 = TEE_PARAM_TYPES(_N, _N, _N, _N)
 _VALUE_OUT = TEE_PARAM_TYPES(TEE_PARAM_TYPE_VALUE_OUTPUT, _N, _N, _N)
 _VALUE_IN = TEE_PARAM_TYPES(TEE_PARAM_TYPE_VALUE_INPUT, _N, _N, _N)
 
 
-class WaitTa:
+class WaitTa(StatelessTa):
     uuid = WAIT_UUID
     name = "wait"
-
-    def open_session(self, ctx: TaContext, params: list[TaParam]) -> TaGen:
-        if param_types(params) != _NONE4:
-            return TEE_ERROR_BAD_PARAMETERS, None
-        return TEE_SUCCESS, None
-        yield
 
     def invoke(self, ctx: TaContext, cmd: int, params: list[TaParam]) -> TaGen:
         types = param_types(params)
@@ -103,5 +97,3 @@ class WaitTa:
             return res
         return TEE_ERROR_BAD_PARAMETERS
 
-    def close_session(self, ctx: TaContext) -> None:
-        pass
