@@ -106,6 +106,7 @@ class MediatorConfig:
     log_level: str
     call_timeout_ms: int
     drain_timeout_ms: int
+    gate_timeout_ms: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -186,6 +186,8 @@ _MEDIATOR_SECTION = Section((
         "bound on a guest vCPU waiting for the daemon's answer (then a defined error)"),
     Key("drain_timeout_ms", Integer(0, 3_600_000), 10_000,
         "bound on letting calls finish at shutdown"),
+    Key("gate_timeout_ms", Integer(1, 3_600_000), 5000,
+        "bound on one SMC gate hypercall of the daemon; past it the platform counts as dead"),
     Key("log_level", _LOG_LEVEL, "info", "the daemon's log level (--log-level overrides)"),
 ))
 

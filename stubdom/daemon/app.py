@@ -32,9 +32,6 @@ EXIT_OK = 0
 EXIT_STARTUP = 1  # no gate, no machine, TEE probe failed, another daemon runs
 EXIT_CONFIG = 2  # the configuration does not validate (nothing was started)
 
-# How long one gate hypercall may take before the platform counts as dead.
-GATE_TIMEOUT_S = 5.0
-
 
 def run_daemon(config_path: str | None, *, log_level: str | None = None,
                out=None, err=None) -> int:
@@ -66,13 +63,15 @@ def run_daemon(config_path: str | None, *, log_level: str | None = None,
         return EXIT_STARTUP
 
 
-def _connect_gate(runtime_dir: Path, config_path: str | None, poll_window_ns: int):
+def _connect_gate(runtime_dir: Path, config_path: str | None, poll_window_ns: int, timeout_s: float):
     from stubdom.platform.errors import GateError
     from stubdom.platform.gate import GateClient, gate_dir
 
     path = str(gate_dir(runtime_dir) / "evtchn")
     try:
-        return GateClient(runtime_dir, poll_window_ns, GATE_TIMEOUT_S)
+        # timeout_s bounds the welcome and every hypercall: past it the
+        # platform counts as dead (mediator.gate_timeout_ms)
+        return GateClient(runtime_dir, poll_window_ns, timeout_s)
     except GateError as e:
         reason = getattr(e, "reason", None) or str(e)
         raise GateUnavailable(path, config_path, reason) from None
@@ -89,7 +88,7 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out) 
 
     runtime_dir = Path(config.mediator.runtime_dir)
     poll_ns = config.mediator.poll_window_us * 1000
-    gate = _connect_gate(runtime_dir, config_path, poll_ns)
+    gate = _connect_gate(runtime_dir, config_path, poll_ns, config.mediator.gate_timeout_ms / 1000)
     machine = None
     own_dir = runtime_dir / "stubdom-teed"
     try:
