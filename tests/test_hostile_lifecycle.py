@@ -11,7 +11,15 @@ import hashlib
 
 import pytest
 
-from stubdom.hostile import PLACEMENTS, HonestLoad, HostileGuest, destroy_and_check, make_platform, tee_smcs
+from stubdom.hostile import (
+    PLACEMENTS,
+    HonestLoad,
+    HostileGuest,
+    destroy_all_and_check,
+    destroy_and_check,
+    make_platform,
+    tee_smcs_of,
+)
 from stubdom.mediator import DomainLimits, client_id
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,
@@ -54,17 +62,28 @@ LIMITS = DomainLimits(max_calls=3, max_shm_buffers=6, max_pages_per_buffer=8, ma
 ERESUME = (OPTEE_SMC_RETURN_ERESUME,) + (0,) * 7
 
 
-@pytest.fixture(params=PLACEMENTS)
-def world(request, tmp_path):
+@pytest.fixture(scope="module", params=PLACEMENTS)
+def platform(request, tmp_path_factory):
+    with make_platform(tmp_path_factory.mktemp(request.param), request.param, limits=LIMITS,
+                       caps=BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG) as p:
+        yield p
+
+
+@pytest.fixture
+def world(platform):
     """Attacker d1 and victim d3 under tight limits (the honest load, d2, is
     started by each test)."""
-    with make_platform(tmp_path / "m", request.param, limits=LIMITS,
-                       caps=BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG) as p:
-        p.create_domain(DomainSpec(1, nr_pages=512))
-        p.create_domain(DomainSpec(3, nr_pages=256))
-        evil, victim = HostileGuest(p, 1), HostileGuest(p, 3)
-        yield p, evil, victim
-        destroy_and_check(p, evil)
+    p = platform
+    p.create_domain(DomainSpec(1, nr_pages=512))
+    p.create_domain(DomainSpec(3, nr_pages=256))
+    evil, victim = HostileGuest(p, 1), HostileGuest(p, 3)
+    yield p, evil, victim
+    destroy_and_check(p, evil)
+    destroy_all_and_check(p)
+
+
+def _cookies(state: dict, kind: str) -> set[int]:
+    return {b["cookie"] for b in state[kind]}
 
 
 def _busy(g: HostileGuest, session: int, *, vcpu: int = 0):
@@ -101,11 +120,11 @@ def test_resuming_threads_it_does_not_own_twice_or_never(world):
     p, evil, victim = world
     _, vr = _busy(victim, victim.session(WAIT_UUID))
     with HonestLoad(p, 2):
-        before = len(tee_smcs(p))
+        before = tee_smcs_of(p, 1)
         # Every thread id, the victim's included, and junk in every other register.
         for tid in list(range(8)) + [vr[3], 0xFFFF_FFFF]:
             assert evil.resume(tid, 0xDEAD, 0xBEEF, 0xF00D, 0xCAFE) == ERESUME
-        assert len(tee_smcs(p)) == before  # refused without reaching the TEE
+        assert tee_smcs_of(p, 1) == before  # refused without reaching the TEE
         # Its own call resumed twice: once, then ERESUME.
         ipa, r = _busy(evil, evil.session(WAIT_UUID))
         assert evil.serve(r)[0] == OPTEE_SMC_RETURN_OK
@@ -121,14 +140,13 @@ def test_resuming_threads_it_does_not_own_twice_or_never(world):
 
 def test_floods_past_every_per_domain_limit(world):
     p, evil, victim = world
-    mediator = p.placement.mediator
     with HonestLoad(p, 2):
         # Calls in flight: the limit, then ETHREAD_LIMIT without the TEE.
         calls = [_busy(evil, evil.session(WAIT_UUID), vcpu=v) for v in range(LIMITS.max_calls)]
-        before = len(tee_smcs(p))
+        before = tee_smcs_of(p, 1)
         for _ in range(50):
             assert evil.start(evil.page())[0] == OPTEE_SMC_RETURN_ETHREAD_LIMIT
-        assert len(tee_smcs(p)) == before
+        assert tee_smcs_of(p, 1) == before
         for v, (_, r) in enumerate(calls):
             assert evil.serve(r, vcpu=v)[0] == OPTEE_SMC_RETURN_OK
         # Buffers: pages per buffer, total pages, number of buffers.
@@ -140,23 +158,27 @@ def test_floods_past_every_per_domain_limit(world):
                 assert (out.ret, out.ret_origin) == (TEEC_ERROR_OUT_OF_MEMORY, TEEC_ORIGIN_COMMS)
             else:
                 cookies.append(0x200 + i)
-        ctx = mediator.context(1)
         assert len(cookies) == LIMITS.max_total_pages // LIMITS.max_pages_per_buffer
-        assert ctx.pinned_pages == LIMITS.max_total_pages
+        assert p.mediator_state(1)["pinned_pages"] == LIMITS.max_total_pages
+        pins = p.machine.pinned_frames(1)
         for i in range(10):
             assert evil.register(0x300 + i, 1)[1].ret == TEEC_ERROR_OUT_OF_MEMORY
-        assert ctx.pinned_pages == LIMITS.max_total_pages and len(ctx.shm_buffers) == len(cookies)
+        state = p.mediator_state(1)
+        assert state["pinned_pages"] == LIMITS.max_total_pages
+        assert _cookies(state, "shm_buffers") == {0x200 + i for i in range(len(cookies))}
+        assert p.machine.pinned_frames(1) == pins  # nothing partial
         # The victim is not starved by any of it.
         assert _inc(victim, victim.session(INCREMENT_UUID), 1) == 2
         assert victim.register(0x200, LIMITS.max_pages_per_buffer)[1].ret == 0
-    assert mediator.context(2).internal_errors == 0 and ctx.internal_errors == 0
+    assert p.mediator_state(2)["internal_errors"] == p.mediator_state(1)["internal_errors"] == 0
 
 
 def test_cookies_reused_guessed_and_never_freed(world):
     p, evil, victim = world
-    ctx_victim = p.placement.mediator.context(3)
-    assert victim.register(0xC0FFEE, 2)[1].ret == 0
-    victim_buf = ctx_victim.shm_buffers[0xC0FFEE]
+    victim_pages = victim.pages(2)
+    assert victim.register(0xC0FFEE, 2, buf_ptr=victim.page_list(victim_pages))[1].ret == 0
+    victim_frames = [victim.frame_of(ipa) for ipa in victim_pages]
+    victim_pins = p.machine.pinned_frames(3)
     with HonestLoad(p, 2):
         # Reused: its own live cookie again.
         assert evil.register(0x42, 1)[1].ret == 0
@@ -165,12 +187,13 @@ def test_cookies_reused_guessed_and_never_freed(world):
         # REGD argument, to reference it as a registered memref.
         r, out = evil.unregister(0xC0FFEE)
         assert out.ret != 0
-        assert ctx_victim.shm_buffers[0xC0FFEE] is victim_buf
-        assert all(p.machine.frame_refcount(m) == 1 for m in victim_buf.mfns)
+        assert 0xC0FFEE in _cookies(p.mediator_state(3), "shm_buffers")
+        assert all(p.machine.frame_refcount(m) == 1 for m in victim_frames)
+        assert p.machine.pinned_frames(3) == victim_pins
         evil.negotiate()
-        before = len(tee_smcs(p))
+        before = tee_smcs_of(p, 1)
         assert evil.smc(OPTEE_SMC_CALL_WITH_REGD_ARG, 0, 0xC0FFEE, 0) == (OPTEE_SMC_RETURN_EBADADDR,) + (0,) * 7
-        assert len(tee_smcs(p)) == before
+        assert tee_smcs_of(p, 1) == before
         session = evil.session(DIGEST_UUID)
         r, out, _ = evil.call(MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=DIGEST_CMD_SHA256, session=session, params=(
             MsgParam.rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 0, 16, 0xC0FFEE),
@@ -185,13 +208,14 @@ def test_cookies_reused_guessed_and_never_freed(world):
         assert evil.serve(rb)[0] == OPTEE_SMC_RETURN_OK
         assert evil.read_arg(ipa_b).ret == TEEC_ERROR_OUT_OF_MEMORY
         assert evil.serve(ra)[0] == OPTEE_SMC_RETURN_OK and evil.read_arg(ipa_a).ret == 0
-        assert 0xAB in p.placement.mediator.context(1).rpc_buffers  # cached, never disabled
+        assert 0xAB in _cookies(p.mediator_state(1), "rpc_buffers")  # cached, never disabled
         # Never freed: registrations and cached RPC buffers left behind.
         for c in (0x50, 0x51, 0x52):
             assert evil.register(c, 2)[1].ret == 0
     # The victim's buffer still works for the victim.
     assert victim.unregister(0xC0FFEE)[1].ret == 0
-    assert all(p.machine.frame_refcount(m) == 0 for m in victim_buf.mfns)
+    assert p.machine.pinned_frames(3) == {m: n for m, n in victim_pins.items() if m not in victim_frames}
+    assert all(p.machine.frame_refcount(m) == 0 for m in victim_frames)
 
 
 def test_closing_another_domains_sessions(world):
@@ -247,4 +271,4 @@ def test_ballooning_out_pinned_pages_mid_call(world):
         assert r[0] == OPTEE_SMC_RETURN_OK and evil.read_arg(ipa).ret != 0  # no reply could be read
         assert p.machine.frame_owner(rpc_frame) == DOMID_INVALID  # OP-TEE freed it; unpinned, gone
         p.oracle.assert_clean()
-    assert p.placement.mediator.context(1).pinned_pages == 0
+    assert p.mediator_state(1)["pinned_pages"] == 0

@@ -4,8 +4,10 @@ driver, its own thread) and asserts the defined error, that the isolation
 oracle recorded nothing, that the honest domain's calls all succeeded, and
 that destroying the attacker leaves no pin and no TEE partition.
 
-Parametrised over the placement (``PLACEMENTS``), so the same attacks run
-under the stub-domain placement once it is added there."""
+Parametrised over the placement (``PLACEMENTS``: el2, and stubdom with the
+mediator in a real stubdom-teed process); one platform (and daemon) per
+placement for the whole module, every domain destroyed and checked after
+each test."""
 
 from __future__ import annotations
 
@@ -13,7 +15,15 @@ import hashlib
 
 import pytest
 
-from stubdom.hostile import PLACEMENTS, HonestLoad, HostileGuest, destroy_and_check, make_platform, tee_smcs
+from stubdom.hostile import (
+    PLACEMENTS,
+    HonestLoad,
+    HostileGuest,
+    destroy_all_and_check,
+    destroy_and_check,
+    make_platform,
+    tee_smcs_of,
+)
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,
     OPTEE_MSG_ATTR_TYPE_TMEM_INPUT,
@@ -43,24 +53,33 @@ EBADADDR = (OPTEE_SMC_RETURN_EBADADDR,) + (0,) * 7
 REFUSED = (TEEC_ERROR_BAD_PARAMETERS, TEEC_ORIGIN_COMMS)
 
 
-@pytest.fixture(params=PLACEMENTS)
-def world(request, tmp_path):
-    """Platform, attacker d1 (RPC_ARG offered; buffers up to 1024 pages so a
-    list can loop over its second page), a victim d3 whose frames the
-    attacker names; the honest load (d2) is started by each test."""
-    with make_platform(tmp_path / "m", request.param, caps=BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG,
+@pytest.fixture(scope="module", params=PLACEMENTS)
+def platform(request, tmp_path_factory):
+    """RPC_ARG offered; buffers up to 1024 pages so a list can loop over
+    its second page."""
+    with make_platform(tmp_path_factory.mktemp(request.param), request.param,
+                       caps=BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG,
                        limits=DomainLimits(max_pages_per_buffer=1024)) as p:
-        p.create_domain(DomainSpec(1, nr_pages=512))
-        p.create_domain(DomainSpec(3, nr_pages=256))
-        evil, victim = HostileGuest(p, 1), HostileGuest(p, 3)
-        own = set(evil.dom.ram_gfns())
-        # Victim frames whose addresses are not also attacker IPAs (RAM and
-        # guest RAM both start at 0x4000_0000, so they could coincide).
-        evil.foreign = [victim.frame_of(ipa) << 12 for ipa in victim.pages(8)
-                        if victim.frame_of(ipa) not in own][:4]
-        assert evil.foreign
-        yield p, evil
-        destroy_and_check(p, evil)
+        yield p
+
+
+@pytest.fixture
+def world(platform):
+    """Attacker d1 and a victim d3 whose frames the attacker names; the
+    honest load (d2) is started by each test."""
+    p = platform
+    p.create_domain(DomainSpec(1, nr_pages=512))
+    p.create_domain(DomainSpec(3, nr_pages=256))
+    evil, victim = HostileGuest(p, 1), HostileGuest(p, 3)
+    own = set(evil.dom.ram_gfns())
+    # Victim frames whose addresses are not also attacker IPAs (RAM and
+    # guest RAM both start at 0x4000_0000, so they could coincide).
+    evil.foreign = [victim.frame_of(ipa) << 12 for ipa in victim.pages(8)
+                    if victim.frame_of(ipa) not in own][:4]
+    assert evil.foreign
+    yield p, evil
+    destroy_and_check(p, evil)
+    destroy_all_and_check(p)
 
 
 def _digest(g: HostileGuest, session: int, buf_ptr: int, size: int) -> MsgArg:
@@ -87,17 +106,17 @@ def test_argument_pages_that_are_not_the_guests_ram(world):
         for function in (OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_CALL_WITH_RPC_ARG):
             evil.negotiate()
             for name, ipa in bad.items():
-                before = len(tee_smcs(p))
+                before = tee_smcs_of(p, 1)
                 assert evil.smc(function, ipa >> 32, ipa & 0xFFFFFFFF) == EBADADDR, name
-                assert len(tee_smcs(p)) == before, name
+                assert tee_smcs_of(p, 1) == before, name
         # A read-only argument page: results could not go back, so it is
         # refused up front (Xen's get_domain_ram_page wants p2m_ram_rw).
         ro = evil.page()
         evil.write_arg(ro, MsgArg(OPTEE_MSG_CMD_CLOSE_SESSION, session=0x1234))
         evil.dom.set_type(ro >> 12, P2mType.p2m_ram_ro)
-        before = len(tee_smcs(p))
-        assert evil.start(ro) == EBADADDR and len(tee_smcs(p)) == before
-    assert p.placement.mediator.context(1).internal_errors == 0
+        before = tee_smcs_of(p, 1)
+        assert evil.start(ro) == EBADADDR and tee_smcs_of(p, 1) == before
+    assert p.mediator_state(1)["internal_errors"] == 0
 
 
 @pytest.mark.parametrize("num_params", [128, 1000, 0xFFFF_FFFF])
@@ -108,9 +127,9 @@ def test_num_params_overflowing_the_page(world, num_params):
             evil.negotiate()
             ipa = evil.page()
             evil.write(ipa, pack_header(OPTEE_MSG_CMD_INVOKE_COMMAND, num_params=num_params))
-            before = len(tee_smcs(p))
+            before = tee_smcs_of(p, 1)
             assert evil.start(ipa, function) == EBADADDR
-            assert len(tee_smcs(p)) == before
+            assert tee_smcs_of(p, 1) == before
         # With the trailing RPC argument, fewer params fit: 127 would, 124 would not leave room.
         ipa = evil.page()
         evil.write(ipa, pack_header(OPTEE_MSG_CMD_INVOKE_COMMAND, num_params=124))

@@ -11,7 +11,15 @@ import hashlib
 
 import pytest
 
-from stubdom.hostile import PLACEMENTS, HonestLoad, HostileGuest, Scribbler, destroy_and_check, make_platform
+from stubdom.hostile import (
+    PLACEMENTS,
+    HonestLoad,
+    HostileGuest,
+    Scribbler,
+    destroy_all_and_check,
+    destroy_and_check,
+    make_platform,
+)
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,
     OPTEE_MSG_ATTR_TYPE_TMEM_INPUT,
@@ -40,18 +48,25 @@ from stubdom.xen import PAGE_SIZE
 ROUNDS = 40
 
 
-@pytest.fixture(params=PLACEMENTS)
-def world(request, tmp_path):
-    with make_platform(tmp_path / "m", request.param) as p:
-        p.create_domain(DomainSpec(1, nr_pages=768))
-        p.create_domain(DomainSpec(3, nr_pages=64))
-        evil, victim = HostileGuest(p, 1), HostileGuest(p, 3)
-        own = set(evil.dom.ram_gfns())
-        evil.foreign = [victim.frame_of(ipa) << 12 for ipa in victim.pages(8)
-                        if victim.frame_of(ipa) not in own][:2]
-        assert len(evil.foreign) == 2
-        yield p, evil
-        destroy_and_check(p, evil)
+@pytest.fixture(scope="module", params=PLACEMENTS)
+def platform(request, tmp_path_factory):
+    with make_platform(tmp_path_factory.mktemp(request.param), request.param) as p:
+        yield p
+
+
+@pytest.fixture
+def world(platform):
+    p = platform
+    p.create_domain(DomainSpec(1, nr_pages=768))
+    p.create_domain(DomainSpec(3, nr_pages=64))
+    evil, victim = HostileGuest(p, 1), HostileGuest(p, 3)
+    own = set(evil.dom.ram_gfns())
+    evil.foreign = [victim.frame_of(ipa) << 12 for ipa in victim.pages(8)
+                    if victim.frame_of(ipa) not in own][:2]
+    assert len(evil.foreign) == 2
+    yield p, evil
+    destroy_and_check(p, evil)
+    destroy_all_and_check(p)
 
 
 def _data_pages(g: HostileGuest, n: int) -> tuple[list[int], bytes]:
@@ -103,7 +118,7 @@ def test_rewriting_the_argument_while_the_mediator_reads_it(world):
                 break  # the session may be gone now
             p.oracle.assert_clean()
     assert True in outcomes  # the good version did get through sometimes
-    assert p.placement.mediator.context(1).pinned_pages == 0
+    assert p.mediator_state(1)["pinned_pages"] == 0
 
 
 def test_rewriting_page_lists_while_the_mediator_reads_them(world):
@@ -141,7 +156,7 @@ def test_rewriting_page_lists_while_the_mediator_reads_them(world):
                 assert digest == bytes(32)
             p.oracle.assert_clean()
     assert race.error is None and race.writes > ROUNDS
-    assert p.placement.mediator.context(1).pinned_pages == 0
+    assert p.mediator_state(1)["pinned_pages"] == 0
 
 
 def test_rewriting_everything_while_the_call_is_suspended_in_an_rpc(world):
@@ -180,4 +195,4 @@ def test_rewriting_everything_while_the_call_is_suspended_in_an_rpc(world):
             # guest's reply (whatever the guest claimed the attr was).
             assert out.ret == 0 and (out.params[0].a, out.params[0].b) == (0x1234, 0x5678)
             p.oracle.assert_clean()
-    assert p.placement.mediator.context(1).pinned_pages == 0
+    assert p.mediator_state(1)["pinned_pages"] == 0

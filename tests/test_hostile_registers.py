@@ -18,6 +18,7 @@ from stubdom.hostile import (
     PLACEMENTS,
     HonestLoad,
     HostileGuest,
+    destroy_all_and_check,
     destroy_and_check,
     make_platform,
     tee_smcs,
@@ -68,7 +69,6 @@ def _fuzz(tmp_path, placement: str, max_examples: int) -> None:
         ipas = evil.pages(16)
         for i, ipa in enumerate(ipas):
             evil.write_arg(ipa, MsgArg(i % 8, func=i, session=i))
-        mediator = p.placement.mediator
         with HonestLoad(p, 2) as honest:
             live = {client_id(1), client_id(2)}
             seen = len(tee_smcs(p))
@@ -89,15 +89,15 @@ def _fuzz(tmp_path, placement: str, max_examples: int) -> None:
                 new = tee_smcs(p)[seen:]
                 seen += len(new)
                 assert all(s[7] in live for s in new), [hex(s[7]) for s in new]
-                assert mediator.context(1).internal_errors == 0
                 p.oracle.assert_clean()
 
             one_smc()
         assert honest.rounds > 0
-        assert mediator.context(2).internal_errors == 0
+        assert p.mediator_state(1)["internal_errors"] == p.mediator_state(2)["internal_errors"] == 0
         # The fuzz did reach the TEE on the attacker's behalf (not only refusals).
         assert sum(s[7] == client_id(1) for s in tee_smcs(p)) > 10
         destroy_and_check(p, evil)
+        destroy_all_and_check(p)
 
 
 @pytest.mark.parametrize("placement", PLACEMENTS)

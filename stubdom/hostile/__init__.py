@@ -3,7 +3,7 @@ through the same trap entry as an honest guest and its own memory only, and
 the harness the attack tests share (placements, an honest domain running
 beside the attack, checks after the attacker is destroyed).
 
-    p = make_platform(tmp_path / "m", "el2")
+    p = make_platform(tmp_path / "m", "stubdom")   # or "el2": PLACEMENTS
     p.create_domain(DomainSpec(1, nr_pages=512))
     evil = HostileGuest(p, 1)
     with HonestLoad(p, 2):
@@ -14,6 +14,7 @@ See docs/security.md.
 """
 
 from .errors import (
+    DaemonDied as DaemonDied,
     GuestOutOfPages as GuestOutOfPages,
     HonestLoadFailed as HonestLoadFailed,
     HostileError as HostileError,
@@ -21,17 +22,22 @@ from .errors import (
 )
 from .guest import M32 as M32, HostileGuest as HostileGuest, ShmAllocHook as ShmAllocHook
 from .harness import (
+    HonestLoad as HonestLoad,
+    destroy_all_and_check as destroy_all_and_check,
+    destroy_and_check as destroy_and_check,
+)
+from .platforms import (
     BASE_CAPS as BASE_CAPS,
     PLACEMENTS as PLACEMENTS,
-    HonestLoad as HonestLoad,
-    destroy_and_check as destroy_and_check,
+    HostilePlatform as HostilePlatform,
     make_platform as make_platform,
     tee_smcs as tee_smcs,
+    tee_smcs_of as tee_smcs_of,
 )
 from .race import Scribbler as Scribbler
 
 __all__ = [
-    "BASE_CAPS", "GuestOutOfPages", "HonestLoad", "HonestLoadFailed", "HostileError",
-    "HostileGuest", "M32", "PLACEMENTS", "Scribbler", "ShmAllocHook", "UnexpectedRpc",
-    "destroy_and_check", "make_platform", "tee_smcs",
+    "BASE_CAPS", "DaemonDied", "GuestOutOfPages", "HonestLoad", "HonestLoadFailed", "HostileError",
+    "HostileGuest", "HostilePlatform", "M32", "PLACEMENTS", "Scribbler", "ShmAllocHook", "UnexpectedRpc",
+    "destroy_all_and_check", "destroy_and_check", "make_platform", "tee_smcs", "tee_smcs_of",
 ]

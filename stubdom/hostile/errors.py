@@ -3,7 +3,9 @@ mediator's verdicts: those are return codes the tests assert on)."""
 
 from __future__ import annotations
 
-__all__ = ["HostileError", "GuestOutOfPages", "UnexpectedRpc", "HonestLoadFailed"]
+from pathlib import Path
+
+__all__ = ["HostileError", "GuestOutOfPages", "UnexpectedRpc", "HonestLoadFailed", "DaemonDied"]
 
 
 class HostileError(Exception):
@@ -35,3 +37,17 @@ class HonestLoadFailed(HostileError):
         self.domid = domid
         self.errors = errors
         super().__init__(f"d{domid}: {len(errors)} honest call(s) failed, first: {errors[0]!r}")
+
+
+class DaemonDied(HostileError):
+    """The stubdom-teed process under test exited (invariant 8: no guest
+    behaviour may bring it down)."""
+
+    def __init__(self, returncode: int, log_path) -> None:
+        self.returncode = returncode
+        self.log_path = log_path
+        try:
+            tail = "".join(Path(log_path).read_text(errors="replace").splitlines(keepends=True)[-10:])
+        except OSError:
+            tail = ""
+        super().__init__(f"stubdom-teed exited with status {returncode}; last lines of {log_path}:\n{tail}")

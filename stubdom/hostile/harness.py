@@ -1,73 +1,23 @@
-"""What every hostile-guest test needs around the attacker: a platform under
-a named placement with the SMCs reaching the TEE recorded, an honest domain
-running the Linux-like driver concurrently, and the checks after the
-attacker is destroyed.
-
-The same test runs under each placement: tests parametrise over
-``PLACEMENTS`` and build their platform with :func:`make_platform`.  Only
-``el2`` exists today; the stub-domain placement joins the tuple when it lands.
+"""What every hostile-guest test needs around the attacker: an honest
+domain running the Linux-like driver concurrently, and the checks after the
+attacker (or every domain) is destroyed.  The platforms, under each
+placement, are in :mod:`stubdom.hostile.platforms`.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from pathlib import Path
 
 from stubdom import workloads
 from stubdom.guest import Context, OpteeDriver, PageAllocator, Supplicant
-from stubdom.mediator import DomainLimits, OpenSessionFilter, client_id
-from stubdom.optee import OPTEE_SMC_SEC_CAP_DYNAMIC_SHM, OPTEE_SMC_SEC_CAP_HAVE_RESERVED_SHM
-from stubdom.platform import DomainSpec, Platform
-from stubdom.platform.el2 import El2Placement
-from stubdom.tee import REQUIRED_SEC_CAPS, TeeConfig
+from stubdom.mediator import client_id
+from stubdom.platform import DomainSpec
 
 from .errors import HonestLoadFailed
-from .guest import HostileGuest, Regs
+from .guest import HostileGuest
+from .platforms import HostilePlatform
 
-__all__ = ["PLACEMENTS", "BASE_CAPS", "make_platform", "HonestLoad", "destroy_and_check",
-           "tee_smcs"]
-
-PLACEMENTS = ("el2",)
-BASE_CAPS = REQUIRED_SEC_CAPS | OPTEE_SMC_SEC_CAP_DYNAMIC_SHM | OPTEE_SMC_SEC_CAP_HAVE_RESERVED_SHM
-
-
-def _el2(limits: DomainLimits | None, open_session_filter: OpenSessionFilter | None):
-    return lambda p: El2Placement(p, limits=limits, open_session_filter=open_session_filter)
-
-
-_FACTORIES: dict[str, Callable] = {"el2": _el2}
-
-
-def make_platform(path: Path, placement: str, *, caps: int = BASE_CAPS,
-                  limits: DomainLimits | None = None, threads: int = 4, guest_count: int = 8,
-                  nr_frames: int = 32768, seed: int = 5,
-                  open_session_filter: OpenSessionFilter | None = None) -> Platform:
-    """A platform under ``placement`` with the isolation oracle requiring
-    pins; every SMC that reaches the TEE is appended to ``tee_smcs(p)``."""
-    factory = _FACTORIES[placement](limits, open_session_filter)
-    seen: list[Regs] = []
-
-    def placement_with_recording(p: Platform):
-        real = p.tee.smc
-
-        def smc(regs):
-            seen.append(tuple(regs))
-            return real(regs)
-
-        p.tee.smc = smc
-        p.tee_smcs = seen  # type: ignore[attr-defined]
-        return factory(p)
-
-    return Platform(Path(path), nr_frames=nr_frames,
-                    tee_config=TeeConfig(sec_caps=caps, threads_per_guest=threads,
-                                         guest_count=guest_count),
-                    placement=placement_with_recording, require_pins=True, seed=seed)
-
-
-def tee_smcs(p: Platform) -> list[Regs]:
-    """Every SMC the TEE model received so far (a live list)."""
-    return p.tee_smcs  # type: ignore[attr-defined]
+__all__ = ["HonestLoad", "destroy_and_check", "destroy_all_and_check"]
 
 
 class HonestLoad:
@@ -76,7 +26,7 @@ class HonestLoad:
     returns once the first round completed (so the load overlaps the attack)
     and, on exit, raises :class:`HonestLoadFailed` if any call failed."""
 
-    def __init__(self, platform: Platform, domid: int, *, nr_pages: int = 1024) -> None:
+    def __init__(self, platform: HostilePlatform, domid: int, *, nr_pages: int = 1024) -> None:
         self.domid = domid
         dom = platform.create_domain(DomainSpec(domid, nr_pages=nr_pages))
         self.driver = OpteeDriver(platform.trap_entry(domid), dom,
@@ -123,12 +73,31 @@ class HonestLoad:
             raise HonestLoadFailed(self.domid, self.errors)
 
 
-def destroy_and_check(platform: Platform, guest: HostileGuest) -> None:
+def destroy_and_check(platform: HostilePlatform, guest: HostileGuest | int) -> None:
     """Destroy the attacker; then nothing of it may be left: no frame of it
-    pinned, no TEE partition, no isolation violation."""
-    platform.destroy_domain(guest.domid)
-    pinned = platform.machine.pinned_frames(guest.domid)
-    assert pinned == {}, f"d{guest.domid} frames still pinned: {pinned}"
-    stats = platform.tee.partition_stats(client_id(guest.domid))
-    assert stats is None, f"d{guest.domid} TEE partition left: {stats}"
+    pinned, no TEE partition, no isolation violation, no mediator bug hit on
+    its behalf (``internal_errors``, the daemon's ``backend_failures``) and,
+    under stubdom, the daemon still up and no longer serving it."""
+    domid = guest if isinstance(guest, int) else guest.domid
+    platform.check_daemon_alive()
+    state = platform.mediator_state(domid)
+    assert state["internal_errors"] == 0, f"d{domid}: mediator internal errors: {state}"
+    stats = platform.daemon_stats(domid)
+    assert stats is None or stats["backend_failures"] == 0, f"d{domid}: daemon backend failures: {stats}"
+    platform.destroy_domain(domid)
+    pinned = platform.machine.pinned_frames(domid)
+    assert pinned == {}, f"d{domid} frames still pinned: {pinned}"
+    partition = platform.tee.partition_stats(client_id(domid))
+    assert partition is None, f"d{domid} TEE partition left: {partition}"
     platform.oracle.assert_clean()
+    platform.check_daemon_alive()
+    if platform.daemon is not None:
+        served = [d["domid"] for d in platform.placement.toolstack.list()["domains"]]
+        assert domid not in served, f"d{domid} still served by the daemon: {served}"
+
+
+def destroy_all_and_check(platform: HostilePlatform) -> None:
+    """:func:`destroy_and_check` every domain still alive (a test's end on a
+    platform shared by the tests of a module)."""
+    for domid in platform.domids():
+        destroy_and_check(platform, domid)

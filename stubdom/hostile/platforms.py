@@ -1,0 +1,209 @@
+"""The platform a hostile-guest test runs on, under either placement.
+
+``el2``: the mediator core inside the platform process, as Xen does it.
+``stubdom``: the same core in a real ``stubdom-teed`` process started beside
+the platform from a configuration written next to it, reached over each
+domain's teeif ring, reaching OP-TEE only through the SMC gate.
+
+Tests see both through the same surface, none of it the mediator's insides:
+the machine (pins, owners), the TEE model (partitions, the isolation oracle,
+every SMC it received) and :meth:`HostilePlatform.mediator_state` — the
+daemon's ``dump`` control operation under ``stubdom``, the same map built
+from the in-process context under ``el2``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from stubdom.config import load_config
+from stubdom.config.schema import CAPABILITY_BITS
+from stubdom.mediator import DomainLimits, OpenSessionFilter, client_id
+from stubdom.optee import OPTEE_SMC_SEC_CAP_DYNAMIC_SHM, OPTEE_SMC_SEC_CAP_HAVE_RESERVED_SHM
+from stubdom.platform import Platform
+from stubdom.platform.el2 import El2Placement
+from stubdom.platform.launch import DaemonProcess
+from stubdom.platform.stubdom import stubdom_placement
+from stubdom.tee import REQUIRED_SEC_CAPS, TeeConfig
+
+from .errors import DaemonDied
+
+__all__ = ["PLACEMENTS", "BASE_CAPS", "HostilePlatform", "make_platform", "tee_smcs", "tee_smcs_of"]
+
+PLACEMENTS = ("el2", "stubdom")
+BASE_CAPS = REQUIRED_SEC_CAPS | OPTEE_SMC_SEC_CAP_DYNAMIC_SHM | OPTEE_SMC_SEC_CAP_HAVE_RESERVED_SHM
+
+# Bounds that only keep a wedged daemon from hanging the suite; never timing
+# assertions.  A guest call waits this long for the daemon before ENOTAVAIL:
+# far above any honest call, so a loaded CI box never turns into a verdict.
+CALL_TIMEOUT_MS = 120_000
+DAEMON_READY_S = 60.0
+# Short: the vCPU threads of attacker, victim and honest load share 2 cores.
+POLL_WINDOW_US = 20
+
+
+class HostilePlatform(Platform):
+    """A Platform recording every SMC that reaches the TEE (``tee_smcs``)
+    and, under ``stubdom``, owning the daemon process (``daemon``)."""
+
+    placement_name: str
+    daemon: DaemonProcess | None
+    tee_smcs: list
+    daemon_exit: int | None
+
+    def mediator_state(self, domid: int) -> dict:
+        """The mediator's state of one domain, as the ``dump`` control
+        operation answers it (docs/control-protocol.md).  Keys common to both
+        placements: ``internal_errors``, ``calls_in_flight``, ``buffers``,
+        ``pinned_pages``, ``limits``, ``suspended`` ({"tid": seq}),
+        ``shm_buffers`` / ``rpc_buffers`` (lists of {"cookie", ...}),
+        ``nr_shm_buffers``, ``nr_rpc_buffers``."""
+        if self.daemon is not None:
+            return self.placement.toolstack.request("dump", domid=domid)
+        ctx = self.placement.mediator.context(domid)
+        with ctx.lock:
+            return {
+                "domid": domid,
+                "limits": {"max_calls": ctx.limits.max_calls, "max_shm_buffers": ctx.limits.max_shm_buffers,
+                           "max_pages_per_buffer": ctx.limits.max_pages_per_buffer,
+                           "max_total_pages": ctx.limits.max_total_pages},
+                "internal_errors": ctx.internal_errors, "calls_in_flight": ctx.calls,
+                "buffers": ctx.nr_buffers, "pinned_pages": ctx.pinned_pages,
+                "suspended": {str(t): c.seq for t, c in ctx.suspended.items()},
+                "shm_buffers": [{"cookie": b.cookie, "pages": b.nr_pages, "size": b.size}
+                                for b in ctx.shm_buffers.values()],
+                "nr_shm_buffers": len(ctx.shm_buffers),
+                "rpc_buffers": [{"cookie": b.cookie, "pinned": b.mfn is not None}
+                                for b in ctx.rpc_buffers.values()],
+                "nr_rpc_buffers": len(ctx.rpc_buffers),
+            }
+
+    def daemon_stats(self, domid: int) -> dict | None:
+        """The daemon's ``stats`` record of ``domid`` (None under el2)."""
+        if self.daemon is None:
+            return None
+        return self.placement.toolstack.stats(domid)["domains"][str(domid)]
+
+    def check_daemon_alive(self) -> None:
+        """Invariant 8: whatever a guest did, the daemon is still up."""
+        if self.daemon is not None and self.daemon.proc.poll() is not None:
+            raise DaemonDied(self.daemon.proc.returncode, self.daemon.log_path)
+
+    def daemon_log(self) -> str:
+        return self.daemon.log_path.read_text(errors="replace") if self.daemon is not None else ""
+
+    def close(self) -> None:
+        """Destroy every domain (through the daemon while it runs), stop the
+        daemon (SIGTERM: it drains and removes its files), then the rest."""
+        try:
+            for domid in self.domids():
+                self.destroy_domain(domid)
+        finally:
+            if self.daemon is not None:
+                self.daemon_exit = self.daemon.stop()
+            super().close()
+
+
+def _recording(factory):
+    """Wrap a placement factory so every SMC entering the TEE model (from
+    the el2 mediator, or from the SMC gate's thread) is appended to
+    ``p.tee_smcs`` before the placement exists."""
+
+    def make(p: HostilePlatform):
+        real = p.tee.smc
+        seen: list = []
+
+        def smc(regs):
+            seen.append(tuple(regs))
+            return real(regs)
+
+        p.tee.smc = smc
+        p.tee_smcs = seen
+        return factory(p)
+
+    return make
+
+
+def _capability_names(caps: int) -> list[str]:
+    names = [name for name, bit in CAPABILITY_BITS.items() if caps & bit]
+    rest = caps & ~sum(CAPABILITY_BITS[n] for n in names)
+    if rest:
+        raise ValueError(f"capabilities {rest:#x} cannot be written in a configuration")
+    return names
+
+
+def stubdom_config(root: Path, *, caps: int, limits: DomainLimits, threads: int, guest_count: int,
+                   nr_frames: int, seed: int) -> Path:
+    """Write the configuration both processes read (every domain gets the
+    ``defaults`` policy: every class but the hypervisor's, no rate limit, no
+    TA list, ``limits``) and return its path."""
+    doc = {
+        "tee": {"threads": threads, "guest_count": guest_count, "capabilities": _capability_names(caps)},
+        "mediator": {"placement": "stubdom", "runtime_dir": str(root / "run"),
+                     "poll_window_us": POLL_WINDOW_US, "call_timeout_ms": CALL_TIMEOUT_MS,
+                     "drain_timeout_ms": 5000},
+        "platform": {"nr_frames": nr_frames, "seed": seed},
+        "defaults": {"limits": {"calls_in_flight": limits.max_calls, "shm_buffers": limits.max_shm_buffers,
+                                "pages_per_buffer": limits.max_pages_per_buffer,
+                                "total_pages": limits.max_total_pages}},
+    }
+    path = root / "xen.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def make_platform(path: Path, placement: str, *, caps: int = BASE_CAPS,
+                  limits: DomainLimits | None = None, threads: int = 4, guest_count: int = 8,
+                  nr_frames: int = 32768, seed: int = 5,
+                  open_session_filter: OpenSessionFilter | None = None) -> HostilePlatform:
+    """A platform under ``placement`` with the isolation oracle requiring
+    pins; everything lives under the directory ``path``.  Under ``stubdom``
+    the daemon is running and answering before this returns."""
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    limits = limits or DomainLimits()
+    if placement == "el2":
+        factory = _recording(lambda p: El2Placement(p, limits=limits, open_session_filter=open_session_filter))
+        p = HostilePlatform(root / "machine", nr_frames=nr_frames,
+                            tee_config=TeeConfig(sec_caps=caps, threads_per_guest=threads,
+                                                 guest_count=guest_count),
+                            placement=factory, require_pins=True, seed=seed)
+        p.daemon = None
+    elif placement == "stubdom":
+        if open_session_filter is not None:
+            raise ValueError("under stubdom the TA filter is the daemon's policy (ta_allow/ta_deny)")
+        config_path = stubdom_config(root, caps=caps, limits=limits, threads=threads,
+                                     guest_count=guest_count, nr_frames=nr_frames, seed=seed)
+        config = load_config(config_path)
+        med = config.mediator
+        factory = _recording(stubdom_placement(med.runtime_dir, poll_window_us=med.poll_window_us,
+                                               call_timeout_ms=med.call_timeout_ms, control_timeout=60.0))
+        p = HostilePlatform.for_config(config, placement=factory)
+        try:
+            p.daemon = DaemonProcess(config_path, root / "daemon.log")
+            p.daemon.wait_ready(p.placement.toolstack, DAEMON_READY_S)
+        except BaseException:
+            if getattr(p, "daemon", None) is not None:
+                p.daemon.stop()
+            p.daemon = None
+            Platform.close(p)
+            raise
+    else:
+        raise ValueError(f"unknown placement {placement!r}; one of {PLACEMENTS}")
+    p.placement_name = placement
+    p.daemon_exit = None
+    return p
+
+
+def tee_smcs(p: HostilePlatform) -> list:
+    """Every SMC the TEE model received so far (a live list)."""
+    return p.tee_smcs
+
+
+def tee_smcs_of(p: HostilePlatform, domid: int) -> int:
+    """How many SMCs reached the TEE stamped with ``domid``'s client ID
+    (other domains' calls, running concurrently, do not count)."""
+    cid = client_id(domid)
+    return sum(1 for s in list(p.tee_smcs) if s[7] == cid)
