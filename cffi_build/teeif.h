@@ -26,7 +26,7 @@
  */
 
 /* Bumped whenever this interface changes; ring/_lib.py refuses a stale build. */
-#define TEEIF_ABI_VERSION 1
+#define TEEIF_ABI_VERSION 2
 
 #define TEEIF_PAGE_SIZE 4096        /* ring protocols use 4 KiB pages: io/ring.h XEN_PAGE_SHIFT */
 #define TEEIF_RING_HDR_SIZE 64      /* io/ring.h: four indices, pvt[4], __pad[44] */
@@ -149,6 +149,11 @@ int teeif_front_unconsumed(struct teeif_front_ring *f);
 int teeif_front_final_check(struct teeif_front_ring *f);
 /* Spin for up to spin_ns waiting for responses, then the final check. */
 int teeif_front_poll(struct teeif_front_ring *f, uint64_t spin_ns);
+/* Spin for up to spin_ns waiting for responses WITHOUT the final check: the
+ * event index stays where it was, so the back keeps not notifying. Returns the
+ * responses waiting, 0 when the window ended with none. For a consumer that
+ * spins in slices and re-arms only once, at the end of its whole window. */
+int teeif_front_spin(struct teeif_front_ring *f, uint64_t spin_ns);
 
 /* Back. */
 /* Copy up to max requests out of the shared page; returns how many. */
@@ -160,6 +165,17 @@ int teeif_back_unconsumed(struct teeif_back_ring *b);
 /* RING_FINAL_CHECK_FOR_REQUESTS: > 0 work waiting, 0 sleep (req_event armed). */
 int teeif_back_final_check(struct teeif_back_ring *b);
 int teeif_back_poll(struct teeif_back_ring *b, uint64_t spin_ns);
+/* teeif_front_spin's twin for requests. */
+int teeif_back_spin(struct teeif_back_ring *b, uint64_t spin_ns);
+/*
+ * One spin over many back rings (a backend serving many domains from one
+ * thread): rings[0..n) may hold NULL for unused slots. Spins for up to spin_ns
+ * until at least one ring has requests or an impossible req_prod, writes the
+ * slot numbers of those rings to ready[] (room for n) and returns how many;
+ * 0 when the window ended with none. No final check on any ring.
+ */
+int teeif_back_spin_any(struct teeif_back_ring **rings, uint32_t n, uint64_t spin_ns,
+                        uint32_t *ready);
 
 /*
  * Event channel over a connected AF_UNIX SOCK_SEQPACKET socket. A notification

@@ -279,6 +279,23 @@ int teeif_front_poll(struct teeif_front_ring *f, uint64_t spin_ns)
     return teeif_front_final_check(f);
 }
 
+int teeif_front_spin(struct teeif_front_ring *f, uint64_t spin_ns)
+{
+    uint64_t t0 = teeif_now_ns();
+    unsigned spins = 0;
+    for (;;) {
+        int avail = front_avail(f);
+        if (avail != 0) {
+            if (avail > 0)
+                f->stats.poll_hits++;
+            return avail;
+        }
+        if (teeif_now_ns() - t0 >= spin_ns)
+            return 0;
+        teeif_spin_step(&spins);
+    }
+}
+
 /* ---- back ------------------------------------------------------------------------------- */
 
 /* Requests the front has produced and we have not consumed. The shared page is
@@ -380,4 +397,48 @@ int teeif_back_poll(struct teeif_back_ring *b, uint64_t spin_ns)
         } while (teeif_now_ns() - t0 < spin_ns);
     }
     return teeif_back_final_check(b);
+}
+
+int teeif_back_spin(struct teeif_back_ring *b, uint64_t spin_ns)
+{
+    uint64_t t0 = teeif_now_ns();
+    unsigned spins = 0;
+    for (;;) {
+        int avail = back_avail(b);
+        if (avail != 0) {
+            if (avail > 0)
+                b->stats.poll_hits++;
+            return avail;
+        }
+        if (teeif_now_ns() - t0 >= spin_ns)
+            return 0;
+        teeif_spin_step(&spins);
+    }
+}
+
+int teeif_back_spin_any(struct teeif_back_ring **rings, uint32_t n, uint64_t spin_ns,
+                        uint32_t *ready)
+{
+    uint64_t t0 = teeif_now_ns();
+    unsigned spins = 0;
+    for (;;) {
+        uint32_t found = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            struct teeif_back_ring *b = rings[i];
+            if (b == NULL)
+                continue;
+            /* work, or TEEIF_ECORRUPT: the owner's pop reports the latter */
+            int avail = back_avail(b);
+            if (avail != 0) {
+                if (avail > 0)
+                    b->stats.poll_hits++;
+                ready[found++] = i;
+            }
+        }
+        if (found)
+            return (int)found;
+        if (teeif_now_ns() - t0 >= spin_ns)
+            return 0;
+        teeif_spin_step(&spins);
+    }
 }

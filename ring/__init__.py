@@ -26,6 +26,7 @@ from ring._shared import RingStatistics as RingStatistics
 from ring._shared import SharedIndices as SharedIndices
 from ring._shared import create_ring_file as create_ring_file
 from ring._shared import ring_entries as ring_entries
+from ring._spinset import BackSpinSet as BackSpinSet
 from ring.errors import FloorMismatch as FloorMismatch
 from ring.errors import PeerDied as PeerDied
 from ring.errors import RingClosed as RingClosed

@@ -117,3 +117,9 @@ class BackRing(_RingEnd):
         do the final check: False means go to sleep."""
         self._live()
         return check(lib.teeif_back_poll(self._c, spin_ns), self.path, back=self._c) > 0
+
+    def spin(self, spin_ns: int) -> bool:
+        """Spin (GIL released) for up to ``spin_ns`` waiting for requests
+        WITHOUT the final check (req_event left alone); see FrontRing.spin."""
+        self._live()
+        return check(lib.teeif_back_spin(self._c, spin_ns), self.path, back=self._c) > 0

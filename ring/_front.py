@@ -127,3 +127,11 @@ class FrontRing(_RingEnd):
         responses, then do the final check: False means go to sleep."""
         self._live()
         return check(lib.teeif_front_poll(self._c, spin_ns), self.path, front=self._c) > 0
+
+    def spin(self, spin_ns: int) -> bool:
+        """Spin (GIL released) for up to ``spin_ns`` waiting for responses
+        WITHOUT the final check: rsp_event is left alone, so the backend
+        keeps not notifying. For spinning in slices: call ``poll`` (or
+        ``final_check``) once, at the end of the whole window."""
+        self._live()
+        return check(lib.teeif_front_spin(self._c, spin_ns), self.path, front=self._c) > 0

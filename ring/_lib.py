@@ -17,7 +17,7 @@ from ring.errors import (
 )
 
 # Must equal TEEIF_ABI_VERSION in cffi_build/teeif.h.
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 if lib.TEEIF_ABI_VERSION != ABI_VERSION:
     raise StaleBuild(
