@@ -187,7 +187,10 @@ class DomainLink:
                 step = min(spin_left, _SPIN_SLICE_NS)
                 spin_left -= step
                 try:
-                    if self._ring.poll(step):  # spin, then the final check (re-arms rsp_event)
+                    # Slices spin without re-arming rsp_event (a re-armed
+                    # event index makes the daemon notify every answer); the
+                    # last one does the final check before we may sleep.
+                    if self._ring.spin(step) if spin_left > 0 else self._ring.poll(step):
                         continue
                 except RingCorrupted as e:
                     self._break(e)
