@@ -5,14 +5,31 @@ Harness (config, daemon process) from test_daemon.py."""
 
 from __future__ import annotations
 
+import io
+import logging
+import re
 import subprocess
 import sys
 import threading
+import time
+
+import pytest
 
 from stubdom.config import load_config
+from stubdom.daemon import ControlClient, control_socket_path
+from stubdom.daemon.logs import LOGGER_NAME, MEDIATOR_LOGGER, DomainLevelFilter, GuestLog, setup_logging
+from stubdom.mediator.limits import LOG_BURST, LOG_REFILL_SECONDS
+from stubdom.optee.smc import (
+    OPTEE_SMC_CALL_WITH_ARG,
+    OPTEE_SMC_GET_SHM_CONFIG,
+    OPTEE_SMC_RETURN_OK,
+    OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,
+)
+from stubdom.platform import Platform
+from stubdom.platform.platform import domain_spec
 from stubdom.platform.gate import GATE_OP_HYP, Gate
 from stubdom.xen import Machine
-from test_daemon import write_config
+from test_daemon import Daemon, write_config
 
 
 class _SilentTee:
@@ -55,3 +72,151 @@ def test_gate_timeout_ms_bounds_a_silent_gate(tmp_path):
             f"for d0: no answer within 0.25 s\n") in proc.stderr, proc.stderr
     assert not (run / "stubdom-teed").exists()
 
+
+
+# -- per-domain log level, per-domain log rate limit ------------------------------------------
+
+LOG_DOMAINS = """\
+domains:
+  - domid: 1
+    nr_pages: 256
+    deny_classes: [shm_config]
+    log_level: error
+  - domid: 2
+    nr_pages: 256
+    deny_classes: [shm_config]
+"""
+SHM_CONFIG = (OPTEE_SMC_GET_SHM_CONFIG,) + (0,) * 7
+# CALL_WITH_ARG naming an argument far outside the guest's RAM: the mediator
+# refuses it and logs "d<domid>: call N: argument at ...: ..." (a warning)
+BAD_ARG = (OPTEE_SMC_CALL_WITH_ARG, 0, 0x7FFF0000, 0, 0, 0, 0, 0)
+
+
+@pytest.fixture
+def two_guests(tmp_path):
+    path = write_config(tmp_path, domains=LOG_DOMAINS)
+    config = load_config(path)
+    platform = Platform.for_config(config)
+    daemon = Daemon(path, tmp_path)
+    try:
+        assert "listening on" in daemon.wait_listening(), daemon.log()
+        for domid in (1, 2):
+            platform.create_domain(domain_spec(config.domain(domid)))
+        yield path, config, platform, daemon
+        for domid in platform.domids():
+            platform.destroy_domain(domid)
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        daemon.stop()
+        platform.close()
+
+
+def _lines(log: str, event: str, domid: int) -> list[str]:
+    return [line for line in log.splitlines() if f" event={event} domid={domid} " in line]
+
+
+def _mediator_lines(log: str, domid: int) -> list[str]:
+    return [line for line in log.splitlines() if f' event=mediator msg="d{domid}: ' in line]
+
+
+def test_domain_log_level_applies_to_its_lines_and_reload_changes_it(two_guests, tmp_path):
+    path, config, platform, daemon = two_guests
+    refused = (OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,) + (0,) * 7
+    for _ in range(20):  # more than a bucket's worth: filtered lines take no token
+        for domid in (1, 2):
+            assert platform.trap(domid, 0, SHM_CONFIG) == refused
+    for domid in (1, 2):
+        assert platform.trap(domid, 0, BAD_ARG)[0] != OPTEE_SMC_RETURN_OK
+    log = daemon.log()
+    # d1 is at error: its warnings (refusals, the mediator's) are not written
+    assert _lines(log, "call_refused", 1) == [] and _mediator_lines(log, 1) == [], log
+    assert len(_lines(log, "call_refused", 2)) == LOG_BURST, log
+    assert len(_mediator_lines(log, 2)) == 1, log
+
+    # the reload swaps the levels of the running domains: d1 warning, d2 error
+    new = tmp_path / "reloaded.yaml"
+    new.write_text(path.read_text().replace("    log_level: error\n", "    log_level: warning\n")
+                   .replace("  - domid: 2\n", "  - domid: 2\n    log_level: error\n"))
+    with ControlClient(control_socket_path(config.mediator.runtime_dir), timeout=20) as c:
+        assert c.call("reload", path=str(new))["reloaded"] is True
+        before = daemon.log()
+        assert platform.trap(1, 0, SHM_CONFIG) == refused
+        assert platform.trap(2, 0, SHM_CONFIG) == refused
+        assert platform.trap(1, 1, BAD_ARG)[0] != OPTEE_SMC_RETURN_OK
+        assert platform.trap(2, 1, BAD_ARG)[0] != OPTEE_SMC_RETURN_OK
+        after = daemon.log()[len(before):]
+        stats = c.call("stats")["domains"]
+    (line,) = _lines(after, "call_refused", 1)
+    assert "reason=class_denied" in line and "suppressed=" not in line, line
+    assert len(_mediator_lines(after, 1)) == 1, after
+    assert _lines(after, "call_refused", 2) == [] and _mediator_lines(after, 2) == [], after
+    # the level filters lines, never the counting
+    assert stats["1"]["refusals"] == stats["2"]["refusals"] == {"class_denied": 21}
+
+
+def test_a_flooding_guest_is_rate_limited_and_the_others_still_log(two_guests, tmp_path):
+    path, config, platform, daemon = two_guests
+    with ControlClient(control_socket_path(config.mediator.runtime_dir), timeout=20) as c:
+        both_info = tmp_path / "info.yaml"  # d1 back to the default level
+        both_info.write_text(path.read_text().replace("    log_level: error\n", ""))
+        c.call("reload", path=str(both_info))
+    flood = 200
+    for _ in range(flood):
+        platform.trap(2, 0, SHM_CONFIG)
+    flooded = _lines(daemon.log(), "call_refused", 2)
+    assert LOG_BURST <= len(flooded) < flood, len(flooded)
+    # another domain's lines go straight through: its own bucket is full
+    platform.trap(1, 0, SHM_CONFIG)
+    platform.trap(1, 0, BAD_ARG)
+    log = daemon.log()
+    (line,) = _lines(log, "call_refused", 1)
+    assert "suppressed=" not in line
+    assert len(_mediator_lines(log, 1)) == 1, log
+    # a refill later, the flooder's next line says how many were dropped:
+    # the lines written and their suppressed= counts add up to every event
+    time.sleep(LOG_REFILL_SECONDS * 1.5)
+    platform.trap(2, 0, SHM_CONFIG)
+    flooded = _lines(daemon.log(), "call_refused", 2)
+    suppressed = [int(m.group(1)) for line in flooded if (m := re.search(r" suppressed=(\d+)$", line))]
+    assert flooded[-1].endswith(f" suppressed={suppressed[-1]}"), flooded[-3:]
+    assert len(flooded) + sum(suppressed) == flood + 1
+
+
+def test_guest_log_and_mediator_filter_obey_the_domain_level(tmp_path):
+    """Unit level: a domain's level decides for its lines whatever the
+    daemon's level; lines below it take no token; the mediator's lines
+    without a domain obey the daemon's level."""
+    daemon_log, mediator_log = logging.getLogger(LOGGER_NAME), logging.getLogger(MEDIATOR_LOGGER)
+    saved = (daemon_log.handlers[:], daemon_log.level, daemon_log.propagate, mediator_log.level)
+    try:
+        _check_levels(setup_logging("error", out := io.StringIO()), out)
+    finally:  # the logging module's loggers are process-wide
+        daemon_log.handlers[:], daemon_log.level, daemon_log.propagate, mediator_log.level = saved
+
+
+def _check_levels(logger, out) -> None:
+    now = [0.0]
+    log = GuestLog(logger, 7, level=logging.DEBUG, burst=2, clock=lambda: now[0])
+    log.event(logging.INFO, "traced", n=1)  # below the daemon's error, at the domain's debug
+    log.level = logging.ERROR
+    for _ in range(5):
+        log.event(logging.WARNING, "quiet")  # filtered: takes no token
+    log.event(logging.ERROR, "loud", n=2)
+    lines = out.getvalue().splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == [
+        "level=info event=traced domid=7 n=1", "level=error event=loud domid=7 n=2"]
+    assert log.suppressed_total == 0
+
+    levels = {3: logging.DEBUG, 4: logging.ERROR}
+    f = DomainLevelFilter(levels.get, logging.WARNING)
+    med = logging.getLogger(MEDIATOR_LOGGER)
+
+    def passes(level: int, msg: str) -> bool:
+        return f.filter(med.makeRecord(med.name, level, __file__, 0, msg, (), None))
+
+    assert passes(logging.DEBUG, "d3: call 1: traced")
+    assert not passes(logging.WARNING, "d4: call 1: quiet")
+    assert passes(logging.ERROR, "d4: call 2: loud")
+    assert not passes(logging.INFO, "d9: not served: the daemon's level")
+    assert not passes(logging.INFO, "no domain")
+    assert passes(logging.WARNING, "no domain")

@@ -227,7 +227,8 @@ POLICY_KEYS: tuple[Key, ...] = (
     Key("ta_deny", ListOf(UuidValue()), (), "TA UUIDs OPEN_SESSION may never name (wins over ta_allow)"),
     Key("limits", _LIMITS, {}, "what the domain may hold through the mediator at once"),
     Key("rate", _RATE, None, "token bucket of standard calls; null = unlimited", nullable=True),
-    Key("log_level", _LOG_LEVEL, "info", "level of the domain's guest-triggered log lines"),
+    Key("log_level", _LOG_LEVEL, "info", "level of the domain's guest-triggered log lines, whatever the daemon's level "
+        "(Xen's guest_loglvl); a reload applies it to running domains"),
 )
 
 _DOMAIN_SECTION = Section((

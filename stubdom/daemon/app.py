@@ -24,7 +24,7 @@ from .control import ControlServer, control_socket_path
 from .daemon import Daemon
 from .errors import ControlError, GateUnavailable, StartupError
 from .gateport import GatePort
-from .logs import MEDIATOR_LOGGER, event, setup_logging
+from .logs import MEDIATOR_LOGGER, DomainLevelFilter, event, setup_logging
 
 __all__ = ["run_daemon", "EXIT_OK", "EXIT_STARTUP", "EXIT_CONFIG"]
 
@@ -99,10 +99,14 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out) 
                                f"is the platform running in this runtime directory?") from None
         gate_port = GatePort(gate, op_smc=GATE_OP_SMC, op_hyp=GATE_OP_HYP)
         holder: list[Daemon] = []
+        # the mediator's lines about a domain obey that domain's log_level
+        mediator_log = logging.getLogger(MEDIATOR_LOGGER)
+        mediator_log.filters[:] = [DomainLevelFilter(
+            lambda d: holder[0].domain_log_level(d) if holder else None, logger.level)]
         try:
             # TA allow/deny is decided by the mediator on its own validated
             # copy of OPEN_SESSION's meta params (never re-reading the guest).
-            mediator = Mediator(machine, gate_port, logger=logging.getLogger(MEDIATOR_LOGGER),
+            mediator = Mediator(machine, gate_port, logger=mediator_log,
                                 open_session_filter=lambda d, ta, login: holder[0].check_open_session(d, ta))
         except TeeProbeFailed as e:
             raise StartupError(f"stubdom-teed: {e}") from None

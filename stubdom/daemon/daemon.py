@@ -21,7 +21,7 @@ from stubdom.xen.errors import NoSuchDomain
 
 from .backend import DomainBackend, refuse_while_draining
 from .errors import ControlError, ErrorCode, GateRefused
-from .logs import event
+from .logs import LEVELS, event
 from .wire import PROTOCOL_VERSION, Request
 
 __all__ = ["Daemon", "DUMP_LIST_CAP"]
@@ -80,6 +80,12 @@ class Daemon:
         finally:
             self._view = None
 
+    def domain_log_level(self, domid: int) -> int | None:
+        """The level of a served domain's guest-triggered lines (its policy's
+        log_level as of creation or the last reload); None if not served."""
+        backend = self.domains.get(domid)
+        return None if backend is None else backend.log.level
+
     def check_open_session(self, domid: int, ta_uuid) -> tuple[int, int] | None:
         """The mediator's open_session_filter: None, or (ret, ret_origin) for
         the guest's OPEN_SESSION argument (judged on the mediator's shadow)."""
@@ -131,6 +137,7 @@ class Daemon:
                 domid, self.runtime_dir / f"dom{domid}", self.config.mediator.ring_pages,
                 hwdom=domain.is_hwdom, direct_mapped=domain.direct_mapped, daemon=self,
                 logger=self.logger, poll_window_ns=self.config.mediator.poll_window_us * 1000)
+            backend.log.level = LEVELS[policy.log_level]
             self.domains[domid] = backend
             assert self.backend_nursery is not None
             await self.backend_nursery.start(backend.run)
@@ -228,6 +235,8 @@ class Daemon:
             raise ControlError(ErrorCode.CONFIG_INVALID, f"{target}: {e.strerror}") from None
         self.policy.swap(new)
         self.config = new
+        for domid, backend in self.domains.items():  # log levels apply to running domains too
+            backend.log.level = LEVELS[new.policy_for(domid).log_level]
         if path:
             self.config_path = path
         event(self.logger, logging.INFO, "reloaded", path=target or "<embedded default>")
