@@ -9,6 +9,7 @@ beside it, as a user would run the two programs.
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import signal
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import trio
+import yaml
 
 from stubdom import workloads
 from stubdom.config import load_config
@@ -379,3 +381,56 @@ def test_ctl_shutdown_drains_and_removes_the_daemons_files(stack, capsys):
     assert "event=shutdown_requested via=control" in log and "event=domain_destroyed domid=0" in log
     assert not (run / "stubdom-teed").exists() and not (run / "dom0").exists()
     assert platform.machine.pinned_frames(0) == {}
+
+
+def _documented_ctl_commands() -> list[list[str]]:
+    """Every `stubdom-teed ctl --config <file> ...` command line of README.md,
+    as argv after the config (comments cut)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    found = []
+    for m in re.finditer(r"^stubdom-teed ctl --config \S+ ([^#\n]+)", readme, re.MULTILINE):
+        found.append(m.group(1).split())
+    return found
+
+
+def test_readme_ctl_commands_work_against_a_running_daemon(stack):
+    """README's ctl lines, run as the installed command (`python -m stubdom
+    ctl` is `stubdom-teed ctl`), with the test's configuration file."""
+    path, config, platform, daemon = stack
+    commands = _documented_ctl_commands()
+    assert ["list"] in commands and ["stats", "1"] in commands, commands
+    boot(platform, config, 1)
+    for argv in commands:
+        proc = subprocess.run([sys.executable, "-P", "-m", "stubdom", "ctl", "--config", str(path), *argv],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and proc.stderr == "", (argv, proc.stderr)
+        answer = yaml.safe_load(proc.stdout)
+        if argv == ["list"]:
+            assert [d["domid"] for d in answer["domains"]] == [1] and answer["draining"] is False
+        elif argv == ["stats", "1"]:
+            assert list(answer["domains"]) == ["1"]
+            assert answer["domains"]["1"]["calls"]["CALLS_UID"] == 1  # the driver's probe
+            assert set(answer["gate"]) >= {"smc_calls", "hyp_calls", "failures"}
+
+
+def test_ctl_create_reload_destroy(stack, capsys, tmp_path):
+    """The ctl commands the toolstack's operations map to, and reload."""
+    path, config, platform, daemon = stack
+    sock = str(control_socket_path(config.mediator.runtime_dir))
+    platform.machine.create_domain(2, nr_pages=256)
+    platform.placement.gate.assign(2)
+    assert ctl_main(["--config", str(path), "domain-create", "2"]) == 0
+    made = yaml.safe_load(capsys.readouterr().out)
+    assert made["ring"] == str(config.mediator.runtime_dir / "dom2" / "ring")
+    assert ctl_main(["--socket", sock, "reload"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == {"reloaded": True, "path": str(path)}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mediator:\n  ring_pages: 0\n")
+    assert ctl_main(["--socket", sock, "reload", str(bad)]) == 1
+    assert capsys.readouterr().err.startswith(f"ctl: reload: CONFIG_INVALID (7): {bad}:2: mediator.ring_pages:")
+    assert ctl_main(["--socket", sock, "domain-destroy", "2"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == {"domid": 2}
+    platform.placement.gate.unassign(2)
+    platform.machine.destroy_domain(2)
+    assert ctl_main(["--socket", sock, "domain-destroy", "2"]) == 1
+    assert "NO_SUCH_DOMAIN (3)" in capsys.readouterr().err
