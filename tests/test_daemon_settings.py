@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -15,8 +16,10 @@ import time
 
 import pytest
 
+from stubdom import workloads
 from stubdom.config import load_config
 from stubdom.daemon import ControlClient, control_socket_path
+from stubdom.guest import Context, GuestError, MemoryStore, OpteeDriver, Supplicant, TeecError
 from stubdom.daemon.logs import LOGGER_NAME, MEDIATOR_LOGGER, DomainLevelFilter, GuestLog, setup_logging
 from stubdom.mediator.limits import LOG_BURST, LOG_REFILL_SECONDS
 from stubdom.optee.smc import (
@@ -220,3 +223,111 @@ def _check_levels(logger, out) -> None:
     assert not passes(logging.INFO, "d9: not served: the daemon's level")
     assert not passes(logging.INFO, "no domain")
     assert passes(logging.WARNING, "no domain")
+
+
+# -- drain_timeout_ms, --log-level, a bad file on SIGHUP ---------------------------------------
+
+
+class _StallingStore(MemoryStore):
+    """The guest's REE FS, whose first write blocks until released: the
+    storage TA's call stays suspended in an RPC meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def save(self, path: str, data: bytes) -> None:
+        self.entered.set()
+        self.release.wait()
+        super().save(path, data)
+
+
+def test_sigterm_drain_is_bounded_by_drain_timeout_ms(tmp_path):
+    """A call suspended in an RPC the guest never returns from: SIGTERM waits
+    drain_timeout_ms for it, says so, destroys the domain anyway (its pins
+    released, VM_DESTROYED sent) and exits 0."""
+    path = write_config(tmp_path, domains=LOG_DOMAINS, drain_ms=300)
+    config = load_config(path)
+    platform = Platform.for_config(config)
+    daemon = Daemon(path, tmp_path)
+    store = _StallingStore()
+    failures: list[BaseException] = []
+    try:
+        assert "listening on" in daemon.wait_listening(), daemon.log()
+        dc = config.domain(1)
+        domain = platform.create_domain(domain_spec(dc))
+        driver = OpteeDriver(platform.trap_entry(1), domain, nr_vcpus=dc.vcpus, seed=1,
+                             supplicant=Supplicant(store))
+        driver.probe()
+
+        def guest() -> None:
+            try:
+                with Context(driver) as ctx:
+                    workloads.storage_round_trip(ctx, b"stalled", b"x" * 100)
+            except (GuestError, TeecError) as e:  # the daemon went away mid-call: a defined error
+                failures.append(e)
+
+        t = threading.Thread(target=guest)
+        t.start()
+        assert store.entered.wait(60)
+        with ControlClient(control_socket_path(config.mediator.runtime_dir), timeout=20) as c:
+            assert c.call("stats", domid=1)["domains"]["1"]["in_flight"] == 1
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(60) == 0, daemon.log()
+        store.release.set()
+        t.join(120)
+        assert len(failures) == 1, failures
+        log = daemon.log()
+        assert "event=draining domains=1 in_flight=1 timeout_ms=300" in log, log
+        assert "event=drain_timeout in_flight=1" in log, log
+        assert "event=domain_destroyed domid=1" in log, log
+        assert platform.machine.pinned_frames(1) == {}
+        assert not (config.mediator.runtime_dir / "dom1").exists()
+    finally:
+        store.release.set()
+        daemon.stop()
+        platform.close()
+
+
+def test_log_level_option_overrides_the_config(tmp_path):
+    path = write_config(tmp_path, domains=LOG_DOMAINS)
+    config = load_config(path)
+    platform = Platform.for_config(config)
+    quiet = Daemon(path, tmp_path, "--log-level", "warning")
+    try:
+        assert "listening on" in quiet.wait_listening(), quiet.log()
+        platform.create_domain(domain_spec(config.domain(2)))
+        platform.trap(2, 0, SHM_CONFIG)
+        platform.destroy_domain(2)
+        assert quiet.stop() == 0
+        log = quiet.log_path.read_text()
+        assert "level=info" not in log, log  # started, domain_created ... are info
+        assert " event=call_refused domid=2 " in log, log  # the domain's level (info) decides
+    finally:
+        quiet.stop()
+        platform.close()
+
+
+def test_sighup_with_a_bad_file_keeps_the_policy_and_says_why(two_guests):
+    path, config, platform, daemon = two_guests
+    refused = (OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,) + (0,) * 7
+    good = path.read_text()
+    path.write_text(good.replace("    deny_classes: [shm_config]\n", "    deny_classes: [shm_cfg]\n"))
+    with ControlClient(control_socket_path(config.mediator.runtime_dir), timeout=20) as c:
+        daemon.proc.send_signal(signal.SIGHUP)
+        # the signal is handled in the daemon's loop: wait for its line
+        for _ in range(6000):  # a minute at most: a reload that never happens fails
+            if "event=reload_refused" in daemon.log():
+                break
+            c.call("hello")
+            time.sleep(0.01)
+        (line,) = [x for x in daemon.log().splitlines() if "event=reload_refused" in x]
+        assert f"path={path} problems=2 first=\"{path}:" in line and "deny_classes[0]: 'shm_cfg'" in line
+        # the old policy stands: shm_config is still denied to both, d1 still at error
+        assert platform.trap(1, 0, SHM_CONFIG) == refused
+        assert platform.trap(2, 0, SHM_CONFIG) == refused
+        assert c.call("stats")["domains"]["2"]["refusals"] == {"class_denied": 1}
+    log = daemon.log()
+    assert len(_lines(log, "call_refused", 2)) == 1 and _lines(log, "call_refused", 1) == []
+    path.write_text(good)
