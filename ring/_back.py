@@ -11,7 +11,7 @@ from ring._entries import (
     response_buffer,
     write_responses,
 )
-from ring._lib import check, lib
+from ring._lib import check, ffi, lib
 from ring._shared import _RingEnd
 
 __all__ = ["BackRing"]
@@ -44,6 +44,8 @@ class BackRing(_RingEnd):
         check(lib.teeif_back_attach(self._c, self._sring, self._pages), self.path, back=self._c)
         self._reqs = request_buffer(self._c.nr_ents)
         self._rsp1 = response_buffer(1)
+        self._reqs_mem = ffi.buffer(self._reqs)
+        self._rsp1_mem = ffi.buffer(self._rsp1)
 
     @property
     def owed(self) -> int:
@@ -57,14 +59,14 @@ class BackRing(_RingEnd):
         """Take one request off the ring, or None if there is none."""
         self._live()
         n = check(lib.teeif_back_pop_requests(self._c, self._reqs, 1), self.path, back=self._c)
-        return read_requests(self._reqs, 1)[0] if n else None
+        return read_requests(self._reqs, 1, self._reqs_mem)[0] if n else None
 
     def pop_batch(self, max_entries: int | None = None) -> list[Request]:
         """Take up to ``max_entries`` (default: a ring's worth) requests."""
         self._live()
         limit = self._c.nr_ents if max_entries is None else min(max_entries, self._c.nr_ents)
-        n = self.pop_raw(self._reqs, limit)
-        return read_requests(self._reqs, n)
+        n = check(lib.teeif_back_pop_requests(self._c, self._reqs, limit), self.path, back=self._c)
+        return read_requests(self._reqs, n, self._reqs_mem) if n else []
 
     def pop_raw(self, buf, max_entries: int) -> int:
         """Copy up to ``max_entries`` requests into a ``request_buffer``;
@@ -79,15 +81,22 @@ class BackRing(_RingEnd):
     def push(self, rsp: Response) -> bool:
         """Push one response; True if the frontend must be notified."""
         self._live()
-        write_responses(self._rsp1, (rsp,))
-        return self.push_raw(self._rsp1, 1)
+        write_responses(self._rsp1, (rsp,), self._rsp1_mem)
+        rc = lib.teeif_back_push_responses(self._c, self._rsp1, 1, self._notify)
+        if rc < 0:
+            check(rc, self.path, back=self._c, wanted=1)
+        return bool(self._notify[0])
 
     def push_batch(self, rsps) -> bool:
         """Push every response in ``rsps`` with one notify decision."""
         self._live()
         n = len(rsps)
-        buf = response_buffer(n) if n > 1 else self._rsp1
-        write_responses(buf, rsps)
+        if n > 1:
+            buf = response_buffer(n)
+            write_responses(buf, rsps)
+        else:
+            buf = self._rsp1
+            write_responses(buf, rsps, self._rsp1_mem)
         return self.push_raw(buf, n)
 
     def push_raw(self, buf, n: int) -> bool:

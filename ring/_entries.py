@@ -2,6 +2,7 @@
 the batch APIs fill and read (``struct teeif_request[n]``,
 ``struct teeif_response[n]``)."""
 
+import struct
 from typing import NamedTuple
 
 from ring._lib import ffi
@@ -49,41 +50,61 @@ def response_buffer(n: int):
     return ffi.new("struct teeif_response[]", n)
 
 
-def _regs(a) -> tuple:
-    # cffi fills a short list into the front of the array and keeps the rest:
-    # refuse anything but exactly eight registers.
+# The two entry layouts (docs/protocol.md), little-endian: one C call packs or
+# unpacks a whole entry, where cffi field access costs one Python call per
+# field. Sizes are checked against the C compiler's at import.
+_REQ = struct.Struct("<QII8Q")  # id, vcpu, flags, a[8]
+_RSP = struct.Struct("<QiI8Q")  # id, status, flags, a[8]
+_SIZE = 80
+assert _REQ.size == _RSP.size == _SIZE == ffi.sizeof("union teeif_sring_entry")
+
+
+def _pack(layout, buf, i: int, x, second: int, a) -> None:
+    # cffi would fill a short list into the front of the array and keep the
+    # rest: refuse anything but exactly eight registers.
     if len(a) != _NREGS:
         raise ValueError(f"a must hold exactly {_NREGS} registers, got {len(a)}: {a!r}")
-    return a
+    try:
+        layout.pack_into(buf, i * _SIZE, x.id, second, x.flags, *a)
+    except struct.error as e:
+        if "integer" in str(e):
+            raise TypeError(f"entry {x!r}: {e}") from None
+        raise OverflowError(f"entry {x!r}: a field is out of range for its C type") from None
 
 
-def write_requests(buf, reqs) -> int:
-    """Fill ``buf`` from the Request values; returns how many."""
+def write_requests(buf, reqs, mem=None) -> int:
+    """Fill ``buf`` from the Request values; returns how many. ``mem``:
+    ``ffi.buffer(buf)`` if the caller keeps one."""
+    if mem is None:
+        mem = ffi.buffer(buf)
     for i, r in enumerate(reqs):
-        c = buf[i]
-        c.id = r.id
-        c.vcpu = r.vcpu
-        c.flags = r.flags
-        c.a = _regs(r.a)
+        _pack(_REQ, mem, i, r, r.vcpu, r.a)
     return len(reqs)
 
 
-def write_responses(buf, rsps) -> int:
+def write_responses(buf, rsps, mem=None) -> int:
+    if mem is None:
+        mem = ffi.buffer(buf)
     for i, r in enumerate(rsps):
-        c = buf[i]
-        c.id = r.id
-        c.status = r.status
-        c.flags = r.flags
-        c.a = _regs(r.a)
+        _pack(_RSP, mem, i, r, r.status, r.a)
     return len(rsps)
 
 
-def read_requests(buf, n: int) -> list[Request]:
-    return [Request(c.id, c.vcpu, c.flags, tuple(c.a)) for c in (buf[i] for i in range(n))]
+_new = tuple.__new__  # a NamedTuple without its Python-level __new__
 
 
-def read_responses(buf, n: int) -> list[Response]:
-    return [Response(c.id, c.status, c.flags, tuple(c.a)) for c in (buf[i] for i in range(n))]
+def read_requests(buf, n: int, mem=None) -> list[Request]:
+    if mem is None:
+        mem = ffi.buffer(buf)
+    unpack = _REQ.unpack_from
+    return [_new(Request, (v[0], v[1], v[2], v[3:])) for v in (unpack(mem, i * _SIZE) for i in range(n))]
+
+
+def read_responses(buf, n: int, mem=None) -> list[Response]:
+    if mem is None:
+        mem = ffi.buffer(buf)
+    unpack = _RSP.unpack_from
+    return [_new(Response, (v[0], v[1], v[2], v[3:])) for v in (unpack(mem, i * _SIZE) for i in range(n))]
 
 
 def check_room(buf, n: int) -> None:

@@ -14,7 +14,7 @@ from ring._entries import (
     response_buffer,
     write_requests,
 )
-from ring._lib import check, lib
+from ring._lib import check, ffi, lib
 from ring._shared import _RingEnd
 
 __all__ = ["FrontRing"]
@@ -48,6 +48,8 @@ class FrontRing(_RingEnd):
         check(lib.teeif_front_attach(self._c, self._sring, self._pages), self.path, front=self._c)
         self._req1 = request_buffer(1)
         self._rsps = response_buffer(self._c.nr_ents)
+        self._req1_mem = ffi.buffer(self._req1)
+        self._rsps_mem = ffi.buffer(self._rsps)
 
     @property
     def free_requests(self) -> int:
@@ -66,8 +68,11 @@ class FrontRing(_RingEnd):
         """Push one request; returns True if the backend must be notified.
         Raises RingFull if no slot is free."""
         self._live()
-        write_requests(self._req1, (req,))
-        return self.push_raw(self._req1, 1)
+        write_requests(self._req1, (req,), self._req1_mem)
+        rc = lib.teeif_front_push_requests(self._c, self._req1, 1, self._notify)
+        if rc < 0:
+            check(rc, self.path, front=self._c, wanted=1)
+        return bool(self._notify[0])
 
     def push_batch(self, reqs) -> bool:
         """Push every request in ``reqs`` with one notify decision; all or
@@ -92,14 +97,14 @@ class FrontRing(_RingEnd):
         """Take one response off the ring, or None if there is none."""
         self._live()
         n = check(lib.teeif_front_pop_responses(self._c, self._rsps, 1), self.path, front=self._c)
-        return read_responses(self._rsps, 1)[0] if n else None
+        return read_responses(self._rsps, 1, self._rsps_mem)[0] if n else None
 
     def pop_batch(self, max_entries: int | None = None) -> list[Response]:
         """Take up to ``max_entries`` (default: a ring's worth) responses."""
         self._live()
         limit = self._c.nr_ents if max_entries is None else min(max_entries, self._c.nr_ents)
-        n = self.pop_raw(self._rsps, limit)
-        return read_responses(self._rsps, n)
+        n = check(lib.teeif_front_pop_responses(self._c, self._rsps, limit), self.path, front=self._c)
+        return read_responses(self._rsps, n, self._rsps_mem) if n else []
 
     def pop_raw(self, buf, max_entries: int) -> int:
         """Copy up to ``max_entries`` responses into a ``response_buffer``;
