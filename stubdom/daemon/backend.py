@@ -15,6 +15,7 @@ import os
 import time
 from pathlib import Path
 
+import outcome
 import trio
 
 import ring
@@ -23,13 +24,133 @@ from stubdom.optee.smc import OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_RETURN_E
 from .logs import GuestLog, event
 from .stats import DomainStats
 
-__all__ = ["DomainBackend", "BACKEND_FAILURE_STATUS"]
+__all__ = ["DomainBackend", "RingPoller", "BACKEND_FAILURE_STATUS"]
 
 _U32 = 0xFFFFFFFF
 _ZERO = (0,) * 8
 # teeif_response.status when the backend itself failed on a request (a daemon
 # bug caught at this boundary): the vCPU gets a defined error, registers 0.
 BACKEND_FAILURE_STATUS = -errno.EIO
+# The shared spin runs in slices this long, with a trio checkpoint between
+# them: the control socket and newly notified domains wait at most a slice.
+_SPIN_SLICE_NS = 50_000
+_TAKE_OVER = object()  # a parked backend's wake-up value: "you spin now"
+
+
+class RingPoller:
+    """One spin over every idle domain ring (docs/daemon.md, "Polling").
+
+    A backend that found its ring empty parks here instead of spinning on
+    its own ring: one parked task at a time (the *spinner*) spins in C over
+    the rings at once, GIL released, and wakes the owners of those that got
+    requests. The polling window counts from the last request seen on any
+    ring; when it ends with nothing anywhere, every parked ring gets its
+    final check and its owner goes to sleep on its event channel. With calls
+    rotating over domains the daemon thus stays awake for all of them (and
+    no frontend needs to notify), where a spin per task made the next domain
+    wait out the window of the one just served.
+
+    A sleeping owner's ring stays watched: a request on it (the frontend
+    notifies that owner, whose req_event is armed) counts as work, so the
+    window does not end under the others while it wakes up. Such a ring is
+    then dropped from the spin until its owner parks again, so that a ring
+    whose owner does not come (or a hostile index) cannot keep the spin busy.
+    """
+
+    def __init__(self, window_ns: int, *, slice_ns: int = _SPIN_SLICE_NS) -> None:
+        self.window_ns = window_ns
+        self._slice = max(1, min(window_ns, slice_ns))
+        self._set = ring.BackSpinSet()
+        self._slots: dict[ring.BackRing, int] = {}  # watched rings
+        self._rings: dict[int, ring.BackRing] = {}
+        self._parked: dict[int, trio.lowlevel.Task] = {}  # slot -> owner task waiting here
+        self._spinning = False
+        self.spins = 0  # C spin slices run
+        self.windows_over = 0  # windows that ended with nothing on any ring
+
+    async def wait_for_requests(self, ring_: ring.BackRing) -> bool:
+        """True: ``ring_`` has requests (or an index its pop will refuse).
+        False: the window ended; its final check found nothing and armed
+        req_event, so its owner may sleep on the event channel."""
+        if self.window_ns == 0:
+            return ring_.final_check()
+        slot = self._slots.get(ring_)
+        if slot is None:
+            slot = self._slots[ring_] = self._set.add(ring_)
+            self._rings[slot] = ring_
+        self._parked[slot] = trio.lowlevel.current_task()
+        if not self._spinning:
+            return await self._spin(slot)
+
+        def abort(_raise_cancel):
+            self._parked.pop(slot, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        got = await trio.lowlevel.wait_task_rescheduled(abort)
+        if got is _TAKE_OVER:
+            self._parked[slot] = trio.lowlevel.current_task()
+            return await self._spin(slot)
+        return got
+
+    def forget(self, ring_: ring.BackRing) -> None:
+        """Stop watching ``ring_`` (its owner stopped serving it; before it
+        is closed)."""
+        slot = self._slots.pop(ring_, None)
+        if slot is not None:
+            self._set.discard(slot)
+            del self._rings[slot]
+            self._parked.pop(slot, None)
+
+    def _unwatch(self, slot: int) -> None:
+        self.forget(self._rings[slot])
+
+    def _wake(self, slot: int, value) -> None:
+        task = self._parked.pop(slot)
+        trio.lowlevel.reschedule(task, outcome.Value(value))
+
+    async def _spin(self, own: int) -> bool:
+        self._spinning = True
+        try:
+            last_work = time.perf_counter_ns()
+            while True:
+                ready = self._set.spin(self._slice)
+                self.spins += 1
+                if ready:
+                    mine = False
+                    for slot in ready:
+                        if slot == own:
+                            mine = True
+                        elif slot in self._parked:
+                            self._wake(slot, True)
+                        else:  # its owner sleeps on its channel (notified) or is awake
+                            self._unwatch(slot)
+                    if mine:
+                        return True
+                    last_work = time.perf_counter_ns()
+                elif time.perf_counter_ns() - last_work >= self.window_ns:
+                    return self._window_over(own)
+                # the woken backends serve their batches, the control socket runs
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._parked.pop(own, None)
+            self._spinning = False
+            if self._parked:  # someone must go on spinning for the others
+                self._spinning = True
+                self._wake(next(iter(self._parked)), _TAKE_OVER)
+
+    def _window_over(self, own: int) -> bool:
+        """Final check on every parked ring; wake each owner with its answer."""
+        self.windows_over += 1
+        self._parked.pop(own, None)
+        for slot in list(self._parked):
+            self._wake(slot, self._final_check(slot))
+        return self._final_check(own)
+
+    def _final_check(self, slot: int) -> bool:
+        try:
+            return self._rings[slot].final_check()
+        except ring.RingError:
+            return True  # its owner's pop reports it
 
 
 class DomainBackend:
@@ -42,7 +163,8 @@ class DomainBackend:
     """
 
     def __init__(self, domid: int, directory: Path, ring_pages: int, *, hwdom: bool,
-                 direct_mapped: bool, daemon, logger: logging.Logger, poll_window_ns: int) -> None:
+                 direct_mapped: bool, daemon, logger: logging.Logger, poll_window_ns: int,
+                 poller: RingPoller | None = None) -> None:
         self.domid = domid
         self.directory = directory
         self.ring_path = directory / ring.RING_FILE
@@ -52,6 +174,7 @@ class DomainBackend:
         self._daemon = daemon
         self._logger = logger
         self._poll_ns = poll_window_ns
+        self._poller = poller  # shared by the daemon's backends; None: spin on our own ring
         self.stats = DomainStats()
         self.log = GuestLog(logger, domid)
         self.state = "created"  # created → connected → (peer-died | broken) → closed
@@ -80,6 +203,8 @@ class DomainBackend:
                 task_status.started()
                 await self._serve_forever()
         finally:
+            if self._poller is not None:
+                self._poller.forget(self.ring)
             self._done.set()
 
     async def _serve_forever(self) -> None:
@@ -125,7 +250,10 @@ class DomainBackend:
                 # one batch per turn: other domains and the control socket run
                 await trio.lowlevel.checkpoint()
                 continue
-            if ring_.poll(self._poll_ns):  # spins, then the final check
+            if self._poller is not None:
+                if await self._poller.wait_for_requests(ring_):  # one spin over all idle rings
+                    continue
+            elif ring_.poll(self._poll_ns):  # spins, then the final check
                 continue
             await chan.wait_readable()
             chan.drain()  # PeerDied once the last notifications are drained
