@@ -19,7 +19,7 @@ from stubdom.mediator.errors import DomainAlreadyInitialised, DomainRefused, Tea
 from stubdom.platform.errors import GateError as _PlatformGateError
 from stubdom.xen.errors import NoSuchDomain
 
-from .backend import DomainBackend, refuse_while_draining
+from .backend import DomainBackend, RingPoller, refuse_while_draining
 from .errors import ControlError, ErrorCode, GateRefused
 from .logs import LEVELS, event
 from .wire import PROTOCOL_VERSION, Request
@@ -54,6 +54,8 @@ class Daemon:
         self.shutdown_requested = trio.Event()
         self.backend_nursery: trio.Nursery | None = None  # set by the app once running
         self._view = None  # the policy view of the call being served
+        # one spin over every idle domain ring (the window is fixed at start, like the ring size)
+        self.ring_poller = RingPoller(config.mediator.poll_window_us * 1000)
 
     # == per call (the backend tasks) ========================================
 
@@ -136,7 +138,8 @@ class Daemon:
             backend = DomainBackend(
                 domid, self.runtime_dir / f"dom{domid}", self.config.mediator.ring_pages,
                 hwdom=domain.is_hwdom, direct_mapped=domain.direct_mapped, daemon=self,
-                logger=self.logger, poll_window_ns=self.config.mediator.poll_window_us * 1000)
+                logger=self.logger, poll_window_ns=self.config.mediator.poll_window_us * 1000,
+                poller=self.ring_poller)
             backend.log.level = LEVELS[policy.log_level]
             self.domains[domid] = backend
             assert self.backend_nursery is not None
