@@ -59,9 +59,10 @@ from stubdom.optee.smc import (
     OPTEE_SMC_VM_DESTROYED,
 )
 from stubdom.optee.smccc import (
+    ARM_SMCCC_OWNER_MASK,
+    ARM_SMCCC_OWNER_SHIFT,
     ARM_SMCCC_OWNER_TRUSTED_APP,
     ARM_SMCCC_OWNER_TRUSTED_OS_END,
-    decode_function_id,
 )
 from stubdom.xen.constants import DOMID_FIRST_RESERVED
 
@@ -106,6 +107,7 @@ _U64 = (1 << 64) - 1
 _EPERM = -errno.EPERM  # domid not assigned to this stub domain, or the op not allowed for it
 _EINVAL = -errno.EINVAL  # unknown op, malformed request (reserved domid)
 _ENOENT = -errno.ENOENT  # no such domain on the machine
+_UNASSIGNED = 1  # _check's answer for a domid not assigned: -EPERM or -ENOENT, decided outside the lock
 
 
 def gate_dir(runtime_dir: str | os.PathLike[str]) -> Path:
@@ -357,21 +359,23 @@ class Gate:
     # -- one hypercall -----------------------------------------------------------
 
     def _handle(self, req: Request) -> Response:
-        op, domid = req.flags, req.vcpu
-        status = self._check(op, domid, req.a)
-        with self._lock:
+        op, domid, a = req.flags, req.vcpu, req.a
+        with self._lock:  # one acquisition per hypercall: the check and the counter
+            status = self._check(op, domid, a)
             self._calls[(domid, op)] += 1
-            if status:
-                self._refusals[(domid, _errno_name(status))] += 1
         if status:
-            log.debug("gate refused op %d for d%d a0=%#x: %s", op, domid, req.a[0], _errno_name(status))
+            if status == _UNASSIGNED:  # outside the lock: asks the machine
+                status = _EPERM if self._domain_exists(domid) else _ENOENT
+            with self._lock:
+                self._refusals[(domid, _errno_name(status))] += 1
+            log.debug("gate refused op %d for d%d a0=%#x: %s", op, domid, a[0], _errno_name(status))
             return Response(req.id, status, 0, _ZERO_REGS)
         # The gate, never the stub domain, chooses a7.
         a7 = domid + 1 if op == GATE_OP_SMC else HYP_CLIENT_ID
         try:
-            regs = tuple(self._tee.smc(tuple(req.a[:7]) + (a7,)))
+            regs = tuple(self._tee.smc(a[:7] + (a7,)))
         except Exception:
-            log.exception("the TEE model raised on op %d for d%d a0=%#x", op, domid, req.a[0])
+            log.exception("the TEE model raised on op %d for d%d a0=%#x", op, domid, a[0])
             with self._lock:
                 self._tee_errors += 1
                 self._refusals[(domid, "EINVAL")] += 1
@@ -379,14 +383,16 @@ class Gate:
         return Response(req.id, 0, 0, regs)
 
     def _check(self, op: int, domid: int, a: Sequence[int]) -> int:
-        """0 if the hypercall may go to the TEE, else the negative errno."""
+        """0 if the hypercall may go to the TEE, else the negative errno
+        (lock held)."""
         if op == GATE_OP_SMC:
             if domid >= DOMID_FIRST_RESERVED:
                 return _EINVAL
-            refused = self._check_assigned(domid)
-            if refused:
-                return refused
-            owner = decode_function_id(a[0]).owner
+            if domid not in self._assigned:
+                return _UNASSIGNED
+            # SMCCC owner of the function ID in the low 32 bits of a0
+            # (the fields decode_function_id reads; inline on the hot path)
+            owner = (a[0] >> ARM_SMCCC_OWNER_SHIFT) & ARM_SMCCC_OWNER_MASK
             if not ARM_SMCCC_OWNER_TRUSTED_APP <= owner <= ARM_SMCCC_OWNER_TRUSTED_OS_END:
                 return _EPERM  # the gate reaches the secure world's OS, nothing else
             return 0
@@ -397,17 +403,10 @@ class Gate:
                 return _EPERM
             if domid >= DOMID_FIRST_RESERVED:
                 return _EINVAL
-            refused = self._check_assigned(domid)
-            if refused:
-                return refused
+            if domid not in self._assigned:
+                return _UNASSIGNED
             return 0 if a[1] == domid + 1 else _EPERM
         return _EINVAL
-
-    def _check_assigned(self, domid: int) -> int:
-        with self._lock:
-            if domid in self._assigned:
-                return 0
-        return _EPERM if self._domain_exists(domid) else _ENOENT
 
 
 # -- the stub domain's side ------------------------------------------------------
