@@ -164,7 +164,7 @@ class DomainBackend:
 
     def __init__(self, domid: int, directory: Path, ring_pages: int, *, hwdom: bool,
                  direct_mapped: bool, daemon, logger: logging.Logger, poll_window_ns: int,
-                 poller: RingPoller | None = None) -> None:
+                 poller: RingPoller | None = None, attach: bool = False) -> None:
         self.domid = domid
         self.directory = directory
         self.ring_path = directory / ring.RING_FILE
@@ -180,10 +180,16 @@ class DomainBackend:
         self.state = "created"  # created → connected → (peer-died | broken) → closed
         self.connections = 0
         directory.mkdir(mode=0o700, exist_ok=True)
-        # a domain never inherits a stale ring (ring is O_EXCL): files left by
-        # a daemon that died are ours to replace
-        self.ring_path.unlink(missing_ok=True)
-        self.ring = ring.BackRing.create(self.ring_path, ring_pages)
+        if attach and self.ring_path.exists():
+            # a restarted daemon recovering the domain (docs/faults.md): the
+            # frontend keeps its mapping; requests left on it are the caller's
+            self.ring = ring.BackRing.attach(self.ring_path)
+            ring_pages = self.ring.ring_pages
+        else:
+            # a domain never inherits a stale ring (ring is O_EXCL): files left
+            # by a daemon that died are ours to replace
+            self.ring_path.unlink(missing_ok=True)
+            self.ring = ring.BackRing.create(self.ring_path, ring_pages)
         try:
             self.listener = ring.EventChannelListener(self.evtchn_path, replace=True)
         except BaseException:
