@@ -241,6 +241,11 @@ class DomainLink:
 
     def _mark_dead(self, why: str) -> None:
         with self._cond:
+            if self._dead is None and self._reconnect(receiver_ok=True):
+                # a restarted daemon already listens: the requests on the ring
+                # get its answer (run, or ENOTAVAIL if sent to the dead one)
+                self._cond.notify_all()
+                return
             if self._dead is None:
                 log.warning("d%d: %s; calls get ENOTAVAIL until it is back", self.domid, why)
                 self._dead = why
@@ -255,10 +260,10 @@ class DomainLink:
             self._chan.close()
         self._cond.notify_all()
 
-    def _reconnect(self) -> bool:
+    def _reconnect(self, *, receiver_ok: bool = False) -> bool:
         """(lock held) A restarted daemon replaced the listener (and maybe the
         ring file): connect again. False while nobody listens."""
-        if self._broken or self._receiving:
+        if self._broken or (self._receiving and not receiver_ok):
             return False
         try:
             chan = EventChannel.connect(self.evtchn_path)
