@@ -105,9 +105,19 @@ class Toolstack:
             data = msgpack.packb(message, use_bin_type=True)
             if len(data) > MAX_MESSAGE:
                 raise ValueError(f"{op}: request of {len(data)} bytes exceeds {MAX_MESSAGE}")
+            reused = self._sock is not None
             sock = self._connect()
             try:
-                sock.sendall(data)
+                try:
+                    sock.sendall(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    if not reused:
+                        raise
+                    # the daemon behind a kept connection died (and may have
+                    # been restarted): the request never left; connect once more
+                    self._drop()
+                    sock = self._connect()
+                    sock.sendall(data)
                 answer = self._read(sock)
             except (socket.timeout, TimeoutError):
                 self._drop()
