@@ -27,6 +27,7 @@ from .core import (
     OpenSessionFilter as OpenSessionFilter,
 )
 from .errors import (
+    BadSnapshot as BadSnapshot,
     DomainAlreadyInitialised as DomainAlreadyInitialised,
     DomainNotInitialised as DomainNotInitialised,
     DomainRefused as DomainRefused,
@@ -43,8 +44,15 @@ from .limits import (
 )
 from .port import HYP_CLIENT_ID as HYP_CLIENT_ID, DirectTeePort as DirectTeePort, TeePort as TeePort, client_id as client_id
 from .ratelog import RateLimitedLog as RateLimitedLog
+from .snapshot import (
+    abandon_suspended as abandon_suspended,
+    expected_pins as expected_pins,
+    restore_domain as restore_domain,
+    snapshot_domain as snapshot_domain,
+)
 
 __all__ = [
+    "BadSnapshot", "abandon_suspended", "expected_pins", "restore_domain", "snapshot_domain",
     "ALLOWED_STD_CMDS", "DEFAULT_MAX_CALLS", "DEFAULT_MAX_PAGES_PER_BUFFER", "DEFAULT_MAX_SHM_BUFFERS",
     "DEFAULT_MAX_TOTAL_PAGES", "DirectTeePort", "DomainAlreadyInitialised", "DomainContext",
     "DomainLimits", "DomainNotInitialised", "DomainRefused", "HYP_CLIENT_ID", "KNOWN_NSEC_CAPS",

@@ -296,6 +296,14 @@ class Mediator:
         with self._lock:
             self._domains[domid] = ctx
 
+    def _install_context(self, ctx: DomainContext) -> None:
+        """Adopt a context rebuilt from a journal (snapshot.restore_domain):
+        OP-TEE already has the partition, the frames are already pinned."""
+        with self._lock:
+            if ctx.domid in self._domains:
+                raise DomainAlreadyInitialised(ctx.domid)
+            self._domains[ctx.domid] = ctx
+
     def context(self, domid: int) -> DomainContext:
         ctx = self._domains.get(domid)
         if ctx is None:

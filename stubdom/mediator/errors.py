@@ -14,6 +14,7 @@ __all__ = [
     "DomainAlreadyInitialised",
     "DomainNotInitialised",
     "TeardownInvariantBroken",
+    "BadSnapshot",
 ]
 
 
@@ -67,3 +68,14 @@ class TeardownInvariantBroken(MediatorError):
         self.domid = domid
         self.what = what
         super().__init__(f"d{domid}: teardown invariant broken: {what}")
+
+
+class BadSnapshot(MediatorError):
+    """Journaled mediator state that does not describe a domain context (a
+    missing or ill-typed field, a message that does not parse, counters
+    that disagree): never restored."""
+
+    def __init__(self, domid: int, what: str) -> None:
+        self.domid = domid
+        self.what = what
+        super().__init__(f"d{domid}: bad snapshot: {what}")

@@ -1,0 +1,285 @@
+"""A domain's mediator state as plain data, and back (docs/faults.md).
+
+The stub-domain daemon journals what it needs to survive a SIGKILL: the
+per-domain state that outlives a single trap — calls suspended in RPCs,
+registered shared memory, RPC buffers, the shadow pool — with the frames
+each holds pinned. Everything is plain ints, strings, lists and bytes (the
+journal is msgpack). ``OptEE`` messages are kept as the bytes the mediator
+validated, never re-read from a guest.
+
+A snapshot is taken at rest only: between two trapped SMCs, when the only
+calls alive are the suspended ones (the daemon serves calls one at a time).
+:func:`expected_pins` says which frames the snapshot holds pinned, so that a
+restore can be checked against the machine's frame table before it is
+trusted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from stubdom.optee.msg import OPTEE_MSG_MAX_NUM_PARAMS, MsgArg
+from stubdom.optee.smc import (
+    OPTEE_SMC_CALL_RETURN_FROM_RPC,
+    OPTEE_SMC_RPC_FUNC_ALLOC,
+    OPTEE_SMC_RPC_FUNC_CMD,
+    OPTEE_SMC_RPC_FUNC_FREE,
+    is_rpc_return,
+    rpc_func,
+)
+from stubdom.optee.rpc import OPTEE_RPC_CMD_SHM_FREE
+from stubdom.optee.teec import TEEC_ERROR_COMMUNICATION, TEEC_ORIGIN_COMMS
+
+from .context import (
+    DomainContext,
+    RpcBuffer,
+    RpcState,
+    ShadowPage,
+    ShadowPool,
+    ShmBuffer,
+    ShmKind,
+    StdCall,
+)
+from .errors import BadSnapshot
+from .limits import DomainLimits
+from .ratelog import RateLimitedLog
+from .translate import free_list_pages
+
+__all__ = ["SNAPSHOT_VERSION", "snapshot_domain", "restore_domain", "expected_pins",
+           "abandon_suspended", "ABANDON_MAX_STEPS"]
+
+SNAPSHOT_VERSION = 1
+_U32 = 0xFFFFFFFF
+# An abandoned call is driven to completion by failing each RPC; OP-TEE
+# bounds its own RPCs per call, this bounds ours against a TEE that loops.
+ABANDON_MAX_STEPS = 64
+# Where OP-TEE is resumed when the mediator refuses an RPC ALLOC on behalf
+# of a guest that is gone (misaligned: fails OP-TEE's first check).
+_REFUSED_RPC_ARG_ADDR = 7
+
+
+# == to plain data ===========================================================
+
+def _shm(buf: ShmBuffer) -> dict:
+    return {"kind": buf.kind.value, "cookie": buf.cookie, "ipas": list(buf.ipas),
+            "mfns": list(buf.mfns), "offset": buf.offset, "size": buf.size,
+            "list_pages": [p.mfn for p in buf.list_pages], "static": buf.static}
+
+
+def _arg(arg: MsgArg | None) -> bytes | None:
+    return None if arg is None else arg.pack()
+
+
+def _call(call: StdCall) -> dict:
+    return {"seq": call.seq, "function": call.function, "shadow": call.shadow.mfn,
+            "guest_ipa": call.guest_ipa, "request": _arg(call.request),
+            "rpc_offset": call.rpc_offset, "rpc_size": call.rpc_size,
+            "tmem": [_shm(b) for b in call.tmem],
+            "register": None if call.register is None else _shm(call.register),
+            "thread_id": call.thread_id, "rpc_state": call.rpc_state.value,
+            "rpc_func": call.rpc_func, "rpc_a1": call.rpc_a1, "rpc_a2": call.rpc_a2,
+            "rpc_request": _arg(call.rpc_request), "rpc_shm_type": call.rpc_shm_type,
+            "stale_lists": [p.mfn for p in call.stale_lists]}
+
+
+def snapshot_domain(mediator, domid: int) -> dict:
+    """The domain's mediator state as plain data. At rest only: every call
+    alive must be suspended (raises BadSnapshot otherwise)."""
+    ctx = mediator.context(domid)
+    with ctx.lock:
+        suspended = dict(ctx.suspended)
+        if set(suspended.values()) != ctx.all_calls:
+            raise BadSnapshot(domid, f"{len(ctx.all_calls)} calls alive, "
+                                     f"{len(suspended)} suspended: not at rest")
+        pool = ctx.pool
+        lim = ctx.limits
+        return {
+            "version": SNAPSHOT_VERSION, "domid": domid,
+            "limits": [lim.max_calls, lim.max_shm_buffers, lim.max_pages_per_buffer,
+                       lim.max_total_pages],
+            "max_calls": ctx.max_calls, "max_rpc_buffers": ctx.max_rpc_buffers,
+            "static_shm_allowed": ctx.static_shm_allowed,
+            "calls": ctx.calls, "nr_buffers": ctx.nr_buffers, "pinned_pages": ctx.pinned_pages,
+            "rpc_param_count": ctx.rpc_param_count, "dying": ctx.dying,
+            "next_seq": ctx.next_seq, "internal_errors": ctx.internal_errors,
+            "pool": {"free": [p.mfn for p in pool._free], "frame_zero": list(pool._frame_zero),
+                     "total": pool.total},
+            "suspended": [[tid, _call(c)] for tid, c in sorted(suspended.items())],
+            "shm_buffers": [_shm(b) for b in ctx.shm_buffers.values()],
+            "rpc_buffers": [{"cookie": b.cookie, "ipa": b.ipa, "mfn": b.mfn,
+                             "shadow": b.shadow.mfn} for b in ctx.rpc_buffers.values()],
+        }
+
+
+# == what a snapshot holds pinned ============================================
+
+def expected_pins(snap: dict) -> Counter:
+    """{mfn: pins} the snapshot accounts for: every shadow page (idle or in
+    use: each pinned once while the pool holds it) and every guest frame
+    behind a buffer (once per buffer page)."""
+    pins: Counter = Counter()
+    shadows = list(snap["pool"]["free"])
+    guest: list[int] = []
+
+    def buf(b: dict) -> None:
+        guest.extend(b["mfns"])
+        shadows.extend(b["list_pages"])
+
+    for _tid, c in snap["suspended"]:
+        shadows.append(c["shadow"])
+        shadows.extend(c["stale_lists"])
+        for b in c["tmem"]:
+            buf(b)
+        if c["register"] is not None:
+            buf(c["register"])
+    for b in snap["shm_buffers"]:
+        buf(b)
+    for r in snap["rpc_buffers"]:
+        shadows.append(r["shadow"])
+        if r["mfn"] is not None:
+            guest.append(r["mfn"])
+    pins.update(shadows)
+    pins.update(guest)
+    return pins
+
+
+# == back to objects =========================================================
+
+def _field(snap: dict, key: str, kinds):
+    v = snap.get(key) if isinstance(snap, dict) else None
+    if not isinstance(v, kinds) or isinstance(v, bool) and kinds is int:
+        raise BadSnapshot(snap.get("domid", -1) if isinstance(snap, dict) else -1,
+                          f"field {key!r} is {v!r}")
+    return v
+
+
+def _unpack_arg(data: bytes | None) -> MsgArg | None:
+    return None if data is None else MsgArg.unpack(data, max_params=OPTEE_MSG_MAX_NUM_PARAMS)
+
+
+def _restore_shm(b: dict) -> ShmBuffer:
+    return ShmBuffer(ShmKind(b["kind"]), int(b["cookie"]), [int(x) for x in b["ipas"]],
+                     [int(x) for x in b["mfns"]], int(b["offset"]), int(b["size"]),
+                     [ShadowPage(int(m)) for m in b["list_pages"]], bool(b["static"]))
+
+
+def _restore_call(c: dict) -> StdCall:
+    return StdCall(
+        seq=int(c["seq"]), function=int(c["function"]), shadow=ShadowPage(int(c["shadow"])),
+        guest_ipa=int(c["guest_ipa"]), request=_unpack_arg(c["request"]),
+        rpc_offset=None if c["rpc_offset"] is None else int(c["rpc_offset"]),
+        rpc_size=int(c["rpc_size"]), tmem=[_restore_shm(b) for b in c["tmem"]],
+        register=None if c["register"] is None else _restore_shm(c["register"]),
+        thread_id=None if c["thread_id"] is None else int(c["thread_id"]),
+        rpc_state=RpcState(c["rpc_state"]), rpc_func=int(c["rpc_func"]),
+        rpc_a1=int(c["rpc_a1"]), rpc_a2=int(c["rpc_a2"]),
+        rpc_request=_unpack_arg(c["rpc_request"]), rpc_shm_type=int(c["rpc_shm_type"]),
+        stale_lists=[ShadowPage(int(m)) for m in c["stale_lists"]])
+
+
+def restore_domain(mediator, snap: dict) -> DomainContext:
+    """Rebuild a domain's context from :func:`snapshot_domain`'s data and
+    install it in ``mediator`` — no SMC, no pin: the secure world and the
+    frame table kept theirs. Check the pins first (:func:`expected_pins`).
+    Raises BadSnapshot for data that does not describe a context."""
+    domid = _field(snap, "domid", int)
+    if snap.get("version") != SNAPSHOT_VERSION:
+        raise BadSnapshot(domid, f"version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}")
+    try:
+        limits = DomainLimits(*(int(x) for x in _field(snap, "limits", list)))
+        pool = ShadowPool(mediator._machine, domid)
+        p = _field(snap, "pool", dict)
+        pool._free = [ShadowPage(int(m)) for m in p["free"]]
+        pool._frame_zero = [int(m) for m in p["frame_zero"]]
+        pool.total = int(p["total"])
+        log = RateLimitedLog(mediator._logger, f"d{domid}: ",
+                             **({"clock": mediator._log_clock} if mediator._log_clock else {}))
+        ctx = DomainContext(domid, limits, _field(snap, "max_calls", int),
+                            _field(snap, "max_rpc_buffers", int),
+                            bool(snap["static_shm_allowed"]), pool, log)
+        for key in ("calls", "nr_buffers", "pinned_pages", "rpc_param_count", "next_seq",
+                    "internal_errors"):
+            setattr(ctx, key, _field(snap, key, int))
+        ctx.dying = bool(snap["dying"])
+        for tid, c in snap["suspended"]:
+            call = _restore_call(c)
+            ctx.suspended[int(tid)] = call
+            ctx.all_calls.add(call)
+        for b in snap["shm_buffers"]:
+            buf = _restore_shm(b)
+            ctx.shm_buffers[buf.cookie] = buf
+        for r in snap["rpc_buffers"]:
+            rb = RpcBuffer(int(r["cookie"]), int(r["ipa"]), None if r["mfn"] is None else int(r["mfn"]),
+                           ShadowPage(int(r["shadow"])))
+            ctx.rpc_buffers[rb.cookie] = rb
+    except BadSnapshot:
+        raise
+    except (KeyError, TypeError, ValueError) as e:  # AbiError is a ValueError
+        raise BadSnapshot(domid, f"{type(e).__name__}: {e}") from None
+    if ctx.calls != len(ctx.all_calls):
+        raise BadSnapshot(domid, f"calls = {ctx.calls} but {len(ctx.all_calls)} suspended")
+    mediator._install_context(ctx)
+    return ctx
+
+
+# == a suspended call whose guest is gone ====================================
+
+def abandon_suspended(mediator, domid: int, tid: int) -> bool:
+    """End the call suspended on OP-TEE thread ``tid`` for a guest that will
+    never resume it (its RETURN_FROM_RPC was lost with a daemon that died):
+    resume OP-TEE failing each RPC — ALLOC refused, CMD answered
+    TEEC_ERROR_COMMUNICATION, FREE and foreign interrupts resumed — until the
+    call completes, then release what it held. False: nothing was suspended
+    there, or OP-TEE would not let go within ABANDON_MAX_STEPS (the call
+    stays suspended and is released with the domain)."""
+    ctx = mediator.context(domid)
+    with ctx.lock:
+        call = ctx.suspended.pop(tid, None)
+    if call is None:
+        return False
+    done = False
+    try:
+        for _ in range(ABANDON_MAX_STEPS):
+            regs = _failing_resume(mediator, ctx, call, tid)
+            r = mediator._tee(ctx, regs)
+            free_list_pages(ctx, call.stale_lists)  # OP-TEE has read them
+            if not is_rpc_return(r[0] & _U32):
+                done = True
+                return True
+            func = rpc_func(r[0] & _U32)
+            call.thread_id, call.rpc_func = r[3] & _U32, func
+            call.rpc_a1, call.rpc_a2 = r[1] & _U32, r[2] & _U32
+            call.rpc_state = RpcState.GUEST
+            call.rpc_request = None
+            tid = call.thread_id
+            if func == OPTEE_SMC_RPC_FUNC_FREE:
+                mediator._free_rpc_buffer(ctx, (call.rpc_a1 << 32) | call.rpc_a2)
+        ctx.log.error("abandoned call %d: OP-TEE still in RPCs after %d steps", call.seq,
+                      ABANDON_MAX_STEPS)
+        with ctx.lock:
+            ctx.suspended[tid] = call
+        return False
+    finally:
+        if done:
+            mediator._free_std_call(ctx, call)
+
+
+def _failing_resume(mediator, ctx: DomainContext, call: StdCall, tid: int) -> tuple:
+    """RETURN_FROM_RPC registers that fail the RPC OP-TEE is waiting on."""
+    if call.rpc_func == OPTEE_SMC_RPC_FUNC_ALLOC:
+        return (OPTEE_SMC_CALL_RETURN_FROM_RPC, 0, _REFUSED_RPC_ARG_ADDR, tid, 0, 0, 0, 0)
+    if call.rpc_func == OPTEE_SMC_RPC_FUNC_CMD:
+        where = mediator._rpc_arg_location(ctx, call, call.rpc_a1, call.rpc_a2)
+        if where is not None:
+            shadow_addr = where[0]
+            try:
+                req = MsgArg.unpack(mediator._machine.read_machine(shadow_addr, where[2]),
+                                    max_params=OPTEE_MSG_MAX_NUM_PARAMS)
+            except ValueError:
+                req = None
+            if req is not None:
+                if req.cmd == OPTEE_RPC_CMD_SHM_FREE and req.params:
+                    mediator._free_rpc_shm(ctx, req.params[0].b)
+                mediator._machine.write_machine(shadow_addr, req.replace(
+                    ret=TEEC_ERROR_COMMUNICATION, ret_origin=TEEC_ORIGIN_COMMS).pack())
+    return (OPTEE_SMC_CALL_RETURN_FROM_RPC, 0, 0, tid, 0, 0, 0, 0)
