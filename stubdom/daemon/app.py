@@ -22,7 +22,9 @@ import trio
 
 from .control import ControlServer, control_socket_path
 from .daemon import Daemon
-from .errors import ControlError, GateUnavailable, StartupError
+from .errors import ControlError, GateUnavailable, JournalCorrupt, StartupError
+from .journal import JOURNAL_FILE, Journal, Replay
+from .journal import load as load_journal
 from .gateport import GatePort
 from .logs import MEDIATOR_LOGGER, DomainLevelFilter, event, setup_logging
 
@@ -54,7 +56,7 @@ def run_daemon(config_path: str | None, *, log_level: str | None = None,
         return EXIT_CONFIG
     logger = setup_logging(log_level or config.mediator.log_level, err)
     try:
-        return trio.run(_serve, config, config_path, load_config, logger, out)
+        return trio.run(_serve, config, config_path, load_config, logger, out, err)
     except StartupError as e:
         print(str(e), file=err, flush=True)
         return EXIT_STARTUP
@@ -79,7 +81,32 @@ def _connect_gate(runtime_dir: Path, config_path: str | None, poll_window_ns: in
         raise GateUnavailable(path, config_path, e.strerror or str(e)) from None
 
 
-async def _serve(config, config_path, load_config, logger: logging.Logger, out) -> int:
+def _load_journal(path: Path, logger: logging.Logger, err) -> Replay | None:
+    """A dead predecessor's journal, or None. A corrupt one is refused: moved
+    aside to ``journal.corrupt``, one line on stderr, and recovery tears down
+    every domain it finds (it can vouch for none)."""
+    if not path.exists():
+        return None
+    try:
+        replay = load_journal(path)
+    except JournalCorrupt as e:
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        print(f"stubdom-teed: {e}; refused (kept as {aside}); starting without it: every "
+              f"domain found is torn down", file=err, flush=True)
+        event(logger, logging.ERROR, "journal_corrupt", path=path, offset=e.offset,
+              reason=e.reason, kept_as=aside)
+        return None
+    except OSError as e:
+        print(f"stubdom-teed: cannot read the journal {path}: {e.strerror}; starting without it",
+              file=err, flush=True)
+        return None
+    event(logger, logging.INFO, "journal_loaded", path=path, records=replay.records,
+          domains=len(replay.domains), torn_tail=replay.torn_tail)
+    return replay
+
+
+async def _serve(config, config_path, load_config, logger: logging.Logger, out, err) -> int:
     from stubdom.mediator import Mediator, TeeProbeFailed
     from stubdom.platform.gate import GATE_OP_HYP, GATE_OP_SMC
     from stubdom.policy import PolicyEngine
@@ -112,15 +139,23 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out) 
             raise StartupError(f"stubdom-teed: {e}") from None
         except Exception as e:  # the gate refused or died during the probe
             raise StartupError(f"stubdom-teed: probing OP-TEE through the gate failed: {e}") from None
+        own_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        journal = Journal(own_dir / JOURNAL_FILE)
+        replay = _load_journal(journal.path, logger, err)
         daemon = Daemon(config=config, config_path=config_path, policy=PolicyEngine(config),
                         mediator=mediator, gate_port=_GateStats(gate_port, gate), machine=machine,
-                        logger=logger, load_config=load_config)
+                        logger=logger, load_config=load_config, journal=journal)
         holder.append(daemon)
-        own_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         server = ControlServer(control_socket_path(runtime_dir), daemon, logger)
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as backends:
                 daemon.backend_nursery = backends
+                # before the control socket: the toolstack sees a daemon that
+                # knows what it serves (docs/faults.md, "Recovery")
+                await daemon.recover(replay)
+                if not daemon.checkpoint():  # a fresh journal of what is served now
+                    print(f"stubdom-teed: cannot write the journal {journal.path}; state-changing "
+                          f"calls are refused until it can be written", file=err, flush=True)
                 await connections.start(server.serve, connections)
                 await backends.start(_signals, daemon, logger)
                 print(f"stubdom-teed: listening on {server.path} (placement stubdom, "
@@ -132,6 +167,10 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out) 
                 await daemon.drain(config.mediator.drain_timeout_ms / 1000)
                 backends.cancel_scope.cancel()
             connections.cancel_scope.cancel()
+        if not daemon.domains:
+            journal.remove()  # nothing left to recover
+        else:
+            journal.close()
         event(logger, logging.INFO, "stopped")
         return EXIT_OK
     finally:

@@ -15,12 +15,24 @@ from pathlib import Path
 
 import trio
 
+from stubdom.mediator import BadSnapshot, abandon_suspended, snapshot_domain
 from stubdom.mediator.errors import DomainAlreadyInitialised, DomainRefused, TeardownInvariantBroken
+from stubdom.optee.smc import (
+    OPTEE_SMC_CALL_RETURN_FROM_RPC,
+    OPTEE_SMC_CALL_WITH_ARG,
+    OPTEE_SMC_CALL_WITH_REGD_ARG,
+    OPTEE_SMC_CALL_WITH_RPC_ARG,
+    OPTEE_SMC_DISABLE_SHM_CACHE,
+    OPTEE_SMC_EXCHANGE_CAPABILITIES,
+    OPTEE_SMC_RETURN_ENOTAVAIL,
+)
 from stubdom.platform.errors import GateError as _PlatformGateError
 from stubdom.xen.errors import NoSuchDomain
 
 from .backend import DomainBackend, RingPoller, refuse_while_draining
-from .errors import ControlError, ErrorCode, GateRefused
+from . import journal as jr
+from . import recovery
+from .errors import ControlError, ErrorCode, GateRefused, JournalWriteError
 from .logs import LEVELS, event
 from .wire import PROTOCOL_VERSION, Request
 
@@ -33,12 +45,26 @@ _GATE_FAILURES = (GateRefused, _PlatformGateError)
 # 64 KiB frame); the count beside each list is always exact.
 DUMP_LIST_CAP = 256
 
+_U32 = 0xFFFFFFFF
+# Calls that may change lasting TEE state (sessions, registrations, threads
+# suspended in RPCs, RPC buffers): a ``begin`` record is fsync'd before they
+# reach the mediator, the domain's snapshot after (docs/faults.md).
+_BEGIN_FUNCS = frozenset({OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_CALL_WITH_RPC_ARG,
+                          OPTEE_SMC_CALL_WITH_REGD_ARG, OPTEE_SMC_CALL_RETURN_FROM_RPC,
+                          OPTEE_SMC_DISABLE_SHM_CACHE})
+# ...and those that change only the mediator's own state: snapshot after.
+_STATE_FUNCS = _BEGIN_FUNCS | {OPTEE_SMC_EXCHANGE_CAPABILITIES}
+# What a guest gets for a call the daemon will not run: a journal it cannot
+# write, or a request a dead predecessor left on the ring.
+_ENOTAVAIL = (OPTEE_SMC_RETURN_ENOTAVAIL,) + (0,) * 7
+
 
 class Daemon:
     """One stub domain's mediator service."""
 
     def __init__(self, *, config, config_path: str | None, policy, mediator, gate_port,
-                 machine, logger: logging.Logger, load_config, placement: str = "stubdom") -> None:
+                 machine, logger: logging.Logger, load_config, placement: str = "stubdom",
+                 journal: jr.Journal | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.policy = policy
@@ -56,6 +82,14 @@ class Daemon:
         self._view = None  # the policy view of the call being served
         # one spin over every idle domain ring (the window is fixed at start, like the ring size)
         self.ring_poller = RingPoller(config.mediator.poll_window_us * 1000)
+        # the journal (docs/faults.md); None: not kept (in-process tests)
+        self.journal = journal
+        self.journal_healthy = journal is not None
+        self._created: dict[int, dict] = {}  # each served domain's ``domain`` record
+        self._seq = 0  # numbers ``begin`` records
+        self.recovered: dict[str, list[int]] = {"restored": [], "reset": [], "torn_down": []}
+        self.stale_answered = 0  # requests of a dead predecessor answered ENOTAVAIL
+        self.abandoned = 0  # suspended calls ended because their resume was lost
 
     # == per call (the backend tasks) ========================================
 
@@ -76,11 +110,196 @@ class Daemon:
             backend.log.event(logging.WARNING, "call_refused", reason=refusal.reason,
                               detail=refusal.describe())
             return refusal.regs, refusal.reason
+        fn = regs[0] & _U32 if not regs[0] >> 32 else None
+        journaled = self.journal is not None and fn in _STATE_FUNCS
+        if journaled and fn in _BEGIN_FUNCS and not self._journal_begin(backend, fn):
+            # not journaled, not run: nothing reached the TEE
+            return _ENOTAVAIL, "journal_unavailable"
         self._view = view
         try:
-            return self.mediator.handle_call(domid, vcpu, regs), None
+            out = self.mediator.handle_call(domid, vcpu, regs)
         finally:
             self._view = None
+        if journaled:
+            self._journal_state(domid)
+        return out, None
+
+    # == the journal =========================================================
+
+    def _journal_begin(self, backend: DomainBackend, fn: int) -> bool:
+        """fsync a ``begin`` before the call may change what OP-TEE holds.
+        False: the journal cannot be written; the call is refused."""
+        if not self.journal_healthy and not self.checkpoint():
+            return False
+        self._seq += 1
+        try:
+            self.journal.append(jr.begin_record(backend.domid, self._seq, fn))
+        except JournalWriteError as e:
+            self._journal_failed(e)
+            return False
+        return True
+
+    def _journal_state(self, domid: int, *, sync: bool = True) -> None:
+        if self.journal is None or domid not in self._created or not self.journal_healthy:
+            return
+        try:
+            self.journal.append(jr.state_record(domid, snapshot_domain(self.mediator, domid)),
+                                sync=sync)
+        except JournalWriteError as e:
+            self._journal_failed(e)
+        except BadSnapshot as e:  # a mediator bug: the journal cannot vouch any more
+            event(self.logger, logging.ERROR, "journal_snapshot_failed", domid=domid, error=e)
+            self.journal_healthy = False
+
+    def _journal_failed(self, e: JournalWriteError) -> None:
+        if self.journal_healthy:
+            event(self.logger, logging.ERROR, "journal_write_failed", path=e.path,
+                  errno=e.errno, error=str(e))
+        self.journal_healthy = False
+
+    def checkpoint(self) -> bool:
+        """Rewrite the journal from the current state of every served domain
+        (startup, and after a write failure). True if it is healthy again."""
+        if self.journal is None:
+            return False
+        records = []
+        for domid in sorted(self._created):
+            records.append(self._created[domid])
+            try:
+                records.append(jr.state_record(domid, snapshot_domain(self.mediator, domid)))
+            except BadSnapshot as e:
+                event(self.logger, logging.ERROR, "journal_snapshot_failed", domid=domid, error=e)
+                return False
+        try:
+            self.journal.rewrite(records)
+        except JournalWriteError as e:
+            self._journal_failed(e)
+            return False
+        if not self.journal_healthy:
+            event(self.logger, logging.INFO, "journal_writable", path=self.journal.path)
+        self.journal_healthy = True
+        return True
+
+    def journal_statistics(self) -> dict:
+        j = self.journal
+        if j is None:
+            return {"kept": False}
+        return {"kept": True, "healthy": self.journal_healthy, "path": str(j.path), "size": j.size,
+                "appends": j.appends, "syncs": j.syncs, "failures": j.failures,
+                "recovered": self.recovered, "stale_answered": self.stale_answered,
+                "abandoned": self.abandoned}
+
+    # == recovery after a restart (docs/faults.md) ============================
+
+    async def recover(self, replay: jr.Replay | None) -> None:
+        """Reconcile what a dead predecessor left (``replay``: its journal,
+        None if there was none or it was refused) with the machine and the
+        secure world, then serve the domains it can vouch for. Runs before
+        the control socket accepts anything."""
+        plan = recovery.plan_recovery(replay, self.machine, self.runtime_dir)
+        for domid, why in plan.teardown:
+            rec = replay.domains.get(domid) if replay is not None else None
+            # VM_DESTROYED first: OP-TEE must not touch a frame once it is unpinned
+            done, detail = recovery.vm_destroyed(self.mediator._port, domid)
+            pins = recovery.release_domain_frames(self.machine, domid, rec.snap if rec else None)
+            recovery.remove_domain_dir(self.runtime_dir, domid, self.logger)
+            self.recovered["torn_down"].append(domid)
+            event(self.logger, logging.WARNING, "recovery_torn_down", domid=domid, reason=why,
+                  vm_destroyed=detail if done else f"refused: {detail}", pins_released=pins)
+        for rec, why in plan.reset:
+            domid = rec.domid
+            done, detail = recovery.vm_destroyed(self.mediator._port, domid)
+            pins = recovery.release_domain_frames(self.machine, domid, rec.snap)
+            limits = self._limits(rec.created["limits"])
+            try:
+                self.mediator.domain_init(domid, limits=limits,
+                                          static_shm=bool(rec.created["static_shm"]))
+            except (DomainRefused, DomainAlreadyInitialised, *_GATE_FAILURES) as e:
+                recovery.remove_domain_dir(self.runtime_dir, domid, self.logger)
+                self.recovered["torn_down"].append(domid)
+                event(self.logger, logging.ERROR, "recovery_torn_down", domid=domid,
+                      reason=f"{why}; VM_CREATED again failed: {e}", pins_released=pins)
+                continue
+            ctx = self.mediator.context(domid)
+            if rec.snap is not None:  # the guest negotiated it once and will not again
+                ctx.rpc_param_count = int(rec.snap.get("rpc_param_count", 0))
+            self.recovered["reset"].append(domid)
+            event(self.logger, logging.WARNING, "recovery_reset", domid=domid, reason=why,
+                  vm_destroyed=detail if done else f"refused: {detail}", pins_released=pins)
+            await self._serve_recovered(rec)
+        for rec in plan.restore:
+            try:
+                recovery.restore(self.mediator, rec)
+            except BadSnapshot as e:
+                # nothing was installed: reset it as above on the next start;
+                # now, tear it down (its pins are exactly the snapshot's)
+                done, detail = recovery.vm_destroyed(self.mediator._port, rec.domid)
+                pins = recovery.release_domain_frames(self.machine, rec.domid, None)
+                recovery.remove_domain_dir(self.runtime_dir, rec.domid, self.logger)
+                self.recovered["torn_down"].append(rec.domid)
+                event(self.logger, logging.ERROR, "recovery_torn_down", domid=rec.domid,
+                      reason=str(e), pins_released=pins)
+                continue
+            ctx = self.mediator.context(rec.domid)
+            self.recovered["restored"].append(rec.domid)
+            event(self.logger, logging.INFO, "recovery_restored", domid=rec.domid,
+                  suspended=len(ctx.suspended), shm_buffers=len(ctx.shm_buffers),
+                  rpc_buffers=len(ctx.rpc_buffers), pinned_pages=ctx.pinned_pages)
+            await self._serve_recovered(rec)
+
+    @staticmethod
+    def _limits(values):
+        from stubdom.mediator import DomainLimits
+
+        return DomainLimits(*(int(v) for v in values))
+
+    async def _serve_recovered(self, rec: jr.DomainRecord) -> None:
+        """Re-attach the domain's ring, answer what the dead daemon left on
+        it, start its backend task."""
+        domid = rec.domid
+        domain = self.machine.domain(domid)
+        policy = self.config.policy_for(domid)
+        backend = DomainBackend(
+            domid, self.runtime_dir / f"dom{domid}", self.config.mediator.ring_pages,
+            hwdom=domain.is_hwdom, direct_mapped=domain.direct_mapped, daemon=self,
+            logger=self.logger, poll_window_ns=self.config.mediator.poll_window_us * 1000,
+            poller=self.ring_poller, attach=True)
+        backend.log.level = LEVELS[policy.log_level]
+        self._answer_stale(backend)
+        self.domains[domid] = backend
+        self._created[domid] = rec.created
+        assert self.backend_nursery is not None
+        await self.backend_nursery.start(backend.run)
+
+    def _answer_stale(self, backend: DomainBackend) -> None:
+        """Every request on the ring now was sent to the dead daemon: its
+        frontend has answered (or will answer) the guest ENOTAVAIL. Never run
+        one (it may have run already): answer ENOTAVAIL too. A lost
+        RETURN_FROM_RPC means the guest gave that call up: end it in OP-TEE."""
+        from ring import Response
+
+        ctx = self.mediator.context(backend.domid)
+        try:
+            stale = backend.ring.pop_batch()
+        except Exception as e:  # a corrupted ring: the backend task reports it
+            event(self.logger, logging.ERROR, "recovery_ring_unreadable", domid=backend.domid,
+                  error=e)
+            return
+        for req in stale:
+            a0 = req.a[0]
+            if a0 == OPTEE_SMC_CALL_RETURN_FROM_RPC and (req.a[3] & _U32) in ctx.suspended:
+                try:
+                    ended = abandon_suspended(self.mediator, backend.domid, req.a[3] & _U32)
+                except Exception as e:  # the gate went away: the call stays suspended
+                    ended = False
+                    event(self.logger, logging.ERROR, "abandon_failed", domid=backend.domid,
+                          thread=req.a[3] & _U32, error=e)
+                self.abandoned += ended
+            backend.ring.push(Response(req.id, 0, 0, _ENOTAVAIL))
+            self.stale_answered += 1
+        if stale:
+            backend.log.event(logging.WARNING, "stale_requests_answered", count=len(stale),
+                              abandoned=self.abandoned)
 
     def domain_log_level(self, domid: int) -> int | None:
         """The level of a served domain's guest-triggered lines (its policy's
@@ -126,8 +345,24 @@ class Daemon:
         policy = self.config.policy_for(domid)
         if not policy.enabled:
             raise ControlError(ErrorCode.POLICY_REFUSED, f"d{domid}: its policy is disabled")
+        created = jr.domain_record(domid, hwdom=domain.is_hwdom, direct_mapped=domain.direct_mapped,
+                                   limits=policy.limits, static_shm=policy.static_shm_allowed)
+        if self.journal is not None:
+            # before VM_CREATED: a restart must know of every partition it may own
+            if not self.journal_healthy and not self.checkpoint():
+                raise ControlError(ErrorCode.INTERNAL, f"d{domid}: the journal cannot be written")
+            try:
+                self.journal.append(created)
+            except JournalWriteError as e:
+                self._journal_failed(e)
+                raise ControlError(ErrorCode.INTERNAL, f"d{domid}: {e}") from None
         try:
-            self.mediator.domain_init(domid, limits=policy.limits, static_shm=policy.static_shm_allowed)
+            try:
+                self.mediator.domain_init(domid, limits=policy.limits,
+                                          static_shm=policy.static_shm_allowed)
+            except BaseException:
+                self._journal_gone(domid)  # no partition: nothing to recover
+                raise
         except DomainRefused as e:
             raise ControlError(ErrorCode.TEE_REFUSED, str(e)) from None
         except _GATE_FAILURES as e:
@@ -142,13 +377,20 @@ class Daemon:
                 poller=self.ring_poller)
             backend.log.level = LEVELS[policy.log_level]
             self.domains[domid] = backend
+            if self.journal is not None:
+                self._created[domid] = created
+                self._journal_state(domid)
+                if not self.journal_healthy:
+                    raise ControlError(ErrorCode.INTERNAL, f"d{domid}: the journal cannot be written")
             assert self.backend_nursery is not None
             await self.backend_nursery.start(backend.run)
         except BaseException:
             backend_ = self.domains.pop(domid, None)
             if backend_ is not None:
                 backend_.close()
+            self._created.pop(domid, None)
             await self._mediator_teardown(domid)
+            self._journal_gone(domid)
             raise
         event(self.logger, logging.INFO, "domain_created", domid=domid, hwdom=domain.is_hwdom,
               direct_mapped=domain.direct_mapped, ring=backend.ring_path)
@@ -171,9 +413,19 @@ class Daemon:
         backend.close()
         self.policy.forget(domid)
         await self._mediator_teardown(domid)
+        self._created.pop(domid, None)
+        self._journal_gone(domid)
         event(self.logger, logging.INFO, "domain_destroyed", domid=domid,
               calls=sum(backend.stats.calls.values()), errors=backend.stats.errors,
               refusals=sum(backend.stats.refusals.values()))
+
+    def _journal_gone(self, domid: int) -> None:
+        if self.journal is None or not self.journal_healthy:
+            return  # a checkpoint writes only the domains still served
+        try:
+            self.journal.append(jr.gone_record(domid))
+        except JournalWriteError as e:
+            self._journal_failed(e)
 
     async def _mediator_teardown(self, domid: int) -> None:
         try:
@@ -212,7 +464,7 @@ class Daemon:
             out[str(d)] = self.domains[d].stats.snapshot(
                 len(self.machine.pinned_frames(d)), self._mediator_calls(d))
         gate = self.gate_port.statistics()
-        return {"domains": out, "gate": gate}
+        return {"domains": out, "gate": gate, "journal": self.journal_statistics()}
 
     async def op_reload(self, req: Request) -> dict:
         path = req.str_arg("path", required=False)

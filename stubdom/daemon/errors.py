@@ -17,6 +17,8 @@ __all__ = [
     "GateUnavailable",
     "GateRefused",
     "StartupError",
+    "JournalCorrupt",
+    "JournalWriteError",
 ]
 
 
@@ -88,3 +90,23 @@ class GateRefused(DaemonError):
 class StartupError(DaemonError):
     """The daemon cannot start (after the config validated): the message is
     one line for the operator; exit status 1."""
+
+
+class JournalCorrupt(DaemonError):
+    """The journal does not check (bad header, a record whose crc32 or
+    msgpack does not check, a record that names nothing): refused whole."""
+
+    def __init__(self, path, offset: int, reason: str) -> None:
+        self.path = str(path)
+        self.offset = offset
+        self.reason = reason
+        super().__init__(f"journal {path} is corrupt at offset {offset}: {reason}")
+
+
+class JournalWriteError(DaemonError):
+    """A journal record could not be written or fsync'd (ENOSPC, EIO...)."""
+
+    def __init__(self, path, err: int, strerror: str) -> None:
+        self.path = str(path)
+        self.errno = err
+        super().__init__(f"journal {path}: write failed: {strerror} (errno {err})")
