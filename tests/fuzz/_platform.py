@@ -1,0 +1,69 @@
+"""A real platform for the harnesses that reach the mediator: el2 (the
+mediator core in this process: the same code the daemon runs, without a
+process hop per input), the isolation oracle requiring pins, one attacker
+domain recreated whenever it holds anything, so every input starts from a
+clean domain and every teardown is checked."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from stubdom.hostile import BASE_CAPS, HostileGuest, destroy_and_check, make_platform
+from stubdom.mediator import DomainLimits, client_id
+from stubdom.optee import OPTEE_SMC_SEC_CAP_RPC_ARG
+from stubdom.platform import DomainSpec
+
+__all__ = ["Rig", "rig"]
+
+DOMID = 1
+LIMITS = DomainLimits(max_calls=2, max_shm_buffers=8, max_pages_per_buffer=16, max_total_pages=64)
+RECYCLE_EVERY = 500  # inputs between recreations even when clean (fresh pages)
+MAX_RPCS = 64  # RPCs served per input before walking away from the call
+
+
+class Rig:
+    """The platform and its attacker domain; ``setup(guest)`` runs after
+    every (re)creation and whatever it leaves is the clean baseline."""
+
+    def __init__(self, p, setup=None) -> None:
+        self.p = p
+        self.inputs = 0
+        self._setup = setup
+        self.guest = self._create()
+
+    def _create(self) -> HostileGuest:
+        self.p.create_domain(DomainSpec(DOMID, nr_pages=2048))
+        g = HostileGuest(self.p, DOMID)
+        g.negotiate()
+        if self._setup is not None:
+            self._setup(g)
+        self.baseline = self.p.mediator_state(DOMID)["buffers"]
+        return g
+
+    def check(self) -> None:
+        """After every input: oracle clean, no mediator bug, limits held;
+        recreate the domain (checking its teardown) when it holds anything
+        beyond the baseline."""
+        self.inputs += 1
+        self.p.oracle.assert_clean()
+        state = self.p.mediator_state(DOMID)
+        assert state["internal_errors"] == 0, state
+        assert state["pinned_pages"] <= LIMITS.max_total_pages, state
+        assert state["buffers"] <= LIMITS.max_shm_buffers and state["calls_in_flight"] <= LIMITS.max_calls, state
+        tee = self.p.tee.partition_stats(client_id(DOMID))
+        if (state["calls_in_flight"] or state["buffers"] != self.baseline or state["nr_rpc_buffers"]
+                or tee.sessions or self.inputs % RECYCLE_EVERY == 0):
+            self.recycle()
+
+    def recycle(self) -> None:
+        destroy_and_check(self.p, DOMID)
+        self.guest = self._create()
+
+
+@contextlib.contextmanager
+def rig(workdir: Path, setup=None):
+    with make_platform(Path(workdir) / "platform", "el2", limits=LIMITS,
+                       caps=BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG, threads=2, guest_count=2,
+                       nr_frames=16384) as p:
+        yield Rig(p, setup)

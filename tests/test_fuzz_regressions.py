@@ -1,0 +1,57 @@
+"""What the fuzz harnesses found, kept as tests against the real code
+(docs/fuzzing.md).  A finding in code another package owns stays here as a
+strict xfail until that package is fixed; then its input moves to
+tests/fuzz/corpus/<harness>/ and the xfail goes."""
+
+from __future__ import annotations
+
+import socket
+
+import msgpack
+import pytest
+
+from stubdom.daemon import control_socket_path
+from stubdom.daemon.wire import MAX_MESSAGE
+from stubdom.hostile import make_platform
+
+# A request within the 64 KiB limit whose seq (or op) is a string so long
+# that the BAD_REQUEST answer quoting it is over the limit.
+LONG_SEQ = msgpack.packb({"op": "hello", "seq": "y" * 65500}, use_bin_type=True)
+LONG_OP = msgpack.packb({"seq": 1, "op": b"y" * 65500}, use_bin_type=True)
+
+
+@pytest.fixture
+def platform(tmp_path):
+    with make_platform(tmp_path, "stubdom") as p:
+        yield p
+
+
+def test_the_inputs_are_within_the_limit():
+    assert len(LONG_SEQ) <= MAX_MESSAGE and len(LONG_OP) <= MAX_MESSAGE
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "control_wire harness: ControlServer._connection answers a ProtocolError with "
+    "encode(error_response(...)) outside any handler; when the message quotes a seq/op of ~64 KiB "
+    "the answer exceeds MAX_MESSAGE, encode raises ControlError(INTERNAL) and the exception escapes "
+    "the connection task: the whole daemon exits with status 1 (stubdom/daemon/control.py)"))
+@pytest.mark.parametrize("message", [LONG_SEQ, LONG_OP], ids=["seq", "op"])
+def test_a_framing_error_quoting_a_huge_value_does_not_kill_the_daemon(platform, message):
+    platform.check_daemon_alive()
+    path = control_socket_path(platform.placement.runtime_dir)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(path))
+        s.sendall(message)
+        unpacker = msgpack.Unpacker(raw=False)
+        answer = None
+        while answer is None:
+            data = s.recv(4096)
+            if not data:
+                break
+            unpacker.feed(data)
+            answer = next(unpacker, None)
+    assert answer is not None and answer["ok"] is False and answer["error"]["name"] == "BAD_REQUEST"
+    assert len(msgpack.packb(answer)) <= MAX_MESSAGE
+    platform.check_daemon_alive()  # the daemon and its other connections go on
+    assert platform.placement.toolstack.hello()["version"] == 1
