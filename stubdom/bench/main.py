@@ -43,7 +43,7 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> dict:
                disable=not opts.progress, leave=False)
     runner._progress = bar
     try:
-        with tempfile.TemporaryDirectory(prefix="stubdom-bench-") as root:
+        with tempfile.TemporaryDirectory(prefix="stubdom-bench-", dir=opts.work_base()) as root:
             runner.run(Path(root))
     finally:
         bar.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from importlib.resources import files
 import os
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -57,12 +58,26 @@ class BenchOptions:
     hw_profiles: tuple[Path, ...] = ()
     progress: bool = True
     plan: Plan = field(default=FULL)
+    # where the placements' runtime directories go (machine files, rings, the
+    # daemon's journal); default: a tmpfs as a host's /run would be
+    workdir: Path | None = None
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["out"] = str(self.out)
         d["hw_profiles"] = [str(p) for p in self.hw_profiles]
+        d["workdir"] = str(self.work_base())
         return d
+
+    def work_base(self) -> Path:
+        """--workdir, else /dev/shm (tmpfs, like the /run a daemon's runtime
+        directory lives in on a host), else the system temporary directory."""
+        if self.workdir is not None:
+            return self.workdir
+        shm = Path("/dev/shm")
+        if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+            return shm
+        return Path(tempfile.gettempdir())
 
     def cpu_pair(self) -> tuple[int, int] | None:
         """(platform CPU, daemon CPU) for --cpus, or None (unpinned)."""
@@ -117,6 +132,9 @@ def parse_options(argv: list[str]) -> BenchOptions:
     p.add_argument("--rounds", type=int, default=None, help="override the interleaved rounds")
     p.add_argument("--block", type=int, default=None, help="override the calls per block")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--workdir", default=None, metavar="DIR",
+                   help="where runtime directories go (machine files, rings, the daemon's journal); "
+                        "default /dev/shm: a tmpfs, as /run on a host")
     a = p.parse_args(argv)
     plan = QUICK if a.quick else FULL
     if a.rounds is not None or a.block is not None:
@@ -135,4 +153,5 @@ def parse_options(argv: list[str]) -> BenchOptions:
                         workloads=_csv(a.workloads, tuple(workload_names()), "--workloads"),
                         sweeps=_csv(a.sweeps, ("workloads", "vcpus", "scale"), "--sweeps"),
                         cpus=a.cpus, open_loop_rate=a.open_loop, poll_window_us=a.poll_window_us,
-                        hw_profiles=profiles, progress=not a.no_progress, plan=plan)
+                        hw_profiles=profiles, progress=not a.no_progress, plan=plan,
+                        workdir=Path(a.workdir) if a.workdir else None)

@@ -36,7 +36,9 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
           f"seed {o['seed']}; warm-up {o['plan']['warmup']} calls per worker; {o['plan']['rounds']} interleaved "
           f"rounds of {o['plan']['block']} calls per worker and placement",
           f"- CPU placement: `--cpus {o['cpus']}` (platform CPU {doc['process_layout']['platform_cpu']}, "
-          f"daemon CPU {doc['process_layout']['daemon_cpu']})", ""]
+          f"daemon CPU {doc['process_layout']['daemon_cpu']})",
+          f"- Runtime directories (machine files, rings, the daemon's fsync'd journal) under "
+          f"`{o.get('workdir', '?')}` ({_fs_type(o.get('workdir'))})", ""]
     for name, p in doc["placements"].items():
         if p["status"] == "skipped":
             L.append(f"- **{name}**: skipped — {p['reason']}")
@@ -117,3 +119,21 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
     if plots:
         L += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(L)
+
+
+def _fs_type(path) -> str:
+    """The file system type /proc/mounts gives for ``path`` (longest mount
+    point that contains it), or "unknown"."""
+    if not path:
+        return "unknown"
+    best, kind = "", "unknown"
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                mnt = parts[1]
+                if (str(path) == mnt or str(path).startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                    best, kind = mnt, parts[2]
+    except OSError:
+        pass
+    return kind
