@@ -157,3 +157,85 @@ def test_restart_at_rest_restores_sessions_and_registrations(stack):
         assert j["recovered"]["restored"] == [1, 2] and j["healthy"]
     stack.destroy_all()
     stack.assert_clean()
+
+
+# -- SIGKILL under load ---------------------------------------------------------------------
+
+def _load(stack, domids, stop: threading.Event, seed: int):
+    """Every vCPU of every domain: increments with values of their own, and
+    storage round trips (RPCs: calls suspended while the daemon dies).
+    Returns (threads, outcomes {value: "ok" | error name}, failures)."""
+    outcomes: dict[int, str] = {}
+    failures: list[str] = []
+    from stubdom import workloads
+
+    def one(domid, vcpu):
+        rng = random.Random(seed * 1000 + domid * 10 + vcpu)
+        base = (domid << 24) | (vcpu << 20)
+        i = 0
+        while not stop.is_set():
+            i += 1
+            v = base + i
+            try:
+                with Context(stack.drivers[domid], vcpu=vcpu) as ctx:
+                    if rng.random() < 0.3:
+                        workloads.storage_round_trip(ctx, b"k%d" % v, b"x" * rng.randrange(1, 9000))
+                    got = inc(ctx, v)
+                outcomes[v] = "ok" if got == v + 1 else f"wrong {got}"
+            except (TeecError, GuestError, workloads.WorkloadFailed) as e:
+                outcomes.setdefault(v, type(e).__name__)
+            except Exception as e:  # anything else is a finding
+                failures.append(f"d{domid}v{vcpu}: {type(e).__name__}: {e}")
+                return
+
+    threads = [threading.Thread(target=one, args=(d, v), daemon=True) for d in domids
+               for v in range(stack.drivers[d].nr_vcpus)]
+    for t in threads:
+        t.start()
+    return threads, outcomes, failures
+
+
+def _kill_under_load(stack, kills: int, seed: int) -> None:
+    domids = (1, 2)
+    for d in domids:
+        stack.boot(d)
+    rng = random.Random(seed)
+    stop = threading.Event()
+    threads, outcomes, failures = _load(stack, domids, stop, seed)
+    try:
+        for _ in range(kills):
+            time.sleep(rng.uniform(0.05, 0.4))
+            stack.restart()
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not any(t.is_alive() for t in threads), "a guest call was never answered"
+    assert failures == []
+    runs = stack.counted.runs
+    assert [v for v, n in runs.items() if n > 1] == []  # nothing ran twice
+    wrong = {v: o for v, o in outcomes.items() if o.startswith("wrong")}
+    assert wrong == {}
+    assert all(runs[v] == 1 for v, o in outcomes.items() if o == "ok")  # answered = ran once
+    assert sum(o == "ok" for o in outcomes.values()) > 0
+    # the service is back for everyone
+    for d in domids:
+        with Context(stack.drivers[d]) as ctx:
+            assert inc(ctx, 5) == 6
+    with stack.ctl() as c:
+        j = c.call("stats")["journal"]
+        assert j["healthy"]
+    stack.destroy_all()
+    stack.assert_clean()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_sigkill_under_load_from_two_domains(stack, seed):
+    _kill_under_load(stack, kills=3, seed=seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(10, 20))
+def test_sigkill_soak(stack, seed):
+    _kill_under_load(stack, kills=25, seed=seed)

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import trio
 
-from stubdom.mediator import BadSnapshot, abandon_suspended, snapshot_domain
+from stubdom.mediator import (
+    BadSnapshot,
+    abandon_suspended,
+    expected_pins,
+    settle_orphans,
+    snapshot_domain,
+)
 from stubdom.mediator.errors import DomainAlreadyInitialised, DomainRefused, TeardownInvariantBroken
 from stubdom.optee.smc import (
     OPTEE_SMC_CALL_RETURN_FROM_RPC,
@@ -90,6 +96,7 @@ class Daemon:
         self.recovered: dict[str, list[int]] = {"restored": [], "reset": [], "torn_down": []}
         self.stale_answered = 0  # requests of a dead predecessor answered ENOTAVAIL
         self.abandoned = 0  # suspended calls ended because their resume was lost
+        self._to_start: list[DomainBackend] = []  # recovered backends, started after the checkpoint
 
     # == per call (the backend tasks) ========================================
 
@@ -112,7 +119,7 @@ class Daemon:
             return refusal.regs, refusal.reason
         fn = regs[0] & _U32 if not regs[0] >> 32 else None
         journaled = self.journal is not None and fn in _STATE_FUNCS
-        if journaled and fn in _BEGIN_FUNCS and not self._journal_begin(backend, fn):
+        if journaled and fn in _BEGIN_FUNCS and not self._journal_begin(backend, fn, regs[3] & _U32):
             # not journaled, not run: nothing reached the TEE
             return _ENOTAVAIL, "journal_unavailable"
         self._view = view
@@ -126,14 +133,14 @@ class Daemon:
 
     # == the journal =========================================================
 
-    def _journal_begin(self, backend: DomainBackend, fn: int) -> bool:
+    def _journal_begin(self, backend: DomainBackend, fn: int, tid: int) -> bool:
         """fsync a ``begin`` before the call may change what OP-TEE holds.
         False: the journal cannot be written; the call is refused."""
         if not self.journal_healthy and not self.checkpoint():
             return False
         self._seq += 1
         try:
-            self.journal.append(jr.begin_record(backend.domid, self._seq, fn))
+            self.journal.append(jr.begin_record(backend.domid, self._seq, fn, tid))
         except JournalWriteError as e:
             self._journal_failed(e)
             return False
@@ -206,6 +213,58 @@ class Daemon:
             self.recovered["torn_down"].append(domid)
             event(self.logger, logging.WARNING, "recovery_torn_down", domid=domid, reason=why,
                   vm_destroyed=detail if done else f"refused: {detail}", pins_released=pins)
+        for rec in plan.settle:
+            try:
+                recovery.restore(self.mediator, rec)
+            except BadSnapshot as e:
+                plan.reset.append((rec, str(e)))
+                continue
+            ctx = self.mediator.context(rec.domid)
+            call = rec.open_call
+            abandoned = 0
+            try:
+                if call["fn"] == OPTEE_SMC_CALL_RETURN_FROM_RPC and call["tid"] in ctx.suspended:
+                    # its guest got ENOTAVAIL for that resume: the call is over for it
+                    abandoned = int(abandon_suspended(self.mediator, rec.domid, call["tid"]))
+                ended = settle_orphans(self.mediator, rec.domid)
+            except Exception as e:  # the gate failed: nothing more can be settled now
+                event(self.logger, logging.ERROR, "recovery_settle_failed", domid=rec.domid, error=e)
+                ended = []
+            self.abandoned += abandoned
+            pins = recovery.drop_extra_pins(self.machine, rec.domid,
+                                            expected_pins(snapshot_domain(self.mediator, rec.domid)))
+            self.recovered["restored"].append(rec.domid)
+            event(self.logger, logging.WARNING, "recovery_settled", domid=rec.domid,
+                  open_call=f"{call['fn']:#x}", abandoned=abandoned, threads_ended=len(ended),
+                  pins_released=pins, suspended=len(ctx.suspended), shm_buffers=len(ctx.shm_buffers))
+            await self._serve_recovered(rec)
+        for rec in plan.restore:
+            try:
+                recovery.restore(self.mediator, rec)
+            except BadSnapshot as e:
+                # nothing was installed: reset it as above on the next start;
+                # now, tear it down (its pins are exactly the snapshot's)
+                done, detail = recovery.vm_destroyed(self.mediator._port, rec.domid)
+                pins = recovery.release_domain_frames(self.machine, rec.domid, None)
+                recovery.remove_domain_dir(self.runtime_dir, rec.domid, self.logger)
+                self.recovered["torn_down"].append(rec.domid)
+                event(self.logger, logging.ERROR, "recovery_torn_down", domid=rec.domid,
+                      reason=str(e), pins_released=pins)
+                continue
+            ctx = self.mediator.context(rec.domid)
+            self.recovered["restored"].append(rec.domid)
+            event(self.logger, logging.INFO, "recovery_restored", domid=rec.domid,
+                  suspended=len(ctx.suspended), shm_buffers=len(ctx.shm_buffers),
+                  rpc_buffers=len(ctx.rpc_buffers), pinned_pages=ctx.pinned_pages)
+            await self._serve_recovered(rec)
+        await self._recover_reset(plan)
+        # a fresh journal of what is served now, before any backend serves
+        self.checkpoint()
+        for backend in self._to_start:
+            await self.backend_nursery.start(backend.run)
+        self._to_start = []
+
+    async def _recover_reset(self, plan) -> None:
         for rec, why in plan.reset:
             domid = rec.domid
             done, detail = recovery.vm_destroyed(self.mediator._port, domid)
@@ -226,25 +285,6 @@ class Daemon:
             self.recovered["reset"].append(domid)
             event(self.logger, logging.WARNING, "recovery_reset", domid=domid, reason=why,
                   vm_destroyed=detail if done else f"refused: {detail}", pins_released=pins)
-            await self._serve_recovered(rec)
-        for rec in plan.restore:
-            try:
-                recovery.restore(self.mediator, rec)
-            except BadSnapshot as e:
-                # nothing was installed: reset it as above on the next start;
-                # now, tear it down (its pins are exactly the snapshot's)
-                done, detail = recovery.vm_destroyed(self.mediator._port, rec.domid)
-                pins = recovery.release_domain_frames(self.machine, rec.domid, None)
-                recovery.remove_domain_dir(self.runtime_dir, rec.domid, self.logger)
-                self.recovered["torn_down"].append(rec.domid)
-                event(self.logger, logging.ERROR, "recovery_torn_down", domid=rec.domid,
-                      reason=str(e), pins_released=pins)
-                continue
-            ctx = self.mediator.context(rec.domid)
-            self.recovered["restored"].append(rec.domid)
-            event(self.logger, logging.INFO, "recovery_restored", domid=rec.domid,
-                  suspended=len(ctx.suspended), shm_buffers=len(ctx.shm_buffers),
-                  rpc_buffers=len(ctx.rpc_buffers), pinned_pages=ctx.pinned_pages)
             await self._serve_recovered(rec)
 
     @staticmethod
@@ -268,8 +308,7 @@ class Daemon:
         self._answer_stale(backend)
         self.domains[domid] = backend
         self._created[domid] = rec.created
-        assert self.backend_nursery is not None
-        await self.backend_nursery.start(backend.run)
+        self._to_start.append(backend)
 
     def _answer_stale(self, backend: DomainBackend) -> None:
         """Every request on the ring now was sent to the dead daemon: its

@@ -8,7 +8,7 @@ msgpack map with ``"t"``:
 
 ``domain``  {domid, hwdom, direct_mapped, limits, static_shm} — before VM_CREATED
 ``state``   {domid, snap} — the domain's mediator snapshot, at rest
-``begin``   {domid, id, fn} — a call that may change lasting TEE state is about to run
+``begin``   {domid, id, fn, tid} — a call that may change lasting TEE state is about to run
 ``gone``    {domid} — the domain was destroyed
 
 Every record is written with one ``write`` (a SIGKILL leaves a whole record
@@ -246,8 +246,9 @@ def state_record(domid: int, snap: dict) -> dict:
     return {"t": "state", "domid": domid, "snap": snap}
 
 
-def begin_record(domid: int, request_id: int, function: int) -> dict:
-    return {"t": "begin", "domid": domid, "id": request_id, "fn": function}
+def begin_record(domid: int, request_id: int, function: int, thread: int) -> dict:
+    """``thread``: a3 of the call (the OP-TEE thread a RETURN_FROM_RPC resumes)."""
+    return {"t": "begin", "domid": domid, "id": request_id, "fn": function, "tid": thread}
 
 
 def gone_record(domid: int) -> dict:

@@ -48,6 +48,7 @@ _DOM_DIR = re.compile(r"dom(\d+)\Z")
 @dataclass
 class RecoveryPlan:
     restore: list[DomainRecord] = field(default_factory=list)
+    settle: list[DomainRecord] = field(default_factory=list)  # restore, then settle the open call
     reset: list[tuple[DomainRecord, str]] = field(default_factory=list)
     teardown: list[tuple[int, str]] = field(default_factory=list)
 
@@ -82,12 +83,18 @@ def plan_recovery(replay: Replay | None, machine, runtime_dir: Path) -> Recovery
             plan.teardown.append((domid, "the machine no longer has it"))
         elif rec.snap is None:
             plan.teardown.append((domid, "its creation never completed"))
-        elif rec.open_call is not None:
-            plan.reset.append((rec, f"a call ({rec.open_call['fn']:#x}) was in the TEE"))
         else:
             want = expected_pins(rec.snap)
             have = machine.pinned_frames(domid)
-            if dict(want) != have:
+            short = {m for m, n in want.items() if have.get(m, 0) < n}
+            if rec.open_call is not None and not short:
+                # every pin the snapshot holds is still there: restore it,
+                # end what the open call left in OP-TEE, drop the extra pins
+                plan.settle.append(rec)
+            elif rec.open_call is not None:
+                plan.reset.append((rec, f"a call ({rec.open_call['fn']:#x}) was in the TEE and "
+                                        f"released pins the snapshot holds ({sorted(hex(m) for m in short)[:4]})"))
+            elif dict(want) != have:
                 extra = {hex(m) for m in set(have) - set(want)}
                 missing = {hex(m) for m in set(want) - set(have)}
                 plan.reset.append((rec, f"pins differ (unexpected {sorted(extra)[:4]}, "
@@ -148,3 +155,26 @@ def restore(mediator, rec: DomainRecord) -> None:
     if rec.snap.get("domid") != rec.domid:
         raise BadSnapshot(rec.domid, f"snapshot names d{rec.snap.get('domid')!r}")
     restore_domain(mediator, rec.snap)
+
+
+def drop_extra_pins(machine, domid: int, want) -> int:
+    """Release pins the frame table holds for ``domid`` beyond ``want``
+    (what the restored context accounts for) and free the hypervisor heap
+    pages left with none (shadow pages the dead daemon took). Returns the
+    pins dropped."""
+    have = machine.pinned_frames(domid)
+    dropped = 0
+    freed_candidates = []
+    for mfn, n in have.items():
+        extra = n - want.get(mfn, 0)
+        if extra > 0:
+            machine.put_pages([mfn] * extra)
+            dropped += extra
+            if not want.get(mfn, 0):
+                freed_candidates.append(mfn)
+    for mfn in freed_candidates:
+        try:
+            machine.free_domheap_pages(domid, [mfn])
+        except MachineError:
+            pass  # a guest frame
+    return dropped

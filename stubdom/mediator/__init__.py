@@ -48,11 +48,12 @@ from .snapshot import (
     abandon_suspended as abandon_suspended,
     expected_pins as expected_pins,
     restore_domain as restore_domain,
+    settle_orphans as settle_orphans,
     snapshot_domain as snapshot_domain,
 )
 
 __all__ = [
-    "BadSnapshot", "abandon_suspended", "expected_pins", "restore_domain", "snapshot_domain",
+    "BadSnapshot", "abandon_suspended", "expected_pins", "restore_domain", "settle_orphans", "snapshot_domain",
     "ALLOWED_STD_CMDS", "DEFAULT_MAX_CALLS", "DEFAULT_MAX_PAGES_PER_BUFFER", "DEFAULT_MAX_SHM_BUFFERS",
     "DEFAULT_MAX_TOTAL_PAGES", "DirectTeePort", "DomainAlreadyInitialised", "DomainContext",
     "DomainLimits", "DomainNotInitialised", "DomainRefused", "HYP_CLIENT_ID", "KNOWN_NSEC_CAPS",

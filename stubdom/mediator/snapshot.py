@@ -46,7 +46,7 @@ from .ratelog import RateLimitedLog
 from .translate import free_list_pages
 
 __all__ = ["SNAPSHOT_VERSION", "snapshot_domain", "restore_domain", "expected_pins",
-           "abandon_suspended", "ABANDON_MAX_STEPS"]
+           "abandon_suspended", "settle_orphans", "ABANDON_MAX_STEPS"]
 
 SNAPSHOT_VERSION = 1
 _U32 = 0xFFFFFFFF
@@ -283,3 +283,32 @@ def _failing_resume(mediator, ctx: DomainContext, call: StdCall, tid: int) -> tu
                 mediator._machine.write_machine(shadow_addr, req.replace(
                     ret=TEEC_ERROR_COMMUNICATION, ret_origin=TEEC_ORIGIN_COMMS).pack())
     return (OPTEE_SMC_CALL_RETURN_FROM_RPC, 0, 0, tid, 0, 0, 0, 0)
+
+
+def settle_orphans(mediator, domid: int) -> list[int]:
+    """After a daemon died with a call inside OP-TEE: end every thread of the
+    domain's partition that OP-TEE holds suspended but the restored context
+    does not know (the call the dead daemon was running, suspended in an
+    RPC nobody will answer). Each is resumed failing its RPC (an ALLOC gets
+    a misaligned address, the rest are resumed as they are) until it
+    completes. Threads the context holds suspended are left alone; a thread
+    that is not suspended answers ERESUME. Returns the threads ended."""
+    ctx = mediator.context(domid)
+    with ctx.lock:
+        known = set(ctx.suspended)
+    ended = []
+    for tid in range(mediator.tee_threads):
+        if tid in known:
+            continue
+        t = tid
+        for _ in range(ABANDON_MAX_STEPS):
+            r = mediator._tee(ctx, (OPTEE_SMC_CALL_RETURN_FROM_RPC, 0, _REFUSED_RPC_ARG_ADDR, t,
+                                    0, 0, 0, 0))
+            if not is_rpc_return(r[0] & _U32):
+                break
+            if rpc_func(r[0] & _U32) == OPTEE_SMC_RPC_FUNC_FREE:
+                mediator._free_rpc_buffer(ctx, ((r[1] & _U32) << 32) | (r[2] & _U32))
+            t = r[3] & _U32
+            if t not in ended:
+                ended.append(t)
+    return ended
