@@ -126,7 +126,8 @@ class ControlServer:
                 except ProtocolError as e:
                     event(self._logger, logging.WARNING, "control_bad_message", connection=number,
                           error=e.message)
-                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    # ControlError: the answer could not be encoded; closing says enough
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, ControlError):
                         await stream.send_all(encode(error_response(reader.error_seq, e.code, e.message)))
                     return
                 except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -121,10 +121,10 @@ class FrameReader:
         if type(seq) is int:
             self.error_seq = seq
         else:
-            raise ProtocolError(f"a request needs an int 'seq', got {seq!r}")
+            raise ProtocolError(f"a request needs an int 'seq', got {quote(seq)}")
         op = obj.get("op")
         if type(op) is not str:
-            raise ProtocolError(f"a request needs a str 'op', got {op!r}")
+            raise ProtocolError(f"a request needs a str 'op', got {quote(op)}")
         args = {k: v for k, v in obj.items() if k not in ("op", "seq")}
         return Request(op, seq, args)
 
@@ -141,6 +141,23 @@ def ok_response(seq: int | None, result: dict) -> dict:
     return {"seq": seq, "ok": True, "result": result}
 
 
+# An error message quotes what was wrong; bounded so that an error response
+# always fits in MAX_MESSAGE whatever a peer sent.
+MAX_ERROR_MESSAGE = 1024
+_QUOTE = 64
+
+
+def quote(value: object) -> str:
+    """``repr(value)``, cut to a few dozen characters: peer-supplied values are
+    quoted in error messages but must not make them arbitrarily large."""
+    text = repr(value)
+    if len(text) <= _QUOTE:
+        return text
+    return f"{text[:_QUOTE]}… ({len(text)} characters)"
+
+
 def error_response(seq: int | None, code: ErrorCode, message: str) -> dict:
     code = ErrorCode(code)
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[:MAX_ERROR_MESSAGE] + "…"
     return {"seq": seq, "ok": False, "error": {"code": int(code), "name": code.name, "message": message}}
