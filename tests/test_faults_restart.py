@@ -239,3 +239,31 @@ def test_sigkill_under_load_from_two_domains(stack, seed):
 @pytest.mark.parametrize("seed", range(10, 20))
 def test_sigkill_soak(stack, seed):
     _kill_under_load(stack, kills=25, seed=seed)
+
+
+# -- a corrupted journal --------------------------------------------------------------------
+
+def test_corrupted_journal_is_refused_and_every_domain_torn_down(stack):
+    d1 = stack.boot(1)
+    stack.boot(2)
+    ctx = Context(d1)
+    ctx.open_session(INCREMENT_UUID)
+    assert stack.platform.machine.pinned_frames(1)
+    stack.kill()
+    path = stack.config.mediator.runtime_dir / "stubdom-teed" / "journal"
+    data = bytearray(path.read_bytes())
+    data[40] ^= 0xFF  # inside the first record: its crc32 no longer checks
+    path.write_bytes(bytes(data))
+    stack.start()
+    log = stack.daemon.log()
+    assert f"stubdom-teed: journal {path} is corrupt at offset 16: crc32" in log, log
+    assert (path.parent / "journal.corrupt").exists()
+    assert "event=recovery_torn_down domid=1" in log and "event=recovery_torn_down domid=2" in log
+    # nothing the dead daemon pinned is left, OP-TEE freed both partitions
+    assert stack.platform.machine.pinned_frames() == {}
+    assert stack.platform.tee.partition_stats(2) is None and stack.platform.tee.partition_stats(3) is None
+    # the guests get ENOTAVAIL (their daemon no longer serves them)
+    with pytest.raises((TeecError, GuestError)):
+        inc(Context(stack.drivers[2]), 1)
+    stack.destroy_all()  # domain_destroy: NO_SUCH_DOMAIN, the platform's own VM_DESTROYED
+    stack.assert_clean()
