@@ -11,9 +11,10 @@ msgpack map with ``"t"``:
 ``begin``   {domid, id, fn, tid} — a call that may change lasting TEE state is about to run
 ``gone``    {domid} — the domain was destroyed
 
-Every record is written with one ``write`` (a SIGKILL leaves a whole record
-or none: the page cache survives the process) and fsync'd before the daemon
-acts on it. A failed write truncates the file back to its last whole record,
+Every record is written with one ``write`` before the daemon acts on it (a
+SIGKILL leaves a whole record or none: the page cache survives the process);
+lifecycle records and checkpoints are also fsync'd, per-call records are not
+(daemon.SYNC_PER_CALL says why). A failed write truncates the file back to its last whole record,
 so one failure never corrupts what follows. A record cut short at the very
 end (a torn write: the disk filled up, the machine stopped) is dropped;
 anything else that does not check is corruption: :func:`load` refuses the
@@ -186,6 +187,11 @@ class Journal:
             os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         self._size = size
+
+    @property
+    def size(self) -> int:
+        """Bytes of whole records (and header) in the file."""
+        return self._size
 
     # -- records ------------------------------------------------------------
 
