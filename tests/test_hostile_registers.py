@@ -27,6 +27,8 @@ from stubdom.mediator import client_id
 from stubdom.optee import (
     ARM_SMCCC_OWNER_TRUSTED_APP,
     ARM_SMCCC_OWNER_TRUSTED_OS_END,
+    OPTEE_SMC_CALL_WITH_ARG,
+    OPTEE_SMC_CALL_WITH_RPC_ARG,
     OPTEE_SMC_SEC_CAP_RPC_ARG,
     SMC_NAMES,
     MsgArg,
@@ -76,10 +78,13 @@ def _fuzz(tmp_path, placement: str, max_examples: int) -> None:
             @settings(max_examples=max_examples, deadline=None, database=None,
                       suppress_health_check=[HealthCheck.too_slow])
             @given(a0=_a0(), rest=st.lists(_reg(ipas), min_size=7, max_size=7),
-                   vcpu=st.integers(0, 3), body=st.binary(max_size=256), where=st.sampled_from(ipas))
-            def one_smc(a0, rest, vcpu, body, where):
+                   vcpu=st.integers(0, 3), body=st.binary(max_size=256), where=st.sampled_from(ipas),
+                   call=st.sampled_from([None, None, OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_CALL_WITH_RPC_ARG]))
+            def one_smc(a0, rest, vcpu, body, where, call):
                 nonlocal seen
                 evil.write(where + 32, body)  # random params behind a plausible header
+                if call is not None:  # half the time a standard call naming a real argument page
+                    a0, rest[0], rest[1] = call, where >> 32, where & 0xFFFFFFFF
                 regs = (a0, *rest)
                 r = evil.smc8(regs, vcpu=vcpu)
                 assert len(r) == 8 and all(0 <= x <= U64 for x in r)

@@ -60,9 +60,9 @@ def _ops(rd: Reader, back, path, fd: int, size: int) -> None:
         op = rd.u8() % 8
         b = rings[-1]
         try:
-            if op == 0:  # the frontend writes anything anywhere in the shared pages
+            if op == 0:  # the frontend writes anything anywhere in the shared pages (never past them)
                 where = rd.u16() % size
-                os.pwrite(fd, rd.take(rd.u8()), where)
+                os.pwrite(fd, rd.take(rd.u8())[:size - where], where)
             elif op == 1:  # ... or a plausible req_prod
                 (req_prod,) = struct.unpack_from("<I", os.pread(fd, 4, 0))
                 os.pwrite(fd, struct.pack("<I", (req_prod + rd.u8() % (nr + 2) - 1) & U32), 0)
