@@ -30,7 +30,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from stubdom.hostile import (
     BASE_CAPS,
@@ -72,7 +72,6 @@ from stubdom.optee import (
     MsgArg,
     MsgParam,
     decode_function_id,
-    make_buf_ptr,
 )
 from stubdom.platform import DomainSpec
 from stubdom.tee.tas import (

@@ -20,6 +20,7 @@ tests/fuzz/corpus/<name>/ (run by tests/test_fuzz_harnesses.py).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import struct
 import sys
@@ -123,9 +124,7 @@ def main(name: str, target, seeds: Callable[[], list[bytes]], argv: list[str] | 
     runs = int(flags.get("runs", DEFAULT_RUNS))
     max_len = int(flags.get("max_len", max_len))
     initial = corpus(name, seeds)
-    try:
-        import atheris  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("atheris") is None:
         use_hypothesis = True
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as tmp:

@@ -27,7 +27,7 @@ import stubdom.optee as optee
 from _platform import MAX_RPCS, rig
 from _runner import Reader, main
 
-from stubdom.hostile import M32, GuestOutOfPages, UnexpectedRpc
+from stubdom.hostile import GuestOutOfPages, UnexpectedRpc
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,
     OPTEE_MSG_ATTR_TYPE_TMEM_INPUT,
