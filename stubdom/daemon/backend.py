@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import time
 from pathlib import Path
 
@@ -38,23 +39,24 @@ _TAKE_OVER = object()  # a parked backend's wake-up value: "you spin now"
 
 
 class RingPoller:
-    """One spin over every idle domain ring (docs/daemon.md, "Polling").
+    """One spin over every idle domain ring, and one sleep for all of them
+    (docs/daemon.md, "Polling").
 
     A backend that found its ring empty parks here instead of spinning on
     its own ring: one parked task at a time (the *spinner*) spins in C over
-    the rings at once, GIL released, and wakes the owners of those that got
-    requests. The polling window counts from the last request seen on any
-    ring; when it ends with nothing anywhere, every parked ring gets its
-    final check and its owner goes to sleep on its event channel. With calls
-    rotating over domains the daemon thus stays awake for all of them (and
-    no frontend needs to notify), where a spin per task made the next domain
-    wait out the window of the one just served.
+    all parked rings at once, GIL released, and wakes the owners of those
+    that got requests. The polling window counts from the last request seen
+    on any ring. When it ends with nothing anywhere, every parked ring gets
+    its final check (req_event armed) and its event channel joins one epoll
+    set; the owners stay parked and only the spinner sleeps, on that set.
+    A notification wakes the spinner, which drains that channel for its
+    owner (end-of-file is raised in the owner), wakes it, and spins again.
 
-    A sleeping owner's ring stays watched: a request on it (the frontend
-    notifies that owner, whose req_event is armed) counts as work, so the
-    window does not end under the others while it wakes up. Such a ring is
-    then dropped from the spin until its owner parks again, so that a ring
-    whose owner does not come (or a hostile index) cannot keep the spin busy.
+    So with calls rotating over many domains the daemon stays awake for all
+    of them and no frontend needs to notify, where a spin per task made the
+    next domain wait out the window of the one just served; and the end of
+    a window costs one final check and at most one epoll registration per
+    ring, not a task switch per ring.
     """
 
     def __init__(self, window_ns: int, *, slice_ns: int = _SPIN_SLICE_NS) -> None:
@@ -63,24 +65,28 @@ class RingPoller:
         self._set = ring.BackSpinSet()
         self._slots: dict[ring.BackRing, int] = {}  # watched rings
         self._rings: dict[int, ring.BackRing] = {}
+        self._chans: dict[int, ring.EventChannel] = {}
         self._parked: dict[int, trio.lowlevel.Task] = {}  # slot -> owner task waiting here
+        self._epoll = select.epoll() if window_ns else None  # channels of armed parked rings
+        self._fd_slot: dict[int, int] = {}  # registered channel fd -> slot
         self._spinning = False
+        self._idle: trio.CancelScope | None = None  # the spinner sleeping on the epoll set
         self.spins = 0  # C spin slices run
-        self.windows_over = 0  # windows that ended with nothing on any ring
+        self.windows_over = 0  # windows that ended with nothing on any ring: the spinner slept
 
-    async def wait_for_requests(self, ring_: ring.BackRing) -> bool:
-        """True: ``ring_`` has requests (or an index its pop will refuse).
-        False: the window ended; its final check found nothing and armed
-        req_event, so its owner may sleep on the event channel."""
-        if self.window_ns == 0:
-            return ring_.final_check()
+    async def wait_for_requests(self, ring_: ring.BackRing, chan: ring.EventChannel) -> None:
+        """Return when ``ring_`` may have requests (look again). Raises
+        PeerDied when its channel reached end-of-file. Needs a window > 0."""
         slot = self._slots.get(ring_)
         if slot is None:
             slot = self._slots[ring_] = self._set.add(ring_)
             self._rings[slot] = ring_
+        self._chans[slot] = chan
         self._parked[slot] = trio.lowlevel.current_task()
         if not self._spinning:
             return await self._spin(slot)
+        if self._idle is not None:
+            self._idle.cancel()  # the spinner sleeps: work is happening, spin again
 
         def abort(_raise_cancel):
             self._parked.pop(slot, None)
@@ -90,25 +96,33 @@ class RingPoller:
         if got is _TAKE_OVER:
             self._parked[slot] = trio.lowlevel.current_task()
             return await self._spin(slot)
-        return got
 
     def forget(self, ring_: ring.BackRing) -> None:
-        """Stop watching ``ring_`` (its owner stopped serving it; before it
-        is closed)."""
+        """Stop watching ``ring_`` (its owner stopped serving this channel;
+        before the ring is closed)."""
         slot = self._slots.pop(ring_, None)
-        if slot is not None:
-            self._set.discard(slot)
-            del self._rings[slot]
-            self._parked.pop(slot, None)
+        if slot is None:
+            return
+        self._set.discard(slot)
+        del self._rings[slot]
+        self._parked.pop(slot, None)
+        self._chans.pop(slot, None)
+        for fd, s in list(self._fd_slot.items()):
+            if s == slot:
+                self._unregister(fd)
 
-    def _unwatch(self, slot: int) -> None:
-        self.forget(self._rings[slot])
+    def _unregister(self, fd: int) -> None:
+        del self._fd_slot[fd]
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass  # closed already
 
     def _wake(self, slot: int, value) -> None:
         task = self._parked.pop(slot)
-        trio.lowlevel.reschedule(task, outcome.Value(value))
+        trio.lowlevel.reschedule(task, value if isinstance(value, outcome.Outcome) else outcome.Value(value))
 
-    async def _spin(self, own: int) -> bool:
+    async def _spin(self, own: int) -> None:
         self._spinning = True
         try:
             last_work = time.perf_counter_ns()
@@ -122,13 +136,15 @@ class RingPoller:
                             mine = True
                         elif slot in self._parked:
                             self._wake(slot, True)
-                        else:  # its owner sleeps on its channel (notified) or is awake
-                            self._unwatch(slot)
+                        else:  # its owner is serving: it needs no spin until it parks
+                            self.forget(self._rings[slot])
                     if mine:
-                        return True
+                        return
                     last_work = time.perf_counter_ns()
                 elif time.perf_counter_ns() - last_work >= self.window_ns:
-                    return self._window_over(own)
+                    if await self._window_over(own):
+                        return
+                    last_work = time.perf_counter_ns()
                 # the woken backends serve their batches, the control socket runs
                 await trio.lowlevel.checkpoint()
         finally:
@@ -138,19 +154,54 @@ class RingPoller:
                 self._spinning = True
                 self._wake(next(iter(self._parked)), _TAKE_OVER)
 
-    def _window_over(self, own: int) -> bool:
-        """Final check on every parked ring; wake each owner with its answer."""
-        self.windows_over += 1
-        self._parked.pop(own, None)
+    async def _window_over(self, own: int) -> bool:
+        """Arm every parked ring; if none has work, sleep on their channels
+        until a notification (or a newly parked backend). True: our own ring
+        may have requests."""
+        mine = woke = False
         for slot in list(self._parked):
-            self._wake(slot, self._final_check(slot))
-        return self._final_check(own)
-
-    def _final_check(self, slot: int) -> bool:
+            try:
+                more = self._rings[slot].final_check()
+            except ring.RingError:
+                more = True  # its owner's pop reports it
+            if more:
+                if slot == own:
+                    mine = True
+                else:
+                    self._wake(slot, True)
+                    woke = True
+                continue
+            fd = self._chans[slot].fileno()
+            if fd not in self._fd_slot:
+                self._epoll.register(fd, select.EPOLLIN)
+                self._fd_slot[fd] = slot
+        if mine or woke:
+            return mine
+        self.windows_over += 1
         try:
-            return self._rings[slot].final_check()
-        except ring.RingError:
-            return True  # its owner's pop reports it
+            with trio.CancelScope() as self._idle:
+                await trio.lowlevel.wait_readable(self._epoll.fileno())
+        finally:
+            self._idle = None
+        for fd, _ in self._epoll.poll(0):
+            slot = self._fd_slot.get(fd)
+            if slot is None:
+                continue
+            if slot != own and slot not in self._parked:
+                self._unregister(fd)  # its owner is awake and will drain it
+                continue
+            try:
+                self._chans[slot].drain()
+                result = outcome.Value(True)
+            except (ring.PeerDied, ring.RingError, OSError) as e:
+                self._unregister(fd)
+                result = outcome.Error(e)
+            if slot == own:
+                result.unwrap()
+                mine = True
+            else:
+                self._wake(slot, result)
+        return mine
 
 
 class DomainBackend:
@@ -239,6 +290,8 @@ class DomainBackend:
                 self.listener.close()  # no reconnecting to a ring we cannot trust
                 return
             finally:
+                if self._poller is not None:
+                    self._poller.forget(self.ring)
                 self._close_channel()
 
     async def _serve_channel(self, reqs, rsps, nr: int) -> None:
@@ -256,10 +309,11 @@ class DomainBackend:
                 # one batch per turn: other domains and the control socket run
                 await trio.lowlevel.checkpoint()
                 continue
-            if self._poller is not None:
-                if await self._poller.wait_for_requests(ring_):  # one spin over all idle rings
-                    continue
-            elif ring_.poll(self._poll_ns):  # spins, then the final check
+            if self._poller is not None and self._poller.window_ns:
+                # one spin over all idle rings, then one sleep for all channels
+                await self._poller.wait_for_requests(ring_, chan)
+                continue
+            if ring_.poll(self._poll_ns):  # spins, then the final check
                 continue
             await chan.wait_readable()
             chan.drain()  # PeerDied once the last notifications are drained
