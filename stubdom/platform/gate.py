@@ -199,6 +199,7 @@ class Gate:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._pollers: dict[int, select.poll] = {}  # _wait's poll objects by fd
 
     def _clear_stale(self) -> None:
         """Remove a dead platform's gate files; refuse if a live one serves here."""
@@ -285,9 +286,13 @@ class Gate:
 
     def _wait(self, fd: int) -> bool:
         """Block until ``fd`` is readable (True) or close() was called (False)."""
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+        poller = self._pollers.get(fd)
+        if poller is None:  # one per fd, kept: the serving thread sleeps per hypercall when not polling
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.register(self._wake_r, select.POLLIN)
+            self._pollers = {self._listener.fileno(): self._pollers.get(self._listener.fileno()), fd: poller}
+            self._pollers = {k: v for k, v in self._pollers.items() if v is not None}
         while not self._stopping:
             for ready, _ in poller.poll():
                 if ready == self._wake_r:

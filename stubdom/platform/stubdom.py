@@ -108,6 +108,8 @@ class DomainLink:
         self._n = dict.fromkeys(("requests", "responses", "wakeups", "timeouts", "backend_errors",
                                  "unavailable", "dropped", "reconnects"), 0)
         self._sent = self._suppressed = 0  # of rings replaced on reconnect
+        self._poller = None  # the receiver's poll object on the channel (_poller_for)
+        self._poll_fd = -1
 
     # -- the trap path -----------------------------------------------------------
 
@@ -201,9 +203,8 @@ class DomainLink:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or chan is None:
                 return
-            poller = select.poll()
             try:
-                poller.register(chan.fileno(), select.POLLIN)
+                poller = self._poller_for(chan.fileno())
             except RingError:
                 return  # closed under us: the domain is being torn down
             if not poller.poll(max(1, int(remaining * 1000))):
@@ -220,6 +221,15 @@ class DomainLink:
                 return
             except RingError:
                 return
+
+    def _poller_for(self, fd: int):
+        """A poll object on ``fd``, kept between sleeps (only the receiver
+        sleeps, one at a time); a new channel gets a new one."""
+        if self._poll_fd != fd:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            self._poller, self._poll_fd = poller, fd
+        return self._poller
 
     def _deliver(self) -> bool:
         """Pop every response (lock held) and hand each to its waiter."""
