@@ -18,7 +18,9 @@ import trio
 from stubdom.mediator import (
     BadSnapshot,
     abandon_suspended,
+    call_intent,
     expected_pins,
+    settle_lost_call,
     settle_orphans,
     snapshot_domain,
 )
@@ -53,11 +55,13 @@ DUMP_LIST_CAP = 256
 
 _U32 = 0xFFFFFFFF
 # Calls that may change lasting TEE state (sessions, registrations, threads
-# suspended in RPCs, RPC buffers): a ``begin`` record is fsync'd before they
-# reach the mediator, the domain's snapshot after (docs/faults.md).
-_BEGIN_FUNCS = frozenset({OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_CALL_WITH_RPC_ARG,
-                          OPTEE_SMC_CALL_WITH_REGD_ARG, OPTEE_SMC_CALL_RETURN_FROM_RPC,
-                          OPTEE_SMC_DISABLE_SHM_CACHE})
+# suspended in RPCs, RPC buffers): a ``begin`` record is written before they
+# reach the TEE, the domain's snapshot after (docs/faults.md). A standard
+# call's ``begin`` is written by the mediator's before_std_call hook, once it
+# is validated: it carries the call's intent from the mediator's own copy.
+_STD_FUNCS = frozenset({OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_CALL_WITH_RPC_ARG,
+                        OPTEE_SMC_CALL_WITH_REGD_ARG})
+_BEGIN_FUNCS = _STD_FUNCS | {OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_DISABLE_SHM_CACHE}
 # ...and those that change only the mediator's own state: snapshot after.
 _STATE_FUNCS = _BEGIN_FUNCS | {OPTEE_SMC_EXCHANGE_CAPABILITIES}
 # What a guest gets for a call the daemon will not run: a journal it cannot
@@ -109,6 +113,8 @@ class Daemon:
         self.stale_answered = 0  # requests of a dead predecessor answered ENOTAVAIL
         self.abandoned = 0  # suspended calls ended because their resume was lost
         self._to_start: list[DomainBackend] = []  # recovered backends, started after the checkpoint
+        self._begin_refused = False  # the call being served was refused by before_std_call
+        self.lost_calls_settled = 0  # lost calls' registrations/sessions undone or finished
 
     # == per call (the backend tasks) ========================================
 
@@ -131,28 +137,47 @@ class Daemon:
             return refusal.regs, refusal.reason
         fn = regs[0] & _U32 if not regs[0] >> 32 else None
         journaled = self.journal is not None and fn in _STATE_FUNCS
-        if journaled and fn in _BEGIN_FUNCS and not self._journal_begin(backend, fn, regs[3] & _U32):
-            # not journaled, not run: nothing reached the TEE
-            return _ENOTAVAIL, "journal_unavailable"
+        if journaled and fn in _BEGIN_FUNCS:
+            # an unhealthy journal is retried here, at rest (a checkpoint
+            # snapshots every domain); refused: nothing reached the TEE
+            if not self.journal_healthy and not self.checkpoint():
+                return _ENOTAVAIL, "journal_unavailable"
+            if fn not in _STD_FUNCS and not self._journal_begin(domid, fn, regs[3] & _U32, None):
+                return _ENOTAVAIL, "journal_unavailable"
         self._view = view
+        self._begin_refused = False
         try:
             out = self.mediator.handle_call(domid, vcpu, regs)
         finally:
             self._view = None
         if journaled:
             self._journal_state(domid)
+        if self._begin_refused:
+            return out, "journal_unavailable"
         return out, None
+
+    def before_std_call(self, domid: int, call) -> bool:
+        """The mediator's before_std_call hook: the ``begin`` of a validated
+        standard call, with its intent (what it may leave in OP-TEE), before
+        its first SMC. False refuses it: ENOTAVAIL, nothing reached the TEE."""
+        if self.journal is None:
+            return True
+        if not self._journal_begin(domid, call.function, 0, call_intent(call)):
+            self._begin_refused = True
+            return False
+        return True
 
     # == the journal =========================================================
 
-    def _journal_begin(self, backend: DomainBackend, fn: int, tid: int) -> bool:
-        """fsync a ``begin`` before the call may change what OP-TEE holds.
+    def _journal_begin(self, domid: int, fn: int, tid: int, intent: dict | None) -> bool:
+        """Write a ``begin`` before the call may change what OP-TEE holds.
         False: the journal cannot be written; the call is refused."""
-        if not self.journal_healthy and not self.checkpoint():
-            return False
+        if not self.journal_healthy:
+            return False  # serve_call tried a checkpoint at rest
         self._seq += 1
         try:
-            self.journal.append(jr.begin_record(backend.domid, self._seq, fn, tid), sync=SYNC_PER_CALL)
+            self.journal.append(jr.begin_record(domid, self._seq, fn, tid, intent),
+                                sync=SYNC_PER_CALL)
         except JournalWriteError as e:
             self._journal_failed(e)
             return False
@@ -209,7 +234,7 @@ class Daemon:
         return {"kept": True, "healthy": self.journal_healthy, "path": str(j.path), "size": j.size,
                 "appends": j.appends, "syncs": j.syncs, "failures": j.failures,
                 "recovered": self.recovered, "stale_answered": self.stale_answered,
-                "abandoned": self.abandoned}
+                "abandoned": self.abandoned, "lost_calls_settled": self.lost_calls_settled}
 
     # == recovery after a restart (docs/faults.md) ============================
 
@@ -237,11 +262,18 @@ class Daemon:
             ctx = self.mediator.context(rec.domid)
             call = rec.open_call
             abandoned = 0
+            intent = call.get("intent")
+            undone = None
             try:
                 if call["fn"] == OPTEE_SMC_CALL_RETURN_FROM_RPC and call["tid"] in ctx.suspended:
                     # its guest got ENOTAVAIL for that resume: the call is over for it
+                    intent = call_intent(ctx.suspended[call["tid"]])
                     abandoned = int(abandon_suspended(self.mediator, rec.domid, call["tid"]))
                 ended = settle_orphans(self.mediator, rec.domid)
+                # before the extra pins go: OP-TEE must keep no registration of them
+                if isinstance(intent, dict):
+                    undone = settle_lost_call(self.mediator, rec.domid, intent)
+                    self.lost_calls_settled += undone is not None
             except Exception as e:  # the gate failed: nothing more can be settled now
                 event(self.logger, logging.ERROR, "recovery_settle_failed", domid=rec.domid, error=e)
                 ended = []
@@ -251,6 +283,7 @@ class Daemon:
             self.recovered["restored"].append(rec.domid)
             event(self.logger, logging.WARNING, "recovery_settled", domid=rec.domid,
                   open_call=f"{call['fn']:#x}", abandoned=abandoned, threads_ended=len(ended),
+                  lost_call=undone or "nothing to undo",
                   pins_released=pins, suspended=len(ctx.suspended), shm_buffers=len(ctx.shm_buffers))
             await self._serve_recovered(rec)
         for rec in plan.restore:
@@ -343,7 +376,11 @@ class Daemon:
             a0 = req.a[0]
             if a0 == OPTEE_SMC_CALL_RETURN_FROM_RPC and (req.a[3] & _U32) in ctx.suspended:
                 try:
+                    intent = call_intent(ctx.suspended[req.a[3] & _U32])
                     ended = abandon_suspended(self.mediator, backend.domid, req.a[3] & _U32)
+                    if ended:  # OP-TEE may have completed it: undo what the guest never learnt of
+                        undone = settle_lost_call(self.mediator, backend.domid, intent)
+                        self.lost_calls_settled += undone is not None
                 except Exception as e:  # the gate went away: the call stays suspended
                     ended = False
                     event(self.logger, logging.ERROR, "abandon_failed", domid=backend.domid,

@@ -8,7 +8,8 @@ msgpack map with ``"t"``:
 
 ``domain``  {domid, hwdom, direct_mapped, limits, static_shm} — before VM_CREATED
 ``state``   {domid, snap} — the domain's mediator snapshot, at rest
-``begin``   {domid, id, fn, tid} — a call that may change lasting TEE state is about to run
+``begin``   {domid, id, fn, tid, intent} — a call that may change lasting TEE state is about to
+            reach the TEE (intent: a standard call's command, session, cookie, shadow page)
 ``gone``    {domid} — the domain was destroyed
 
 Every record is written with one ``write`` before the daemon acts on it (a
@@ -252,9 +253,13 @@ def state_record(domid: int, snap: dict) -> dict:
     return {"t": "state", "domid": domid, "snap": snap}
 
 
-def begin_record(domid: int, request_id: int, function: int, thread: int) -> dict:
-    """``thread``: a3 of the call (the OP-TEE thread a RETURN_FROM_RPC resumes)."""
-    return {"t": "begin", "domid": domid, "id": request_id, "fn": function, "tid": thread}
+def begin_record(domid: int, request_id: int, function: int, thread: int,
+                 intent: dict | None = None) -> dict:
+    """``thread``: a3 of the call (the OP-TEE thread a RETURN_FROM_RPC resumes);
+    ``intent``: a standard call's mediator.call_intent (command, session,
+    cookie, shadow page), for recovery to undo what OP-TEE did unanswered."""
+    return {"t": "begin", "domid": domid, "id": request_id, "fn": function, "tid": thread,
+            "intent": intent}
 
 
 def gone_record(domid: int) -> dict:

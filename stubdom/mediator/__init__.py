@@ -24,6 +24,7 @@ from .core import (
     KNOWN_NSEC_CAPS as KNOWN_NSEC_CAPS,
     KNOWN_SEC_CAPS as KNOWN_SEC_CAPS,
     Mediator as Mediator,
+    BeforeStdCall as BeforeStdCall,
     OpenSessionFilter as OpenSessionFilter,
 )
 from .errors import (
@@ -46,18 +47,20 @@ from .port import HYP_CLIENT_ID as HYP_CLIENT_ID, DirectTeePort as DirectTeePort
 from .ratelog import RateLimitedLog as RateLimitedLog
 from .snapshot import (
     abandon_suspended as abandon_suspended,
+    call_intent as call_intent,
     expected_pins as expected_pins,
     restore_domain as restore_domain,
+    settle_lost_call as settle_lost_call,
     settle_orphans as settle_orphans,
     snapshot_domain as snapshot_domain,
 )
 
 __all__ = [
-    "BadSnapshot", "abandon_suspended", "expected_pins", "restore_domain", "settle_orphans", "snapshot_domain",
+    "BadSnapshot", "abandon_suspended", "call_intent", "expected_pins", "settle_lost_call", "restore_domain", "settle_orphans", "snapshot_domain",
     "ALLOWED_STD_CMDS", "DEFAULT_MAX_CALLS", "DEFAULT_MAX_PAGES_PER_BUFFER", "DEFAULT_MAX_SHM_BUFFERS",
     "DEFAULT_MAX_TOTAL_PAGES", "DirectTeePort", "DomainAlreadyInitialised", "DomainContext",
     "DomainLimits", "DomainNotInitialised", "DomainRefused", "HYP_CLIENT_ID", "KNOWN_NSEC_CAPS",
-    "KNOWN_SEC_CAPS", "Mediator", "MediatorError", "OpenSessionFilter", "RateLimitedLog", "RpcBuffer", "ShadowPage",
+    "KNOWN_SEC_CAPS", "Mediator", "MediatorError", "OpenSessionFilter", "BeforeStdCall", "RateLimitedLog", "RpcBuffer", "ShadowPage",
     "ShadowPool", "ShmBuffer", "ShmKind", "StdCall", "TeardownInvariantBroken", "TeePort",
     "TeeProbeFailed", "client_id",
 ]

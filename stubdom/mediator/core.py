@@ -139,11 +139,15 @@ from .translate import (
 )
 
 __all__ = ["Mediator", "KNOWN_NSEC_CAPS", "KNOWN_SEC_CAPS", "ALLOWED_STD_CMDS", "Regs",
-           "OpenSessionFilter"]
+           "OpenSessionFilter", "BeforeStdCall"]
 
 Regs = tuple[int, int, int, int, int, int, int, int]
 # open_session_filter(domid, ta_uuid, login) -> None (allow) or (ret, ret_origin)
 OpenSessionFilter = Callable[[int, uuid.UUID, int], "tuple[int, int] | None"]
+# before_std_call(domid, call) -> bool: a standard call is validated, translated
+# and in its shadow page, about to reach the TEE; False refuses it (ENOTAVAIL,
+# nothing reaches the TEE). The stub-domain daemon journals it here.
+BeforeStdCall = Callable[[int, StdCall], bool]
 
 _U32 = 0xFFFFFFFF
 _PAGE_MASK = PAGE_SIZE - 1
@@ -219,7 +223,8 @@ class Mediator:
 
     def __init__(self, machine, port: TeePort, *, logger: logging.Logger | None = None,
                  log_clock: Callable[[], float] | None = None,
-                 open_session_filter: OpenSessionFilter | None = None) -> None:
+                 open_session_filter: OpenSessionFilter | None = None,
+                 before_std_call: BeforeStdCall | None = None) -> None:
         """``open_session_filter(domid, ta_uuid, login)`` is policy: None lets
         an OPEN_SESSION through, ``(ret, ret_origin)`` refuses it without
         reaching the TEE.  It is judged on the mediator's own copy of the
@@ -227,6 +232,7 @@ class Mediator:
         self._machine = machine
         self._port = port
         self._open_session_filter = open_session_filter
+        self._before_std_call = before_std_call
         self._logger = logger or _log
         self._log_clock = log_clock
         self._domains: dict[int, DomainContext] = {}
@@ -589,6 +595,8 @@ class Mediator:
             self._machine.write_machine(call.shadow.maddr, page)
             hi, lo = _split(call.shadow.maddr)
             tee_function = OPTEE_SMC_CALL_WITH_ARG if call.rpc_offset is None else OPTEE_SMC_CALL_WITH_RPC_ARG
+            if self._before_std_call is not None and not self._before_std_call(ctx.domid, call):
+                return _ret(OPTEE_SMC_RETURN_ENOTAVAIL)
             out, keep = self._run(ctx, call, (tee_function, hi, lo, OPTEE_SMC_SHM_CACHED, 0, 0, 0, 0))
             return out
         finally:
@@ -713,6 +721,11 @@ class Mediator:
                     raise Refusal(TEEC_ERROR_BAD_PARAMETERS,
                                   f"param {i}: contiguous tmem {p.buf_ptr:#x}+{p.size:#x} refused")
                 out.append(p)
+        if arg.cmd == OPTEE_MSG_CMD_OPEN_SESSION:
+            # OP-TEE never reads it (entry_open_session only writes it): zero,
+            # a session id in the shadow afterwards is OP-TEE's own word
+            # (a recovering daemon closes a session its guest never learnt of)
+            return arg.replace(params=tuple(out), session=0)
         return arg.replace(params=tuple(out))
 
     def _translate_tmem(self, ctx: DomainContext, call: StdCall, cmd: int, p: MsgParam) -> MsgParam:

@@ -18,9 +18,23 @@ from __future__ import annotations
 
 from collections import Counter
 
-from stubdom.optee.msg import OPTEE_MSG_MAX_NUM_PARAMS, MsgArg
+from stubdom.optee.msg import (
+    OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
+    OPTEE_MSG_CMD_CLOSE_SESSION,
+    OPTEE_MSG_CMD_OPEN_SESSION,
+    OPTEE_MSG_CMD_REGISTER_SHM,
+    OPTEE_MSG_CMD_UNREGISTER_SHM,
+    MSG_ARG_HEADER_SIZE,
+    OPTEE_MSG_MAX_NUM_PARAMS,
+    MsgArg,
+    MsgParam,
+    unpack_header,
+)
 from stubdom.optee.smc import (
     OPTEE_SMC_CALL_RETURN_FROM_RPC,
+    OPTEE_SMC_CALL_WITH_ARG,
+    OPTEE_SMC_RETURN_OK,
+    OPTEE_SMC_SHM_CACHED,
     OPTEE_SMC_RPC_FUNC_ALLOC,
     OPTEE_SMC_RPC_FUNC_CMD,
     OPTEE_SMC_RPC_FUNC_FREE,
@@ -28,7 +42,9 @@ from stubdom.optee.smc import (
     rpc_func,
 )
 from stubdom.optee.rpc import OPTEE_RPC_CMD_SHM_FREE
-from stubdom.optee.teec import TEEC_ERROR_COMMUNICATION, TEEC_ORIGIN_COMMS
+from stubdom.optee.teec import TEEC_ERROR_BAD_PARAMETERS, TEEC_ERROR_COMMUNICATION, TEEC_ORIGIN_COMMS
+
+from stubdom.xen import PAGE_SHIFT
 
 from .context import (
     DomainContext,
@@ -43,10 +59,11 @@ from .context import (
 from .errors import BadSnapshot
 from .limits import DomainLimits
 from .ratelog import RateLimitedLog
-from .translate import free_list_pages
+from .translate import free_list_pages, release_buffer
 
 __all__ = ["SNAPSHOT_VERSION", "snapshot_domain", "restore_domain", "expected_pins",
-           "abandon_suspended", "settle_orphans", "ABANDON_MAX_STEPS"]
+           "abandon_suspended", "settle_orphans", "ABANDON_MAX_STEPS", "call_intent",
+           "settle_lost_call"]
 
 SNAPSHOT_VERSION = 1
 _U32 = 0xFFFFFFFF
@@ -312,3 +329,102 @@ def settle_orphans(mediator, domid: int) -> list[int]:
             if t not in ended:
                 ended.append(t)
     return ended
+
+
+# == the lasting effect of a call whose answer was lost =======================
+
+def call_intent(call: StdCall) -> dict:
+    """What a standard call may leave in OP-TEE, from the mediator's own
+    validated copy (never the guest's page): the command, the session it
+    names, the cookie it registers or unregisters, the shadow page OP-TEE
+    writes its result to. Plain data: the daemon journals it before the call
+    reaches the TEE (its ``begin`` record)."""
+    arg = call.request
+    cookie = None
+    if arg.cmd == OPTEE_MSG_CMD_REGISTER_SHM and call.register is not None:
+        cookie = call.register.cookie
+    elif arg.cmd == OPTEE_MSG_CMD_UNREGISTER_SHM and arg.params:
+        cookie = arg.params[0].shm_ref
+    return {"cmd": arg.cmd, "session": arg.session, "cookie": cookie, "shadow": call.shadow.mfn}
+
+
+def settle_lost_call(mediator, domid: int, intent: dict) -> str | None:
+    """After a daemon died with a call in OP-TEE and recovery ended every
+    thread of the domain it does not hold (:func:`settle_orphans`,
+    :func:`abandon_suspended`): undo or finish what that call may have done
+    while its guest was answered ENOTAVAIL (outcome unknown), always towards
+    holding less —
+
+    - REGISTER_SHM of a cookie the restored context does not hold:
+      UNREGISTER_SHM it, so OP-TEE keeps no registration of frames whose
+      pins recovery drops (invariant 4);
+    - OPEN_SESSION that OP-TEE completed (a nonzero session in the shadow,
+      zeroed on the way in): CLOSE_SESSION it — the guest never learnt its id;
+    - UNREGISTER_SHM of a registration the context still holds: UNREGISTER_SHM
+      again, and on success or "not found" (the lost one ran) unpin it;
+    - CLOSE_SESSION: CLOSE_SESSION again (the lost one ran, or now it has).
+
+    Each is one standard call as the domain, through the mediator's port,
+    its argument in one of the domain's shadow pages. Run before the extra
+    pins are dropped. Returns what was done (for the log), or None."""
+    ctx = mediator.context(domid)
+    cmd, cookie, session = intent.get("cmd"), intent.get("cookie"), intent.get("session") or 0
+    if cmd == OPTEE_MSG_CMD_OPEN_SESSION:
+        hdr = unpack_header(mediator._machine.read_machine(int(intent["shadow"]) << PAGE_SHIFT, MSG_ARG_HEADER_SIZE))
+        session, ret = hdr[2], hdr[5]
+        if not session or ret:
+            return None
+        ret = _own_call(mediator, ctx, MsgArg(OPTEE_MSG_CMD_CLOSE_SESSION, session=session))
+        return f"closed session {session:#x} OP-TEE opened (ret {ret:#x})"
+    if cmd == OPTEE_MSG_CMD_CLOSE_SESSION and session:
+        ret = _own_call(mediator, ctx, MsgArg(OPTEE_MSG_CMD_CLOSE_SESSION, session=session))
+        return f"closed session {session:#x} again (ret {ret:#x})"
+    if cmd not in (OPTEE_MSG_CMD_REGISTER_SHM, OPTEE_MSG_CMD_UNREGISTER_SHM) or cookie is None:
+        return None
+    with ctx.lock:
+        held = ctx.shm_buffers.get(cookie)
+    if cmd == OPTEE_MSG_CMD_REGISTER_SHM:
+        if held is not None:
+            return None  # the context holds it (and its pins): not this call's
+        ret = _own_call(mediator, ctx, _unregister(cookie))
+        return f"unregistered cookie {cookie:#x} (ret {ret:#x})"
+    if held is None or held.kind is not ShmKind.REGISTERED:
+        return None
+    ret = _own_call(mediator, ctx, _unregister(cookie))
+    if ret not in (0, TEEC_ERROR_BAD_PARAMETERS):  # busy: OP-TEE still uses it, keep the pins
+        return f"cookie {cookie:#x} still registered (ret {ret:#x})"
+    with ctx.lock:
+        ctx.shm_buffers.pop(cookie, None)
+    release_buffer(mediator._machine, ctx, held)
+    return f"unregistered cookie {cookie:#x} again (ret {ret:#x}), pins released"
+
+
+def _unregister(cookie: int) -> MsgArg:
+    return MsgArg(OPTEE_MSG_CMD_UNREGISTER_SHM,
+                  params=(MsgParam.rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 0, 0, cookie),))
+
+
+def _own_call(mediator, ctx: DomainContext, arg: MsgArg) -> int:
+    """One standard call the mediator makes for the domain (its client ID,
+    through its port), the argument in a shadow page; returns ``ret`` (or
+    TEEC_ERROR_COMMUNICATION if OP-TEE did not complete it). RPCs are failed
+    as :func:`settle_orphans` does."""
+    with ctx.lock:
+        page = ctx.pool.take()
+    try:
+        mediator._machine.write_machine(page.maddr, arg.pack())
+        r = mediator._tee(ctx, (OPTEE_SMC_CALL_WITH_ARG, page.maddr >> 32, page.maddr & _U32,
+                                OPTEE_SMC_SHM_CACHED, 0, 0, 0, 0))
+        for _ in range(ABANDON_MAX_STEPS):
+            if not is_rpc_return(r[0] & _U32):
+                break
+            if rpc_func(r[0] & _U32) == OPTEE_SMC_RPC_FUNC_FREE:
+                mediator._free_rpc_buffer(ctx, ((r[1] & _U32) << 32) | (r[2] & _U32))
+            r = mediator._tee(ctx, (OPTEE_SMC_CALL_RETURN_FROM_RPC, 0, _REFUSED_RPC_ARG_ADDR,
+                                    r[3] & _U32, 0, 0, 0, 0))
+        if r[0] & _U32 != OPTEE_SMC_RETURN_OK:
+            return TEEC_ERROR_COMMUNICATION
+        return unpack_header(mediator._machine.read_machine(page.maddr, MSG_ARG_HEADER_SIZE))[5]
+    finally:
+        with ctx.lock:
+            ctx.pool.give(page)
