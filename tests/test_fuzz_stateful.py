@@ -468,7 +468,7 @@ def platform(request, tmp_path_factory):
 
 
 def test_interleavings(platform):
-    run(platform, max_examples=8, steps=25)
+    run(platform, max_examples=6, steps=25)
 
 
 @pytest.mark.slow
