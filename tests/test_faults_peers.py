@@ -13,10 +13,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from ring import EventChannel, FrontRing, Request
+from stubdom.daemon import control_socket_path
 from stubdom.daemon.wire import encode
 from stubdom.guest import Context
 from stubdom.hostile import HostileGuest
@@ -54,8 +56,6 @@ def stack(tmp_path):
 
 
 def _control(stack) -> socket.socket:
-    from stubdom.daemon import control_socket_path
-
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(str(control_socket_path(stack.config.mediator.runtime_dir)))
     return s
@@ -150,13 +150,12 @@ def test_frontend_dying_while_its_call_is_in_the_tee(stack):
     stack.platform.placement.gate.assign(2)
     with stack.ctl() as c:
         created = c.call("domain_create", domid=2)
-    from pathlib import Path
-
     front = RawFrontend(Path(created["dir"]), created["ring_pages"])
     g = HostileGuest(_Shim(machine, front), 2)
     g.negotiate()
     inner = stack.platform.tee.smc
     seen = []
+    completed = threading.Event()
 
     def smc(regs):  # the frontend dies while OP-TEE runs d2's REGISTER_SHM
         if regs[7] == 3 and regs[0] & M32 == OPTEE_SMC_CALL_WITH_ARG:
@@ -165,13 +164,15 @@ def test_frontend_dying_while_its_call_is_in_the_tee(stack):
                 front.die()
                 r = inner(regs)
                 seen.append(r[0])
+                completed.set()
                 return r
         return inner(regs)
 
     stack.platform.tee.smc = smc
     pages = g.pages(3)
     r, _ = g.register(g.cookie(), 3, buf_ptr=g.page_list(pages))
-    assert r == ENOTAVAIL_REGS and seen == [OPTEE_SMC_RETURN_OK]  # OP-TEE completed it
+    assert r == ENOTAVAIL_REGS  # the guest's frontend went away first
+    assert completed.wait(10) and seen == [OPTEE_SMC_RETURN_OK]  # OP-TEE completed it
     # the daemon completed the call: the registration's pages stay pinned for d2...
     mfns = [g.frame_of(p) for p in pages]
     deadline = time.monotonic() + 10
