@@ -26,8 +26,9 @@ class Rig:
     """The platform and its attacker domain; ``setup(guest)`` runs after
     every (re)creation and whatever it leaves is the clean baseline."""
 
-    def __init__(self, p, setup=None) -> None:
+    def __init__(self, p, setup=None, max_sessions: int = 0) -> None:
         self.p = p
+        self.max_sessions = max_sessions  # sessions a harness keeps open across inputs
         self.inputs = 0
         self._setup = setup
         self.guest = self._create()
@@ -53,7 +54,7 @@ class Rig:
         assert state["buffers"] <= LIMITS.max_shm_buffers and state["calls_in_flight"] <= LIMITS.max_calls, state
         tee = self.p.tee.partition_stats(client_id(DOMID))
         if (state["calls_in_flight"] or state["buffers"] != self.baseline or state["nr_rpc_buffers"]
-                or tee.sessions or self.inputs % RECYCLE_EVERY == 0):
+                or tee.sessions > self.max_sessions or self.inputs % RECYCLE_EVERY == 0):
             self.recycle()
 
     def recycle(self) -> None:
@@ -62,8 +63,8 @@ class Rig:
 
 
 @contextlib.contextmanager
-def rig(workdir: Path, setup=None):
+def rig(workdir: Path, setup=None, *, max_sessions: int = 0):
     with make_platform(Path(workdir) / "platform", "el2", limits=LIMITS,
                        caps=BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG, threads=2, guest_count=2,
                        nr_frames=16384) as p:
-        yield Rig(p, setup)
+        yield Rig(p, setup, max_sessions)

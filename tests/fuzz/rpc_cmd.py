@@ -51,21 +51,29 @@ LIST_IPA, DATA_IPA = 0x4000_0000, 0x4000_1000  # fixed pages a fuzzed reply may 
 def _setup(g) -> None:
     for ipa in (LIST_IPA, DATA_IPA):
         g._free.remove(ipa >> 12)
+    g.fuzz_sessions = {}  # TA UUID -> session, kept across inputs
 
 
 def _start(g, storage: bool):
+    """Start the call (one session per TA, opened once per domain)."""
     arg = g.page()
     if storage:
         obj, data = g.page(), g.page()
         g.write(obj, b"fuzz-object")
-        msg = MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=STORAGE_CMD_WRITE, session=g.session(STORAGE_UUID), params=(
+        msg = MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=STORAGE_CMD_WRITE, session=_session(g, STORAGE_UUID), params=(
             MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT | OPTEE_MSG_ATTR_NONCONTIG, g.page_list([obj]), 11, 1),
             MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT | OPTEE_MSG_ATTR_NONCONTIG, g.page_list([data]), 300, 2)))
     else:
-        msg = MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=WAIT_CMD_GET_TIME, session=g.session(WAIT_UUID),
+        msg = MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=WAIT_CMD_GET_TIME, session=_session(g, WAIT_UUID),
                      params=(MsgParam.value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT),))
     g.write_arg(arg, msg)
     return g.start(arg)
+
+
+def _session(g, ta) -> int:
+    if ta not in g.fuzz_sessions:
+        g.fuzz_sessions[ta] = g.session(ta)
+    return g.fuzz_sessions[ta]
 
 
 def make_one_input(r_):
@@ -125,7 +133,7 @@ def seeds() -> list[bytes]:
 
 @contextlib.contextmanager
 def target(workdir):
-    with rig(workdir, _setup) as r_:
+    with rig(workdir, _setup, max_sessions=2) as r_:
         yield make_one_input(r_)
 
 
