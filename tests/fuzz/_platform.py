@@ -1,12 +1,14 @@
-"""A real platform for the harnesses that reach the mediator: el2 (the
-mediator core in this process: the same code the daemon runs, without a
-process hop per input), the isolation oracle requiring pins, one attacker
-domain recreated whenever it holds anything, so every input starts from a
-clean domain and every teardown is checked."""
+"""A real platform for the harnesses that reach the mediator: el2 by
+default (the mediator core in this process: the same code the daemon runs,
+without a process hop per input), or stubdom (a real stubdom-teed beside
+the platform) with STUBDOM_FUZZ_PLACEMENT=stubdom; the isolation oracle
+requiring pins; one attacker domain recreated whenever it holds anything,
+so every input starts from a clean domain and every teardown is checked."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 from stubdom.hostile import BASE_CAPS, HostileGuest, destroy_and_check, make_platform
@@ -64,7 +66,8 @@ class Rig:
 
 @contextlib.contextmanager
 def rig(workdir: Path, setup=None, *, max_sessions: int = 0):
-    with make_platform(Path(workdir) / "platform", "el2", limits=LIMITS,
+    placement = os.environ.get("STUBDOM_FUZZ_PLACEMENT", "el2")
+    with make_platform(Path(workdir) / "platform", placement, limits=LIMITS,
                        caps=BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG, threads=2, guest_count=2,
                        nr_frames=16384) as p:
         yield Rig(p, setup, max_sessions)
