@@ -40,7 +40,7 @@ _TAKE_OVER = object()  # a parked backend's wake-up value: "you spin now"
 
 class RingPoller:
     """One spin over every idle domain ring, and one sleep for all of them
-    (docs/daemon.md, "Polling").
+    (docs/performance.md, "The daemon's polling").
 
     A backend that found its ring empty parks here instead of spinning on
     its own ring: one parked task at a time (the *spinner*) spins in C over
