@@ -86,9 +86,9 @@ async def test_window_end_arms_every_ring_and_a_notification_wakes_its_owner(dom
     async with trio.open_nursery() as n:
         for i, (_, b, _, c) in enumerate(doms):
             n.start_soon(owner, poller, b, c, log, i)
-        await wait_for(lambda: poller.windows_over == 1)
+        await wait_for(lambda: poller.asleep and poller.parked == 3)
         for _, b, _, _ in doms:
-            assert b.statistics().sleeps == 1  # final check done, req_event armed
+            assert b.statistics().sleeps >= 1  # final check done, req_event armed
         front, _, fchan, _ = doms[1]
         assert front.push(req(5)) is True  # armed: this one must be notified
         fchan.notify()
@@ -112,7 +112,7 @@ async def test_end_of_file_during_the_sleep_is_raised_in_its_owner(domains):
     async with trio.open_nursery() as n:
         for i, (_, b, _, c) in enumerate(doms):
             n.start_soon(run, i, b, c)
-        await wait_for(lambda: poller.windows_over == 1)
+        await wait_for(lambda: poller.asleep and poller.parked == 2)
         doms[0][2].close()  # the frontend of domain 0 dies
         await wait_for(lambda: died)
         assert died == [0]

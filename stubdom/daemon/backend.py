@@ -74,6 +74,16 @@ class RingPoller:
         self.spins = 0  # C spin slices run
         self.windows_over = 0  # windows that ended with nothing on any ring: the spinner slept
 
+    @property
+    def parked(self) -> int:
+        """Backends waiting here (the spinner included)."""
+        return len(self._parked)
+
+    @property
+    def asleep(self) -> bool:
+        """The spinner sleeps on the parked rings' channels (window over)."""
+        return self._idle is not None
+
     async def wait_for_requests(self, ring_: ring.BackRing, chan: ring.EventChannel) -> None:
         """Return when ``ring_`` may have requests (look again). Raises
         PeerDied when its channel reached end-of-file. Needs a window > 0."""
