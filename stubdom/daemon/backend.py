@@ -97,6 +97,7 @@ class RingPoller:
             return await self._spin(slot)
         if self._idle is not None:
             self._idle.cancel()  # the spinner sleeps: work is happening, spin again
+            self._idle = None
 
         def abort(_raise_cancel):
             self._parked.pop(slot, None)
