@@ -19,6 +19,7 @@ import pytest
 
 from stubdom.config import load_config
 from stubdom.daemon import ControlClient, control_socket_path
+from stubdom.optee.teec import TEEC_ERROR_COMMUNICATION
 from stubdom.guest import Context, GuestError, MemoryStore, OpteeDriver, Supplicant, TeecError
 from stubdom.guest.client import INOUT, Value
 from stubdom.platform import Platform
@@ -56,9 +57,14 @@ class Counted:
 
 
 class Stack:
-    def __init__(self, tmp_path, domains=DOMAINS) -> None:
+    def __init__(self, tmp_path, domains=DOMAINS, call_timeout_ms: int | None = None) -> None:
         self.tmp_path = tmp_path
         self.path = write_config(tmp_path, domains=domains)
+        if call_timeout_ms is not None:  # also the lease of a restored suspended call
+            text = self.path.read_text()
+            assert "call_timeout_ms: 10000" in text
+            self.path.write_text(text.replace("call_timeout_ms: 10000",
+                                              f"call_timeout_ms: {call_timeout_ms}"))
         self.config = load_config(self.path)
         self.platform = Platform.for_config(self.config)
         self.counted = Counted(self.platform.tee)
@@ -80,11 +86,11 @@ class Stack:
         self.kill()
         self.start()
 
-    def boot(self, domid: int) -> OpteeDriver:
+    def boot(self, domid: int, store=None) -> OpteeDriver:
         dc = self.config.domain(domid)
         domain = self.platform.create_domain(domain_spec(dc))
         d = OpteeDriver(self.platform.trap_entry(domid), domain, nr_vcpus=dc.vcpus, seed=domid,
-                        supplicant=Supplicant(MemoryStore()))
+                        supplicant=Supplicant(store or MemoryStore()))
         d.probe()
         self.drivers[domid] = d
         return d
@@ -195,6 +201,10 @@ def _load(stack, domids, stop: threading.Event, seed: int):
     return threads, outcomes, failures
 
 
+# Slack over the lease (mediator.call_timeout_ms) for a loaded CI machine.
+SERVICE_SLACK_S = 5.0
+
+
 def _kill_under_load(stack, kills: int, seed: int) -> None:
     domids = (1, 2)
     for d in domids:
@@ -219,10 +229,23 @@ def _kill_under_load(stack, kills: int, seed: int) -> None:
     assert wrong == {}
     assert all(runs[v] == 1 for v, o in outcomes.items() if o == "ok")  # answered = ran once
     assert sum(o == "ok" for o in outcomes.values()) > 0
-    # the service is back for everyone
+    # the service is back for everyone: a frontend reconnects on its next call,
+    # and until the restarted daemon has re-created that domain's listener the
+    # call gets the defined error (TEEC_ERROR_COMMUNICATION). OP-TEE threads
+    # held by restored calls whose guests gave them up come back when their
+    # lease (call_timeout_ms) ends: a bound, not a timing assertion
+    bound = stack.config.mediator.call_timeout_ms / 1000 + SERVICE_SLACK_S
     for d in domids:
-        with Context(stack.drivers[d]) as ctx:
-            assert inc(ctx, 5) == 6
+        deadline = time.monotonic() + bound
+        while True:
+            try:
+                with Context(stack.drivers[d]) as ctx:
+                    assert inc(ctx, 5) == 6
+                break
+            except TeecError as e:
+                assert e.ret == TEEC_ERROR_COMMUNICATION, e
+                assert time.monotonic() < deadline, f"d{d}: no service {bound} s after the restart"
+                time.sleep(0.05)
     with stack.ctl() as c:
         j = c.call("stats")["journal"]
         assert j["healthy"]
@@ -239,6 +262,113 @@ def test_sigkill_under_load_from_two_domains(stack, seed):
 @pytest.mark.parametrize("seed", range(10, 20))
 def test_sigkill_soak(stack, seed):
     _kill_under_load(stack, kills=25, seed=seed)
+
+
+# -- a suspended call whose resume the frontend answered itself ------------------------------
+
+class BlockingStore(MemoryStore):
+    """The guest's REE FS: ``save`` (an RPC the TA is suspended in) waits
+    until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def save(self, path: str, data: bytes) -> None:
+        self.entered.set()
+        assert self.release.wait(60)
+        super().save(path, data)
+
+
+def _wait_for(stack, key: str, at_least: int) -> dict:
+    """The journal statistics once ``key`` reaches ``at_least`` (a liveness
+    bound, not a timing assertion)."""
+    deadline = time.monotonic() + 60
+    while True:
+        with stack.ctl() as c:
+            j = c.call("stats")["journal"]
+        if j.get(key, 0) >= at_least:
+            return j
+        assert time.monotonic() < deadline, (key, j, stack.daemon.log())
+        time.sleep(0.05)
+
+
+def test_restored_suspended_call_its_guest_gave_up_is_abandoned_after_its_lease(tmp_path):
+    """The daemon dies while a call is suspended in an RPC; the guest's
+    RETURN_FROM_RPC reaches a frontend that knows it is dead and answers
+    ENOTAVAIL itself, so the restarted daemon never sees it. Restored
+    suspended, the call holds an OP-TEE thread until its lease ends; then it
+    is abandoned (pins released, the thread free) and a late resume of it
+    gets ERESUME."""
+    from stubdom.optee.smc import (OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_CALLS_COUNT,
+                                   OPTEE_SMC_RETURN_ENOTAVAIL, OPTEE_SMC_RETURN_ERESUME)
+    from stubdom.guest import IN, TempMemref
+    from stubdom.tee.tas import STORAGE_CMD_WRITE, STORAGE_UUID
+
+    stack = Stack(tmp_path, call_timeout_ms=1000)
+    try:
+        store = BlockingStore()
+        d1 = stack.boot(1, store)
+        stack.boot(2)
+        result: list = []
+
+        def write() -> None:
+            try:
+                with Context(d1, vcpu=0) as ctx:
+                    session = ctx.open_session(STORAGE_UUID)
+                    session.invoke(STORAGE_CMD_WRITE, [TempMemref(b"obj", IN), TempMemref(b"x" * 64, IN)])
+                result.append("ok")
+            except (TeecError, GuestError) as e:
+                result.append(e)
+
+        t = threading.Thread(target=write, daemon=True)
+        t.start()
+        assert store.entered.wait(30)  # suspended in the RPC, the daemon journaled it so
+        stack.kill()
+        entry = stack.platform.trap_entry(1)
+        # another vCPU's call finds the daemon gone: the frontend marks it dead
+        assert entry(1, (OPTEE_SMC_CALLS_COUNT, 0, 0, 0, 0, 0, 0, 0))[0] == OPTEE_SMC_RETURN_ENOTAVAIL
+        store.release.set()  # the resume: answered ENOTAVAIL by the frontend itself
+        t.join(30)
+        assert not t.is_alive()
+        assert len(result) == 1 and isinstance(result[0], TeecError), result
+        assert result[0].ret == TEEC_ERROR_COMMUNICATION
+        stack.start()
+        assert "event=recovery_restored domid=1 suspended=1" in stack.daemon.log(), stack.daemon.log()
+        j = _wait_for(stack, "leases_expired", 1)
+        assert j["leases_expired"] == 1 and j["leased"] == 0 and j["healthy"]
+        log = stack.daemon.log()
+        line = next(ln for ln in log.splitlines() if "event=lease_expired" in ln)
+        assert "domid=1" in line and "abandoned=1" in line, line
+        tid = int(line.split(" thread=")[1].split()[0])
+        # the late resume of the abandoned call: ERESUME, nothing reaches it
+        assert entry(0, (OPTEE_SMC_CALL_RETURN_FROM_RPC, 0, 0, tid, 0, 0, 0, 0))[0] == \
+            OPTEE_SMC_RETURN_ERESUME
+        with stack.ctl() as c:
+            dump = c.call("dump", domid=1)
+        assert dump["suspended"] == {} and dump["calls_in_flight"] == 0, dump
+        # OP-TEE holds nothing suspended for d1 any more; every thread serves again
+        part = stack.platform.tee.partition_stats(2)  # guest id = domid + 1
+        assert part.threads_suspended == 0, part
+        threads = part.threads_free
+        assert threads == stack.config.tee.threads_per_guest, part
+        outs: list = []
+
+        def one(v: int) -> None:
+            with Context(d1, vcpu=v % 2) as ctx:
+                outs.append(inc(ctx, v))
+
+        ts = [threading.Thread(target=one, args=(100 + i,), daemon=True) for i in range(threads)]
+        for x in ts:
+            x.start()
+        for x in ts:
+            x.join(60)
+        assert sorted(outs) == [101 + i for i in range(threads)]
+        stack.destroy_all()
+        stack.assert_clean()
+    finally:
+        stack.close()
 
 
 # -- a corrupted journal --------------------------------------------------------------------

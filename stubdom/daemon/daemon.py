@@ -79,6 +79,13 @@ SYNC_PER_CALL = False
 # Past this size the journal is rewritten from the current state
 # (a checkpoint): it only ever needs the latest record of each domain.
 JOURNAL_COMPACT_BYTES = 1 << 20
+# A call restored suspended in an RPC after a restart is on a lease: its
+# guest may have sent its RETURN_FROM_RPC while no daemon listened, and the
+# frontend then answered it ENOTAVAIL itself — the guest gave the call up and
+# nothing of that reaches this daemon. Unresumed for mediator.call_timeout_ms
+# (the bound the platform puts on a guest waiting for the daemon, here put on
+# the daemon waiting for the guest), the call is abandoned in OP-TEE; a later
+# resume of it gets ERESUME.
 
 
 class Daemon:
@@ -115,6 +122,10 @@ class Daemon:
         self._to_start: list[DomainBackend] = []  # recovered backends, started after the checkpoint
         self._begin_refused = False  # the call being served was refused by before_std_call
         self.lost_calls_settled = 0  # lost calls' registrations/sessions undone or finished
+        # restored suspended calls not yet resumed: domid -> {thread: StdCall}
+        self._leases: dict[int, dict] = {}
+        self._lease_scopes: dict[int, trio.CancelScope] = {}
+        self.leases_expired = 0  # restored suspended calls abandoned unresumed
 
     # == per call (the backend tasks) ========================================
 
@@ -146,6 +157,9 @@ class Daemon:
                 return _ENOTAVAIL, "journal_unavailable"
         self._view = view
         self._begin_refused = False
+        if fn == OPTEE_SMC_CALL_RETURN_FROM_RPC and domid in self._leases:
+            # the guest resumes it: no longer an orphan (whatever the outcome)
+            self._leases[domid].pop(regs[3] & _U32, None)
         try:
             out = self.mediator.handle_call(domid, vcpu, regs)
         finally:
@@ -234,7 +248,9 @@ class Daemon:
         return {"kept": True, "healthy": self.journal_healthy, "path": str(j.path), "size": j.size,
                 "appends": j.appends, "syncs": j.syncs, "failures": j.failures,
                 "recovered": self.recovered, "stale_answered": self.stale_answered,
-                "abandoned": self.abandoned, "lost_calls_settled": self.lost_calls_settled}
+                "abandoned": self.abandoned, "lost_calls_settled": self.lost_calls_settled,
+                "leases_expired": self.leases_expired,
+                "leased": sum(len(v) for v in self._leases.values())}
 
     # == recovery after a restart (docs/faults.md) ============================
 
@@ -311,6 +327,74 @@ class Daemon:
         for backend in self._to_start:
             await self.backend_nursery.start(backend.run)
         self._to_start = []
+        # the lease runs from when the guests can reach this daemon again
+        deadline = trio.current_time() + self.config.mediator.call_timeout_ms / 1000
+        for domid in sorted(self._leases):
+            await self.backend_nursery.start(self._lease, domid, deadline)
+
+    # == leases on restored suspended calls (docs/faults.md) =================
+
+    async def _lease(self, domid: int, deadline: float, *,
+                     task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Sleep until the lease of ``domid``'s restored suspended calls
+        ends, then abandon those still unresumed. Runs in the trio thread like
+        the backends, so the (synchronous) mediator is never entered twice.
+        Cancelled when the domain is destroyed or the daemon stops."""
+        scope = trio.CancelScope()
+        self._lease_scopes[domid] = scope
+        try:
+            with scope:
+                task_status.started()
+                while self._leases.get(domid):
+                    await trio.sleep_until(deadline)
+                    if not self.expire_leases(domid):
+                        # the journal cannot be written: try again a lease later
+                        deadline = trio.current_time() + self.config.mediator.call_timeout_ms / 1000
+        finally:
+            if self._lease_scopes.get(domid) is scope:
+                del self._lease_scopes[domid]
+            self._leases.pop(domid, None)
+
+    def expire_leases(self, domid: int) -> bool:
+        """Abandon every restored suspended call of ``domid`` its guest has
+        not resumed: OP-TEE is resumed failing its RPCs until it completes,
+        what it held is released, a lost registration or session undone. A
+        ``begin`` (a RETURN_FROM_RPC of that thread) is journaled first: a
+        kill in the middle is then recovered like a lost resume (settle).
+        False: the journal cannot be written, nothing was done for the rest."""
+        leases = self._leases.get(domid, {})
+        ctx = self.mediator.context(domid)
+        for tid in sorted(leases):
+            call = leases[tid]
+            with ctx.lock:
+                current = ctx.suspended.get(tid)
+            if current is not call:  # resumed, or abandoned at re-attach
+                del leases[tid]
+                continue
+            if self.journal is not None:
+                if not self.journal_healthy and not self.checkpoint():
+                    return False
+                if not self._journal_begin(domid, OPTEE_SMC_CALL_RETURN_FROM_RPC, tid, None):
+                    return False
+            del leases[tid]
+            intent = call_intent(call)
+            undone = None
+            try:
+                ended = abandon_suspended(self.mediator, domid, tid)
+                if ended:  # OP-TEE may have completed it: undo what the guest never learnt of
+                    undone = settle_lost_call(self.mediator, domid, intent)
+                    self.lost_calls_settled += undone is not None
+            except Exception as e:  # the gate went away: nothing more can be done now
+                ended = False
+                event(self.logger, logging.ERROR, "abandon_failed", domid=domid, thread=tid, error=e)
+            finally:
+                self._journal_state(domid)
+            self.abandoned += ended
+            self.leases_expired += 1
+            event(self.logger, logging.WARNING, "lease_expired", domid=domid, thread=tid,
+                  seq=call.seq, abandoned=int(ended), lost_call=undone or "nothing to undo",
+                  lease_ms=self.config.mediator.call_timeout_ms)
+        return True
 
     async def _recover_reset(self, plan) -> None:
         for rec, why in plan.reset:
@@ -354,6 +438,10 @@ class Daemon:
             poller=self.ring_poller, attach=True)
         backend.log.level = LEVELS[policy.log_level]
         self._answer_stale(backend)
+        ctx = self.mediator.context(domid)
+        with ctx.lock:
+            if ctx.suspended:  # their guests may have given them up while nobody listened
+                self._leases[domid] = dict(ctx.suspended)
         self.domains[domid] = backend
         self._created[domid] = rec.created
         self._to_start.append(backend)
@@ -499,6 +587,10 @@ class Daemon:
         """Stop the backend, relinquish, VM_DESTROYED through the gate, remove
         the files. The backend's files go whatever the TEE says."""
         backend = self.domains[domid]
+        scope = self._lease_scopes.pop(domid, None)
+        if scope is not None:  # relinquish ends its calls now
+            scope.cancel()
+        self._leases.pop(domid, None)
         await backend.stop()
         del self.domains[domid]
         backend.close()
