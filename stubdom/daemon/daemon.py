@@ -316,10 +316,13 @@ class Daemon:
                       reason=str(e), pins_released=pins)
                 continue
             ctx = self.mediator.context(rec.domid)
+            # a call killed before its ``begin`` never reached OP-TEE: its pins go
+            pins = recovery.drop_extra_pins(self.machine, rec.domid, expected_pins(rec.snap))
             self.recovered["restored"].append(rec.domid)
             event(self.logger, logging.INFO, "recovery_restored", domid=rec.domid,
                   suspended=len(ctx.suspended), shm_buffers=len(ctx.shm_buffers),
-                  rpc_buffers=len(ctx.rpc_buffers), pinned_pages=ctx.pinned_pages)
+                  rpc_buffers=len(ctx.rpc_buffers), pinned_pages=ctx.pinned_pages,
+                  pins_released=pins)
             await self._serve_recovered(rec)
         await self._recover_reset(plan)
         # a fresh journal of what is served now, before any backend serves

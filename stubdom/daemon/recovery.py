@@ -6,9 +6,11 @@ Per domain the restarted daemon finds (journal ∪ ``dom<N>/`` directories ∪
 owners of pinned frames):
 
 - **restore** — the journal has it at rest (its last record a snapshot, no
-  call open) and the frames pinned for it are exactly the snapshot's: the
+  call open) and every frame the snapshot holds pinned still is: the
   mediator context is rebuilt from the snapshot (no SMC: OP-TEE kept its
-  sessions and suspended threads), the ring re-attached.
+  sessions and suspended threads), the ring re-attached. Pins beyond the
+  snapshot's belong to a call killed while being validated, before its
+  ``begin`` and its first SMC: dropped.
 - **reset** — the journal has it, but a call was inside the TEE when the
   daemon died (a ``begin`` without its ``state``), the pins disagree, or the
   snapshot does not restore: the daemon cannot vouch for what OP-TEE holds.
@@ -94,12 +96,17 @@ def plan_recovery(replay: Replay | None, machine, runtime_dir: Path) -> Recovery
             elif rec.open_call is not None:
                 plan.reset.append((rec, f"a call ({rec.open_call['fn']:#x}) was in the TEE and "
                                         f"released pins the snapshot holds ({sorted(hex(m) for m in short)[:4]})"))
-            elif dict(want) != have:
+            elif short:
                 extra = {hex(m) for m in set(have) - set(want)}
                 missing = {hex(m) for m in set(want) - set(have)}
                 plan.reset.append((rec, f"pins differ (unexpected {sorted(extra)[:4]}, "
                                         f"missing {sorted(missing)[:4]})"))
             else:
+                # at rest, every pin the snapshot holds is there; more pins
+                # are a call killed before its ``begin`` (the mediator pins
+                # while validating, the ``begin`` precedes the first SMC):
+                # nothing of it reached OP-TEE, its pins are dropped after
+                # the restore
                 plan.restore.append(rec)
     return plan
 
