@@ -11,9 +11,9 @@ owners of pinned frames):
   sessions and suspended threads), the ring re-attached. Pins beyond the
   snapshot's belong to a call killed while being validated, before its
   ``begin`` and its first SMC: dropped.
-- **reset** — the journal has it, but a call was inside the TEE when the
-  daemon died (a ``begin`` without its ``state``), the pins disagree, or the
-  snapshot does not restore: the daemon cannot vouch for what OP-TEE holds.
+- **reset** — the journal has it, but a pin its snapshot holds is gone
+  (released by a call the dead daemon was running), or the snapshot does
+  not restore: the daemon cannot vouch for what OP-TEE holds.
   Every pin of the domain is released (after VM_DESTROYED, so OP-TEE
   touches none of them again), then VM_CREATED gives it a fresh partition
   and a fresh context (the negotiated RPC argument count is kept). Its
