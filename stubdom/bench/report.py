@@ -37,7 +37,7 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
           f"rounds of {o['plan']['block']} calls per worker and placement",
           f"- CPU placement: `--cpus {o['cpus']}` (platform CPU {doc['process_layout']['platform_cpu']}, "
           f"daemon CPU {doc['process_layout']['daemon_cpu']})",
-          f"- Runtime directories (machine files, rings, the daemon's fsync'd journal) under "
+          f"- Runtime directories (machine files, rings, the daemon's journal) under "
           f"`{o.get('workdir', '?')}` ({_fs_type(o.get('workdir'))})", ""]
     for name, p in doc["placements"].items():
         if p["status"] == "skipped":
