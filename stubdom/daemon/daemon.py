@@ -298,7 +298,8 @@ class Daemon:
                                             expected_pins(snapshot_domain(self.mediator, rec.domid)))
             self.recovered["restored"].append(rec.domid)
             event(self.logger, logging.WARNING, "recovery_settled", domid=rec.domid,
-                  open_call=f"{call['fn']:#x}", abandoned=abandoned, threads_ended=len(ended),
+                  open_call=f"{call['fn']:#x}", set_aside=call.get("set_aside") or "nothing",
+                  abandoned=abandoned, threads_ended=len(ended),
                   lost_call=undone or "nothing to undo",
                   pins_released=pins, suspended=len(ctx.suspended), shm_buffers=len(ctx.shm_buffers))
             await self._serve_recovered(rec)

@@ -11,9 +11,15 @@ owners of pinned frames):
   sessions and suspended threads), the ring re-attached. Pins beyond the
   snapshot's belong to a call killed while being validated, before its
   ``begin`` and its first SMC: dropped.
-- **reset** — the journal has it, but a pin its snapshot holds is gone
-  (released by a call the dead daemon was running), or the snapshot does
-  not restore: the daemon cannot vouch for what OP-TEE holds.
+- **settle** — a call was in OP-TEE at the kill (a ``begin`` with no
+  ``state``): restore, end what that call left in OP-TEE, undo its lasting
+  effect, drop the extra pins. If pins the snapshot holds are gone, and that
+  call explains each (a RETURN_FROM_RPC of a call the snapshot holds
+  suspended, its temporary buffers, RPC buffers and RPC SHM buffers OP-TEE
+  gave back), the snapshot is restored without them.
+- **reset** — the journal has it, but a pin its snapshot holds is gone and
+  the open call does not explain it, or the snapshot does not restore: the
+  daemon cannot vouch for what OP-TEE holds.
   Every pin of the domain is released (after VM_DESTROYED, so OP-TEE
   touches none of them again), then VM_CREATED gives it a fresh partition
   and a fresh context (the negotiated RPC argument count is kept). Its
@@ -31,12 +37,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from stubdom.mediator import BadSnapshot, expected_pins, restore_domain
 from stubdom.mediator.port import client_id
-from stubdom.optee.smc import OPTEE_SMC_VM_DESTROYED
+from stubdom.mediator.snapshot import without_resumed_call
+from stubdom.optee.smc import OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_VM_DESTROYED
 from stubdom.xen.errors import MachineError
 
 from .journal import DomainRecord, Replay
@@ -93,6 +100,9 @@ def plan_recovery(replay: Replay | None, machine, runtime_dir: Path) -> Recovery
                 # every pin the snapshot holds is still there: restore it,
                 # end what the open call left in OP-TEE, drop the extra pins
                 plan.settle.append(rec)
+            elif rec.open_call is not None and (aside := _set_aside(rec, have)) is not None:
+                # the missing pins are all the open call's: restore without it
+                plan.settle.append(aside)
             elif rec.open_call is not None:
                 plan.reset.append((rec, f"a call ({rec.open_call['fn']:#x}) was in the TEE and "
                                         f"released pins the snapshot holds ({sorted(hex(m) for m in short)[:4]})"))
@@ -109,6 +119,24 @@ def plan_recovery(replay: Replay | None, machine, runtime_dir: Path) -> Recovery
                 # the restore
                 plan.restore.append(rec)
     return plan
+
+
+def _set_aside(rec: DomainRecord, have) -> DomainRecord | None:
+    """``rec`` with the call that was in OP-TEE at the kill set aside (see
+    :func:`~stubdom.mediator.snapshot.without_resumed_call`), its intent in
+    the open call for :func:`settle_lost_call`; None if that call does not
+    explain every pin the snapshot holds that the frame table lacks."""
+    call = rec.open_call
+    tid = call.get("tid") if call["fn"] == OPTEE_SMC_CALL_RETURN_FROM_RPC else None
+    try:
+        out = without_resumed_call(rec.snap, tid, have)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None  # a snapshot that does not describe a context: reset
+    if out is None:
+        return None
+    snap, intent, gone = out
+    return replace(rec, snap=snap, open_call=dict(call, intent=intent if intent else call.get("intent"),
+                                                  set_aside=gone))
 
 
 def release_domain_frames(machine, domid: int, snap: dict | None = None) -> int:

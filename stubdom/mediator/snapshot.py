@@ -16,6 +16,7 @@ trusted.
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 
 from stubdom.optee.msg import (
@@ -63,7 +64,7 @@ from .translate import free_list_pages, release_buffer
 
 __all__ = ["SNAPSHOT_VERSION", "snapshot_domain", "restore_domain", "expected_pins",
            "abandon_suspended", "settle_orphans", "ABANDON_MAX_STEPS", "call_intent",
-           "settle_lost_call"]
+           "settle_lost_call", "without_resumed_call"]
 
 SNAPSHOT_VERSION = 1
 _U32 = 0xFFFFFFFF
@@ -158,6 +159,76 @@ def expected_pins(snap: dict) -> Counter:
     pins.update(shadows)
     pins.update(guest)
     return pins
+
+
+def without_resumed_call(snap: dict, tid: int | None, have) -> tuple[dict, dict | None, str] | None:
+    """The snapshot as it stands once the call that was in OP-TEE at a kill
+    is set aside — for a frame table (``have``: {mfn: pins}) lacking pins the
+    snapshot holds. Since the snapshot, only that call ran (one at a time),
+    so only it can have released them: the call suspended on ``tid`` (a
+    RETURN_FROM_RPC resumed it; its guest got no answer, so the call is over
+    for it) goes with its shadow page, list pages and temporary buffers, and
+    so do RPC buffers and RPC SHM buffers whose pins are gone (OP-TEE gave
+    them back: FREE, or SHM_FREE). Pages left out are not in the pool
+    (``total`` lowered): recovery frees them once OP-TEE let go.
+
+    Returns (snapshot, the set-aside call's intent or None, what was set
+    aside), or None if pins are still missing: not explained by that call."""
+    snap = copy.deepcopy(snap)
+    pool = snap["pool"]
+    intent = None
+    gone: list[str] = []
+
+    def drop_buffer(b: dict) -> None:
+        snap["nr_buffers"] -= 1
+        if not b["static"]:
+            snap["pinned_pages"] -= len(b["mfns"])
+        pool["total"] -= len(b["list_pages"])
+
+    for i, (t, c) in enumerate(snap["suspended"]):
+        if tid is not None and t == tid:
+            del snap["suspended"][i]
+            snap["calls"] -= 1
+            pool["total"] -= 1 + len(c["stale_lists"])
+            for b in c["tmem"]:
+                drop_buffer(b)
+            if c["register"] is not None:
+                drop_buffer(c["register"])
+            try:
+                intent = call_intent(_restore_call(c))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                intent = None  # the restore check below refuses such a snapshot
+            gone.append(f"call {c['seq']} (thread {t}, {len(c['tmem'])} tmem)")
+            break
+    short = _short(snap, have)
+    kept = []
+    for r in snap["rpc_buffers"]:
+        if r["mfn"] is not None and short[r["mfn"]] > 0:
+            short[r["mfn"]] -= 1
+            snap["pinned_pages"] -= 1
+            pool["total"] -= 1
+            gone.append(f"rpc buffer {r['cookie']:#x}")
+        else:
+            kept.append(r)
+    snap["rpc_buffers"] = kept
+    kept = []
+    for b in snap["shm_buffers"]:
+        if b["kind"] == ShmKind.RPC.value and any(short[m] > 0 for m in b["mfns"]):
+            short.subtract(b["mfns"])
+            drop_buffer(b)
+            gone.append(f"rpc shm {b['cookie']:#x}")
+        else:
+            kept.append(b)
+    snap["shm_buffers"] = kept
+    if _short(snap, have):
+        return None
+    return snap, intent, ", ".join(gone)
+
+
+def _short(snap: dict, have) -> Counter:
+    """{mfn: pins the snapshot holds that ``have`` lacks}."""
+    return Counter({m: n - have.get(m, 0) for m, n in expected_pins(snap).items()
+                    if have.get(m, 0) < n})
 
 
 # == back to objects =========================================================
