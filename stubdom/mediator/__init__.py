@@ -53,10 +53,12 @@ from .snapshot import (
     settle_lost_call as settle_lost_call,
     settle_orphans as settle_orphans,
     snapshot_domain as snapshot_domain,
+    without_resumed_call as without_resumed_call,
 )
 
 __all__ = [
     "BadSnapshot", "abandon_suspended", "call_intent", "expected_pins", "settle_lost_call", "restore_domain", "settle_orphans", "snapshot_domain",
+    "without_resumed_call",
     "ALLOWED_STD_CMDS", "DEFAULT_MAX_CALLS", "DEFAULT_MAX_PAGES_PER_BUFFER", "DEFAULT_MAX_SHM_BUFFERS",
     "DEFAULT_MAX_TOTAL_PAGES", "DirectTeePort", "DomainAlreadyInitialised", "DomainContext",
     "DomainLimits", "DomainNotInitialised", "DomainRefused", "HYP_CLIENT_ID", "KNOWN_NSEC_CAPS",
