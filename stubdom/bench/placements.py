@@ -10,6 +10,8 @@ not available the placement is skipped with the reason (never faked).
 
 from __future__ import annotations
 
+import abc
+
 import os
 import types
 from pathlib import Path
@@ -27,7 +29,7 @@ __all__ = ["BenchPlacement", "El2Bench", "PLACEMENT_NAMES", "make_placement"]
 PLACEMENT_NAMES = ("el2", "stubdom", "stubdom-poll")
 
 
-class BenchPlacement:
+class BenchPlacement(abc.ABC):
     """Common part: guests, drivers and counters over a ``Platform``."""
 
     name = ""
@@ -41,8 +43,9 @@ class BenchPlacement:
         self.drivers: dict[int, OpteeDriver] = {}
 
     # -- subclasses -------------------------------------------------------------
+    @abc.abstractmethod
     def _make_platform(self) -> Platform:
-        raise NotImplementedError
+        """Boot this placement's platform (and, for stubdom, its daemon)."""
 
     def extra_counts(self) -> dict[str, int]:
         """Counts read from components' own statistics (rings, gate)."""

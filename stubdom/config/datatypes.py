@@ -8,6 +8,7 @@ reference documentation and the schema test read the same table."""
 
 from __future__ import annotations
 
+import abc
 import difflib
 import math
 import re
@@ -59,15 +60,16 @@ def closest(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else ""
 
 
-class Converter:
+class Converter(abc.ABC):
     """Base: ``type_name`` reads after "expected" ("an int"); ``range_text``
     is the accepted range for the reference ("" when any value goes)."""
 
     type_name = "a value"
     range_text = ""
 
-    def __call__(self, value: object) -> object:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __call__(self, value: object) -> object:
+        """The converted value, or raises Invalid naming what was wrong."""
 
     def wrong_type(self, value: object) -> Invalid:
         return Invalid(f"expected {self.type_name}, got {show(value)}")
