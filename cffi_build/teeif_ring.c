@@ -263,20 +263,9 @@ int teeif_front_final_check(struct teeif_front_ring *f)
 
 int teeif_front_poll(struct teeif_front_ring *f, uint64_t spin_ns)
 {
-    if (spin_ns) {
-        uint64_t t0 = teeif_now_ns();
-        unsigned spins = 0;
-        do {
-            int avail = front_avail(f);
-            if (avail != 0) {
-                if (avail > 0)
-                    f->stats.poll_hits++;
-                return avail;
-            }
-            teeif_spin_step(&spins);
-        } while (teeif_now_ns() - t0 < spin_ns);
-    }
-    return teeif_front_final_check(f);
+    /* spin for the window (no final check), then the io/ring.h final check */
+    int avail = spin_ns ? teeif_front_spin(f, spin_ns) : 0;
+    return avail != 0 ? avail : teeif_front_final_check(f);
 }
 
 int teeif_front_spin(struct teeif_front_ring *f, uint64_t spin_ns)
@@ -383,20 +372,9 @@ int teeif_back_final_check(struct teeif_back_ring *b)
 
 int teeif_back_poll(struct teeif_back_ring *b, uint64_t spin_ns)
 {
-    if (spin_ns) {
-        uint64_t t0 = teeif_now_ns();
-        unsigned spins = 0;
-        do {
-            int avail = back_avail(b);
-            if (avail != 0) {
-                if (avail > 0)
-                    b->stats.poll_hits++;
-                return avail;
-            }
-            teeif_spin_step(&spins);
-        } while (teeif_now_ns() - t0 < spin_ns);
-    }
-    return teeif_back_final_check(b);
+    /* spin for the window (no final check), then the io/ring.h final check */
+    int avail = spin_ns ? teeif_back_spin(b, spin_ns) : 0;
+    return avail != 0 ? avail : teeif_back_final_check(b);
 }
 
 int teeif_back_spin(struct teeif_back_ring *b, uint64_t spin_ns)
