@@ -14,6 +14,9 @@ from the in-process context under ``el2``.
 
 from __future__ import annotations
 
+import collections
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import yaml
@@ -30,7 +33,7 @@ from stubdom.tee import REQUIRED_SEC_CAPS, TeeConfig
 
 from .errors import DaemonDied
 
-__all__ = ["PLACEMENTS", "BASE_CAPS", "HostilePlatform", "make_platform", "tee_smcs", "tee_smcs_of"]
+__all__ = ["PLACEMENTS", "BASE_CAPS", "HostilePlatform", "SmcRecord", "make_platform", "tee_smcs", "tee_smcs_of"]
 
 PLACEMENTS = ("el2", "stubdom")
 BASE_CAPS = REQUIRED_SEC_CAPS | OPTEE_SMC_SEC_CAP_DYNAMIC_SHM | OPTEE_SMC_SEC_CAP_HAVE_RESERVED_SHM
@@ -44,13 +47,72 @@ DAEMON_READY_S = 60.0
 POLL_WINDOW_US = 20
 
 
+class SmcRecord:
+    """Every SMC the TEE model received, in arrival order, as a read-only
+    sequence indexed from the first (``len`` is the total so far).
+
+    Unbounded by default; with ``keep`` only the last ``keep`` registers are
+    held (an older index raises IndexError) while the total and the count
+    per client ID (a7) still cover every SMC: a long run stays flat in
+    memory.  ``check``, when set, sees each SMC's registers as it arrives,
+    before the TEE does (it must not raise)."""
+
+    def __init__(self, keep: int | None = None) -> None:
+        if keep is not None and keep < 1:
+            raise ValueError(f"keep must be positive or None, got {keep}")
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._recent: collections.deque[tuple] = collections.deque(maxlen=keep)
+        self._total = 0
+        self._per_client: collections.Counter[int] = collections.Counter()
+        self.check: Callable[[tuple], None] | None = None
+
+    def append(self, regs: tuple) -> None:
+        with self._lock:
+            self._recent.append(regs)
+            self._total += 1
+            self._per_client[regs[7]] += 1
+
+    def of_client(self, cid: int) -> int:
+        """How many SMCs arrived with a7 == ``cid``."""
+        with self._lock:
+            return self._per_client[cid]
+
+    def __len__(self) -> int:
+        return self._total
+
+    def _window(self) -> tuple[int, list[tuple]]:
+        with self._lock:
+            return self._total - len(self._recent), list(self._recent)
+
+    def __getitem__(self, index):
+        first, recent = self._window()
+        total = first + len(recent)
+        if isinstance(index, slice):
+            start, stop, step = index.indices(total)
+            if start < first and start < stop:
+                raise IndexError(f"SMC #{start} was dropped: only the last {self.keep} are kept")
+            return recent[max(start, first) - first:max(stop, first) - first:step]
+        i = index + total if index < 0 else index
+        if not 0 <= i < total:
+            raise IndexError(f"SMC #{index} out of range ({total} received)")
+        if i < first:
+            raise IndexError(f"SMC #{index} was dropped: only the last {self.keep} are kept")
+        return recent[i - first]
+
+    def __iter__(self) -> Iterator[tuple]:
+        """The SMCs held (all of them unless bounded)."""
+        return iter(self._window()[1])
+
+
 class HostilePlatform(Platform):
-    """A Platform recording every SMC that reaches the TEE (``tee_smcs``)
-    and, under ``stubdom``, owning the daemon process (``daemon``)."""
+    """A Platform recording every SMC that reaches the TEE (``tee_smcs``,
+    an :class:`SmcRecord`) and, under ``stubdom``, owning the daemon process
+    (``daemon``)."""
 
     placement_name: str
     daemon: DaemonProcess | None
-    tee_smcs: list
+    tee_smcs: SmcRecord
     daemon_exit: int | None
 
     def mediator_state(self, domid: int) -> dict:
@@ -78,6 +140,7 @@ class HostilePlatform(Platform):
                 "rpc_buffers": [{"cookie": b.cookie, "pinned": b.mfn is not None}
                                 for b in ctx.rpc_buffers.values()],
                 "nr_rpc_buffers": len(ctx.rpc_buffers),
+                "shadow_pages": ctx.pool.total,
             }
 
     def daemon_stats(self, domid: int) -> dict | None:
@@ -106,21 +169,26 @@ class HostilePlatform(Platform):
             super().close()
 
 
-def _recording(factory):
+def _recording(factory, keep: int | None):
     """Wrap a placement factory so every SMC entering the TEE model (from
-    the el2 mediator, or from the SMC gate's thread) is appended to
-    ``p.tee_smcs`` before the placement exists."""
+    the el2 mediator, or from the SMC gate's thread) is recorded in
+    ``p.tee_smcs`` (and checked, once a check is set) before the placement
+    exists."""
 
     def make(p: HostilePlatform):
         real = p.tee.smc
-        seen: list = []
+        record = SmcRecord(keep)
 
         def smc(regs):
-            seen.append(tuple(regs))
+            regs = tuple(regs)
+            record.append(regs)
+            check = record.check
+            if check is not None:
+                check(regs)
             return real(regs)
 
         p.tee.smc = smc
-        p.tee_smcs = seen
+        p.tee_smcs = record
         return factory(p)
 
     return make
@@ -135,14 +203,14 @@ def _capability_names(caps: int) -> list[str]:
 
 
 def stubdom_config(root: Path, *, caps: int, limits: DomainLimits, threads: int, guest_count: int,
-                   nr_frames: int, seed: int) -> Path:
+                   nr_frames: int, seed: int, call_timeout_ms: int = CALL_TIMEOUT_MS) -> Path:
     """Write the configuration both processes read (every domain gets the
     ``defaults`` policy: every class but the hypervisor's, no rate limit, no
     TA list, ``limits``) and return its path."""
     doc = {
         "tee": {"threads": threads, "guest_count": guest_count, "capabilities": _capability_names(caps)},
         "mediator": {"placement": "stubdom", "runtime_dir": str(root / "run"),
-                     "poll_window_us": POLL_WINDOW_US, "call_timeout_ms": CALL_TIMEOUT_MS,
+                     "poll_window_us": POLL_WINDOW_US, "call_timeout_ms": call_timeout_ms,
                      "drain_timeout_ms": 5000},
         "platform": {"nr_frames": nr_frames, "seed": seed},
         "defaults": {"limits": {"calls_in_flight": limits.max_calls, "shm_buffers": limits.max_shm_buffers,
@@ -157,15 +225,21 @@ def stubdom_config(root: Path, *, caps: int, limits: DomainLimits, threads: int,
 def make_platform(path: Path, placement: str, *, caps: int = BASE_CAPS,
                   limits: DomainLimits | None = None, threads: int = 4, guest_count: int = 8,
                   nr_frames: int = 32768, seed: int = 5,
-                  open_session_filter: OpenSessionFilter | None = None) -> HostilePlatform:
+                  open_session_filter: OpenSessionFilter | None = None,
+                  smc_history: int | None = None,
+                  call_timeout_ms: int = CALL_TIMEOUT_MS) -> HostilePlatform:
     """A platform under ``placement`` with the isolation oracle requiring
     pins; everything lives under the directory ``path``.  Under ``stubdom``
-    the daemon is running and answering before this returns."""
+    the daemon is running and answering before this returns.
+    ``smc_history``: keep only the last that many SMCs' registers
+    (:class:`SmcRecord`; a long run's memory stays flat).
+    ``call_timeout_ms``: how long a guest call waits for the daemon (stubdom)."""
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     limits = limits or DomainLimits()
     if placement == "el2":
-        factory = _recording(lambda p: El2Placement(p, limits=limits, open_session_filter=open_session_filter))
+        factory = _recording(lambda p: El2Placement(p, limits=limits, open_session_filter=open_session_filter),
+                             smc_history)
         p = HostilePlatform(root / "machine", nr_frames=nr_frames,
                             tee_config=TeeConfig(sec_caps=caps, threads_per_guest=threads,
                                                  guest_count=guest_count),
@@ -175,11 +249,13 @@ def make_platform(path: Path, placement: str, *, caps: int = BASE_CAPS,
         if open_session_filter is not None:
             raise ValueError("under stubdom the TA filter is the daemon's policy (ta_allow/ta_deny)")
         config_path = stubdom_config(root, caps=caps, limits=limits, threads=threads,
-                                     guest_count=guest_count, nr_frames=nr_frames, seed=seed)
+                                     guest_count=guest_count, nr_frames=nr_frames, seed=seed,
+                                     call_timeout_ms=call_timeout_ms)
         config = load_config(config_path)
         med = config.mediator
         factory = _recording(stubdom_placement(med.runtime_dir, poll_window_us=med.poll_window_us,
-                                               call_timeout_ms=med.call_timeout_ms, control_timeout=60.0))
+                                               call_timeout_ms=med.call_timeout_ms, control_timeout=60.0),
+                             smc_history)
         p = HostilePlatform.for_config(config, placement=factory)
         try:
             p.daemon = DaemonProcess(config_path, root / "daemon.log")
@@ -197,13 +273,12 @@ def make_platform(path: Path, placement: str, *, caps: int = BASE_CAPS,
     return p
 
 
-def tee_smcs(p: HostilePlatform) -> list:
-    """Every SMC the TEE model received so far (a live list)."""
+def tee_smcs(p: HostilePlatform) -> SmcRecord:
+    """Every SMC the TEE model received so far (a live sequence)."""
     return p.tee_smcs
 
 
 def tee_smcs_of(p: HostilePlatform, domid: int) -> int:
     """How many SMCs reached the TEE stamped with ``domid``'s client ID
     (other domains' calls, running concurrently, do not count)."""
-    cid = client_id(domid)
-    return sum(1 for s in list(p.tee_smcs) if s[7] == cid)
+    return p.tee_smcs.of_client(client_id(domid))
