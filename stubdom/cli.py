@@ -5,6 +5,7 @@
     stubdom-teed ctl [...] COMMAND [ARG]                 talk to a running daemon
     stubdom-teed demo [--runtime-dir D] [--seed N]       the end-to-end run
     stubdom-teed bench [--quick] [...]                   the EL2-vs-stubdom benchmark
+    stubdom-teed soak [--minutes M] [...]                honest and hostile domains for a while, checked
 
 ``main(argv) -> int`` stays thin: each sub-command's own module parses the
 rest and returns the exit status.
@@ -21,7 +22,7 @@ from stubdom import __version__
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # Sub-commands that parse their own arguments.
-_DELEGATED = ("bench", "ctl")
+_DELEGATED = ("bench", "ctl", "soak")
 
 
 def _daemon_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,7 @@ def _daemon_parser() -> argparse.ArgumentParser:
         prog="stubdom-teed",
         description="Stub-domain OP-TEE mediator for Xen on Arm, on a simulated machine. Without a "
         "sub-command, runs the daemon.",
-        epilog="sub-commands: platform, ctl, demo, bench (stubdom-teed SUBCOMMAND --help)",
+        epilog="sub-commands: platform, ctl, demo, bench, soak (stubdom-teed SUBCOMMAND --help)",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--config", help="YAML configuration (default: the embedded configs/xen.yaml)")
@@ -70,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stubdom.bench import bench_main
 
         return bench_main(args[1:])
+    if command == "soak":
+        from stubdom.hostile.soak import soak_main
+
+        return soak_main(args[1:])
     if command == "ctl":
         from stubdom.daemon import ctl_main
 
@@ -85,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         opts = _demo_parser().parse_args(args[1:])
         return run_demo(runtime_dir=opts.runtime_dir, seed=opts.seed, config_path=opts.config)
     if command is not None:
-        _daemon_parser().error(f"unknown sub-command {command!r} (platform, ctl, demo, bench)")
+        _daemon_parser().error(f"unknown sub-command {command!r} (platform, ctl, demo, bench, soak)")
 
     from stubdom.daemon import run_daemon
 
