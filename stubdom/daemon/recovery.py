@@ -16,7 +16,8 @@ owners of pinned frames):
   effect, drop the extra pins. If pins the snapshot holds are gone, and that
   call explains each (a RETURN_FROM_RPC of a call the snapshot holds
   suspended, its temporary buffers, RPC buffers and RPC SHM buffers OP-TEE
-  gave back), the snapshot is restored without them.
+  gave back; the registration an UNREGISTER_SHM removed), the snapshot is
+  restored without them.
 - **reset** — the journal has it, but a pin its snapshot holds is gone and
   the open call does not explain it, or the snapshot does not restore: the
   daemon cannot vouch for what OP-TEE holds.
@@ -129,7 +130,7 @@ def _set_aside(rec: DomainRecord, have) -> DomainRecord | None:
     call = rec.open_call
     tid = call.get("tid") if call["fn"] == OPTEE_SMC_CALL_RETURN_FROM_RPC else None
     try:
-        out = without_resumed_call(rec.snap, tid, have)
+        out = without_resumed_call(rec.snap, tid, have, call.get("intent"))
     except (KeyError, TypeError, ValueError, AttributeError):
         return None  # a snapshot that does not describe a context: reset
     if out is None:

@@ -211,3 +211,8 @@ class DomainContext:
         self.dying = False  # relinquish started: every new call is refused
         self.next_seq = 1
         self.internal_errors = 0  # mediator bugs caught at the dispatch boundary
+        # Only between a restart's restore and its settle: OP-TEE thread ->
+        # (shadow mfn, offset, size) of the RPC argument of a call recovery
+        # set aside but OP-TEE may hold suspended (settle_orphans reads the
+        # SHM_FREE it makes on its way out there). Never snapshotted.
+        self.orphan_rpc_args: dict[int, tuple[int, int, int]] = {}

@@ -45,7 +45,7 @@ from stubdom.optee.smc import (
 from stubdom.optee.rpc import OPTEE_RPC_CMD_SHM_FREE
 from stubdom.optee.teec import TEEC_ERROR_BAD_PARAMETERS, TEEC_ERROR_COMMUNICATION, TEEC_ORIGIN_COMMS
 
-from stubdom.xen import PAGE_SHIFT
+from stubdom.xen import PAGE_SHIFT, PAGE_SIZE
 
 from .context import (
     DomainContext,
@@ -161,22 +161,30 @@ def expected_pins(snap: dict) -> Counter:
     return pins
 
 
-def without_resumed_call(snap: dict, tid: int | None, have) -> tuple[dict, dict | None, str] | None:
+def without_resumed_call(snap: dict, tid: int | None, have,
+                         intent: dict | None = None) -> tuple[dict, dict | None, str] | None:
     """The snapshot as it stands once the call that was in OP-TEE at a kill
     is set aside — for a frame table (``have``: {mfn: pins}) lacking pins the
     snapshot holds. Since the snapshot, only that call ran (one at a time),
     so only it can have released them: the call suspended on ``tid`` (a
     RETURN_FROM_RPC resumed it; its guest got no answer, so the call is over
-    for it) goes with its shadow page, list pages and temporary buffers, and
-    so do RPC buffers and RPC SHM buffers whose pins are gone (OP-TEE gave
-    them back: FREE, or SHM_FREE). Pages left out are not in the pool
-    (``total`` lowered): recovery frees them once OP-TEE let go.
+    for it) goes with its shadow page, list pages and temporary buffers; a
+    registration the call unregistered (its intent, or ``intent``: the open
+    standard call's, from its ``begin``) goes if its pins are gone (OP-TEE
+    answered the UNREGISTER_SHM with success, the only time the mediator
+    unpins one); and so do RPC buffers and RPC SHM buffers whose pins are
+    gone (OP-TEE gave them back: FREE, or SHM_FREE). Pages left out are not
+    in the pool (``total`` lowered): recovery frees them once OP-TEE let go.
 
-    Returns (snapshot, the set-aside call's intent or None, what was set
-    aside), or None if pins are still missing: not explained by that call."""
+    A set-aside call OP-TEE may still hold suspended is listed under
+    ``"orphans"`` ({thread: [shadow mfn, RPC arg offset, size]}) so that
+    :func:`settle_orphans` can read the RPCs it makes on its way out.
+
+    Returns (snapshot, the set-aside call's intent — else ``intent`` —, what
+    was set aside), or None if pins are still missing: not explained by that
+    call."""
     snap = copy.deepcopy(snap)
     pool = snap["pool"]
-    intent = None
     gone: list[str] = []
 
     def drop_buffer(b: dict) -> None:
@@ -198,9 +206,22 @@ def without_resumed_call(snap: dict, tid: int | None, have) -> tuple[dict, dict 
                 intent = call_intent(_restore_call(c))
             except (KeyError, TypeError, ValueError, AttributeError):
                 intent = None  # the restore check below refuses such a snapshot
+            if c["rpc_offset"] is not None:
+                snap["orphans"] = {t: [c["shadow"], c["rpc_offset"], c["rpc_size"]]}
             gone.append(f"call {c['seq']} (thread {t}, {len(c['tmem'])} tmem)")
             break
     short = _short(snap, have)
+    if isinstance(intent, dict) and intent.get("cmd") == OPTEE_MSG_CMD_UNREGISTER_SHM:
+        kept = []
+        for b in snap["shm_buffers"]:
+            if (b["kind"] == ShmKind.REGISTERED.value and b["cookie"] == intent.get("cookie")
+                    and any(short[m] > 0 for m in b["mfns"])):
+                short.subtract(b["mfns"])
+                drop_buffer(b)
+                gone.append(f"registration {b['cookie']:#x} (unregistered)")
+            else:
+                kept.append(b)
+        snap["shm_buffers"] = kept
     kept = []
     for r in snap["rpc_buffers"]:
         if r["mfn"] is not None and short[r["mfn"]] > 0:
@@ -300,6 +321,8 @@ def restore_domain(mediator, snap: dict) -> DomainContext:
             rb = RpcBuffer(int(r["cookie"]), int(r["ipa"]), None if r["mfn"] is None else int(r["mfn"]),
                            ShadowPage(int(r["shadow"])))
             ctx.rpc_buffers[rb.cookie] = rb
+        for tid, (mfn, offset, size) in snap.get("orphans", {}).items():
+            ctx.orphan_rpc_args[int(tid)] = (int(mfn), int(offset), int(size))
     except BadSnapshot:
         raise
     except (KeyError, TypeError, ValueError) as e:  # AbiError is a ValueError
@@ -349,6 +372,14 @@ def abandon_suspended(mediator, domid: int, tid: int) -> bool:
         return False
     finally:
         if done:
+            if call.register is not None:
+                # A REGISTER_SHM (suspended before OP-TEE ran the command:
+                # an RPC FREE of the thread's cached RPC argument comes
+                # first) that OP-TEE may now have completed: undo it before
+                # its pins go, so OP-TEE never holds a registration of
+                # unpinned frames (invariant 4). A gate failure here keeps
+                # the pins (the call is released with the domain).
+                _own_call(mediator, ctx, _unregister(call.register.cookie))
             mediator._free_std_call(ctx, call)
 
 
@@ -377,10 +408,12 @@ def settle_orphans(mediator, domid: int) -> list[int]:
     """After a daemon died with a call inside OP-TEE: end every thread of the
     domain's partition that OP-TEE holds suspended but the restored context
     does not know (the call the dead daemon was running, suspended in an
-    RPC nobody will answer). Each is resumed failing its RPC (an ALLOC gets
-    a misaligned address, the rest are resumed as they are) until it
-    completes. Threads the context holds suspended are left alone; a thread
-    that is not suspended answers ERESUME. Returns the threads ended."""
+    RPC nobody will answer, or a call recovery set aside). Each is resumed
+    failing its RPC (an ALLOC gets a misaligned address, the rest are
+    resumed as they are) until it completes; an RPC buffer (FREE) or RPC SHM
+    buffer (SHM_FREE) the context holds that OP-TEE gives back on the way is
+    released then. Threads the context holds suspended are left alone; a
+    thread that is not suspended answers ERESUME. Returns the threads ended."""
     ctx = mediator.context(domid)
     with ctx.lock:
         known = set(ctx.suspended)
@@ -394,12 +427,43 @@ def settle_orphans(mediator, domid: int) -> list[int]:
                                     0, 0, 0, 0))
             if not is_rpc_return(r[0] & _U32):
                 break
-            if rpc_func(r[0] & _U32) == OPTEE_SMC_RPC_FUNC_FREE:
-                mediator._free_rpc_buffer(ctx, ((r[1] & _U32) << 32) | (r[2] & _U32))
             t = r[3] & _U32
+            func = rpc_func(r[0] & _U32)
+            if func == OPTEE_SMC_RPC_FUNC_FREE:
+                mediator._free_rpc_buffer(ctx, ((r[1] & _U32) << 32) | (r[2] & _U32))
+            elif func == OPTEE_SMC_RPC_FUNC_CMD:
+                _orphan_shm_free(mediator, ctx, t, r[1] & _U32, r[2] & _U32)
             if t not in ended:
                 ended.append(t)
+    with ctx.lock:
+        ctx.orphan_rpc_args.clear()
     return ended
+
+
+def _orphan_shm_free(mediator, ctx: DomainContext, tid: int, a1: int, a2: int) -> None:
+    """An orphan's RPC CMD: if it is SHM_FREE of an RPC SHM buffer the
+    context holds (one a set-aside call had, pinned in the snapshot), OP-TEE
+    let go of it: unpin it now, once (``_free_rpc_shm`` forgets it). The
+    request is in an RPC buffer (a1:a2 its cookie) or after the set-aside
+    call's argument in its shadow page; anywhere else it names nothing the
+    context holds (an orphan's own buffers postdate the snapshot: their
+    pins are dropped as extra after the settle)."""
+    cookie = (a1 << 32) | a2
+    with ctx.lock:
+        buf = ctx.rpc_buffers.get(cookie) if cookie else None
+        hint = ctx.orphan_rpc_args.get(tid)
+    if buf is not None:
+        where = (buf.shadow.maddr, PAGE_SIZE - (buf.ipa & (PAGE_SIZE - 1)))
+    elif not cookie and hint is not None:
+        where = ((hint[0] << PAGE_SHIFT) + hint[1], hint[2])
+    else:
+        return
+    try:
+        req = MsgArg.unpack(mediator._machine.read_machine(*where), max_params=OPTEE_MSG_MAX_NUM_PARAMS)
+    except ValueError:
+        return
+    if req.cmd == OPTEE_RPC_CMD_SHM_FREE and req.params:
+        mediator._free_rpc_shm(ctx, req.params[0].b)
 
 
 # == the lasting effect of a call whose answer was lost =======================
