@@ -10,10 +10,17 @@ beside the attack, checks after the attacker is destroyed).
         assert evil.start(evil.page() + 8)[0] == OPTEE_SMC_RETURN_EBADADDR
     destroy_and_check(p, evil)
 
+The attack table as loops (a soak run, the benchmark's bystander sweep):
+
+    with HonestLoad(p, 2), AttackLoop(p, HostileGuest(p, 1), ATTACKS["flood_calls"], victim=2) as a:
+        ...
+
 See docs/security.md.
 """
 
+from .attacks import ATTACKS as ATTACKS, Attack as Attack, AttackLoop as AttackLoop
 from .errors import (
+    AttackOutcomeWrong as AttackOutcomeWrong,
     DaemonDied as DaemonDied,
     GuestOutOfPages as GuestOutOfPages,
     HonestLoadFailed as HonestLoadFailed,
@@ -37,7 +44,7 @@ from .platforms import (
 from .race import Scribbler as Scribbler
 
 __all__ = [
-    "BASE_CAPS", "DaemonDied", "GuestOutOfPages", "HonestLoad", "HonestLoadFailed", "HostileError",
+    "ATTACKS", "Attack", "AttackLoop", "AttackOutcomeWrong", "BASE_CAPS", "DaemonDied", "GuestOutOfPages", "HonestLoad", "HonestLoadFailed", "HostileError",
     "HostileGuest", "HostilePlatform", "M32", "PLACEMENTS", "Scribbler", "ShmAllocHook", "UnexpectedRpc",
     "destroy_all_and_check", "destroy_and_check", "make_platform", "tee_smcs", "tee_smcs_of",
 ]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["HostileError", "GuestOutOfPages", "UnexpectedRpc", "HonestLoadFailed", "DaemonDied"]
+__all__ = ["HostileError", "GuestOutOfPages", "UnexpectedRpc", "HonestLoadFailed", "DaemonDied",
+           "AttackOutcomeWrong"]
 
 
 class HostileError(Exception):
@@ -51,3 +52,15 @@ class DaemonDied(HostileError):
         except OSError:
             tail = ""
         super().__init__(f"stubdom-teed exited with status {returncode}; last lines of {log_path}:\n{tail}")
+
+
+class AttackOutcomeWrong(HostileError):
+    """One iteration of a looped attack (:mod:`stubdom.hostile.attacks`) got
+    an answer other than the defined outcome of its docs/security.md row:
+    a mediator bug (or a broken platform), never the attacker's fault."""
+
+    def __init__(self, attack: str, what: str, got: object) -> None:
+        self.attack = attack
+        self.what = what
+        self.got = got
+        super().__init__(f"attack {attack}: {what}: got {got!r}")

@@ -17,7 +17,8 @@ import itertools
 import random
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,
@@ -84,12 +85,16 @@ class HostileGuest:
         gfns = list(self.dom.ram_gfns())
         random.Random(f"hostile:{domid}:{seed}").shuffle(gfns)
         self._free = gfns
+        self._free_set = set(gfns)  # so a page given back twice is listed once
+        self._mmio_free: list[int] = []  # device gfns unmapped again, reused first
+        self._scopes = threading.local()  # per thread: the pages of the open scopes
         self._cookies = itertools.count(0x1000)
         self._mmio = itertools.count(MMIO_GFN_BASE)
         self.rpc_arg = False  # negotiated SEC_CAP_RPC_ARG (then the RPC arg trails the call's)
         self._rpc_param_count = 0
         self.rpc_pages: dict[int, int] = {}  # cookie -> IPA of an RPC argument buffer
         self.shm_allocs: dict[int, list[int]] = {}  # cookie -> pages given for SHM_ALLOC
+        self._shm_lists: dict[int, list[int]] = {}  # cookie -> list pages describing them
         self.shm_frees: list[tuple[int, int]] = []  # (type, cookie) of every SHM_FREE asked
         self.rpc_cmds: list[int] = []  # RPC CMD commands served, in order
         self._current: dict[int, tuple[int, int]] = {}  # vcpu -> (arg IPA, RPC arg offset)
@@ -119,7 +124,69 @@ class HostileGuest:
         with self._lock:
             if not self._free:
                 raise GuestOutOfPages(self.domid)
-            return self._free.pop() << PAGE_SHIFT
+            gfn = self._free.pop()
+            self._free_set.discard(gfn)
+        stack = getattr(self._scopes, "stack", None)
+        if stack:
+            stack[-1].append(gfn << PAGE_SHIFT)
+        return gfn << PAGE_SHIFT
+
+    def free_pages(self, ipas: Iterable[int]) -> None:
+        """Give pages back to the guest's own allocator, so a loop can run
+        forever: a ballooned-out page is populated again (a fresh frame, as
+        after XENMEM_populate_physmap), a read-only one re-typed read-write,
+        a device page unmapped (its gfn reused by :meth:`mmio_page`).  A page
+        already free is ignored; pages the guest never owned are skipped."""
+        for ipa in ipas:
+            gfn = ipa >> PAGE_SHIFT
+            entry = self.dom.lookup(gfn)
+            if entry.type == P2mType.p2m_mmio_direct_dev:
+                if gfn >= MMIO_GFN_BASE:
+                    self.dom.unmap_mmio(gfn)
+                    with self._lock:
+                        self._mmio_free.append(gfn)
+                continue
+            with self._lock:
+                if gfn in self._free_set:
+                    continue
+            if entry.type == P2mType.p2m_invalid:
+                self.dom.populate(gfn)
+            elif entry.type == P2mType.p2m_ram_ro:
+                self.dom.set_type(gfn, P2mType.p2m_ram_rw)
+            elif entry.type != P2mType.p2m_ram_rw:
+                continue
+            with self._lock:
+                if gfn not in self._free_set:
+                    self._free_set.add(gfn)
+                    self._free.append(gfn)
+
+    @contextmanager
+    def scope(self, *, free: bool = True) -> Iterator[list[int]]:
+        """Every page this thread takes inside the ``with`` (for its own
+        messages or to answer OP-TEE's RPCs) is given back at the end: one
+        loop iteration of an attack holds no page after it.  Scopes nest (a
+        page belongs to the innermost); ``free=False`` only records them in
+        the list it yields, for the caller to free later."""
+        stack = self._scopes.__dict__.setdefault("stack", [])
+        taken: list[int] = []
+        stack.append(taken)
+        try:
+            yield taken
+        finally:
+            stack.pop()
+            if free:
+                self.free_pages(taken)
+
+    @property
+    def free_page_count(self) -> int:
+        with self._lock:
+            return len(self._free)
+
+    def forget_history(self) -> None:
+        """Drop the record of RPC commands and SHM_FREEs served (a long loop
+        would otherwise grow it without bound)."""
+        del self.rpc_cmds[:]
+        del self.shm_frees[:]
 
     def pages(self, n: int) -> list[int]:
         return [self.page() for _ in range(n)]
@@ -131,7 +198,7 @@ class HostileGuest:
     def mmio_page(self) -> int:
         """Map a device frame (outside machine RAM) and return its IPA."""
         with self._lock:
-            gfn = next(self._mmio)
+            gfn = self._mmio_free.pop() if self._mmio_free else next(self._mmio)
         self.dom.map_mmio(gfn, _MMIO_MFN_BASE + (gfn - MMIO_GFN_BASE))
         return gfn << PAGE_SHIFT
 
@@ -224,7 +291,9 @@ class HostileGuest:
             self.rpc_pages.setdefault(c, ipa)
             return self.resume(tid, ipa >> 32, ipa & M32, c >> 32, c & M32, vcpu=vcpu)
         if f == OPTEE_SMC_RPC_FUNC_FREE:
-            self.rpc_pages.pop((r[1] << 32) | r[2], None)
+            ipa = self.rpc_pages.pop((r[1] << 32) | r[2], None)
+            if ipa is not None:  # OP-TEE is done with it: the driver frees it
+                self.free_pages([ipa])
             return self.resume(tid, vcpu=vcpu)
         if f == OPTEE_SMC_RPC_FUNC_FOREIGN_INTR:
             return self.resume(tid, vcpu=vcpu)
@@ -256,12 +325,19 @@ class HostileGuest:
                 pages = self.pages(max(1, -(-size // PAGE_SIZE)))
                 c = self.cookie()
                 self.shm_allocs[c] = pages
+                lists = self.pages(list_pages_needed(len(pages)))
+                for ipa, data in zip(lists, build_page_list(pages, lists), strict=True):
+                    self.dom.write(ipa, data)
+                self._shm_lists[c] = lists
+                buf_ptr = make_buf_ptr(lists[0], 0)
                 param = MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
-                                      self.page_list(pages), size, c)
+                                      buf_ptr, size, c)
             return req.replace(ret=0, params=(param,))
         if req.cmd == OPTEE_RPC_CMD_SHM_FREE:
             self.shm_frees.append((req.params[0].a, req.params[0].b))
-            self.shm_allocs.pop(req.params[0].b, None)
+            freed = self.shm_allocs.pop(req.params[0].b, None)
+            if freed is not None:  # the supplicant frees what it allocated
+                self.free_pages(freed + self._shm_lists.pop(req.params[0].b, []))
             return req.replace(ret=0)
         return req.replace(ret=TEEC_ERROR_NOT_SUPPORTED)
 
