@@ -96,7 +96,7 @@ def _final_checks(p: HostilePlatform, fleet: Fleet, sampler: Sampler, hung: set[
         violations.add("final_partition", f"TEE partitions left: client IDs {partitions}")
     sampler.check_oracle()
     return {"pinned_frames": len(pinned), "dying_domains": dying and {str(k): v for k, v in dying.items()},
-            "tee_partitions": partitions, "domains_left": fleet.domids()}
+            "tee_partitions": partitions, "domains_left": sorted(set(fleet.domids()) | fleet.wrecked)}
 
 
 def _run(p: HostilePlatform, opts: SoakOptions, cat, violations: Violations, journal: Path | None) -> dict:
@@ -148,9 +148,11 @@ def _run(p: HostilePlatform, opts: SoakOptions, cat, violations: Violations, jou
             "final": final, "fleet": fleet, "catalogue": sorted(cat.ATTACKS) if cat is not None else []}
 
 
-def run_soak(opts: SoakOptions, argv: list[str] | None = None) -> dict:
-    """Run the soak described by ``opts``; write and return the document."""
-    cat = _catalogue(opts)
+def run_soak(opts: SoakOptions, argv: list[str] | None = None, *, catalogue=None) -> dict:
+    """Run the soak described by ``opts``; write and return the document.
+    ``catalogue``: what provides ``ATTACKS``, ``AttackLoop`` and
+    ``AttackOutcomeWrong`` (default :mod:`stubdom.hostile.attacks`)."""
+    cat = catalogue if catalogue is not None or not opts.hostile else _catalogue(opts)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_description()

@@ -46,6 +46,7 @@ class Fleet:
         self.roles: dict[int, str] = {}
         self.generation: Counter[int] = Counter()  # incarnations of each domid
         self._live: frozenset[int] = frozenset()  # replaced whole: read without the lock
+        self.wrecked: set[int] = set()  # domains a failed teardown left half destroyed
         self.smcs_checked = 0
 
     def check(self, regs: tuple) -> None:
@@ -75,7 +76,8 @@ class Fleet:
     def destroy(self, domid: int, what: str) -> bool:
         """destroy_and_check the domain; a failure is a violation ``what``
         (the domain is destroyed all the same when the check failed before
-        it).  True when every check passed."""
+        it; one whose teardown itself failed is left ``wrecked``, out of
+        the fleet).  True when every check passed."""
         with self.lock:
             ok = True
             try:
@@ -90,7 +92,9 @@ class Fleet:
                         self.violations.add(what, f"d{domid}: destroy failed: {e2!r}", e2)
             if domid not in self.p.domids():
                 self._live = self._live - {client_id(domid)}
-                self.roles.pop(domid, None)
+            else:
+                self.wrecked.add(domid)
+            self.roles.pop(domid, None)
             return ok
 
 
