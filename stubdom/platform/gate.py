@@ -110,6 +110,10 @@ _ENOENT = -errno.ENOENT  # no such domain on the machine
 _UNASSIGNED = 1  # _check's answer for a domid not assigned: -EPERM or -ENOENT, decided outside the lock
 
 
+# How long unassign waits for a hypercall of that domain still in the TEE.
+UNASSIGN_WAIT_S = 30.0
+
+
 def gate_dir(runtime_dir: str | os.PathLike[str]) -> Path:
     """``<runtime_dir>/xen/gate``: where the gate's ring and event channel live."""
     return Path(runtime_dir) / "xen" / "gate"
@@ -181,6 +185,10 @@ class Gate:
 
         self._lock = threading.Lock()  # the assignment table and the counters
         self._assigned: set[int] = set()
+        # the domid of the admitted hypercall now in the TEE (None: none), so
+        # that unassign can wait for it (the serving thread runs one at a time)
+        self._in_tee: int | None = None
+        self._tee_done = threading.Condition(self._lock)
         self._calls: Counter[tuple[int, int]] = Counter()
         self._refusals: Counter[tuple[int, str]] = Counter()
         self._connections = self._wakeups = self._batches = self._tee_errors = 0
@@ -224,10 +232,16 @@ class Gate:
         with self._lock:
             self._assigned.add(domid)
 
-    def unassign(self, domid: int) -> None:
-        """Take ``domid`` back (after domain_destroy completed). Idempotent."""
+    def unassign(self, domid: int, *, timeout: float = UNASSIGN_WAIT_S) -> None:
+        """Take ``domid`` back (after domain_destroy completed). Idempotent.
+        Returns once no hypercall admitted for ``domid`` is still in the TEE
+        (bounded by ``timeout``): from then on nothing the stub domain sent
+        for it reaches the TEE, so the platform's own VM_DESTROYED is the
+        last word on its partition."""
         with self._lock:
             self._assigned.discard(domid)
+            if not self._tee_done.wait_for(lambda: self._in_tee != domid, timeout):
+                log.warning("d%d: a hypercall for it is still in the TEE after %.0f s", domid, timeout)
 
     def assigned(self) -> frozenset[int]:
         with self._lock:
@@ -368,6 +382,8 @@ class Gate:
         with self._lock:  # one acquisition per hypercall: the check and the counter
             status = self._check(op, domid, a)
             self._calls[(domid, op)] += 1
+            if not status:
+                self._in_tee = domid
         if status:
             if status == _UNASSIGNED:  # outside the lock: asks the machine
                 status = _EPERM if self._domain_exists(domid) else _ENOENT
@@ -385,6 +401,10 @@ class Gate:
                 self._tee_errors += 1
                 self._refusals[(domid, "EINVAL")] += 1
             return Response(req.id, _EINVAL, 0, _ZERO_REGS)
+        finally:
+            with self._lock:
+                self._in_tee = None
+                self._tee_done.notify_all()
         return Response(req.id, 0, 0, regs)
 
     def _check(self, op: int, domid: int, a: Sequence[int]) -> int:

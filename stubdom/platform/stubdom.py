@@ -31,6 +31,7 @@ from ring import EVTCHN_FILE, RING_FILE, EventChannel, FrontRing, PeerDied, Requ
 from stubdom.optee.smc import OPTEE_SMC_RETURN_ENOTAVAIL, OPTEE_SMC_VM_DESTROYED
 
 from .errors import (
+    ControlDomainExists,
     ControlError,
     ControlNoSuchDomain,
     ControlProtocolError,
@@ -374,8 +375,17 @@ class StubdomPlacement:
         self.gate.assign(domid)  # before the daemon may ask the gate for VM_CREATED
         try:
             result = self.toolstack.domain_create(domid)
-        except ToolstackError as e:
+        except ControlDomainExists as e:
+            # the daemon serves that domid already: its partition is not ours to end
             self.gate.unassign(domid)
+            raise DomainCreationFailed(domid, f"stubdom-teed: {e}") from e
+        except ToolstackError as e:
+            # The daemon may have sent VM_CREATED through the gate before it
+            # failed or died (no answer tells which): end any partition the
+            # secure world made for the domain, as Xen does for a domain
+            # whose creation fails once its OP-TEE client exists
+            # (domain_relinquish_resources -> optee_relinquish_resources).
+            self._vm_destroyed(domid, f"domain_create failed: {e}")
             raise DomainCreationFailed(domid, f"stubdom-teed: {e}") from e
         try:
             link = self._attach(domid, result)
@@ -384,11 +394,22 @@ class StubdomPlacement:
                 self.toolstack.domain_destroy(domid)
             except ToolstackError as e2:
                 log.warning("d%d: domain_destroy after a failed attach: %s", domid, e2)
+                self._vm_destroyed(domid, f"domain_destroy after a failed attach: {e2}")
             self.gate.unassign(domid)
             raise DomainCreationFailed(domid, f"cannot attach its teeif ring: {e}") from e
         with self._lock:
             self._links[domid] = link
             self._destroyed.discard(domid)
+
+    def _vm_destroyed(self, domid: int, why: str) -> None:
+        """Take the domain back from the stub domain, then VM_DESTROYED from
+        the platform (client ID 0 in a7). After ``unassign`` nothing the
+        daemon sent can still reach OP-TEE for it, so no VM_CREATED lands
+        after this; OP-TEE answers OK for a client it does not know."""
+        self.gate.unassign(domid)
+        a0 = self._tee.smc((OPTEE_SMC_VM_DESTROYED, domid + 1, 0, 0, 0, 0, 0, HYP_CLIENT_ID))[0]
+        log.warning("d%d: %s; VM_DESTROYED from the platform: a0=%#x", domid, why, a0)
+        self.fallback_destroys += 1
 
     def _attach(self, domid: int, result: dict) -> DomainLink:
         # The daemon is less privileged than the platform: map only the files
