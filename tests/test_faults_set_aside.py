@@ -220,3 +220,127 @@ def test_unregister_whose_pins_are_still_held_is_unregistered_again(stack, ran):
     assert stack.platform.oracle.violations == []
     stack.platform.destroy_domain(1)
     stack.assert_clean()
+
+
+# -- 2. a set-aside call OP-TEE still holds, freeing an RPC SHM buffer on its way out --------
+
+# enum thread_shm_cache_user (core/include/kernel/thread.h): SOCKET, FS, I2C;
+# a second user of the per-thread RPC SHM cache, cleared after the FS one
+THREAD_SHM_CACHE_USER_I2C = 2
+TWO_CACHES_CMD = 0x7E57  # not a storage TA command: the wrapper below runs it
+
+
+def _two_cache_users(tee) -> None:
+    """The storage TA also answers TWO_CACHES_CMD: it takes a buffer from
+    two users of its thread's RPC SHM cache (two SHM_ALLOCs, through the
+    model's thread_rpc_shm_cache_alloc), makes one tee-supplicant request
+    (an FS CLOSE of a descriptor it never opened: answered with an error),
+    and returns; OP-TEE's end of call (thread_rpc_shm_cache_clear) then frees
+    both, one SHM_FREE each. The built-in TAs use one cache user; OP-TEE
+    core holds up to three per thread (REE FS, sockets, I2C)."""
+    from stubdom.optee.rpc import OPTEE_RPC_CMD_FS, OPTEE_RPC_FS_CLOSE, OPTEE_RPC_SHM_TYPE_APPL
+    from stubdom.optee.teec import TEE_ERROR_OUT_OF_MEMORY, TEE_SUCCESS
+    from stubdom.tee.tas import STORAGE_UUID
+    from stubdom.tee.thread import SHM_CACHE_USER_FS, RpcParam
+
+    assert SHM_CACHE_USER_FS < THREAD_SHM_CACHE_USER_I2C
+    ta = tee.tas[STORAGE_UUID]
+    inner = ta.invoke
+
+    def invoke(ctx, cmd, params):
+        if cmd != TWO_CACHES_CMD:
+            return (yield from inner(ctx, cmd, params))
+        for user in (SHM_CACHE_USER_FS, THREAD_SHM_CACHE_USER_I2C):
+            mobj = yield from ctx.thread.shm_cache_alloc(user, OPTEE_RPC_SHM_TYPE_APPL, 64)
+            if mobj is None:
+                return TEE_ERROR_OUT_OF_MEMORY
+        yield from ctx.thread.rpc_cmd(OPTEE_RPC_CMD_FS, [RpcParam.value_in(OPTEE_RPC_FS_CLOSE, 0x7E57, 0)])
+        return TEE_SUCCESS
+
+    ta.invoke = invoke
+
+
+class KillAtFirstShmFree:
+    """The guest's supplicant hooks for one TWO_CACHES_CMD: at its FS CLOSE
+    the daemon's journal is capped to fit the ``begin`` of the resume that
+    answers it and not the ``state`` after; that resume makes OP-TEE free
+    the first cache buffer (SHM_FREE, unpinned by the mediator on the way
+    out). When that SHM_FREE reaches the supplicant the daemon is SIGKILLed:
+    the snapshot holds both buffers, the frame table only the second, and
+    OP-TEE holds the call suspended with the second still to free."""
+
+    def __init__(self, stack: Stack, supplicant) -> None:
+        from stubdom.optee.rpc import OPTEE_RPC_CMD_FS, OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE
+
+        self.armed = False
+        self.fired = threading.Event()
+        self.pins_at_close: dict[int, int] = {}
+        self.allocated = 0
+        inner = supplicant.process
+
+        def process(cmd, params):
+            if self.armed and cmd == OPTEE_RPC_CMD_SHM_ALLOC:
+                self.allocated += 1
+            elif self.armed and cmd == OPTEE_RPC_CMD_FS:
+                self.pins_at_close = stack.platform.machine.pinned_frames(1)
+                room = 8 + 64  # a framed ``begin`` of a resume (intent null) is ~60 bytes
+                cap_journal(stack, room)
+            elif self.armed and self.pins_at_close and cmd == OPTEE_RPC_CMD_SHM_FREE:
+                self.armed = False
+                stack.daemon.proc.kill()
+                stack.daemon.proc.wait(20)
+                self.fired.set()
+            return inner(cmd, params)
+
+        supplicant.process = process
+
+
+def test_set_aside_call_freeing_rpc_shm_in_settle_orphans_releases_it_once(stack):
+    """Recovery sets aside the resumed call and the RPC SHM buffer OP-TEE
+    gave back before the kill, keeps the other (its pins are there), and
+    settle_orphans ends the call in OP-TEE, which frees that other buffer on
+    its way out: its pins go then, once. Before: it stayed pinned in the
+    context until the domain was destroyed."""
+    from stubdom.guest import MemoryStore, Supplicant
+    from stubdom.tee.tas import STORAGE_UUID
+
+    _two_cache_users(stack.platform.tee)
+    sup = Supplicant(MemoryStore())
+    hook = KillAtFirstShmFree(stack, sup)
+    d1 = stack.boot(1, supplicant=sup)
+    stack.boot(2)
+    machine = stack.platform.machine
+    with Context(d1) as ctx:
+        session = ctx.open_session(STORAGE_UUID)
+        pins_before = machine.pinned_frames(1)
+        hook.armed = True
+        with pytest.raises(TeecError) as e:
+            session.invoke(TWO_CACHES_CMD)
+        assert e.value.ret == TEEC_ERROR_COMMUNICATION
+    assert hook.fired.is_set() and hook.allocated == 2
+    assert "event=journal_write_failed" in stack.daemon.log(), stack.daemon.log()
+    # the two cache buffers' frames, pinned while the call was at FS CLOSE
+    rpc_shm = {m for m, n in hook.pins_at_close.items() if n > pins_before.get(m, 0)}
+    assert rpc_shm
+    still = {m for m in rpc_shm if machine.frame_refcount(m)}  # the second buffer's
+    assert still and still != rpc_shm
+    stack.daemon.stop()
+    stack.start()
+    log = stack.daemon.log()
+    line = _settled_line(log, 1)
+    assert "call " in line and line.count("rpc shm") == 1, line  # the first buffer only
+    assert "recovery_reset" not in log, log
+    with stack.ctl() as c:
+        dump = c.call("dump", domid=1)
+    assert [b for b in dump["shm_buffers"] if b["kind"] == "rpc"] == [], dump
+    # released when OP-TEE freed it, exactly once: no pin left, none dropped twice
+    assert all(machine.frame_refcount(m) == 0 for m in rpc_shm)
+    now = machine.pinned_frames(1)
+    assert all(n <= pins_before.get(m, 0) for m, n in now.items()), (now, pins_before)
+    part = stack.platform.tee.partition_stats(CLIENT_D1)
+    assert part.threads_suspended == 0, part
+    _service(stack, 1, 70)
+    _service(stack, 2, 80)
+    assert stack.platform.oracle.violations == []
+    stack.destroy_all()
+    stack.assert_clean()
