@@ -167,6 +167,20 @@ def test_floods_past_every_per_domain_limit(world):
         assert state["pinned_pages"] == LIMITS.max_total_pages
         assert _cookies(state, "shm_buffers") == {0x200 + i for i in range(len(cookies))}
         assert p.machine.pinned_frames(1) == pins  # nothing partial
+        # Number of buffers: one-page registrations stay far below the page
+        # limit, so only max_shm_buffers can stop them.
+        for cookie in cookies:
+            assert evil.unregister(cookie)[1].ret == 0
+        assert p.mediator_state(1)["pinned_pages"] == 0
+        small = []
+        for i in range(LIMITS.max_shm_buffers + 4):
+            out = evil.register(0x400 + i, 1)[1]
+            if out.ret:
+                assert (out.ret, out.ret_origin) == (TEEC_ERROR_OUT_OF_MEMORY, TEEC_ORIGIN_COMMS)
+            else:
+                small.append(0x400 + i)
+        assert small == [0x400 + i for i in range(LIMITS.max_shm_buffers)]
+        assert p.mediator_state(1)["pinned_pages"] == LIMITS.max_shm_buffers < LIMITS.max_total_pages
         # The victim is not starved by any of it.
         assert _inc(victim, victim.session(INCREMENT_UUID), 1) == 2
         assert victim.register(0x200, LIMITS.max_pages_per_buffer)[1].ret == 0
