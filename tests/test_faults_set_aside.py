@@ -11,6 +11,7 @@ its ``state`` is not.
 from __future__ import annotations
 
 import resource
+import signal
 import threading
 import time
 
@@ -344,3 +345,114 @@ def test_set_aside_call_freeing_rpc_shm_in_settle_orphans_releases_it_once(stack
     assert stack.platform.oracle.violations == []
     stack.destroy_all()
     stack.assert_clean()
+
+
+# -- 3. a suspended REGISTER_SHM whose resume is found stale on the ring ---------------------
+
+def test_stale_resume_of_a_suspended_register_shm_unregisters_before_unpinning(stack):
+    """A REGISTER_SHM can be suspended before OP-TEE runs the command: with
+    the prealloc RPC cache on, a call that brings its own RPC argument
+    (CALL_WITH_RPC_ARG) first hands back the thread's cached RPC ALLOC buffer
+    (RPC FREE; call_entry_std's clear_prealloc_rpc_cache). Its guest resumes
+    it while the daemon is stopped, the daemon is SIGKILLed with that resume
+    on the ring, and the successor finds it there (``_answer_stale``): the
+    call is abandoned, OP-TEE completes the registration, and recovery
+    undoes it. OP-TEE must be told UNREGISTER_SHM while the frames are still
+    pinned (undo, then release), never after."""
+    from stubdom.optee import (
+        OPTEE_MSG_ATTR_NONCONTIG,
+        OPTEE_MSG_ATTR_TYPE_TMEM_INPUT,
+        OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT,
+        OPTEE_MSG_CMD_INVOKE_COMMAND,
+        OPTEE_MSG_CMD_REGISTER_SHM,
+        OPTEE_SMC_ENABLE_SHM_CACHE,
+        MsgArg,
+        MsgParam,
+    )
+    from stubdom.optee.smc import OPTEE_SMC_RPC_FUNC_FREE, is_rpc_return, rpc_func
+    from stubdom.tee.tas import STORAGE_CMD_READ, STORAGE_UUID
+
+    stack.platform.create_domain(domain_spec(stack.config.domain(1)))
+    g = HostileGuest(stack.platform, 1)
+    g.negotiate()
+    assert g.rpc_arg
+    assert g.smc(OPTEE_SMC_ENABLE_SHM_CACHE)[0] == OPTEE_SMC_RETURN_OK
+    # a storage READ through CALL_WITH_ARG: OP-TEE allocates its RPC argument
+    # with RPC ALLOC and, the cache being on, keeps it on the thread
+    session = g.session(STORAGE_UUID)
+    name, out_page = g.page(), g.page()
+    g.write(name, b"no-such-object")
+    read = MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=STORAGE_CMD_READ, session=session, params=(
+        MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT | OPTEE_MSG_ATTR_NONCONTIG, g.page_list([name]), 14, 0),
+        MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG, g.page_list([out_page]),
+                      PAGE_SIZE, 0)))
+    r, _, _ = g.call(read)
+    assert r[0] == OPTEE_SMC_RETURN_OK
+    assert stack.platform.tee.partition_stats(CLIENT_D1).cached_rpc_args == 1
+    # REGISTER_SHM with its own RPC argument: suspended in the RPC FREE
+    cookie = g.cookie()
+    pages = g.pages(2)
+    mfns = [g.frame_of(p) for p in pages]
+    arg = g.page()
+    g.write_arg(arg, MsgArg(OPTEE_MSG_CMD_REGISTER_SHM, params=(MsgParam.tmem(
+        OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG, g.page_list(pages), 2 * PAGE_SIZE,
+        cookie),)))
+    r = g.start(arg, OPTEE_SMC_CALL_WITH_RPC_ARG)
+    assert is_rpc_return(r[0]) and rpc_func(r[0]) == OPTEE_SMC_RPC_FUNC_FREE, r
+    assert all(stack.platform.machine.frame_refcount(m) == 1 for m in mfns)  # pending registration
+    # whether OP-TEE is told UNREGISTER_SHM of it while its frames are pinned
+    pinned_at_unregister: list[bool] = []
+    inner = stack.platform.tee.smc
+    machine = stack.platform.machine
+
+    def smc(regs):
+        if regs[7] == CLIENT_D1 and regs[0] & M32 in _STD_CALLS:
+            maddr = ((regs[1] & M32) << 32) | (regs[2] & M32)
+            hdr = unpack_header(machine.read_machine(maddr, 32))
+            if hdr[0] == OPTEE_MSG_CMD_UNREGISTER_SHM:
+                pinned_at_unregister.append(all(machine.frame_refcount(m) for m in mfns))
+        return inner(regs)
+
+    stack.platform.tee.smc = smc
+    # the resume reaches the ring of a stopped daemon, which then dies
+    result: list = []
+    t = threading.Thread(target=lambda: result.append(g.resume(r[3], vcpu=1)), daemon=True)
+    try:
+        _stop(stack.daemon.proc)
+        sent = stack.platform.placement.statistics(1).requests
+        t.start()
+        deadline = time.monotonic() + 30
+        while stack.platform.placement.statistics(1).requests == sent:
+            assert time.monotonic() < deadline, "the resume never reached the ring"
+            time.sleep(0.01)
+    finally:
+        stack.kill()  # SIGKILL ends a stopped process too
+    stack.start()
+    t.join(30)
+    assert result and result[0][0] == OPTEE_SMC_RETURN_ENOTAVAIL, result
+    log = stack.daemon.log()
+    assert "event=stale_requests_answered" in log, log
+    with stack.ctl() as c:
+        j = c.call("stats")["journal"]
+    assert j["abandoned"] == 1 and j["stale_answered"] >= 1, j
+    # OP-TEE was told while the pins were held (the first time: the undo)
+    assert pinned_at_unregister and pinned_at_unregister[0], pinned_at_unregister
+    assert stack.platform.tee.partition_stats(CLIENT_D1).registered_shm == 0
+    assert all(machine.frame_refcount(m) == 0 for m in mfns)
+    assert stack.platform.oracle.violations == []
+    g.close_session(session)
+    stack.platform.destroy_domain(1)
+    stack.assert_clean()
+
+
+def _stop(proc) -> None:
+    """SIGSTOP ``proc`` and wait until it is stopped (state T): from then on
+    it pops nothing from its rings."""
+    proc.send_signal(signal.SIGSTOP)
+    deadline = time.monotonic() + 30
+    while True:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            if f.read().rsplit(") ", 1)[1][0] == "T":
+                return
+        assert time.monotonic() < deadline, "the daemon did not stop"
+        time.sleep(0.01)
