@@ -11,6 +11,7 @@ roles) and how far the run got; it is removed at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -23,7 +24,10 @@ from tqdm import tqdm
 
 from stubdom.bench.procinfo import machine_description
 
-from .platforms import HostilePlatform, make_platform
+from stubdom.mediator import DomainLimits
+from stubdom.optee import OPTEE_SMC_SEC_CAP_RPC_ARG
+
+from .platforms import BASE_CAPS, HostilePlatform, make_platform
 from .soak_load import Fleet, HonestWorker, HostileWorker
 from .soak_options import FIRST_DOMID, SoakOptions, SoakOptionsError, parse_soak_options
 from .soak_report import JSON_NAME, LIVE_NAME, REPORT_NAME, build_document, write_outputs
@@ -32,6 +36,12 @@ from .soak_violations import Violations
 
 __all__ = ["run_soak", "soak_main"]
 
+# Every domain's limits (the configuration's defaults): tight, so the floods
+# reach each of them within their page budget, with room for the honest
+# workloads (a registered digest holds 2 buffers, storage an RPC buffer).
+SOAK_LIMITS = DomainLimits(max_calls=3, max_shm_buffers=8, max_pages_per_buffer=16, max_total_pages=48)
+# OP-TEE as upstream builds it today: RPC_ARG too (CALL_WITH_REGD_ARG needs it).
+SOAK_CAPS = BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG
 # Machine frames beyond what the domains' RAM needs (mediator heap pages,
 # the shadow pool, dying domains' zombies).
 _SPARE_FRAMES = 8192
@@ -160,7 +170,8 @@ def run_soak(opts: SoakOptions, argv: list[str] | None = None, *, catalogue=None
     violations = Violations()
     nr_frames = max(32768, opts.honest * opts.honest_pages + opts.hostile * opts.hostile_pages + _SPARE_FRAMES)
     with tempfile.TemporaryDirectory(prefix="stubdom-soak-", dir=opts.work_dir) as root:
-        p = make_platform(Path(root), opts.placement, guest_count=max(8, opts.domains), nr_frames=nr_frames,
+        p = make_platform(Path(root), opts.placement, caps=SOAK_CAPS, limits=SOAK_LIMITS,
+                          guest_count=max(8, opts.domains), nr_frames=nr_frames,
                           seed=opts.seed, smc_history=opts.smc_history, call_timeout_ms=opts.call_timeout_ms)
         journal = Path(root) / "run" / "stubdom-teed" / "journal" if p.daemon is not None else None
         try:
@@ -175,7 +186,8 @@ def run_soak(opts: SoakOptions, argv: list[str] | None = None, *, catalogue=None
             violations.add("daemon_exit", f"stubdom-teed exited with status {p.daemon_exit} on SIGTERM")
         result["daemon_exit"] = p.daemon_exit
     doc = build_document(result, opts, argv=list(argv or []), machine=machine, created=created,
-                         violations=violations)
+                         violations=violations, platform={"caps": SOAK_CAPS, "limits": dataclasses.asdict(SOAK_LIMITS),
+                                                          "nr_frames": nr_frames})
     write_outputs(doc, out)
     return doc
 

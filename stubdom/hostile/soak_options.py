@@ -39,7 +39,9 @@ class SoakOptions:
     honest_pages: int = 1024
     hostile_pages: int = 4096
     call_timeout_ms: int = 30_000
-    smc_history: int = 4096
+    # The attacks look back over the SMCs of one iteration (a slice of the
+    # record): enough for any iteration with every other domain busy.
+    smc_history: int = 65536
 
     @property
     def honest(self) -> int:

@@ -48,7 +48,7 @@ def _series_figures(samples: list[dict], key: str, duration_s: float) -> dict:
 
 
 def build_document(result: dict, opts, *, argv: list[str], machine: dict, created: str,
-                   violations: Violations) -> dict:
+                   violations: Violations, platform: dict) -> dict:
     samples = result["samples"]
     duration = max(result["elapsed_s"], 1e-9)
     domains = []
@@ -73,6 +73,7 @@ def build_document(result: dict, opts, *, argv: list[str], machine: dict, create
         "created": created,
         "argv": argv,
         "options": opts.as_json(),
+        "platform": platform,
         "machine": {**machine, "loadavg_end": load_end},
         "elapsed_s": result["elapsed_s"],
         "attacks": result["catalogue"],
