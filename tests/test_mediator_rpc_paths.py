@@ -5,13 +5,17 @@ be written, and RPC argument buffers in the hardware domain's static region."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from stubdom.hostile import BASE_CAPS, HostileGuest, make_platform
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,
+    OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
     OPTEE_MSG_ATTR_TYPE_TMEM_INPUT,
     OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT,
+    OPTEE_MSG_ATTR_TYPE_VALUE_INPUT,
     OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT,
     OPTEE_MSG_CMD_INVOKE_COMMAND,
     OPTEE_RPC_CMD_FS,
@@ -33,7 +37,14 @@ from stubdom.optee import (
     rpc_func,
 )
 from stubdom.platform import DomainSpec
-from stubdom.tee.tas import STORAGE_CMD_WRITE, STORAGE_UUID, WAIT_CMD_GET_TIME, WAIT_UUID
+from stubdom.tee.tas import (
+    DIGEST_CMD_SHA256,
+    DIGEST_UUID,
+    STORAGE_CMD_WRITE,
+    STORAGE_UUID,
+    WAIT_CMD_GET_TIME,
+    WAIT_UUID,
+)
 from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, P2mType
 
 CAPS = {"rpc_alloc": BASE_CAPS, "rpc_arg": BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG}
@@ -182,3 +193,49 @@ def test_static_region_rpc_buffer_refused_for_anyone_else(tmp_path, hwdom, direc
         assert r[0] == OPTEE_SMC_RETURN_OK and g.read_arg(ipa).ret == TEEC_ERROR_OUT_OF_MEMORY
         assert p.placement.mediator.context(2).rpc_buffers == {}
         p.oracle.assert_clean()
+
+
+def test_op_tee_shm_free_naming_a_registration_leaves_it_registered_and_pinned(tmp_path):
+    """OP-TEE's SHM_FREE frees only RPC SHM (what it allocated through the
+    guest): an SHM_FREE naming a cookie the guest registered itself must not
+    unpin that registration, which OP-TEE may still read."""
+    with make_platform(tmp_path / "m", "el2") as p:
+        p.create_domain(DomainSpec(1, nr_pages=512))
+        g = HostileGuest(p, 1)
+        session = g.session(WAIT_UUID)
+        cookie = 0x5150
+        data = bytes(range(256)) * 32
+        pages = g.pages(2)
+        g.write(pages[0], data[:PAGE_SIZE])
+        g.write(pages[1], data[PAGE_SIZE:])
+        assert g.register(cookie, 2, buf_ptr=g.page_list(pages))[1].ret == 0
+        ctx = p.placement.mediator.context(1)
+        pins = p.machine.pinned_frames(1)
+        inner = p.tee.smc
+        left = [1]
+
+        def smc(regs):  # the GET_TIME request becomes SHM_FREE(cookie) once
+            r = inner(regs)
+            if left[0] and regs[7] == 2 and rpc_func(r[0] & 0xFFFFFFFF) == OPTEE_SMC_RPC_FUNC_CMD:
+                left[0] = 0
+                buf = ctx.rpc_buffers[(r[1] << 32) | r[2]]
+                p.machine.write_machine(buf.shadow.maddr, MsgArg(OPTEE_RPC_CMD_SHM_FREE, params=(
+                    MsgParam.value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, OPTEE_RPC_SHM_TYPE_APPL, cookie),)).pack())
+            return r
+
+        p.tee.smc = smc
+        ipa, r = _get_time(g, session, g.page())
+        assert r[0] == OPTEE_SMC_RETURN_RPC_CMD and left == [0]
+        assert g.serve(r)[0] == OPTEE_SMC_RETURN_OK
+        p.tee.smc = inner
+        assert cookie in ctx.shm_buffers
+        assert {m: n for m, n in p.machine.pinned_frames(1).items() if m in pins} == pins
+        # OP-TEE still uses it: a digest over the registration reads pinned pages only.
+        out = g.page()
+        _, res, _ = g.call(MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=DIGEST_CMD_SHA256,
+                                  session=g.session(DIGEST_UUID), params=(
+            MsgParam.rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 0, len(data), cookie),
+            MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG, g.page_list([out]), 32, 9))))
+        assert res.ret == 0 and g.dom.read(out, 32) == hashlib.sha256(data).digest()
+        p.oracle.assert_clean()
+        assert g.unregister(cookie)[1].ret == 0
