@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from stubdom.hostile import AttackOutcomeWrong
 from stubdom.workloads import WorkloadFailed
 
 from . import latency
@@ -61,8 +62,10 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> dict:
 
 
 def bench_main(argv: list[str]) -> int:
-    """Entry point of ``stubdom-teed bench``: 0 on success, 1 when a workload
-    got a wrong answer, 2 on bad options or profiles."""
+    """Entry point of ``stubdom-teed bench``: 0 on success (rows of the
+    attacks sweep over their bound included: that is a measurement), 1 when
+    a workload got a wrong answer or an attack a wrong outcome, 2 on bad
+    options or profiles."""
     try:
         opts = parse_options(list(argv))
     except BenchError as e:
@@ -73,12 +76,21 @@ def bench_main(argv: list[str]) -> int:
     except WorkloadFailed as e:
         print(f"stubdom-teed bench: wrong answer: {e}", file=sys.stderr)
         return 1
+    except AttackOutcomeWrong as e:
+        print(f"stubdom-teed bench: wrong outcome: {e}", file=sys.stderr)
+        return 1
     except BenchError as e:
         print(f"stubdom-teed bench: {e}", file=sys.stderr)
         return 2
     ran = [n for n, p in doc["placements"].items() if p["status"] == "ran"]
     skipped = [n for n, p in doc["placements"].items() if p["status"] == "skipped"]
-    print(f"bench: {len(doc['cells'])} cells over {', '.join(ran)}"
-          + (f" (skipped: {', '.join(skipped)})" if skipped else "")
-          + f" in {doc['elapsed_s']:.1f} s -> {opts.out / JSON_NAME}, {opts.out / REPORT_NAME}")
+    if doc["cells"]:
+        print(f"bench: {len(doc['cells'])} cells over {', '.join(ran)}"
+              + (f" (skipped: {', '.join(skipped)})" if skipped else "")
+              + f" in {doc['elapsed_s']:.1f} s -> {opts.out / JSON_NAME}, {opts.out / REPORT_NAME}")
+    else:
+        print(f"bench: {doc['elapsed_s']:.1f} s -> {opts.out / JSON_NAME}, {opts.out / REPORT_NAME}")
+    if doc.get("attacks") is not None:
+        att = doc["attacks"]
+        print(f"bench: attacks: {att['rows_over_bound']} of {len(att['rows'])} bystander rows over the bound")
     return 0

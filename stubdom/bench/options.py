@@ -7,14 +7,14 @@ import argparse
 from importlib.resources import files
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import BadOption
 from .placements import PLACEMENT_NAMES
 from .workloads import workload_names
 
-__all__ = ["BenchOptions", "parse_options", "FULL", "QUICK"]
+__all__ = ["BenchOptions", "parse_options", "FULL", "QUICK", "SWEEPS", "DEFAULT_SWEEPS"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,11 @@ class Plan:
     scale_workloads: tuple[str, ...]
     scale_pages: int  # pages per domain in the scale sweep
     floor_rounds: int  # floor round trips per block
+    # the attacks sweep (not a default sweep): bystander calls per block and
+    # workload, rounds over every attack, the bystander's workloads
+    attack_block: int = 300
+    attack_rounds: int = 4
+    attack_workloads: tuple[str, ...] = ("fast_call", "invoke_value")
 
 
 FULL = Plan(warmup=50, block=200, rounds=10,
@@ -41,7 +46,12 @@ QUICK = Plan(warmup=5, block=20, rounds=3,
              vcpu_layouts=((1, 1), (1, 2), (2, 1)),
              vcpu_workloads=("fast_call",),
              scale_domains=(1, 8), scale_workloads=("fast_call",),
-             scale_pages=64, floor_rounds=300)
+             scale_pages=64, floor_rounds=300,
+             attack_block=20, attack_rounds=1, attack_workloads=("fast_call", "invoke_value"))
+#: Every sweep; the default is all but ``attacks`` (so the committed full run
+#: stays comparable from one version to the next).
+SWEEPS = ("workloads", "vcpus", "scale", "attacks")
+DEFAULT_SWEEPS = ("workloads", "vcpus", "scale")
 
 
 @dataclass(frozen=True)
@@ -51,7 +61,7 @@ class BenchOptions:
     seed: int = 1
     placements: tuple[str, ...] = PLACEMENT_NAMES
     workloads: tuple[str, ...] = tuple(workload_names())
-    sweeps: tuple[str, ...] = ("workloads", "vcpus", "scale")
+    sweeps: tuple[str, ...] = DEFAULT_SWEEPS
     cpus: str = "different"  # same | different | none
     open_loop_rate: float | None = None  # calls/s per worker; None = closed loop
     poll_window_us: int = 200
@@ -119,7 +129,9 @@ def parse_options(argv: list[str]) -> BenchOptions:
                    help=f"comma-separated subset of {','.join(PLACEMENT_NAMES)}")
     p.add_argument("--workloads", default=",".join(workload_names()),
                    help=f"comma-separated subset of {','.join(workload_names())}")
-    p.add_argument("--sweeps", default="workloads,vcpus,scale", help="comma-separated: workloads,vcpus,scale")
+    p.add_argument("--sweeps", default=",".join(DEFAULT_SWEEPS),
+                   help="comma-separated subset of " + ",".join(SWEEPS) + " (default: all but attacks: the "
+                        "bystander under every hostile-guest attack, docs/performance.md)")
     p.add_argument("--cpus", choices=("same", "different", "none"), default="different",
                    help="pin the platform process and the daemon (and the floor's two ends) to the same "
                         "core, to different cores, or not at all")
@@ -129,8 +141,8 @@ def parse_options(argv: list[str]) -> BenchOptions:
                    help="adaptive polling window of stubdom-poll and of the polling floor")
     p.add_argument("--hw-profile", action="append", default=None, metavar="YAML",
                    help="hardware profile(s) to project with (default: configs/hw-*.yaml)")
-    p.add_argument("--rounds", type=int, default=None, help="override the interleaved rounds")
-    p.add_argument("--block", type=int, default=None, help="override the calls per block")
+    p.add_argument("--rounds", type=int, default=None, help="override the interleaved rounds (every sweep)")
+    p.add_argument("--block", type=int, default=None, help="override the calls per block (every sweep)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--workdir", default=None, metavar="DIR",
                    help="where runtime directories go (machine files, rings, the daemon's journal); "
@@ -138,20 +150,26 @@ def parse_options(argv: list[str]) -> BenchOptions:
     a = p.parse_args(argv)
     plan = QUICK if a.quick else FULL
     if a.rounds is not None or a.block is not None:
-        from dataclasses import replace
-
         if (a.rounds is not None and a.rounds < 1) or (a.block is not None and a.block < 1):
             raise BadOption("--rounds/--block", (a.rounds, a.block), "must be at least 1")
-        plan = replace(plan, rounds=a.rounds or plan.rounds, block=a.block or plan.block)
+        plan = replace(plan, rounds=a.rounds or plan.rounds, block=a.block or plan.block,
+                       attack_rounds=a.rounds or plan.attack_rounds, attack_block=a.block or plan.attack_block)
     if a.open_loop is not None and not a.open_loop > 0:
         raise BadOption("--open-loop", a.open_loop, "rate must be positive")
     if a.poll_window_us < 0:
         raise BadOption("--poll-window-us", a.poll_window_us, "must not be negative")
     profiles = tuple(Path(x) for x in a.hw_profile) if a.hw_profile else default_profiles()
+    workloads = _csv(a.workloads, tuple(workload_names()), "--workloads")
+    if "attacks" in a.sweeps.split(","):
+        kept = tuple(w for w in plan.attack_workloads if w in workloads)
+        if not kept:
+            raise BadOption("--workloads", a.workloads, "the attacks sweep runs "
+                            + ",".join(plan.attack_workloads) + ": name at least one")
+        plan = replace(plan, attack_workloads=kept)
     return BenchOptions(out=Path(a.out), quick=a.quick, seed=a.seed,
                         placements=_csv(a.placements, PLACEMENT_NAMES, "--placements"),
-                        workloads=_csv(a.workloads, tuple(workload_names()), "--workloads"),
-                        sweeps=_csv(a.sweeps, ("workloads", "vcpus", "scale"), "--sweeps"),
+                        workloads=workloads,
+                        sweeps=_csv(a.sweeps, SWEEPS, "--sweeps"),
                         cpus=a.cpus, open_loop_rate=a.open_loop, poll_window_us=a.poll_window_us,
                         hw_profiles=profiles, progress=not a.no_progress, plan=plan,
                         workdir=Path(a.workdir) if a.workdir else None)

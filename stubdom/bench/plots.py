@@ -112,10 +112,46 @@ def _scaling(doc: dict, path: Path) -> bool:
     return True
 
 
+def _attacks(doc: dict, path: Path) -> bool:
+    """Per placement: the bystander's p50 and p99 under each attack as a
+    multiple of quiet (grey line: the fair-share factor), and as a fraction
+    of the bound (red line: 1; above it, over the bound)."""
+    att = doc.get("attacks")
+    if not att or not att["rows"]:
+        return False
+    pls = list(dict.fromkeys(r["placement"] for r in att["rows"]))
+    names = list(att["attacks"])
+    wls = list(dict.fromkeys(r["workload"] for r in att["rows"]))
+    series = [(wl, k) for wl in wls for k in ("p50", "p99")]
+    width = 0.8 / max(len(series), 1)
+    fig, axes = plt.subplots(len(pls), 2, figsize=(15, 3.9 * len(pls)), squeeze=False)
+    for row, pl in enumerate(pls):
+        by = {(r["attack"], r["workload"]): r for r in att["rows"] if r["placement"] == pl}
+        for col, (title, value, line, colour) in enumerate((
+                ("× quiet", lambda r, k: r[f"{k}_ratio_to_quiet"] or 0, att["bound"]["share"], "grey"),
+                ("÷ bound", lambda r, k: r["latency_ns"][k] / r[f"bound_{k}_ns"], 1.0, "red"))):
+            ax = axes[row][col]
+            for i, (wl, k) in enumerate(series):
+                vals = [value(by[(a, wl)], k) if (a, wl) in by else 0 for a in names]
+                ax.bar([x + i * width for x in range(len(names))], vals, width, label=f"{wl} {k}")
+            ax.axhline(line, color=colour, linewidth=1)
+            ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(names))])
+            ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+            ax.set_yscale("log")
+            ax.set_title(f"{pl}: bystander latency under attack {title}", fontsize=10)
+            ax.grid(True, axis="y", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def write_plots(doc: dict, out: Path) -> list[str]:
     """Write the PNGs into ``out``; the file names written, for the report."""
     written = []
-    for name, fn in (("latency-cdf.png", _cdf), ("latency-bars.png", _bars), ("scaling.png", _scaling)):
+    for name, fn in (("latency-cdf.png", _cdf), ("latency-bars.png", _bars), ("scaling.png", _scaling),
+                     ("attacks.png", _attacks)):
         if fn(doc, out / name):
             written.append(name)
     return written

@@ -27,6 +27,10 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
     L = ["# stubdom-teed bench report", ""]
     L += [f"Run {doc['created']}, {doc['elapsed_s']:.1f} s, `{' '.join(['stubdom-teed', 'bench', *doc['argv']])}`"
           f" — schema {doc['schema_version']}.", ""]
+    att = doc.get("attacks")
+    if att is not None:
+        L += [f"**Bystander under attack: {att['rows_over_bound']} of {len(att['rows'])} rows over the bound**"
+              " (a measurement, not a gate: see *Bystander under attack* below).", ""]
     L += ["## Machine and process layout", ""]
     L += [f"- CPU: {m['cpu_model']}, {m['logical_cpus']} logical CPUs (usable {m['usable_cpus']}), {m['machine']}",
           f"- Kernel: {m['kernel']}",
@@ -112,6 +116,8 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
                     [[c["workload"], str(c["domains"]), c["placement"], _us(c["latency_ns"]["p50"]),
                       _us(c["latency_ns"]["p99"]), _x(c["throughput_per_s"], 0),
                       ", ".join(f"{k} {v / 1024:.1f}" for k, v in c["rss_kib"].items())] for c in sc])
+    if att is not None:
+        L += _attacks_section(att)
     L += ["## Targets (goals, not CI gates)", ""]
     L += _table(["target", "goal", "value", "status"],
                 [[t["target"], t["goal"], _x(t["value"]), t["status"]] for t in doc["targets"]])
@@ -119,6 +125,45 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
     if plots:
         L += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(L)
+
+
+def _attacks_section(att: dict) -> list[str]:
+    b = att["bound"]
+    L = ["## Bystander under attack", "",
+         f"A bystander domain runs {', '.join(att['workloads'])} in blocks of {att['block']} calls: quiet, under "
+         f"attack A, quiet, under attack B, ... over {len(att['attacks'])} attacks, {att['rounds']} round(s), "
+         "the order rotating each round; one attacker domain per block, its attack looping on its own thread, "
+         "every iteration's outcome checked. Limits of every domain: "
+         + ", ".join(f"{k} {v}" for k, v in att["limits"].items()) + ".", "",
+         f"Bound: {b['p50']}; {b['p99']}; allowance = {b['allowance']} (share {b['share']:g}, switch interval "
+         f"{b['switch_interval_ns'] / 1e6:g} ms; derivation in docs/performance.md). Latency in µs.", ""]
+    for name, pl in att["placements"].items():
+        if pl["status"] == "skipped":
+            L += [f"- **{name}**: skipped — {pl['reason']}"]
+    L.append("")
+    L += ["### Quiet blocks", ""]
+    L += _table(["placement", "workload", "calls", "p50", "p99", "max", "block p50s (min–max)",
+                 "lock takes/call"],
+                [[q["placement"], q["workload"], str(q["calls"]), _us(q["latency_ns"]["p50"]),
+                  _us(q["latency_ns"]["p99"]), _us(q["latency_ns"]["max"]),
+                  (f"{_us(min(q['block_p50_ns']))}–{_us(max(q['block_p50_ns']))}" if q["block_p50_ns"] else "–"),
+                  _x(q["lock_takes_per_call"], 1)] for q in att["quiet"]])
+    L += ["### Under attack", ""]
+    rows = []
+    for r in att["rows"]:
+        lat = r["latency_ns"]
+        verdict = ("**OVER** (" + ", ".join(k for k in ("p50", "p99") if r[f"over_{k}"]) + ")") if r["over"] else "within"
+        rows.append([r["placement"], r["attack"], r["workload"], str(r["calls"]), _us(lat["p50"]),
+                     _x(r["p50_ratio_to_quiet"]), _us(r["bound_p50_ns"]), _us(lat["p99"]),
+                     _x(r["p99_ratio_to_quiet"]), _us(r["bound_p99_ns"]), _us(lat["max"]),
+                     _us(r["lock_wait_allowance_ns"]), verdict, _x(r["attacker_iterations_per_s"], 1)])
+    L += _table(["placement", "attack", "workload", "calls", "p50", "× quiet", "p50 bound", "p99", "× quiet",
+                 "p99 bound", "max", "allowance", "bound", "attacker it/s"], rows)
+    over = [r for r in att["rows"] if r["over"]]
+    if over:
+        L += ["Rows over the bound: " + "; ".join(f"{r['placement']} {r['attack']} {r['workload']}" for r in over)
+              + ".", ""]
+    return L
 
 
 def _fs_type(path) -> str:

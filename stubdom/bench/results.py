@@ -149,8 +149,12 @@ def build_document(runner: Runner, opts: BenchOptions, *, argv: list[str], machi
     for name in opts.placements:
         if name in runner.skipped:
             placements[name] = {"status": "skipped", "reason": runner.skipped[name]}
-        else:
-            placements[name] = {"status": "ran", "processes": runner.processes.get(name, [])}
+        elif name in runner.processes:
+            placements[name] = {"status": "ran", "processes": runner.processes[name]}
+        else:  # only the attacks sweep ran: it reports its own placements
+            placements[name] = {"status": "skipped",
+                                "reason": "no sweep of this run started the bench's placements (the attacks "
+                                          "sweep uses the hostile harness's: see the attacks section)"}
     if "workloads" in opts.sweeps:
         for f in ("floor-sleep", "floor-poll"):
             placements[f] = {"status": "ran", "spin_ns": 0 if f == "floor-sleep" else opts.poll_window_us * 1000,
@@ -178,5 +182,6 @@ def build_document(runner: Runner, opts: BenchOptions, *, argv: list[str], machi
         "targets": _targets(cells, ratios),
         "notes": _notes(cells, opts, runner.skipped),
         "cdf": cdfs,
+        "attacks": runner.attack_sweep.to_json() if runner.attack_sweep is not None else None,
         "elapsed_s": float(elapsed_s),
     }

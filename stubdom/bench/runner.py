@@ -23,6 +23,7 @@ from pathlib import Path
 import ring
 
 from . import latency
+from .attacks import AttackSweep, attack_placements
 from .counters import OPS
 from .errors import PlacementUnavailable
 from .layout import Layout
@@ -164,6 +165,7 @@ class Runner:
         self.processes: dict[str, list[dict]] = {}
         self._progress = progress
         self._cpus = opts.cpu_pair()
+        self.attack_sweep: AttackSweep | None = None
 
     # -- bookkeeping ---------------------------------------------------------------
     def _tick(self, n: int = 1) -> None:
@@ -181,6 +183,9 @@ class Runner:
             total += len(p.vcpu_layouts) * len(p.vcpu_workloads) * p.rounds * n_pl
         if "scale" in o.sweeps:
             total += len(p.scale_domains) * len(p.scale_workloads) * p.rounds * n_pl
+        if "attacks" in o.sweeps:
+            total += len(attack_placements(o.placements)[0]) * AttackSweep.blocks_per_placement(
+                len(p.attack_workloads), p.attack_rounds)
         return total
 
     def _start_placements(self, stack: ExitStack, root: Path, layout: Layout) -> dict[str, BenchPlacement]:
@@ -267,6 +272,12 @@ class Runner:
                 for n in p.scale_domains:
                     self._layout_group(root, "scale", Layout(n, 1, p.scale_pages), p.scale_workloads,
                                        round_robin=True)
+            if "attacks" in o.sweeps:
+                self.attack_sweep = AttackSweep(workloads=p.attack_workloads, rounds=p.attack_rounds,
+                                                block=p.attack_block, warmup=p.warmup, seed=o.seed,
+                                                daemon_cpu=self._cpus[1] if self._cpus else None,
+                                                tick=self._tick)
+                self.attack_sweep.run(root / "attacks", o.placements)
 
     def _sweep_workloads(self, root: Path) -> None:
         layout = Layout(1, 1)

@@ -9,7 +9,7 @@ from .counters import OPS
 from .errors import SchemaError
 from .latency import PERCENTILES
 
-__all__ = ["SCHEMA_VERSION", "validate", "TOP_LEVEL", "CELL_KEYS"]
+__all__ = ["SCHEMA_VERSION", "validate", "TOP_LEVEL", "CELL_KEYS", "ATTACK_ROW_KEYS"]
 
 SCHEMA_VERSION = 1
 
@@ -26,12 +26,104 @@ CELL_KEYS = {
     "ring_batch": (dict, type(None)), "rss_kib": dict, "projected_ns": (dict, type(None)),
 }
 _SWEEPS = ("workloads", "vcpus", "scale")
+# The optional ``attacks`` section (``--sweeps attacks``): null or an object.
+ATTACKS_KEYS = {
+    "bound": dict, "limits": dict, "attacks": dict, "workloads": list, "rounds": int, "block": int,
+    "placements": dict, "quiet": list, "rows": list, "rows_over_bound": int, "blocks": list,
+}
+QUIET_KEYS = {
+    "placement": str, "workload": str, "calls": int, "latency_ns": dict, "block_p50_ns": list,
+    "traps_per_call": (int, float), "gate_hypercalls_per_call": (int, float), "lock_takes_per_call": (int, float),
+}
+ATTACK_ROW_KEYS = {
+    "placement": str, "attack": str, "workload": str, "calls": int, "latency_ns": dict,
+    "quiet_p50_ns": (int, float), "quiet_p99_ns": (int, float), "lock_takes_per_call": (int, float),
+    "contenders": int, "lock_wait_allowance_ns": (int, float), "bound_p50_ns": (int, float),
+    "bound_p99_ns": (int, float),
+    "p50_ratio_to_quiet": (float, type(None)), "p99_ratio_to_quiet": (float, type(None)),
+    "over_p50": bool, "over_p99": bool, "over": bool,
+    "attacker_iterations": int, "attacker_iterations_per_s": (float, type(None)),
+}
 _PLACEMENTS = ("el2", "stubdom", "stubdom-poll", "floor-sleep", "floor-poll")
 
 
 def _check(where: str, value: object, typ) -> None:
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise SchemaError(where, value, "expected a boolean")
+        return
     if isinstance(value, bool) or not isinstance(value, typ):
         raise SchemaError(where, value, f"expected {typ}")
+
+
+def _latency(where: str, lat: object, calls: int) -> None:
+    _check(where, lat, Mapping)
+    for key in (*PERCENTILES, "max", "min", "mean", "count"):
+        if key not in lat:
+            raise SchemaError(f"{where}.{key}", None, "missing")
+        _check(f"{where}.{key}", lat[key], (int, float))
+    if lat["count"] != calls:
+        raise SchemaError(f"{where}.count", lat["count"], f"differs from calls {calls}")
+    order = [lat[k] for k in ("min", *PERCENTILES, "max")]
+    if calls and order != sorted(order):
+        raise SchemaError(where, lat, "percentiles must not decrease")
+
+
+def _keys(where: str, obj: object, keys: Mapping) -> None:
+    _check(where, obj, Mapping)
+    for key, typ in keys.items():
+        if key not in obj:
+            raise SchemaError(f"{where}.{key}", None, "missing")
+        _check(f"{where}.{key}", obj[key], typ)
+
+
+def _validate_attacks(sec: Mapping) -> None:
+    """The attacks section; the bound of every row must be the one its
+    recorded numbers give (docs/bench-schema.md)."""
+    _keys("$.attacks", sec, ATTACKS_KEYS)
+    bound = sec["bound"]
+    for key in ("share", "switch_interval_ns", "p50", "p99", "allowance"):
+        if key not in bound:
+            raise SchemaError(f"$.attacks.bound.{key}", None, "missing")
+    for name, entry in sec["placements"].items():
+        if not isinstance(entry, Mapping) or entry.get("status") not in ("ran", "skipped"):
+            raise SchemaError(f"$.attacks.placements.{name}", entry, "status ran or skipped")
+    quiet = {}
+    for i, q in enumerate(sec["quiet"]):
+        w = f"$.attacks.quiet[{i}]"
+        _keys(w, q, QUIET_KEYS)
+        _latency(f"{w}.latency_ns", q["latency_ns"], q["calls"])
+        quiet[(q["placement"], q["workload"])] = q
+    over = 0
+    for i, r in enumerate(sec["rows"]):
+        w = f"$.attacks.rows[{i}]"
+        _keys(w, r, ATTACK_ROW_KEYS)
+        _latency(f"{w}.latency_ns", r["latency_ns"], r["calls"])
+        if r["attack"] not in sec["attacks"]:
+            raise SchemaError(f"{w}.attack", r["attack"], f"one of {sorted(sec['attacks'])}")
+        q = quiet.get((r["placement"], r["workload"]))
+        if q is None:
+            raise SchemaError(w, (r["placement"], r["workload"]), "no quiet record for this placement and workload")
+        ql = q["latency_ns"]
+        allowance = q["lock_takes_per_call"] * r["contenders"] * bound["switch_interval_ns"]
+        want = {
+            "quiet_p50_ns": ql["p50"], "quiet_p99_ns": ql["p99"], "lock_takes_per_call": q["lock_takes_per_call"],
+            "lock_wait_allowance_ns": allowance,
+            "bound_p50_ns": bound["share"] * ql["p50"] + allowance,
+            "bound_p99_ns": bound["share"] * ql["p99"] + allowance,
+        }
+        for key, v in want.items():
+            if abs(r[key] - v) > 1e-6 * max(1.0, abs(v)):
+                raise SchemaError(f"{w}.{key}", r[key], f"the recorded numbers give {v}")
+        flags = {"over_p50": r["latency_ns"]["p50"] > want["bound_p50_ns"],
+                 "over_p99": r["latency_ns"]["p99"] > want["bound_p99_ns"]}
+        flags["over"] = flags["over_p50"] or flags["over_p99"]
+        for key, v in flags.items():
+            if r[key] != v:
+                raise SchemaError(f"{w}.{key}", r[key], f"the recorded numbers give {v}")
+        over += flags["over"]
+    if sec["rows_over_bound"] != over:
+        raise SchemaError("$.attacks.rows_over_bound", sec["rows_over_bound"], f"{over} rows are over the bound")
 
 
 def validate(doc: Mapping) -> None:
@@ -60,16 +152,7 @@ def validate(doc: Mapping) -> None:
             raise SchemaError(f"{w}.sweep", cell["sweep"], f"one of {_SWEEPS}")
         if cell["placement"] not in _PLACEMENTS:
             raise SchemaError(f"{w}.placement", cell["placement"], f"one of {_PLACEMENTS}")
-        lat = cell["latency_ns"]
-        for key in (*PERCENTILES, "max", "min", "mean", "count"):
-            if key not in lat:
-                raise SchemaError(f"{w}.latency_ns.{key}", None, "missing")
-            _check(f"{w}.latency_ns.{key}", lat[key], (int, float))
-        if lat["count"] != cell["calls"]:
-            raise SchemaError(f"{w}.latency_ns.count", lat["count"], f"differs from calls {cell['calls']}")
-        order = [lat[k] for k in ("min", *PERCENTILES, "max")]
-        if cell["calls"] and order != sorted(order):
-            raise SchemaError(f"{w}.latency_ns", lat, "percentiles must not decrease")
+        _latency(f"{w}.latency_ns", cell["latency_ns"], cell["calls"])
         if cell["ops_per_call"] is not None and set(cell["ops_per_call"]) != set(OPS):
             raise SchemaError(f"{w}.ops_per_call", sorted(cell["ops_per_call"]), f"keys must be {OPS}")
     for i, r in enumerate(doc["ratios"]):
@@ -80,3 +163,5 @@ def validate(doc: Mapping) -> None:
     for i, t in enumerate(doc["targets"]):
         if t.get("status") not in ("met", "missed", "not measured"):
             raise SchemaError(f"$.targets[{i}].status", t.get("status"), "met, missed or not measured")
+    if doc.get("attacks") is not None:
+        _validate_attacks(doc["attacks"])

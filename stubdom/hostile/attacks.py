@@ -60,8 +60,6 @@ from stubdom.optee import (
     OPTEE_SMC_RETURN_RPC_CMD,
     OPTEE_SMC_RETURN_RPC_FOREIGN_INTR,
     OPTEE_SMC_RPC_FUNC_ALLOC,
-    OPTEE_SMC_VM_CREATED,
-    OPTEE_SMC_VM_DESTROYED,
     SMC_NAMES,
     TEEC_ERROR_BAD_PARAMETERS,
     TEEC_ERROR_OUT_OF_MEMORY,
@@ -96,6 +94,7 @@ FLOOD_PAGE_BUDGET = 256
 # How many suspended calls a calls flood tries before deciding the limit is
 # not enforced (far above any sane max_calls and OP-TEE thread count).
 FLOOD_CALLS_CAP = 256
+_SNAPSHOT_TRIES = 100  # reads of the SMC record before giving up on a quiet moment
 _CACHE_DRAIN_MAX = 64  # DISABLE_SHM_CACHE answers per drain: one per OP-TEE thread at most
 
 
@@ -110,10 +109,13 @@ class Attack:
     when the answer is not ``outcome``; after it returns the attacker holds
     no more than before (every page it took is back in the guest's
     allocator, ballooned ones populated again).  ``teardown`` releases what
-    ``setup`` took.  Subclasses write ``_setup``/``_step``/``_teardown``."""
+    ``setup`` took.  Subclasses write ``_setup``/``_step``/``_teardown``.
+    ``threads``: the attacker's vCPU threads the attack keeps running (a
+    racing second vCPU makes it 2)."""
 
     name: str
     outcome: str
+    threads: int = 1
 
     def setup(self, guest: HostileGuest, victim: int | None) -> object:
         with guest.scope(free=False) as taken:
@@ -151,21 +153,44 @@ class _State:
 
 
 class _TeeWatch:
-    """Counts SMCs stamped with the guest's client ID that reached the TEE
-    since it was made (None without a recording platform)."""
+    """What reached the TEE since it was made, from the platform's SMC record
+    (``HostilePlatform.tee_smcs``; nothing to say without one)."""
 
-    def __init__(self, guest: HostileGuest) -> None:
+    def __init__(self, guest: HostileGuest, *, live: bool = False) -> None:
+        self._guest = guest
         self._smcs = getattr(guest.platform, "tee_smcs", None)
         self._cid = client_id(guest.domid)
         self._mark = len(self._smcs) if self._smcs is not None else 0
+        self._mine = self._smcs.of_client(self._cid) if self._smcs is not None else 0
+        # (total, counts per live client ID and the hypervisor's 0), for the a7 check
+        self._live = self._snapshot() if live and self._smcs is not None else None
+
+    def _snapshot(self) -> tuple[int, dict[int, int]] | None:
+        """The total and the per-client counts as of one moment: read between
+        two equal totals (every SMC bumps both at once), else None."""
+        ids = [0] + [client_id(d) for d in self._guest.platform.domids()]
+        for _ in range(_SNAPSHOT_TRIES):
+            total = len(self._smcs)
+            counts = {c: self._smcs.of_client(c) for c in ids}
+            if len(self._smcs) == total:
+                return total, counts
+        return None
 
     def reached(self) -> int | None:
+        """SMCs stamped with the guest's client ID since (None: unknown)."""
         if self._smcs is None:
             return None
-        return sum(1 for s in self._smcs[self._mark:] if s[7] == self._cid)
+        return self._smcs.of_client(self._cid) - self._mine
 
-    def new(self) -> list:
-        return [] if self._smcs is None else self._smcs[self._mark:]
+    def foreign_stamps(self) -> int | None:
+        """SMCs since that carried no live domain's client ID (nor the
+        hypervisor's 0), by counts: no copy of the record (None: unknown,
+        or the set of domains changed meanwhile)."""
+        now = self._snapshot() if self._live is not None else None
+        if now is None or now[1].keys() != self._live[1].keys():
+            return None
+        (t0, before), (t1, after) = self._live, now
+        return (t1 - t0) - sum(after[c] - before[c] for c in after)
 
 
 def _not_reached(attack: Attack, watch: _TeeWatch, what: str) -> None:
@@ -178,8 +203,16 @@ def _oracle_clean(attack: Attack, guest: HostileGuest) -> None:
     attack.expect(not v, "the isolation oracle must stay clean", [x.describe() for x in v[:3]])
 
 
-def _pins(guest: HostileGuest, domid: int | None = None) -> dict:
-    return dict(guest.platform.machine.pinned_frames(guest.domid if domid is None else domid))
+def _pins(guest: HostileGuest, ipas) -> dict[int, int]:
+    """{frame: pins} of the frames behind these IPAs of the guest's RAM (a
+    cheap, targeted look: a full frame-table scan would cost the attacker's
+    thread milliseconds of the platform's interpreter lock per check)."""
+    m, out = guest.platform.machine, {}
+    for ipa in ipas:
+        e = guest.dom.lookup(ipa >> 12)
+        if e.type in (P2mType.p2m_ram_rw, P2mType.p2m_ram_ro):
+            out[e.mfn] = m.frame_refcount(e.mfn)
+    return out
 
 
 def _limits(guest: HostileGuest) -> DomainLimits | None:
@@ -282,8 +315,7 @@ class Registers(Attack):
         return {"arg": ipa, "ids": sorted(SMC_NAMES)}
 
     def _step(self, guest, state, rng):
-        watch = _TeeWatch(guest)
-        live_before = {client_id(d) for d in guest.platform.domids()}
+        watch = _TeeWatch(guest, live=True)
         with guest.scope():
             if rng.random() < 0.5:
                 known = rng.choice(state["ids"])
@@ -309,10 +341,9 @@ class Registers(Attack):
                 self.expect(r[0] in (OPTEE_SMC_RETURN_OK, OPTEE_SMC_RETURN_EBADADDR),
                             "a standard call with random parameters ends (OK or EBADADDR)", r)
             _drain_shm_cache(guest)  # a random ENABLE_SHM_CACHE would keep RPC buffers
-        live = live_before | {client_id(d) for d in guest.platform.domids()}
-        bad = [s for s in watch.new()
-               if not (s[7] in live or (s[7] == 0 and s[0] in (OPTEE_SMC_VM_CREATED, OPTEE_SMC_VM_DESTROYED)))]
-        self.expect(not bad, "every SMC at the TEE carries a live domain's client ID", bad[:3])
+        bad = watch.foreign_stamps()
+        self.expect(not bad, "every SMC at the TEE carries a live domain's client ID (or the hypervisor's)",
+                    f"{bad} SMC(s) with another a7")
         _oracle_clean(self, guest)
 
     def _teardown(self, guest, state):
@@ -397,6 +428,10 @@ class PageLists(Attack):
 
     def _setup(self, guest, victim):
         session = guest.session(DIGEST_UUID)
+        with guest.scope(free=False) as own:  # every page of its own the lists name
+            return self._cases(guest, victim, session, own)
+
+    def _cases(self, guest, victim, session, own):
         data = guest.pages(3)
         foreign = _foreign(guest, victim, 2)
         c = {}
@@ -418,7 +453,7 @@ class PageLists(Attack):
                            PAGE_SIZE)
         out = guest.page()
         return {"session": session, "cases": c, "arg": guest.page(), "out_ptr": guest.page_list([out]),
-                "too_long": make_buf_ptr(guest.page(), 0)}
+                "too_long": make_buf_ptr(guest.page(), 0), "own": own}
 
     def _step(self, guest, state, rng):
         for name in rng.sample(sorted(state["cases"]), 3) + ["too_long"]:
@@ -426,11 +461,11 @@ class PageLists(Attack):
                 buf_ptr, size, want = state["too_long"], 1 << 30, TOO_BIG
             else:
                 (buf_ptr, size), want = state["cases"][name], REFUSED
-            before = _pins(guest)
+            before = _pins(guest, state["own"])
             r, out = _run(guest, state["arg"], _digest_arg(state["session"], buf_ptr, size, state["out_ptr"]))
             self.expect(r[0] == OPTEE_SMC_RETURN_OK and (out.ret, out.ret_origin) == want,
                         f"page list {name}: {want[0]:#x} origin COMMS", (hex(r[0]), hex(out.ret), out.ret_origin))
-            after = _pins(guest)
+            after = _pins(guest, state["own"])
             self.expect(after == before, f"page list {name}: nothing pinned (all or nothing)", after)
         _oracle_clean(self, guest)
 
@@ -446,6 +481,7 @@ class RaceArg(Attack):
     while the call is suspended in an RPC — the argument and the RPC
     request (an SHM_ALLOC "reply" naming foreign frames)."""
 
+    threads: int = 2  # the calling vCPU and the Scribbler
     calls_per_race: int = 3
 
     def _setup(self, guest, victim):
@@ -587,20 +623,18 @@ class Cookies(Attack):
         r, out = guest.register(live, 1)
         self.expect(out.ret == 0, "registering a fresh cookie succeeds", hex(out.ret))
         out_page = guest.page()
-        return {"live": live, "victim": victim, "session": guest.session(DIGEST_UUID),
+        theirs: list[int] = []
+        if victim is not None and hasattr(guest.platform, "mediator_state"):
+            # Harness hint, read once: guesses that hit the victim's live cookies.
+            theirs = [b["cookie"] for b in guest.platform.mediator_state(victim)["shm_buffers"]]
+        return {"live": live, "theirs": theirs, "session": guest.session(DIGEST_UUID),
                 "waits": [guest.session(WAIT_UUID), guest.session(WAIT_UUID)],
                 "arg": guest.page(), "arg2": guest.page(),
                 "out_ptr": guest.page_list([out_page])}
 
     def _guesses(self, guest, state, rng) -> list[int]:
         g = [rng.getrandbits(64), rng.getrandbits(32), rng.randrange(1, 4096)]
-        if state["victim"] is not None and hasattr(guest.platform, "mediator_state"):
-            # Harness hint: a guess that hit one of the victim's live cookies.
-            try:
-                theirs = [b["cookie"] for b in guest.platform.mediator_state(state["victim"])["shm_buffers"]]
-            except Exception:  # the victim went away meanwhile: guesses stay guesses
-                theirs = []
-            g += rng.sample(theirs, min(2, len(theirs)))
+        g += rng.sample(state["theirs"], min(2, len(state["theirs"])))
         return [c for c in g if c != state["live"]]
 
     def _step(self, guest, state, rng):
@@ -745,18 +779,18 @@ class FloodBuffers(Attack):
         registered: list[int] = []
         with guest.scope():
             try:
-                before = _pins(guest)
                 if lim and lim.max_pages_per_buffer < FLOOD_PAGE_BUDGET:
-                    r, out = guest.register(guest.cookie(), lim.max_pages_per_buffer + 1)
+                    out, pages = self._register(guest, guest.cookie(), lim.max_pages_per_buffer + 1)
                     self.expect((out.ret, out.ret_origin) == TOO_BIG,
                                 f"a buffer of {lim.max_pages_per_buffer + 1} pages: OUT_OF_MEMORY origin COMMS",
                                 (hex(out.ret), out.ret_origin))
-                    self.expect(_pins(guest) == before, "an oversized buffer pins nothing", None)
+                    self._pins_nothing(guest, pages, "an oversized buffer pins nothing")
                 refused = False
                 while len(registered) < cap:
                     c = guest.cookie()
-                    r, out = guest.register(c, k)
+                    out, pages = self._register(guest, c, k)
                     if out.ret:
+                        self._pins_nothing(guest, pages, "a refused registration pins nothing")
                         self.expect((out.ret, out.ret_origin) == TOO_BIG,
                                     f"a registration of {k} page(s) past the limit: OUT_OF_MEMORY origin COMMS",
                                     (hex(out.ret), out.ret_origin))
@@ -768,18 +802,30 @@ class FloodBuffers(Attack):
                     self.expect(len(registered) == want, f"registrations of {k} page(s) stop at the limit ({want})",
                                 len(registered))
                 if refused:  # at the limit: more are refused and change nothing
-                    full = _pins(guest)
                     for _ in range(self.extra):
-                        r, out = guest.register(guest.cookie(), 1)
+                        out, pages = self._register(guest, guest.cookie(), 1)
                         self.expect((out.ret, out.ret_origin) == TOO_BIG,
                                     "more registrations past the limit are refused", (hex(out.ret), out.ret_origin))
-                    self.expect(_pins(guest) == full, "nothing partial: refused buffers pin nothing", None)
+                        self._pins_nothing(guest, pages, "nothing partial: refused buffers pin nothing")
             finally:
                 while registered:
                     c = registered.pop()
                     r, out = guest.unregister(c)
                     self.expect(out.ret == 0, f"unregistering its own cookie {c:#x}", hex(out.ret))
         _oracle_clean(self, guest)
+
+
+    @staticmethod
+    def _register(guest, cookie: int, npages: int):
+        """REGISTER_SHM of ``npages`` fresh pages: (answer, every page it named)."""
+        pages = guest.pages(npages)
+        buf_ptr = guest.page_list(pages)
+        r, out = guest.register(cookie, npages, buf_ptr=buf_ptr)
+        return out, pages + [buf_ptr & ~0xFFF]
+
+    def _pins_nothing(self, guest, pages, what: str) -> None:
+        pinned = {f: n for f, n in _pins(guest, pages).items() if n}
+        self.expect(not pinned, what, pinned)
 
 
 @dataclass(frozen=True)
@@ -856,7 +902,8 @@ class Balloon(Attack):
 
 ATTACKS: dict[str, Attack] = {a.name: a for a in (
     Registers("registers", "eight u64 back; a Trusted-OS call returns nothing in a4..a7; every SMC at the TEE "
-                           "carries a live domain's client ID (never the guest's a7); oracle clean"),
+                           "carries a live domain's client ID or the hypervisor's 0 (never the guest's a7); "
+                           "oracle clean"),
     BadArgPages("bad_arg_pages", "EBADADDR, the TEE not reached"),
     NumParams("num_params", "EBADADDR, the TEE not reached"),
     PageLists("page_lists", "BAD_PARAMETERS origin COMMS (a list over the policy: OUT_OF_MEMORY origin COMMS); "
