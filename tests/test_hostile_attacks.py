@@ -61,10 +61,12 @@ def test_attack_loops_beside_an_honest_domain(plat, name):
     p = plat
     p.create_domain(DomainSpec(1, nr_pages=512))
     evil = HostileGuest(p, 1)
+    free = evil.free_page_count
     with HonestLoad(p, 2) as honest:
         with AttackLoop(p, evil, ATTACKS[name], seed=7, victim=2, max_iterations=ITERATIONS) as loop:
             loop.wait()
     assert loop.iterations == ITERATIONS and honest.rounds > 0
+    assert evil.free_page_count == free  # every page back (ballooned ones populated again)
     # The loop gave back what it took: nothing pinned, no buffer, no call left
     # (teardown released what setup held).  The mediator's own shadow pages
     # for the domain stay until it is destroyed (destroy_and_check).
@@ -131,3 +133,20 @@ def test_a_wrong_outcome_in_a_loop_is_raised_on_exit(plat):
     with pytest.raises(AttackOutcomeWrong):
         with AttackLoop(p, HostileGuest(_Liar(p), 1), ATTACKS["bad_arg_pages"]):
             pass
+
+
+def test_every_attack_under_default_caps_and_limits(tmp_path):
+    """Without RPC_ARG offered (REGD_ARG is then no call for the guest) and
+    under the default limits (floods reach the buffer count and OP-TEE's
+    thread count), one attacker guest runs every attack in turn and gets
+    every page back.  el2 only: placement parity is the tests' above."""
+    with make_platform(tmp_path / "m", "el2") as p:
+        p.create_domain(DomainSpec(1, nr_pages=1024))
+        evil = HostileGuest(p, 1)
+        free = evil.free_page_count
+        with HonestLoad(p, 2):
+            for name in NAMES:
+                with AttackLoop(p, evil, ATTACKS[name], victim=2, max_iterations=2) as loop:
+                    loop.wait()
+                assert evil.free_page_count == free, name
+        destroy_all_and_check(p)

@@ -59,6 +59,7 @@ from stubdom.optee import (
     OPTEE_SMC_RETURN_OK,
     OPTEE_SMC_RETURN_RPC_CMD,
     OPTEE_SMC_RETURN_RPC_FOREIGN_INTR,
+    OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,
     OPTEE_SMC_RPC_FUNC_ALLOC,
     SMC_NAMES,
     TEEC_ERROR_BAD_PARAMETERS,
@@ -86,6 +87,7 @@ __all__ = ["Attack", "ATTACKS", "AttackLoop", "attack_names"]
 U64 = (1 << 64) - 1
 EBADADDR: Regs = (OPTEE_SMC_RETURN_EBADADDR,) + (0,) * 7
 ERESUME: Regs = (OPTEE_SMC_RETURN_ERESUME,) + (0,) * 7
+UNKNOWN: Regs = (OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,) + (0,) * 7
 REFUSED = (TEEC_ERROR_BAD_PARAMETERS, TEEC_ORIGIN_COMMS)
 TOO_BIG = (TEEC_ERROR_OUT_OF_MEMORY, TEEC_ORIGIN_COMMS)
 # Pages a flood may take from its guest in one iteration; a limit needing
@@ -649,7 +651,10 @@ class Cookies(Attack):
                             (hex(r[0]), hex(out.ret)))
                 watch = _TeeWatch(guest)
                 r = guest.smc(OPTEE_SMC_CALL_WITH_REGD_ARG, c >> 32, c & M32, 0)
-                self.expect(r == EBADADDR, f"REGD_ARG with cookie {c:#x} is EBADADDR", r)
+                # without RPC_ARG negotiated (the TEE did not offer it) REGD_ARG
+                # is no call at all for this guest
+                want = EBADADDR if guest.rpc_arg else UNKNOWN
+                self.expect(r == want, f"REGD_ARG with cookie {c:#x} is {SMC_NAMES.get(want[0], want[0])}", r)
                 _not_reached(self, watch, "REGD_ARG with a guessed cookie")
                 r, out = _run(guest, state["arg"], MsgArg(
                     OPTEE_MSG_CMD_INVOKE_COMMAND, func=DIGEST_CMD_SHA256, session=state["session"], params=(
@@ -912,7 +917,8 @@ ATTACKS: dict[str, Attack] = {a.name: a for a in (
                         "request with the output fields merged; oracle clean"),
     ResumeForeign("resume_foreign", "ERESUME, the TEE not reached; its own call resumes once"),
     Cookies("cookies", "a live cookie reused: BAD_PARAMETERS / refused ALLOC (OUT_OF_MEMORY); a guessed one: "
-                       "error (REGD_ARG: EBADADDR, the TEE not reached); the live one intact"),
+                       "error (REGD_ARG: EBADADDR, or UNKNOWN_FUNCTION without RPC_ARG; the TEE not reached); "
+                       "the live one intact"),
     FloodCalls("flood_calls", "ETHREAD_LIMIT past the calls limit (the TEE not reached); every suspended call "
                               "resumes"),
     FloodBuffers("flood_buffers", "OUT_OF_MEMORY origin COMMS past each buffer limit, never partial"),

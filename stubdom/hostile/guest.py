@@ -166,7 +166,8 @@ class HostileGuest:
         messages or to answer OP-TEE's RPCs) is given back at the end: one
         loop iteration of an attack holds no page after it.  Scopes nest (a
         page belongs to the innermost); ``free=False`` only records them in
-        the list it yields, for the caller to free later."""
+        the list it yields, for the caller to free later (an enclosing scope
+        still gets them too: it stays responsible for them)."""
         stack = self._scopes.__dict__.setdefault("stack", [])
         taken: list[int] = []
         stack.append(taken)
@@ -176,6 +177,8 @@ class HostileGuest:
             stack.pop()
             if free:
                 self.free_pages(taken)
+            elif stack:
+                stack[-1].extend(taken)
 
     @property
     def free_page_count(self) -> int:
