@@ -44,9 +44,16 @@ def test_every_attack_appears_per_placement(run):
             got = [r["attack"] for r in att["rows"] if (r["placement"], r["workload"]) == (pl, wl)]
             assert sorted(got) == sorted(ATTACKS), (pl, wl)
             q = [q for q in att["quiet"] if (q["placement"], q["workload"]) == (pl, wl)]
-            assert len(q) == 1 and q[0]["calls"] == len(ATTACKS) * 5
+            assert len(q) == 1 and len(q[0]["block_p50_ns"]) == len(ATTACKS)
+            blocks = [b for b in att["blocks"] if (b["placement"], b["workload"], b["attack"]) == (pl, wl, None)]
+            assert q[0]["calls"] == sum(b["calls"] for b in blocks)
     for r in att["rows"]:
-        assert r["calls"] == 5 and r["attacker_iterations"] >= 0
+        # blocks are chunks of --block calls, and each overlapped an attack iteration
+        assert r["calls"] >= 5 and r["calls"] % 5 == 0
+        assert r["attacker_iterations"] >= 1 and r["attacker_iterations_per_s"] > 0
+        blocks = [b for b in att["blocks"] if (b["placement"], b["workload"], b["attack"])
+                  == (r["placement"], r["workload"], r["attack"])]
+        assert len(blocks) == 1 and blocks[0]["calls"] == r["calls"]
     # the daemon really ran for stubdom, on its own process
     roles = {p["role"] for p in att["placements"]["stubdom"]["processes"]}
     assert roles == {"platform", "daemon"}

@@ -76,6 +76,9 @@ _ATTACKER_PAGES = 768
 # SMC registers the platform keeps (for the attacks' a7 check): enough for
 # any one attack iteration, flat over a long run.
 _SMC_HISTORY = 1 << 16
+# An attacked block waits at most this long for the attacker to complete an
+# iteration (a stalled attacker is then measured as it is, not waited for).
+_OVERLAP_CAP_S = 60.0
 
 
 def attack_placements(requested: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
@@ -132,11 +135,12 @@ class AttackSweep:
     """Runs the sweep for the runner; results in ``quiet``, ``attacked``,
     ``blocks``, ``skipped``."""
 
-    def __init__(self, *, workloads: tuple[str, ...], rounds: int, block: int, warmup: int, seed: int,
-                 daemon_cpu: int | None, tick: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, *, workloads: tuple[str, ...], rounds: int, block: int, block_min_s: float, warmup: int,
+                 seed: int, daemon_cpu: int | None, tick: Callable[[], None] = lambda: None) -> None:
         self.workloads = workloads
         self.rounds = rounds
         self.block = block
+        self.block_min_s = block_min_s
         self.warmup = warmup
         self.seed = seed
         self.daemon_cpu = daemon_cpu
@@ -205,10 +209,27 @@ class AttackSweep:
                     self._quiet_block(name, r, calls, counter, gate_calls, _drive)
                     self._attack_block(p, name, r, attack, calls, _drive)
 
+    def _run_block(self, fn, drive, loop: AttackLoop | None) -> list[int]:
+        """Chunks of ``block`` calls until the block lasted ``block_min_s``
+        and, under attack, the attacker completed an iteration meanwhile (a
+        block shorter than the interpreter's switch interval could run with
+        the attacker's thread never scheduled); an attack that failed ends
+        it at once (its error is raised when the loop exits)."""
+        samples: list[int] = []
+        t0, i0 = time.perf_counter(), loop.iterations if loop else 0
+        while True:
+            s, _wall = drive([fn], self.block, rate=None, round_robin=False)
+            samples += s
+            t = time.perf_counter() - t0
+            if loop is not None and loop.errors:
+                return samples
+            if t >= self.block_min_s and (loop is None or loop.iterations > i0 or t >= _OVERLAP_CAP_S):
+                return samples
+
     def _quiet_block(self, name, r, calls, counter, gate_calls, drive) -> None:
         for wl, fn in calls.items():
             t0, g0 = counter.snapshot().get("guest_traps", 0), gate_calls()
-            samples, _wall = drive([fn], self.block, rate=None, round_robin=False)
+            samples = self._run_block(fn, drive, None)
             rec = _block_record(name, r, None, wl, samples)
             h = self.quiet.setdefault((name, wl), _Hist())
             h.add(samples, rec["p50_ns"])
@@ -224,7 +245,7 @@ class AttackSweep:
             with AttackLoop(p, guest, ATTACKS[attack], seed=self.seed + r, victim=BYSTANDER) as loop:
                 for wl, fn in calls.items():
                     i0, t0 = loop.iterations, time.perf_counter_ns()
-                    samples, _wall = drive([fn], self.block, rate=None, round_robin=False)
+                    samples = self._run_block(fn, drive, loop)
                     rec = _block_record(name, r, attack, wl, samples)
                     h = self.attacked.setdefault((name, attack, wl), _Hist())
                     h.add(samples, rec["p50_ns"])
@@ -280,6 +301,7 @@ class AttackSweep:
             "workloads": list(self.workloads),
             "rounds": self.rounds,
             "block": self.block,
+            "block_min_s": self.block_min_s,
             "placements": {**{n: {"status": "ran", "processes": self.processes.get(n, [])} for n in self.ran},
                            **{n: {"status": "skipped", "reason": why} for n, why in self.skipped.items()}},
             "quiet": quiet,

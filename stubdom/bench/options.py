@@ -30,9 +30,11 @@ class Plan:
     scale_workloads: tuple[str, ...]
     scale_pages: int  # pages per domain in the scale sweep
     floor_rounds: int  # floor round trips per block
-    # the attacks sweep (not a default sweep): bystander calls per block and
-    # workload, rounds over every attack, the bystander's workloads
-    attack_block: int = 300
+    # the attacks sweep (not a default sweep): bystander calls per chunk, the
+    # least a block lasts (chunks are added until it has, and the attacker
+    # completed an iteration), rounds over every attack, the workloads
+    attack_block: int = 100
+    attack_block_min_s: float = 0.25
     attack_rounds: int = 4
     attack_workloads: tuple[str, ...] = ("fast_call", "invoke_value")
 
@@ -47,7 +49,8 @@ QUICK = Plan(warmup=5, block=20, rounds=3,
              vcpu_workloads=("fast_call",),
              scale_domains=(1, 8), scale_workloads=("fast_call",),
              scale_pages=64, floor_rounds=300,
-             attack_block=20, attack_rounds=1, attack_workloads=("fast_call", "invoke_value"))
+             attack_block=20, attack_block_min_s=0.02, attack_rounds=1,
+             attack_workloads=("fast_call", "invoke_value"))
 #: Every sweep; the default is all but ``attacks`` (so the committed full run
 #: stays comparable from one version to the next).
 SWEEPS = ("workloads", "vcpus", "scale", "attacks")

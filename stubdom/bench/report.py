@@ -36,9 +36,11 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
           f"- Kernel: {m['kernel']}",
           f"- Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v),
           f"- Load average at start: {', '.join(f'{x:.2f}' for x in m['loadavg'])}",
-          f"- Mode: {'open loop at %g calls/s per vCPU (latency from the intended start)' % o['open_loop_rate'] if o['open_loop_rate'] else 'closed loop'}; "
-          f"seed {o['seed']}; warm-up {o['plan']['warmup']} calls per worker; {o['plan']['rounds']} interleaved "
-          f"rounds of {o['plan']['block']} calls per worker and placement",
+          f"- Sweeps: {', '.join(o['sweeps'])}. Mode: "
+          f"{'open loop at %g calls/s per vCPU (latency from the intended start)' % o['open_loop_rate'] if o['open_loop_rate'] else 'closed loop'}; "
+          f"seed {o['seed']}; warm-up {o['plan']['warmup']} calls per worker"
+          + (f"; {o['plan']['rounds']} interleaved rounds of {o['plan']['block']} calls per worker and placement"
+             if cells else ""),
           f"- CPU placement: `--cpus {o['cpus']}` (platform CPU {doc['process_layout']['platform_cpu']}, "
           f"daemon CPU {doc['process_layout']['daemon_cpu']})",
           f"- Runtime directories (machine files, rings, the daemon's journal) under "
@@ -118,10 +120,11 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
                       ", ".join(f"{k} {v / 1024:.1f}" for k, v in c["rss_kib"].items())] for c in sc])
     if att is not None:
         L += _attacks_section(att)
-    L += ["## Targets (goals, not CI gates)", ""]
-    L += _table(["target", "goal", "value", "status"],
-                [[t["target"], t["goal"], _x(t["value"]), t["status"]] for t in doc["targets"]])
-    L += ["## Notes", ""] + [f"- {n}" for n in doc["notes"]] + [""]
+    if cells:  # issue 7's targets and the notes are about the placements' cells
+        L += ["## Targets (goals, not CI gates)", ""]
+        L += _table(["target", "goal", "value", "status"],
+                    [[t["target"], t["goal"], _x(t["value"]), t["status"]] for t in doc["targets"]])
+        L += ["## Notes", ""] + [f"- {n}" for n in doc["notes"]] + [""]
     if plots:
         L += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(L)
@@ -130,7 +133,8 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
 def _attacks_section(att: dict) -> list[str]:
     b = att["bound"]
     L = ["## Bystander under attack", "",
-         f"A bystander domain runs {', '.join(att['workloads'])} in blocks of {att['block']} calls: quiet, under "
+         f"A bystander domain runs {', '.join(att['workloads'])} in blocks (chunks of {att['block']} calls until the "
+         f"block lasted {att['block_min_s']:g} s and, under attack, the attacker completed an iteration): quiet, under "
          f"attack A, quiet, under attack B, ... over {len(att['attacks'])} attacks, {att['rounds']} round(s), "
          "the order rotating each round; one attacker domain per block, its attack looping on its own thread, "
          "every iteration's outcome checked. Limits of every domain: "

@@ -274,7 +274,8 @@ class Runner:
                                        round_robin=True)
             if "attacks" in o.sweeps:
                 self.attack_sweep = AttackSweep(workloads=p.attack_workloads, rounds=p.attack_rounds,
-                                                block=p.attack_block, warmup=p.warmup, seed=o.seed,
+                                                block=p.attack_block, block_min_s=p.attack_block_min_s,
+                                                warmup=p.warmup, seed=o.seed,
                                                 daemon_cpu=self._cpus[1] if self._cpus else None,
                                                 tick=self._tick)
                 self.attack_sweep.run(root / "attacks", o.placements)

@@ -29,6 +29,7 @@ _SWEEPS = ("workloads", "vcpus", "scale")
 # The optional ``attacks`` section (``--sweeps attacks``): null or an object.
 ATTACKS_KEYS = {
     "bound": dict, "limits": dict, "attacks": dict, "workloads": list, "rounds": int, "block": int,
+    "block_min_s": float,
     "placements": dict, "quiet": list, "rows": list, "rows_over_bound": int, "blocks": list,
 }
 QUIET_KEYS = {
