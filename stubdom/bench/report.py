@@ -36,7 +36,7 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
           f"- Kernel: {m['kernel']}",
           f"- Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v),
           f"- Load average at start: {', '.join(f'{x:.2f}' for x in m['loadavg'])}",
-          f"- Sweeps: {', '.join(o['sweeps'])}. Mode: "
+          f"- Sweeps: {', '.join(o.get('sweeps', ('workloads', 'vcpus', 'scale')))}. Mode: "
           f"{'open loop at %g calls/s per vCPU (latency from the intended start)' % o['open_loop_rate'] if o['open_loop_rate'] else 'closed loop'}; "
           f"seed {o['seed']}; warm-up {o['plan']['warmup']} calls per worker"
           + (f"; {o['plan']['rounds']} interleaved rounds of {o['plan']['block']} calls per worker and placement"
