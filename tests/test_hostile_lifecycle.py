@@ -24,10 +24,12 @@ from stubdom.mediator import DomainLimits, client_id
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,
     OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
+    OPTEE_MSG_ATTR_TYPE_TMEM_INPUT,
     OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT,
     OPTEE_MSG_ATTR_TYPE_VALUE_INOUT,
     OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT,
     OPTEE_MSG_CMD_INVOKE_COMMAND,
+    OPTEE_RPC_SHM_TYPE_APPL,
     OPTEE_SMC_CALL_WITH_REGD_ARG,
     OPTEE_SMC_ENABLE_SHM_CACHE,
     OPTEE_SMC_RETURN_EBADADDR,
@@ -51,6 +53,8 @@ from stubdom.tee.tas import (
     DIGEST_CMD_SHA256,
     DIGEST_UUID,
     INCREMENT_UUID,
+    STORAGE_CMD_WRITE,
+    STORAGE_UUID,
     TA_INCREMENT_CMD_INC_VALUE,
     WAIT_CMD_BUSY,
     WAIT_CMD_GET_TIME,
@@ -223,6 +227,25 @@ def test_cookies_reused_guessed_and_never_freed(world):
         assert evil.read_arg(ipa_b).ret == TEEC_ERROR_OUT_OF_MEMORY
         assert evil.serve(ra)[0] == OPTEE_SMC_RETURN_OK and evil.read_arg(ipa_a).ret == 0
         assert 0xAB in _cookies(p.mediator_state(1), "rpc_buffers")  # cached, never disabled
+        # An SHM_ALLOC answered with its live registration's cookie: refused
+        # (the guest is asked to free what it offered, OP-TEE's allocation
+        # fails), the registration intact and still pinned.
+        pins = p.machine.pinned_frames(1)
+        evil.shm_alloc_hook = lambda g, req: MsgParam.tmem(
+            OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
+            g.page_list(g.pages(-(-req.params[0].b // PAGE_SIZE))), req.params[0].b, 0x42)
+        name, blob = evil.pages(2)
+        evil.write(name, b"object-1")
+        evil.write(blob, b"x" * 100)
+        r, out, _ = evil.call(MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=STORAGE_CMD_WRITE,
+                                     session=evil.session(STORAGE_UUID), params=(
+            MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT | OPTEE_MSG_ATTR_NONCONTIG, evil.page_list([name]), 8, 1),
+            MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT | OPTEE_MSG_ATTR_NONCONTIG, evil.page_list([blob]), 100, 2))))
+        evil.shm_alloc_hook = None
+        assert r[0] == OPTEE_SMC_RETURN_OK and out.ret == TEEC_ERROR_OUT_OF_MEMORY
+        assert (OPTEE_RPC_SHM_TYPE_APPL, 0x42) in evil.shm_frees
+        assert 0x42 in _cookies(p.mediator_state(1), "shm_buffers")
+        assert {m: n for m, n in p.machine.pinned_frames(1).items() if m in pins} == pins
         # Never freed: registrations and cached RPC buffers left behind.
         for c in (0x50, 0x51, 0x52):
             assert evil.register(c, 2)[1].ret == 0
