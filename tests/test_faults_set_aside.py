@@ -225,9 +225,6 @@ def test_unregister_whose_pins_are_still_held_is_unregistered_again(stack, ran):
 
 # -- 2. a set-aside call OP-TEE still holds, freeing an RPC SHM buffer on its way out --------
 
-# enum thread_shm_cache_user (core/include/kernel/thread.h): SOCKET, FS, I2C;
-# a second user of the per-thread RPC SHM cache, cleared after the FS one
-THREAD_SHM_CACHE_USER_I2C = 2
 TWO_CACHES_CMD = 0x7E57  # not a storage TA command: the wrapper below runs it
 
 
@@ -242,16 +239,17 @@ def _two_cache_users(tee) -> None:
     from stubdom.optee.rpc import OPTEE_RPC_CMD_FS, OPTEE_RPC_FS_CLOSE, OPTEE_RPC_SHM_TYPE_APPL
     from stubdom.optee.teec import TEE_ERROR_OUT_OF_MEMORY, TEE_SUCCESS
     from stubdom.tee.tas import STORAGE_UUID
-    from stubdom.tee.thread import SHM_CACHE_USER_FS, RpcParam
+    from stubdom.tee.thread import SHM_CACHE_USER_FS, SHM_CACHE_USER_I2C, RpcParam
 
-    assert SHM_CACHE_USER_FS < THREAD_SHM_CACHE_USER_I2C
+    # a second user of the per-thread RPC SHM cache, cleared after the FS one
+    assert SHM_CACHE_USER_FS < SHM_CACHE_USER_I2C
     ta = tee.tas[STORAGE_UUID]
     inner = ta.invoke
 
     def invoke(ctx, cmd, params):
         if cmd != TWO_CACHES_CMD:
             return (yield from inner(ctx, cmd, params))
-        for user in (SHM_CACHE_USER_FS, THREAD_SHM_CACHE_USER_I2C):
+        for user in (SHM_CACHE_USER_FS, SHM_CACHE_USER_I2C):
             mobj = yield from ctx.thread.shm_cache_alloc(user, OPTEE_RPC_SHM_TYPE_APPL, 64)
             if mobj is None:
                 return TEE_ERROR_OUT_OF_MEMORY

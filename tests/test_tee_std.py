@@ -682,3 +682,10 @@ def test_concurrent_vcpus_are_serialised(tmp_path: Path) -> None:
     assert all(tee.partition_stats(nw.client).threads_free == 4 for nw in worlds)
     oracle.assert_clean()
     machine.close()
+
+
+def test_shm_cache_users_are_optee_values():
+    # enum thread_shm_cache_user, core/include/kernel/thread.h
+    from stubdom.tee.thread import SHM_CACHE_USER_FS, SHM_CACHE_USER_I2C, SHM_CACHE_USER_SOCKET
+
+    assert (SHM_CACHE_USER_SOCKET, SHM_CACHE_USER_FS, SHM_CACHE_USER_I2C) == (0, 1, 2)

@@ -69,14 +69,19 @@ __all__ = [
     "ThreadGen",
     "RPC_ARG_SIZE",
     "SHM_CACHE_USER_FS",
+    "SHM_CACHE_USER_I2C",
+    "SHM_CACHE_USER_SOCKET",
 ]
 
 _U32 = 0xFFFFFFFF
 # OPTEE_MSG_GET_ARG_SIZE(THREAD_RPC_MAX_NUM_PARAMS) = 160: the RPC arg size
 # OP-TEE asks for with RPC ALLOC and expects after a caller-supplied arg.
 RPC_ARG_SIZE = get_arg_size(THREAD_RPC_MAX_NUM_PARAMS)
-# enum thread_shm_cache_user (core/include/kernel/thread.h): the FS cache slot.
-SHM_CACHE_USER_FS = 0
+# enum thread_shm_cache_user (core/include/kernel/thread.h): one RPC SHM
+# cache slot per user and thread.
+SHM_CACHE_USER_SOCKET = 0
+SHM_CACHE_USER_FS = 1
+SHM_CACHE_USER_I2C = 2
 
 
 class ThreadState(Enum):
