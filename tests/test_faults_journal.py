@@ -1,28 +1,40 @@
 """The journal's own faults (docs/faults.md, "Faults and outcomes"): a full
 disk, and a record cut short at the end of the file.
 
-The disk fills by the daemon's RLIMIT_FSIZE, lowered from outside with
-prlimit(2) to less than the journal already is: every write to it (and to a
-checkpoint beside it) fails with EFBIG, the way ENOSPC fails it — one code
-path (Journal._write_all). CPython ignores SIGXFSZ, so the write fails
-instead of killing the process. Deterministic, no root, no mount. Raising the
-limit back is the space returning.
+Two full disks. The first by the daemon's RLIMIT_FSIZE, lowered from outside
+with prlimit(2) to less than the journal already is: every write to it (and
+to a checkpoint beside it) fails with EFBIG, the way ENOSPC fails it — one
+code path (Journal._write_all). CPython ignores SIGXFSZ, so the write fails
+instead of killing the process. No root, no mount. Raising the limit back is
+the space returning. The second is real: the journal's directory a small
+tmpfs in the daemon's own mount namespace, filled until ENOSPC (below).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import resource
 import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import msgpack
 import pytest
 
+from stubdom.daemon.journal import JOURNAL_FILE
 from stubdom.guest import Context, GuestError, TeecError
 from stubdom.guest.client import INOUT, Value
 from stubdom.optee.smc import OPTEE_SMC_CALLS_UID, OPTEE_SMC_RETURN_OK
 from stubdom.optee.smc import OPTEE_MSG_UID_0
+from stubdom.platform import ControlInternal, DomainCreationFailed
+from stubdom.platform.launch import PrivateTmpfs, TmpfsUnavailable
 from stubdom.tee.tas import INCREMENT_UUID
 from stubdom.tee.tas.increment import TA_INCREMENT_CMD_INC_VALUE
-from test_faults_restart import Stack
+from test_daemon import Daemon
+from test_faults_restart import Stack, inc
 
 ONE_DOMAIN = """\
 domains:
@@ -137,6 +149,218 @@ def test_torn_last_record_is_dropped_and_the_records_before_it_are_used(stack):
     assert stack.platform.machine.pinned_frames(1) == pins
     # the session and registration of the records before it work
     assert session.invoke(TA_INCREMENT_CMD_INC_VALUE, [Value(20, 0, INOUT)])[0].a == 21
+    shm.release()
+    session.close()
+    ctx.close()
+    stack.destroy_all()
+    stack.assert_clean()
+
+
+# -- a real full disk: the journal's directory a small tmpfs --------------------------------
+#
+# The daemon runs in a mount namespace (PrivateTmpfs, held by a process of
+# its own so the tmpfs outlives a killed daemon, as a disk would) in which
+# <runtime_dir>/stubdom-teed is a tmpfs of TMPFS_SIZE bytes; machine files,
+# rings, the gate and the dom<N> listeners stay on the shared filesystem.
+# The control socket lives in that directory too (control_socket_path), so
+# the platform reaches it through a symlink left in the directory the
+# namespace mounts over: control -> /proc/<holder>/root/<own_dir>/control.
+# The test fills the tmpfs through the same /proc/<holder>/root; the
+# journal's own growth then meets ENOSPC at its next page.
+
+TWO_DOMAINS = """\
+domains:
+  - domid: 1
+    nr_pages: 1024
+    vcpus: 2
+  - domid: 2
+    nr_pages: 1024
+    vcpus: 2
+"""
+TMPFS_SIZE = 64 * 1024  # 16 pages: the journal of one domain and room for a checkpoint
+_PAGE = resource.getpagesize()
+MAX_CALLS_TO_FILL = 200  # a record is far smaller than a page; a page holds a few dozen
+
+
+class _NamespacedDaemon(Daemon):
+    """test_daemon's Daemon, run through ``prefix`` (nsenter into the namespace)."""
+
+    def __init__(self, config, tmp_path, prefix: list[str]) -> None:
+        self.log_path = tmp_path / f"daemon-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [*prefix, sys.executable, "-P", "-m", "stubdom.daemon", "--config", str(config)],
+            stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self.line = ""
+
+
+class TmpfsStack(Stack):
+    def __init__(self, tmp_path) -> None:
+        self.own_dir = tmp_path / "run" / "stubdom-teed"
+        self.disk = PrivateTmpfs(self.own_dir, TMPFS_SIZE)
+        try:
+            (self.own_dir / "control").symlink_to(self.disk.outside(self.own_dir / "control"))
+            super().__init__(tmp_path, domains=TWO_DOMAINS)
+        except BaseException:
+            self.disk.close()
+            raise
+
+    def start(self) -> None:
+        self.daemon = _NamespacedDaemon(self.path, self.tmp_path, self.disk.argv_prefix())
+        line = self.daemon.wait_listening()
+        assert "listening on" in line, self.daemon.log()
+
+    def inside(self, name: str) -> Path:
+        """A file of the journal's directory, as the daemon sees it."""
+        return self.disk.outside(self.own_dir / name)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.disk.close()
+
+
+@pytest.fixture
+def tmpfs_stack(tmp_path):
+    try:
+        s = TmpfsStack(tmp_path)
+    except TmpfsUnavailable as e:
+        pytest.skip(str(e))  # names the call refused: unshare(2) or mount(2)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _fill(stack) -> int:
+    """Write a filler until the tmpfs says ENOSPC; returns its size."""
+    fd = os.open(stack.inside("filler"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    size = 0
+    try:
+        while True:
+            try:
+                size += os.write(fd, b"\xa5" * _PAGE)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+                return size
+    finally:
+        os.close(fd)
+
+
+def _last_record(stack) -> dict:
+    data = stack.inside(JOURNAL_FILE).read_bytes()
+    pos = _record_offsets(data)[-1]
+    length, _crc = _FRAME.unpack_from(data, pos)
+    assert pos + _FRAME.size + length == len(data), "a torn record after a failed write"
+    return msgpack.unpackb(data[pos + _FRAME.size:pos + _FRAME.size + length], strict_map_key=False)
+
+
+def _journal_write_failures(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "event=journal_write_failed" in line]
+
+
+def _fill_until_refused(stack, session, first_value: int) -> int:
+    """Fill the disk, then INC until one is refused (the journal's next page
+    does not exist); every answered one ran once. Returns the refused value."""
+    assert _fill(stack) > 0
+    st = os.statvfs(stack.inside(""))
+    assert (st.f_blocks * st.f_frsize, st.f_bavail) == (TMPFS_SIZE, 0)
+    for v in range(first_value, first_value + MAX_CALLS_TO_FILL):
+        try:
+            out = session.invoke(TA_INCREMENT_CMD_INC_VALUE, [Value(v, 0, INOUT)])
+        except (TeecError, GuestError):
+            assert stack.counted.runs[v] == 0, v  # refused before the TEE
+            return v
+        assert out[0].a == v + 1 and stack.counted.runs[v] == 1
+    raise AssertionError(f"{MAX_CALLS_TO_FILL} calls on a full disk all journaled")
+
+
+def test_real_full_disk_refuses_state_changing_calls_until_space_returns(tmpfs_stack):
+    stack = tmpfs_stack
+    # only the journal's directory is the tmpfs, and only in the daemon's namespace
+    assert stack.inside(JOURNAL_FILE).is_file() and not _journal(stack).exists()
+    assert not any(line.split()[4] == str(stack.own_dir)
+                   for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    assert stack.daemon.proc.pid != stack.disk.holder.pid
+    assert (os.stat(f"/proc/{stack.daemon.proc.pid}/ns/mnt").st_ino
+            == os.stat(f"/proc/{stack.disk.holder.pid}/ns/mnt").st_ino
+            != os.stat("/proc/self/ns/mnt").st_ino)
+    d1 = stack.boot(1)
+    ctx = Context(d1)
+    session = ctx.open_session(INCREMENT_UUID)
+    assert session.invoke(TA_INCREMENT_CMD_INC_VALUE, [Value(100, 0, INOUT)])[0].a == 101
+    refused = _fill_until_refused(stack, session, 1000)
+    for v in (refused + 1, refused + 2):  # each tries a checkpoint first, which cannot fit
+        with pytest.raises((TeecError, GuestError)):
+            session.invoke(TA_INCREMENT_CMD_INC_VALUE, [Value(v, 0, INOUT)])
+        assert stack.counted.runs[v] == 0
+    # the real path: the daemon logged ENOSPC, once (when it turned unhealthy)
+    failed = _journal_write_failures(stack.daemon.log())
+    assert len(failed) == 1 and f"errno={errno.ENOSPC}" in failed[0], failed
+    # fast calls go on
+    r = stack.platform.trap(1, 0, (OPTEE_SMC_CALLS_UID,) + (0,) * 7)
+    assert r[0] == OPTEE_MSG_UID_0
+    journal, dom = _journal_stats(stack)
+    assert journal["healthy"] is False and journal["failures"] >= 3
+    assert dom["refusals"].get("journal_unavailable", 0) >= 3
+    # a new domain cannot be journaled: INTERNAL, and the platform ends it
+    with pytest.raises(DomainCreationFailed) as exc:
+        stack.boot(2)
+    assert isinstance(exc.value.__cause__, ControlInternal), exc.value
+    assert stack.platform.tee.partition_stats(2 + 1) is None
+    assert stack.platform.machine.pinned_frames(2) == {}
+    # space returns: the next state-changing call checkpoints first, then runs
+    stack.inside("filler").unlink()
+    assert session.invoke(TA_INCREMENT_CMD_INC_VALUE, [Value(300, 0, INOUT)])[0].a == 301
+    journal, _ = _journal_stats(stack)
+    assert journal["healthy"] is True
+    assert "event=journal_writable" in stack.daemon.log()
+    d2 = stack.boot(2)  # and domains are created again
+    ctx2 = Context(d2)
+    assert inc(ctx2, 50) == 51
+    # what the checkpoint wrote is what a restart needs: same session after a kill
+    stack.restart()
+    assert session.invoke(TA_INCREMENT_CMD_INC_VALUE, [Value(400, 0, INOUT)])[0].a == 401
+    session.close()
+    ctx.close()
+    ctx2.close()
+    stack.destroy_all()
+    stack.assert_clean()
+
+
+def test_kill_while_the_real_disk_is_full_recovers_from_the_last_good_records(tmpfs_stack):
+    stack = tmpfs_stack
+    d1 = stack.boot(1)
+    ctx = Context(d1)
+    session = ctx.open_session(INCREMENT_UUID)
+    shm = ctx.register_memory(2 * 4096)
+    pins = stack.platform.machine.pinned_frames(1)
+    refused = _fill_until_refused(stack, session, 1000)
+    # the last good record: the state of the call before (its begin failed),
+    # or the begin of the call before (its state failed: the call is open)
+    last = _last_record(stack)
+    assert last["t"] in ("state", "begin") and last["domid"] == 1, last
+    stack.restart()  # the disk is still full: the tmpfs outlived the process
+    log = stack.daemon.log()
+    if last["t"] == "state":
+        assert "event=recovery_restored domid=1" in log, log
+    else:
+        assert "event=recovery_settled domid=1" in log and 'lost_call="nothing to undo"' in log, log
+    assert "event=recovery_reset" not in log, log
+    assert stack.platform.machine.pinned_frames(1) == pins
+    # its startup checkpoint does not fit: refused, never in the TEE, fast calls go on
+    assert f"stubdom-teed: cannot write the journal {stack.own_dir / JOURNAL_FILE}" in log, log
+    failed = _journal_write_failures(log)
+    assert len(failed) == 1 and f"errno={errno.ENOSPC}" in failed[0], failed
+    with pytest.raises((TeecError, GuestError)):
+        session.invoke(TA_INCREMENT_CMD_INC_VALUE, [Value(refused + 1, 0, INOUT)])
+    assert stack.counted.runs[refused] == 0 and stack.counted.runs[refused + 1] == 0
+    r = stack.platform.trap(1, 0, (OPTEE_SMC_CALLS_UID,) + (0,) * 7)
+    assert r[0] == OPTEE_MSG_UID_0
+    stack.inside("filler").unlink()
+    assert session.invoke(TA_INCREMENT_CMD_INC_VALUE, [Value(6, 0, INOUT)])[0].a == 7
+    assert "event=journal_writable" in stack.daemon.log()
     shm.release()
     session.close()
     ctx.close()
