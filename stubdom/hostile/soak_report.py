@@ -13,7 +13,7 @@ from stubdom.bench import latency
 from .soak_memory import MAX_SLOPE_KIB_PER_MIN, MAX_SPREAD_KIB, WARMUP_FRACTION, flatness, slope_per_min
 from .soak_violations import Violations
 
-__all__ = ["JSON_NAME", "REPORT_NAME", "PLOT_NAME", "LIVE_NAME", "MAX_SAMPLES", "build_document",
+__all__ = ["JSON_NAME", "REPORT_NAME", "PLOT_NAME", "LIVE_NAME", "MAX_SAMPLES", "build_document", "dumps",
            "render_report", "write_outputs"]
 
 JSON_NAME = "soak.json"
@@ -163,6 +163,15 @@ def render_report(doc: dict, plot: str | None) -> str:
                      f"{_mib(f['max'])} | {_slope(f['slope_kib_per_min'])} | "
                      f"{'—' if f['spread_kib'] is None else _mib(f['spread_kib'])} | {f['verdict']} | "
                      f"{_mib(rss.get('start'))} → {_mib(rss.get('end'))} |")
+    fds = []
+    for key in ("daemon", "platform"):
+        f = m["other"].get(f"{key}_fds")
+        if f:
+            grew = f["end"] - f["start"]
+            per = f" ({grew / t['churns']:.1f} per churn)" if t["churns"] else ""
+            fds.append(f"{key} {f['start']} → {f['end']}{per}")
+    if fds:
+        lines += ["", f"Open file descriptors (reported, not judged): {'; '.join(fds)}."]
     lines += ["", "| series | start | end | min | max | slope after warm-up (/min) |", "|---|---|---|---|---|---|"]
     for key, f in m["other"].items():
         if f:
@@ -233,8 +242,16 @@ def _plot(doc: dict, path: Path) -> bool:
     return True
 
 
+def dumps(doc: dict) -> str:
+    """soak.json's text: indented, but one line per sample (a few hundred
+    of them stay readable and small)."""
+    head = json.dumps({k: v for k, v in doc.items() if k != "samples"}, indent=1)
+    rows = ",\n  ".join(json.dumps(r, separators=(",", ":")) for r in doc["samples"])
+    return head[:-2] + ',\n "samples": [\n  ' + rows + "\n ]\n}\n"
+
+
 def write_outputs(doc: dict, out: Path) -> None:
     out = Path(out)
-    (out / JSON_NAME).write_text(json.dumps(doc, indent=1) + "\n")
+    (out / JSON_NAME).write_text(dumps(doc))
     plot = PLOT_NAME if _plot(doc, out / PLOT_NAME) else None
     (out / REPORT_NAME).write_text(render_report(doc, plot))
