@@ -23,6 +23,7 @@ from .errors import PlatformError
 __all__ = ["DaemonProcess", "DaemonExited", "PrivateTmpfs", "TmpfsUnavailable"]
 
 STOP_TIMEOUT_S = 15.0  # SIGTERM drains in-flight calls; past this, SIGKILL
+CAP_SYS_ADMIN = 21  # linux/capability.h
 
 
 class DaemonExited(PlatformError):
@@ -68,7 +69,7 @@ class PrivateTmpfs:
     def __init__(self, path: Path, size: int) -> None:
         self.path = Path(path).resolve()
         self.size = size
-        self._user = os.geteuid() != 0
+        self._user = not _has_capability(CAP_SYS_ADMIN)  # else a user namespace gives it
         for tool in ("unshare", "nsenter"):
             if shutil.which(tool) is None:
                 raise TmpfsUnavailable(f"{tool}(1)", "not found on PATH (util-linux)")
@@ -89,7 +90,9 @@ class PrivateTmpfs:
         if line != b"ready\n":
             why = self.holder.stderr.read().decode(errors="replace")  # it has exited
             self.close()
-            step = "mount(2) of the tmpfs" if "mount:" in why else "unshare(2) of a mount namespace"
+            step = ("mount(2) of the tmpfs" if "mount:" in why else
+                    "unshare(2) of a user and mount namespace" if self._user else
+                    "unshare(2) of a mount namespace")
             raise TmpfsUnavailable(step, why or f"exit status {self.holder.returncode}")
 
     def argv_prefix(self) -> list[str]:
@@ -98,8 +101,9 @@ class PrivateTmpfs:
         return ["nsenter", f"--target={self.holder.pid}", *ns, "--mount", "--"]
 
     def outside(self, path: Path) -> Path:
-        """``path`` as the namespace sees it, for this process."""
-        return Path(f"/proc/{self.holder.pid}/root") / Path(path).resolve().relative_to("/")
+        """``path`` as the namespace sees it, for this process (not resolved
+        here: a symlink on this side may point anywhere, even in)."""
+        return Path(f"/proc/{self.holder.pid}/root") / Path(os.path.abspath(path)).relative_to("/")
 
     def close(self) -> None:
         """End the holder; the tmpfs goes when the last process in the
@@ -120,6 +124,15 @@ class PrivateTmpfs:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _has_capability(cap: int) -> bool:
+    """Whether this process holds ``cap`` in its effective set (CapEff in
+    /proc/self/status, a hex mask)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> cap & 1)
+    return False
 
 
 class DaemonProcess:
