@@ -27,7 +27,7 @@ import pytest
 from stubdom.daemon.journal import JOURNAL_FILE
 from stubdom.guest import Context, GuestError, TeecError
 from stubdom.guest.client import INOUT, Value
-from stubdom.optee.smc import OPTEE_SMC_CALLS_UID, OPTEE_SMC_RETURN_OK
+from stubdom.optee.smc import OPTEE_SMC_CALLS_UID
 from stubdom.optee.smc import OPTEE_MSG_UID_0, OPTEE_SMC_CALL_WITH_REGD_ARG
 from stubdom.platform import ControlInternal, DomainCreationFailed
 from stubdom.platform.launch import PrivateTmpfs, TmpfsUnavailable
@@ -160,7 +160,7 @@ def test_torn_last_record_is_dropped_and_the_records_before_it_are_used(stack):
 #
 # The daemon runs in a mount namespace (PrivateTmpfs, held by a process of
 # its own so the tmpfs outlives a killed daemon, as a disk would) in which
-# <runtime_dir>/stubdom-teed is a tmpfs of TMPFS_SIZE bytes; machine files,
+# <runtime_dir>/stubdom-teed is a tmpfs of TMPFS_SIZE bytes (16 pages); machine files,
 # rings, the gate and the dom<N> listeners stay on the shared filesystem.
 # The control socket lives in that directory too (control_socket_path), so
 # the platform reaches it through a symlink left in the directory the
@@ -177,9 +177,9 @@ domains:
     nr_pages: 1024
     vcpus: 2
 """
-TMPFS_SIZE = 64 * 1024  # 16 pages: the journal of one domain and room for a checkpoint
-_PAGE = resource.getpagesize()
-MAX_CALLS_TO_FILL = 200  # a record is far smaller than a page; a page holds a few dozen
+_PAGE = resource.getpagesize()  # tmpfs allocates a file's data by pages
+TMPFS_SIZE = 16 * _PAGE  # the journal of two domains, and room for a checkpoint beside it
+MAX_CALLS_TO_FILL = 200  # an INC journals well under a page (~0.6 KiB)
 
 
 class _NamespacedDaemon(Daemon):
