@@ -1,0 +1,122 @@
+"""Can the attack tests fail?  Remove one defence at a time and run them.
+
+Each mutant below deletes or weakens exactly one check of the mediator (or
+of the page-list parser, or of the EL2 port's client-ID stamp) in a
+throw-away clone of the repository, then runs the tests that guard it:
+every hostile, mediator, fuzz and OP-TEE ABI test, el2 placement only (the
+mediator core is the same code under stubdom).  A mutant that leaves them
+all green is a defence no test defends: the command says SURVIVED and exits
+1.  By hand, not in CI (about a minute per mutant on the project's 2-core
+machine); docs/security.md has the last run.
+
+    python tests/defence_mutants.py [NAME ...]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str
+    old: str  # must occur exactly once in path
+    new: str
+    defence: str
+
+
+MUTANTS = (
+    Mutant("p2m_type_unchecked", "stubdom/mediator/translate.py",
+           "if entry.type != P2mType.p2m_ram_rw:", "if False:",
+           "only p2m_ram_rw guest pages are handed to OP-TEE (not MMIO, not read-only)"),
+    Mutant("pa0_accepted", "stubdom/mediator/translate.py", "if entry.mfn == 0:", "if False:",
+           "machine address 0 is never handed to OP-TEE"),
+    Mutant("buffer_limit_unchecked", "stubdom/mediator/translate.py",
+           "if ctx.nr_buffers >= lim.max_shm_buffers:", "if False:", "per-domain limit: number of buffers"),
+    Mutant("total_pages_unchecked", "stubdom/mediator/translate.py",
+           "if ctx.pinned_pages + pages > lim.max_total_pages:", "if False:",
+           "per-domain limit: total pinned pages"),
+    Mutant("calls_limit_unchecked", "stubdom/mediator/core.py", "if ctx.calls >= ctx.max_calls:", "if False:",
+           "per-domain limit: standard calls in flight"),
+    Mutant("guest_a7_passed", "stubdom/mediator/port.py",
+           "return tuple(self._tee.smc(tuple(regs[:7]) + (client_id(domid),)))",
+           "return tuple(self._tee.smc(tuple(regs[:8])))",
+           "the client ID in a7 is stamped by the port, never the guest's"),
+    Mutant("rpc_shm_free_any_kind", "stubdom/mediator/core.py",
+           "if buf is None or buf.kind is not ShmKind.RPC:", "if buf is None:",
+           "OP-TEE's SHM_FREE unpins only RPC SHM, never a guest registration"),
+    Mutant("pagelist_loop_unchecked", "stubdom/optee/pagelist.py", "if nxt in visited:", "if False:",
+           "a page list whose next pointer loops is refused"),
+    Mutant("pagelist_entry_unaligned", "stubdom/optee/pagelist.py", "if entry & PAGE_MASK:", "if False:",
+           "a page-list entry must be page aligned"),
+    Mutant("register_cookie_reuse", "stubdom/mediator/core.py",
+           "if taken or call.register is not None:", "if call.register is not None:",
+           "REGISTER_SHM with a live cookie is refused"),
+    Mutant("shm_alloc_cookie_reuse", "stubdom/mediator/core.py",
+           'raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"SHM_ALLOC cookie {g.shm_ref:#x} in use")', "pass",
+           "an SHM_ALLOC reply reusing a live cookie is refused"),
+    Mutant("static_shm_not_hwdom", "stubdom/mediator/core.py", "if not domain.is_hwdom:", "if False:",
+           "the static shm region is the hardware domain's only"),
+    Mutant("static_shm_not_direct", "stubdom/mediator/core.py", "if not domain.direct_mapped:", "if False:",
+           "the static shm region needs a direct-mapped domain"),
+    Mutant("double_resume", "stubdom/mediator/core.py",
+           "call = ctx.suspended.pop(tid, None)", "call = ctx.suspended.get(tid)",
+           "a suspended call is resumed once (a second RETURN_FROM_RPC gets ERESUME)"),
+)
+
+GUARDS = ("test_hostile", "test_mediator", "test_fuzz", "test_optee")
+
+
+def _clone(dest: Path) -> None:
+    """The committed tree plus the built ring extension (not in git)."""
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
+    for so in (ROOT / "ring").glob("_ring*.so"):
+        (dest / "ring" / so.name).write_bytes(so.read_bytes())
+
+
+def run(m: Mutant, work: Path) -> tuple[bool, str]:
+    """(caught, first failure or summary)."""
+    d = work / m.name
+    _clone(d)
+    f = d / m.path
+    src = f.read_text()
+    if src.count(m.old) != 1:
+        raise SystemExit(f"{m.name}: {m.old!r} occurs {src.count(m.old)} times in {m.path}; update the mutant")
+    f.write_text(src.replace(m.old, m.new))
+    tests = sorted(str(p.relative_to(d)) for p in (d / "tests").glob("test_*.py") if p.name.startswith(GUARDS))
+    env = dict(os.environ, PYTHONPATH=str(d))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "not stubdom",
+                        *tests], cwd=d, env=env, capture_output=True, text=True)
+    lines = r.stdout.splitlines()
+    failed = next((ln for ln in lines if ln.startswith(("FAILED", "ERROR tests"))), lines[-1] if lines else "")
+    if r.returncode not in (0, 1):
+        raise SystemExit(f"{m.name}: pytest exited {r.returncode}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+    return r.returncode == 1, failed
+
+
+def main(argv: list[str]) -> int:
+    chosen = [m for m in MUTANTS if not argv or m.name in argv]
+    unknown = set(argv) - {m.name for m in MUTANTS}
+    if unknown:
+        raise SystemExit(f"unknown mutant(s) {sorted(unknown)}; known: {[m.name for m in MUTANTS]}")
+    survived = []
+    with tempfile.TemporaryDirectory(prefix="stubdom-mutants-") as tmp:
+        for m in chosen:
+            caught, first = run(m, Path(tmp))
+            print(f"{'caught  ' if caught else 'SURVIVED'} {m.name:26} {m.defence} | {first}", flush=True)
+            if not caught:
+                survived.append(m.name)
+    print(f"{len(chosen) - len(survived)}/{len(chosen)} mutants caught")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
