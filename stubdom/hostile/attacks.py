@@ -318,31 +318,30 @@ class Registers(Attack):
 
     def _step(self, guest, state, rng):
         watch = _TeeWatch(guest, live=True)
-        with guest.scope():
-            if rng.random() < 0.5:
-                known = rng.choice(state["ids"])
-                a0 = rng.choice([known, rng.getrandbits(64),
-                                 known | (rng.getrandbits(8) << 16) | (rng.getrandbits(32) << 32)
-                                 | (rng.getrandbits(1) << 30)])
-                regs = (a0, *(rng.choice([rng.getrandbits(64), rng.getrandbits(32), 0, 1, 7, M32, U64, 1 << 63])
-                              for _ in range(7)))
-                r = guest.smc8(regs, vcpu=rng.randrange(4))
-                self.expect(len(r) == 8 and all(type(x) is int and 0 <= x <= U64 for x in r),
-                            f"eight u64 back for {a0:#x}", r)
-                owner = decode_function_id(a0).owner
-                if ARM_SMCCC_OWNER_TRUSTED_APP <= owner <= ARM_SMCCC_OWNER_TRUSTED_OS_END:
-                    self.expect(r[4:] == (0, 0, 0, 0), f"a Trusted-OS call {a0:#x} returns nothing in a4..a7", r)
-                if is_rpc_return(r[0]):
-                    guest.serve(r)
-            else:
-                cmd = rng.choice([OPTEE_MSG_CMD_INVOKE_COMMAND, OPTEE_MSG_CMD_CLOSE_SESSION, OPTEE_MSG_CMD_CANCEL])
-                n = rng.randrange(5)
-                guest.write(state["arg"], pack_header(cmd, func=rng.getrandbits(32), session=rng.getrandbits(32),
-                                                      num_params=n) + rng.randbytes(32 * n))
-                r = guest.serve(guest.start(state["arg"]))
-                self.expect(r[0] in (OPTEE_SMC_RETURN_OK, OPTEE_SMC_RETURN_EBADADDR),
-                            "a standard call with random parameters ends (OK or EBADADDR)", r)
-            _drain_shm_cache(guest)  # a random ENABLE_SHM_CACHE would keep RPC buffers
+        if rng.random() < 0.5:
+            known = rng.choice(state["ids"])
+            a0 = rng.choice([known, rng.getrandbits(64),
+                             known | (rng.getrandbits(8) << 16) | (rng.getrandbits(32) << 32)
+                             | (rng.getrandbits(1) << 30)])
+            regs = (a0, *(rng.choice([rng.getrandbits(64), rng.getrandbits(32), 0, 1, 7, M32, U64, 1 << 63])
+                          for _ in range(7)))
+            r = guest.smc8(regs, vcpu=rng.randrange(4))
+            self.expect(len(r) == 8 and all(type(x) is int and 0 <= x <= U64 for x in r),
+                        f"eight u64 back for {a0:#x}", r)
+            owner = decode_function_id(a0).owner
+            if ARM_SMCCC_OWNER_TRUSTED_APP <= owner <= ARM_SMCCC_OWNER_TRUSTED_OS_END:
+                self.expect(r[4:] == (0, 0, 0, 0), f"a Trusted-OS call {a0:#x} returns nothing in a4..a7", r)
+            if is_rpc_return(r[0]):
+                guest.serve(r)
+        else:
+            cmd = rng.choice([OPTEE_MSG_CMD_INVOKE_COMMAND, OPTEE_MSG_CMD_CLOSE_SESSION, OPTEE_MSG_CMD_CANCEL])
+            n = rng.randrange(5)
+            guest.write(state["arg"], pack_header(cmd, func=rng.getrandbits(32), session=rng.getrandbits(32),
+                                                  num_params=n) + rng.randbytes(32 * n))
+            r = guest.serve(guest.start(state["arg"]))
+            self.expect(r[0] in (OPTEE_SMC_RETURN_OK, OPTEE_SMC_RETURN_EBADADDR),
+                        "a standard call with random parameters ends (OK or EBADADDR)", r)
+        _drain_shm_cache(guest)  # a random ENABLE_SHM_CACHE would keep RPC buffers
         bad = watch.foreign_stamps()
         self.expect(not bad, "every SMC at the TEE carries a live domain's client ID (or the hypervisor's)",
                     f"{bad} SMC(s) with another a7")
@@ -552,30 +551,29 @@ class RaceArg(Attack):
 
     def _rpc(self, guest, state, rng):
         arg = state["rpc_arg"]
-        with guest.scope():
-            guest.write_arg(arg, _get_time_arg(state["wait"]))
-            r = guest.start(arg)
-            if rpc_func(r[0]) == OPTEE_SMC_RPC_FUNC_ALLOC:
-                r = guest.reply(r)
-            self.expect(r[0] == OPTEE_SMC_RETURN_RPC_CMD, "GET_TIME suspends in an RPC CMD", r)
-            rpc = guest.rpc_arg_ipa(r)
-            self.expect(guest.read_arg(rpc).cmd == OPTEE_RPC_CMD_GET_TIME, "the RPC is OP-TEE's GET_TIME",
-                        guest.read_arg(rpc).cmd)
-            scribble = MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=0x99, session=state["wait"] ^ 1, params=(
-                MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT, state["foreign"][0], 1 << 20, 5),
-                MsgParam.value(OPTEE_MSG_ATTR_TYPE_VALUE_INOUT, 1, 2, 3)))
-            fake = MsgArg(6, ret=0, params=(MsgParam.tmem(
-                OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
-                guest.page_list(state["foreign"]), 2 * PAGE_SIZE, 0x666).replace(a=0x1234, b=0x5678),))
-            scribble2 = scribble.replace(func=0x98, params=(scribble.params[1], scribble.params[0]))
-            with Scribbler(guest.dom, arg, [scribble.pack(), scribble2.pack()]):
-                guest.write_arg(rpc, fake)
-            r = guest.serve(guest.resume(r[3]))
-            out = guest.read_arg(arg)
-            self.expect(r[0] == OPTEE_SMC_RETURN_OK and out.ret == 0
-                        and (out.params[0].a, out.params[0].b) == (0x1234, 0x5678),
-                        "OP-TEE saw its own GET_TIME, only the output fields merged",
-                        (hex(r[0]), hex(out.ret), out.params[0].a if out.params else None))
+        guest.write_arg(arg, _get_time_arg(state["wait"]))
+        r = guest.start(arg)
+        if rpc_func(r[0]) == OPTEE_SMC_RPC_FUNC_ALLOC:
+            r = guest.reply(r)
+        self.expect(r[0] == OPTEE_SMC_RETURN_RPC_CMD, "GET_TIME suspends in an RPC CMD", r)
+        rpc = guest.rpc_arg_ipa(r)
+        self.expect(guest.read_arg(rpc).cmd == OPTEE_RPC_CMD_GET_TIME, "the RPC is OP-TEE's GET_TIME",
+                    guest.read_arg(rpc).cmd)
+        scribble = MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=0x99, session=state["wait"] ^ 1, params=(
+            MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT, state["foreign"][0], 1 << 20, 5),
+            MsgParam.value(OPTEE_MSG_ATTR_TYPE_VALUE_INOUT, 1, 2, 3)))
+        fake = MsgArg(6, ret=0, params=(MsgParam.tmem(
+            OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
+            guest.page_list(state["foreign"]), 2 * PAGE_SIZE, 0x666).replace(a=0x1234, b=0x5678),))
+        scribble2 = scribble.replace(func=0x98, params=(scribble.params[1], scribble.params[0]))
+        with Scribbler(guest.dom, arg, [scribble.pack(), scribble2.pack()]):
+            guest.write_arg(rpc, fake)
+        r = guest.serve(guest.resume(r[3]))
+        out = guest.read_arg(arg)
+        self.expect(r[0] == OPTEE_SMC_RETURN_OK and out.ret == 0
+                    and (out.params[0].a, out.params[0].b) == (0x1234, 0x5678),
+                    "OP-TEE saw its own GET_TIME, only the output fields merged",
+                    (hex(r[0]), hex(out.ret), out.params[0].a if out.params else None))
 
     def _teardown(self, guest, state):
         _close(guest, state["session"])
@@ -640,29 +638,28 @@ class Cookies(Attack):
         return [c for c in g if c != state["live"]]
 
     def _step(self, guest, state, rng):
-        with guest.scope():
-            r, out = guest.register(state["live"], 1)
-            self.expect((out.ret, out.ret_origin) == REFUSED, "re-registering a live cookie: BAD_PARAMETERS",
-                        (hex(out.ret), out.ret_origin))
-            for c in self._guesses(guest, state, rng):
-                r, out = _run(guest, state["arg"], MsgArg(OPTEE_MSG_CMD_UNREGISTER_SHM, params=(
-                    MsgParam.rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 0, 0, c),)))
-                self.expect(r[0] == OPTEE_SMC_RETURN_OK and out.ret != 0, f"unregistering cookie {c:#x} fails",
-                            (hex(r[0]), hex(out.ret)))
-                watch = _TeeWatch(guest)
-                r = guest.smc(OPTEE_SMC_CALL_WITH_REGD_ARG, c >> 32, c & M32, 0)
-                # without RPC_ARG negotiated (the TEE did not offer it) REGD_ARG
-                # is no call at all for this guest
-                want = EBADADDR if guest.rpc_arg else UNKNOWN
-                self.expect(r == want, f"REGD_ARG with cookie {c:#x} is {SMC_NAMES.get(want[0], want[0])}", r)
-                _not_reached(self, watch, "REGD_ARG with a guessed cookie")
-                r, out = _run(guest, state["arg"], MsgArg(
-                    OPTEE_MSG_CMD_INVOKE_COMMAND, func=DIGEST_CMD_SHA256, session=state["session"], params=(
-                        MsgParam.rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 0, 16, c),
-                        MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
-                                      state["out_ptr"], 32, 9))))
-                self.expect(out.ret != 0, f"cookie {c:#x} as a registered memref fails", hex(out.ret))
-            self._rpc_cookie_reused(guest, state)
+        r, out = guest.register(state["live"], 1)
+        self.expect((out.ret, out.ret_origin) == REFUSED, "re-registering a live cookie: BAD_PARAMETERS",
+                    (hex(out.ret), out.ret_origin))
+        for c in self._guesses(guest, state, rng):
+            r, out = _run(guest, state["arg"], MsgArg(OPTEE_MSG_CMD_UNREGISTER_SHM, params=(
+                MsgParam.rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 0, 0, c),)))
+            self.expect(r[0] == OPTEE_SMC_RETURN_OK and out.ret != 0, f"unregistering cookie {c:#x} fails",
+                        (hex(r[0]), hex(out.ret)))
+            watch = _TeeWatch(guest)
+            r = guest.smc(OPTEE_SMC_CALL_WITH_REGD_ARG, c >> 32, c & M32, 0)
+            # without RPC_ARG negotiated (the TEE did not offer it) REGD_ARG
+            # is no call at all for this guest
+            want = EBADADDR if guest.rpc_arg else UNKNOWN
+            self.expect(r == want, f"REGD_ARG with cookie {c:#x} is {SMC_NAMES.get(want[0], want[0])}", r)
+            _not_reached(self, watch, "REGD_ARG with a guessed cookie")
+            r, out = _run(guest, state["arg"], MsgArg(
+                OPTEE_MSG_CMD_INVOKE_COMMAND, func=DIGEST_CMD_SHA256, session=state["session"], params=(
+                    MsgParam.rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 0, 16, c),
+                    MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
+                                  state["out_ptr"], 32, 9))))
+            self.expect(out.ret != 0, f"cookie {c:#x} as a registered memref fails", hex(out.ret))
+        self._rpc_cookie_reused(guest, state)
         _oracle_clean(self, guest)
 
     def _rpc_cookie_reused(self, guest, state):
@@ -714,39 +711,38 @@ class FloodCalls(Attack):
     def _step(self, guest, state, rng):
         parked: list[tuple[int, Regs]] = []
         try:
-            with guest.scope():
-                sessions = state["sessions"]
-                for vcpu in range(FLOOD_CALLS_CAP):
-                    if vcpu == len(sessions):
-                        r, out = guest.open_session(WAIT_UUID)
-                        if r[0] == OPTEE_SMC_RETURN_ETHREAD_LIMIT:  # an OPEN past the limit: refused too
-                            break
-                        self.expect(r[0] == OPTEE_SMC_RETURN_OK and out.ret == 0, "OPEN_SESSION under the limit",
-                                    (hex(r[0]), hex(out.ret)))
-                        sessions.append(out.session)
-                    ipa = guest.page()
-                    guest.write_arg(ipa, _busy_arg(sessions[vcpu]))
-                    r = _park(guest, ipa, vcpu)
-                    if r[0] == OPTEE_SMC_RETURN_ETHREAD_LIMIT:
+            sessions = state["sessions"]
+            for vcpu in range(FLOOD_CALLS_CAP):
+                if vcpu == len(sessions):
+                    r, out = guest.open_session(WAIT_UUID)
+                    if r[0] == OPTEE_SMC_RETURN_ETHREAD_LIMIT:  # an OPEN past the limit: refused too
                         break
-                    self.expect(r[0] == OPTEE_SMC_RETURN_RPC_FOREIGN_INTR, "a BUSY call under the limit suspends", r)
-                    parked.append((vcpu, r))
-                lim = state["limits"]
-                self.expect(0 < len(parked) and (lim is None or len(parked) <= lim.max_calls),
-                            "calls in flight stop at the limit", len(parked))
-                watch = _TeeWatch(guest)
-                for i in range(self.extra):
-                    ipa = guest.page()
-                    guest.write_arg(ipa, _busy_arg(sessions[-1]))
-                    r = guest.start(ipa, vcpu=len(parked) + i)
-                    self.expect(r[0] == OPTEE_SMC_RETURN_ETHREAD_LIMIT and r[1:] == (0,) * 7,
-                                "a call past the limit is ETHREAD_LIMIT", r)
-                if lim is not None and len(parked) == lim.max_calls:
-                    _not_reached(self, watch, "calls past the mediator's limit")
-                while parked:
-                    vcpu, r = parked.pop()
-                    r = guest.serve(r, vcpu=vcpu)
-                    self.expect(r[0] == OPTEE_SMC_RETURN_OK, "a suspended call resumes to its end", r)
+                    self.expect(r[0] == OPTEE_SMC_RETURN_OK and out.ret == 0, "OPEN_SESSION under the limit",
+                                (hex(r[0]), hex(out.ret)))
+                    sessions.append(out.session)
+                ipa = guest.page()
+                guest.write_arg(ipa, _busy_arg(sessions[vcpu]))
+                r = _park(guest, ipa, vcpu)
+                if r[0] == OPTEE_SMC_RETURN_ETHREAD_LIMIT:
+                    break
+                self.expect(r[0] == OPTEE_SMC_RETURN_RPC_FOREIGN_INTR, "a BUSY call under the limit suspends", r)
+                parked.append((vcpu, r))
+            lim = state["limits"]
+            self.expect(0 < len(parked) and (lim is None or len(parked) <= lim.max_calls),
+                        "calls in flight stop at the limit", len(parked))
+            watch = _TeeWatch(guest)
+            for i in range(self.extra):
+                ipa = guest.page()
+                guest.write_arg(ipa, _busy_arg(sessions[-1]))
+                r = guest.start(ipa, vcpu=len(parked) + i)
+                self.expect(r[0] == OPTEE_SMC_RETURN_ETHREAD_LIMIT and r[1:] == (0,) * 7,
+                            "a call past the limit is ETHREAD_LIMIT", r)
+            if lim is not None and len(parked) == lim.max_calls:
+                _not_reached(self, watch, "calls past the mediator's limit")
+            while parked:
+                vcpu, r = parked.pop()
+                r = guest.serve(r, vcpu=vcpu)
+                self.expect(r[0] == OPTEE_SMC_RETURN_OK, "a suspended call resumes to its end", r)
         finally:
             for vcpu, r in parked:  # an outcome went wrong: still give the threads back
                 try:
@@ -782,41 +778,40 @@ class FloodBuffers(Attack):
             k = lim.max_pages_per_buffer
         cap = max(1, FLOOD_PAGE_BUDGET // (k + 1))  # registrations this iteration may make
         registered: list[int] = []
-        with guest.scope():
-            try:
-                if lim and lim.max_pages_per_buffer < FLOOD_PAGE_BUDGET:
-                    out, pages = self._register(guest, guest.cookie(), lim.max_pages_per_buffer + 1)
+        try:
+            if lim and lim.max_pages_per_buffer < FLOOD_PAGE_BUDGET:
+                out, pages = self._register(guest, guest.cookie(), lim.max_pages_per_buffer + 1)
+                self.expect((out.ret, out.ret_origin) == TOO_BIG,
+                            f"a buffer of {lim.max_pages_per_buffer + 1} pages: OUT_OF_MEMORY origin COMMS",
+                            (hex(out.ret), out.ret_origin))
+                self._pins_nothing(guest, pages, "an oversized buffer pins nothing")
+            refused = False
+            while len(registered) < cap:
+                c = guest.cookie()
+                out, pages = self._register(guest, c, k)
+                if out.ret:
+                    self._pins_nothing(guest, pages, "a refused registration pins nothing")
                     self.expect((out.ret, out.ret_origin) == TOO_BIG,
-                                f"a buffer of {lim.max_pages_per_buffer + 1} pages: OUT_OF_MEMORY origin COMMS",
+                                f"a registration of {k} page(s) past the limit: OUT_OF_MEMORY origin COMMS",
                                 (hex(out.ret), out.ret_origin))
-                    self._pins_nothing(guest, pages, "an oversized buffer pins nothing")
-                refused = False
-                while len(registered) < cap:
-                    c = guest.cookie()
-                    out, pages = self._register(guest, c, k)
-                    if out.ret:
-                        self._pins_nothing(guest, pages, "a refused registration pins nothing")
-                        self.expect((out.ret, out.ret_origin) == TOO_BIG,
-                                    f"a registration of {k} page(s) past the limit: OUT_OF_MEMORY origin COMMS",
-                                    (hex(out.ret), out.ret_origin))
-                        refused = True
-                        break
-                    registered.append(c)
-                if lim is not None and refused:
-                    want = min(lim.max_shm_buffers, lim.max_total_pages // k)
-                    self.expect(len(registered) == want, f"registrations of {k} page(s) stop at the limit ({want})",
-                                len(registered))
-                if refused:  # at the limit: more are refused and change nothing
-                    for _ in range(self.extra):
-                        out, pages = self._register(guest, guest.cookie(), 1)
-                        self.expect((out.ret, out.ret_origin) == TOO_BIG,
-                                    "more registrations past the limit are refused", (hex(out.ret), out.ret_origin))
-                        self._pins_nothing(guest, pages, "nothing partial: refused buffers pin nothing")
-            finally:
-                while registered:
-                    c = registered.pop()
-                    r, out = guest.unregister(c)
-                    self.expect(out.ret == 0, f"unregistering its own cookie {c:#x}", hex(out.ret))
+                    refused = True
+                    break
+                registered.append(c)
+            if lim is not None and refused:
+                want = min(lim.max_shm_buffers, lim.max_total_pages // k)
+                self.expect(len(registered) == want, f"registrations of {k} page(s) stop at the limit ({want})",
+                            len(registered))
+            if refused:  # at the limit: more are refused and change nothing
+                for _ in range(self.extra):
+                    out, pages = self._register(guest, guest.cookie(), 1)
+                    self.expect((out.ret, out.ret_origin) == TOO_BIG,
+                                "more registrations past the limit are refused", (hex(out.ret), out.ret_origin))
+                    self._pins_nothing(guest, pages, "nothing partial: refused buffers pin nothing")
+        finally:
+            while registered:
+                c = registered.pop()
+                r, out = guest.unregister(c)
+                self.expect(out.ret == 0, f"unregistering its own cookie {c:#x}", hex(out.ret))
         _oracle_clean(self, guest)
 
 
@@ -857,47 +852,46 @@ class Balloon(Attack):
 
     def _step(self, guest, state, rng):
         m = guest.platform.machine
-        with guest.scope():
-            pages, data = _data_pages(guest, 3, fill=rng.randrange(256))
-            cookie = guest.cookie()
-            r, out = guest.register(cookie, 3, buf_ptr=guest.page_list(pages))
-            self.expect(out.ret == 0, "registering 3 pages", hex(out.ret))
-            frames = [guest.frame_of(ipa) for ipa in pages]
-            for ipa in pages:
-                guest.balloon_out(ipa)
-            self.expect(all(m.frame_owner(f) == guest.domid and m.frame_refcount(f) >= 1 for f in frames),
-                        "ballooned-out pinned frames stay the attacker's (zombies)",
-                        [(m.frame_owner(f), m.frame_refcount(f)) for f in frames])
-            guest.write(state["out"], bytes(32))
-            r, res = _run(guest, state["arg"], MsgArg(
-                OPTEE_MSG_CMD_INVOKE_COMMAND, func=DIGEST_CMD_SHA256, session=state["digest"], params=(
-                    MsgParam.rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 0, len(data), cookie),
-                    MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
-                                  guest.page_list([state["out"]]), 32, 9))))
-            self.expect(res.ret == 0 and guest.dom.read(state["out"], 32) == hashlib.sha256(data).digest(),
-                        "OP-TEE digests the zombie frames, still pinned", hex(res.ret))
-            r, out = guest.unregister(cookie)
-            self.expect(out.ret == 0, "unregistering the ballooned buffer", hex(out.ret))
-            self.expect(all(m.frame_owner(f) != guest.domid for f in frames), "zombies freed at the last put",
-                        [m.frame_owner(f) for f in frames])
-            arg = state["arg"]
-            guest.write_arg(arg, _get_time_arg(state["wait"]))
-            r = guest.start(arg)
-            if rpc_func(r[0]) == OPTEE_SMC_RPC_FUNC_ALLOC:
-                r = guest.reply(r)
-            self.expect(r[0] == OPTEE_SMC_RETURN_RPC_CMD, "GET_TIME suspends in an RPC CMD", r)
-            rpc_page = guest.rpc_arg_ipa(r) & ~0xFFF
-            rpc_frame = guest.balloon_out(rpc_page)
-            self.expect(m.frame_owner(rpc_frame) == guest.domid, "the pinned RPC buffer is a zombie",
-                        m.frame_owner(rpc_frame))
-            r = guest.serve(guest.resume(r[3]))
-            self.expect(r[0] == OPTEE_SMC_RETURN_OK and guest.read_arg(arg).ret != 0,
-                        "a reply that cannot be read fails OP-TEE's request", (hex(r[0]), hex(guest.read_arg(arg).ret)))
-            # Freed once unpinned (the driver's FREE handling may have populated
-            # the gfn again, possibly with that very frame: then it is mapped).
-            self.expect(m.frame_owner(rpc_frame) != guest.domid or guest.frame_of(rpc_page) == rpc_frame,
-                        "the RPC buffer's frame freed once unpinned", m.frame_owner(rpc_frame))
-            guest.free_pages([rpc_page])
+        pages, data = _data_pages(guest, 3, fill=rng.randrange(256))
+        cookie = guest.cookie()
+        r, out = guest.register(cookie, 3, buf_ptr=guest.page_list(pages))
+        self.expect(out.ret == 0, "registering 3 pages", hex(out.ret))
+        frames = [guest.frame_of(ipa) for ipa in pages]
+        for ipa in pages:
+            guest.balloon_out(ipa)
+        self.expect(all(m.frame_owner(f) == guest.domid and m.frame_refcount(f) >= 1 for f in frames),
+                    "ballooned-out pinned frames stay the attacker's (zombies)",
+                    [(m.frame_owner(f), m.frame_refcount(f)) for f in frames])
+        guest.write(state["out"], bytes(32))
+        r, res = _run(guest, state["arg"], MsgArg(
+            OPTEE_MSG_CMD_INVOKE_COMMAND, func=DIGEST_CMD_SHA256, session=state["digest"], params=(
+                MsgParam.rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 0, len(data), cookie),
+                MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
+                              guest.page_list([state["out"]]), 32, 9))))
+        self.expect(res.ret == 0 and guest.dom.read(state["out"], 32) == hashlib.sha256(data).digest(),
+                    "OP-TEE digests the zombie frames, still pinned", hex(res.ret))
+        r, out = guest.unregister(cookie)
+        self.expect(out.ret == 0, "unregistering the ballooned buffer", hex(out.ret))
+        self.expect(all(m.frame_owner(f) != guest.domid for f in frames), "zombies freed at the last put",
+                    [m.frame_owner(f) for f in frames])
+        arg = state["arg"]
+        guest.write_arg(arg, _get_time_arg(state["wait"]))
+        r = guest.start(arg)
+        if rpc_func(r[0]) == OPTEE_SMC_RPC_FUNC_ALLOC:
+            r = guest.reply(r)
+        self.expect(r[0] == OPTEE_SMC_RETURN_RPC_CMD, "GET_TIME suspends in an RPC CMD", r)
+        rpc_page = guest.rpc_arg_ipa(r) & ~0xFFF
+        rpc_frame = guest.balloon_out(rpc_page)
+        self.expect(m.frame_owner(rpc_frame) == guest.domid, "the pinned RPC buffer is a zombie",
+                    m.frame_owner(rpc_frame))
+        r = guest.serve(guest.resume(r[3]))
+        self.expect(r[0] == OPTEE_SMC_RETURN_OK and guest.read_arg(arg).ret != 0,
+                    "a reply that cannot be read fails OP-TEE's request", (hex(r[0]), hex(guest.read_arg(arg).ret)))
+        # Freed once unpinned (the driver's FREE handling may have populated
+        # the gfn again, possibly with that very frame: then it is mapped).
+        self.expect(m.frame_owner(rpc_frame) != guest.domid or guest.frame_of(rpc_page) == rpc_frame,
+                    "the RPC buffer's frame freed once unpinned", m.frame_owner(rpc_frame))
+        guest.free_pages([rpc_page])
         _oracle_clean(self, guest)
 
     def _teardown(self, guest, state):
