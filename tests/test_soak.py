@@ -54,7 +54,7 @@ def live(out: Path, proc: subprocess.Popen, want=lambda d: True) -> dict:
 def test_a_short_soak_passes(tmp_path, placement):
     out = tmp_path / "out"
     rc, text, doc = finish(soak(out, "--placement", placement, "--domains", "3", "--hostile", "1",
-                                "--minutes", "0.15", "--sample-every", "1", "--churn-every", "3",
+                                "--minutes", "0.12", "--sample-every", "1", "--churn-every", "3",
                                 "--attack-every", "1"), out)
     assert rc == 0, text
     assert doc["violations"]["count"] == 0, doc["violations"]
@@ -83,7 +83,7 @@ def test_a_frame_pinned_behind_the_mediators_back_fails_the_soak(tmp_path):
     the next sample may already see more pins than the mediator holds), and
     at the end a frame is still pinned."""
     out = tmp_path / "out"
-    proc = soak(out, "--placement", "el2", "--domains", "2", "--hostile", "1", "--minutes", "0.15",
+    proc = soak(out, "--placement", "el2", "--domains", "2", "--hostile", "1", "--minutes", "0.12",
                 "--sample-every", "1", "--churn-every", "2", "--attack-every", "1")
     pinned = None
     while pinned is None:
