@@ -28,7 +28,8 @@ MAX_SAMPLES = 300
 # bounded by the machine's size: reported, not judged.
 _MEMORY_SERIES = ("daemon_anon_kib", "platform_anon_kib")
 _OTHER_SERIES = ("daemon_rss_kib", "daemon_shared_kib", "platform_rss_kib", "platform_shared_kib", "journal_bytes",
-                 "daemon_fds", "daemon_threads", "platform_fds", "platform_threads", "machine_pinned_frames", "tee_partitions", "tee_sessions", "mediator_buffers", "dying_domains")
+                 "daemon_fds", "daemon_threads", "platform_fds", "platform_threads", "machine_pinned_frames",
+                 "tee_partitions", "tee_sessions", "mediator_buffers", "dying_domains")
 
 
 def _thin(samples: list[dict], keep: int) -> list[dict]:
