@@ -15,6 +15,7 @@ from __future__ import annotations
 import mmap
 import os
 import random
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,9 +112,12 @@ class Machine:
         self._ram_mm = ram_mm
         self._ram = memoryview(ram_mm)
         self._domains: dict[int, Domain] = {}
-        # Handles of destroyed incarnations: kept mapped (reads see an empty,
-        # dead p2m) until close().
-        self._retired: list[Domain] = []
+        # Handles of destroyed incarnations still referenced somewhere: they
+        # stay mapped (reads see an empty, dead p2m) while anyone holds them,
+        # and are unmapped with their descriptor when the last holder drops
+        # them (weakly tracked, so a machine that lives through many domain
+        # lifetimes does not keep one mapping per lifetime), or at close().
+        self._retired: weakref.WeakSet[Domain] = weakref.WeakSet()
         self._static = StaticShm(frames.static_shm_base, frames.static_shm_size)
 
     # -- life cycle -----------------------------------------------------------------
@@ -217,7 +221,7 @@ class Machine:
         released first."""
         if self._ram_fd < 0:
             return
-        for dom in [*self._domains.values(), *self._retired]:
+        for dom in [*self._domains.values(), *list(self._retired)]:
             dom._p2m.close()
         self._domains.clear()
         self._retired.clear()
@@ -474,7 +478,7 @@ class Machine:
             dom = Domain(self, domid, hwdom, direct_mapped, generation, p2m)
             old = self._domains.pop(domid, None)
             if old is not None:
-                self._retired.append(old)
+                self._retired.add(old)
             self._domains[domid] = dom
         return dom
 
@@ -502,7 +506,7 @@ class Machine:
                                      f"p2m is d{domid} generation {p2m.generation}, "
                                      f"registry says {entry.generation}")
         if dom is not None:
-            self._retired.append(dom)
+            self._retired.add(dom)
         dom = Domain(self, domid, entry.is_hwdom, entry.direct_mapped, entry.generation, p2m)
         self._domains[domid] = dom
         return dom
@@ -555,4 +559,4 @@ class Machine:
             if entry.is_hwdom:
                 reg.set_hwdom(DOMID_INVALID)
             _p2m_path(self.path, domid).unlink()
-            self._retired.append(self._domains.pop(domid))
+            self._retired.add(self._domains.pop(domid))

@@ -2,8 +2,11 @@
 
 The frame table, the domain registry and each p2m are such files: created
 once (exclusively), opened by any other process, and read through
-memoryview casts over the mapping. This base owns the descriptor and the
-mapping; subclasses own the layout.
+memoryview casts over the mapping. This base owns the mapping; subclasses
+own the layout. The descriptor is closed as soon as the file is mapped:
+Python's mmap keeps a duplicate of its own, so a mapping costs one
+descriptor, and dropping the last reference to a handle (views, mapping)
+gives it back without close().
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ class MappedFile:
 
     def __init__(self, path: Path, fd: int, mm: mmap.mmap) -> None:
         self.path = path
-        self._fd = fd
         self._mm = mm
+        os.close(fd)  # the mapping holds its own duplicate
 
     @staticmethod
     def _create_mapping(path: Path, size: int, init: Callable[[int], None]) -> tuple[int, mmap.mmap]:
@@ -58,13 +61,10 @@ class MappedFile:
             raise
 
     def close(self) -> None:
-        """Release the views, the mapping and the descriptor; idempotent."""
+        """Release the views and the mapping (and its descriptor); idempotent."""
         for name in self.VIEWS:
             view = self.__dict__.pop(name, None)
             if view is not None:
                 view.release()
         if not self._mm.closed:
             self._mm.close()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
