@@ -15,7 +15,8 @@ The attack table as loops (a soak run, the benchmark's bystander sweep):
     with HonestLoad(p, 2), AttackLoop(p, HostileGuest(p, 1), ATTACKS["flood_calls"], victim=2) as a:
         ...
 
-See docs/security.md.
+The soak run (``stubdom-teed soak``) lives in ``stubdom.hostile.soak``
+(it needs the bench extra). See docs/security.md and docs/soak.md.
 """
 
 from .attacks import ATTACKS as ATTACKS, Attack as Attack, AttackLoop as AttackLoop
@@ -37,6 +38,7 @@ from .platforms import (
     BASE_CAPS as BASE_CAPS,
     PLACEMENTS as PLACEMENTS,
     HostilePlatform as HostilePlatform,
+    SmcRecord as SmcRecord,
     make_platform as make_platform,
     tee_smcs as tee_smcs,
     tee_smcs_of as tee_smcs_of,
@@ -44,7 +46,8 @@ from .platforms import (
 from .race import Scribbler as Scribbler
 
 __all__ = [
-    "ATTACKS", "Attack", "AttackLoop", "AttackOutcomeWrong", "BASE_CAPS", "DaemonDied", "GuestOutOfPages", "HonestLoad", "HonestLoadFailed", "HostileError",
-    "HostileGuest", "HostilePlatform", "M32", "PLACEMENTS", "Scribbler", "ShmAllocHook", "UnexpectedRpc",
-    "destroy_all_and_check", "destroy_and_check", "make_platform", "tee_smcs", "tee_smcs_of",
+    "ATTACKS", "Attack", "AttackLoop", "AttackOutcomeWrong", "BASE_CAPS", "DaemonDied", "GuestOutOfPages",
+    "HonestLoad", "HonestLoadFailed", "HostileError", "HostileGuest", "HostilePlatform", "M32", "PLACEMENTS",
+    "Scribbler", "ShmAllocHook", "SmcRecord", "UnexpectedRpc", "destroy_all_and_check", "destroy_and_check",
+    "make_platform", "tee_smcs", "tee_smcs_of",
 ]
