@@ -69,5 +69,5 @@ def rig(workdir: Path, setup=None, *, max_sessions: int = 0):
     placement = os.environ.get("STUBDOM_FUZZ_PLACEMENT", "el2")
     with make_platform(Path(workdir) / "platform", placement, limits=LIMITS,
                        caps=BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG, threads=2, guest_count=2,
-                       nr_frames=16384) as p:
+                       nr_frames=16384, smc_history=4096) as p:  # flat memory in long runs
         yield Rig(p, setup, max_sessions)
