@@ -68,3 +68,22 @@ def test_a_dead_daemon_is_reported(tmp_path):
 def test_the_stubdom_filter_is_the_daemons_policy(tmp_path):
     with pytest.raises(ValueError, match="daemon's policy"):
         make_platform(tmp_path, "stubdom", open_session_filter=lambda *a: None)
+
+
+def test_smc_record_is_a_sequence_of_what_arrived():
+    from stubdom.hostile import SmcRecord
+
+    smcs = [(i, 0, 0, 0, 0, 0, 0, i % 3) for i in range(10)]
+    every, last4 = SmcRecord(), SmcRecord(keep=4)
+    for regs in smcs:
+        every.append(regs)
+        last4.append(regs)
+    for sl in (slice(3, 5), slice(None, None, -3), slice(8, None), slice(5, 2), slice(-3, None),
+               slice(None, None, 2), slice(7, 1, -2)):
+        assert every[sl] == smcs[sl]
+    assert (every[3], every[-1], len(every)) == (smcs[3], smcs[-1], 10)
+    assert last4[-4:] == smcs[-4:] and last4[9:5:-1] == smcs[9:5:-1] and list(last4) == smcs[-4:]
+    for dropped in (5, slice(2, 8), slice(9, 0, -1)):
+        with pytest.raises(IndexError, match="was dropped"):
+            last4[dropped]
+    assert last4.counts() == (10, {0: 4, 1: 3, 2: 3}) and last4.of_client(1) == 3

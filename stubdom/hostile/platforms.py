@@ -15,6 +15,7 @@ from the in-process context under ``el2``.
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,28 +82,37 @@ class SmcRecord:
     def __len__(self) -> int:
         return self._total
 
-    def _window(self) -> tuple[int, list[tuple]]:
+    def counts(self) -> tuple[int, dict[int, int]]:
+        """(total, {client ID: count}) taken together, atomically."""
         with self._lock:
-            return self._total - len(self._recent), list(self._recent)
+            return self._total, dict(self._per_client)
 
     def __getitem__(self, index):
-        first, recent = self._window()
-        total = first + len(recent)
-        if isinstance(index, slice):
-            start, stop, step = index.indices(total)
-            if start < first and start < stop:
-                raise IndexError(f"SMC #{start} was dropped: only the last {self.keep} are kept")
-            return recent[max(start, first) - first:max(stop, first) - first:step]
-        i = index + total if index < 0 else index
-        if not 0 <= i < total:
-            raise IndexError(f"SMC #{index} out of range ({total} received)")
-        if i < first:
-            raise IndexError(f"SMC #{index} was dropped: only the last {self.keep} are kept")
-        return recent[i - first]
+        # Under the lock, without copying the record: a long run indexes it
+        # every step, and a copy per access would hold the interpreter lock
+        # long enough to slow the very domains being measured.
+        with self._lock:
+            total = self._total
+            first = total - len(self._recent)
+            if isinstance(index, slice):
+                wanted = range(total)[index]
+                if wanted and min(wanted[0], wanted[-1]) < first:
+                    raise IndexError(f"SMC #{min(wanted[0], wanted[-1])} was dropped: "
+                                     f"only the last {self.keep} are kept")
+                if wanted.step == 1:
+                    return list(itertools.islice(self._recent, wanted.start - first, wanted.stop - first))
+                return [self._recent[i - first] for i in wanted]
+            i = index + total if index < 0 else index
+            if not 0 <= i < total:
+                raise IndexError(f"SMC #{index} out of range ({total} received)")
+            if i < first:
+                raise IndexError(f"SMC #{index} was dropped: only the last {self.keep} are kept")
+            return self._recent[i - first]
 
     def __iter__(self) -> Iterator[tuple]:
-        """The SMCs held (all of them unless bounded)."""
-        return iter(self._window()[1])
+        """The SMCs held (all of them unless bounded), as of now."""
+        with self._lock:
+            return iter(list(self._recent))
 
 
 class HostilePlatform(Platform):
