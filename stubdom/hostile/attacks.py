@@ -96,7 +96,6 @@ FLOOD_PAGE_BUDGET = 256
 # How many suspended calls a calls flood tries before deciding the limit is
 # not enforced (far above any sane max_calls and OP-TEE thread count).
 FLOOD_CALLS_CAP = 256
-_SNAPSHOT_TRIES = 100  # reads of the SMC record before giving up on a quiet moment
 _CACHE_DRAIN_MAX = 64  # DISABLE_SHM_CACHE answers per drain: one per OP-TEE thread at most
 
 
@@ -167,16 +166,12 @@ class _TeeWatch:
         # (total, counts per live client ID and the hypervisor's 0), for the a7 check
         self._live = self._snapshot() if live and self._smcs is not None else None
 
-    def _snapshot(self) -> tuple[int, dict[int, int]] | None:
-        """The total and the per-client counts as of one moment: read between
-        two equal totals (every SMC bumps both at once), else None."""
+    def _snapshot(self) -> tuple[int, dict[int, int]]:
+        """The total and the per-client counts (live domains and the
+        hypervisor's 0) as of one moment (SmcRecord.counts is atomic)."""
         ids = [0] + [client_id(d) for d in self._guest.platform.domids()]
-        for _ in range(_SNAPSHOT_TRIES):
-            total = len(self._smcs)
-            counts = {c: self._smcs.of_client(c) for c in ids}
-            if len(self._smcs) == total:
-                return total, counts
-        return None
+        total, per_client = self._smcs.counts()
+        return total, {c: per_client.get(c, 0) for c in ids}
 
     def reached(self) -> int | None:
         """SMCs stamped with the guest's client ID since (None: unknown)."""
