@@ -8,6 +8,7 @@ reaches the TEE, which client IDs are alive."""
 from __future__ import annotations
 
 import random
+import abc
 import threading
 import time
 from collections import Counter
@@ -98,7 +99,28 @@ class Fleet:
             return ok
 
 
-class HonestWorker:
+class _Worker(abc.ABC):
+    """One domain's load on a thread of its own: ``_run`` loops until stop()."""
+
+    def __init__(self, name: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    @abc.abstractmethod
+    def _run(self) -> None: ...
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+class HonestWorker(_Worker):
     """One honest domain: the Linux-like driver with its supplicant, on its
     own thread, running increment, digest over temporary and registered
     memory, and a secure-storage round trip (REE FS RPCs, SHM_ALLOC) in
@@ -118,18 +140,7 @@ class HonestWorker:
         self.failures = 0
         self.supplicant_requests = 0
         self.hist = {w: latency.new_histogram() for w in HONEST_WORKLOADS}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"soak-honest-d{domid}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        _Worker.__init__(self, f"soak-honest-d{domid}")
 
     @property
     def total_calls(self) -> int:
@@ -176,7 +187,7 @@ class HonestWorker:
                 self.fleet.violations.add("honest_call_failed", f"d{self.domid} context close: {e!r}", e)
 
 
-class HostileWorker:
+class HostileWorker(_Worker):
     """One hostile domain on its own thread: runs the catalogue's attacks in
     a seeded order, each for ``attack_s`` seconds (an AttackLoop), against
     ``victim``; every ``churn_s`` seconds the domain is destroyed and checked
@@ -198,22 +209,11 @@ class HostileWorker:
         self.churn_failures = 0
         self.errors = 0
         self.guest = self._boot()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"soak-hostile-d{domid}", daemon=True)
+        _Worker.__init__(self, f"soak-hostile-d{domid}")
 
     def _boot(self) -> HostileGuest:
         self.fleet.create(self.domid, "hostile", self.nr_pages)
         return HostileGuest(self.fleet.p, self.domid, seed=self.rng.randrange(1 << 30))
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
 
     @property
     def total_iterations(self) -> int:
