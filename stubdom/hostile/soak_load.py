@@ -7,8 +7,8 @@ reaches the TEE, which client IDs are alive."""
 
 from __future__ import annotations
 
-import random
 import abc
+import random
 import threading
 import time
 from collections import Counter
