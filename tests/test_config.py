@@ -453,6 +453,20 @@ def test_yaml_syntax_error():
     assert got.startswith("t.yaml:2: YAML syntax: ")
 
 
+@pytest.mark.parametrize("value, want", [
+    # found by the config_yaml harness: the daemon died with PyYAML's ConstructorError
+    ("!4096", "cannot read the value: could not determine a constructor for the tag '!4096'"),
+    ('!!python/name:os.system ""', "cannot read the value: could not determine a constructor for the tag "
+                                   "'tag:yaml.org,2002:python/name:os.system'"),
+    ("!!int abc", "'abc' is not a valid !!int"),
+    ("!!float x", "'x' is not a valid !!float"),
+    ("!!bool maybe", "'maybe' is not a valid !!bool"),
+    ("!!timestamp x", "'x' is not a valid !!timestamp"),
+])
+def test_a_tag_that_cannot_be_read_is_a_problem_at_its_line(value, want):
+    assert one_problem(f"platform:\n  nr_frames: {value}\n") == f"t.yaml:2: platform.nr_frames: {want}"
+
+
 def test_unreadable_file(tmp_path):
     missing = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError) as info:

@@ -208,7 +208,16 @@ class _Walker:
         if isinstance(conv, PathValue):
             conv = conv.with_base(self.base_dir)
         if isinstance(node, yaml.ScalarNode):
-            raw = self._constructor.construct_object(node, deep=True)
+            try:
+                raw = self._constructor.construct_object(node, deep=True)
+            except yaml.YAMLError as e:  # an unknown tag: "!4096", "!!python/name:..."
+                self.problem(_line(node), path, f"cannot read the value: {getattr(e, 'problem', None) or e}")
+                return False, None
+            except (ValueError, KeyError, AttributeError, TypeError):
+                # a YAML type tag whose constructor refuses the text ("!!int abc", "!!bool maybe")
+                tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+                self.problem(_line(node), path, f"{node.value!r} is not a valid {tag}")
+                return False, None
         else:
             raw = [] if isinstance(node, yaml.SequenceNode) else {}
         try:
