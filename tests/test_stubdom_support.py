@@ -88,8 +88,10 @@ class _Backend(threading.Thread):
     def handle(self, reqs) -> None:
         mode = self.d.mode.get(self.domid, "serve")
         if mode == "die":  # as the process dying would: both sockets go
-            self.chan.close()
+            # the listener first: a frontend seeing the channel's EOF must not
+            # find a listener left to reconnect to (a dead process has none)
             self.listener.close()
+            self.chan.close()
             self.stop = True
             return
         if mode == "silent":
