@@ -67,14 +67,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     command = args[0] if args and not args[0].startswith("-") else None
 
-    if command == "bench":
-        from stubdom.bench import bench_main
-
-        return bench_main(args[1:])
-    if command == "soak":
-        from stubdom.hostile.soak import soak_main
-
-        return soak_main(args[1:])
+    if command in ("bench", "soak"):
+        try:
+            if command == "bench":
+                from stubdom.bench import bench_main as sub_main
+            else:
+                from stubdom.hostile.soak import soak_main as sub_main
+        except ModuleNotFoundError as e:
+            # hdrhistogram, matplotlib, tqdm: the bench extra, not the daemon's install
+            print(f"stubdom-teed {command}: needs the bench extra (pip install 'stubdom-teed[bench]'): "
+                  f"module {(e.name or '?').partition('.')[0]!r} is missing", file=sys.stderr)
+            return 2
+        return sub_main(args[1:])
     if command == "ctl":
         from stubdom.daemon import ctl_main
 
