@@ -27,6 +27,7 @@ guest one after the other (``teardown`` releases what ``setup`` took).
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import random
 import threading
@@ -103,7 +104,7 @@ _CACHE_DRAIN_MAX = 64  # DISABLE_SHM_CACHE answers per drain: one per OP-TEE thr
 
 
 @dataclass(frozen=True)
-class Attack:
+class Attack(abc.ABC):
     """One row of docs/security.md's attack table, loopable.  ``setup``
     returns the attacker's state (negotiated caps, pages, sessions);
     ``step`` runs one iteration and raises :class:`AttackOutcomeWrong`
@@ -135,8 +136,8 @@ class Attack:
     def _setup(self, guest: HostileGuest, victim: int | None) -> object:
         return None
 
-    def _step(self, guest: HostileGuest, state, rng: random.Random) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _step(self, guest: HostileGuest, state, rng: random.Random) -> None: ...
 
     def _teardown(self, guest: HostileGuest, state) -> None:
         return None

@@ -154,7 +154,8 @@ def _run(p: HostilePlatform, opts: SoakOptions, cat, violations: Violations, jou
     elapsed = time.monotonic() - t0
     samples.append(sampler.sample(elapsed, _counters(honest, hostile, fleet)))
     final = _final_checks(p, fleet, sampler, hung, violations)
-    return {"elapsed_s": round(elapsed, 1), "samples": samples, "honest": honest, "hostile": hostile,
+    ended = "daemon_died" if sampler.daemon_dead else "duration"
+    return {"elapsed_s": round(elapsed, 1), "ended": ended, "samples": samples, "honest": honest, "hostile": hostile,
             "final": final, "fleet": fleet, "catalogue": sorted(cat.ATTACKS) if cat is not None else []}
 
 

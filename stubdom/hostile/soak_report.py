@@ -77,6 +77,7 @@ def build_document(result: dict, opts, *, argv: list[str], machine: dict, create
         "platform": platform,
         "machine": {**machine, "loadavg_end": load_end},
         "elapsed_s": result["elapsed_s"],
+        "ended": result["ended"],  # why the run stopped: "duration", or "daemon_died" (no point soaking on)
         "attacks": result["catalogue"],
         "totals": {
             "honest_calls": sum(honest_calls),
