@@ -35,11 +35,8 @@ domains:
 
 @pytest.fixture
 def stack(tmp_path):
-    s = Stack(tmp_path, domains=ONE_DOMAIN)
-    try:
+    with Stack(tmp_path, domains=ONE_DOMAIN) as s:
         yield s
-    finally:
-        s.close()
 
 
 def test_daemon_killed_after_vm_created_leaves_no_partition(stack):

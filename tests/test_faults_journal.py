@@ -48,11 +48,8 @@ _HEADER = 16
 
 @pytest.fixture
 def stack(tmp_path):
-    s = Stack(tmp_path, domains=ONE_DOMAIN)
-    try:
+    with Stack(tmp_path, domains=ONE_DOMAIN) as s:
         yield s
-    finally:
-        s.close()
 
 
 def _journal(stack):

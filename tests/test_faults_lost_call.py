@@ -81,11 +81,8 @@ class KillAfter:
 
 @pytest.fixture
 def stack(tmp_path):
-    s = Stack(tmp_path, domains=ONE_DOMAIN)
-    try:
+    with Stack(tmp_path, domains=ONE_DOMAIN) as s:
         yield s
-    finally:
-        s.close()
 
 
 def _hostile(stack: Stack) -> HostileGuest:

@@ -48,11 +48,8 @@ ENOTAVAIL_REGS = (OPTEE_SMC_RETURN_ENOTAVAIL,) + (0,) * 7
 
 @pytest.fixture
 def stack(tmp_path):
-    s = Stack(tmp_path, domains=TWO_DOMAINS)
-    try:
+    with Stack(tmp_path, domains=TWO_DOMAINS) as s:
         yield s
-    finally:
-        s.close()
 
 
 def _control(stack) -> socket.socket:

@@ -107,6 +107,12 @@ class Stack:
             self.platform.destroy_domain(domid)
             del self.drivers[domid]
 
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         try:
             if self.daemon.proc.poll() is None:
@@ -125,11 +131,8 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path):
-    s = Stack(tmp_path)
-    try:
+    with Stack(tmp_path) as s:
         yield s
-    finally:
-        s.close()
 
 
 def inc(ctx: Context, value: int) -> int:

@@ -42,11 +42,8 @@ _STD_CALLS = (OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_CALL_WITH_RPC_ARG)
 
 @pytest.fixture
 def stack(tmp_path):
-    s = Stack(tmp_path)
-    try:
+    with Stack(tmp_path) as s:
         yield s
-    finally:
-        s.close()
 
 
 def journal_path(stack: Stack):
