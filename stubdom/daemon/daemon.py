@@ -20,6 +20,7 @@ from stubdom.mediator import (
     abandon_suspended,
     call_intent,
     expected_pins,
+    settle_claims,
     settle_lost_call,
     settle_orphans,
     snapshot_domain,
@@ -280,6 +281,8 @@ class Daemon:
             abandoned = 0
             intent = call.get("intent")
             undone = None
+            claims: list[str] = []
+            extras_free = False  # only once OP-TEE said it keeps nothing they back
             try:
                 if call["fn"] == OPTEE_SMC_CALL_RETURN_FROM_RPC and call["tid"] in ctx.suspended:
                     # its guest got ENOTAVAIL for that resume: the call is over for it
@@ -287,21 +290,32 @@ class Daemon:
                     abandoned = int(abandon_suspended(self.mediator, rec.domid, call["tid"]))
                 ended = settle_orphans(self.mediator, rec.domid)
                 # before the extra pins go: OP-TEE must keep no registration of them
+                extras_free = True
                 if isinstance(intent, dict):
-                    undone = settle_lost_call(self.mediator, rec.domid, intent)
+                    lost = settle_lost_call(self.mediator, rec.domid, intent)
+                    undone, extras_free = lost.done, lost.extras_free
                     self.lost_calls_settled += undone is not None
+                claims = settle_claims(self.mediator, rec.domid)
             except Exception as e:  # the gate failed: nothing more can be settled now
                 event(self.logger, logging.ERROR, "recovery_settle_failed", domid=rec.domid, error=e)
                 ended = []
+                extras_free = False
             self.abandoned += abandoned
-            pins = recovery.drop_extra_pins(self.machine, rec.domid,
-                                            expected_pins(snapshot_domain(self.mediator, rec.domid)))
+            want = expected_pins(snapshot_domain(self.mediator, rec.domid))
+            if extras_free:
+                pins = recovery.drop_extra_pins(self.machine, rec.domid, want)
+                held = 0
+            else:
+                # OP-TEE may reference them: held until VM_DESTROYED
+                pins = 0
+                held = self.mediator.hold_frames(rec.domid, recovery.extra_pins(self.machine, rec.domid, want))
             self.recovered["restored"].append(rec.domid)
             event(self.logger, logging.WARNING, "recovery_settled", domid=rec.domid,
                   open_call=f"{call['fn']:#x}", set_aside=call.get("set_aside") or "nothing",
                   abandoned=abandoned, threads_ended=len(ended),
-                  lost_call=undone or "nothing to undo",
-                  pins_released=pins, suspended=len(ctx.suspended), shm_buffers=len(ctx.shm_buffers))
+                  lost_call=undone or "nothing to undo", claims=", ".join(claims) or "none",
+                  pins_released=pins, pins_held=held, suspended=len(ctx.suspended),
+                  shm_buffers=len(ctx.shm_buffers))
             await self._serve_recovered(rec)
         for rec in plan.restore:
             try:
@@ -386,7 +400,7 @@ class Daemon:
             try:
                 ended = abandon_suspended(self.mediator, domid, tid)
                 if ended:  # OP-TEE may have completed it: undo what the guest never learnt of
-                    undone = settle_lost_call(self.mediator, domid, intent)
+                    undone = settle_lost_call(self.mediator, domid, intent).done
                     self.lost_calls_settled += undone is not None
             except Exception as e:  # the gate went away: nothing more can be done now
                 ended = False
@@ -471,7 +485,7 @@ class Daemon:
                     intent = call_intent(ctx.suspended[req.a[3] & _U32])
                     ended = abandon_suspended(self.mediator, backend.domid, req.a[3] & _U32)
                     if ended:  # OP-TEE may have completed it: undo what the guest never learnt of
-                        undone = settle_lost_call(self.mediator, backend.domid, intent)
+                        undone = settle_lost_call(self.mediator, backend.domid, intent).done
                         self.lost_calls_settled += undone is not None
                 except Exception as e:  # the gate went away: the call stays suspended
                     ended = False

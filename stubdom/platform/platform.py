@@ -126,9 +126,13 @@ class Platform:
             raise UnknownDomain(domid)
         while not self.placement.relinquish_resources(domid):
             pass  # resumable teardown: each round releases a bounded chunk
-        self.placement.domain_teardown(domid)
-        self.machine.destroy_domain(domid)
-        del self._specs[domid]
+        try:
+            self.placement.domain_teardown(domid)
+        finally:
+            # a broken teardown invariant is reported (raised) once the
+            # domain is gone: it must never make a domain undestroyable
+            self.machine.destroy_domain(domid)
+            del self._specs[domid]
 
     def domain(self, domid: int) -> Domain:
         if domid not in self._specs:
