@@ -167,6 +167,21 @@ class HostilePlatform(Platform):
     def daemon_log(self) -> str:
         return self.daemon.log_path.read_text(errors="replace") if self.daemon is not None else ""
 
+    def restart_daemon(self) -> None:
+        """SIGKILL the daemon and start another on the same configuration
+        (its journal and runtime directory as the dead one left them):
+        crash recovery, as docs/faults.md describes it. Returns once the new
+        one answers; the trap path reconnects by itself."""
+        if self.daemon is None:
+            raise ValueError("restart_daemon: no daemon under el2")
+        old = self.daemon
+        old.proc.kill()
+        old.proc.wait()
+        n = getattr(self, "_restarts", 0) + 1
+        self._restarts = n
+        self.daemon = DaemonProcess(old.config_path, old.log_path.with_name(f"{old.log_path.stem}.{n}.log"))
+        self.daemon.wait_ready(self.placement.toolstack, DAEMON_READY_S)
+
     def close(self) -> None:
         """Destroy every domain (through the daemon while it runs), stop the
         daemon (SIGTERM: it drains and removes its files), then the rest."""
