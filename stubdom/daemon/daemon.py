@@ -39,6 +39,7 @@ from stubdom.platform.errors import GateError as _PlatformGateError
 from stubdom.xen.errors import NoSuchDomain
 
 from .backend import DomainBackend, RingPoller, refuse_while_draining
+from .fairness import FairShare
 from . import journal as jr
 from . import recovery
 from .errors import ControlError, ErrorCode, GateRefused, JournalWriteError
@@ -109,7 +110,10 @@ class Daemon:
         self.draining = False
         self.shutdown_requested = trio.Event()
         self.backend_nursery: trio.Nursery | None = None  # set by the app once running
-        self._view = None  # the policy view of the call being served
+        # per domain, for the call being served (one at a time per domain):
+        self._views: dict = {}  # the policy view it arrived under
+        self._begin_refused: set[int] = set()  # before_std_call refused it: journal down
+        self.fair = FairShare()  # who goes on between the steps of a heavy call
         # one spin over every idle domain ring (the window is fixed at start, like the ring size)
         self.ring_poller = RingPoller(config.mediator.poll_window_us * 1000)
         # the journal (docs/faults.md); None: not kept (in-process tests)
@@ -121,7 +125,6 @@ class Daemon:
         self.stale_answered = 0  # requests of a dead predecessor answered ENOTAVAIL
         self.abandoned = 0  # suspended calls ended because their resume was lost
         self._to_start: list[DomainBackend] = []  # recovered backends, started after the checkpoint
-        self._begin_refused = False  # the call being served was refused by before_std_call
         self.lost_calls_settled = 0  # lost calls' registrations/sessions undone or finished
         # restored suspended calls not yet resumed: domid -> {thread: StdCall}
         self._leases: dict[int, dict] = {}
@@ -130,12 +133,15 @@ class Daemon:
 
     # == per call (the backend tasks) ========================================
 
-    def serve_call(self, backend: DomainBackend, vcpu: int, regs: tuple) -> tuple[tuple, str | None]:
+    async def serve_call(self, backend: DomainBackend, vcpu: int, regs: tuple) -> tuple[tuple, str | None]:
         """Policy, then the mediator. Returns (registers, refusal reason or None).
 
         The policy view is taken once, when the call arrives; the TA check
-        inside the same (synchronous) mediator call uses that view too, so a
-        reload between two calls never splits one."""
+        inside the same mediator call uses that view too, so a reload
+        between two calls never splits one. A call's translation may be cut
+        into steps (docs/daemon.md, "Fair service"): other domains' requests
+        run between them, never this domain's (its backend serves one call
+        at a time), so what is kept per call here is kept per domain."""
         domid = backend.domid
         if self.draining:
             refused = refuse_while_draining(regs[0])
@@ -156,18 +162,28 @@ class Daemon:
                 return _ENOTAVAIL, "journal_unavailable"
             if fn not in _STD_FUNCS and not self._journal_begin(domid, fn, regs[3] & _U32, None):
                 return _ENOTAVAIL, "journal_unavailable"
-        self._view = view
-        self._begin_refused = False
+        self._views[domid] = view
+        self._begin_refused.discard(domid)
         if fn == OPTEE_SMC_CALL_RETURN_FROM_RPC and domid in self._leases:
             # the guest resumes it: no longer an orphan (whatever the outcome)
             self._leases[domid].pop(regs[3] & _U32, None)
+        steps = self.mediator.call_steps(domid, vcpu, regs)
         try:
-            out = self.mediator.handle_call(domid, vcpu, regs)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    out = done.value
+                    break
+                backend.stats.yields += 1
+                await self.fair.step(domid)  # other domains' requests go first
         finally:
-            self._view = None
+            steps.close()  # cancelled mid-way: the call releases what it took
+            self._views.pop(domid, None)
         if journaled:
             self._journal_state(domid)
-        if self._begin_refused:
+        if domid in self._begin_refused:
+            self._begin_refused.discard(domid)
             return out, "journal_unavailable"
         return out, None
 
@@ -178,7 +194,7 @@ class Daemon:
         if self.journal is None:
             return True
         if not self._journal_begin(domid, call.function, 0, call_intent(call)):
-            self._begin_refused = True
+            self._begin_refused.add(domid)
             return False
         return True
 
@@ -507,7 +523,7 @@ class Daemon:
     def check_open_session(self, domid: int, ta_uuid) -> tuple[int, int] | None:
         """The mediator's open_session_filter: None, or (ret, ret_origin) for
         the guest's OPEN_SESSION argument (judged on the mediator's shadow)."""
-        refusal = self.policy.check_open_session(domid, ta_uuid, view=self._view)
+        refusal = self.policy.check_open_session(domid, ta_uuid, view=self._views.get(domid))
         if refusal is None:
             return None
         backend = self.domains.get(domid)
@@ -613,6 +629,7 @@ class Daemon:
         del self.domains[domid]
         backend.close()
         self.policy.forget(domid)
+        self.fair.forget(domid)
         await self._mediator_teardown(domid)
         self._created.pop(domid, None)
         self._journal_gone(domid)
@@ -665,7 +682,8 @@ class Daemon:
             out[str(d)] = self.domains[d].stats.snapshot(
                 len(self.machine.pinned_frames(d)), self._mediator_calls(d))
         gate = self.gate_port.statistics()
-        return {"domains": out, "gate": gate, "journal": self.journal_statistics()}
+        return {"domains": out, "gate": gate, "journal": self.journal_statistics(),
+                "fairness": self.fair.statistics()}
 
     async def op_reload(self, req: Request) -> dict:
         path = req.str_arg("path", required=False)

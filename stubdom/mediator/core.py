@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
@@ -138,8 +139,10 @@ from .translate import (
     free_list_pages,
     release_buffer,
     translate_noncontig,
+    translate_noncontig_steps,
     translate_page,
 )
+from .steps import Steps, drive
 
 __all__ = ["Mediator", "KNOWN_NSEC_CAPS", "KNOWN_SEC_CAPS", "ALLOWED_STD_CMDS", "Regs",
            "OpenSessionFilter", "BeforeStdCall"]
@@ -194,6 +197,10 @@ _U64S = struct.Struct("<Q")
 _API_UID = (OPTEE_MSG_UID_0, OPTEE_MSG_UID_1, OPTEE_MSG_UID_2, OPTEE_MSG_UID_3)
 
 _log = logging.getLogger("stubdom.mediator")
+
+
+def _let_others_run() -> None:
+    time.sleep(0)  # releases the interpreter lock: a waiting vCPU thread takes it
 
 
 def _ret(a0: int, a1: int = 0, a2: int = 0, a3: int = 0) -> Regs:
@@ -408,7 +415,17 @@ class Mediator:
     # == dispatch =============================================================
 
     def handle_call(self, domid: int, vcpu: int, regs: Regs) -> Regs:
-        """One trapped SMC owned by the Trusted OS: the registers to resume with."""
+        """One trapped SMC owned by the Trusted OS: the registers to resume
+        with. Run in the trapping vCPU's thread (EL2), to its end; between
+        two steps of a long translation the thread lets another take the
+        interpreter, as another pCPU would go on running under Xen."""
+        return drive(self.call_steps(domid, vcpu, regs), between=_let_others_run)
+
+    def call_steps(self, domid: int, vcpu: int, regs: Regs) -> Steps[Regs]:
+        """:meth:`handle_call` as steps: yields between bounded pieces of a
+        standard call's translation (only before the call reaches OP-TEE,
+        so nothing of it is in OP-TEE or in a snapshot while it waits) and
+        returns the registers. Closing it early releases what the call took."""
         ctx = self._domains.get(domid)
         function = regs[0] & _U32
         if regs[0] >> 32:  # not an SMC32 ID: OP-TEE has no SMC64 calls
@@ -421,6 +438,8 @@ class Mediator:
         if handler is None:
             return _ret(OPTEE_SMC_RETURN_UNKNOWN_FUNCTION)
         try:
+            if handler == self._std_call:
+                return (yield from self._std_call_steps(ctx, vcpu, regs))
             return handler(ctx, vcpu, regs)
         except Exception as e:  # a mediator bug: log, never crash the platform
             ctx.internal_errors += 1
@@ -624,6 +643,9 @@ class Mediator:
                 del ctx.suspended[call.thread_id]
 
     def _std_call(self, ctx: DomainContext, vcpu: int, regs: Regs) -> Regs:
+        return drive(self._std_call_steps(ctx, vcpu, regs))
+
+    def _std_call_steps(self, ctx: DomainContext, vcpu: int, regs: Regs) -> Steps[Regs]:
         function = regs[0] & _U32
         if function != OPTEE_SMC_CALL_WITH_ARG and not ctx.rpc_param_count:
             # Only for a guest that negotiated SEC_CAP_RPC_ARG.
@@ -642,7 +664,7 @@ class Mediator:
                 self._write_result(ctx, call, *verdict)
                 return _ret(OPTEE_SMC_RETURN_OK)
             try:
-                shadow_arg = self._translate_params(ctx, call)
+                shadow_arg = yield from self._translate_params(ctx, call)
             except Refusal as e:
                 ctx.log.warning("call %d: %s", call.seq, e.reason)
                 self._write_result(ctx, call, e.ret, TEEC_ORIGIN_COMMS)
@@ -779,7 +801,7 @@ class Mediator:
             raise Refusal(TEEC_ERROR_BAD_PARAMETERS,
                           f"command {cmd} with {n} params: OP-TEE takes at most {most}")
 
-    def _translate_params(self, ctx: DomainContext, call: StdCall) -> MsgArg:
+    def _translate_params(self, ctx: DomainContext, call: StdCall) -> Steps[MsgArg]:
         """The argument OP-TEE gets: shape and attributes checked, cookies
         claimed, temporary memory translated and pinned.  Raises Refusal
         (whatever was claimed or pinned is released by _free_std_call)."""
@@ -813,7 +835,7 @@ class Mediator:
             elif p.buf_ptr == 0:
                 out.append(p.replace(attr=p.attr & ~OPTEE_MSG_ATTR_NONCONTIG))  # NULL memref
             elif p.is_noncontig:
-                out.append(self._translate_tmem(ctx, call, arg.cmd, p))
+                out.append((yield from self._translate_tmem(ctx, call, arg.cmd, p)))
             else:
                 shm = self._machine.static_shm
                 if not (self._static_ok(ctx) and shm.contains(p.buf_ptr, p.size)):
@@ -827,7 +849,7 @@ class Mediator:
             return arg.replace(params=tuple(out), session=0)
         return arg.replace(params=tuple(out))
 
-    def _translate_tmem(self, ctx: DomainContext, call: StdCall, cmd: int, p: MsgParam) -> MsgParam:
+    def _translate_tmem(self, ctx: DomainContext, call: StdCall, cmd: int, p: MsgParam) -> Steps[MsgParam]:
         """A NONCONTIG memref: its cookie claimed first (nothing is read or
         pinned for a cookie that is taken), then its pages."""
         register = cmd == OPTEE_MSG_CMD_REGISTER_SHM
@@ -835,8 +857,8 @@ class Mediator:
         placeholder = cookies.reserve(ctx, kind, p.shm_ref, call.seq,
                                       "REGISTER_SHM" if register else "temporary memref")
         try:
-            buf = translate_noncontig(self._machine, self._machine.domain(ctx.domid), ctx, kind,
-                                      p.buf_ptr, p.size, p.shm_ref)
+            buf = yield from translate_noncontig_steps(self._machine, self._machine.domain(ctx.domid), ctx,
+                                                       kind, p.buf_ptr, p.size, p.shm_ref)
         except BaseException:
             cookies.forget(ctx, placeholder)
             raise
