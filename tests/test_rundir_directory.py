@@ -17,6 +17,7 @@ import pytest
 
 from other_user import OTHER_GID, OTHER_UID, require_root
 from stubdom.config import parse_config
+from stubdom.platform import Gate
 from stubdom.rundir import (
     RuntimeDirError,
     RuntimeDirRefused,
@@ -186,6 +187,15 @@ def test_a_directory_that_cannot_be_created_or_examined_is_a_clear_error(tmp_pat
     with pytest.raises(RuntimeDirError) as e:
         ensure_runtime_dir(long / "rt")
     assert str(e.value) == f"cannot use runtime directory {long / 'rt'} ({long}): File name too long"
+
+
+def test_a_platform_built_without_a_configuration_is_refused_by_its_gate(tmp_path):
+    # the benchmark builds its platform itself: the gate checks the directory
+    require_root()
+    rt = foreign_dir(tmp_path / "rt", 0o755)
+    with pytest.raises(RuntimeDirRefused, match=f"refusing runtime directory {rt}: it \\(owner uid 65534"):
+        Gate(rt, tee=None, domain_exists=lambda domid: False)
+    assert list(rt.iterdir()) == []
 
 
 def test_a_directory_inside_another_user_made_is_refused(tmp_path):
