@@ -32,9 +32,10 @@ FIX = "remove it, or set mediator.runtime_dir to a directory only you can write"
 FIX_ABOVE = "set mediator.runtime_dir to a directory that only you and root can change, all the way up"
 
 
-@pytest.fixture
-def umask0():
-    old = os.umask(0)
+@pytest.fixture(params=[0o000, 0o377], ids=["umask-000", "umask-377"])
+def any_umask(tmp_path, request):  # after tmp_path: pytest makes that one itself
+    """None of it wider (000) nor narrower (377: not even the owner's write) than set."""
+    old = os.umask(request.param)
     try:
         yield
     finally:
@@ -76,7 +77,7 @@ def test_a_configuration_without_runtime_dir_gets_the_default():
 # -- creating it ------------------------------------------------------------------------
 
 
-def test_created_0700_with_every_missing_directory_above_it_whatever_the_umask(tmp_path, umask0):
+def test_created_0700_with_every_missing_directory_above_it_whatever_the_umask(tmp_path, any_umask):
     rt = tmp_path / "a" / "b" / "rt"
     assert ensure_runtime_dir(rt) == rt
     assert [mode(p) for p in (tmp_path / "a", tmp_path / "a" / "b", rt)] == [0o700] * 3
@@ -105,8 +106,9 @@ def test_a_symbolic_link_on_the_way_is_followed(tmp_path):
     assert (tmp_path / "real" / "rt").is_dir()
 
 
-def test_make_private_dirs_makes_what_is_missing_0700_and_leaves_the_rest(tmp_path, umask0):
-    (tmp_path / "a").mkdir(mode=0o755)
+def test_make_private_dirs_makes_what_is_missing_0700_and_leaves_the_rest(tmp_path, any_umask):
+    (tmp_path / "a").mkdir()
+    os.chmod(tmp_path / "a", 0o755)
     make_private_dirs(tmp_path / "a" / "b" / "c")
     assert [mode(tmp_path / p) for p in ("a", "a/b", "a/b/c")] == [0o755, 0o700, 0o700]
 
