@@ -88,7 +88,7 @@ MUTANTS = (
            "    if False:\n", "a runtime directory its group or others may write is refused",
            guards=RUNDIR, select=""),
     Mutant("rundir_above_owner_unchecked", "stubdom/rundir/directory.py",
-           "if st.st_uid not in (uid, _ROOT_UID):", "if False:",
+           "if st.st_uid not in (uid, _ROOT_UID, unmapped):", "if False:",
            "a directory or link above the runtime directory another user owns is refused",
            guards=RUNDIR, select=""),
     Mutant("rundir_above_writable_unchecked", "stubdom/rundir/directory.py",

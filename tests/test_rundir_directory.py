@@ -7,6 +7,7 @@ line, nothing created in it), under both placements where both run."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -182,6 +183,41 @@ def test_refused_when_it_is_not_a_directory(tmp_path):
     os.chmod(tmp_path / "rt", 0o600)
     with pytest.raises(RuntimeDirRefused, match=r"\(owner uid 0 \(root\), mode 0600\) is not a directory;"):
         ensure_runtime_dir(tmp_path / "rt")
+
+
+USERNS_PROBE = """\
+import sys
+from stubdom.rundir import RuntimeDirRefused, ensure_runtime_dir
+for path in sys.argv[1:]:
+    try:
+        ensure_runtime_dir(path)
+        print("accepted")
+    except RuntimeDirRefused as e:
+        print("refused", e.owner, oct(e.mode))
+"""
+
+
+def test_in_a_user_namespace_an_unmapped_owner_above_is_judged_by_its_mode_alone(tmp_path):
+    # as the fault tests' private tmpfs runs the daemon when not root: there
+    # root's / and /tmp show as the overflow uid, as anyone unmapped does
+    require_root()
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) (util-linux) to enter a user namespace")
+    safe, open_ = tmp_path / "safe", tmp_path / "open"
+    for d, bits in ((safe, 0o755), (open_, 0o777)):
+        d.mkdir()
+        (d / "rt").mkdir(mode=0o700)  # ours: root, which the namespace maps
+        os.chown(d, 1000, 1000)  # unmapped in a namespace that maps only root
+        os.chmod(d, bits)
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-P", "-c", USERNS_PROBE,
+                           str(safe / "rt"), str(safe), str(open_ / "rt")], capture_output=True, text=True,
+                          timeout=120)
+    if proc.returncode and "unshare failed" in proc.stderr:
+        pytest.skip(f"no user namespace: {proc.stderr.strip()}")
+    overflow = int(Path("/proc/sys/kernel/overflowuid").read_text())
+    assert proc.stdout.splitlines() == ["accepted",  # above it: its owner cannot be known, its mode is safe
+                                        f"refused {overflow} 0o755",  # the runtime directory itself: not ours
+                                        f"refused {overflow} 0o777"], proc.stderr  # above it, open to all
 
 
 def test_a_directory_that_cannot_be_created_or_examined_is_a_clear_error(tmp_path):

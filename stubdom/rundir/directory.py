@@ -76,7 +76,7 @@ def ensure_runtime_dir(path: str | os.PathLike[str]) -> Path:
     """
     runtime = Path(os.path.abspath(path))
     uid = os.geteuid()
-    real = _walk(runtime, uid)
+    real = _walk(runtime, uid, _unmapped_owner())
     _check_own(runtime, _lstat(runtime, real), uid)
     return runtime
 
@@ -131,10 +131,27 @@ def _lstat(runtime: Path, path: Path) -> os.stat_result:
         raise RuntimeDirError(str(runtime), str(path), e.strerror or str(e)) from None
 
 
-def _check_above(runtime: Path, path: Path, st: os.stat_result, uid: int) -> None:
-    """A directory (or link) the lookup of the runtime directory goes through."""
+def _unmapped_owner() -> int | None:
+    """The uid that owners this process's user namespace does not map show
+    as (the kernel's overflowuid), or None in the initial namespace, where
+    every owner is known."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            if f.read().split() == ["0", "0", "4294967295"]:
+                return None
+        with open("/proc/sys/kernel/overflowuid") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _check_above(runtime: Path, path: Path, st: os.stat_result, uid: int, unmapped: int | None) -> None:
+    """A directory (or link) the lookup of the runtime directory goes through.
+    In a user namespace that does not map them, root's directories (/, /tmp)
+    show as ``unmapped``, as would anyone else's: their owner cannot be
+    known, so only their mode is checked (docs/config.md)."""
     mode = stat.S_IMODE(st.st_mode)
-    if st.st_uid not in (uid, _ROOT_UID):
+    if st.st_uid not in (uid, _ROOT_UID, unmapped):
         kind = "is a symbolic link" if stat.S_ISLNK(st.st_mode) else "is"
         raise RuntimeDirRefused(str(runtime), str(path), st.st_uid, mode,
                                 f"{kind} owned by a user other than {describe_trusted(uid)}: they could "
@@ -145,7 +162,7 @@ def _check_above(runtime: Path, path: Path, st: os.stat_result, uid: int) -> Non
                                 "rename the runtime directory away")
 
 
-def _walk(runtime: Path, uid: int) -> Path:
+def _walk(runtime: Path, uid: int, unmapped: int | None) -> Path:
     """Look ``runtime`` up one component at a time from /, as the kernel
     would, checking every directory looked in and every symbolic link
     followed, and creating what is missing (mode 0700). Returns the real path
@@ -163,7 +180,7 @@ def _walk(runtime: Path, uid: int) -> Path:
             current = current.parent
             continue
         if current not in checked:
-            _check_above(runtime, current, _lstat(runtime, current), uid)
+            _check_above(runtime, current, _lstat(runtime, current), uid, unmapped)
             checked.add(current)
         step = current / name
         try:
@@ -182,7 +199,7 @@ def _walk(runtime: Path, uid: int) -> Path:
             raise RuntimeDirError(str(runtime), str(step), e.strerror or str(e)) from None
         if stat.S_ISLNK(st.st_mode):
             # in a sticky directory anyone may have made it: its owner counts
-            _check_above(runtime, step, st, uid)
+            _check_above(runtime, step, st, uid, unmapped)
             links += 1
             if links > _MAX_SYMLINKS:
                 raise RuntimeDirError(str(runtime), str(step), f"more than {_MAX_SYMLINKS} symbolic links")
