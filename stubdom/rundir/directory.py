@@ -72,7 +72,9 @@ def ensure_runtime_dir(path: str | os.PathLike[str]) -> Path:
     group or others without the sticky bit (/tmp is fine: in a sticky
     directory only an entry's owner may rename it); a symbolic link on the way
     owned by neither. Symbolic links are followed, each checked where it
-    lies. :class:`RuntimeDirError`: a directory cannot be created or examined.
+    lies. In a user namespace, a directory above it whose owner the namespace
+    does not map is judged by its mode alone (see :func:`_check_above`).
+    :class:`RuntimeDirError`: a directory cannot be created or examined.
     """
     runtime = Path(os.path.abspath(path))
     uid = os.geteuid()
