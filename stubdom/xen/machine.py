@@ -166,7 +166,7 @@ class Machine:
             make_private_dir(path / _P2M_DIR)
             lock = MachineLock(path / _LOCK_FILE)
             created.append(lock)
-            os.chmod(path / _LOCK_FILE, FILE_MODE)
+            os.chmod(path / _LOCK_FILE, FILE_MODE)  # created 0600 less the umask: exactly FILE_MODE
             ram_fd = os.open(path / _RAM_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
             created.append(ram_fd)
             os.fchmod(ram_fd, FILE_MODE)  # O_CREAT's mode less the umask: exactly FILE_MODE
