@@ -7,6 +7,7 @@ line, nothing created in it), under both placements where both run."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -23,12 +24,14 @@ from stubdom.rundir import (
     RuntimeDirError,
     RuntimeDirRefused,
     default_runtime_dir,
+    describe_uid,
     ensure_runtime_dir,
     make_private_dir,
     make_private_dirs,
 )
 
-NOT_OURS = "is not owned by uid 0 (root), who runs this command"
+ME = describe_uid(os.geteuid())  # who runs the tests, as the messages name them
+NOT_OURS = "is not owned by uid 0 (root), who runs this command"  # in the tests that need root
 FIX = "remove it, or set mediator.runtime_dir to a directory only you can write"
 FIX_ABOVE = "set mediator.runtime_dir to a directory that only you and root can change, all the way up"
 
@@ -136,9 +139,9 @@ def test_refused_when_its_group_or_others_may_write_it(tmp_path, bits):
     os.chmod(rt, bits)
     with pytest.raises(RuntimeDirRefused) as e:
         ensure_runtime_dir(rt)
-    assert str(e.value) == (f"refusing runtime directory {rt}: it (owner uid 0 (root), mode {bits:04o}) "
+    assert str(e.value) == (f"refusing runtime directory {rt}: it (owner {ME}, mode {bits:04o}) "
                             f"is writable by its group or by others; {FIX}")
-    assert (e.value.owner, e.value.mode) == (0, bits)
+    assert (e.value.owner, e.value.mode) == (os.geteuid(), bits)
 
 
 @pytest.mark.parametrize("bits", [0o777, 0o770])
@@ -148,8 +151,8 @@ def test_refused_below_a_directory_others_may_write_without_the_sticky_bit(tmp_p
     os.chmod(above, bits)
     with pytest.raises(RuntimeDirRefused) as e:
         ensure_runtime_dir(above / "rt")
-    assert str(e.value) == (f"refusing runtime directory {above / 'rt'}: {above} on the way to it (owner uid 0 "
-                            f"(root), mode {bits:04o}) is writable by its group or by others and not sticky: they "
+    assert str(e.value) == (f"refusing runtime directory {above / 'rt'}: {above} on the way to it (owner {ME}, "
+                            f"mode {bits:04o}) is writable by its group or by others and not sticky: they "
                             f"could rename the runtime directory away; {FIX_ABOVE}")
     assert not (above / "rt").exists()
 
@@ -181,7 +184,7 @@ def test_refused_through_a_symbolic_link_another_user_owns(tmp_path):
 def test_refused_when_it_is_not_a_directory(tmp_path):
     (tmp_path / "rt").write_text("")
     os.chmod(tmp_path / "rt", 0o600)
-    with pytest.raises(RuntimeDirRefused, match=r"\(owner uid 0 \(root\), mode 0600\) is not a directory;"):
+    with pytest.raises(RuntimeDirRefused, match=re.escape(f"(owner {ME}, mode 0600) is not a directory;")):
         ensure_runtime_dir(tmp_path / "rt")
 
 
@@ -280,7 +283,7 @@ def test_platform_command_refuses_a_runtime_directory_another_user_could_change(
     os.chown(rt, owner, owner)
     os.chmod(rt, bits)
     proc = _run("platform", "--config", str(_config(tmp_path, rt, placement)), "--rounds", "1")
-    owner_text = "uid 65534 (nobody)" if owner else "uid 0 (root)"
+    owner_text = describe_uid(owner)
     assert (proc.returncode, proc.stdout) == (2, ""), proc.stdout + proc.stderr
     assert proc.stderr == (f"platform: refusing runtime directory {rt}: it (owner {owner_text}, mode {bits:04o}) "
                            f"{reason}; {FIX}\n")
@@ -295,7 +298,7 @@ def test_daemon_refuses_a_runtime_directory_another_user_could_change(tmp_path, 
     os.chown(rt, owner, owner)
     os.chmod(rt, bits)
     proc = _run("--config", str(_config(tmp_path, rt, "stubdom")))
-    owner_text = "uid 65534 (nobody)" if owner else "uid 0 (root)"
+    owner_text = describe_uid(owner)
     assert (proc.returncode, proc.stdout) == (2, ""), proc.stdout + proc.stderr
     assert proc.stderr == (f"stubdom-teed: refusing runtime directory {rt}: it (owner {owner_text}, mode "
                            f"{bits:04o}) {reason}; {FIX}\n")
