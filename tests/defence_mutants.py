@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # the tests a mutant of the mediator core must fail
 GUARDS = ("test_hostile", "test_mediator", "test_fuzz", "test_optee")
+# ... and a mutant of the runtime directory's defences (they need root to play another user)
+RUNDIR = ("test_rundir",)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,60 @@ MUTANTS = (
     Mutant("double_resume", "stubdom/mediator/core.py",
            "call = ctx.suspended.pop(tid, None)", "call = ctx.suspended.get(tid)",
            "a suspended call is resumed once (a second RETURN_FROM_RPC gets ERESUME)"),
+    # local users and the runtime directory (docs/security.md): caught by the
+    # test_rundir_* files, both placements
+    Mutant("rundir_owner_unchecked", "stubdom/rundir/directory.py", "    if st.st_uid != uid:\n", "    if False:\n",
+           "a runtime directory (or one in it) another user owns is refused", guards=RUNDIR, select=""),
+    Mutant("rundir_writable_unchecked", "stubdom/rundir/directory.py", "    if st.st_mode & _GROUP_OTHER_WRITE:\n",
+           "    if False:\n", "a runtime directory its group or others may write is refused",
+           guards=RUNDIR, select=""),
+    Mutant("rundir_above_owner_unchecked", "stubdom/rundir/directory.py",
+           "if st.st_uid not in (uid, _ROOT_UID, unmapped):", "if False:",
+           "a directory or link above the runtime directory another user owns is refused",
+           guards=RUNDIR, select=""),
+    Mutant("rundir_above_writable_unchecked", "stubdom/rundir/directory.py",
+           "if stat.S_ISDIR(st.st_mode) and st.st_mode & _GROUP_OTHER_WRITE and not st.st_mode & stat.S_ISVTX:",
+           "if False:", "a directory above it others may write, and not sticky, is refused",
+           guards=RUNDIR, select=""),
+    Mutant("rundir_created_umask", "stubdom/rundir/directory.py",
+           "    os.chmod(path, DIR_MODE)  # mkdir's mode is narrowed by the umask; this is the mode\n", "",
+           "directories in the runtime directory are 0700 whatever the umask", guards=RUNDIR, select=""),
+    Mutant("platform_rundir_unchecked", "stubdom/platform/platform.py",
+           "runtime = ensure_runtime_dir(med.runtime_dir)", "runtime = Path(med.runtime_dir)",
+           "the platform checks its runtime directory (el2 too)", guards=RUNDIR, select=""),
+    Mutant("gate_rundir_unchecked", "stubdom/platform/gate.py", "        ensure_runtime_dir(runtime_dir)\n", "",
+           "the gate checks the runtime directory (platforms built without a configuration)",
+           guards=RUNDIR, select=""),
+    Mutant("daemon_rundir_unchecked", "stubdom/daemon/app.py",
+           "        ensure_runtime_dir(config.mediator.runtime_dir)\n", "",
+           "the daemon checks its runtime directory", guards=RUNDIR, select=""),
+    Mutant("evtchn_listener_mode", "ring/_evtchn.py",
+           "            os.fchmod(sock.fileno(), mode)\n            with _sockaddr(self.path) as addr:\n"
+           "                sock.bind(addr)\n                os.chmod(addr, mode)",
+           "            with _sockaddr(self.path) as addr:\n                sock.bind(addr)",
+           "event-channel sockets (gate, domains) are 0600 whatever the umask", guards=RUNDIR, select=""),
+    Mutant("control_socket_mode", "stubdom/daemon/control.py",
+           "            os.fchmod(sock.fileno(), SOCKET_MODE)\n            with sockaddr(self.path) as addr:\n"
+           "                await sock.bind(addr)\n                os.chmod(addr, SOCKET_MODE)",
+           "            with sockaddr(self.path) as addr:\n                await sock.bind(addr)",
+           "the control socket is 0600 whatever the umask", guards=RUNDIR, select=""),
+    Mutant("journal_leftover_mode", "stubdom/daemon/journal.py", "            os.fchmod(fd, FILE_MODE)\n", "",
+           "a checkpoint over a leftover journal.new is 0600", guards=RUNDIR, select=""),
+    Mutant("control_client_peer_unchecked", "stubdom/daemon/control.py",
+           'check_peer(stream.socket, self.path, "control client")', "pass",
+           "the daemon closes on a control client of another user", guards=RUNDIR, select=""),
+    Mutant("toolstack_peer_unchecked", "stubdom/platform/toolstack.py",
+           'check_peer(sock, self.path, "stubdom-teed")', "pass",
+           "the toolstack refuses a control socket of another user", guards=RUNDIR, select=""),
+    Mutant("ctl_peer_unchecked", "stubdom/daemon/client.py",
+           'check_peer(self._sock, self.path, "stubdom-teed")', "pass",
+           "ctl refuses a control socket of another user", guards=RUNDIR, select=""),
+    Mutant("gate_peer_unchecked", "stubdom/platform/gate.py",
+           'check_peer(chan.fileno(), self.evtchn_path, "stub domain")', "pass",
+           "the gate refuses a stub domain of another user", guards=RUNDIR, select=""),
+    Mutant("gate_client_peer_unchecked", "stubdom/platform/gate.py",
+           'check_peer(self._chan.fileno(), self.path, "SMC gate")', "pass",
+           "the daemon refuses an SMC gate of another user", guards=RUNDIR, select=""),
 )
 
 

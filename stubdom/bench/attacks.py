@@ -56,6 +56,7 @@ from stubdom.hostile import (
 from stubdom.mediator import DomainLimits
 from stubdom.optee import OPTEE_SMC_SEC_CAP_RPC_ARG
 from stubdom.platform import DomainSpec
+from stubdom.rundir import make_private_dirs
 
 from . import latency
 from .counters import OpCounter, counting_trap
@@ -167,7 +168,7 @@ class AttackSweep:
         from .runner import _drive  # the benchmark's own block driver
 
         with ExitStack() as stack:
-            root.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(root)  # the runtime directory goes in it: 0700, whatever the umask
             stack.enter_context(_mediator_log_to(root / "el2-mediator.log"))
             p = stack.enter_context(make_platform(root, name, limits=ATTACK_LIMITS,
                                                   caps=BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG, seed=self.seed,

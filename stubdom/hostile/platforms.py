@@ -30,6 +30,7 @@ from stubdom.platform import Platform
 from stubdom.platform.el2 import El2Placement
 from stubdom.platform.launch import DaemonProcess
 from stubdom.platform.stubdom import stubdom_placement
+from stubdom.rundir import make_private_dirs
 from stubdom.tee import REQUIRED_SEC_CAPS, TeeConfig
 
 from .errors import DaemonDied
@@ -259,8 +260,7 @@ def make_platform(path: Path, placement: str, *, caps: int = BASE_CAPS,
     ``smc_history``: keep only the last that many SMCs' registers
     (:class:`SmcRecord`; a long run's memory stays flat).
     ``call_timeout_ms``: how long a guest call waits for the daemon (stubdom)."""
-    root = Path(path)
-    root.mkdir(parents=True, exist_ok=True)
+    root = make_private_dirs(path)  # the runtime directory goes in it: 0700, whatever the umask
     limits = limits or DomainLimits()
     if placement == "el2":
         factory = _recording(lambda p: El2Placement(p, limits=limits, open_session_filter=open_session_filter),

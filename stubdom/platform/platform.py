@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from stubdom.rundir import ensure_runtime_dir
 from stubdom.tee import IsolationOracle, OpteeModel, TeeConfig
 from stubdom.xen import Domain, Machine
 
@@ -82,9 +83,11 @@ class Platform:
         contract of stubdom.config.Config): the machine at
         ``<runtime_dir>/machine``; under ``placement: stubdom`` the SMC gate is
         serving before this returns, so the daemon can start beside it. Domains
-        are not created: see :func:`domain_spec`."""
+        are not created: see :func:`domain_spec`. The runtime directory is
+        created with mode 0700, or refused (``stubdom.rundir.RuntimeDirError``)
+        when another user could change it."""
         med = config.mediator
-        runtime = Path(med.runtime_dir)
+        runtime = ensure_runtime_dir(med.runtime_dir)
         if placement is None:
             if med.placement == "stubdom":
                 from .stubdom import stubdom_placement
