@@ -17,6 +17,7 @@ that stops calling costs the others one window at most, once.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -33,10 +34,12 @@ ANTICIPATION_NS = 250_000
 class FairShare:
     """Who may go on next. Lives in the daemon's trio thread."""
 
-    def __init__(self, window_ns: int = ANTICIPATION_NS) -> None:
+    def __init__(self, window_ns: int = ANTICIPATION_NS, *,
+                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
         if window_ns < 0:
             raise ValueError(f"FairShare window must be >= 0 ns, got {window_ns}")
         self.window_ns = window_ns
+        self._clock = clock
         self._answered: dict[int, int] = {}  # domid -> when its last answer was pushed
         self.turns = 0  # steps of heavy calls that gave way
         self.anticipations = 0  # of them, those that waited for a recently answered domain
@@ -44,7 +47,7 @@ class FairShare:
 
     def answered(self, domid: int) -> None:
         """``domid``'s answers were just pushed to its ring."""
-        self._answered[domid] = time.perf_counter_ns()
+        self._answered[domid] = self._clock()
 
     def forget(self, domid: int) -> None:
         self._answered.pop(domid, None)
@@ -55,7 +58,7 @@ class FairShare:
         been served again, ``domid`` waits for it (bounded by the window)."""
         self.turns += 1
         await trio.lowlevel.checkpoint()
-        now = time.perf_counter_ns()
+        now = self._clock()
         recent = self._recent(domid, now)
         if not recent:
             return
@@ -63,7 +66,7 @@ class FairShare:
         t0 = now
         while any(self._answered.get(d) == t and now - t < self.window_ns for d, t in recent.items()):
             await trio.lowlevel.checkpoint()  # the ring poller looks; a request found is served
-            now = time.perf_counter_ns()
+            now = self._clock()
         self.anticipated_ns += now - t0
 
     def _recent(self, domid: int, now: int) -> dict[int, int]:
