@@ -190,6 +190,9 @@ _MEDIATOR_SECTION = Section((
     Key("gate_timeout_ms", Integer(1, 3_600_000), 5000,
         "bound on one SMC gate hypercall of the daemon; past it the platform counts as dead"),
     Key("log_level", _LOG_LEVEL, "info", "the daemon's log level (--log-level overrides)"),
+    Key("tee_num_params", Integer(1, 125), 4,
+        "parameters the OP-TEE behind takes per call (its TEE_NUM_PARAMS; OP-TEE does not report it): "
+        "a call with more is refused before anything of it is translated or pinned"),
 ))
 
 _PLATFORM_SECTION = Section((

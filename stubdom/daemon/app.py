@@ -143,6 +143,7 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out, 
             # TA allow/deny is decided by the mediator on its own validated
             # copy of OPEN_SESSION's meta params (never re-reading the guest).
             mediator = Mediator(machine, gate_port, logger=mediator_log,
+                                tee_num_params=config.mediator.tee_num_params,
                                 open_session_filter=lambda d, ta, login: holder[0].check_open_session(d, ta),
                                 before_std_call=lambda d, call: holder[0].before_std_call(d, call))
         except TeeProbeFailed as e:

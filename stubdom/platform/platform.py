@@ -99,7 +99,9 @@ class Platform:
                 from .el2 import El2Placement
 
                 limits = config.default_policy.limits
-                placement = lambda p: El2Placement(p, limits=limits)  # noqa: E731
+                own = {d.domid: d.policy.limits for d in config.domains}
+                placement = lambda p: El2Placement(p, limits=limits, domain_limits=own,  # noqa: E731
+                                                   tee_num_params=med.tee_num_params)
             else:
                 raise ValueError(f"unknown placement {med.placement!r}")
         return cls(runtime / "machine", nr_frames=config.platform.nr_frames, tee_config=config.tee,
