@@ -15,8 +15,10 @@ call at once) that is at most one or two.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -39,15 +41,32 @@ from stubdom.xen import PAGE_SIZE
 
 HEAVY_CALLS = 12
 PAGES = 129  # the default max_pages_per_buffer
-# Honest answers expected inside each heavy call, on average: a heavy call
-# is ~30 steps here, and the honest domain gets one call per step or more;
-# a daemon that serves a whole call at once lets through one or two.
+# Honest answers inside the median heavy call: a heavy call is ~30 steps
+# here, and the honest domain gets one call per step or more; a daemon that
+# serves a whole call at once lets one or two through, and at EL2 a vCPU
+# thread that keeps the interpreter through its trap none (the honest one
+# then runs only when CPython forces a switch, every 5 ms).
 AT_LEAST = 4
+
+
+@contextmanager
+def no_forced_switching(placement: str):
+    """At EL2 both vCPUs are threads of this process: with CPython's forced
+    switch (every 5 ms) out of the way, the honest one can run inside a
+    heavy trap only where the mediator lets it — its step boundaries. (Under
+    stubdom the mediator is in the daemon; the platform keeps its switching.)"""
+    old = sys.getswitchinterval()
+    if placement == "el2":
+        sys.setswitchinterval(1.0)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(old)
 
 
 @pytest.mark.parametrize("placement", PLACEMENTS)
 def test_an_honest_domain_is_served_inside_each_heavy_call(tmp_path, placement):
-    with make_platform(tmp_path, placement, limits=DomainLimits()) as p:
+    with make_platform(tmp_path, placement, limits=DomainLimits()) as p, no_forced_switching(placement):
         p.create_domain(DomainSpec(1, nr_pages=4096))
         p.create_domain(DomainSpec(2, nr_pages=256))
         evil, honest = HostileGuest(p, 1), HostileGuest(p, 2)
@@ -83,6 +102,7 @@ def test_an_honest_domain_is_served_inside_each_heavy_call(tmp_path, placement):
                 while not done.is_set():
                     assert honest.smc(OPTEE_SMC_CALL_GET_OS_REVISION) == revision
                     answers.append(time.monotonic_ns())
+                    time.sleep(0)  # back in its guest between traps: the other vCPU may run
             except BaseException as e:
                 errors.append(e)
 
@@ -92,8 +112,12 @@ def test_an_honest_domain_is_served_inside_each_heavy_call(tmp_path, placement):
         for t in threads:
             t.join()
         assert not errors, errors
-        inside = [sum(1 for a in answers if t0 < a < t1) for t0, t1 in heavy]
-        assert sum(inside) >= AT_LEAST * HEAVY_CALLS, inside
+        inside = sorted(sum(1 for a in answers if t0 < a < t1) for t0, t1 in heavy)
+        assert inside[len(inside) // 2] >= AT_LEAST, inside  # the median heavy call
+        if placement == "el2":
+            # a trap that kept the interpreter from its first step to its
+            # last shows as a heavy call with no honest answer inside
+            assert inside[0] >= 1, inside
         if p.daemon is not None:
             stats = p.placement.toolstack.request("stats")
             assert stats["domains"]["1"]["yields"] >= HEAVY_CALLS * (TEE_NUM_PARAMS * PAGES // 16 - 1), stats
