@@ -4,7 +4,8 @@ task (docs/daemon.md, "Serving a domain").
 The frontend (the platform's trap path) is hostile as far as this task is
 concerned: a corrupted ring index tears down this domain's channel and
 nothing else; its end-of-file means it died, and the domain stays until the
-toolstack destroys it (a restarted frontend may connect again).
+toolstack destroys it (a restarted frontend may connect again, and is
+notified at once if responses it waits for are already on the ring).
 """
 
 from __future__ import annotations
@@ -293,6 +294,11 @@ class DomainBackend:
             event(self._logger, logging.INFO, "frontend_connected", domid=self.domid,
                   connection=self.connections)
             try:
+                # Responses pushed while no channel (or a dead one) was there
+                # were never announced to this frontend, which may already be
+                # asleep on them (docs/protocol.md, "Restarts").
+                if self.ring.recheck_notify():
+                    self.channel.notify()
                 await self._serve_channel(reqs, rsps, nr)
             except ring.PeerDied:
                 self.state = "peer-died"
