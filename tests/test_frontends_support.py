@@ -158,8 +158,10 @@ class HeldTee:
         return self._inner(regs)
 
 
-def write_config(tmp_path: Path, *, ring_pages: int = 1, call_timeout_ms: int = 60_000) -> Path:
-    """Domain 1 for a C frontend, domain 2 for the platform's own."""
+def write_config(tmp_path: Path, *, ring_pages: int = 1, call_timeout_ms: int = 60_000,
+                 platform_vcpus: int = 2) -> Path:
+    """Domain 1 for a C frontend, domain 2 (``platform_vcpus`` vCPUs) for the
+    platform's own."""
     major, minor, build = OS_REVISION
     path = tmp_path / "xen.yaml"
     path.write_text(textwrap.dedent(f"""\
@@ -182,7 +184,7 @@ def write_config(tmp_path: Path, *, ring_pages: int = 1, call_timeout_ms: int = 
             vcpus: 2
           - domid: 2
             nr_pages: 1024
-            vcpus: 2
+            vcpus: {platform_vcpus}
         """))
     return path
 
@@ -192,9 +194,10 @@ class DaemonStack:
     ``log_clock``: the clock of the platform's per-domain log rate limits."""
 
     def __init__(self, tmp_path: Path, *, ring_pages: int = 1, call_timeout_ms: int = 60_000,
-                 log_clock: Callable[[], float] | None = None) -> None:
+                 platform_vcpus: int = 2, log_clock: Callable[[], float] | None = None) -> None:
         self.tmp_path = tmp_path
-        self.path = write_config(tmp_path, ring_pages=ring_pages, call_timeout_ms=call_timeout_ms)
+        self.path = write_config(tmp_path, ring_pages=ring_pages, call_timeout_ms=call_timeout_ms,
+                                 platform_vcpus=platform_vcpus)
         self.config = load_config(self.path)
         med = self.config.mediator
         placement = None
@@ -242,12 +245,15 @@ class DaemonStack:
         self.platform.machine.destroy_domain(domid)
         self.c_domains.discard(domid)
 
-    def boot(self, domid: int = 2):
-        """A domain with the platform's own frontend and a guest driver."""
+    def boot(self, domid: int = 2, *, probe: bool = True):
+        """A domain with the platform's own frontend and (``probe``) a guest
+        driver; None without one."""
         from stubdom.guest import MemoryStore, OpteeDriver, Supplicant
 
         dc = self.config.domain(domid)
         domain = self.platform.create_domain(domain_spec(dc))
+        if not probe:
+            return None
         d = OpteeDriver(self.platform.trap_entry(domid), domain, nr_vcpus=dc.vcpus, seed=domid,
                         supplicant=Supplicant(MemoryStore()))
         d.probe()

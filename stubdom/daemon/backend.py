@@ -2,10 +2,11 @@
 task (docs/daemon.md, "Serving a domain").
 
 The frontend (the platform's trap path) is hostile as far as this task is
-concerned: a corrupted ring index tears down this domain's channel and
-nothing else; its end-of-file means it died, and the domain stays until the
-toolstack destroys it (a restarted frontend may connect again, and is
-notified at once if responses it waits for are already on the ring).
+concerned: a corrupted ring index or a ring file truncated under the
+daemon's mapping tears down this domain's channel and nothing else; its
+end-of-file means it died, and the domain stays until the toolstack destroys
+it (a restarted frontend may connect again, and is notified at once if
+responses it waits for are already on the ring).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ BACKEND_FAILURE_STATUS = -errno.EIO
 # them: the control socket and newly notified domains wait at most a slice.
 _SPIN_SLICE_NS = 50_000
 _TAKE_OVER = object()  # a parked backend's wake-up value: "you spin now"
+# why a domain's channel was torn down, as logged
+_BROKEN_EVENTS = {ring.RingCorrupted: "ring_corrupted", ring.RingTruncated: "ring_truncated"}
 
 
 class RingPoller:
@@ -249,10 +252,8 @@ class DomainBackend:
         self.state = "created"  # created → connected → (peer-died | broken) → closed
         self.connections = 0
         directory.mkdir(mode=0o700, exist_ok=True)
-        if attach and self.ring_path.exists():
-            # a restarted daemon recovering the domain (docs/faults.md): the
-            # frontend keeps its mapping; requests left on it are the caller's
-            self.ring = ring.BackRing.attach(self.ring_path)
+        self.ring = self._attach(ring_pages) if attach and self.ring_path.exists() else None
+        if self.ring is not None:
             ring_pages = self.ring.ring_pages
         else:
             # a domain never inherits a stale ring (ring is O_EXCL): files left
@@ -269,6 +270,21 @@ class DomainBackend:
         self.channel: ring.EventChannel | None = None
         self._scope = trio.CancelScope()
         self._done = trio.Event()
+
+    def _attach(self, ring_pages: int) -> ring.BackRing | None:
+        """A restarted daemon recovering the domain (docs/faults.md): the
+        frontend keeps its mapping; requests left on it are the caller's.
+        None if the frontend broke the ring while no daemon watched it (a
+        file truncated or of a size no ring has, impossible indices): the
+        domain gets a fresh ring as at creation, which its frontend finds on
+        reconnecting (a new file), and the other domains are recovered as
+        usual."""
+        try:
+            return ring.BackRing.attach(self.ring_path)
+        except (ring.RingSizeError, ring.RingCorrupted, ring.RingTruncated) as e:
+            self.log.event(logging.ERROR, "ring_replaced", detail=f"{type(e).__name__}: {e}",
+                           ring_pages=ring_pages)
+            return None
 
     # -- the serving task ----------------------------------------------------
 
@@ -303,11 +319,12 @@ class DomainBackend:
             except ring.PeerDied:
                 self.state = "peer-died"
                 self.log.event(logging.WARNING, "frontend_died", connection=self.connections)
-            except (ring.RingCorrupted, ring.RingError, OSError) as e:
-                # RingCorrupted: a hostile frontend; anything else here is a
-                # daemon bug. Either way only this domain's channel goes.
+            except (ring.RingError, OSError) as e:
+                # RingCorrupted, RingTruncated: a hostile frontend; anything
+                # else here is a daemon bug. Either way only this domain's
+                # channel goes.
                 self.state = "broken"
-                name = "ring_corrupted" if isinstance(e, ring.RingCorrupted) else "backend_broken"
+                name = _BROKEN_EVENTS.get(type(e), "backend_broken")
                 self.log.event(logging.ERROR, name, detail=f"{type(e).__name__}: {e}")
                 self._close_channel()
                 self.listener.close()  # no reconnecting to a ring we cannot trust

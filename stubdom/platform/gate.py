@@ -22,6 +22,10 @@ Entries are ``struct teeif_request``/``teeif_response`` used as follows:
 request ``vcpu`` = the target domid, ``flags`` = the op, ``a`` = x0..x7;
 response ``status`` = 0 or -EPERM/-EINVAL/-ENOENT, ``a`` = the TEE's
 registers (all zero when status != 0).
+
+The gate is the platform's (the hypervisor's) and the stub domain is less
+trusted: a stub domain that corrupts the ring or truncates its file is
+disconnected and the ring replaced; the platform goes on.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from ring import (
     RingClosed,
     RingCorrupted,
     RingError,
+    RingTruncated,
 )
 from stubdom.optee.smc import (
     OPTEE_SMC_CALL_GET_OS_REVISION,
@@ -359,8 +364,9 @@ class Gate:
                 self._serve_channel(chan)
             except PeerDied:
                 log.info("stub domain closed the SMC gate channel; waiting for it to come back")
-            except RingCorrupted as e:
-                log.error("stub domain corrupted the SMC gate ring (%s): disconnected, ring reset", e)
+            except (RingCorrupted, RingTruncated) as e:
+                what = "truncated" if isinstance(e, RingTruncated) else "corrupted"
+                log.error("stub domain %s the SMC gate ring (%s): disconnected, ring reset", what, e)
                 self._reset_ring()
             except Exception:  # never let the gate die with the platform still up
                 log.exception("SMC gate: unexpected error; dropping the stub domain's connection")

@@ -27,7 +27,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ring import EVTCHN_FILE, RING_FILE, EventChannel, FrontRing, PeerDied, Request, RingCorrupted, RingError, RingFull
+from ring import (
+    EVTCHN_FILE,
+    RING_FILE,
+    EventChannel,
+    FrontRing,
+    PeerDied,
+    Request,
+    RingCorrupted,
+    RingError,
+    RingFull,
+    RingTruncated,
+)
 from stubdom.optee.smc import OPTEE_SMC_RETURN_ENOTAVAIL, OPTEE_SMC_VM_DESTROYED
 
 from .errors import (
@@ -63,6 +74,9 @@ DEFAULT_CALL_TIMEOUT_MS = 5000
 # vCPU pushing a request waits at most one slice.
 _SPIN_SLICE_NS = 20_000
 _U64 = (1 << 64) - 1
+# What the daemon can do to a domain's ring: write impossible indices, or
+# shrink the file under our mapping. Either way that domain is cut off.
+_RING_BROKEN = (RingCorrupted, RingTruncated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +145,10 @@ class DomainLink:
                 log.warning("d%d: teeif ring full (daemon not answering): ENOTAVAIL", self.domid)
                 self._n["unavailable"] += 1
                 return UNAVAILABLE_REGS
+            except RingTruncated as e:
+                self._break(e)
+                self._n["unavailable"] += 1
+                return UNAVAILABLE_REGS
             self._n["requests"] += 1
             self._waiting[rid] = None
             chan = self._chan
@@ -195,7 +213,7 @@ class DomainLink:
                     # last one does the final check before we may sleep.
                     if self._ring.spin(step) if spin_left > 0 else self._ring.poll(step):
                         continue
-                except RingCorrupted as e:
+                except _RING_BROKEN as e:
                     self._break(e)
                     return
                 chan = self._chan
@@ -236,7 +254,7 @@ class DomainLink:
         """Pop every response (lock held) and hand each to its waiter."""
         try:
             rsps = self._ring.pop_batch()
-        except RingCorrupted as e:
+        except _RING_BROKEN as e:
             self._break(e)
             return True
         for rsp in rsps:
@@ -262,9 +280,12 @@ class DomainLink:
                 self._dead = why
             self._cond.notify_all()
 
-    def _break(self, e: RingCorrupted) -> None:
-        """The daemon wrote impossible indices (lock held): disconnect it for good."""
-        log.error("d%d: stubdom-teed corrupted the teeif ring (%s): disconnected", self.domid, e)
+    def _break(self, e: RingError) -> None:
+        """The daemon wrote impossible indices or truncated the ring file
+        (lock held): disconnect it for good. Once per link: it never
+        reconnects after this."""
+        what = "truncated" if isinstance(e, RingTruncated) else "corrupted"
+        log.error("d%d: stubdom-teed %s the teeif ring (%s): disconnected", self.domid, what, e)
         self._broken = True
         self._dead = f"ring corrupted: {e}"
         if self._chan is not None:

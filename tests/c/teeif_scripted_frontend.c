@@ -144,6 +144,10 @@ static int sleep_on(void)
     }
     while ((r = recv(ev, &buf, 1, MSG_DONTWAIT)) > 0)
         n++;
+    /* docs/protocol.md: ECONNRESET (the peer closed with our notifications
+     * unread) is end-of-file too */
+    if (r < 0 && errno == ECONNRESET)
+        r = 0;
     if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
         fail(1, "recv on the event channel failed");
     return (r == 0 && n == 0) ? -1 : 0;
