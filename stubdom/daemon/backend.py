@@ -307,8 +307,8 @@ class DomainBackend:
             self.channel = self.listener.accept(timeout=0)
             self.connections += 1
             self.state = "connected"
-            event(self._logger, logging.INFO, "frontend_connected", domid=self.domid,
-                  connection=self.connections)
+            # a frontend can connect as often as it likes: its domain's limit
+            self.log.event(logging.INFO, "frontend_connected", connection=self.connections)
             try:
                 # Responses pushed while no channel (or a dead one) was there
                 # were never announced to this frontend, which may already be
