@@ -236,6 +236,50 @@ def test_failed_reattach_on_every_call_logs_a_burst(mini, clock, caplog, tmp_pat
         listener.close()
 
 
+def test_a_daemon_that_accepts_and_hangs_up_logs_a_burst(tmp_path, clock, caplog):
+    """Something listens where the daemon did, accepts the trap path's
+    reconnection and hangs up at once: each guest call reconnects ("is
+    back"), loses the daemon again, and may time out; all on the domain's
+    one bucket."""
+    platform = Platform(tmp_path / "machine", nr_frames=16384, tee_config=TeeConfig(),
+                        placement=stubdom_placement(tmp_path, call_timeout_ms=50, log_clock=clock))
+    daemon = MiniDaemon(tmp_path)
+    stop = threading.Event()
+    acceptor = None
+    try:
+        platform.create_domain(DomainSpec(DOM, nr_pages=64))
+        daemon.mode[DOM] = "die"
+        assert platform.trap(DOM, 0, UID) == UNAVAILABLE_REGS  # the daemon goes away on this one
+        listener = ring.EventChannelListener(tmp_path / f"dom{DOM}" / ring.EVTCHN_FILE, replace=True)
+
+        def hang_up() -> None:
+            while not stop.is_set():
+                try:
+                    listener.accept(timeout=0.05).close()
+                except TimeoutError:
+                    pass
+            listener.close()
+
+        acceptor = threading.Thread(target=hang_up)
+        acceptor.start()
+        caplog.set_level(logging.INFO, logger=PLATFORM_LOG)
+        before = len(messages(caplog, PLATFORM_LOG, "d2: "))
+        for _ in range(30):
+            assert platform.trap(DOM, 0, UID) == UNAVAILABLE_REGS
+        assert platform.placement.statistics(DOM).reconnects >= 30
+        lines = messages(caplog, PLATFORM_LOG, "d2: ")
+        assert before == 1 and len(lines) == LOG_BURST, lines  # the first death, then the rest
+        assert any("stubdom-teed is back" in x for x in lines)
+    finally:
+        stop.set()
+        if acceptor is not None:
+            acceptor.join()
+        try:
+            platform.close()
+        finally:
+            daemon.close()
+
+
 # -- the SMC gate, driven by a stub domain ----------------------------------------------------------
 
 @pytest.fixture

@@ -16,12 +16,13 @@ TEEC_ERROR_COMMUNICATION (origin COMMS), and a fast call with ENOTAVAIL is
 refused like any other error; the UID probe sees a mismatch and the driver
 does not bind.
 
-Every line a guest can cause (a full ring, a call timing out, a failed
-answer, a failed re-attach, each once per call) goes through its domain's
-rate limit (:class:`~stubdom.mediator.ratelog.RateLimitedLog`): the review of
-Xen's mediator RFC asked that a guest never be able to flood the
-hypervisor's log. The daemon's own comings and goings are logged as they
-happen.
+Every line the trap path logs about a domain, once per call at most (a
+full ring, a call timing out, a failed answer, the daemon going away or
+coming back, a failed re-attach), goes through that domain's rate limit
+(:class:`~stubdom.mediator.ratelog.RateLimitedLog`): the review of Xen's
+mediator RFC asked that a guest never be able to flood the hypervisor's log.
+Only the line that cuts a domain off for good (a broken ring) is not
+limited: it comes once per domain.
 """
 
 from __future__ import annotations
@@ -289,7 +290,9 @@ class DomainLink:
                 self._cond.notify_all()
                 return
             if self._dead is None:
-                log.warning("d%d: %s; calls get ENOTAVAIL until it is back", self.domid, why)
+                # a daemon that accepts and hangs up again would make each of
+                # the guest's calls log this and the line below: rate-limited
+                self._glog.warning("%s; calls get ENOTAVAIL until it is back", why)
                 self._dead = why
             self._cond.notify_all()
 
@@ -333,7 +336,7 @@ class DomainLink:
         self._chan = chan
         self._dead = None
         self._n["reconnects"] += 1
-        log.info("d%d: stubdom-teed is back: event channel reconnected", self.domid)
+        self._glog.log(logging.INFO, "stubdom-teed is back: event channel reconnected")
         return True
 
     # -- statistics, close -------------------------------------------------------
