@@ -274,7 +274,9 @@ def run(m: Mutant, work: Path) -> tuple[bool, str]:
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *select,
                         *tests], cwd=d, env=env, capture_output=True, text=True)
     lines = r.stdout.splitlines()
-    failed = next((ln for ln in lines if ln.startswith(("FAILED", "ERROR tests"))), lines[-1] if lines else "")
+    # a failed test says more than the errors its fixtures' teardown then raises
+    failed = next((ln for ln in lines if ln.startswith("FAILED")),
+                  next((ln for ln in lines if ln.startswith("ERROR tests")), lines[-1] if lines else ""))
     if r.returncode < 0:  # the tests' own process died: the defence is missed
         return True, f"pytest killed by {signal.Signals(-r.returncode).name}"
     if r.returncode not in (0, 1):
