@@ -293,7 +293,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="stubdom-mutants-") as tmp:
         for m in chosen:
             caught, first = run(m, Path(tmp))
-            print(f"{'caught  ' if caught else 'SURVIVED'} {m.name:26} {m.defence} | {first}", flush=True)
+            print(f"{'caught  ' if caught else 'SURVIVED'} {m.name:32} {m.defence} | {first}", flush=True)
             if not caught:
                 survived.append(m.name)
     print(f"{len(chosen) - len(survived)}/{len(chosen)} mutants caught")
