@@ -7,8 +7,9 @@ check and bounds its own wait (exit 3: never woken). The daemon is a real
 stubdom-teed process. To catch the daemon at the interleavings that lost the
 wake-up, one SMC is held inside the secure world (the daemon then sits in
 the SMC gate in the middle of a batch) while the test kills and restarts the
-frontend; nothing is timed. The last test does the same without holding
-anything, many times over, as a restart would happen.
+frontend; nothing is timed. Another test does the same without holding
+anything, many times over, as a restart would happen; the last one meets
+the dead channel in the middle of a batch answered in shares.
 
 On the code before the fix, the two held interleavings fail every time (the
 new frontend exits 3) and the repeated hot restart fails within its first
@@ -17,8 +18,13 @@ few rounds.
 
 from __future__ import annotations
 
-import pytest
+import logging
 
+import pytest
+import trio
+
+import ring
+from stubdom.daemon.backend import DomainBackend
 from stubdom.optee.smc import OPTEE_MSG_UID_0, OPTEE_SMC_CALL_GET_OS_REVISION, OPTEE_SMC_CALLS_UID
 from test_frontends_support import OS_REVISION, DaemonStack, ScriptedFrontend, build_scripted_frontend
 
@@ -154,3 +160,63 @@ def test_hot_restarts_mid_burst_never_lose_a_wake_up(stack, exe):
     assert listed["connections"] == HOT_RESTARTS + 1, listed
     assert stack.alive(), stack.log()
     stack.destroy_c_domain(DOMID)
+
+
+# -- a dead channel met in the middle of a batch ----------------------------------------------------
+
+class _Answering:
+    """What DomainBackend asks of the daemon to serve a batch: each request
+    answered (a0 + 1), and the fair-share bookkeeping (nothing to keep).
+    Each call also makes another task ready to run, as another domain's
+    request would: the backend then pushes the batch's answers in shares."""
+
+    class fair:
+        @staticmethod
+        def answered(domid: int) -> None:
+            pass
+
+    def __init__(self) -> None:
+        self.nursery: trio.Nursery | None = None
+
+    async def serve_call(self, backend, vcpu: int, regs: tuple):
+        self.nursery.start_soon(trio.lowlevel.checkpoint)  # runnable until the backend yields
+        return (regs[0] + 1,) + (0,) * 7, None
+
+
+async def test_a_dead_channel_met_mid_batch_costs_no_answer(tmp_path):
+    """The daemon pushes a batch's answers in shares, each with its notify
+    decision, when other domains are ready to run; the first notification
+    finds the frontend dead. The rest of the batch, already taken off the
+    ring, is answered all the same (some could be a restarted frontend's),
+    and the next frontend is served on a ring with nothing owed. The real
+    DomainBackend on its real ring and listener."""
+    daemon = _Answering()
+    backend = DomainBackend(1, tmp_path / "dom1", 1, hwdom=False, direct_mapped=False, daemon=daemon,
+                            logger=logging.getLogger("t.reconnect.batch"), poll_window_ns=0)
+    try:
+        # a frontend pushes 8 requests, sleeps on them and dies before it is accepted
+        with ring.FrontRing.attach(backend.ring_path) as front:
+            chan = await trio.to_thread.run_sync(ring.EventChannel.connect, backend.evtchn_path)
+            front.push_batch([ring.Request(i, 0, 0, (i,) + (0,) * 7) for i in range(8)])
+            assert front.final_check() is False  # rsp_event armed: the first answer notifies
+            chan.close()
+        async with trio.open_nursery() as nursery:
+            daemon.nursery = nursery
+            await nursery.start(backend.run)
+            while backend.state != "peer-died":
+                await trio.sleep(0)
+            assert backend.ring.owed == 0  # every request taken was answered ...
+            assert backend.ring.statistics().batches == 1 + 8  # ... in shares: one pop, eight pushes
+            idx = backend.ring.shared_indices()
+            assert idx.req_prod == idx.rsp_prod == 8
+            with ring.FrontRing.attach(backend.ring_path) as front:
+                chan = await trio.to_thread.run_sync(ring.EventChannel.connect, backend.evtchn_path)
+                if front.push(ring.Request(99, 0, 0, (41,) + (0,) * 7)):
+                    chan.notify()
+                while not front.unconsumed():
+                    await trio.sleep(0)
+                assert front.pop() == ring.Response(99, 0, 0, (42,) + (0,) * 7)
+                chan.close()
+            nursery.cancel_scope.cancel()
+    finally:
+        backend.close()

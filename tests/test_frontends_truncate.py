@@ -35,6 +35,7 @@ from stubdom.tee.tas import INCREMENT_UUID
 from stubdom.tee.tas.increment import TA_INCREMENT_CMD_INC_VALUE
 from stubdom.guest.client import INOUT, Value
 from test_frontends_support import HANG_GUARD_S, DaemonStack, ScriptedFrontend, build_scripted_frontend
+from test_stubdom_platform_run import config_file
 
 C_DOM = 1  # served to the C frontend
 PLATFORM_DOM = 2  # served to the platform's own trap path and a guest driver
@@ -173,14 +174,6 @@ def test_stub_domain_truncating_a_domain_ring_costs_that_domain_only(stack, exe)
     stack.destroy_c_domain(C_DOM)
 
 
-def _config_file(tmp_path: Path) -> Path:
-    text = (REPO / "configs" / "xen.yaml").read_text()
-    assert "runtime_dir: /tmp/stubdom-teed" in text
-    path = tmp_path / "xen.yaml"
-    path.write_text(text.replace("runtime_dir: /tmp/stubdom-teed", f"runtime_dir: {tmp_path / 'rt'}"))
-    return path
-
-
 def _spawn(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-P", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO)
@@ -191,7 +184,7 @@ def test_stub_domain_truncating_the_gate_ring_is_disconnected_and_the_platform_g
     compromised stub domain connects, truncates the gate's ring and
     notifies. The platform resets the ring and then serves a real daemon's
     domains to the end, isolation oracle clean."""
-    cfg = _config_file(tmp_path)
+    cfg = config_file(tmp_path)
     platform = _spawn(["-c", "import sys; from stubdom.platform import run_platform; "
                              f"sys.exit(run_platform({str(cfg)!r}, log_level='warning', interval=0.05, "
                              "daemon_wait=60))"])

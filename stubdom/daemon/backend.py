@@ -342,6 +342,7 @@ class DomainBackend:
             if n:
                 self.stats.in_flight += n
                 done = 0  # answered, not yet pushed
+                gone = None  # the frontend's end-of-file, met notifying it
                 for i in range(n):
                     await self._serve_one(reqs[i], rsps[done])
                     self.stats.in_flight -= 1
@@ -351,14 +352,16 @@ class DomainBackend:
                         # them run (a bounded share per turn); alone, the
                         # batch is answered at once, one notification
                         if ring_.push_raw(rsps, done):
-                            chan.notify()
+                            gone = gone or _notify(chan)
                         self._daemon.fair.answered(self.domid)
                         done = 0
                         await trio.lowlevel.checkpoint()
                 if done:
                     if ring_.push_raw(rsps, done):
-                        chan.notify()
+                        gone = gone or _notify(chan)
                     self._daemon.fair.answered(self.domid)
+                if gone is not None:
+                    raise gone
                 # other domains and the control socket run between batches
                 await trio.lowlevel.checkpoint()
                 continue
@@ -422,6 +425,19 @@ class DomainBackend:
         return {"domid": self.domid, "hwdom": self.hwdom, "direct_mapped": self.direct_mapped,
                 "state": self.state, "dir": str(self.directory), "ring_pages": self.ring_pages,
                 "connections": self.connections}
+
+
+def _notify(chan: ring.EventChannel) -> ring.PeerDied | None:
+    """Notify the frontend; its death is returned, not raised. The requests
+    of the batch already taken off the ring are answered even so: nobody
+    else would answer them, their slots would stay owed for good, and some
+    may be a restarted frontend's, which is told on being accepted
+    (``BackRing.recheck_notify``)."""
+    try:
+        chan.notify()
+    except ring.PeerDied as e:
+        return e
+    return None
 
 
 def refuse_while_draining(a0: int) -> tuple | None:
