@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 
 import pytest
@@ -34,6 +35,7 @@ from stubdom.platform import (
 )
 from stubdom.tee import IsolationOracle, OpteeModel, TeeConfig
 from stubdom.xen import Machine
+from other_user import finish, other_user  # noqa: F401 (a fixture)
 from test_frontends_support import DaemonStack
 from test_stubdom_support import MiniDaemon
 
@@ -353,6 +355,33 @@ def test_secure_world_failures_for_one_domain_log_a_burst_and_spare_the_others(g
         client.call(GATE_OP_SMC, 1, UID)
         assert suppressed(messages(caplog, GATE_LOG, "for d1")[-1]) == 50 - LOG_BURST
     assert [r.exc_info is not None for r in caplog.records if r.name == GATE_LOG] == [True] * (LOG_BURST + 2)
+
+
+# Another user's stub domain (tests/other_user.py): connects to the gate's
+# ./evtchn N times; the gate refuses each before its welcome.
+_INTRUDER = """\
+import socket, sys
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect("evtchn")
+    print("welcomed" if s.recv(16) else "closed")
+    s.close()
+"""
+
+
+def test_another_users_stub_domain_refused_in_a_loop_logs_a_burst(gate, clock, caplog, other_user):  # noqa: F811
+    g, _ = gate
+    gd = g.dir
+    os.chmod(gd, 0o711)  # the modes taken away: only the credential check is left
+    os.chmod(gd / "evtchn", 0o666)
+    caplog.set_level(logging.WARNING, logger=GATE_LOG)
+    out, err = finish(other_user.spawn(_INTRUDER, "30", cwd=gd))
+    assert out == "closed\n" * 30, err
+    assert g.statistics().refused_peers == 30
+    assert len(messages(caplog, GATE_LOG, "refused the stub domain")) == LOG_BURST
+    clock.refill()
+    out, err = finish(other_user.spawn(_INTRUDER, "1", cwd=gd))
+    assert suppressed(messages(caplog, GATE_LOG, "refused the stub domain")[-1]) == 30 - LOG_BURST
 
 
 # -- the daemon's backend: a frontend connecting in a loop ------------------------------------------

@@ -362,7 +362,7 @@ class Gate:
                 # before the welcome, before anything on the ring is answered
                 check_peer(chan.fileno(), self.evtchn_path, "stub domain")
             except PeerRefused as e:
-                log.warning("%s", e)
+                self._peer_log.warning("%s", e)  # a refused peer may retry in a loop
                 with self._lock:
                     self._refused += 1
                 chan.close()
