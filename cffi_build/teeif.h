@@ -26,7 +26,7 @@
  */
 
 /* Bumped whenever this interface changes; ring/_lib.py refuses a stale build. */
-#define TEEIF_ABI_VERSION 2
+#define TEEIF_ABI_VERSION 3
 
 #define TEEIF_PAGE_SIZE 4096        /* ring protocols use 4 KiB pages: io/ring.h XEN_PAGE_SHIFT */
 #define TEEIF_RING_HDR_SIZE 64      /* io/ring.h: four indices, pvt[4], __pad[44] */
@@ -39,8 +39,14 @@ enum teeif_error {
     TEEIF_ENOREQ = -10003,      /* back: more responses than requests taken off the ring */
     TEEIF_EPEER = -10004,       /* event channel: end-of-file, the peer closed or died */
     TEEIF_ESIZE = -10005,       /* ring file size is not a whole number of pages in range */
-    TEEIF_EMISMATCH = -10006    /* floor: a response did not echo its request */
+    TEEIF_EMISMATCH = -10006,   /* floor: a response did not echo its request */
+    TEEIF_ETRUNC = -10007       /* the ring file shrank under its mapping (SIGBUS caught): the
+                                 * peer truncated it; see fault_off. Sticky: every later call
+                                 * on that end fails so, without touching the mapping */
 };
+
+/* fault_off when the fault carried no address (a handler in front of ours passed it on). */
+#define TEEIF_FAULT_UNKNOWN 0xFFFFFFFF
 
 struct teeif_request {          /* 80 bytes */
     uint64_t id;                /* chosen by the frontend, echoed back */
@@ -98,6 +104,8 @@ struct teeif_front_ring {
     struct teeif_sring *sring;
     struct teeif_stats stats;
     uint32_t bad_prod;          /* on TEEIF_ECORRUPT: the rsp_prod that was refused */
+    uint32_t truncated;         /* a SIGBUS showed the mapping shrank: TEEIF_ETRUNC from now on */
+    uint32_t fault_off;         /* on TEEIF_ETRUNC: offset in the mapping of the access that faulted */
 };
 
 /* The back's private state: io/ring.h's struct teeif_back_ring plus ours. */
@@ -109,6 +117,8 @@ struct teeif_back_ring {
     struct teeif_sring *sring;
     struct teeif_stats stats;
     uint32_t bad_prod;          /* on TEEIF_ECORRUPT: the req_prod that was refused */
+    uint32_t truncated;         /* a SIGBUS showed the mapping shrank: TEEIF_ETRUNC from now on */
+    uint32_t fault_off;         /* on TEEIF_ETRUNC: offset in the mapping of the access that faulted */
 };
 
 /* Entries in a ring of ring_pages pages: the largest power of two that fits. */
@@ -124,6 +134,17 @@ uint32_t teeif_ring_entries(uint32_t ring_pages);
 int teeif_ring_map(const char *path, uint32_t ring_pages, int create, uint32_t start,
                    struct teeif_sring **out_sring, uint32_t *out_pages);
 int teeif_ring_unmap(struct teeif_sring *sring, uint32_t ring_pages);
+/* Copy the four shared indices (req_prod, req_event, rsp_prod, rsp_event) out,
+ * for logs and tests: Python never reads the mapping itself. */
+int teeif_ring_indices(struct teeif_sring *sring, uint32_t ring_pages, uint32_t *out);
+
+/*
+ * Every function below that touches the shared page does so under a SIGBUS
+ * guard (teeif_guard.c): if the peer truncated the ring file, the call
+ * returns TEEIF_ETRUNC instead of the process dying, and so does every later
+ * call on that end. teeif_ring_map installs the guard's handler (once per
+ * process), chained to whatever SIGBUS handler was there before.
+ */
 
 /*
  * Attach an end to a mapped ring, taking the private indices from the shared
@@ -162,6 +183,15 @@ int teeif_back_pop_requests(struct teeif_back_ring *b, struct teeif_request *out
 int teeif_back_push_responses(struct teeif_back_ring *b, const struct teeif_response *rsps,
                               uint32_t n, int *notify);
 int teeif_back_unconsumed(struct teeif_back_ring *b);
+/*
+ * A new frontend connected: 1 if it must be notified now. The notify decision
+ * of RING_PUSH_RESPONSES_AND_CHECK_NOTIFY taken again for every response on
+ * the ring, as if all had just been pushed: 1 iff rsp_event lies in
+ * (rsp_prod_pvt - nr_ents, rsp_prod_pvt], i.e. a frontend that went to sleep
+ * asked to be woken by a response already published. The notification for it
+ * may have gone to the channel of the frontend before, which is dead.
+ */
+int teeif_back_recheck_notify(struct teeif_back_ring *b);
 /* RING_FINAL_CHECK_FOR_REQUESTS: > 0 work waiting, 0 sleep (req_event armed). */
 int teeif_back_final_check(struct teeif_back_ring *b);
 int teeif_back_poll(struct teeif_back_ring *b, uint64_t spin_ns);

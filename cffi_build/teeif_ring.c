@@ -3,7 +3,12 @@
  * docs/protocol.md). The index arithmetic, the barriers and the notification
  * rules follow Xen's public io/ring.h; where that header leaves the shared
  * page trusted, this file does not: each end validates the other's producer
- * index before using it and copies entries out before anyone looks at them.
+ * index before using it and copies entries out before anyone looks at them,
+ * and every access to the shared page is made under a SIGBUS guard
+ * (teeif_guard.c), so a peer that truncates the ring file fails its ring,
+ * never this process. Each exported function that touches the page is a thin
+ * TEEIF_GUARDED wrapper around a static function that does the work; the
+ * static functions call each other, never the wrappers (one guard per call).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -55,6 +60,26 @@ uint32_t teeif_ring_entries(uint32_t ring_pages)
 
 /* ---- mapping --------------------------------------------------------------------------- */
 
+/* SHARED_RING_INIT with a chosen start: nothing produced, wake on the first entry. */
+static int init_shared(struct teeif_sring *s, uint32_t ring_pages, uint32_t start)
+{
+    struct teeif_guard g;
+    if (sigsetjmp(g.env, 0)) {
+        teeif_guard_caught(&g);
+        return TEEIF_ETRUNC;
+    }
+    teeif_guard_enter(&g, s, (size_t)ring_pages * TEEIF_PAGE_SIZE);
+    idx_store(&s->req_prod, start);
+    idx_store(&s->rsp_prod, start);
+    idx_store(&s->req_event, start + 1);
+    idx_store(&s->rsp_event, start + 1);
+    memset(s->pvt, 0, sizeof(s->pvt));
+    memset(s->pad, 0, sizeof(s->pad));
+    teeif_wmb();
+    teeif_guard_leave(&g);
+    return 0;
+}
+
 int teeif_ring_map(const char *path, uint32_t ring_pages, int create, uint32_t start,
                    struct teeif_sring **out_sring, uint32_t *out_pages)
 {
@@ -63,6 +88,8 @@ int teeif_ring_map(const char *path, uint32_t ring_pages, int create, uint32_t s
     void *base;
     int fd, err;
 
+    /* before our first mapping exists: a fault in it must find our handler */
+    teeif_guard_install();
     if (create) {
         if (ring_pages < 1 || ring_pages > TEEIF_MAX_RING_PAGES)
             return TEEIF_ESIZE;
@@ -102,16 +129,11 @@ int teeif_ring_map(const char *path, uint32_t ring_pages, int create, uint32_t s
             unlink(path);
         return err;
     }
-    if (create) {
-        /* SHARED_RING_INIT with a chosen start: nothing produced, wake on the first entry. */
-        struct teeif_sring *s = base;
-        idx_store(&s->req_prod, start);
-        idx_store(&s->rsp_prod, start);
-        idx_store(&s->req_event, start + 1);
-        idx_store(&s->rsp_event, start + 1);
-        memset(s->pvt, 0, sizeof(s->pvt));
-        memset(s->pad, 0, sizeof(s->pad));
-        teeif_wmb();
+    if (create && init_shared(base, ring_pages, start) < 0) {
+        /* a peer opened the new file and shrank it before we wrote the header */
+        munmap(base, len);
+        unlink(path);
+        return TEEIF_ETRUNC;
     }
     *out_sring = base;
     *out_pages = ring_pages;
@@ -122,6 +144,22 @@ int teeif_ring_unmap(struct teeif_sring *sring, uint32_t ring_pages)
 {
     if (munmap(sring, (size_t)ring_pages * TEEIF_PAGE_SIZE) < 0)
         return -errno;
+    return 0;
+}
+
+int teeif_ring_indices(struct teeif_sring *sring, uint32_t ring_pages, uint32_t *out)
+{
+    struct teeif_guard g;
+    if (sigsetjmp(g.env, 0)) {
+        teeif_guard_caught(&g);
+        return TEEIF_ETRUNC;
+    }
+    teeif_guard_enter(&g, sring, (size_t)ring_pages * TEEIF_PAGE_SIZE);
+    out[0] = idx_load(&sring->req_prod);
+    out[1] = idx_load(&sring->req_event);
+    out[2] = idx_load(&sring->rsp_prod);
+    out[3] = idx_load(&sring->rsp_event);
+    teeif_guard_leave(&g);
     return 0;
 }
 
@@ -185,13 +223,9 @@ static int front_avail(struct teeif_front_ring *f)
     return (int)(uint32_t)(prod - f->rsp_cons);
 }
 
-int teeif_front_attach(struct teeif_front_ring *f, struct teeif_sring *s, uint32_t ring_pages)
+static int front_attach(struct teeif_front_ring *f)
 {
-    uint32_t req_prod = idx_load(&s->req_prod), rsp_prod = idx_load(&s->rsp_prod);
-    memset(f, 0, sizeof(*f));
-    f->nr_ents = teeif_ring_entries(ring_pages);
-    f->ring_pages = ring_pages;
-    f->sring = s;
+    uint32_t req_prod = idx_load(&f->sring->req_prod), rsp_prod = idx_load(&f->sring->rsp_prod);
     if ((uint32_t)(req_prod - rsp_prod) > f->nr_ents) {
         f->bad_prod = rsp_prod;
         return TEEIF_ECORRUPT;
@@ -203,13 +237,22 @@ int teeif_front_attach(struct teeif_front_ring *f, struct teeif_sring *s, uint32
     return 0;
 }
 
+int teeif_front_attach(struct teeif_front_ring *f, struct teeif_sring *s, uint32_t ring_pages)
+{
+    memset(f, 0, sizeof(*f));
+    f->nr_ents = teeif_ring_entries(ring_pages);
+    f->ring_pages = ring_pages;
+    f->sring = s;
+    TEEIF_GUARDED(f, front_attach(f));
+}
+
 uint32_t teeif_front_free_requests(const struct teeif_front_ring *f)
 {
     return f->nr_ents - (f->req_prod_pvt - f->rsp_cons);  /* RING_FREE_REQUESTS */
 }
 
-int teeif_front_push_requests(struct teeif_front_ring *f, const struct teeif_request *reqs,
-                              uint32_t n, int *notify)
+static int front_push_requests(struct teeif_front_ring *f, const struct teeif_request *reqs,
+                               uint32_t n, int *notify)
 {
     uint32_t old = f->req_prod_pvt;
     *notify = 0;
@@ -225,7 +268,14 @@ int teeif_front_push_requests(struct teeif_front_ring *f, const struct teeif_req
     return 0;
 }
 
-int teeif_front_pop_responses(struct teeif_front_ring *f, struct teeif_response *out, uint32_t max)
+int teeif_front_push_requests(struct teeif_front_ring *f, const struct teeif_request *reqs,
+                              uint32_t n, int *notify)
+{
+    *notify = 0;
+    TEEIF_GUARDED(f, front_push_requests(f, reqs, n, notify));
+}
+
+static int front_pop_responses(struct teeif_front_ring *f, struct teeif_response *out, uint32_t max)
 {
     int avail = front_avail(f);
     uint32_t n;
@@ -241,12 +291,17 @@ int teeif_front_pop_responses(struct teeif_front_ring *f, struct teeif_response 
     return (int)n;
 }
 
-int teeif_front_unconsumed(struct teeif_front_ring *f)
+int teeif_front_pop_responses(struct teeif_front_ring *f, struct teeif_response *out, uint32_t max)
 {
-    return front_avail(f);
+    TEEIF_GUARDED(f, front_pop_responses(f, out, max));
 }
 
-int teeif_front_final_check(struct teeif_front_ring *f)
+int teeif_front_unconsumed(struct teeif_front_ring *f)
+{
+    TEEIF_GUARDED(f, front_avail(f));
+}
+
+static int front_final_check(struct teeif_front_ring *f)
 {
     int avail = front_avail(f);
     if (avail != 0)
@@ -261,14 +316,16 @@ int teeif_front_final_check(struct teeif_front_ring *f)
     return avail;
 }
 
-int teeif_front_poll(struct teeif_front_ring *f, uint64_t spin_ns)
+static int front_spin(struct teeif_front_ring *f, uint64_t spin_ns);
+
+static int front_poll(struct teeif_front_ring *f, uint64_t spin_ns)
 {
     /* spin for the window (no final check), then the io/ring.h final check */
-    int avail = spin_ns ? teeif_front_spin(f, spin_ns) : 0;
-    return avail != 0 ? avail : teeif_front_final_check(f);
+    int avail = spin_ns ? front_spin(f, spin_ns) : 0;
+    return avail != 0 ? avail : front_final_check(f);
 }
 
-int teeif_front_spin(struct teeif_front_ring *f, uint64_t spin_ns)
+static int front_spin(struct teeif_front_ring *f, uint64_t spin_ns)
 {
     uint64_t t0 = teeif_now_ns();
     unsigned spins = 0;
@@ -283,6 +340,21 @@ int teeif_front_spin(struct teeif_front_ring *f, uint64_t spin_ns)
             return 0;
         teeif_spin_step(&spins);
     }
+}
+
+int teeif_front_final_check(struct teeif_front_ring *f)
+{
+    TEEIF_GUARDED(f, front_final_check(f));
+}
+
+int teeif_front_poll(struct teeif_front_ring *f, uint64_t spin_ns)
+{
+    TEEIF_GUARDED(f, front_poll(f, spin_ns));
+}
+
+int teeif_front_spin(struct teeif_front_ring *f, uint64_t spin_ns)
+{
+    TEEIF_GUARDED(f, front_spin(f, spin_ns));
 }
 
 /* ---- back ------------------------------------------------------------------------------- */
@@ -303,13 +375,9 @@ static int back_avail(struct teeif_back_ring *b)
     return (int)(uint32_t)(prod - b->req_cons);
 }
 
-int teeif_back_attach(struct teeif_back_ring *b, struct teeif_sring *s, uint32_t ring_pages)
+static int back_attach(struct teeif_back_ring *b)
 {
-    uint32_t rsp_prod = idx_load(&s->rsp_prod);
-    memset(b, 0, sizeof(*b));
-    b->nr_ents = teeif_ring_entries(ring_pages);
-    b->ring_pages = ring_pages;
-    b->sring = s;
+    uint32_t rsp_prod = idx_load(&b->sring->rsp_prod);
     /* BACK_RING_ATTACH at rsp_prod: requests taken but unanswered by a back
      * that died are taken again. */
     b->rsp_prod_pvt = rsp_prod;
@@ -317,7 +385,16 @@ int teeif_back_attach(struct teeif_back_ring *b, struct teeif_sring *s, uint32_t
     return back_avail(b) < 0 ? TEEIF_ECORRUPT : 0;
 }
 
-int teeif_back_pop_requests(struct teeif_back_ring *b, struct teeif_request *out, uint32_t max)
+int teeif_back_attach(struct teeif_back_ring *b, struct teeif_sring *s, uint32_t ring_pages)
+{
+    memset(b, 0, sizeof(*b));
+    b->nr_ents = teeif_ring_entries(ring_pages);
+    b->ring_pages = ring_pages;
+    b->sring = s;
+    TEEIF_GUARDED(b, back_attach(b));
+}
+
+static int back_pop_requests(struct teeif_back_ring *b, struct teeif_request *out, uint32_t max)
 {
     int avail = back_avail(b);
     uint32_t n;
@@ -333,8 +410,13 @@ int teeif_back_pop_requests(struct teeif_back_ring *b, struct teeif_request *out
     return (int)n;
 }
 
-int teeif_back_push_responses(struct teeif_back_ring *b, const struct teeif_response *rsps,
-                              uint32_t n, int *notify)
+int teeif_back_pop_requests(struct teeif_back_ring *b, struct teeif_request *out, uint32_t max)
+{
+    TEEIF_GUARDED(b, back_pop_requests(b, out, max));
+}
+
+static int back_push_responses(struct teeif_back_ring *b, const struct teeif_response *rsps,
+                               uint32_t n, int *notify)
 {
     uint32_t old = b->rsp_prod_pvt;
     *notify = 0;
@@ -350,12 +432,32 @@ int teeif_back_push_responses(struct teeif_back_ring *b, const struct teeif_resp
     return 0;
 }
 
-int teeif_back_unconsumed(struct teeif_back_ring *b)
+int teeif_back_push_responses(struct teeif_back_ring *b, const struct teeif_response *rsps,
+                              uint32_t n, int *notify)
 {
-    return back_avail(b);
+    *notify = 0;
+    TEEIF_GUARDED(b, back_push_responses(b, rsps, n, notify));
 }
 
-int teeif_back_final_check(struct teeif_back_ring *b)
+int teeif_back_unconsumed(struct teeif_back_ring *b)
+{
+    TEEIF_GUARDED(b, back_avail(b));
+}
+
+static int back_recheck_notify(struct teeif_back_ring *b)
+{
+    uint32_t prod = b->rsp_prod_pvt;    /* our record of what we published, not the shared copy */
+    teeif_mb();         /* like a push's: our rsp_prod is out before we read rsp_event */
+    /* push_and_check_notify's test with old = prod - nr_ents: every slot's response */
+    return (uint32_t)(prod - idx_load(&b->sring->rsp_event)) < b->nr_ents;
+}
+
+int teeif_back_recheck_notify(struct teeif_back_ring *b)
+{
+    TEEIF_GUARDED(b, back_recheck_notify(b));
+}
+
+static int back_final_check(struct teeif_back_ring *b)
 {
     int avail = back_avail(b);
     if (avail != 0)
@@ -370,14 +472,16 @@ int teeif_back_final_check(struct teeif_back_ring *b)
     return avail;
 }
 
-int teeif_back_poll(struct teeif_back_ring *b, uint64_t spin_ns)
+static int back_spin(struct teeif_back_ring *b, uint64_t spin_ns);
+
+static int back_poll(struct teeif_back_ring *b, uint64_t spin_ns)
 {
     /* spin for the window (no final check), then the io/ring.h final check */
-    int avail = spin_ns ? teeif_back_spin(b, spin_ns) : 0;
-    return avail != 0 ? avail : teeif_back_final_check(b);
+    int avail = spin_ns ? back_spin(b, spin_ns) : 0;
+    return avail != 0 ? avail : back_final_check(b);
 }
 
-int teeif_back_spin(struct teeif_back_ring *b, uint64_t spin_ns)
+static int back_spin(struct teeif_back_ring *b, uint64_t spin_ns)
 {
     uint64_t t0 = teeif_now_ns();
     unsigned spins = 0;
@@ -394,6 +498,28 @@ int teeif_back_spin(struct teeif_back_ring *b, uint64_t spin_ns)
     }
 }
 
+int teeif_back_final_check(struct teeif_back_ring *b)
+{
+    TEEIF_GUARDED(b, back_final_check(b));
+}
+
+int teeif_back_poll(struct teeif_back_ring *b, uint64_t spin_ns)
+{
+    TEEIF_GUARDED(b, back_poll(b, spin_ns));
+}
+
+int teeif_back_spin(struct teeif_back_ring *b, uint64_t spin_ns)
+{
+    TEEIF_GUARDED(b, back_spin(b, spin_ns));
+}
+
+/* back_avail of one ring of a spin set, under its own guard: the rings are
+ * separate mappings, and a fault must be pinned on the one that shrank. */
+static int guarded_back_avail(struct teeif_back_ring *b)
+{
+    TEEIF_GUARDED(b, back_avail(b));
+}
+
 int teeif_back_spin_any(struct teeif_back_ring **rings, uint32_t n, uint64_t spin_ns,
                         uint32_t *ready)
 {
@@ -405,8 +531,8 @@ int teeif_back_spin_any(struct teeif_back_ring **rings, uint32_t n, uint64_t spi
             struct teeif_back_ring *b = rings[i];
             if (b == NULL)
                 continue;
-            /* work, or TEEIF_ECORRUPT: the owner's pop reports the latter */
-            int avail = back_avail(b);
+            /* work, or TEEIF_ECORRUPT / TEEIF_ETRUNC: the owner's pop reports those */
+            int avail = guarded_back_avail(b);
             if (avail != 0) {
                 if (avail > 0)
                     b->stats.poll_hits++;

@@ -34,6 +34,7 @@ from ring.errors import RingCorrupted as RingCorrupted
 from ring.errors import RingError as RingError
 from ring.errors import RingFull as RingFull
 from ring.errors import RingSizeError as RingSizeError
+from ring.errors import RingTruncated as RingTruncated
 from ring.errors import TooManyResponses as TooManyResponses
 
 # Kept from the skeleton: the entry sizes other packages already use.

@@ -108,6 +108,14 @@ class BackRing(_RingEnd):
               back=self._c, wanted=n)
         return bool(self._notify[0])
 
+    def recheck_notify(self) -> bool:
+        """True if a frontend that has just connected must be notified: its
+        rsp_event asks to be woken by a response already on the ring (the
+        notification for it may have gone to the previous frontend's
+        channel). Call after accepting a new channel, before serving it."""
+        self._live()
+        return check(lib.teeif_back_recheck_notify(self._c), self.path, back=self._c) > 0
+
     # -- sleeping -----------------------------------------------------------
 
     def unconsumed(self) -> int:

@@ -12,12 +12,13 @@ from ring.errors import (
     RingError,
     RingFull,
     RingSizeError,
+    RingTruncated,
     StaleBuild,
     TooManyResponses,
 )
 
 # Must equal TEEIF_ABI_VERSION in cffi_build/teeif.h.
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 if lib.TEEIF_ABI_VERSION != ABI_VERSION:
     raise StaleBuild(
@@ -30,13 +31,14 @@ __all__ = ["ffi", "lib", "check"]
 _U32 = 0xFFFFFFFF
 
 
-def check(rc: int, what: str = "", *, front=None, back=None, wanted: int = 0) -> int:
+def check(rc: int, what: str = "", *, front=None, back=None, wanted: int = 0, pages: int = 0) -> int:
     """Return ``rc`` if it is a success (>= 0), else raise what it means.
 
     ``front``/``back`` is the C state of the ring end that made the call (a
     ``struct teeif_front_ring *`` or ``struct teeif_back_ring *``), so that an
     error can carry the offending index values; ``wanted`` is the batch size
-    of a push.
+    of a push; ``pages`` the size of a mapping the call touched without an
+    end (for RingTruncated).
     """
     if rc >= 0:
         return rc
@@ -50,6 +52,12 @@ def check(rc: int, what: str = "", *, front=None, back=None, wanted: int = 0) ->
             "backend", "req_prod", back.bad_prod,
             req_cons=back.req_cons, rsp_prod_pvt=back.rsp_prod_pvt, nr_ents=back.nr_ents,
         )
+    if rc == lib.TEEIF_ETRUNC:
+        if front is None and back is None:  # a call that touched a mapping without an end
+            raise RingTruncated("ring", what, None, pages * lib.TEEIF_PAGE_SIZE)
+        end, side = (front, "frontend") if front is not None else (back, "backend")
+        off = None if end.fault_off == lib.TEEIF_FAULT_UNKNOWN else end.fault_off
+        raise RingTruncated(side, what, off, end.ring_pages * lib.TEEIF_PAGE_SIZE)
     if rc == lib.TEEIF_EFULL and front is not None:
         raise RingFull(wanted, lib.teeif_front_free_requests(front))
     if rc == lib.TEEIF_ENOREQ and back is not None:

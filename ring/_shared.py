@@ -91,6 +91,7 @@ class _RingEnd(abc.ABC):
         self._pages = pages[0]
         self._c = ffi.new(self._ctype + " *")
         self._notify = ffi.new("int *")
+        self._indices = ffi.new("uint32_t[4]")
         try:
             self._attach()
         except BaseException:
@@ -112,8 +113,10 @@ class _RingEnd(abc.ABC):
         return self._c.nr_ents
 
     def shared_indices(self) -> SharedIndices:
-        s = self._live()
-        return SharedIndices(s.req_prod, s.req_event, s.rsp_prod, s.rsp_event)
+        # through C, under the SIGBUS guard: Python never reads the mapping itself
+        check(lib.teeif_ring_indices(self._live(), self._pages, self._indices), self.path,
+              pages=self._pages)
+        return SharedIndices(*self._indices)
 
     def statistics(self) -> RingStatistics:
         st = self._c.stats

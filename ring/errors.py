@@ -4,6 +4,8 @@ C functions return codes (teeif.h); ``ring._lib.check`` is the one place that
 turns them into these exceptions, or into ``OSError`` for a negative errno.
 """
 
+import os
+
 __all__ = [
     "RingError",
     "RingFull",
@@ -11,6 +13,7 @@ __all__ = [
     "TooManyResponses",
     "RingClosed",
     "RingSizeError",
+    "RingTruncated",
     "PeerDied",
     "FloorMismatch",
     "StaleBuild",
@@ -67,6 +70,32 @@ class RingClosed(RingError):
 class RingSizeError(RingError):
     """A ring file's size is not a whole number of 4 KiB pages in range,
     or not the number of pages the caller expected."""
+
+
+class RingTruncated(RingError):
+    """The ring file shrank under its mapping: the peer truncated it.
+
+    Touching the lost pages raised SIGBUS; the ring's C code caught it
+    (docs/protocol.md, "A peer that truncates the ring file") instead of
+    letting it kill the process. Xen's granted pages cannot shrink, so the
+    peer is hostile: disconnect it. The ring end stays failed (every later
+    call raises this again) even if the file grows back; only ``close()``
+    is still useful.
+    """
+
+    def __init__(self, side: str, path: str, offset: int | None, mapped: int) -> None:
+        try:
+            now = f"{os.stat(path).st_size} bytes"
+        except OSError as e:
+            now = f"unreadable: {e.strerror}"
+        where = "at an unknown offset" if offset is None else f"at offset {offset:#x}"
+        super().__init__(f"{side}: the ring file {path} shrank under its {mapped}-byte mapping "
+                         f"(access {where} faulted with SIGBUS; the file is now {now}): "
+                         f"the peer truncated it")
+        self.side = side
+        self.path = path
+        self.offset = offset
+        self.mapped = mapped
 
 
 class PeerDied(RingError):

@@ -4,10 +4,13 @@ Each mutant below deletes or weakens exactly one check of the mediator (or
 of the page-list parser, or of the EL2 port's client-ID stamp) in a
 throw-away clone of the repository, then runs the tests that guard it:
 every hostile, mediator, fuzz and OP-TEE ABI test, el2 placement only (the
-mediator core is the same code under stubdom).  A mutant that leaves them
-all green is a defence no test defends: the command says SURVIVED and exits
-1.  By hand, not in CI (about a minute per mutant on the project's 2-core
-machine); docs/security.md has the last run.
+mediator core is the same code under stubdom); the defences of the daemon,
+the ring and the platform name their own tests.  A mutant of the ring's C
+code (cffi_build/) gets the extension rebuilt in the clone.  A mutant that
+leaves the tests green is a defence no test defends: the command says
+SURVIVED and exits 1; tests killed by a signal (a SIGBUS no longer caught)
+count as caught.  By hand, not in CI (about a minute per mutant on the
+project's 2-core machine); docs/security.md has the last run.
 
     python tests/defence_mutants.py [NAME ...]
 """
@@ -15,6 +18,7 @@ machine); docs/security.md has the last run.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,10 +39,10 @@ class Mutant:
     old: str  # must occur exactly once in path
     new: str
     defence: str
-    # the test files (name prefixes) that must catch it, and pytest's -k:
-    # the mediator core's defences are caught under el2 (the same code runs
-    # under stubdom); the daemon's, the ring's and the platform's need their
-    # own tests and the stubdom placement
+    # the test files (name prefixes) that must catch it, and pytest's -k
+    # ("" for none): the mediator core's defences are caught under el2 (the
+    # same code runs under stubdom); the daemon's, the ring's and the
+    # platform's need their own tests and the stubdom placement
     guards: tuple[str, ...] = GUARDS
     select: str = "not stubdom"
 
@@ -177,15 +181,103 @@ MUTANTS = (
     Mutant("gate_client_peer_unchecked", "stubdom/platform/gate.py",
            'check_peer(self._chan.fileno(), self.path, "SMC gate")', "pass",
            "the daemon refuses an SMC gate of another user", guards=RUNDIR, select=""),
+    # -- frontends: reconnects, truncated rings, log floods (docs/security.md) --
+    Mutant("reconnect_notify_dropped", "stubdom/daemon/backend.py",
+           "if self.ring.recheck_notify():", "if False:",
+           "a frontend that (re)connects is notified of answers already on the ring",
+           guards=("test_frontends_reconnect",), select=""),
+    Mutant("dead_channel_ends_batch", "stubdom/daemon/backend.py",
+           "    except ring.PeerDied as e:\n        return e", "    except ring.PeerDied:\n        raise",
+           "a frontend found dead mid-batch costs no answer to the requests already taken",
+           guards=("test_frontends_reconnect",), select="mid_batch"),
+    Mutant("sigbus_guard_off", "cffi_build/teeif_guard.c",
+           "if (g == NULL || !is_ours(g, si)) {", "if (1) {",
+           "a SIGBUS from a truncated ring fails that ring, not the process",
+           # the tests whose victim is another process: the in-process ones would
+           # take pytest down with them (which counts as caught too)
+           guards=("test_frontends_truncate",), select="not domain_ring"),
+    Mutant("recovery_keeps_broken_ring", "stubdom/daemon/backend.py",
+           "except (ring.RingSizeError, ring.RingCorrupted, ring.RingTruncated) as e:", "except () as e:",
+           "a ring broken while the daemon was down is replaced at restart, not fatal to recovery",
+           guards=("test_frontends_truncate",), select="restart"),
+    Mutant("gate_truncated_ring_kept", "stubdom/platform/gate.py",
+           "except (RingCorrupted, RingTruncated) as e:", "except RingCorrupted as e:",
+           "the gate resets a ring the stub domain truncated",
+           guards=("test_frontends_truncate",), select="gate_ring"),
+    Mutant("trap_path_truncation_raised", "stubdom/platform/stubdom.py",
+           "            except RingTruncated as e:\n                self._break(e)",
+           "            except RingCorrupted as e:\n                self._break(e)",
+           "a domain ring truncated under the trap path cuts that domain off (ENOTAVAIL)",
+           guards=("test_frontends_truncate",), select="domain_ring"),
+    Mutant("ring_full_log_unlimited", "stubdom/platform/stubdom.py",
+           'self._glog.warning("teeif ring full (daemon not answering): ENOTAVAIL")',
+           'log.warning("d%d: teeif ring full (daemon not answering): ENOTAVAIL", self.domid)',
+           "rate limit: the trap path's ring-full line", guards=("test_frontends_logflood",),
+           select="ring_full"),
+    Mutant("timeout_log_unlimited", "stubdom/platform/stubdom.py",
+           'self._glog.warning("no answer from stubdom-teed within %g s: ENOTAVAIL",',
+           'log.warning("d%d: no answer from stubdom-teed within %g s: ENOTAVAIL", self.domid,',
+           "rate limit: the trap path's call-timeout line", guards=("test_frontends_logflood",),
+           select="timing_out"),
+    Mutant("status_log_unlimited", "stubdom/platform/stubdom.py",
+           'self._glog.warning("stubdom-teed answered status %d: ENOTAVAIL", rsp.status)',
+           'log.warning("d%d: stubdom-teed answered status %d: ENOTAVAIL", self.domid, rsp.status)',
+           "rate limit: the trap path's failed-answer line", guards=("test_frontends_logflood",),
+           select="failed_answers"),
+    Mutant("reattach_log_unlimited", "stubdom/platform/stubdom.py",
+           'self._glog.warning("cannot re-attach the teeif ring: %s", e)',
+           'log.warning("d%d: cannot re-attach the teeif ring: %s", self.domid, e)',
+           "rate limit: the trap path's failed re-attach line", guards=("test_frontends_logflood",),
+           select="reattach"),
+    Mutant("daemon_back_log_unlimited", "stubdom/platform/stubdom.py",
+           'self._glog.log(logging.INFO, "stubdom-teed is back: event channel reconnected")',
+           'log.info("d%d: stubdom-teed is back: event channel reconnected", self.domid)',
+           "rate limit: the trap path's reconnected line", guards=("test_frontends_logflood",),
+           select="hangs_up"),
+    Mutant("gate_connect_log_unlimited", "stubdom/platform/gate.py",
+           'self._peer_log.log(logging.INFO, "stub domain connected to the SMC gate")',
+           'log.info("stub domain connected to the SMC gate")',
+           "rate limit: the gate's stub-domain connection lines", guards=("test_frontends_logflood",),
+           select="reconnecting_in_a_loop and stub_domain"),
+    Mutant("gate_refused_peer_log_unlimited", "stubdom/platform/gate.py",
+           'self._peer_log.warning("%s", e)  # a refused peer may retry in a loop', 'log.warning("%s", e)',
+           "rate limit: the gate's line for a stub domain of another user (needs root to play one)",
+           guards=("test_frontends_logflood",), select="another_users"),
+    Mutant("gate_refusal_log_unlimited", "stubdom/platform/gate.py",
+           'self._log_for(domid).log(logging.DEBUG, "gate refused op %d for d%d a0=%#x: %s",',
+           'log.log(logging.DEBUG, "gate refused op %d for d%d a0=%#x: %s",',
+           "rate limit: the gate's refusal lines", guards=("test_frontends_logflood",),
+           select="was_not_given"),
+    Mutant("gate_tee_error_log_unlimited", "stubdom/platform/gate.py",
+           'self._log_for(domid).error("the TEE model raised on op %d for d%d a0=%#x", op, domid, a[0],',
+           'log.error("the TEE model raised on op %d for d%d a0=%#x", op, domid, a[0],',
+           "rate limit: the gate's per-domain secure-world failure lines",
+           guards=("test_frontends_logflood",), select="secure_world"),
+    Mutant("frontend_connected_log_unlimited", "stubdom/daemon/backend.py",
+           'self.log.event(logging.INFO, "frontend_connected", connection=self.connections)',
+           'event(self._logger, logging.INFO, "frontend_connected", domid=self.domid, '
+           'connection=self.connections)',
+           "rate limit: the daemon's frontend_connected line", guards=("test_frontends_logflood",),
+           select="frontend_reconnecting"),
 )
 
 
 
 def _clone(dest: Path) -> None:
-    """The committed tree plus the built ring extension (not in git)."""
+    """The committed tree (the ring extension is not in git: see _build)."""
     subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
-    for so in (ROOT / "ring").glob("_ring*.so"):
-        (dest / "ring" / so.name).write_bytes(so.read_bytes())
+
+
+def _build(dest: Path, m: "Mutant") -> None:
+    """The ring extension for the clone: a copy of the one built here, or,
+    for a mutant of the C code, built from the clone's (mutated) sources."""
+    if not m.path.startswith("cffi_build/"):
+        for so in (ROOT / "ring").glob("_ring*.so"):
+            (dest / "ring" / so.name).write_bytes(so.read_bytes())
+        return
+    r = subprocess.run([sys.executable, "cffi_build/build_ring.py"], cwd=dest, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"{m.name}: building the mutated extension failed:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
 
 
 def run(m: Mutant, work: Path) -> tuple[bool, str]:
@@ -197,12 +289,18 @@ def run(m: Mutant, work: Path) -> tuple[bool, str]:
     if src.count(m.old) != 1:
         raise SystemExit(f"{m.name}: {m.old!r} occurs {src.count(m.old)} times in {m.path}; update the mutant")
     f.write_text(src.replace(m.old, m.new))
+    _build(d, m)
     tests = sorted(str(p.relative_to(d)) for p in (d / "tests").glob("test_*.py") if p.name.startswith(m.guards))
     env = dict(os.environ, PYTHONPATH=str(d))
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", m.select,
+    select = ["-k", m.select] if m.select else []
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *select,
                         *tests], cwd=d, env=env, capture_output=True, text=True)
     lines = r.stdout.splitlines()
-    failed = next((ln for ln in lines if ln.startswith(("FAILED", "ERROR tests"))), lines[-1] if lines else "")
+    # a failed test says more than the errors its fixtures' teardown then raises
+    failed = next((ln for ln in lines if ln.startswith("FAILED")),
+                  next((ln for ln in lines if ln.startswith("ERROR tests")), lines[-1] if lines else ""))
+    if r.returncode < 0:  # the tests' own process died: the defence is missed
+        return True, f"pytest killed by {signal.Signals(-r.returncode).name}"
     if r.returncode not in (0, 1):
         raise SystemExit(f"{m.name}: pytest exited {r.returncode}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
     return r.returncode == 1, failed
@@ -217,7 +315,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="stubdom-mutants-") as tmp:
         for m in chosen:
             caught, first = run(m, Path(tmp))
-            print(f"{'caught  ' if caught else 'SURVIVED'} {m.name:26} {m.defence} | {first}", flush=True)
+            print(f"{'caught  ' if caught else 'SURVIVED'} {m.name:32} {m.defence} | {first}", flush=True)
             if not caught:
                 survived.append(m.name)
     print(f"{len(chosen) - len(survived)}/{len(chosen)} mutants caught")

@@ -96,12 +96,12 @@ def test_the_package_exports_its_public_api():
         "RingStatistics", "SharedIndices", "create_ring_file", "ring_entries", "run_floor",
         "RING_FILE", "EVTCHN_FILE", "PAGE_SIZE", "HEADER_SIZE", "ENTRY_SIZE", "MAX_RING_PAGES",
         "RingError", "RingFull", "RingCorrupted", "TooManyResponses", "RingClosed",
-        "RingSizeError", "PeerDied", "FloorMismatch",
+        "RingSizeError", "RingTruncated", "PeerDied", "FloorMismatch",
     }
     assert public <= set(dir(ring))
     assert (ring.RING_FILE, ring.EVTCHN_FILE) == ("ring", "evtchn")  # docs/protocol.md
     for name in ("RingFull", "RingCorrupted", "TooManyResponses", "RingClosed", "RingSizeError",
-                 "PeerDied", "FloorMismatch"):
+                 "RingTruncated", "PeerDied", "FloorMismatch"):
         assert issubclass(getattr(ring, name), ring.RingError)
 
 
@@ -375,6 +375,30 @@ def test_frontend_restart_resumes_at_the_shared_indices(tmp_path):
             assert [r.id for r in front2.pop_batch()] == [2, 3]  # callers drop unknown ids
             front2.push(req(10))
             assert [q.id for q in back.pop_batch()] == [10]
+
+
+def test_recheck_notify_says_whether_a_new_frontend_sleeps_on_published_responses(tmp_path):
+    """BackRing.recheck_notify: the push's notify decision taken again for
+    every response on the ring (for a frontend that connected after the
+    notification went to its dead predecessor's channel)."""
+    front, back = make_pair(tmp_path, start=U32 - 2)
+    with front, back:
+        assert back.recheck_notify() is False  # a fresh ring: nothing published
+        front.push_batch([req(i) for i in range(3)])
+        assert front.final_check() is False  # the frontend sleeps: rsp_event armed
+        qs = back.pop_batch()
+        assert back.push_batch([rsp_for(q) for q in qs]) is True  # the notification that gets lost
+        front.close()  # ... because the frontend died
+        with FrontRing.attach(tmp_path / "ring") as front2:
+            assert back.recheck_notify() is True  # a sleeper's rsp_event lies in the published range
+            assert front2.final_check() is False  # a newcomer that consumed nothing new re-arms past them
+            assert back.recheck_notify() is False
+            front2.push(req(7))
+            back.push_batch([rsp_for(q) for q in back.pop_batch()])  # notified as usual
+            assert back.recheck_notify() is True  # armed for it, not consumed yet
+            assert [r.id for r in front2.pop_batch()] == [7]
+            assert front2.final_check() is False
+            assert back.recheck_notify() is False
 
 
 def test_attach_refuses_a_file_that_is_not_a_ring(tmp_path):

@@ -2,9 +2,11 @@
 task (docs/daemon.md, "Serving a domain").
 
 The frontend (the platform's trap path) is hostile as far as this task is
-concerned: a corrupted ring index tears down this domain's channel and
-nothing else; its end-of-file means it died, and the domain stays until the
-toolstack destroys it (a restarted frontend may connect again).
+concerned: a corrupted ring index or a ring file truncated under the
+daemon's mapping tears down this domain's channel and nothing else; its
+end-of-file means it died, and the domain stays until the toolstack destroys
+it (a restarted frontend may connect again, and is notified at once if
+responses it waits for are already on the ring).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ BACKEND_FAILURE_STATUS = -errno.EIO
 # them: the control socket and newly notified domains wait at most a slice.
 _SPIN_SLICE_NS = 50_000
 _TAKE_OVER = object()  # a parked backend's wake-up value: "you spin now"
+# why a domain's channel was torn down, as logged
+_BROKEN_EVENTS = {ring.RingCorrupted: "ring_corrupted", ring.RingTruncated: "ring_truncated"}
 
 
 class RingPoller:
@@ -248,10 +252,8 @@ class DomainBackend:
         self.state = "created"  # created → connected → (peer-died | broken) → closed
         self.connections = 0
         directory.mkdir(mode=0o700, exist_ok=True)
-        if attach and self.ring_path.exists():
-            # a restarted daemon recovering the domain (docs/faults.md): the
-            # frontend keeps its mapping; requests left on it are the caller's
-            self.ring = ring.BackRing.attach(self.ring_path)
+        self.ring = self._attach(ring_pages) if attach and self.ring_path.exists() else None
+        if self.ring is not None:
             ring_pages = self.ring.ring_pages
         else:
             # a domain never inherits a stale ring (ring is O_EXCL): files left
@@ -268,6 +270,21 @@ class DomainBackend:
         self.channel: ring.EventChannel | None = None
         self._scope = trio.CancelScope()
         self._done = trio.Event()
+
+    def _attach(self, ring_pages: int) -> ring.BackRing | None:
+        """A restarted daemon recovering the domain (docs/faults.md): the
+        frontend keeps its mapping; requests left on it are the caller's.
+        None if the frontend broke the ring while no daemon watched it (a
+        file truncated or of a size no ring has, impossible indices): the
+        domain gets a fresh ring as at creation, which its frontend finds on
+        reconnecting (a new file), and the other domains are recovered as
+        usual."""
+        try:
+            return ring.BackRing.attach(self.ring_path)
+        except (ring.RingSizeError, ring.RingCorrupted, ring.RingTruncated) as e:
+            self.log.event(logging.ERROR, "ring_replaced", detail=f"{type(e).__name__}: {e}",
+                           ring_pages=ring_pages)
+            return None
 
     # -- the serving task ----------------------------------------------------
 
@@ -290,18 +307,24 @@ class DomainBackend:
             self.channel = self.listener.accept(timeout=0)
             self.connections += 1
             self.state = "connected"
-            event(self._logger, logging.INFO, "frontend_connected", domid=self.domid,
-                  connection=self.connections)
+            # a frontend can connect as often as it likes: its domain's limit
+            self.log.event(logging.INFO, "frontend_connected", connection=self.connections)
             try:
+                # Responses pushed while no channel (or a dead one) was there
+                # were never announced to this frontend, which may already be
+                # asleep on them (docs/protocol.md, "Restarts").
+                if self.ring.recheck_notify():
+                    self.channel.notify()
                 await self._serve_channel(reqs, rsps, nr)
             except ring.PeerDied:
                 self.state = "peer-died"
                 self.log.event(logging.WARNING, "frontend_died", connection=self.connections)
-            except (ring.RingCorrupted, ring.RingError, OSError) as e:
-                # RingCorrupted: a hostile frontend; anything else here is a
-                # daemon bug. Either way only this domain's channel goes.
+            except (ring.RingError, OSError) as e:
+                # RingCorrupted, RingTruncated: a hostile frontend; anything
+                # else here is a daemon bug. Either way only this domain's
+                # channel goes.
                 self.state = "broken"
-                name = "ring_corrupted" if isinstance(e, ring.RingCorrupted) else "backend_broken"
+                name = _BROKEN_EVENTS.get(type(e), "backend_broken")
                 self.log.event(logging.ERROR, name, detail=f"{type(e).__name__}: {e}")
                 self._close_channel()
                 self.listener.close()  # no reconnecting to a ring we cannot trust
@@ -319,6 +342,7 @@ class DomainBackend:
             if n:
                 self.stats.in_flight += n
                 done = 0  # answered, not yet pushed
+                gone = None  # the frontend's end-of-file, met notifying it
                 for i in range(n):
                     await self._serve_one(reqs[i], rsps[done])
                     self.stats.in_flight -= 1
@@ -328,14 +352,16 @@ class DomainBackend:
                         # them run (a bounded share per turn); alone, the
                         # batch is answered at once, one notification
                         if ring_.push_raw(rsps, done):
-                            chan.notify()
+                            gone = gone or _notify(chan)
                         self._daemon.fair.answered(self.domid)
                         done = 0
                         await trio.lowlevel.checkpoint()
                 if done:
                     if ring_.push_raw(rsps, done):
-                        chan.notify()
+                        gone = gone or _notify(chan)
                     self._daemon.fair.answered(self.domid)
+                if gone is not None:
+                    raise gone
                 # other domains and the control socket run between batches
                 await trio.lowlevel.checkpoint()
                 continue
@@ -399,6 +425,19 @@ class DomainBackend:
         return {"domid": self.domid, "hwdom": self.hwdom, "direct_mapped": self.direct_mapped,
                 "state": self.state, "dir": str(self.directory), "ring_pages": self.ring_pages,
                 "connections": self.connections}
+
+
+def _notify(chan: ring.EventChannel) -> ring.PeerDied | None:
+    """Notify the frontend; its death is returned, not raised. The requests
+    of the batch already taken off the ring are answered even so: nobody
+    else would answer them, their slots would stay owed for good, and some
+    may be a restarted frontend's, which is told on being accepted
+    (``BackRing.recheck_notify``)."""
+    try:
+        chan.notify()
+    except ring.PeerDied as e:
+        return e
+    return None
 
 
 def refuse_while_draining(a0: int) -> tuple | None:

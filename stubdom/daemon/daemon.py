@@ -485,7 +485,7 @@ class Daemon:
         frontend has answered (or will answer) the guest ENOTAVAIL. Never run
         one (it may have run already): answer ENOTAVAIL too. A lost
         RETURN_FROM_RPC means the guest gave that call up: end it in OP-TEE."""
-        from ring import Response
+        from ring import Response, RingError
 
         ctx = self.mediator.context(backend.domid)
         try:
@@ -508,7 +508,12 @@ class Daemon:
                     event(self.logger, logging.ERROR, "abandon_failed", domid=backend.domid,
                           thread=req.a[3] & _U32, error=e)
                 self.abandoned += ended
-            backend.ring.push(Response(req.id, 0, 0, _ENOTAVAIL))
+            try:
+                backend.ring.push(Response(req.id, 0, 0, _ENOTAVAIL))
+            except RingError as e:  # truncated since the pop: the backend task reports it
+                event(self.logger, logging.ERROR, "recovery_ring_unreadable", domid=backend.domid,
+                      error=e)
+                return
             self.stale_answered += 1
         if stale:
             backend.log.event(logging.WARNING, "stale_requests_answered", count=len(stale),

@@ -22,6 +22,14 @@ Entries are ``struct teeif_request``/``teeif_response`` used as follows:
 request ``vcpu`` = the target domid, ``flags`` = the op, ``a`` = x0..x7;
 response ``status`` = 0 or -EPERM/-EINVAL/-ENOENT, ``a`` = the TEE's
 registers (all zero when status != 0).
+
+The gate is the platform's (the hypervisor's) and the stub domain is less
+trusted: a stub domain that corrupts the ring or truncates its file is
+disconnected and the ring replaced; the platform goes on. What the stub
+domain can make the gate log over and over goes through a rate limit:
+per target domain for one hypercall's lines (the domain's guest may be
+behind them), and one for the stub domain's own (connections, a broken
+ring, hypercalls naming no domain it was given).
 """
 
 from __future__ import annotations
@@ -52,7 +60,9 @@ from ring import (
     RingClosed,
     RingCorrupted,
     RingError,
+    RingTruncated,
 )
+from stubdom.mediator.ratelog import RateLimitedLog
 from stubdom.optee.smc import (
     OPTEE_SMC_CALL_GET_OS_REVISION,
     OPTEE_SMC_CALLS_REVISION,
@@ -179,6 +189,7 @@ class Gate:
         domain_exists: Callable[[int], bool],
         poll_window_ns: int = 0,
         ring_pages: int = 1,
+        log_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if type(poll_window_ns) is not int or poll_window_ns < 0:
             raise ValueError(f"poll_window_ns must be a non-negative int, got {poll_window_ns!r}")
@@ -200,6 +211,11 @@ class Gate:
         self._refusals: Counter[tuple[int, str]] = Counter()
         self._connections = self._wakeups = self._batches = self._tee_errors = self._refused = 0
         self._sent = self._suppressed = 0  # of rings already replaced
+        # rate limits: the stub domain's own lines, and one per assigned domain
+        # (created by assign, dropped by unassign: bounded by the toolstack)
+        self._log_clock = log_clock
+        self._peer_log = RateLimitedLog(log, "", clock=log_clock)
+        self._domain_logs: dict[int, RateLimitedLog] = {}
 
         # the gate is the platform's first socket in the runtime directory:
         # nobody else may control it (docs/config.md, "The runtime directory")
@@ -247,6 +263,8 @@ class Gate:
             raise ValueError(f"domid must be an int in [0, {DOMID_FIRST_RESERVED:#x}), got {domid!r}")
         with self._lock:
             self._assigned.add(domid)
+            if domid not in self._domain_logs:
+                self._domain_logs[domid] = RateLimitedLog(log, "", clock=self._log_clock)
 
     def unassign(self, domid: int, *, timeout: float = UNASSIGN_WAIT_S) -> None:
         """Take ``domid`` back (after domain_destroy completed). Idempotent.
@@ -256,6 +274,7 @@ class Gate:
         last word on its partition."""
         with self._lock:
             self._assigned.discard(domid)
+            self._domain_logs.pop(domid, None)
             if not self._tee_done.wait_for(lambda: self._in_tee != domid, timeout):
                 log.warning("d%d: a hypercall for it is still in the TEE after %.0f s", domid, timeout)
 
@@ -343,14 +362,15 @@ class Gate:
                 # before the welcome, before anything on the ring is answered
                 check_peer(chan.fileno(), self.evtchn_path, "stub domain")
             except PeerRefused as e:
-                log.warning("%s", e)
+                self._peer_log.warning("%s", e)  # a refused peer may retry in a loop
                 with self._lock:
                     self._refused += 1
                 chan.close()
                 continue
             with self._lock:
                 self._connections += 1
-            log.info("stub domain connected to the SMC gate")
+            # a stub domain may connect and hang up in a loop: its rate limit
+            self._peer_log.log(logging.INFO, "stub domain connected to the SMC gate")
             try:
                 # Answer what a dead predecessor left, so that the newcomer
                 # attaches to a ring with nothing in flight; then welcome it.
@@ -358,12 +378,16 @@ class Gate:
                 chan.notify()
                 self._serve_channel(chan)
             except PeerDied:
-                log.info("stub domain closed the SMC gate channel; waiting for it to come back")
-            except RingCorrupted as e:
-                log.error("stub domain corrupted the SMC gate ring (%s): disconnected, ring reset", e)
+                self._peer_log.log(logging.INFO, "stub domain closed the SMC gate channel; "
+                                                 "waiting for it to come back")
+            except (RingCorrupted, RingTruncated) as e:
+                what = "truncated" if isinstance(e, RingTruncated) else "corrupted"
+                self._peer_log.error("stub domain %s the SMC gate ring (%s): disconnected, ring reset",
+                                     what, e)
                 self._reset_ring()
             except Exception:  # never let the gate die with the platform still up
-                log.exception("SMC gate: unexpected error; dropping the stub domain's connection")
+                self._peer_log.error("SMC gate: unexpected error; dropping the stub domain's connection",
+                                     exc_info=True)
             finally:
                 chan.close()
 
@@ -415,14 +439,17 @@ class Gate:
                 status = _EPERM if self._domain_exists(domid) else _ENOENT
             with self._lock:
                 self._refusals[(domid, _errno_name(status))] += 1
-            log.debug("gate refused op %d for d%d a0=%#x: %s", op, domid, a[0], _errno_name(status))
+            if log.isEnabledFor(logging.DEBUG):  # a line nobody reads must not take a token
+                self._log_for(domid).log(logging.DEBUG, "gate refused op %d for d%d a0=%#x: %s",
+                                         op, domid, a[0], _errno_name(status))
             return Response(req.id, status, 0, _ZERO_REGS)
         # The gate, never the stub domain, chooses a7.
         a7 = domid + 1 if op == GATE_OP_SMC else HYP_CLIENT_ID
         try:
             regs = tuple(self._tee.smc(a[:7] + (a7,)))
         except Exception:
-            log.exception("the TEE model raised on op %d for d%d a0=%#x", op, domid, a[0])
+            self._log_for(domid).error("the TEE model raised on op %d for d%d a0=%#x", op, domid, a[0],
+                                       exc_info=True)
             with self._lock:
                 self._tee_errors += 1
                 self._refusals[(domid, "EINVAL")] += 1
@@ -432,6 +459,13 @@ class Gate:
                 self._in_tee = None
                 self._tee_done.notify_all()
         return Response(req.id, 0, 0, regs)
+
+    def _log_for(self, domid: int) -> RateLimitedLog:
+        """The rate limit of lines about a hypercall for ``domid``: that
+        domain's while it is assigned, else the stub domain's (naming a
+        domain it was not given is its own doing)."""
+        with self._lock:
+            return self._domain_logs.get(domid, self._peer_log)
 
     def _check(self, op: int, domid: int, a: Sequence[int]) -> int:
         """0 if the hypercall may go to the TEE, else the negative errno

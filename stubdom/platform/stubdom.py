@@ -15,6 +15,14 @@ yielding call whose a0 is neither RPC nor ETHREAD_LIMIT with
 TEEC_ERROR_COMMUNICATION (origin COMMS), and a fast call with ENOTAVAIL is
 refused like any other error; the UID probe sees a mismatch and the driver
 does not bind.
+
+Every line the trap path logs about a domain, once per call at most (a
+full ring, a call timing out, a failed answer, the daemon going away or
+coming back, a failed re-attach), goes through that domain's rate limit
+(:class:`~stubdom.mediator.ratelog.RateLimitedLog`): the review of Xen's
+mediator RFC asked that a guest never be able to flood the hypervisor's log.
+Only the line that cuts a domain off for good (a broken ring) is not
+limited: it comes once per domain.
 """
 
 from __future__ import annotations
@@ -24,10 +32,23 @@ import os
 import select
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ring import EVTCHN_FILE, RING_FILE, EventChannel, FrontRing, PeerDied, Request, RingCorrupted, RingError, RingFull
+from ring import (
+    EVTCHN_FILE,
+    RING_FILE,
+    EventChannel,
+    FrontRing,
+    PeerDied,
+    Request,
+    RingCorrupted,
+    RingError,
+    RingFull,
+    RingTruncated,
+)
+from stubdom.mediator.ratelog import RateLimitedLog
 from stubdom.optee.smc import OPTEE_SMC_RETURN_ENOTAVAIL, OPTEE_SMC_VM_DESTROYED
 
 from .errors import (
@@ -63,6 +84,9 @@ DEFAULT_CALL_TIMEOUT_MS = 5000
 # vCPU pushing a request waits at most one slice.
 _SPIN_SLICE_NS = 20_000
 _U64 = (1 << 64) - 1
+# What the daemon can do to a domain's ring: write impossible indices, or
+# shrink the file under our mapping. Either way that domain is cut off.
+_RING_BROKEN = (RingCorrupted, RingTruncated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +110,11 @@ class DomainLink:
     thread-safe: several vCPUs of the domain may be in flight at once."""
 
     def __init__(self, domid: int, ring_path: Path, evtchn_path: Path, ring_pages: int, *,
-                 poll_window_ns: int, timeout_s: float) -> None:
+                 poll_window_ns: int, timeout_s: float,
+                 log_clock: Callable[[], float] = time.monotonic) -> None:
         self.domid = domid
+        # lines the domain's guest can cause, once per call: its rate limit
+        self._glog = RateLimitedLog(log, f"d{domid}: ", clock=log_clock)
         self.ring_path = Path(ring_path)
         self.evtchn_path = Path(evtchn_path)
         self._poll_ns = poll_window_ns
@@ -128,7 +155,12 @@ class DomainLink:
             try:
                 notify = self._ring.push(Request(rid, vcpu, 0, regs))
             except RingFull:
-                log.warning("d%d: teeif ring full (daemon not answering): ENOTAVAIL", self.domid)
+                # more vCPUs in flight than the ring has slots: the guest's doing
+                self._glog.warning("teeif ring full (daemon not answering): ENOTAVAIL")
+                self._n["unavailable"] += 1
+                return UNAVAILABLE_REGS
+            except RingTruncated as e:
+                self._break(e)
                 self._n["unavailable"] += 1
                 return UNAVAILABLE_REGS
             self._n["requests"] += 1
@@ -157,8 +189,8 @@ class DomainLink:
                     if remaining <= 0:
                         del self._waiting[rid]
                         self._n["timeouts"] += 1
-                        log.warning("d%d: no answer from stubdom-teed within %g s: ENOTAVAIL",
-                                    self.domid, self._timeout)
+                        self._glog.warning("no answer from stubdom-teed within %g s: ENOTAVAIL",
+                                           self._timeout)
                         return UNAVAILABLE_REGS
                     if not self._receiving:
                         self._receiving = True
@@ -175,7 +207,7 @@ class DomainLink:
         self._n["responses"] += 1
         if rsp.status != 0:
             self._n["backend_errors"] += 1
-            log.warning("d%d: stubdom-teed answered status %d: ENOTAVAIL", self.domid, rsp.status)
+            self._glog.warning("stubdom-teed answered status %d: ENOTAVAIL", rsp.status)
             return UNAVAILABLE_REGS
         return tuple(rsp.a)  # type: ignore[return-value]
 
@@ -195,7 +227,7 @@ class DomainLink:
                     # last one does the final check before we may sleep.
                     if self._ring.spin(step) if spin_left > 0 else self._ring.poll(step):
                         continue
-                except RingCorrupted as e:
+                except _RING_BROKEN as e:
                     self._break(e)
                     return
                 chan = self._chan
@@ -236,7 +268,7 @@ class DomainLink:
         """Pop every response (lock held) and hand each to its waiter."""
         try:
             rsps = self._ring.pop_batch()
-        except RingCorrupted as e:
+        except _RING_BROKEN as e:
             self._break(e)
             return True
         for rsp in rsps:
@@ -258,13 +290,18 @@ class DomainLink:
                 self._cond.notify_all()
                 return
             if self._dead is None:
-                log.warning("d%d: %s; calls get ENOTAVAIL until it is back", self.domid, why)
+                # a daemon that accepts and hangs up again would make each of
+                # the guest's calls log this and the line below: rate-limited
+                self._glog.warning("%s; calls get ENOTAVAIL until it is back", why)
                 self._dead = why
             self._cond.notify_all()
 
-    def _break(self, e: RingCorrupted) -> None:
-        """The daemon wrote impossible indices (lock held): disconnect it for good."""
-        log.error("d%d: stubdom-teed corrupted the teeif ring (%s): disconnected", self.domid, e)
+    def _break(self, e: RingError) -> None:
+        """The daemon wrote impossible indices or truncated the ring file
+        (lock held): disconnect it for good. Once per link: it never
+        reconnects after this."""
+        what = "truncated" if isinstance(e, RingTruncated) else "corrupted"
+        log.error("d%d: stubdom-teed %s the teeif ring (%s): disconnected", self.domid, what, e)
         self._broken = True
         self._dead = f"ring corrupted: {e}"
         if self._chan is not None:
@@ -291,14 +328,15 @@ class DomainLink:
                 self._ring, self._ring_ino = ring, ino
         except (OSError, RingError) as e:
             chan.close()
-            log.warning("d%d: cannot re-attach the teeif ring: %s", self.domid, e)
+            # tried again on each call while the daemon is away: rate-limited
+            self._glog.warning("cannot re-attach the teeif ring: %s", e)
             return False
         if self._chan is not None:
             self._chan.close()
         self._chan = chan
         self._dead = None
         self._n["reconnects"] += 1
-        log.info("d%d: stubdom-teed is back: event channel reconnected", self.domid)
+        self._glog.log(logging.INFO, "stubdom-teed is back: event channel reconnected")
         return True
 
     # -- statistics, close -------------------------------------------------------
@@ -346,7 +384,8 @@ class StubdomPlacement:
 
     def __init__(self, platform, runtime_dir: str | os.PathLike[str], *, poll_window_us: int = 0,
                  call_timeout_ms: int = DEFAULT_CALL_TIMEOUT_MS, control_timeout: float = 10.0,
-                 toolstack: Toolstack | None = None) -> None:
+                 toolstack: Toolstack | None = None,
+                 log_clock: Callable[[], float] = time.monotonic) -> None:
         if type(poll_window_us) is not int or poll_window_us < 0:
             raise ValueError(f"poll_window_us must be a non-negative int, got {poll_window_us!r}")
         if type(call_timeout_ms) is not int or call_timeout_ms <= 0:
@@ -355,10 +394,11 @@ class StubdomPlacement:
         self._tee = platform.tee
         self._poll_ns = poll_window_us * 1000
         self._timeout = call_timeout_ms / 1000
+        self._log_clock = log_clock  # of the rate limits (tests inject one)
         machine = platform.machine
         self.gate = Gate(self.runtime_dir, platform.tee,
                          domain_exists=lambda domid: domid in machine.domains(),
-                         poll_window_ns=self._poll_ns)
+                         poll_window_ns=self._poll_ns, log_clock=log_clock)
         self.gate.start()
         self.toolstack = toolstack or Toolstack(control_path(self.runtime_dir), timeout=control_timeout)
         self._lock = threading.Lock()
@@ -421,7 +461,8 @@ class StubdomPlacement:
         pages = result.get("ring_pages", 0)
         if type(pages) is not int:
             raise TypeError(f"daemon answered ring_pages={pages!r}")
-        return DomainLink(domid, ring, evtchn, pages, poll_window_ns=self._poll_ns, timeout_s=self._timeout)
+        return DomainLink(domid, ring, evtchn, pages, poll_window_ns=self._poll_ns, timeout_s=self._timeout,
+                          log_clock=self._log_clock)
 
     def handle_call(self, domid: int, vcpu: int, regs: Regs) -> Regs:
         with self._lock:
@@ -480,11 +521,14 @@ class StubdomPlacement:
 
 
 def stubdom_placement(runtime_dir: str | os.PathLike[str], *, poll_window_us: int = 0,
-                      call_timeout_ms: int = DEFAULT_CALL_TIMEOUT_MS, control_timeout: float = 10.0):
-    """A ``placement=`` factory for :class:`~stubdom.platform.Platform`."""
+                      call_timeout_ms: int = DEFAULT_CALL_TIMEOUT_MS, control_timeout: float = 10.0,
+                      log_clock: Callable[[], float] = time.monotonic):
+    """A ``placement=`` factory for :class:`~stubdom.platform.Platform`.
+    ``log_clock``: the clock of the per-domain log rate limits."""
 
     def make(platform) -> StubdomPlacement:
         return StubdomPlacement(platform, runtime_dir, poll_window_us=poll_window_us,
-                                call_timeout_ms=call_timeout_ms, control_timeout=control_timeout)
+                                call_timeout_ms=call_timeout_ms, control_timeout=control_timeout,
+                                log_clock=log_clock)
 
     return make
