@@ -17,7 +17,11 @@ from .errors import (
     WireError as WireError,
 )
 from .guest import GuestKernel as GuestKernel, device_dir as device_dir
-from .server import DeviceServer as DeviceServer, ServerStatistics as ServerStatistics
+from .server import (
+    DeviceServer as DeviceServer,
+    ServerStatistics as ServerStatistics,
+    query_statistics as query_statistics,
+)
 from .vcpus import PlatformLease as PlatformLease, VcpuPool as VcpuPool, attach_domain as attach_domain
 
 __all__ = [
@@ -33,6 +37,7 @@ __all__ = [
     "device_dir",
     "DeviceServer",
     "ServerStatistics",
+    "query_statistics",
     "PlatformLease",
     "VcpuPool",
     "attach_domain",

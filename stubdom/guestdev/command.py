@@ -111,7 +111,8 @@ def guest_dev_main(argv: Sequence[str] | None = None) -> int:
 
 async def _serve(kernel: GuestKernel, env: dict[str, str], env_file: Path | None, say) -> bool:
     """Serve until a signal (False) or the platform's end of the lease (True)."""
-    server = DeviceServer(kernel.tee, kernel.device_path, kernel.ram_path)
+    server = DeviceServer(kernel.tee, kernel.device_path, kernel.ram_path,
+                          extra_statistics=lambda: {"traps": sum(kernel.vcpus.traps)})
     platform_gone = False
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

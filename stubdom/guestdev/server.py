@@ -12,6 +12,15 @@ its end-of-file means the process died, which ends the call's killable and
 interruptible waits (``TeeSubsystem.kill``).  A connection's end-of-file is
 the file's last close: the server waits for the calls still running on it,
 then releases the context, the buffer or the process's memory behind it.
+
+Closing is asynchronous here, synchronous in Linux (the last fput releases
+before close(2) returns).  So before an ioctl runs, the files of its context
+whose peer has already hung up finish their release, and before an open of
+/dev/teepriv0 the supplicant's do (:meth:`DeviceServer._settle`): a process
+that closed a buffer and then names its id finds it gone, and a supplicant
+restarted right after the old one exited opens the device instead of getting
+EBUSY, as in Linux.  Only those: a release may need the secure world, whose
+threads may all wait for the supplicant, so nothing else waits for one.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import errno
 import json
 import logging
 import os
+import select
 import socket
 import struct
 from collections.abc import Callable
@@ -39,6 +49,10 @@ from stubdom.guest.usermem import Caller, UserMemory, UserRegion
 
 from .errors import WireError
 from .wire import (
+    REQ,
+    RSP,
+    TEEDEV_MAGIC,
+    TEEDEV_WIRE_VERSION,
     TEEDEV_MAX_MSG,
     TEEDEV_OP_ADOPT,
     TEEDEV_OP_BACK,
@@ -54,7 +68,7 @@ from .wire import (
     parse_request,
 )
 
-__all__ = ["DeviceServer", "ServerStatistics", "MAX_CLIENT_THREADS", "MAX_SUPPLICANT_THREADS",
+__all__ = ["DeviceServer", "ServerStatistics", "query_statistics", "MAX_CLIENT_THREADS", "MAX_SUPPLICANT_THREADS",
            "MAX_CALLS_PER_CONNECTION"]
 
 log = logging.getLogger("stubdom.guestdev.server")
@@ -94,18 +108,31 @@ def _groups(pid: int) -> frozenset[int]:
     return frozenset()
 
 
+@dataclass(eq=False)
+class _File:
+    """A connection that stands for a file (device, shm) or a process's mm,
+    until its release is done; ``ctx`` is the context it belongs to."""
+
+    sock: object
+    ctx: TeeContext | None
+    released: trio.Event = field(default_factory=trio.Event)
+
+
 class DeviceServer:
     """Serves ``path`` for ``kernel`` until cancelled.  ``ram_path`` is the
     machine's RAM file, whose descriptor goes to a process with each mapping
     of guest pages."""
 
-    def __init__(self, kernel: TeeSubsystem, path: Path, ram_path: Path) -> None:
+    def __init__(self, kernel: TeeSubsystem, path: Path, ram_path: Path, *,
+                 extra_statistics: Callable[[], dict] | None = None) -> None:
         self.kernel = kernel
+        self._extra = extra_statistics
         self.path = Path(path)
         self._ram_fd = os.open(ram_path, os.O_RDWR | os.O_CLOEXEC)
         self._limiters = {False: trio.CapacityLimiter(MAX_CLIENT_THREADS),
                           True: trio.CapacityLimiter(MAX_SUPPLICANT_THREADS)}
         self._callers: set[Caller] = set()
+        self._files: set[_File] = set()
         self._stopping = False
         self._nursery: trio.Nursery | None = None
         self.stats = ServerStatistics()
@@ -185,6 +212,7 @@ class DeviceServer:
                     self.stats.connections["mm"] += 1
                     await self._send(reply, build_response(0, token=target.token))
                 elif req.op == TEEDEV_OP_STATS:
+                    await self._settle(lambda f: True)
                     await self._send(reply, build_response(0, data=json.dumps(self.statistics()).encode()))
                 else:
                     await self._send(reply, build_response(-errno.EINVAL))
@@ -212,8 +240,25 @@ class DeviceServer:
             raise
         return req, trio.socket.from_stdlib_socket(reply)
 
+    async def _settle(self, which: Callable[[_File], bool]) -> None:
+        """Wait for the release of the files ``which`` picks whose peer has
+        hung up."""
+        files = [f for f in self._files if which(f)]
+        if not files:
+            return
+        poller = select.poll()
+        for f in files:
+            poller.register(f.sock.fileno(), select.POLLHUP)
+        hung = {fd for fd, ev in poller.poll(0) if ev & (select.POLLHUP | select.POLLNVAL)}
+        for f in files:
+            if f.sock.fileno() in hung or f.sock.fileno() == -1:
+                await f.released.wait()
+
     async def _open(self, req: Request, reply) -> TeeContext | None:
         name = req.payload.split(b"\0", 1)[0].decode("ascii", "replace")
+        dev = self.kernel.devices.get(name)
+        if dev is not None and dev.privileged:
+            await self._settle(lambda f: f.ctx is not None and f.ctx.dev is dev)
         try:
             if self._stopping:
                 raise TeeErrno(errno.ENXIO, "the guest is shutting down")
@@ -228,6 +273,9 @@ class DeviceServer:
         """Requests on an open file (device or shm) or a process's mm, until
         its last copy is closed; then release what it was."""
         slots = trio.Semaphore(MAX_CALLS_PER_CONNECTION)
+        ctx = target if isinstance(target, TeeContext) else target.ctx if isinstance(target, TeeShm) else None
+        record = _File(conn, ctx)
+        self._files.add(record)
         try:
             async with trio.open_nursery() as calls:
                 while True:
@@ -243,10 +291,14 @@ class DeviceServer:
                     if got is None:
                         slots.release()
                         break
-                    calls.start_soon(self._call, target, got, slots)
+                    calls.start_soon(self._call, target, got, slots, record)
         finally:
             with trio.CancelScope(shield=True):
-                await self._release(target)
+                try:
+                    await self._release(target)
+                finally:
+                    self._files.discard(record)
+                    record.released.set()
 
     async def _release(self, target: TeeContext | TeeShm | UserMm) -> None:
         if isinstance(target, TeeContext):
@@ -257,7 +309,7 @@ class DeviceServer:
             for tshm in self.kernel.mms.release(target):
                 await trio.to_thread.run_sync(self.kernel.shm_put, tshm)
 
-    async def _call(self, target, got: tuple[bytes, list[int]], slots: trio.Semaphore) -> None:
+    async def _call(self, target, got: tuple[bytes, list[int]], slots: trio.Semaphore, record: _File) -> None:
         new_sock = None
         try:
             try:
@@ -270,6 +322,8 @@ class DeviceServer:
                 pid, uid, gid = _UCRED.unpack(reply.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
                 mm = self.kernel.mms.lookup(req.token) if any(req.token) else None
                 caller = Caller(pid=pid, uid=uid, gid=gid, groups=_groups(pid), mm=mm)
+                if isinstance(target, TeeContext):
+                    await self._settle(lambda f: f.ctx is target and f is not record)
                 self._callers.add(caller)
                 self.stats.calls += 1
                 privileged = isinstance(target, TeeContext) and target.dev.privileged
@@ -395,7 +449,34 @@ class DeviceServer:
         out["server"] = {"connections": dict(s.connections), "calls": s.calls, "errors": s.errors,
                          "callers_gone": s.callers_gone, "protocol_errors": s.protocol_errors,
                          "in_flight": len(self._callers)}
+        if self._extra is not None:
+            out.update(self._extra())
         return out
+
+
+def query_statistics(path: str | os.PathLike[str], *, timeout: float = 60.0) -> dict:
+    """The statistics of the device server at ``path`` (TEEDEV_OP_STATS), once
+    every file whose process has closed it is released."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        conn.settimeout(timeout)
+        mine.settimeout(timeout)
+        with _sockaddr(Path(path)) as addr:
+            conn.connect(addr)
+        conn.sendmsg([REQ.pack(TEEDEV_MAGIC, TEEDEV_WIRE_VERSION, TEEDEV_OP_STATS, 0, 0, 0, bytes(16), 0, 0)],
+                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]).tobytes())])
+        theirs.close()
+        msg = mine.recv(TEEDEV_MAX_MSG)
+    finally:
+        for s in (conn, mine, theirs):
+            s.close()
+    if len(msg) < RSP.size:
+        raise WireError(f"statistics answer of {len(msg)} bytes")
+    _magic, ret, _np, ndata, *_ = RSP.unpack_from(msg)
+    if ret < 0:
+        raise WireError(f"statistics refused: errno {-ret}")
+    return json.loads(msg[RSP.size : RSP.size + ndata])
 
 
 def _u64s(values) -> bytes:
