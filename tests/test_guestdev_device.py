@@ -9,8 +9,14 @@ partition and no isolation-oracle record left (guestdev_support.stop_world).
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import signal
 import subprocess
+import sys
+import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -24,9 +30,10 @@ from stubdom.guest.uapi import (
     TEE_OPTEE_CAP_TZ,
 )
 from stubdom.optee.teec import TEEC_ERROR_OUT_OF_MEMORY
+from stubdom.platform import run_platform
 from stubdom.tee.tas.storage import STORAGE_UUID
 
-from guestdev_support import build_programs, start_world, stop_world
+from guestdev_support import READY_WAIT, build_programs, start_world, stop_world
 
 WORK_ROUNDS = 2
 
@@ -181,3 +188,53 @@ def test_supplicant_gone_mid_request_then_restarted(world, bins, tmp_path) -> No
         supp.send_signal(signal.SIGTERM)
         supp.communicate(timeout=60)
     world.assert_quiet()
+
+
+def test_platform_command_serves_a_guest_dev_beside_its_own_guests(tmp_path, bins) -> None:
+    """`stubdom-teed platform` (run_platform) with a guest of its own: a
+    guest-dev guest attaches, its process runs, and the platform's guest
+    keeps completing rounds meanwhile."""
+    cfg = tmp_path / "xen.yaml"
+    cfg.write_text(textwrap.dedent(f"""\
+        mediator:
+          placement: el2
+          runtime_dir: {tmp_path / 'run'}
+        platform:
+          nr_frames: 16384
+        domains:
+          - domid: 1
+            nr_pages: 256
+            vcpus: 1
+        """))
+    out, stop, status = io.StringIO(), threading.Event(), []
+    t = threading.Thread(target=lambda: status.append(run_platform(str(cfg), interval=0.05, stop=stop, out=out)))
+    t.start()
+    try:
+        deadline = time.monotonic() + READY_WAIT
+        while "attach at" not in out.getvalue():
+            assert t.is_alive() and time.monotonic() < deadline, out.getvalue()
+            time.sleep(0.02)
+        env_file = tmp_path / "env"
+        guest = subprocess.Popen([sys.executable, "-P", "-m", "stubdom", "guest-dev", "--config", str(cfg),
+                                  "--domid", "3", "--pages", "512", "--env-file", str(env_file)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        while not env_file.exists():
+            assert guest.poll() is None and time.monotonic() < deadline, guest.stdout.read()
+            time.sleep(0.02)
+        env = dict(os.environ)
+        env.update(line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines())
+        rounds_before = out.getvalue().count("d1 ok")
+        proc = subprocess.run([str(bins["tee_ioctl_client"]), "work", "1"], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        while out.getvalue().count("d1 ok") <= rounds_before:  # its own guest still runs
+            assert time.monotonic() < deadline, out.getvalue()
+            time.sleep(0.02)
+        guest.send_signal(signal.SIGTERM)
+        gout, _ = guest.communicate(timeout=120)
+        assert guest.returncode == 0 and "d3 destroyed" in gout, gout
+    finally:
+        stop.set()
+        t.join(120)
+    assert status == [0], out.getvalue()
+    assert "isolation oracle: 0 violations" in out.getvalue()

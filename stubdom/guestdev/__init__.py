@@ -25,20 +25,20 @@ from .server import (
 from .vcpus import PlatformLease as PlatformLease, VcpuPool as VcpuPool, attach_domain as attach_domain
 
 __all__ = [
+    "DeviceServer",
     "ENV_SOCKET",
-    "guest_dev_main",
-    "preload_library",
     "GuestDevError",
+    "GuestKernel",
     "PlatformGone",
+    "PlatformLease",
     "PlatformRefused",
     "PlatformUnavailable",
-    "WireError",
-    "GuestKernel",
-    "device_dir",
-    "DeviceServer",
     "ServerStatistics",
-    "query_statistics",
-    "PlatformLease",
     "VcpuPool",
+    "WireError",
     "attach_domain",
+    "device_dir",
+    "guest_dev_main",
+    "preload_library",
+    "query_statistics",
 ]

@@ -218,7 +218,16 @@ class VcpuHost:
         return DomainSpec(domid=domid, nr_pages=nr_pages, vcpus=vcpus)
 
     def _vcpu(self, remote: _Remote, index: int, sock: socket.socket) -> None:
-        """One vCPU's hypervisor side: each message is a trapped SMC."""
+        """One vCPU's hypervisor side: each message is a trapped SMC.  A vCPU
+        that stops (a malformed trap, a failed one) is shut down, so the
+        guest sees end-of-file on it rather than waiting."""
+        try:
+            self._run_vcpu(remote, index, sock)
+        finally:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _run_vcpu(self, remote: _Remote, index: int, sock: socket.socket) -> None:
         while True:
             try:
                 msg = sock.recv(REGS.size + 1)
