@@ -308,6 +308,22 @@ static int maps_find(const char *maps, uintptr_t addr, struct vma *v)
 	return 0;
 }
 
+/* Is [addr, addr + len) mapped writable throughout? */
+static int writable(uintptr_t addr, size_t len)
+{
+	char *maps = maps_load();
+	uintptr_t a = addr;
+	int ok = maps != NULL;
+	struct vma v;
+
+	while (ok && a < addr + len) {
+		ok = maps_find(maps, a, &v) && v.w;
+		a = v.end;
+	}
+	free(maps);
+	return ok;
+}
+
 static int vma_is_ram(const struct vma *v)
 {
 	return tdv.ram_known && v->ino == (unsigned long long)tdv.ram_ino &&
@@ -1014,7 +1030,10 @@ static long tdv_ioctl(int fd, unsigned long request, uintptr_t arg)
 					memset(buf + bufsize, 0, 8);
 					rg[nreg].addr = bd.buf_ptr;
 					rg[nreg].len = (uint32_t)bufsize;
-					rg[nreg].flags = TEEDEV_REGION_WRITABLE;
+					/* a session the kernel cannot report is closed again
+					 * (tee_ioctl_open_session): it must know beforehand */
+					rg[nreg].flags = request != TEE_IOC_OPEN_SESSION ||
+							 writable((uintptr_t)bd.buf_ptr, bufsize) ? TEEDEV_REGION_WRITABLE : 0;
 					iov[niov].iov_base = &rg[nreg];
 					iov[niov++].iov_len = sizeof(rg[0]);
 					iov[niov].iov_base = buf;

@@ -293,6 +293,17 @@ static void test_values(int fd)
 	rc = invoke(fd, s, DEC_VALUE, &p, 1, 0, &ret, &origin);
 	check(!rc && ret == TEEC_SUCCESS && p.a == 41, "invoke-dec", "a %" PRIu64, (uint64_t)p.a);
 	check(!close_session(fd, s), "close-session", NULL);
+	{
+		/* a session the kernel cannot write back is closed again: EFAULT */
+		struct open_call *ro = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		struct tee_ioctl_buf_data bd = { (uintptr_t)ro, sizeof(ro->arg) };
+
+		memset(ro, 0, sizeof(*ro));
+		memcpy(ro->arg.uuid, INCREMENT_UUID, 16);
+		mprotect(ro, 4096, PROT_READ);
+		expect_errno(ioctl(fd, TEE_IOC_OPEN_SESSION, &bd), EFAULT, "open-session-read-only");
+		munmap(ro, 4096);
+	}
 	expect_errno(close_session(fd, s), EINVAL, "close-closed-session");
 	rc = invoke(fd, s, INC_VALUE, &p, 1, 0, &ret, &origin);
 	expect_errno(rc, EINVAL, "invoke-closed-session");
