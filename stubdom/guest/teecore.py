@@ -107,7 +107,6 @@ _MEMREF_TYPES = (TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_INPUT, TEE_IOCTL_PARAM_ATTR_TY
                  TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_INOUT)
 _OUT_VALUES = (TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_OUTPUT, TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INOUT)
 _OUT_MEMREFS = (TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_OUTPUT, TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_INOUT)
-_NO_KILL = threading.Event()  # the kernel's own calls are never killed
 
 
 @dataclass(eq=False)
@@ -172,6 +171,7 @@ class TeeSubsystem:
         self._by_cookie: dict[int, TeeShm] = {}
         self._contexts: set[TeeContext] = set()
         self._current = threading.local()  # the Caller of the ioctl this thread runs
+        self._never_killed = threading.Event()  # what the kernel's own calls wait on
         self._closed = False
         sec_caps = driver.info.sec_caps
         self._gen_caps = TEE_GEN_CAP_GP
@@ -243,7 +243,7 @@ class TeeSubsystem:
 
     def current_killed(self) -> threading.Event:
         caller = getattr(self._current, "caller", None)
-        return _NO_KILL if caller is None else caller.killed
+        return self._never_killed if caller is None else caller.killed
 
     def kill(self, caller: Caller) -> None:
         """The calling process is gone: end its interruptible and killable waits."""
@@ -256,7 +256,10 @@ class TeeSubsystem:
         if handler is None:
             raise TeeErrno(errno.EINVAL, f"ioctl {cmd:#010x} is not one tee_ioctl knows")
         with self._syscall(ctx, caller):
-            return handler(self, ctx, arg, user, caller)
+            try:
+                return handler(self, ctx, arg, user, caller)
+            except OutOfGuestPages as e:  # a kernel allocation on the call's way (kmalloc, alloc_pages)
+                raise TeeErrno(errno.ENOMEM, str(e)) from None
 
     def _ioctl_version(self, ctx: TeeContext, arg: int, user: UserMemory, caller: Caller) -> IoctlResult:
         user.copy_to_user(arg, VERSION_DATA.pack(*self.version(ctx.dev)), "tee_ioctl_version_data")

@@ -87,7 +87,11 @@ class _Remote:
     control: socket.socket
     vcpus: list[socket.socket] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
-    traps: int = 0
+    per_vcpu: list[int] = field(default_factory=list)  # traps served, one counter per vCPU thread
+
+    @property
+    def traps(self) -> int:
+        return sum(self.per_vcpu)
 
 
 class VcpuHost:
@@ -167,7 +171,7 @@ class VcpuHost:
                 if spec.domid in self._remotes or spec.domid in self.platform.domids():
                     raise PlatformError(f"d{spec.domid} exists")
                 self.platform.create_domain(spec)
-                remote = _Remote(spec.domid, conn)
+                remote = _Remote(spec.domid, conn, per_vcpu=[0] * spec.vcpus)
                 ours = []
                 try:
                     for index in range(spec.vcpus):
@@ -245,7 +249,7 @@ class VcpuHost:
             except PlatformError as e:
                 log.warning("d%d vCPU %d: trap failed: %s", remote.domid, index, e)
                 return
-            remote.traps += 1
+            remote.per_vcpu[index] += 1
             try:
                 sock.send(REGS.pack(*out))
             except OSError:
