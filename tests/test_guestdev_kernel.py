@@ -26,7 +26,6 @@ from stubdom.guest.uapi import (
     SHM_REGISTER_DATA,
     SUPP_RECV_ARG,
     SUPP_SEND_ARG,
-    TEE_IOC_CLOSE_SESSION,
     TEE_IOC_INVOKE,
     TEE_IOC_OPEN_SESSION,
     TEE_IOC_SHM_ALLOC,
@@ -40,7 +39,7 @@ from stubdom.guest.uapi import (
     TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INPUT,
 )
 from stubdom.optee.rpc import OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_SHM_TYPE_APPL
-from stubdom.optee.teec import TEEC_ERROR_COMMUNICATION, TEEC_ERROR_OUT_OF_MEMORY, TEEC_SUCCESS
+from stubdom.optee.teec import TEEC_ERROR_OUT_OF_MEMORY, TEEC_SUCCESS
 from stubdom.platform import DomainSpec, Platform
 from stubdom.platform.el2 import El2Placement
 from stubdom.tee import TeeConfig

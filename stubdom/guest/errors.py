@@ -202,5 +202,4 @@ class TeeErrno(GuestError):
     def __init__(self, errno: int, why: str) -> None:
         self.errno = errno
         self.why = why
-        name = _errno.errorcode.get(errno, "ENOTSUPP" if errno == 524 else str(errno))
-        super().__init__(f"{name} ({_os.strerror(errno) if errno != 524 else 'Operation is not supported'}): {why}")
+        super().__init__(f"{_errno.errorcode.get(errno, errno)} ({_os.strerror(errno)}): {why}")

@@ -32,13 +32,12 @@ from .mm import MmTable, UserMm
 from .pages import PAGE_SIZE
 from .params import TeeParam
 from .shm import Shm, ShmOwner
-from .supp import ERESTARTSYS, SuppParam, SuppQueue
+from .supp import SuppParam, SuppQueue
 from .teeshm import Idr, ShmKind, TeeShm
 from .uapi import (
     BUF_DATA,
     CANCEL_ARG,
     CLOSE_SESSION_ARG,
-    ENOTSUPP,
     INVOKE_ARG,
     INVOKE_RET_OFFSET,
     INVOKE_RET_ORIGIN_OFFSET,

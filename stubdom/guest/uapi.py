@@ -71,7 +71,6 @@ __all__ = [
     "ioc",
     "ioc_size",
     "ioc_type",
-    "ENOTSUPP",
 ]
 
 # -- include/uapi/asm-generic/ioctl.h ----------------------------------------------
@@ -186,7 +185,3 @@ TEE_IOCTLS = {
 }
 # The ioctls whose argument is a tee_ioctl_buf_data naming a second buffer.
 BUF_IOCTLS = frozenset((TEE_IOC_OPEN_SESSION, TEE_IOC_INVOKE, TEE_IOC_SUPPL_RECV, TEE_IOC_SUPPL_SEND))
-
-# include/linux/errno.h (kernel-internal, but tee_shm_register returns it to
-# user space when the driver has no shm_register op): not Python's ENOTSUP.
-ENOTSUPP = 524
