@@ -8,7 +8,7 @@
  *   tee_ioctl_client all        every ioctl, with good arguments: values,
  *                               allocated and registered memory, NULL memrefs,
  *                               a short buffer, foreign and closed shm ids,
- *                               dup, fork
+ *                               dup, fork, exec
  *   tee_ioctl_client bad        every ioctl with bad arguments, between two
  *                               handshakes on stdin/stdout ("ready"/"go",
  *                               "done"/"end") so that the test can count the
@@ -21,6 +21,7 @@
  *   tee_ioctl_client storage ID write/read/delete an object of the storage TA
  *                               (needs a supplicant)
  *   tee_ioctl_client storage-write ID   only the write (the test looks at its result)
+ *   tee_ioctl_client exec-child FD      what `all` execs: uses an inherited device descriptor
  *
  * Output: one "ok <check> [values]" line per check, "FAIL <check>: <why>" on
  * a failure (exit status 1), values the test compares ("digest-... <hex>").
@@ -471,6 +472,39 @@ static void test_fork(void)
 	close(fd);
 }
 
+/* exec: the device descriptor survives and works in the new image */
+static void test_exec(void)
+{
+	int fd = dev_open("/dev/tee0"), status;
+	char num[16];
+	pid_t pid;
+
+	snprintf(num, sizeof(num), "%d", fd);
+	pid = fork();
+	if (!pid) {
+		execl("/proc/self/exe", "tee_ioctl_client", "exec-child", num, (char *)NULL);
+		_exit(127);
+	}
+	waitpid(pid, &status, 0);
+	check(WIFEXITED(status) && !WEXITSTATUS(status), "exec-inherited-device", "status %d", status);
+	close(fd);
+}
+
+static int run_exec_child(int fd)
+{
+	struct tee_ioctl_version_data v;
+	int32_t id;
+	uint64_t size;
+	int sfd = shm_alloc(fd, 4096, &id, &size);
+	void *m = sfd >= 0 ? mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, sfd, 0) : MAP_FAILED;
+
+	if (ioctl(fd, TEE_IOC_VERSION, &v) || v.impl_id != TEE_IMPL_ID_OPTEE || m == MAP_FAILED)
+		return 1;
+	munmap(m, 4096);
+	close(sfd);
+	return 0;
+}
+
 static int run_all(void)
 {
 	int fd;
@@ -486,6 +520,7 @@ static int run_all(void)
 	close_session(fd, s);
 	test_dup(fd);   /* closes fd */
 	test_fork();
+	test_exec();
 	printf("done\n");
 	return failures ? 1 : 0;
 }
@@ -850,6 +885,8 @@ int main(int argc, char **argv)
 		return run_work(argc > 2 ? atoi(argv[2]) : 1);
 	if (!strcmp(mode, "storage"))
 		return run_storage(argc > 2 ? argv[2] : "object", 0);
+	if (!strcmp(mode, "exec-child"))
+		return run_exec_child(argc > 2 ? atoi(argv[2]) : -1);
 	if (!strcmp(mode, "storage-write"))
 		return run_storage(argc > 2 ? argv[2] : "object", 1);
 	fprintf(stderr, "usage: %s all|bad|cancel|hold|work N|storage ID|storage-write ID\n", argv[0]);
