@@ -45,6 +45,7 @@ from stubdom.guest.mm import UserMm
 from stubdom.guest.pages import PAGE_SIZE
 from stubdom.guest.teecore import TeeContext, TeeSubsystem
 from stubdom.guest.teeshm import TeeShm
+from stubdom.guest.uapi import TEE_IOC_SUPPL_RECV
 from stubdom.guest.usermem import Caller, UserMemory, UserRegion
 
 from .errors import WireError
@@ -68,15 +69,19 @@ from .wire import (
     parse_request,
 )
 
-__all__ = ["DeviceServer", "ServerStatistics", "query_statistics", "MAX_CLIENT_THREADS", "MAX_SUPPLICANT_THREADS",
+__all__ = ["DeviceServer", "ServerStatistics", "query_statistics", "MAX_CLIENT_THREADS",
+           "MAX_SUPPLICANT_RECV_THREADS", "MAX_SUPPLICANT_THREADS",
            "MAX_CALLS_PER_CONNECTION"]
 
 log = logging.getLogger("stubdom.guestdev.server")
 
-# Guest-kernel threads for system calls on /dev/tee0 (each blocked call holds
-# one, e.g. while its RPC waits for tee-supplicant) and on /dev/teepriv0
-# (tee-supplicant keeps one SUPPL_RECV waiting per idle thread).
+# Guest-kernel threads, in three pools so that no kind of call can keep
+# another from running: calls on /dev/tee0 (each blocked call holds one, e.g.
+# while its RPC waits for tee-supplicant), tee-supplicant's SUPPL_RECVs (one
+# waits per idle supplicant thread), and its other calls (SUPPL_SEND, its
+# buffers), which the clients' RPCs wait for.
 MAX_CLIENT_THREADS = 128
+MAX_SUPPLICANT_RECV_THREADS = 256
 MAX_SUPPLICANT_THREADS = 32
 # Requests of one connection in flight at once; past it the server stops
 # reading that connection until one ends (back-pressure, not an error).
@@ -129,8 +134,9 @@ class DeviceServer:
         self._extra = extra_statistics
         self.path = Path(path)
         self._ram_fd = os.open(ram_path, os.O_RDWR | os.O_CLOEXEC)
-        self._limiters = {False: trio.CapacityLimiter(MAX_CLIENT_THREADS),
-                          True: trio.CapacityLimiter(MAX_SUPPLICANT_THREADS)}
+        self._limiters = {"client": trio.CapacityLimiter(MAX_CLIENT_THREADS),
+                          "recv": trio.CapacityLimiter(MAX_SUPPLICANT_RECV_THREADS),
+                          "supplicant": trio.CapacityLimiter(MAX_SUPPLICANT_THREADS)}
         self._callers: set[Caller] = set()
         self._files: set[_File] = set()
         self._stopping = False
@@ -326,12 +332,14 @@ class DeviceServer:
                     await self._settle(lambda f: f.ctx is target and f is not record)
                 self._callers.add(caller)
                 self.stats.calls += 1
-                privileged = isinstance(target, TeeContext) and target.dev.privileged
+                pool = "client"
+                if isinstance(target, TeeContext) and target.dev.privileged:
+                    pool = "recv" if req.op == TEEDEV_OP_IOCTL and req.cmd == TEE_IOC_SUPPL_RECV else "supplicant"
                 try:
                     async with trio.open_nursery() as watch:
                         watch.start_soon(self._watch, reply, caller)
                         rsp, tshm, send_ram = await trio.to_thread.run_sync(
-                            self._dispatch, target, req, caller, limiter=self._limiters[privileged])
+                            self._dispatch, target, req, caller, limiter=self._limiters[pool])
                         watch.cancel_scope.cancel()
                 finally:
                     self._callers.discard(caller)
