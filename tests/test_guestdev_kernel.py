@@ -38,7 +38,7 @@ from stubdom.guest.uapi import (
     TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INOUT,
     TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INPUT,
 )
-from stubdom.optee.rpc import OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_SHM_TYPE_APPL
+from stubdom.optee.rpc import OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE, OPTEE_RPC_SHM_TYPE_APPL
 from stubdom.optee.teec import TEEC_ERROR_OUT_OF_MEMORY, TEEC_SUCCESS
 from stubdom.platform import DomainSpec, Platform
 from stubdom.platform.el2 import El2Placement
@@ -382,3 +382,31 @@ def test_shutdown_releases_what_processes_left(tee) -> None:
     shm_alloc(tee, supp, 4096)
     assert tee.statistics()["shm"] == {"tee0": 1, "teepriv0": 1}
     # the fixture's teardown shuts down and checks nothing is left pinned
+
+
+def test_supplicant_shm_alloc_buffer_is_registered_and_refused_in_an_rpc_reply(tee) -> None:
+    """TEE_IOC_SHM_ALLOC on teepriv0 registers the buffer with OP-TEE, as
+    Linux's pool does for every non-private buffer; offering it as the answer
+    to OP-TEE's SHM_ALLOC then names a cookie the mediator already tracks as a
+    registration, which it refuses (as Xen's allocate_optee_shm_buf does):
+    the TA gets no buffer, and the mediator hands the buffer back to the guest
+    with an RPC SHM_FREE, which reaches the supplicant. tee-supplicant
+    registers its own memory instead whenever the device has REG_MEM."""
+    supp = tee.open("teepriv0")
+    ctx, (client,) = storage_clients(tee, 1)
+    registered = tee.platform.tee.partition_stats(DOMID + 1).registered_shm
+    shm, (_, _, shm_id) = shm_alloc(tee, supp, 4096)
+    assert tee.platform.tee.partition_stats(DOMID + 1).registered_shm == registered + 1
+    client.start()
+    _, (meta, value) = recv(tee, supp)
+    send(tee, supp, TEEC_SUCCESS, [meta, value[:3] + (shm_id,)])
+    func, (meta, value) = recv(tee, supp)
+    assert func == OPTEE_RPC_CMD_SHM_FREE and value[:3] == (TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INOUT,
+                                                            OPTEE_RPC_SHM_TYPE_APPL, shm_id)
+    tee.shm_put(shm)  # the supplicant closes its descriptor
+    send(tee, supp, TEEC_SUCCESS, [meta, value])
+    client.join(WAIT)
+    assert client.ret == TEEC_ERROR_OUT_OF_MEMORY
+    assert tee.platform.tee.partition_stats(DOMID + 1).registered_shm == registered
+    tee.close(supp)
+    tee.close(ctx)
