@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -419,6 +420,15 @@ static void test_foreign(int fd, uint32_t s)
 	close(other);
 }
 
+/* a file without .poll is always ready (DEFAULT_POLLMASK) */
+static void test_poll(int fd)
+{
+	struct pollfd p = { fd, POLLIN | POLLOUT, 0 };
+	int rc = poll(&p, 1, 0);
+
+	check(rc == 1 && p.revents == (POLLIN | POLLOUT), "poll-device", "rc %d revents %#x", rc, p.revents);
+}
+
 static void test_dup(int fd)
 {
 	int d = dup(fd);
@@ -518,6 +528,7 @@ static int run_all(void)
 	test_register(fd, s);
 	test_foreign(fd, s);
 	close_session(fd, s);
+	test_poll(fd);
 	test_dup(fd);   /* closes fd */
 	test_fork();
 	test_exec();
