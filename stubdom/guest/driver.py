@@ -581,8 +581,11 @@ class OpteeDriver:
 
     # -- supplicant device (the /dev/teepriv side) ---------------------------------------
     def supp_alloc_shm(self, size: int) -> Shm:
-        """tee-supplicant's TEE_IOC_SHM_ALLOC: its buffers are never registered
-        (optee_shm_register_supp); OP-TEE learns them from the SHM_ALLOC reply."""
+        """A buffer for the in-kernel :class:`Supplicant`: never registered, OP-TEE
+        learns it from the SHM_ALLOC reply, as it learns a buffer tee-supplicant
+        registered on /dev/teepriv0 (optee_shm_register_supp). (A user-space
+        supplicant's TEE_IOC_SHM_ALLOC goes through the TEE subsystem, which
+        registers it as Linux's pool does.)"""
         shm = self._alloc(max(size, 1), ShmOwner.SUPPLICANT, align=PAGE_SIZE)
         shm.size = size
         with self._lock:
