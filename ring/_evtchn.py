@@ -20,6 +20,8 @@ __all__ = ["EventChannel", "EventChannelListener", "ChannelStatistics", "connect
 
 # sizeof(sockaddr_un.sun_path) on Linux, including the terminating NUL.
 _SUN_PATH_MAX = 108
+# A listener's socket file: connect(2) needs write permission on it (unix(7)).
+SOCKET_MODE = 0o600
 
 
 @contextlib.contextmanager
@@ -153,17 +155,24 @@ class EventChannelListener:
     """The daemon's side: a listening socket at ``path``, removed by
     ``close()``. An existing file at ``path`` is OSError EADDRINUSE unless
     ``replace`` is true: a restarted daemon replaces its predecessor's socket
-    (the frontend then sees EOF on its old channel and reconnects)."""
+    (the frontend then sees EOF on its old channel and reconnects).
 
-    def __init__(self, path, *, replace: bool = False, backlog: int = 1) -> None:
+    The socket file gets ``mode`` (default 0600: only its owner, and root,
+    may connect) whatever the umask."""
+
+    def __init__(self, path, *, replace: bool = False, backlog: int = 1, mode: int = SOCKET_MODE) -> None:
         self.path = os.fspath(path)
         if replace:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
         sock = _seqpacket()
         try:
+            # Linux creates the file with the socket inode's mode less the
+            # umask: set it first, so the file is never born wider than mode
+            os.fchmod(sock.fileno(), mode)
             with _sockaddr(self.path) as addr:
                 sock.bind(addr)
+                os.chmod(addr, mode)  # the umask may have narrowed it: exactly mode
             sock.listen(backlog)
             self._ino = os.stat(self.path).st_ino
         except BaseException:

@@ -95,9 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_platform(opts.config, log_level=opts.log_level, interval=opts.interval, rounds=opts.rounds)
     if command == "demo":
         from stubdom.demo import run_demo
+        from stubdom.rundir import RuntimeDirError
 
         opts = _demo_parser().parse_args(args[1:])
-        return run_demo(runtime_dir=opts.runtime_dir, seed=opts.seed, config_path=opts.config)
+        try:
+            return run_demo(runtime_dir=opts.runtime_dir, seed=opts.seed, config_path=opts.config)
+        except RuntimeDirError as e:  # --runtime-dir is somewhere another user could change
+            print(f"stubdom-teed demo: {e}", file=sys.stderr)
+            return 2
     if command is not None:
         _daemon_parser().error(f"unknown sub-command {command!r} (platform, ctl, demo, bench, soak, guest-dev)")
 

@@ -45,6 +45,7 @@ from stubdom.guest import Context, DirectoryStore, OpteeDriver, PageAllocator, S
 from stubdom.platform import DomainSpec, PassThrough, Platform
 from stubdom.platform.launch import DaemonProcess
 from stubdom.platform.platform import domain_spec
+from stubdom.rundir import make_private_dirs
 from stubdom.tee import TeeConfig
 
 DEMO_FRAMES = 32768  # 128 MiB of machine RAM
@@ -154,7 +155,7 @@ def _config_for(base: dict, root: Path, placement: str) -> Path:
     doc["mediator"]["runtime_dir"] = str(root / "rt")
     doc["mediator"]["placement"] = placement
     path = root / "xen.yaml"
-    root.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(root)  # the runtime directory goes in it: 0700, whatever the umask
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -189,7 +190,7 @@ def run_demo(*, runtime_dir: str | None = None, seed: int = 1, config_path: str 
                           (files("stubdom.config") / "xen.yaml").read_text())
     with ExitStack() as stack:
         root = Path(runtime_dir) if runtime_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        root.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(root)
         rows: list[DomainResult] = []
 
         say("passthrough: dom0 only (the 2017 RFC), every TA from every vCPU ...")

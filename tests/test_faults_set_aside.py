@@ -378,9 +378,10 @@ def test_stale_resume_of_a_suspended_register_shm_unregisters_before_unpinning(s
     name, out_page = g.page(), g.page()
     g.write(name, b"no-such-object")
     read = MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=STORAGE_CMD_READ, session=session, params=(
-        MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT | OPTEE_MSG_ATTR_NONCONTIG, g.page_list([name]), 14, 0),
+        MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT | OPTEE_MSG_ATTR_NONCONTIG, g.page_list([name]), 14,
+                      g.cookie()),
         MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG, g.page_list([out_page]),
-                      PAGE_SIZE, 0)))
+                      PAGE_SIZE, g.cookie())))
     r, _, _ = g.call(read)
     assert r[0] == OPTEE_SMC_RETURN_OK
     assert stack.platform.tee.partition_stats(CLIENT_D1).cached_rpc_args == 1

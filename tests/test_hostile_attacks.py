@@ -32,7 +32,7 @@ from stubdom.platform import DomainSpec
 LIMITS = DomainLimits(max_calls=3, max_shm_buffers=6, max_pages_per_buffer=8, max_total_pages=24)
 ITERATIONS = 3
 NAMES = ("registers", "bad_arg_pages", "num_params", "page_lists", "race_arg", "resume_foreign", "cookies",
-         "flood_calls", "flood_buffers", "close_foreign", "balloon")
+         "flood_calls", "flood_buffers", "heavy_calls", "close_foreign", "balloon")
 
 
 @pytest.fixture(scope="module", params=PLACEMENTS)

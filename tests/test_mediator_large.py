@@ -1,5 +1,5 @@
 """Large buffers: the 129-page cap is a policy default, not a design limit.
-A buffer is translated and pinned in bounded steps (TRANSLATE_BATCH pages),
+A buffer is translated and pinned in bounded steps (TRANSLATE_STEP pages),
 its pages accounted against the limits before the first step; between steps
 a teardown begun elsewhere stops the work, all or nothing.  See
 docs/mediator.md, "Large buffers", for why the steps run inside the trap."""
@@ -14,7 +14,7 @@ from stubdom import workloads
 from stubdom.guest import Context, OpteeDriver, PageAllocator, Supplicant, TeecError
 from stubdom.hostile import HostileGuest, make_platform
 from stubdom.mediator import DEFAULT_MAX_PAGES_PER_BUFFER, DomainLimits
-from stubdom.mediator.limits import TRANSLATE_BATCH
+from stubdom.mediator.limits import TRANSLATE_STEP
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,
     OPTEE_MSG_ATTR_TYPE_TMEM_INPUT,
@@ -31,7 +31,7 @@ from stubdom.platform import DomainSpec
 from stubdom.tee.tas import DIGEST_CMD_SHA256, DIGEST_UUID
 from stubdom.xen import PAGE_SIZE
 
-BIG = 2 * 1024 * 1024 + 77  # 513 pages: two page-list pages, two translation steps
+BIG = 2 * 1024 * 1024 + 77  # 513 pages: two page-list pages, many translation steps
 NPAGES = -(-BIG // PAGE_SIZE)
 RAISED = DomainLimits(max_pages_per_buffer=1024, max_total_pages=4096)
 
@@ -64,8 +64,9 @@ def test_a_2mib_buffer_under_a_raised_policy(tmp_path):
         steps = _record_pin_steps(p)
         with Context(drv) as ctx:
             assert workloads.digest_temp(ctx, data) == hashlib.sha256(data).digest()
-            assert max(steps) <= TRANSLATE_BATCH
-            assert steps[:2] == [TRANSLATE_BATCH, NPAGES - TRANSLATE_BATCH]  # the input buffer
+            assert max(steps) <= TRANSLATE_STEP
+            full, rest = divmod(NPAGES, TRANSLATE_STEP)  # the input buffer
+            assert steps[:full + bool(rest)] == [TRANSLATE_STEP] * full + ([rest] if rest else [])
             assert workloads.digest_registered(ctx, data) == hashlib.sha256(data).digest()
         assert p.placement.mediator.context(1).pinned_pages == 0
         p.oracle.assert_clean()
@@ -105,7 +106,7 @@ def test_teardown_begun_between_steps_stops_the_translation(tmp_path):
                           g.page_list([g.page()]), 32, 2))))
         assert r[0] == OPTEE_SMC_RETURN_OK
         assert (out.ret, out.ret_origin) == (TEEC_ERROR_BAD_STATE, TEEC_ORIGIN_COMMS)
-        assert steps == [TRANSLATE_BATCH]  # one step taken, then stopped ...
+        assert steps == [TRANSLATE_STEP]  # one step taken, then stopped ...
         assert ctx.pinned_pages == 0 and ctx.nr_buffers == 0  # ... and undone
         assert all(p.machine.frame_refcount(g.frame_of(ipa)) == 0 for ipa in pages)
         p.destroy_domain(1)

@@ -80,8 +80,9 @@ def test_a_short_soak_passes(tmp_path, placement):
 def test_a_frame_pinned_behind_the_mediators_back_fails_the_soak(tmp_path):
     """Another process pins a frame of a hostile domain through the machine
     itself: the next churn's destroy_and_check finds it still pinned (and
-    the next sample may already see more pins than the mediator holds), and
-    at the end a frame is still pinned."""
+    the next sample may already see more pins than the mediator holds). The
+    teardown still finishes — the broken invariant is reported, the lost pin
+    dropped after VM_DESTROYED — so nothing is left pinned at the end."""
     out = tmp_path / "out"
     proc = soak(out, "--placement", "el2", "--domains", "2", "--hostile", "1", "--minutes", "0.12",
                 "--sample-every", "1", "--churn-every", "2", "--attack-every", "1")
@@ -101,10 +102,10 @@ def test_a_frame_pinned_behind_the_mediators_back_fails_the_soak(tmp_path):
     assert rc == 1, text
     kinds = doc["violations"]["by_kind"]
     assert kinds.get("churn_destroy_check", 0) >= 1, kinds
-    assert "final_pinned" in kinds, kinds
+    assert "final_pinned" not in kinds, kinds
     first = next(e for e in doc["violations"]["entries"] if e["what"] == "churn_destroy_check")
     assert f"d{pinned[0]}" in first["detail"] and f"{pinned[1]:#x}" in first["detail"], first
-    assert doc["final"]["pinned_frames"] >= 1
+    assert doc["final"]["pinned_frames"] == 0
     assert doc["verdicts"]["invariants"] == "fail" and doc["verdicts"]["overall"] == "fail"
     assert "churn_destroy_check" in (out / "soak.md").read_text()
 

@@ -18,9 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def config_file(tmp_path: Path) -> Path:
     text = (REPO / "configs" / "xen.yaml").read_text()
-    assert "runtime_dir: /tmp/stubdom-teed" in text
+    assert "runtime_dir: null " in text
     path = tmp_path / "xen.yaml"
-    path.write_text(text.replace("runtime_dir: /tmp/stubdom-teed", f"runtime_dir: {tmp_path / 'rt'}"))
+    path.write_text(text.replace("runtime_dir: null ", f"runtime_dir: {tmp_path / 'rt'} "))
     return path
 
 

@@ -56,13 +56,14 @@ from stubdom.hostile import (
 from stubdom.mediator import DomainLimits
 from stubdom.optee import OPTEE_SMC_SEC_CAP_RPC_ARG
 from stubdom.platform import DomainSpec
+from stubdom.rundir import make_private_dirs
 
 from . import latency
 from .counters import OpCounter, counting_trap
 from .workloads import WORKLOADS, Worker
 
 __all__ = ["AttackSweep", "BOUND_SHARE", "ATTACK_LIMITS", "evaluate_bound", "lock_wait_allowance_ns",
-           "attack_placements"]
+           "attack_placements", "attacker_domids"]
 
 #: Two domains (the bystander, the attacker) sharing every serialized resource.
 BOUND_SHARE = 2.0
@@ -71,14 +72,32 @@ BOUND_SHARE = 2.0
 ATTACK_LIMITS = DomainLimits(max_calls=3, max_shm_buffers=6, max_pages_per_buffer=8, max_total_pages=24)
 BYSTANDER = 1
 ATTACKER = 2
+# An attack that needs limits of its own (``Attack.limits``: heavy_calls runs
+# with the default policy, 4 x 129-page memrefs per call) attacks from a
+# domain with that policy: the first such attack from this domid, the next
+# from the one after it.
+OWN_LIMITS_ATTACKER = 3
 _BYSTANDER_PAGES = 1024
 _ATTACKER_PAGES = 768
+_OWN_LIMITS_ATTACKER_PAGES = 2048
 # SMC registers the platform keeps (for the attacks' a7 check): enough for
 # any one attack iteration, flat over a long run.
 _SMC_HISTORY = 1 << 16
 # An attacked block waits at most this long for the attacker to complete an
 # iteration (a stalled attacker is then measured as it is, not waited for).
 _OVERLAP_CAP_S = 60.0
+
+
+def attacker_domids() -> dict[str, int]:
+    """attack name -> the domid it attacks from (an attack with limits of
+    its own gets a domain of its own, whose policy has those limits)."""
+    out, nxt = {}, OWN_LIMITS_ATTACKER
+    for name, attack in ATTACKS.items():
+        if attack.limits is None:
+            out[name] = ATTACKER
+        else:
+            out[name], nxt = nxt, nxt + 1
+    return out
 
 
 def attack_placements(requested: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
@@ -104,11 +123,17 @@ class _Hist:
     gate: int = 0
     attacker_iterations: int = 0
     attacker_window_ns: int = 0
+    wall_ns: int = 0  # the blocks' wall time: the bystander's throughput is calls / wall
 
-    def add(self, samples: list[int], block_p50: int) -> None:
+    def add(self, samples: list[int], block_p50: int, wall_ns: int) -> None:
         latency.record(self.hist, samples)
         self.calls += len(samples)
         self.block_p50.append(block_p50)
+        self.wall_ns += wall_ns
+
+    @property
+    def calls_per_s(self) -> float | None:
+        return self.calls / (self.wall_ns / 1e9) if self.wall_ns else None
 
 
 def lock_wait_allowance_ns(takes: float, contenders: int, switch_interval_ns: int) -> float:
@@ -167,11 +192,14 @@ class AttackSweep:
         from .runner import _drive  # the benchmark's own block driver
 
         with ExitStack() as stack:
-            root.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(root)  # the runtime directory goes in it: 0700, whatever the umask
             stack.enter_context(_mediator_log_to(root / "el2-mediator.log"))
             p = stack.enter_context(make_platform(root, name, limits=ATTACK_LIMITS,
                                                   caps=BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG, seed=self.seed,
-                                                  smc_history=_SMC_HISTORY))
+                                                  smc_history=_SMC_HISTORY,
+                                                  domain_limits={d: ATTACKS[a].limits
+                                                                 for a, d in attacker_domids().items()
+                                                                 if d != ATTACKER}))
             procs = [{"role": "platform", "pid": os.getpid(),
                       "what": "platform process: machine, OP-TEE model, bystander and attacker vCPU threads"
                               + (", SMC gate thread" if name == "stubdom" else ", el2 mediator"),
@@ -209,12 +237,13 @@ class AttackSweep:
                     self._quiet_block(name, r, calls, counter, gate_calls, _drive)
                     self._attack_block(p, name, r, attack, calls, _drive)
 
-    def _run_block(self, fn, drive, loop: AttackLoop | None) -> list[int]:
+    def _run_block(self, fn, drive, loop: AttackLoop | None) -> tuple[list[int], int]:
         """Chunks of ``block`` calls until the block lasted ``block_min_s``
         and, under attack, the attacker completed an iteration meanwhile (a
         block shorter than the interpreter's switch interval could run with
         the attacker's thread never scheduled); an attack that failed ends
-        it at once (its error is raised when the loop exits)."""
+        it at once (its error is raised when the loop exits). Returns the
+        samples and the block's wall time (ns)."""
         samples: list[int] = []
         t0, i0 = time.perf_counter(), loop.iterations if loop else 0
         while True:
@@ -222,40 +251,42 @@ class AttackSweep:
             samples += s
             t = time.perf_counter() - t0
             if loop is not None and loop.errors:
-                return samples
+                return samples, int(t * 1e9)
             if t >= self.block_min_s and (loop is None or loop.iterations > i0 or t >= _OVERLAP_CAP_S):
-                return samples
+                return samples, int(t * 1e9)
 
     def _quiet_block(self, name, r, calls, counter, gate_calls, drive) -> None:
         for wl, fn in calls.items():
             t0, g0 = counter.snapshot().get("guest_traps", 0), gate_calls()
-            samples = self._run_block(fn, drive, None)
+            samples, wall = self._run_block(fn, drive, None)
             rec = _block_record(name, r, None, wl, samples)
             h = self.quiet.setdefault((name, wl), _Hist())
-            h.add(samples, rec["p50_ns"])
+            h.add(samples, rec["p50_ns"], wall)
             h.traps += counter.snapshot().get("guest_traps", 0) - t0
             h.gate += gate_calls() - g0
             self.blocks.append(rec)
             self._tick()
 
     def _attack_block(self, p, name, r, attack, calls, drive) -> None:
-        p.create_domain(DomainSpec(ATTACKER, nr_pages=_ATTACKER_PAGES))
+        domid = attacker_domids()[attack]
+        p.create_domain(DomainSpec(domid, nr_pages=_ATTACKER_PAGES if domid == ATTACKER
+                                   else _OWN_LIMITS_ATTACKER_PAGES))
         try:
-            guest = HostileGuest(p, ATTACKER, seed=r)
+            guest = HostileGuest(p, domid, seed=r)
             with AttackLoop(p, guest, ATTACKS[attack], seed=self.seed + r, victim=BYSTANDER) as loop:
                 for wl, fn in calls.items():
                     i0, t0 = loop.iterations, time.perf_counter_ns()
-                    samples = self._run_block(fn, drive, loop)
+                    samples, wall = self._run_block(fn, drive, loop)
                     rec = _block_record(name, r, attack, wl, samples)
                     h = self.attacked.setdefault((name, attack, wl), _Hist())
-                    h.add(samples, rec["p50_ns"])
+                    h.add(samples, rec["p50_ns"], wall)
                     h.attacker_iterations += loop.iterations - i0
                     h.attacker_window_ns += time.perf_counter_ns() - t0
                     self.blocks.append(rec)
                     self._tick()
         finally:
-            if ATTACKER in p.domids():
-                destroy_and_check(p, ATTACKER)
+            if domid in p.domids():
+                destroy_and_check(p, domid)
 
     # -- the document's section -----------------------------------------------------------
     def to_json(self) -> dict:
@@ -268,8 +299,9 @@ class AttackSweep:
             gate = h.gate / h.calls if h.calls else 0.0
             # the lock is taken once per call, plus once per blocking wait (stubdom)
             takes = 1.0 + (traps + gate if pl == "stubdom" else 0.0)
-            qsum[(pl, wl)] = {"latency": s, "takes": takes}
+            qsum[(pl, wl)] = {"latency": s, "takes": takes, "calls_per_s": h.calls_per_s}
             quiet.append({"placement": pl, "workload": wl, "calls": h.calls, "latency_ns": s,
+                          "calls_per_s": h.calls_per_s,
                           "block_p50_ns": list(h.block_p50), "traps_per_call": traps,
                           "gate_hypercalls_per_call": gate, "lock_takes_per_call": takes})
         rows = []
@@ -279,7 +311,9 @@ class AttackSweep:
             contenders = ATTACKS[attack].threads + (1 if pl == "stubdom" else 0)
             allowance = lock_wait_allowance_ns(q["takes"], contenders, switch_ns)
             ev = evaluate_bound(q["latency"], s, share=BOUND_SHARE, allowance_ns=allowance)
+            tput = (h.calls_per_s / q["calls_per_s"]) if h.calls_per_s and q["calls_per_s"] else None
             rows.append({"placement": pl, "attack": attack, "workload": wl, "calls": h.calls, "latency_ns": s,
+                         "calls_per_s": h.calls_per_s, "throughput_to_quiet": tput,
                          "quiet_p50_ns": q["latency"]["p50"], "quiet_p99_ns": q["latency"]["p99"],
                          "lock_takes_per_call": q["takes"], "contenders": contenders,
                          "lock_wait_allowance_ns": allowance, **ev,
@@ -297,6 +331,11 @@ class AttackSweep:
             "limits": {"calls_in_flight": ATTACK_LIMITS.max_calls, "shm_buffers": ATTACK_LIMITS.max_shm_buffers,
                        "pages_per_buffer": ATTACK_LIMITS.max_pages_per_buffer,
                        "total_pages": ATTACK_LIMITS.max_total_pages},
+            "own_limits": {n: {"domid": attacker_domids()[n], "calls_in_flight": a.limits.max_calls,
+                               "shm_buffers": a.limits.max_shm_buffers,
+                               "pages_per_buffer": a.limits.max_pages_per_buffer,
+                               "total_pages": a.limits.max_total_pages}
+                           for n, a in ATTACKS.items() if a.limits is not None},
             "attacks": {n: a.outcome for n, a in ATTACKS.items()},
             "workloads": list(self.workloads),
             "rounds": self.rounds,

@@ -138,7 +138,11 @@ def _attacks_section(att: dict) -> list[str]:
          f"attack A, quiet, under attack B, ... over {len(att['attacks'])} attacks, {att['rounds']} round(s), "
          "the order rotating each round; one attacker domain per block, its attack looping on its own thread, "
          "every iteration's outcome checked. Limits of every domain: "
-         + ", ".join(f"{k} {v}" for k, v in att["limits"].items()) + ".", "",
+         + ", ".join(f"{k} {v}" for k, v in att["limits"].items()) + "; "
+         + ("; ".join(f"{n} attacks from d{o['domid']}, whose policy has "
+                      + ", ".join(f"{k} {v}" for k, v in o.items() if k != "domid")
+                      for n, o in att.get("own_limits", {}).items()) or "no attack has limits of its own")
+         + ". Throughput: the bystander's calls per second of block time, under attack ÷ quiet.", "",
          f"Bound: {b['p50']}; {b['p99']}; allowance = {b['allowance']} (share {b['share']:g}, switch interval "
          f"{b['switch_interval_ns'] / 1e6:g} ms; derivation in docs/performance.md). Latency in µs.", ""]
     for name, pl in att["placements"].items():
@@ -160,9 +164,10 @@ def _attacks_section(att: dict) -> list[str]:
         rows.append([r["placement"], r["attack"], r["workload"], str(r["calls"]), _us(lat["p50"]),
                      _x(r["p50_ratio_to_quiet"]), _us(r["bound_p50_ns"]), _us(lat["p99"]),
                      _x(r["p99_ratio_to_quiet"]), _us(r["bound_p99_ns"]), _us(lat["max"]),
-                     _us(r["lock_wait_allowance_ns"]), verdict, _x(r["attacker_iterations_per_s"], 1)])
+                     _us(r["lock_wait_allowance_ns"]), verdict, _x(r.get("throughput_to_quiet")),
+                     _x(r["attacker_iterations_per_s"], 1)])
     L += _table(["placement", "attack", "workload", "calls", "p50", "× quiet", "p50 bound", "p99", "× quiet",
-                 "p99 bound", "max", "allowance", "bound", "attacker it/s"], rows)
+                 "p99 bound", "max", "allowance", "bound", "throughput × quiet", "attacker it/s"], rows)
     over = [r for r in att["rows"] if r["over"]]
     if over:
         L += ["Rows over the bound: " + "; ".join(f"{r['placement']} {r['attack']} {r['workload']}" for r in over)

@@ -36,6 +36,12 @@ QUIET_KEYS = {
     "placement": str, "workload": str, "calls": int, "latency_ns": dict, "block_p50_ns": list,
     "traps_per_call": (int, float), "gate_hypercalls_per_call": (int, float), "lock_takes_per_call": (int, float),
 }
+# Added to the attacks section since it was first written: the bystander's
+# throughput (calls per second of block wall time) and the attacks that run
+# from a domain with limits of their own.
+ATTACKS_OPTIONAL = {"own_limits": dict}
+QUIET_OPTIONAL = {"calls_per_s": (float, type(None))}
+ATTACK_ROW_OPTIONAL = {"calls_per_s": (float, type(None)), "throughput_to_quiet": (float, type(None))}
 ATTACK_ROW_KEYS = {
     "placement": str, "attack": str, "workload": str, "calls": int, "latency_ns": dict,
     "quiet_p50_ns": (int, float), "quiet_p99_ns": (int, float), "lock_takes_per_call": (int, float),
@@ -70,18 +76,23 @@ def _latency(where: str, lat: object, calls: int) -> None:
         raise SchemaError(where, lat, "percentiles must not decrease")
 
 
-def _keys(where: str, obj: object, keys: Mapping) -> None:
+def _keys(where: str, obj: object, keys: Mapping, optional: Mapping | None = None) -> None:
+    """Every key of ``keys`` present with its type; those of ``optional``
+    (added since documents were first written) typed when present."""
     _check(where, obj, Mapping)
     for key, typ in keys.items():
         if key not in obj:
             raise SchemaError(f"{where}.{key}", None, "missing")
         _check(f"{where}.{key}", obj[key], typ)
+    for key, typ in (optional or {}).items():
+        if key in obj:
+            _check(f"{where}.{key}", obj[key], typ)
 
 
 def _validate_attacks(sec: Mapping) -> None:
     """The attacks section; the bound of every row must be the one its
     recorded numbers give (docs/bench-schema.md)."""
-    _keys("$.attacks", sec, ATTACKS_KEYS)
+    _keys("$.attacks", sec, ATTACKS_KEYS, ATTACKS_OPTIONAL)
     bound = sec["bound"]
     for key in ("share", "switch_interval_ns", "p50", "p99", "allowance"):
         if key not in bound:
@@ -92,13 +103,13 @@ def _validate_attacks(sec: Mapping) -> None:
     quiet = {}
     for i, q in enumerate(sec["quiet"]):
         w = f"$.attacks.quiet[{i}]"
-        _keys(w, q, QUIET_KEYS)
+        _keys(w, q, QUIET_KEYS, QUIET_OPTIONAL)
         _latency(f"{w}.latency_ns", q["latency_ns"], q["calls"])
         quiet[(q["placement"], q["workload"])] = q
     over = 0
     for i, r in enumerate(sec["rows"]):
         w = f"$.attacks.rows[{i}]"
-        _keys(w, r, ATTACK_ROW_KEYS)
+        _keys(w, r, ATTACK_ROW_KEYS, ATTACK_ROW_OPTIONAL)
         _latency(f"{w}.latency_ns", r["latency_ns"], r["calls"])
         if r["attack"] not in sec["attacks"]:
             raise SchemaError(f"{w}.attack", r["attack"], f"one of {sorted(sec['attacks'])}")

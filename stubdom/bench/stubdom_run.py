@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from stubdom.platform import Platform
+from stubdom.rundir import make_private_dirs
 
 from .counters import CountingTee
 from .errors import PlacementUnavailable
@@ -71,7 +72,7 @@ class StubdomBench(BenchPlacement):
         from stubdom.platform.stubdom import StubdomPlacement
 
         runtime = self.root / "rt"
-        runtime.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(runtime)  # a group-writable directory above it would be refused
         cfg_path = self.root / "bench-daemon.yaml"
         cfg_path.write_text(yaml.safe_dump(daemon_config(self.layout, runtime, poll_window_us=self._poll_us,
                                                          seed=self.seed), sort_keys=False))

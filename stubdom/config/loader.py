@@ -22,6 +22,7 @@ from stubdom.optee.smc import (
     OPTEE_SMC_SEC_CAP_HAVE_RESERVED_SHM,
 )
 from stubdom.policy.classes import ALWAYS_ALLOWED_CLASSES, NEVER_ALLOWED_CLASSES
+from stubdom.rundir import default_runtime_dir
 from stubdom.tee.config import REQUIRED_SEC_CAPS, SUPPORTED_SEC_CAPS, TeeConfig
 from stubdom.tee.errors import BadTeeConfig
 from stubdom.xen.constants import DEFAULT_RAM_BASE
@@ -250,8 +251,10 @@ class _Walker:
         mediator_v = v.get("mediator") or {}
         tee = self.build_tee(tee_v)
         static = self.build_static_shm(tee_v.get("static_shm") or {}, platform_v)
-        mediator = MediatorConfig(**{k.name: mediator_v.get(k.name, k.default)
-                                     for k in SCHEMA.by_name["mediator"].kind.keys})
+        mediator_kv = {k.name: mediator_v.get(k.name, k.default) for k in SCHEMA.by_name["mediator"].kind.keys}
+        if mediator_kv["runtime_dir"] is None:  # chosen here, for the user loading the file
+            mediator_kv["runtime_dir"] = default_runtime_dir()
+        mediator = MediatorConfig(**mediator_kv)
         platform = PlatformConfig(**{k.name: platform_v.get(k.name, k.default)
                                      for k in SCHEMA.by_name["platform"].kind.keys})
         defaults_v = v.get("defaults") or {}

@@ -107,6 +107,7 @@ class MediatorConfig:
     call_timeout_ms: int
     drain_timeout_ms: int
     gate_timeout_ms: int
+    tee_num_params: int = 4  # TEE_NUM_PARAMS of the OP-TEE behind (tee_api_defines.h)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,6 @@ Layout::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from stubdom.mediator.limits import (
     DEFAULT_MAX_CALLS,
@@ -180,8 +179,10 @@ _MEDIATOR_SECTION = Section((
         "pages of each domain's teeif ring (1 page = 32 entries)"),
     Key("poll_window_us", Integer(0, 1_000_000), 200,
         "how long a waiter spins on a ring before blocking on the event channel (0 = never)"),
-    Key("runtime_dir", PathValue(), Path("/tmp/stubdom-teed"),
-        "directory of the machine, the gate, the control socket and the domains' rings"),
+    Key("runtime_dir", PathValue(), None,
+        "directory of the machine, the gate, the control socket and the domains' rings; null: "
+        "/run/stubdom-teed as root, else $XDG_RUNTIME_DIR/stubdom-teed, else "
+        "${TMPDIR:-/tmp}/stubdom-teed-<uid> (stubdom.rundir.default_runtime_dir)", nullable=True),
     Key("call_timeout_ms", Integer(1, 3_600_000), 5000,
         "bound on a guest vCPU waiting for the daemon's answer (then a defined error)"),
     Key("drain_timeout_ms", Integer(0, 3_600_000), 10_000,
@@ -189,6 +190,9 @@ _MEDIATOR_SECTION = Section((
     Key("gate_timeout_ms", Integer(1, 3_600_000), 5000,
         "bound on one SMC gate hypercall of the daemon; past it the platform counts as dead"),
     Key("log_level", _LOG_LEVEL, "info", "the daemon's log level (--log-level overrides)"),
+    Key("tee_num_params", Integer(1, 125), 4,
+        "parameters the OP-TEE behind takes per call (its TEE_NUM_PARAMS; OP-TEE does not report it): "
+        "a call with more is refused before anything of it is translated or pinned"),
 ))
 
 _PLATFORM_SECTION = Section((

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import trio
 
+from stubdom.rundir import RuntimeDirError, ensure_runtime_dir, make_private_dir
+
 from .control import ControlServer, control_socket_path
 from .daemon import Daemon
 from .errors import ControlError, GateUnavailable, JournalCorrupt, StartupError
@@ -31,8 +33,8 @@ from .logs import MEDIATOR_LOGGER, DomainLevelFilter, event, setup_logging
 __all__ = ["run_daemon", "EXIT_OK", "EXIT_STARTUP", "EXIT_CONFIG"]
 
 EXIT_OK = 0
-EXIT_STARTUP = 1  # no gate, no machine, TEE probe failed, another daemon runs
-EXIT_CONFIG = 2  # the configuration does not validate (nothing was started)
+EXIT_STARTUP = 1  # no gate (or another user's), no machine, TEE probe failed, another daemon runs
+EXIT_CONFIG = 2  # the configuration does not validate, or its runtime directory is refused (nothing was started)
 
 
 def run_daemon(config_path: str | None, *, log_level: str | None = None,
@@ -56,7 +58,12 @@ def run_daemon(config_path: str | None, *, log_level: str | None = None,
         return EXIT_CONFIG
     logger = setup_logging(log_level or config.mediator.log_level, err)
     try:
+        # before anything is looked for or created in it
+        ensure_runtime_dir(config.mediator.runtime_dir)
         return trio.run(_serve, config, config_path, load_config, logger, out, err)
+    except RuntimeDirError as e:  # it, or our directory in it, is not ours alone
+        print(f"stubdom-teed: {e}", file=err, flush=True)
+        return EXIT_CONFIG
     except StartupError as e:
         print(str(e), file=err, flush=True)
         return EXIT_STARTUP
@@ -66,7 +73,7 @@ def run_daemon(config_path: str | None, *, log_level: str | None = None,
 
 
 def _connect_gate(runtime_dir: Path, config_path: str | None, poll_window_ns: int, timeout_s: float):
-    from stubdom.platform.errors import GateError
+    from stubdom.platform.errors import GateError, GatePeerRefused
     from stubdom.platform.gate import GateClient, gate_dir
 
     path = str(gate_dir(runtime_dir) / "evtchn")
@@ -74,6 +81,8 @@ def _connect_gate(runtime_dir: Path, config_path: str | None, poll_window_ns: in
         # timeout_s bounds the welcome and every hypercall: past it the
         # platform counts as dead (mediator.gate_timeout_ms)
         return GateClient(runtime_dir, poll_window_ns, timeout_s)
+    except GatePeerRefused as e:  # a socket of another user's: not the platform
+        raise StartupError(f"stubdom-teed: {e}") from None
     except GateError as e:
         reason = getattr(e, "reason", None) or str(e)
         raise GateUnavailable(path, config_path, reason) from None
@@ -134,13 +143,14 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out, 
             # TA allow/deny is decided by the mediator on its own validated
             # copy of OPEN_SESSION's meta params (never re-reading the guest).
             mediator = Mediator(machine, gate_port, logger=mediator_log,
+                                tee_num_params=config.mediator.tee_num_params,
                                 open_session_filter=lambda d, ta, login: holder[0].check_open_session(d, ta),
                                 before_std_call=lambda d, call: holder[0].before_std_call(d, call))
         except TeeProbeFailed as e:
             raise StartupError(f"stubdom-teed: {e}") from None
         except Exception as e:  # the gate refused or died during the probe
             raise StartupError(f"stubdom-teed: probing OP-TEE through the gate failed: {e}") from None
-        own_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dir(own_dir)
         journal = Journal(own_dir / JOURNAL_FILE)
         replay = _load_journal(journal.path, logger, err)
         daemon = Daemon(config=config, config_path=config_path, policy=PolicyEngine(config),

@@ -138,7 +138,11 @@ class RingPoller:
         try:
             last_work = time.perf_counter_ns()
             while True:
-                ready = self._set.spin(self._slice)
+                # with other tasks ready (a domain's call between two of its
+                # steps), look once and let them go on: they must not wait
+                # out a slice, and a ring that got work is seen at once
+                busy = trio.lowlevel.current_statistics().tasks_runnable
+                ready = self._set.spin(0 if busy else self._slice)
                 self.spins += 1
                 if ready:
                     mine = False
@@ -219,9 +223,11 @@ class DomainBackend:
     """The daemon's side of domain ``domid``: created by domain_create, ended
     by domain_destroy (``close()``). ``run`` is the serving task.
 
-    ``serve_call(domid, vcpu, regs) -> (regs, refused_reason | None)`` is the
-    daemon's policy + mediator step (synchronous: the stub domain's vCPU is
-    inside the hypervisor for the whole gate hypercall).
+    ``await serve_call(backend, vcpu, regs) -> (regs, refused_reason | None)``
+    is the daemon's policy + mediator step. A gate hypercall inside it is
+    synchronous (the stub domain's vCPU is inside the hypervisor for it);
+    between the bounded steps of a call's translation, and between the
+    requests of a batch when other domains are ready, other domains run.
     """
 
     def __init__(self, domid: int, directory: Path, ring_pages: int, *, hwdom: bool,
@@ -312,12 +318,25 @@ class DomainBackend:
             n = ring_.pop_raw(reqs, nr)
             if n:
                 self.stats.in_flight += n
+                done = 0  # answered, not yet pushed
                 for i in range(n):
-                    self._serve_one(reqs[i], rsps[i])
-                self.stats.in_flight -= n
-                if ring_.push_raw(rsps, n):
-                    chan.notify()
-                # one batch per turn: other domains and the control socket run
+                    await self._serve_one(reqs[i], rsps[done])
+                    self.stats.in_flight -= 1
+                    done += 1
+                    if trio.lowlevel.current_statistics().tasks_runnable:
+                        # others are ready: answer what we have, then let
+                        # them run (a bounded share per turn); alone, the
+                        # batch is answered at once, one notification
+                        if ring_.push_raw(rsps, done):
+                            chan.notify()
+                        self._daemon.fair.answered(self.domid)
+                        done = 0
+                        await trio.lowlevel.checkpoint()
+                if done:
+                    if ring_.push_raw(rsps, done):
+                        chan.notify()
+                    self._daemon.fair.answered(self.domid)
+                # other domains and the control socket run between batches
                 await trio.lowlevel.checkpoint()
                 continue
             if self._poller is not None and self._poller.window_ns:
@@ -329,13 +348,13 @@ class DomainBackend:
             await chan.wait_readable()
             chan.drain()  # PeerDied once the last notifications are drained
 
-    def _serve_one(self, req, rsp) -> None:
+    async def _serve_one(self, req, rsp) -> None:
         a = tuple(req.a)
         rsp.id = req.id
         rsp.flags = 0
         t0 = time.perf_counter_ns()
         try:
-            regs, refused = self._daemon.serve_call(self, req.vcpu, a)
+            regs, refused = await self._daemon.serve_call(self, req.vcpu, a)
         except Exception as e:  # a daemon bug: the guest gets a defined error
             self.stats.record_failure(a[0])
             self.log.event(logging.ERROR, "backend_failure", function=f"{a[0]:#x}",

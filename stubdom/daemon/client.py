@@ -7,6 +7,8 @@ from pathlib import Path
 
 import msgpack
 
+from stubdom.rundir import check_peer
+
 from .control import sockaddr
 from .errors import ControlError, ErrorCode
 from .wire import MAX_MESSAGE, READ_SIZE, encode
@@ -16,7 +18,9 @@ __all__ = ["ControlClient"]
 
 class ControlClient:
     """One connection; ``request`` returns the whole response map, ``call``
-    the result or raises ControlError. ``timeout`` bounds every wait (s)."""
+    the result or raises ControlError. ``timeout`` bounds every wait (s).
+    A listener that runs as another user than this process's (or root) is
+    :class:`~stubdom.rundir.PeerRefused` before anything is sent."""
 
     def __init__(self, path, *, timeout: float = 10.0) -> None:
         self.path = Path(path)
@@ -25,6 +29,7 @@ class ControlClient:
         try:
             with sockaddr(self.path) as addr:
                 self._sock.connect(addr)
+            check_peer(self._sock, self.path, "stubdom-teed")
         except BaseException:
             self._sock.close()
             raise

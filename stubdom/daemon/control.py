@@ -12,6 +12,8 @@ from pathlib import Path
 
 import trio
 
+from stubdom.rundir import SOCKET_MODE, PeerRefused, check_peer
+
 from .errors import ControlError, ErrorCode, ProtocolError, StartupError
 from .logs import event
 from .wire import READ_SIZE, FrameReader, encode, error_response, ok_response
@@ -79,9 +81,12 @@ class ControlServer:
         _claim(self.path)
         sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
+            # the file takes the socket inode's mode less the umask (Linux):
+            # never born wider than SOCKET_MODE, then exactly that
+            os.fchmod(sock.fileno(), SOCKET_MODE)
             with sockaddr(self.path) as addr:
                 await sock.bind(addr)
-            os.chmod(self.path, 0o600)
+                os.chmod(addr, SOCKET_MODE)
             self._ino = os.stat(self.path).st_ino
             sock.listen(_BACKLOG)
             listener = trio.SocketListener(sock)
@@ -111,6 +116,14 @@ class ControlServer:
     async def _connection(self, stream: trio.SocketStream, number: int) -> None:
         reader = FrameReader()
         async with stream:
+            try:
+                # before reading a byte: another user's process gets nothing
+                # but end-of-file (docs/security.md)
+                check_peer(stream.socket, self.path, "control client")
+            except PeerRefused as e:
+                event(self._logger, logging.WARNING, "control_peer_refused", connection=number,
+                      path=self.path, pid=e.pid, uid=e.uid, gid=e.gid)
+                return
             while True:
                 try:
                     data = await stream.receive_some(READ_SIZE)

@@ -4,7 +4,8 @@
                      dump domid|domain-create domid|domain-destroy domid|shutdown
 
 Prints the result as YAML; exit status 0 when the daemon answered ok, 1
-otherwise (the error's name, code and message on stderr), 2 for usage.
+otherwise (the error's name, code and message on stderr; or the listener
+refused because it runs as another user), 2 for usage.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import sys
 from collections.abc import Sequence
 
 import yaml
+
+from stubdom.rundir import PeerRefused
 
 from .client import ControlClient
 from .control import control_socket_path
@@ -81,6 +84,9 @@ def ctl_main(argv: Sequence[str] | None = None, *, out=None, err=None) -> int:
             result = client.call(op, **request)
     except ControlError as e:
         print(f"ctl: {args.command}: {e.code.name} ({int(e.code)}): {e.message}", file=err)
+        return 1
+    except PeerRefused as e:  # not our daemon: perhaps another user's socket at the path
+        print(f"ctl: {e}", file=err)
         return 1
     except OSError as e:
         print(f"ctl: cannot talk to the daemon at {path}: {e.strerror or e}; is it running?", file=err)

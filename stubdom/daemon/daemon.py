@@ -20,6 +20,7 @@ from stubdom.mediator import (
     abandon_suspended,
     call_intent,
     expected_pins,
+    settle_claims,
     settle_lost_call,
     settle_orphans,
     snapshot_domain,
@@ -38,6 +39,7 @@ from stubdom.platform.errors import GateError as _PlatformGateError
 from stubdom.xen.errors import NoSuchDomain
 
 from .backend import DomainBackend, RingPoller, refuse_while_draining
+from .fairness import FairShare
 from . import journal as jr
 from . import recovery
 from .errors import ControlError, ErrorCode, GateRefused, JournalWriteError
@@ -108,7 +110,10 @@ class Daemon:
         self.draining = False
         self.shutdown_requested = trio.Event()
         self.backend_nursery: trio.Nursery | None = None  # set by the app once running
-        self._view = None  # the policy view of the call being served
+        # per domain, for the call being served (one at a time per domain):
+        self._views: dict = {}  # the policy view it arrived under
+        self._begin_refused: set[int] = set()  # before_std_call refused it: journal down
+        self.fair = FairShare()  # who goes on between the steps of a heavy call
         # one spin over every idle domain ring (the window is fixed at start, like the ring size)
         self.ring_poller = RingPoller(config.mediator.poll_window_us * 1000)
         # the journal (docs/faults.md); None: not kept (in-process tests)
@@ -120,7 +125,6 @@ class Daemon:
         self.stale_answered = 0  # requests of a dead predecessor answered ENOTAVAIL
         self.abandoned = 0  # suspended calls ended because their resume was lost
         self._to_start: list[DomainBackend] = []  # recovered backends, started after the checkpoint
-        self._begin_refused = False  # the call being served was refused by before_std_call
         self.lost_calls_settled = 0  # lost calls' registrations/sessions undone or finished
         # restored suspended calls not yet resumed: domid -> {thread: StdCall}
         self._leases: dict[int, dict] = {}
@@ -129,12 +133,15 @@ class Daemon:
 
     # == per call (the backend tasks) ========================================
 
-    def serve_call(self, backend: DomainBackend, vcpu: int, regs: tuple) -> tuple[tuple, str | None]:
+    async def serve_call(self, backend: DomainBackend, vcpu: int, regs: tuple) -> tuple[tuple, str | None]:
         """Policy, then the mediator. Returns (registers, refusal reason or None).
 
         The policy view is taken once, when the call arrives; the TA check
-        inside the same (synchronous) mediator call uses that view too, so a
-        reload between two calls never splits one."""
+        inside the same mediator call uses that view too, so a reload
+        between two calls never splits one. A call's translation may be cut
+        into steps (docs/daemon.md, "Fair service"): other domains' requests
+        run between them, never this domain's (its backend serves one call
+        at a time), so what is kept per call here is kept per domain."""
         domid = backend.domid
         if self.draining:
             refused = refuse_while_draining(regs[0])
@@ -155,18 +162,28 @@ class Daemon:
                 return _ENOTAVAIL, "journal_unavailable"
             if fn not in _STD_FUNCS and not self._journal_begin(domid, fn, regs[3] & _U32, None):
                 return _ENOTAVAIL, "journal_unavailable"
-        self._view = view
-        self._begin_refused = False
+        self._views[domid] = view
+        self._begin_refused.discard(domid)
         if fn == OPTEE_SMC_CALL_RETURN_FROM_RPC and domid in self._leases:
             # the guest resumes it: no longer an orphan (whatever the outcome)
             self._leases[domid].pop(regs[3] & _U32, None)
+        steps = self.mediator.call_steps(domid, vcpu, regs)
         try:
-            out = self.mediator.handle_call(domid, vcpu, regs)
+            while True:
+                try:
+                    next(steps)
+                except StopIteration as done:
+                    out = done.value
+                    break
+                backend.stats.yields += 1
+                await self.fair.step(domid)  # other domains' requests go first
         finally:
-            self._view = None
+            steps.close()  # cancelled mid-way: the call releases what it took
+            self._views.pop(domid, None)
         if journaled:
             self._journal_state(domid)
-        if self._begin_refused:
+        if domid in self._begin_refused:
+            self._begin_refused.discard(domid)
             return out, "journal_unavailable"
         return out, None
 
@@ -177,7 +194,7 @@ class Daemon:
         if self.journal is None:
             return True
         if not self._journal_begin(domid, call.function, 0, call_intent(call)):
-            self._begin_refused = True
+            self._begin_refused.add(domid)
             return False
         return True
 
@@ -280,6 +297,8 @@ class Daemon:
             abandoned = 0
             intent = call.get("intent")
             undone = None
+            claims: list[str] = []
+            extras_free = False  # only once OP-TEE said it keeps nothing they back
             try:
                 if call["fn"] == OPTEE_SMC_CALL_RETURN_FROM_RPC and call["tid"] in ctx.suspended:
                     # its guest got ENOTAVAIL for that resume: the call is over for it
@@ -287,21 +306,32 @@ class Daemon:
                     abandoned = int(abandon_suspended(self.mediator, rec.domid, call["tid"]))
                 ended = settle_orphans(self.mediator, rec.domid)
                 # before the extra pins go: OP-TEE must keep no registration of them
+                extras_free = True
                 if isinstance(intent, dict):
-                    undone = settle_lost_call(self.mediator, rec.domid, intent)
+                    lost = settle_lost_call(self.mediator, rec.domid, intent)
+                    undone, extras_free = lost.done, lost.extras_free
                     self.lost_calls_settled += undone is not None
+                claims = settle_claims(self.mediator, rec.domid)
             except Exception as e:  # the gate failed: nothing more can be settled now
                 event(self.logger, logging.ERROR, "recovery_settle_failed", domid=rec.domid, error=e)
                 ended = []
+                extras_free = False
             self.abandoned += abandoned
-            pins = recovery.drop_extra_pins(self.machine, rec.domid,
-                                            expected_pins(snapshot_domain(self.mediator, rec.domid)))
+            want = expected_pins(snapshot_domain(self.mediator, rec.domid))
+            if extras_free:
+                pins = recovery.drop_extra_pins(self.machine, rec.domid, want)
+                held = 0
+            else:
+                # OP-TEE may reference them: held until VM_DESTROYED
+                pins = 0
+                held = self.mediator.hold_frames(rec.domid, recovery.extra_pins(self.machine, rec.domid, want))
             self.recovered["restored"].append(rec.domid)
             event(self.logger, logging.WARNING, "recovery_settled", domid=rec.domid,
                   open_call=f"{call['fn']:#x}", set_aside=call.get("set_aside") or "nothing",
                   abandoned=abandoned, threads_ended=len(ended),
-                  lost_call=undone or "nothing to undo",
-                  pins_released=pins, suspended=len(ctx.suspended), shm_buffers=len(ctx.shm_buffers))
+                  lost_call=undone or "nothing to undo", claims=", ".join(claims) or "none",
+                  pins_released=pins, pins_held=held, suspended=len(ctx.suspended),
+                  shm_buffers=len(ctx.shm_buffers))
             await self._serve_recovered(rec)
         for rec in plan.restore:
             try:
@@ -386,7 +416,7 @@ class Daemon:
             try:
                 ended = abandon_suspended(self.mediator, domid, tid)
                 if ended:  # OP-TEE may have completed it: undo what the guest never learnt of
-                    undone = settle_lost_call(self.mediator, domid, intent)
+                    undone = settle_lost_call(self.mediator, domid, intent).done
                     self.lost_calls_settled += undone is not None
             except Exception as e:  # the gate went away: nothing more can be done now
                 ended = False
@@ -471,7 +501,7 @@ class Daemon:
                     intent = call_intent(ctx.suspended[req.a[3] & _U32])
                     ended = abandon_suspended(self.mediator, backend.domid, req.a[3] & _U32)
                     if ended:  # OP-TEE may have completed it: undo what the guest never learnt of
-                        undone = settle_lost_call(self.mediator, backend.domid, intent)
+                        undone = settle_lost_call(self.mediator, backend.domid, intent).done
                         self.lost_calls_settled += undone is not None
                 except Exception as e:  # the gate went away: the call stays suspended
                     ended = False
@@ -493,7 +523,7 @@ class Daemon:
     def check_open_session(self, domid: int, ta_uuid) -> tuple[int, int] | None:
         """The mediator's open_session_filter: None, or (ret, ret_origin) for
         the guest's OPEN_SESSION argument (judged on the mediator's shadow)."""
-        refusal = self.policy.check_open_session(domid, ta_uuid, view=self._view)
+        refusal = self.policy.check_open_session(domid, ta_uuid, view=self._views.get(domid))
         if refusal is None:
             return None
         backend = self.domains.get(domid)
@@ -599,6 +629,7 @@ class Daemon:
         del self.domains[domid]
         backend.close()
         self.policy.forget(domid)
+        self.fair.forget(domid)
         await self._mediator_teardown(domid)
         self._created.pop(domid, None)
         self._journal_gone(domid)
@@ -651,7 +682,8 @@ class Daemon:
             out[str(d)] = self.domains[d].stats.snapshot(
                 len(self.machine.pinned_frames(d)), self._mediator_calls(d))
         gate = self.gate_port.statistics()
-        return {"domains": out, "gate": gate, "journal": self.journal_statistics()}
+        return {"domains": out, "gate": gate, "journal": self.journal_statistics(),
+                "fairness": self.fair.statistics()}
 
     async def op_reload(self, req: Request) -> dict:
         path = req.str_arg("path", required=False)

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import msgpack
 
+from stubdom.rundir import FILE_MODE
+
 from .errors import JournalCorrupt, JournalWriteError
 
 __all__ = ["Journal", "Replay", "DomainRecord", "load", "JOURNAL_FILE", "JOURNAL_MAGIC",
@@ -161,7 +163,10 @@ class Journal:
         data = _HEADER.pack(JOURNAL_MAGIC, JOURNAL_VERSION, 0) + b"".join(_frame(r) for r in records)
         fd = -1
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+            # exactly FILE_MODE: O_CREAT's mode is less the umask, and a
+            # leftover file keeps its own mode
+            os.fchmod(fd, FILE_MODE)
             self._write_all(fd, data)
             self._fsync(fd)
             os.replace(tmp, self.path)

@@ -193,6 +193,12 @@ def restore(mediator, rec: DomainRecord) -> None:
     restore_domain(mediator, rec.snap)
 
 
+def extra_pins(machine, domid: int, want) -> dict[int, int]:
+    """{mfn: pins} the frame table holds for ``domid`` beyond ``want``."""
+    have = machine.pinned_frames(domid)
+    return {mfn: n - want.get(mfn, 0) for mfn, n in have.items() if n > want.get(mfn, 0)}
+
+
 def drop_extra_pins(machine, domid: int, want) -> int:
     """Release pins the frame table holds for ``domid`` beyond ``want``
     (what the restored context accounts for) and free the hypervisor heap

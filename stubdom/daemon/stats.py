@@ -64,6 +64,7 @@ class DomainStats:
         self.backend_failures = 0  # responses with a negative status
         self.refusals: collections.Counter[str] = collections.Counter()
         self.in_flight = 0  # requests popped and not yet answered
+        self.yields = 0  # times one of its calls let other domains run mid-way (docs/daemon.md)
         self._latency_us: collections.deque[int] = collections.deque(maxlen=LATENCY_SAMPLE)
 
     def record(self, a0: int, ret_a0: int, elapsed_ns: int) -> None:
@@ -89,5 +90,6 @@ class DomainStats:
             "refusals": dict(self.refusals),
             "pinned_pages": pinned_pages,
             "in_flight": self.in_flight + mediator_calls,
+            "yields": self.yields,
             "latency_us": percentiles(self._latency_us),
         }

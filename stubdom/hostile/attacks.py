@@ -65,7 +65,9 @@ from stubdom.optee import (
     SMC_NAMES,
     TEEC_ERROR_BAD_PARAMETERS,
     TEEC_ERROR_OUT_OF_MEMORY,
+    TEE_NUM_PARAMS,
     TEEC_ORIGIN_COMMS,
+    TEEC_ORIGIN_TEE,
     MsgArg,
     MsgParam,
     build_page_list,
@@ -118,6 +120,10 @@ class Attack(abc.ABC):
     name: str
     outcome: str
     threads: int = 1
+    # The attacker's own limits (a domain with its own policy), where the
+    # attack needs more room than a harness's tight default gives; None:
+    # whatever the harness gives every domain.
+    limits: DomainLimits | None = None
 
     def setup(self, guest: HostileGuest, victim: int | None) -> object:
         with guest.scope(free=False) as taken:
@@ -752,6 +758,43 @@ class FloodCalls(Attack):
 
 
 @dataclass(frozen=True)
+class HeavyCalls(Attack):
+    """INVOKEs that make the mediator translate and pin as much as the
+    attacker's limits allow: as many temporary memrefs as OP-TEE takes
+    (TEE_NUM_PARAMS), each of the most pages a buffer may have, each call
+    refused by OP-TEE only at the end (no such session); and one memref
+    more than OP-TEE takes, refused before anything is read or pinned. The
+    domain's calls stay within its limits: what it costs is the mediator's
+    time, which every domain shares (docs/daemon.md, "Fair service")."""
+
+    def _setup(self, guest, victim):
+        lim = _limits(guest) or DomainLimits()
+        n = min(TEE_NUM_PARAMS, lim.max_shm_buffers)
+        pages = min(lim.max_pages_per_buffer, lim.max_total_pages // n)
+        return {"lists": [guest.page_list(guest.pages(pages)) for _ in range(n)], "pages": pages}
+
+    def _step(self, guest, state, rng):
+        size = state["pages"] * PAGE_SIZE
+        params = tuple(MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT | OPTEE_MSG_ATTR_NONCONTIG, lst, size,
+                                     guest.cookie()) for lst in state["lists"])
+        session = 0x5E55_0000 | rng.randrange(1 << 16)  # never opened: OP-TEE's BAD_PARAMETERS
+        r, out, _ = guest.call(MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=0, session=session, params=params))
+        self.expect(r[0] == OPTEE_SMC_RETURN_OK and (out.ret, out.ret_origin) == (TEEC_ERROR_BAD_PARAMETERS,
+                                                                                TEEC_ORIGIN_TEE),
+                    "a heavy call runs and OP-TEE refuses its session", (r, out))
+        if len(params) == TEE_NUM_PARAMS:
+            watch = _TeeWatch(guest)
+            more = params + (params[0].replace(c=guest.cookie()),)
+            r, out, _ = guest.call(MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=0, session=session, params=more))
+            self.expect(r[0] == OPTEE_SMC_RETURN_OK and (out.ret, out.ret_origin) == REFUSED,
+                        "one memref more than OP-TEE takes: BAD_PARAMETERS origin COMMS", (r, out))
+            _not_reached(self, watch, "a call with more params than OP-TEE takes")
+
+    def _teardown(self, guest, state):
+        return None  # its page lists and pages were setup's: the loop gives them back
+
+
+@dataclass(frozen=True)
 class FloodBuffers(Attack):
     """Shared buffers past each limit: one buffer of more pages than allowed,
     then registrations until OUT_OF_MEMORY (alternately 1-page buffers: the
@@ -912,6 +955,10 @@ ATTACKS: dict[str, Attack] = {a.name: a for a in (
     FloodCalls("flood_calls", "ETHREAD_LIMIT past the calls limit (the TEE not reached); every suspended call "
                               "resumes"),
     FloodBuffers("flood_buffers", "OUT_OF_MEMORY origin COMMS past each buffer limit, never partial"),
+    HeavyCalls("heavy_calls", "each call translated in full in bounded steps, then BAD_PARAMETERS origin TEE (no "
+                              "such session); one memref more than OP-TEE takes: BAD_PARAMETERS origin COMMS, the "
+                              "TEE not reached; other domains served between the steps",
+               limits=DomainLimits()),
     CloseForeign("close_foreign", "error: sessions live in the caller's TEE partition"),
     Balloon("balloon", "pinned frames stay the attacker's until the last put; OP-TEE touches only them; an "
                        "unreadable reply fails OP-TEE's request"),

@@ -30,6 +30,7 @@ from stubdom.platform import Platform
 from stubdom.platform.el2 import El2Placement
 from stubdom.platform.launch import DaemonProcess
 from stubdom.platform.stubdom import stubdom_placement
+from stubdom.rundir import make_private_dirs
 from stubdom.tee import REQUIRED_SEC_CAPS, TeeConfig
 
 from .errors import DaemonDied
@@ -167,6 +168,21 @@ class HostilePlatform(Platform):
     def daemon_log(self) -> str:
         return self.daemon.log_path.read_text(errors="replace") if self.daemon is not None else ""
 
+    def restart_daemon(self) -> None:
+        """SIGKILL the daemon and start another on the same configuration
+        (its journal and runtime directory as the dead one left them):
+        crash recovery, as docs/faults.md describes it. Returns once the new
+        one answers; the trap path reconnects by itself."""
+        if self.daemon is None:
+            raise ValueError("restart_daemon: no daemon under el2")
+        old = self.daemon
+        old.proc.kill()
+        old.proc.wait()
+        n = getattr(self, "_restarts", 0) + 1
+        self._restarts = n
+        self.daemon = DaemonProcess(old.config_path, old.log_path.with_name(f"{old.log_path.stem}.{n}.log"))
+        self.daemon.wait_ready(self.placement.toolstack, DAEMON_READY_S)
+
     def close(self) -> None:
         """Destroy every domain (through the daemon while it runs), stop the
         daemon (SIGTERM: it drains and removes its files), then the rest."""
@@ -212,21 +228,28 @@ def _capability_names(caps: int) -> list[str]:
     return names
 
 
+def _limits_doc(limits: DomainLimits) -> dict:
+    return {"calls_in_flight": limits.max_calls, "shm_buffers": limits.max_shm_buffers,
+            "pages_per_buffer": limits.max_pages_per_buffer, "total_pages": limits.max_total_pages}
+
+
 def stubdom_config(root: Path, *, caps: int, limits: DomainLimits, threads: int, guest_count: int,
-                   nr_frames: int, seed: int, call_timeout_ms: int = CALL_TIMEOUT_MS) -> Path:
+                   nr_frames: int, seed: int, call_timeout_ms: int = CALL_TIMEOUT_MS,
+                   domain_limits: dict[int, DomainLimits] | None = None) -> Path:
     """Write the configuration both processes read (every domain gets the
     ``defaults`` policy: every class but the hypervisor's, no rate limit, no
-    TA list, ``limits``) and return its path."""
+    TA list, ``limits``; a domain ``domain_limits`` names gets its own
+    limits) and return its path."""
     doc = {
         "tee": {"threads": threads, "guest_count": guest_count, "capabilities": _capability_names(caps)},
         "mediator": {"placement": "stubdom", "runtime_dir": str(root / "run"),
                      "poll_window_us": POLL_WINDOW_US, "call_timeout_ms": call_timeout_ms,
                      "drain_timeout_ms": 5000},
         "platform": {"nr_frames": nr_frames, "seed": seed},
-        "defaults": {"limits": {"calls_in_flight": limits.max_calls, "shm_buffers": limits.max_shm_buffers,
-                                "pages_per_buffer": limits.max_pages_per_buffer,
-                                "total_pages": limits.max_total_pages}},
+        "defaults": {"limits": _limits_doc(limits)},
     }
+    if domain_limits:
+        doc["domains"] = [{"domid": d, "limits": _limits_doc(lim)} for d, lim in sorted(domain_limits.items())]
     path = root / "xen.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -237,18 +260,20 @@ def make_platform(path: Path, placement: str, *, caps: int = BASE_CAPS,
                   nr_frames: int = 32768, seed: int = 5,
                   open_session_filter: OpenSessionFilter | None = None,
                   smc_history: int | None = None,
-                  call_timeout_ms: int = CALL_TIMEOUT_MS) -> HostilePlatform:
+                  call_timeout_ms: int = CALL_TIMEOUT_MS,
+                  domain_limits: dict[int, DomainLimits] | None = None) -> HostilePlatform:
     """A platform under ``placement`` with the isolation oracle requiring
     pins; everything lives under the directory ``path``.  Under ``stubdom``
     the daemon is running and answering before this returns.
     ``smc_history``: keep only the last that many SMCs' registers
     (:class:`SmcRecord`; a long run's memory stays flat).
-    ``call_timeout_ms``: how long a guest call waits for the daemon (stubdom)."""
-    root = Path(path)
-    root.mkdir(parents=True, exist_ok=True)
+    ``call_timeout_ms``: how long a guest call waits for the daemon (stubdom).
+    ``domain_limits``: domains whose policy has limits of their own."""
+    root = make_private_dirs(path)  # the runtime directory goes in it: 0700, whatever the umask
     limits = limits or DomainLimits()
     if placement == "el2":
-        factory = _recording(lambda p: El2Placement(p, limits=limits, open_session_filter=open_session_filter),
+        factory = _recording(lambda p: El2Placement(p, limits=limits, domain_limits=domain_limits,
+                                                    open_session_filter=open_session_filter),
                              smc_history)
         p = HostilePlatform(root / "machine", nr_frames=nr_frames,
                             tee_config=TeeConfig(sec_caps=caps, threads_per_guest=threads,
@@ -260,7 +285,7 @@ def make_platform(path: Path, placement: str, *, caps: int = BASE_CAPS,
             raise ValueError("under stubdom the TA filter is the daemon's policy (ta_allow/ta_deny)")
         config_path = stubdom_config(root, caps=caps, limits=limits, threads=threads,
                                      guest_count=guest_count, nr_frames=nr_frames, seed=seed,
-                                     call_timeout_ms=call_timeout_ms)
+                                     call_timeout_ms=call_timeout_ms, domain_limits=domain_limits)
         config = load_config(config_path)
         med = config.mediator
         factory = _recording(stubdom_placement(med.runtime_dir, poll_window_us=med.poll_window_us,

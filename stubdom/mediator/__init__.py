@@ -17,6 +17,7 @@ from .context import (
     ShadowPool as ShadowPool,
     ShmBuffer as ShmBuffer,
     ShmKind as ShmKind,
+    ShmState as ShmState,
     StdCall as StdCall,
 )
 from .core import (
@@ -46,10 +47,12 @@ from .limits import (
 from .port import HYP_CLIENT_ID as HYP_CLIENT_ID, DirectTeePort as DirectTeePort, TeePort as TeePort, client_id as client_id
 from .ratelog import RateLimitedLog as RateLimitedLog
 from .snapshot import (
+    LostCall as LostCall,
     abandon_suspended as abandon_suspended,
     call_intent as call_intent,
     expected_pins as expected_pins,
     restore_domain as restore_domain,
+    settle_claims as settle_claims,
     settle_lost_call as settle_lost_call,
     settle_orphans as settle_orphans,
     snapshot_domain as snapshot_domain,
@@ -57,12 +60,12 @@ from .snapshot import (
 )
 
 __all__ = [
-    "BadSnapshot", "abandon_suspended", "call_intent", "expected_pins", "settle_lost_call", "restore_domain", "settle_orphans", "snapshot_domain",
-    "without_resumed_call",
+    "BadSnapshot", "LostCall", "abandon_suspended", "call_intent", "expected_pins", "settle_claims",
+    "settle_lost_call", "restore_domain", "settle_orphans", "snapshot_domain", "without_resumed_call",
     "ALLOWED_STD_CMDS", "DEFAULT_MAX_CALLS", "DEFAULT_MAX_PAGES_PER_BUFFER", "DEFAULT_MAX_SHM_BUFFERS",
     "DEFAULT_MAX_TOTAL_PAGES", "DirectTeePort", "DomainAlreadyInitialised", "DomainContext",
     "DomainLimits", "DomainNotInitialised", "DomainRefused", "HYP_CLIENT_ID", "KNOWN_NSEC_CAPS",
     "KNOWN_SEC_CAPS", "Mediator", "MediatorError", "OpenSessionFilter", "BeforeStdCall", "RateLimitedLog", "RpcBuffer", "ShadowPage",
-    "ShadowPool", "ShmBuffer", "ShmKind", "StdCall", "TeardownInvariantBroken", "TeePort",
+    "ShadowPool", "ShmBuffer", "ShmKind", "ShmState", "StdCall", "TeardownInvariantBroken", "TeePort",
     "TeeProbeFailed", "client_id",
 ]

@@ -23,6 +23,7 @@ __all__ = [
     "ShadowPage",
     "ShadowPool",
     "ShmKind",
+    "ShmState",
     "ShmBuffer",
     "RpcBuffer",
     "StdCall",
@@ -126,12 +127,22 @@ class ShmKind(enum.Enum):
     RPC = "rpc"  # RPC SHM_ALLOC reply; released when OP-TEE sends SHM_FREE
 
 
+class ShmState(enum.Enum):
+    """Where a cookie's buffer is in its life (docs/security.md, "Cookies").
+    Only the standard call named in ``ShmBuffer.owner`` moves a PENDING or
+    UNREGISTERING buffer on; nothing else may use its cookie meanwhile."""
+
+    PENDING = "pending"  # accepted and reserved; OP-TEE may not hold it yet
+    LIVE = "live"  # OP-TEE holds it (registered, or handed over in an SHM_ALLOC reply)
+    UNREGISTERING = "unregistering"  # an UNREGISTER_SHM of it is in OP-TEE
+
+
 @dataclass(eq=False, slots=True)
 class ShmBuffer:
     """A guest buffer whose pages are pinned on the domain's behalf."""
 
     kind: ShmKind
-    cookie: int  # the guest's shm_ref (tmem: informative only, not indexed)
+    cookie: int  # the guest's shm_ref: one namespace per domain (mediator/cookies.py)
     ipas: list[int]  # guest page addresses, in buffer order
     mfns: list[int]  # frames behind them, pinned once each (empty when static)
     offset: int  # where the buffer starts in its first page
@@ -140,6 +151,8 @@ class ShmBuffer:
     # OP-TEE has read it (after the call, or after the registration).
     list_pages: list[ShadowPage] = field(default_factory=list)
     static: bool = False  # lies in the static region (hwdom): nothing pinned
+    state: ShmState = ShmState.LIVE
+    owner: int | None = None  # seq of the call that moves it on while PENDING / UNREGISTERING
 
     @property
     def nr_pages(self) -> int:
@@ -176,7 +189,11 @@ class StdCall:
     rpc_offset: int | None = None  # trailing RPC argument: offset in shadow and guest page
     rpc_size: int = 0  # its size, GET_ARG_SIZE(negotiated RPC param count)
     tmem: list[ShmBuffer] = field(default_factory=list)  # released at completion
-    register: ShmBuffer | None = None  # REGISTER_SHM buffer until OP-TEE answers
+    register: ShmBuffer | None = None  # its REGISTER_SHM's buffer (PENDING) until OP-TEE answers
+    unregister: ShmBuffer | None = None  # its UNREGISTER_SHM's buffer (UNREGISTERING) until then
+    # Its first SMC was issued: from then on OP-TEE may have acted on it, so
+    # a registration it carries is released only on OP-TEE's own word.
+    begun: bool = False
     thread_id: int | None = None  # OP-TEE thread while suspended
     rpc_state: RpcState = RpcState.NONE
     rpc_func: int = 0  # RPC function OP-TEE returned with
@@ -205,6 +222,15 @@ class DomainContext:
         self.all_calls: set[StdCall] = set()  # every allocated call (for teardown)
         self.rpc_buffers: dict[int, RpcBuffer] = {}  # by guest cookie
         self.shm_buffers: dict[int, ShmBuffer] = {}  # REGISTERED and RPC, by guest cookie
+        # Cookies of the temporary memrefs of calls in flight: OP-TEE finds
+        # those by cookie too (mobj_reg_shm_get_by_cookie), so they share
+        # the namespace of shm_buffers and rpc_buffers (mediator/cookies.py).
+        self.temp_cookies: dict[int, ShmBuffer] = {}
+        # Frames pinned on the domain's behalf that no buffer accounts for
+        # but OP-TEE may still reference (a restarted daemon could not learn
+        # the fate of a registration): {mfn: pins}, dropped only after
+        # VM_DESTROYED.
+        self.held_frames: dict[int, int] = {}
         self.nr_buffers = 0  # ShmBuffers alive, temporary ones included
         self.pinned_pages = 0  # guest pages pinned for this domain (buffers + RPC buffers)
         self.rpc_param_count = 0  # negotiated by EXCHANGE_CAPABILITIES (0: no RPC_ARG)

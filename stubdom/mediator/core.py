@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import time
 import uuid
 from collections.abc import Callable
 
@@ -103,6 +104,7 @@ from stubdom.optee.smc import (
     rpc_func,
 )
 from stubdom.optee.teec import (
+    TEE_NUM_PARAMS,
     TEEC_ERROR_BAD_PARAMETERS,
     TEEC_ERROR_GENERIC,
     TEEC_ERROR_OUT_OF_MEMORY,
@@ -110,6 +112,7 @@ from stubdom.optee.teec import (
 )
 from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, MachineError, P2mType, WrongP2mType
 
+from . import cookies
 from .context import (
     DomainContext,
     RpcBuffer,
@@ -117,6 +120,7 @@ from .context import (
     ShadowPool,
     ShmBuffer,
     ShmKind,
+    ShmState,
     StdCall,
 )
 from .errors import (
@@ -135,8 +139,10 @@ from .translate import (
     free_list_pages,
     release_buffer,
     translate_noncontig,
+    translate_noncontig_steps,
     translate_page,
 )
+from .steps import Steps, drive
 
 __all__ = ["Mediator", "KNOWN_NSEC_CAPS", "KNOWN_SEC_CAPS", "ALLOWED_STD_CMDS", "Regs",
            "OpenSessionFilter", "BeforeStdCall"]
@@ -193,6 +199,10 @@ _API_UID = (OPTEE_MSG_UID_0, OPTEE_MSG_UID_1, OPTEE_MSG_UID_2, OPTEE_MSG_UID_3)
 _log = logging.getLogger("stubdom.mediator")
 
 
+def _let_others_run() -> None:
+    time.sleep(0)  # releases the interpreter lock: a waiting vCPU thread takes it
+
+
 def _ret(a0: int, a1: int = 0, a2: int = 0, a3: int = 0) -> Regs:
     """Registers for the guest: the chosen ones, every other one zero."""
     return (a0 & _U32, a1, a2, a3, 0, 0, 0, 0)
@@ -224,11 +234,19 @@ class Mediator:
     def __init__(self, machine, port: TeePort, *, logger: logging.Logger | None = None,
                  log_clock: Callable[[], float] | None = None,
                  open_session_filter: OpenSessionFilter | None = None,
-                 before_std_call: BeforeStdCall | None = None) -> None:
+                 before_std_call: BeforeStdCall | None = None,
+                 tee_num_params: int = TEE_NUM_PARAMS) -> None:
         """``open_session_filter(domid, ta_uuid, login)`` is policy: None lets
         an OPEN_SESSION through, ``(ret, ret_origin)`` refuses it without
         reaching the TEE.  It is judged on the mediator's own copy of the
-        meta params and is called with no mediator lock held."""
+        meta params and is called with no mediator lock held.
+        ``tee_num_params`` is what the OP-TEE behind takes per call (its
+        TEE_NUM_PARAMS; OP-TEE does not report it): a call with more is
+        refused before anything of it is translated or pinned."""
+        if type(tee_num_params) is not int or not 0 < tee_num_params <= OPTEE_MSG_MAX_NUM_PARAMS - 2:
+            raise ValueError(f"tee_num_params must be 1..{OPTEE_MSG_MAX_NUM_PARAMS - 2}, "
+                             f"got {tee_num_params!r}")
+        self.tee_num_params = tee_num_params
         self._machine = machine
         self._port = port
         self._open_session_filter = open_session_filter
@@ -344,33 +362,70 @@ class Mediator:
                 ctx.pool.release(budget)
         return not (ctx.all_calls or ctx.rpc_buffers or ctx.shm_buffers or ctx.pool.total)
 
-    def domain_teardown(self, domid: int) -> None:
-        """VM_DESTROYED, then check that nothing of the domain is left."""
+    def hold_frames(self, domid: int, frames: dict[int, int]) -> int:
+        """Keep ``frames`` ({mfn: pins}, pinned on the domain's behalf but in
+        no buffer: OP-TEE may reference them) until VM_DESTROYED; they count
+        in its snapshots. Returns the pins now held."""
         ctx = self.context(domid)
-        if not self.relinquish_resources(domid):
-            raise TeardownInvariantBroken(domid, "domain_teardown before relinquish finished")
+        with ctx.lock:
+            for mfn, n in frames.items():
+                if n > 0:
+                    ctx.held_frames[mfn] = ctx.held_frames.get(mfn, 0) + n
+            return sum(ctx.held_frames.values())
+
+    def domain_teardown(self, domid: int) -> None:
+        """Relinquish whatever is left, VM_DESTROYED, forget the domain, then
+        check that nothing of it is left. The teardown always finishes: a
+        pin the mediator lost track of (a bug) is dropped once OP-TEE has
+        let the partition go, and TeardownInvariantBroken reports every
+        such leftover after the domain is gone, not instead of it. Only a
+        failing port (the gate) stops it before VM_DESTROYED: the context
+        stays and the call may be repeated."""
+        ctx = self.context(domid)
+        while not self.relinquish_resources(domid):
+            pass
         r = self._port.hyp_call((OPTEE_SMC_VM_DESTROYED, client_id(domid), 0, 0, 0, 0, 0, 0))
         if r[0] != OPTEE_SMC_RETURN_OK:
             self._logger.error("d%d: VM_DESTROYED answered a0=%#x", domid, r[0])
         with self._lock:
             del self._domains[domid]
+        with ctx.lock:
+            held, ctx.held_frames = ctx.held_frames, {}
+        for mfn, n in held.items():  # OP-TEE has let the partition go
+            self._machine.put_pages([mfn] * n)
         problems = []
         for name, value in (("calls", ctx.calls), ("buffers", ctx.nr_buffers),
                             ("pinned pages", ctx.pinned_pages), ("shadow pages", ctx.pool.total),
                             ("suspended", len(ctx.suspended)), ("rpc buffers", len(ctx.rpc_buffers)),
-                            ("shm buffers", len(ctx.shm_buffers))):
+                            ("shm buffers", len(ctx.shm_buffers)),
+                            ("temporary cookies", len(ctx.temp_cookies))):
             if value:
                 problems.append(f"{name} = {value}")
         pinned = self._machine.pinned_frames(domid)
         if pinned:
             problems.append(f"frames still pinned: {sorted(hex(m) for m in pinned)[:8]}")
+            # OP-TEE has dropped the partition (VM_DESTROYED): nothing can
+            # reach these frames any more, and the domain must be destroyable
+            for mfn, n in pinned.items():
+                self._machine.put_pages([mfn] * n)
         if problems:
+            self._logger.error("d%d: teardown invariant broken: %s", domid, ", ".join(problems))
             raise TeardownInvariantBroken(domid, ", ".join(problems))
 
     # == dispatch =============================================================
 
     def handle_call(self, domid: int, vcpu: int, regs: Regs) -> Regs:
-        """One trapped SMC owned by the Trusted OS: the registers to resume with."""
+        """One trapped SMC owned by the Trusted OS: the registers to resume
+        with. Run in the trapping vCPU's thread (EL2), to its end; between
+        two steps of a long translation the thread lets another take the
+        interpreter, as another pCPU would go on running under Xen."""
+        return drive(self.call_steps(domid, vcpu, regs), between=_let_others_run)
+
+    def call_steps(self, domid: int, vcpu: int, regs: Regs) -> Steps[Regs]:
+        """:meth:`handle_call` as steps: yields between bounded pieces of a
+        standard call's translation (only before the call reaches OP-TEE,
+        so nothing of it is in OP-TEE or in a snapshot while it waits) and
+        returns the registers. Closing it early releases what the call took."""
         ctx = self._domains.get(domid)
         function = regs[0] & _U32
         if regs[0] >> 32:  # not an SMC32 ID: OP-TEE has no SMC64 calls
@@ -383,6 +438,8 @@ class Mediator:
         if handler is None:
             return _ret(OPTEE_SMC_RETURN_UNKNOWN_FUNCTION)
         try:
+            if handler == self._std_call:
+                return (yield from self._std_call_steps(ctx, vcpu, regs))
             return handler(ctx, vcpu, regs)
         except Exception as e:  # a mediator bug: log, never crash the platform
             ctx.internal_errors += 1
@@ -481,6 +538,11 @@ class Mediator:
         failed allocation)."""
         if ipa == 0:
             return None  # the guest could not allocate
+        with ctx.lock:
+            taken = cookies.holder(ctx, cookie) if cookie else "cookie 0 (OP-TEE's 'no buffer')"
+        if taken is not None:  # checked again when it is claimed, after the pin
+            ctx.log.warning("RPC ALLOC: refusing cookie %#x: %s", cookie, taken)
+            return None
         size = call.rpc_a1
         shm = self._machine.static_shm
         static = self._static_ok(ctx) and shm.contains(ipa, max(size, 1))
@@ -509,19 +571,17 @@ class Mediator:
             except (Refusal, MachineError) as e:
                 ctx.log.warning("RPC ALLOC: refusing buffer %#x: %s", ipa, e)
                 return None
-        with ctx.lock:
-            refused = (cookie in ctx.rpc_buffers and "reused cookie") or (
-                len(ctx.rpc_buffers) >= ctx.max_rpc_buffers and "too many RPC buffers")
-            if not refused:
-                buf = RpcBuffer(cookie, ipa, mfn, ctx.pool.take())
-                ctx.rpc_buffers[cookie] = buf
-                return buf
-        if mfn is not None:
-            self._machine.put_page(mfn)
-            with ctx.lock:
-                ctx.pinned_pages -= 1
-        ctx.log.warning("RPC ALLOC: refusing cookie %#x: %s", cookie, refused)
-        return None
+        try:
+            buf = cookies.claim_rpc_cookie(ctx, cookie, lambda: RpcBuffer(cookie, ipa, mfn, ctx.pool.take()),
+                                           ctx.max_rpc_buffers)
+        except Refusal as e:
+            if mfn is not None:
+                self._machine.put_page(mfn)
+                with ctx.lock:
+                    ctx.pinned_pages -= 1
+            ctx.log.warning("RPC ALLOC: refusing buffer %#x: %s", ipa, e.reason)
+            return None
+        return buf
 
     def _free_rpc_buffer(self, ctx: DomainContext, cookie: int) -> bool:
         """Forget an RPC buffer the moment OP-TEE gives it back."""
@@ -549,14 +609,30 @@ class Mediator:
         return call
 
     def _free_std_call(self, ctx: DomainContext, call: StdCall) -> None:
-        """Release everything a call holds (its temporary buffers, a pending
-        registration, its list pages and shadow page)."""
+        """Release everything a call holds (its temporary buffers, its list
+        pages and shadow page) and settle the cookies it claimed. A
+        registration whose outcome OP-TEE never told (the call reached it,
+        then ended without an answer: abandoned, a dying domain, a failed
+        gate) is kept LIVE, pinned, for OP-TEE may hold it: an UNREGISTER_SHM
+        or the domain's end releases it."""
         for buf in call.tmem:
+            cookies.forget(ctx, buf)
             release_buffer(self._machine, ctx, buf)
         call.tmem.clear()
         if call.register is not None:
-            release_buffer(self._machine, ctx, call.register)
-            call.register = None
+            buf, call.register = call.register, None
+            if call.begun:
+                free_list_pages(ctx, buf.list_pages)  # OP-TEE is done with the call
+                cookies.commit(ctx, buf)
+                ctx.log.warning("call %d: REGISTER_SHM of cookie %#x ended unanswered: kept registered",
+                                call.seq, buf.cookie)
+            else:
+                cookies.forget(ctx, buf)
+                release_buffer(self._machine, ctx, buf)
+        if call.unregister is not None:
+            # unanswered: OP-TEE may still hold it, so it stays LIVE (pinned)
+            cookies.end_unregister(ctx, call.unregister, gone=False)
+            call.unregister = None
         free_list_pages(ctx, call.stale_lists)
         with ctx.lock:
             if call in ctx.all_calls:
@@ -567,6 +643,9 @@ class Mediator:
                 del ctx.suspended[call.thread_id]
 
     def _std_call(self, ctx: DomainContext, vcpu: int, regs: Regs) -> Regs:
+        return drive(self._std_call_steps(ctx, vcpu, regs))
+
+    def _std_call_steps(self, ctx: DomainContext, vcpu: int, regs: Regs) -> Steps[Regs]:
         function = regs[0] & _U32
         if function != OPTEE_SMC_CALL_WITH_ARG and not ctx.rpc_param_count:
             # Only for a guest that negotiated SEC_CAP_RPC_ARG.
@@ -585,7 +664,7 @@ class Mediator:
                 self._write_result(ctx, call, *verdict)
                 return _ret(OPTEE_SMC_RETURN_OK)
             try:
-                shadow_arg = self._translate_params(ctx, call)
+                shadow_arg = yield from self._translate_params(ctx, call)
             except Refusal as e:
                 ctx.log.warning("call %d: %s", call.seq, e.reason)
                 self._write_result(ctx, call, e.ret, TEEC_ORIGIN_COMMS)
@@ -597,6 +676,7 @@ class Mediator:
             tee_function = OPTEE_SMC_CALL_WITH_ARG if call.rpc_offset is None else OPTEE_SMC_CALL_WITH_RPC_ARG
             if self._before_std_call is not None and not self._before_std_call(ctx.domid, call):
                 return _ret(OPTEE_SMC_RETURN_ENOTAVAIL)
+            call.begun = True  # from here on OP-TEE may act on it, whatever we learn
             out, keep = self._run(ctx, call, (tee_function, hi, lo, OPTEE_SMC_SHM_CACHED, 0, 0, 0, 0))
             return out
         finally:
@@ -609,12 +689,11 @@ class Mediator:
         domain = self._machine.domain(ctx.domid)
         if call.function == OPTEE_SMC_CALL_WITH_REGD_ARG:
             cookie, offs = _pair(regs[1], regs[2]), regs[3] & _U32
-            with ctx.lock:
-                buf = ctx.shm_buffers.get(cookie)
+            buf = cookies.live_registration(ctx, cookie)
             # OP-TEE's get_msg_arg: the argument (and the RPC argument after
             # it) must lie inside the registration, 8-byte aligned.
-            if buf is None or buf.kind is not ShmKind.REGISTERED:
-                ctx.log.warning("call %d: REGD_ARG cookie %#x is not a registration", call.seq, cookie)
+            if buf is None:
+                ctx.log.warning("call %d: REGD_ARG cookie %#x is not a live registration", call.seq, cookie)
                 return OPTEE_SMC_RETURN_EBADADDR
             if offs & (_MSG_ARG_ALIGN - 1) or offs + MSG_ARG_HEADER_SIZE > buf.size:
                 ctx.log.warning("call %d: REGD_ARG offset %#x in a registration of %#x bytes",
@@ -695,11 +774,45 @@ class Mediator:
                         call.seq, meta.ta_uuid, meta.login, ret)
         return ret, origin
 
-    def _translate_params(self, ctx: DomainContext, call: StdCall) -> MsgArg:
-        """The argument OP-TEE gets: attributes checked, temporary memory
-        translated and pinned.  Raises Refusal (nothing left pinned)."""
+    def _check_shape(self, arg: MsgArg) -> None:
+        """Refuse, before any translation, a call OP-TEE's entry_std would
+        refuse for its number of parameters alone (core/tee/entry_std.c):
+        OPEN_SESSION takes its two meta params and at most TEE_NUM_PARAMS
+        more, INVOKE_COMMAND at most TEE_NUM_PARAMS, CLOSE_SESSION and
+        CANCEL none, REGISTER_SHM exactly one TMEM_OUTPUT|NONCONTIG,
+        UNREGISTER_SHM exactly one. A guest cannot make the mediator pin
+        pages for a call that cannot run."""
+        n, cmd = arg.num_params, arg.cmd
+        if cmd == OPTEE_MSG_CMD_OPEN_SESSION:
+            most = self.tee_num_params + 2
+        elif cmd == OPTEE_MSG_CMD_INVOKE_COMMAND:
+            most = self.tee_num_params
+        elif cmd in (OPTEE_MSG_CMD_CLOSE_SESSION, OPTEE_MSG_CMD_CANCEL):
+            most = 0
+        else:  # REGISTER_SHM, UNREGISTER_SHM
+            if n != 1:
+                raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"command {cmd} takes 1 param, not {n}")
+            p = arg.params[0]
+            if cmd == OPTEE_MSG_CMD_REGISTER_SHM and (p.attr != _SHM_ALLOC_NONCONTIG or not p.buf_ptr):
+                raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"REGISTER_SHM of attr {p.attr:#x} at "
+                              f"{p.buf_ptr:#x}: not a TMEM_OUTPUT|NONCONTIG page list")
+            return
+        if n > most:
+            raise Refusal(TEEC_ERROR_BAD_PARAMETERS,
+                          f"command {cmd} with {n} params: OP-TEE takes at most {most}")
+
+    def _translate_params(self, ctx: DomainContext, call: StdCall) -> Steps[MsgArg]:
+        """The argument OP-TEE gets: shape and attributes checked, cookies
+        claimed, temporary memory translated and pinned.  Raises Refusal
+        (whatever was claimed or pinned is released by _free_std_call)."""
         arg = call.request
         assert arg is not None
+        self._check_shape(arg)
+        if arg.cmd == OPTEE_MSG_CMD_UNREGISTER_SHM:
+            # OP-TEE reads only the cookie (attr unchecked); it must name a
+            # LIVE registration, which stays claimed until OP-TEE answers.
+            call.unregister = cookies.begin_unregister(ctx, arg.params[0].shm_ref, call.seq)
+            return arg
         out: list[MsgParam] = []
         for i, p in enumerate(arg.params):
             t = p.type
@@ -709,12 +822,20 @@ class Mediator:
                 raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"param {i}: META on attr {p.attr:#x}")
             if p.is_noncontig and t not in TMEM_TYPES:
                 raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"param {i}: NONCONTIG on attr {p.attr:#x}")
-            if t not in TMEM_TYPES:
+            if t in RMEM_TYPES:
+                # OP-TEE looks the cookie up among every buffer of the
+                # partition, temporary and RPC ones included: a guest may
+                # name only what it registered and OP-TEE confirmed.
+                if cookies.live_registration(ctx, p.shm_ref) is None:
+                    raise Refusal(TEEC_ERROR_BAD_PARAMETERS,
+                                  f"param {i}: RMEM cookie {p.shm_ref:#x} is not a live registration")
+                out.append(p)
+            elif t not in TMEM_TYPES:
                 out.append(p)
             elif p.buf_ptr == 0:
                 out.append(p.replace(attr=p.attr & ~OPTEE_MSG_ATTR_NONCONTIG))  # NULL memref
             elif p.is_noncontig:
-                out.append(self._translate_tmem(ctx, call, arg.cmd, p))
+                out.append((yield from self._translate_tmem(ctx, call, arg.cmd, p)))
             else:
                 shm = self._machine.static_shm
                 if not (self._static_ok(ctx) and shm.contains(p.buf_ptr, p.size)):
@@ -728,16 +849,20 @@ class Mediator:
             return arg.replace(params=tuple(out), session=0)
         return arg.replace(params=tuple(out))
 
-    def _translate_tmem(self, ctx: DomainContext, call: StdCall, cmd: int, p: MsgParam) -> MsgParam:
+    def _translate_tmem(self, ctx: DomainContext, call: StdCall, cmd: int, p: MsgParam) -> Steps[MsgParam]:
+        """A NONCONTIG memref: its cookie claimed first (nothing is read or
+        pinned for a cookie that is taken), then its pages."""
         register = cmd == OPTEE_MSG_CMD_REGISTER_SHM
-        if register:
-            with ctx.lock:
-                taken = p.shm_ref in ctx.shm_buffers
-            if taken or call.register is not None:
-                raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"REGISTER_SHM: cookie {p.shm_ref:#x} in use")
         kind = ShmKind.REGISTERED if register else ShmKind.TMEM
-        buf = translate_noncontig(self._machine, self._machine.domain(ctx.domid), ctx, kind,
-                                  p.buf_ptr, p.size, p.shm_ref)
+        placeholder = cookies.reserve(ctx, kind, p.shm_ref, call.seq,
+                                      "REGISTER_SHM" if register else "temporary memref")
+        try:
+            buf = yield from translate_noncontig_steps(self._machine, self._machine.domain(ctx.domid), ctx,
+                                                       kind, p.buf_ptr, p.size, p.shm_ref)
+        except BaseException:
+            cookies.forget(ctx, placeholder)
+            raise
+        cookies.fill(ctx, placeholder, buf)
         if register:
             call.register = buf
         else:
@@ -773,27 +898,27 @@ class Mediator:
     def _complete(self, ctx: DomainContext, call: StdCall, a0: int) -> Regs:
         arg = call.request
         assert arg is not None
+        ret = None
         if a0 == OPTEE_SMC_RETURN_OK:
             result = self._read_shadow_result(call)
             self._copy_std_request_back(ctx, call, result)
-            if arg.cmd == OPTEE_MSG_CMD_REGISTER_SHM and call.register is not None:
-                buf, call.register = call.register, None
-                if result[0] == 0:
-                    free_list_pages(ctx, buf.list_pages)  # OP-TEE keeps its own page array
-                    with ctx.lock:
-                        ctx.shm_buffers[buf.cookie] = buf
-                else:
-                    release_buffer(self._machine, ctx, buf)
-            elif arg.cmd == OPTEE_MSG_CMD_UNREGISTER_SHM and result[0] == 0 and arg.params:
-                cookie = arg.params[0].shm_ref
-                with ctx.lock:
-                    buf = ctx.shm_buffers.get(cookie)
-                    if buf is not None and buf.kind is ShmKind.REGISTERED:
-                        del ctx.shm_buffers[cookie]
-                    else:
-                        buf = None
-                if buf is not None:
-                    release_buffer(self._machine, ctx, buf)
+            ret = result[0]
+        # OP-TEE answered: the cookies this call claimed move on, once
+        if call.register is not None:
+            buf, call.register = call.register, None
+            if ret == 0:
+                free_list_pages(ctx, buf.list_pages)  # OP-TEE keeps its own page array
+                cookies.commit(ctx, buf)
+            else:  # refused, or the command never ran (a0 an error): OP-TEE holds nothing
+                cookies.forget(ctx, buf)
+                release_buffer(self._machine, ctx, buf)
+        if call.unregister is not None:
+            buf, call.unregister = call.unregister, None
+            # 0, or "no such registration" (one cookie is one registration in
+            # OP-TEE, so it holds none under it): the pins can go
+            gone = ret in (0, TEEC_ERROR_BAD_PARAMETERS)
+            if cookies.end_unregister(ctx, buf, gone):
+                release_buffer(self._machine, ctx, buf)
         return _ret(a0)
 
     def _read_shadow_result(self, call: StdCall) -> tuple[int, int, int, list[MsgParam]]:
@@ -894,6 +1019,8 @@ class Mediator:
             buf = ctx.shm_buffers.get(cookie)
             if buf is None or buf.kind is not ShmKind.RPC:
                 return
+            if buf.state is not ShmState.LIVE:
+                return  # still being translated for the guest's reply: not OP-TEE's yet
             del ctx.shm_buffers[cookie]
         release_buffer(self._machine, ctx, buf)
 
@@ -978,16 +1105,15 @@ class Mediator:
             ret=ret, ret_origin=origin, params=tuple(merged)).pack())
 
     def _translate_shm_alloc(self, ctx: DomainContext, call: StdCall, g: MsgParam) -> MsgParam | None:
-        """The guest's SHM_ALLOC reply, in either form Linux sends: a page
-        list, or (since late 2023) one page by address.  Never passed through
-        untranslated; a buffer that cannot be translated is handed back to
-        the guest (SHM_FREE) before OP-TEE is told the allocation failed."""
+        """The guest's SHM_ALLOC reply, in either form: a page list (what
+        Linux sends), or one page by address. Never passed through
+        untranslated. Its cookie is claimed before anything is read or
+        pinned; a buffer that cannot be taken is handed back to the guest
+        (SHM_FREE) before OP-TEE is told the allocation failed."""
         domain = self._machine.domain(ctx.domid)
-        with ctx.lock:
-            taken = g.shm_ref in ctx.shm_buffers
+        placeholder = None
         try:
-            if taken:
-                raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"SHM_ALLOC cookie {g.shm_ref:#x} in use")
+            placeholder = cookies.reserve(ctx, ShmKind.RPC, g.shm_ref, call.seq, "SHM_ALLOC reply")
             if g.attr == _SHM_ALLOC_NONCONTIG:
                 buf = translate_noncontig(self._machine, domain, ctx, ShmKind.RPC, g.buf_ptr, g.size,
                                           g.shm_ref)
@@ -1007,11 +1133,14 @@ class Mediator:
             else:
                 raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"SHM_ALLOC reply attr {g.attr:#x}")
         except Refusal as e:
+            if placeholder is not None:
+                cookies.forget(ctx, placeholder)
             ctx.log.warning("RPC SHM_ALLOC: %s", e.reason)
             self._inject_shm_free(ctx, call, g.shm_ref)
             return None
-        with ctx.lock:
-            ctx.shm_buffers[buf.cookie] = buf
+        # OP-TEE gets it with this very resume: LIVE from now on, until its SHM_FREE
+        cookies.fill(ctx, placeholder, buf)
+        cookies.commit(ctx, buf)
         if buf.static:
             return g
         return MsgParam(g.attr, buf_ptr, g.size, g.shm_ref)

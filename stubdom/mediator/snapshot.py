@@ -7,17 +7,23 @@ each holds pinned. Everything is plain ints, strings, lists and bytes (the
 journal is msgpack). ``OptEE`` messages are kept as the bytes the mediator
 validated, never re-read from a guest.
 
-A snapshot is taken at rest only: between two trapped SMCs, when the only
-calls alive are the suspended ones (the daemon serves calls one at a time).
-:func:`expected_pins` says which frames the snapshot holds pinned, so that a
-restore can be checked against the machine's frame table before it is
-trusted.
+A snapshot is taken at rest only: when every call that has reached OP-TEE
+is suspended in an RPC. A call still being validated and translated (it has
+not reached OP-TEE: not ``begun``) is left out with everything it claimed —
+its cookies, its pins, its pages: a restarted daemon drops them as extra.
+Counters are computed from what is included, never copied. Registrations
+keep their cookie state (docs/security.md, "Cookies"): a PENDING one is
+owned by the suspended REGISTER_SHM that claimed it, an UNREGISTERING one
+by the UNREGISTER_SHM in OP-TEE. :func:`expected_pins` says which frames the
+snapshot holds pinned, so that a restore can be checked against the
+machine's frame table before it is trusted.
 """
 
 from __future__ import annotations
 
 import copy
 from collections import Counter
+from dataclasses import dataclass
 
 from stubdom.optee.msg import (
     OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
@@ -47,6 +53,7 @@ from stubdom.optee.teec import TEEC_ERROR_BAD_PARAMETERS, TEEC_ERROR_COMMUNICATI
 
 from stubdom.xen import PAGE_SHIFT, PAGE_SIZE
 
+from . import cookies
 from .context import (
     DomainContext,
     RpcBuffer,
@@ -55,6 +62,7 @@ from .context import (
     ShadowPool,
     ShmBuffer,
     ShmKind,
+    ShmState,
     StdCall,
 )
 from .errors import BadSnapshot
@@ -64,9 +72,9 @@ from .translate import free_list_pages, release_buffer
 
 __all__ = ["SNAPSHOT_VERSION", "snapshot_domain", "restore_domain", "expected_pins",
            "abandon_suspended", "settle_orphans", "ABANDON_MAX_STEPS", "call_intent",
-           "settle_lost_call", "without_resumed_call"]
+           "settle_lost_call", "LostCall", "settle_claims", "without_resumed_call"]
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 _U32 = 0xFFFFFFFF
 # An abandoned call is driven to completion by failing each RPC; OP-TEE
 # bounds its own RPCs per call, this bounds ours against a TEE that loops.
@@ -78,10 +86,12 @@ _REFUSED_RPC_ARG_ADDR = 7
 
 # == to plain data ===========================================================
 
-def _shm(buf: ShmBuffer) -> dict:
+def _shm(buf: ShmBuffer, state: ShmState | None = None) -> dict:
+    state = state or buf.state
     return {"kind": buf.kind.value, "cookie": buf.cookie, "ipas": list(buf.ipas),
             "mfns": list(buf.mfns), "offset": buf.offset, "size": buf.size,
-            "list_pages": [p.mfn for p in buf.list_pages], "static": buf.static}
+            "list_pages": [p.mfn for p in buf.list_pages], "static": buf.static,
+            "state": state.value, "owner": None if state is ShmState.LIVE else buf.owner}
 
 
 def _arg(arg: MsgArg | None) -> bytes | None:
@@ -93,7 +103,10 @@ def _call(call: StdCall) -> dict:
             "guest_ipa": call.guest_ipa, "request": _arg(call.request),
             "rpc_offset": call.rpc_offset, "rpc_size": call.rpc_size,
             "tmem": [_shm(b) for b in call.tmem],
-            "register": None if call.register is None else _shm(call.register),
+            # by cookie: the buffer itself is among the domain's shm_buffers
+            "register": None if call.register is None else call.register.cookie,
+            "unregister": None if call.unregister is None else call.unregister.cookie,
+            "begun": call.begun,
             "thread_id": call.thread_id, "rpc_state": call.rpc_state.value,
             "rpc_func": call.rpc_func, "rpc_a1": call.rpc_a1, "rpc_a2": call.rpc_a2,
             "rpc_request": _arg(call.rpc_request), "rpc_shm_type": call.rpc_shm_type,
@@ -102,31 +115,64 @@ def _call(call: StdCall) -> dict:
 
 def snapshot_domain(mediator, domid: int) -> dict:
     """The domain's mediator state as plain data. At rest only: every call
-    alive must be suspended (raises BadSnapshot otherwise)."""
+    that reached OP-TEE must be suspended (raises BadSnapshot otherwise);
+    calls not yet begun are left out, with what they claimed."""
     ctx = mediator.context(domid)
     with ctx.lock:
         suspended = dict(ctx.suspended)
-        if set(suspended.values()) != ctx.all_calls:
-            raise BadSnapshot(domid, f"{len(ctx.all_calls)} calls alive, "
+        begun = {c for c in ctx.all_calls if c.begun}
+        if set(suspended.values()) != begun:
+            raise BadSnapshot(domid, f"{len(begun)} calls in OP-TEE, "
                                      f"{len(suspended)} suspended: not at rest")
+        mine = {c.seq for c in begun}
+        shm = []
+        for b in ctx.shm_buffers.values():
+            if b.state is ShmState.LIVE or b.owner in mine:
+                shm.append(_shm(b))
+            elif b.state is ShmState.UNREGISTERING:
+                shm.append(_shm(b, ShmState.LIVE))  # its UNREGISTER_SHM has not reached OP-TEE
+            # else: PENDING for a call not begun: nothing of it reached OP-TEE
+        calls = [[tid, _call(c)] for tid, c in sorted(suspended.items())]
+        rpc = [{"cookie": b.cookie, "ipa": b.ipa, "mfn": b.mfn, "shadow": b.shadow.mfn}
+               for b in ctx.rpc_buffers.values()]
         pool = ctx.pool
         lim = ctx.limits
-        return {
+        snap = {
             "version": SNAPSHOT_VERSION, "domid": domid,
             "limits": [lim.max_calls, lim.max_shm_buffers, lim.max_pages_per_buffer,
                        lim.max_total_pages],
             "max_calls": ctx.max_calls, "max_rpc_buffers": ctx.max_rpc_buffers,
             "static_shm_allowed": ctx.static_shm_allowed,
-            "calls": ctx.calls, "nr_buffers": ctx.nr_buffers, "pinned_pages": ctx.pinned_pages,
             "rpc_param_count": ctx.rpc_param_count, "dying": ctx.dying,
             "next_seq": ctx.next_seq, "internal_errors": ctx.internal_errors,
-            "pool": {"free": [p.mfn for p in pool._free], "frame_zero": list(pool._frame_zero),
-                     "total": pool.total},
-            "suspended": [[tid, _call(c)] for tid, c in sorted(suspended.items())],
-            "shm_buffers": [_shm(b) for b in ctx.shm_buffers.values()],
-            "rpc_buffers": [{"cookie": b.cookie, "ipa": b.ipa, "mfn": b.mfn,
-                             "shadow": b.shadow.mfn} for b in ctx.rpc_buffers.values()],
+            "pool": {"free": [p.mfn for p in pool._free], "frame_zero": list(pool._frame_zero)},
+            "suspended": calls, "shm_buffers": shm, "rpc_buffers": rpc,
+            "held_frames": sorted([m, n] for m, n in ctx.held_frames.items()),
         }
+        _count(snap)
+        if len(begun) == len(ctx.all_calls):
+            # nothing left out: what is counted must be what the context counts
+            want = (ctx.calls, ctx.nr_buffers, ctx.pinned_pages, pool.total)
+            got = (snap["calls"], snap["nr_buffers"], snap["pinned_pages"], snap["pool"]["total"])
+            if want != got:
+                raise BadSnapshot(domid, f"counters (calls, buffers, pinned pages, shadow pages) "
+                                         f"are {want}, the structures hold {got}")
+    return snap
+
+
+def _count(snap: dict) -> None:
+    """Set the counters of ``snap`` from what it holds (calls, buffers,
+    pinned guest pages, shadow pages allocated)."""
+    bufs = list(snap["shm_buffers"])
+    total = len(snap["pool"]["free"]) + len(snap["pool"]["frame_zero"]) + len(snap["rpc_buffers"])
+    for _tid, c in snap["suspended"]:
+        bufs.extend(c["tmem"])
+        total += 1 + len(c["stale_lists"])
+    snap["calls"] = len(snap["suspended"])
+    snap["nr_buffers"] = len(bufs)
+    snap["pinned_pages"] = (sum(len(b["mfns"]) for b in bufs if not b["static"])
+                            + sum(1 for r in snap["rpc_buffers"] if r["mfn"] is not None))
+    snap["pool"]["total"] = total + sum(len(b["list_pages"]) for b in bufs)
 
 
 # == what a snapshot holds pinned ============================================
@@ -148,9 +194,7 @@ def expected_pins(snap: dict) -> Counter:
         shadows.extend(c["stale_lists"])
         for b in c["tmem"]:
             buf(b)
-        if c["register"] is not None:
-            buf(c["register"])
-    for b in snap["shm_buffers"]:
+    for b in snap["shm_buffers"]:  # a pending registration is here, not in its call
         buf(b)
     for r in snap["rpc_buffers"]:
         shadows.append(r["shadow"])
@@ -158,6 +202,8 @@ def expected_pins(snap: dict) -> Counter:
             guest.append(r["mfn"])
     pins.update(shadows)
     pins.update(guest)
+    for mfn, n in snap.get("held_frames", []):
+        pins[mfn] += n
     return pins
 
 
@@ -184,63 +230,61 @@ def without_resumed_call(snap: dict, tid: int | None, have,
     was set aside), or None if pins are still missing: not explained by that
     call."""
     snap = copy.deepcopy(snap)
-    pool = snap["pool"]
     gone: list[str] = []
-
-    def drop_buffer(b: dict) -> None:
-        snap["nr_buffers"] -= 1
-        if not b["static"]:
-            snap["pinned_pages"] -= len(b["mfns"])
-        pool["total"] -= len(b["list_pages"])
-
+    aside_seq = None
     for i, (t, c) in enumerate(snap["suspended"]):
         if tid is not None and t == tid:
             del snap["suspended"][i]
-            snap["calls"] -= 1
-            pool["total"] -= 1 + len(c["stale_lists"])
-            for b in c["tmem"]:
-                drop_buffer(b)
-            if c["register"] is not None:
-                drop_buffer(c["register"])
+            aside_seq = c["seq"]
             try:
-                intent = call_intent(_restore_call(c))
+                intent = call_intent(_restore_call(
+                    c, {int(b["cookie"]): _restore_shm(b) for b in snap["shm_buffers"]}))
             except (KeyError, TypeError, ValueError, AttributeError):
                 intent = None  # the restore check below refuses such a snapshot
             if c["rpc_offset"] is not None:
                 snap["orphans"] = {t: [c["shadow"], c["rpc_offset"], c["rpc_size"]]}
             gone.append(f"call {c['seq']} (thread {t}, {len(c['tmem'])} tmem)")
             break
+    _count(snap)
     short = _short(snap, have)
-    if isinstance(intent, dict) and intent.get("cmd") == OPTEE_MSG_CMD_UNREGISTER_SHM:
-        kept = []
-        for b in snap["shm_buffers"]:
-            if (b["kind"] == ShmKind.REGISTERED.value and b["cookie"] == intent.get("cookie")
-                    and any(short[m] > 0 for m in b["mfns"])):
-                short.subtract(b["mfns"])
-                drop_buffer(b)
-                gone.append(f"registration {b['cookie']:#x} (unregistered)")
-            else:
-                kept.append(b)
-        snap["shm_buffers"] = kept
+
+    def missing(b: dict) -> bool:
+        if any(short[m] > 0 for m in b["mfns"]):
+            short.subtract(b["mfns"])
+            return True
+        return False
+
+    unregistered = intent.get("cookie") if isinstance(intent, dict) and intent.get(
+        "cmd") == OPTEE_MSG_CMD_UNREGISTER_SHM else None
+    kept = []
+    for b in snap["shm_buffers"]:
+        owned = aside_seq is not None and b["owner"] == aside_seq
+        if owned and b["state"] == ShmState.PENDING.value and missing(b):
+            gone.append(f"registration {b['cookie']:#x} (refused)")
+        elif (b["kind"] == ShmKind.REGISTERED.value and (owned or b["cookie"] == unregistered)
+              and b["state"] != ShmState.PENDING.value and missing(b)):
+            gone.append(f"registration {b['cookie']:#x} (unregistered)")
+        elif b["kind"] == ShmKind.RPC.value and missing(b):
+            gone.append(f"rpc shm {b['cookie']:#x}")  # OP-TEE's SHM_FREE
+        else:
+            if owned:
+                # outcome unknown: a registration stays claimed (owner-less
+                # PENDING, undone by settle_lost_call), an unregistration is
+                # LIVE again until OP-TEE says otherwise
+                if b["state"] == ShmState.UNREGISTERING.value:
+                    b["state"] = ShmState.LIVE.value
+                b["owner"] = None
+            kept.append(b)
+    snap["shm_buffers"] = kept
     kept = []
     for r in snap["rpc_buffers"]:
         if r["mfn"] is not None and short[r["mfn"]] > 0:
             short[r["mfn"]] -= 1
-            snap["pinned_pages"] -= 1
-            pool["total"] -= 1
-            gone.append(f"rpc buffer {r['cookie']:#x}")
+            gone.append(f"rpc buffer {r['cookie']:#x}")  # OP-TEE's RPC FREE
         else:
             kept.append(r)
     snap["rpc_buffers"] = kept
-    kept = []
-    for b in snap["shm_buffers"]:
-        if b["kind"] == ShmKind.RPC.value and any(short[m] > 0 for m in b["mfns"]):
-            short.subtract(b["mfns"])
-            drop_buffer(b)
-            gone.append(f"rpc shm {b['cookie']:#x}")
-        else:
-            kept.append(b)
-    snap["shm_buffers"] = kept
+    _count(snap)
     if _short(snap, have):
         return None
     return snap, intent, ", ".join(gone)
@@ -267,18 +311,37 @@ def _unpack_arg(data: bytes | None) -> MsgArg | None:
 
 
 def _restore_shm(b: dict) -> ShmBuffer:
+    owner = b["owner"]
     return ShmBuffer(ShmKind(b["kind"]), int(b["cookie"]), [int(x) for x in b["ipas"]],
                      [int(x) for x in b["mfns"]], int(b["offset"]), int(b["size"]),
-                     [ShadowPage(int(m)) for m in b["list_pages"]], bool(b["static"]))
+                     [ShadowPage(int(m)) for m in b["list_pages"]], bool(b["static"]),
+                     ShmState(b["state"]), None if owner is None else int(owner))
 
 
-def _restore_call(c: dict) -> StdCall:
+def _restore_call(c: dict, registrations: dict) -> StdCall:
+    """A suspended call; its REGISTER_SHM / UNREGISTER_SHM buffer is the one
+    ``registrations`` (cookie -> ShmBuffer) holds for it, claimed by it."""
+    seq = int(c["seq"])
+
+    def claimed(key: str, state: ShmState) -> ShmBuffer | None:
+        cookie = c[key]
+        if cookie is None:
+            return None
+        buf = registrations.get(int(cookie))
+        if (buf is None or buf.kind is not ShmKind.REGISTERED or buf.state is not state
+                or buf.owner != seq):
+            raise ValueError(f"call {seq}: its {key} cookie {int(cookie):#x} is not a "
+                             f"{state.value} registration it owns")
+        return buf
+
     return StdCall(
-        seq=int(c["seq"]), function=int(c["function"]), shadow=ShadowPage(int(c["shadow"])),
+        seq=seq, function=int(c["function"]), shadow=ShadowPage(int(c["shadow"])),
         guest_ipa=int(c["guest_ipa"]), request=_unpack_arg(c["request"]),
         rpc_offset=None if c["rpc_offset"] is None else int(c["rpc_offset"]),
         rpc_size=int(c["rpc_size"]), tmem=[_restore_shm(b) for b in c["tmem"]],
-        register=None if c["register"] is None else _restore_shm(c["register"]),
+        register=claimed("register", ShmState.PENDING),
+        unregister=claimed("unregister", ShmState.UNREGISTERING),
+        begun=True,  # suspended in an RPC: it reached OP-TEE
         thread_id=None if c["thread_id"] is None else int(c["thread_id"]),
         rpc_state=RpcState(c["rpc_state"]), rpc_func=int(c["rpc_func"]),
         rpc_a1=int(c["rpc_a1"]), rpc_a2=int(c["rpc_a2"]),
@@ -290,11 +353,21 @@ def restore_domain(mediator, snap: dict) -> DomainContext:
     """Rebuild a domain's context from :func:`snapshot_domain`'s data and
     install it in ``mediator`` — no SMC, no pin: the secure world and the
     frame table kept theirs. Check the pins first (:func:`expected_pins`).
-    Raises BadSnapshot for data that does not describe a context."""
+    Raises BadSnapshot for data that does not describe a context (counters
+    that disagree with what it holds, a cookie twice in the namespace, a
+    claimed registration without its call)."""
     domid = _field(snap, "domid", int)
     if snap.get("version") != SNAPSHOT_VERSION:
         raise BadSnapshot(domid, f"version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}")
     try:
+        counted = copy.deepcopy(snap)
+        _count(counted)
+        for key in ("calls", "nr_buffers", "pinned_pages"):
+            if counted[key] != _field(snap, key, int):
+                raise BadSnapshot(domid, f"{key} = {snap[key]} but it holds {counted[key]}")
+        if counted["pool"]["total"] != snap["pool"]["total"]:
+            raise BadSnapshot(domid, f"pool total = {snap['pool']['total']} but it holds "
+                                     f"{counted['pool']['total']}")
         limits = DomainLimits(*(int(x) for x in _field(snap, "limits", list)))
         pool = ShadowPool(mediator._machine, domid)
         p = _field(snap, "pool", dict)
@@ -310,19 +383,36 @@ def restore_domain(mediator, snap: dict) -> DomainContext:
                     "internal_errors"):
             setattr(ctx, key, _field(snap, key, int))
         ctx.dying = bool(snap["dying"])
-        for tid, c in snap["suspended"]:
-            call = _restore_call(c)
-            ctx.suspended[int(tid)] = call
-            ctx.all_calls.add(call)
         for b in snap["shm_buffers"]:
             buf = _restore_shm(b)
+            if buf.cookie in ctx.shm_buffers:
+                raise BadSnapshot(domid, f"cookie {buf.cookie:#x} twice among the shm buffers")
             ctx.shm_buffers[buf.cookie] = buf
         for r in snap["rpc_buffers"]:
             rb = RpcBuffer(int(r["cookie"]), int(r["ipa"]), None if r["mfn"] is None else int(r["mfn"]),
                            ShadowPage(int(r["shadow"])))
+            with ctx.lock:
+                if cookies.holder(ctx, rb.cookie) is not None:
+                    raise BadSnapshot(domid, f"cookie {rb.cookie:#x} of an RPC buffer is taken")
             ctx.rpc_buffers[rb.cookie] = rb
+        for tid, c in snap["suspended"]:
+            call = _restore_call(c, ctx.shm_buffers)
+            ctx.suspended[int(tid)] = call
+            ctx.all_calls.add(call)
+            for buf in call.tmem:
+                with ctx.lock:
+                    if cookies.holder(ctx, buf.cookie) is not None:
+                        raise BadSnapshot(domid, f"cookie {buf.cookie:#x} of a temporary memref is taken")
+                ctx.temp_cookies[buf.cookie] = buf
+        seqs = {c.seq for c in ctx.all_calls}
+        for buf in ctx.shm_buffers.values():
+            if buf.owner is not None and buf.owner not in seqs:
+                raise BadSnapshot(domid, f"cookie {buf.cookie:#x} is claimed by call {buf.owner}, "
+                                         f"which is not suspended")
         for tid, (mfn, offset, size) in snap.get("orphans", {}).items():
             ctx.orphan_rpc_args[int(tid)] = (int(mfn), int(offset), int(size))
+        for mfn, n in snap["held_frames"]:
+            ctx.held_frames[int(mfn)] = int(n)
     except BadSnapshot:
         raise
     except (KeyError, TypeError, ValueError) as e:  # AbiError is a ValueError
@@ -377,10 +467,26 @@ def abandon_suspended(mediator, domid: int, tid: int) -> bool:
                 # an RPC FREE of the thread's cached RPC argument comes
                 # first) that OP-TEE may now have completed: undo it before
                 # its pins go, so OP-TEE never holds a registration of
-                # unpinned frames (invariant 4). A gate failure here keeps
-                # the pins (the call is released with the domain).
-                _own_call(mediator, ctx, _unregister(call.register.cookie))
-            mediator._free_std_call(ctx, call)
+                # unpinned frames (invariant 4). Only OP-TEE's word that it
+                # holds none (0, or "no such registration") releases them;
+                # otherwise (busy, a gate failure) _free_std_call keeps it.
+                try:
+                    _undo_registration(mediator, ctx, call)
+                finally:
+                    mediator._free_std_call(ctx, call)
+            else:
+                mediator._free_std_call(ctx, call)
+
+
+def _undo_registration(mediator, ctx: DomainContext, call: StdCall) -> None:
+    """UNREGISTER_SHM the registration ``call`` claimed; release it if OP-TEE
+    answers that it holds none. A gate failure propagates, the claim intact."""
+    buf = call.register
+    ret = _own_call(mediator, ctx, _unregister(buf.cookie))
+    if ret in (0, TEEC_ERROR_BAD_PARAMETERS):
+        call.register = None
+        if cookies.forget(ctx, buf):
+            release_buffer(mediator._machine, ctx, buf)
 
 
 def _failing_resume(mediator, ctx: DomainContext, call: StdCall, tid: int) -> tuple:
@@ -483,7 +589,18 @@ def call_intent(call: StdCall) -> dict:
     return {"cmd": arg.cmd, "session": arg.session, "cookie": cookie, "shadow": call.shadow.mfn}
 
 
-def settle_lost_call(mediator, domid: int, intent: dict) -> str | None:
+@dataclass(frozen=True, slots=True)
+class LostCall:
+    """What :func:`settle_lost_call` did (``done``, for the log; None:
+    nothing to do) and whether the frames pinned beyond the restored context
+    may be unpinned now (``extras_free``: OP-TEE said it keeps no
+    registration the lost call may have made)."""
+
+    done: str | None
+    extras_free: bool
+
+
+def settle_lost_call(mediator, domid: int, intent: dict) -> LostCall:
     """After a daemon died with a call in OP-TEE and recovery ended every
     thread of the domain it does not hold (:func:`settle_orphans`,
     :func:`abandon_suspended`): undo or finish what that call may have done
@@ -491,8 +608,12 @@ def settle_lost_call(mediator, domid: int, intent: dict) -> str | None:
     holding less —
 
     - REGISTER_SHM of a cookie the restored context does not hold:
-      UNREGISTER_SHM it, so OP-TEE keeps no registration of frames whose
-      pins recovery drops (invariant 4);
+      UNREGISTER_SHM it, so OP-TEE keeps no registration of the frames whose
+      pins recovery then drops (invariant 4) — dropped only if OP-TEE answers
+      that it holds none (0, or "no such registration");
+    - REGISTER_SHM whose claim the context holds without its call (the call
+      was set aside): UNREGISTER_SHM it; released on the same answer,
+      otherwise kept registered (LIVE, pinned);
     - OPEN_SESSION that OP-TEE completed (a nonzero session in the shadow,
       zeroed on the way in): CLOSE_SESSION it — the guest never learnt its id;
     - UNREGISTER_SHM of a registration the context still holds: UNREGISTER_SHM
@@ -501,37 +622,71 @@ def settle_lost_call(mediator, domid: int, intent: dict) -> str | None:
 
     Each is one standard call as the domain, through the mediator's port,
     its argument in one of the domain's shadow pages. Run before the extra
-    pins are dropped. Returns what was done (for the log), or None."""
+    pins are dropped; a gate failure propagates (then nothing may be
+    dropped)."""
     ctx = mediator.context(domid)
     cmd, cookie, session = intent.get("cmd"), intent.get("cookie"), intent.get("session") or 0
     if cmd == OPTEE_MSG_CMD_OPEN_SESSION:
         hdr = unpack_header(mediator._machine.read_machine(int(intent["shadow"]) << PAGE_SHIFT, MSG_ARG_HEADER_SIZE))
         session, ret = hdr[2], hdr[5]
         if not session or ret:
-            return None
+            return LostCall(None, True)
         ret = _own_call(mediator, ctx, MsgArg(OPTEE_MSG_CMD_CLOSE_SESSION, session=session))
-        return f"closed session {session:#x} OP-TEE opened (ret {ret:#x})"
+        return LostCall(f"closed session {session:#x} OP-TEE opened (ret {ret:#x})", True)
     if cmd == OPTEE_MSG_CMD_CLOSE_SESSION and session:
         ret = _own_call(mediator, ctx, MsgArg(OPTEE_MSG_CMD_CLOSE_SESSION, session=session))
-        return f"closed session {session:#x} again (ret {ret:#x})"
+        return LostCall(f"closed session {session:#x} again (ret {ret:#x})", True)
     if cmd not in (OPTEE_MSG_CMD_REGISTER_SHM, OPTEE_MSG_CMD_UNREGISTER_SHM) or cookie is None:
-        return None
+        return LostCall(None, True)
     with ctx.lock:
         held = ctx.shm_buffers.get(cookie)
     if cmd == OPTEE_MSG_CMD_REGISTER_SHM:
-        if held is not None:
-            return None  # the context holds it (and its pins): not this call's
+        if held is None:
+            ret = _own_call(mediator, ctx, _unregister(cookie))
+            gone = ret in (0, TEEC_ERROR_BAD_PARAMETERS)
+            return LostCall(f"unregistered cookie {cookie:#x} (ret {ret:#x})"
+                            + ("" if gone else ": OP-TEE may hold it, its frames stay pinned"), gone)
+        if held.kind is not ShmKind.REGISTERED or held.state is not ShmState.PENDING or held.owner is not None:
+            return LostCall(None, True)  # claimed before this call: not this call's
         ret = _own_call(mediator, ctx, _unregister(cookie))
-        return f"unregistered cookie {cookie:#x} (ret {ret:#x})"
-    if held is None or held.kind is not ShmKind.REGISTERED:
-        return None
+        if ret in (0, TEEC_ERROR_BAD_PARAMETERS):
+            if cookies.forget(ctx, held):
+                release_buffer(mediator._machine, ctx, held)
+            return LostCall(f"unregistered cookie {cookie:#x} (ret {ret:#x}), pins released", True)
+        free_list_pages(ctx, held.list_pages)
+        cookies.commit(ctx, held)
+        return LostCall(f"cookie {cookie:#x} kept registered (ret {ret:#x})", True)
+    if held is None or held.kind is not ShmKind.REGISTERED or held.state is not ShmState.LIVE:
+        return LostCall(None, True)
     ret = _own_call(mediator, ctx, _unregister(cookie))
     if ret not in (0, TEEC_ERROR_BAD_PARAMETERS):  # busy: OP-TEE still uses it, keep the pins
-        return f"cookie {cookie:#x} still registered (ret {ret:#x})"
+        return LostCall(f"cookie {cookie:#x} still registered (ret {ret:#x})", True)
+    if cookies.forget(ctx, held):
+        release_buffer(mediator._machine, ctx, held)
+    return LostCall(f"unregistered cookie {cookie:#x} again (ret {ret:#x}), pins released", True)
+
+
+def settle_claims(mediator, domid: int) -> list[str]:
+    """Every registration the restored context holds claimed by no call (its
+    REGISTER_SHM was set aside by recovery, outcome unknown): UNREGISTER_SHM
+    it, release it if OP-TEE holds none, else keep it LIVE. What
+    :func:`settle_lost_call` did not settle already. Returns what was done."""
+    ctx = mediator.context(domid)
     with ctx.lock:
-        ctx.shm_buffers.pop(cookie, None)
-    release_buffer(mediator._machine, ctx, held)
-    return f"unregistered cookie {cookie:#x} again (ret {ret:#x}), pins released"
+        orphans = [b for b in ctx.shm_buffers.values()
+                   if b.state is ShmState.PENDING and b.owner is None]
+    done = []
+    for buf in orphans:
+        ret = _own_call(mediator, ctx, _unregister(buf.cookie))
+        if ret in (0, TEEC_ERROR_BAD_PARAMETERS):
+            if cookies.forget(ctx, buf):
+                release_buffer(mediator._machine, ctx, buf)
+            done.append(f"cookie {buf.cookie:#x} unregistered, released")
+        else:
+            free_list_pages(ctx, buf.list_pages)
+            cookies.commit(ctx, buf)
+            done.append(f"cookie {buf.cookie:#x} kept registered (ret {ret:#x})")
+    return done
 
 
 def _unregister(cookie: int) -> MsgArg:

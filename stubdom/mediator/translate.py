@@ -6,15 +6,16 @@ refusal nothing stays pinned and nothing is accounted."""
 from __future__ import annotations
 
 from stubdom.optee.errors import AbiError, PageListTooLong
-from stubdom.optee.pagelist import build_page_list, list_pages_needed, make_buf_ptr, read_page_list
+from stubdom.optee.pagelist import build_page_list, iter_page_list, list_pages_needed, make_buf_ptr
 from stubdom.optee.teec import TEEC_ERROR_BAD_PARAMETERS, TEEC_ERROR_BAD_STATE, TEEC_ERROR_OUT_OF_MEMORY
 from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, MachineError, P2mType
 
 from .context import DomainContext, ShadowPage, ShmBuffer, ShmKind
-from .limits import TRANSLATE_BATCH
+from .limits import TRANSLATE_STEP
+from .steps import Steps, drive
 
-__all__ = ["Refusal", "translate_noncontig", "translate_page", "release_buffer", "buffer_buf_ptr",
-           "free_list_pages"]
+__all__ = ["Refusal", "translate_noncontig", "translate_noncontig_steps", "translate_page",
+           "release_buffer", "buffer_buf_ptr", "free_list_pages"]
 
 _PAGE_MASK = PAGE_SIZE - 1
 
@@ -66,18 +67,22 @@ def _frame_of(domain, ipa: int) -> int:
     return entry.mfn
 
 
-def _translate_and_pin(machine, domain, ctx: DomainContext, ipas: list[int]) -> list[int]:
-    """Translate and pin ``ipas`` in steps of TRANSLATE_BATCH pages.  Before
-    each step after the first the domain is re-checked (a teardown begun on
+def _translate_and_pin(machine, domain, ctx: DomainContext, ipas: list[int]) -> Steps[list[int]]:
+    """Translate and pin ``ipas`` in steps of TRANSLATE_STEP pages, yielding
+    between steps (a stub domain serves other domains there). Before each
+    step after the first the domain is re-checked (a teardown begun on
     another CPU stops the work); the pages were accounted against the limits
-    before the first step, so no step can overcommit.  On any refusal every
-    step taken is undone: all or nothing."""
+    before the first step, so no step can overcommit. On any refusal — or
+    the caller abandoning the generator — every step taken is undone: all or
+    nothing."""
     mfns: list[int] = []
     try:
-        for start in range(0, len(ipas), TRANSLATE_BATCH):
-            if start and ctx.dying:
-                raise Refusal(TEEC_ERROR_BAD_STATE, "domain is being destroyed")
-            step = [_frame_of(domain, ipa) for ipa in ipas[start:start + TRANSLATE_BATCH]]
+        for start in range(0, len(ipas), TRANSLATE_STEP):
+            if start:
+                yield
+                if ctx.dying:
+                    raise Refusal(TEEC_ERROR_BAD_STATE, "domain is being destroyed")
+            step = [_frame_of(domain, ipa) for ipa in ipas[start:start + TRANSLATE_STEP]]
             try:
                 machine.get_pages(step, ctx.domid)
             except MachineError as e:
@@ -92,8 +97,15 @@ def _translate_and_pin(machine, domain, ctx: DomainContext, ipas: list[int]) -> 
 
 def translate_noncontig(machine, domain, ctx: DomainContext, kind: ShmKind, buf_ptr: int,
                         size: int, cookie: int) -> ShmBuffer:
+    """:func:`translate_noncontig_steps` at once."""
+    return drive(translate_noncontig_steps(machine, domain, ctx, kind, buf_ptr, size, cookie))
+
+
+def translate_noncontig_steps(machine, domain, ctx: DomainContext, kind: ShmKind, buf_ptr: int,
+                              size: int, cookie: int) -> Steps[ShmBuffer]:
     """A NONCONTIG tmem (guest page list at ``buf_ptr``): pinned pages plus a
-    translated list in shadow pages."""
+    translated list in shadow pages. Yields between list pages and between
+    pinning steps; closing it mid-way releases what it took."""
 
     def read_page(ipa: int) -> bytes:
         try:
@@ -102,14 +114,15 @@ def translate_noncontig(machine, domain, ctx: DomainContext, kind: ShmKind, buf_
             raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"page list at {ipa:#x}: {e}") from None
 
     try:
-        plist = read_page_list(read_page, buf_ptr, size, max_entries=ctx.limits.max_pages_per_buffer)
+        plist = yield from iter_page_list(read_page, buf_ptr, size,
+                                          max_entries=ctx.limits.max_pages_per_buffer)
     except AbiError as e:
         ret = TEEC_ERROR_OUT_OF_MEMORY if isinstance(e, PageListTooLong) else TEEC_ERROR_BAD_PARAMETERS
         raise Refusal(ret, f"page list {buf_ptr:#x} size {size:#x}: {e}") from None
     ipas = list(plist.entries)
     _reserve(ctx, len(ipas))
     try:
-        mfns = _translate_and_pin(machine, domain, ctx, ipas)
+        mfns = yield from _translate_and_pin(machine, domain, ctx, ipas)
     except BaseException:
         _unreserve(ctx, len(ipas))
         raise
@@ -136,7 +149,7 @@ def translate_page(machine, domain, ctx: DomainContext, kind: ShmKind, ipa: int,
                       f"contiguous buffer {ipa:#x}+{size:#x} does not fit one page")
     _reserve(ctx, 1)
     try:
-        (mfn,) = _translate_and_pin(machine, domain, ctx, [ipa & ~_PAGE_MASK])
+        (mfn,) = drive(_translate_and_pin(machine, domain, ctx, [ipa & ~_PAGE_MASK]))
     except BaseException:
         _unreserve(ctx, 1)
         raise

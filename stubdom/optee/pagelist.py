@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Generator, Sequence
 
 from .errors import (
     EmptyPageList,
@@ -50,6 +50,7 @@ __all__ = [
     "make_buf_ptr",
     "build_page_list",
     "read_page_list",
+    "iter_page_list",
 ]
 
 PAGE_SIZE = OPTEE_MSG_NONCONTIG_PAGE_SIZE  # 4096, whatever the NS page size
@@ -169,7 +170,26 @@ def read_page_list(
     *,
     max_entries: int,
 ) -> PageList:
-    """Parse the page list of a NONCONTIG tmem (``buf_ptr``, ``size``).
+    """Parse the page list of a NONCONTIG tmem (``buf_ptr``, ``size``): all
+    of :func:`iter_page_list` at once (see there)."""
+    steps = iter_page_list(read_page, buf_ptr, size, max_entries=max_entries)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def iter_page_list(
+    read_page: Callable[[int], bytes],
+    buf_ptr: int,
+    size: int,
+    *,
+    max_entries: int,
+) -> Generator[None, None, PageList]:
+    """Parse the page list of a NONCONTIG tmem (``buf_ptr``, ``size``),
+    yielding after each list page but the last (a caller serving others may
+    switch there) and returning the PageList.
 
     ``read_page(addr)`` must return a private copy of the 4096 bytes at
     ``addr`` or raise (its exception propagates unchanged).  Exactly
@@ -220,6 +240,7 @@ def read_page_list(
                 raise UnalignedAddress(what, nxt, entry_index=i)
             if nxt in visited:
                 raise PageListLoop(nxt, entry_index=i)
+            yield
             slots = load(nxt, i)
         entry = slots[slot]
         if entry == 0:

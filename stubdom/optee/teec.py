@@ -11,6 +11,9 @@ from typing import Mapping
 from .errors import FieldOutOfRange
 
 TEEC_CONFIG_PAYLOAD_REF_COUNT = 4  # tee_client_api.h
+# Parameters a TA takes (optee_os lib/libutee/include/tee_api_defines.h,
+# "not specified in the standard"): OP-TEE's entry_std refuses more.
+TEE_NUM_PARAMS = 4
 
 # -- Result codes (tee_client_api.h) ------------------------------------------------
 TEEC_SUCCESS = 0x00000000

@@ -5,7 +5,7 @@ xen/arch/arm/tee/optee.c does)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from stubdom.mediator import DirectTeePort, DomainLimits, Mediator, OpenSessionFilter
 from stubdom.mediator.errors import DomainRefused
@@ -28,18 +28,25 @@ class El2Placement:
     name = "el2"
 
     def __init__(self, platform, *, limits: DomainLimits | None = None,
+                 domain_limits: Mapping[int, DomainLimits] | None = None,
                  static_shm: bool = True, open_session_filter: OpenSessionFilter | None = None,
                  logger: logging.Logger | None = None,
-                 log_clock: Callable[[], float] | None = None) -> None:
+                 log_clock: Callable[[], float] | None = None,
+                 tee_num_params: int | None = None) -> None:
+        """``limits`` for every domain but those ``domain_limits`` names (a
+        per-domain policy, as a configuration's ``domains`` entries give)."""
         self.port = DirectTeePort(platform.tee)
+        extra = {} if tee_num_params is None else {"tee_num_params": tee_num_params}
         self.mediator = Mediator(platform.machine, self.port, logger=logger, log_clock=log_clock,
-                                 open_session_filter=open_session_filter)
+                                 open_session_filter=open_session_filter, **extra)
         self._limits = limits or DomainLimits()
+        self._domain_limits = dict(domain_limits or {})
         self._static_shm = static_shm
 
     def domain_init(self, domid: int) -> None:
         try:
-            self.mediator.domain_init(domid, limits=self._limits, static_shm=self._static_shm)
+            self.mediator.domain_init(domid, limits=self._domain_limits.get(domid, self._limits),
+                                      static_shm=self._static_shm)
         except DomainRefused as e:
             raise DomainCreationFailed(domid, str(e)) from e
 

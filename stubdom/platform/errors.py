@@ -67,6 +67,19 @@ class GateNotRunning(GateError):
         self.reason = reason
 
 
+class GatePeerRefused(GateError):
+    """The process listening at the gate's event channel runs as another user
+    than the stub domain's (or root): SO_PEERCRED says so, before the stub
+    domain waits for a welcome or maps the ring. It is not the platform;
+    find out who put the socket there."""
+
+    def __init__(self, path: str, pid: int, uid: int, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.path = path
+        self.pid = pid
+        self.uid = uid
+
+
 class GateTimeout(GateError):
     """A gate hypercall got no answer within the client's bound: the platform
     is hung or gone. The request may still be answered later; its response is
@@ -105,6 +118,20 @@ class DaemonUnavailable(ToolstackError):
         super().__init__(f"stubdom-teed control socket {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class DaemonRefused(DaemonUnavailable):
+    """The process listening on the control socket runs as another user than
+    the platform's (or root): SO_PEERCRED says so, before anything is sent.
+    It is not our stubdom-teed (perhaps another local user's socket at the
+    path), so the platform counts the daemon as unavailable: domain_create
+    fails, domain_destroy falls back to the platform's own VM_DESTROYED, and
+    ``wait_ready`` gives up at once. Find out who put the socket there."""
+
+    def __init__(self, path: str, pid: int, uid: int, detail: str) -> None:
+        super().__init__(path, detail)
+        self.pid = pid
+        self.uid = uid
 
 
 class ControlProtocolError(ToolstackError):

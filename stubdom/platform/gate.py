@@ -14,6 +14,10 @@ process beside the TEE model:
 * :class:`GateClient` (the stub domain, frontend): one synchronous call at a
   time, bounded by a timeout. The daemon builds its ``TeePort`` on it.
 
+Each end checks the other's credentials (SO_PEERCRED) before anything
+crosses: the gate serves only a stub domain of its own user (or root), and
+the stub domain attaches only to a gate of its own user (or root).
+
 Entries are ``struct teeif_request``/``teeif_response`` used as follows:
 request ``vcpu`` = the target domid, ``flags`` = the op, ``a`` = x0..x7;
 response ``status`` = 0 or -EPERM/-EINVAL/-ENOENT, ``a`` = the TEE's
@@ -64,9 +68,10 @@ from stubdom.optee.smccc import (
     ARM_SMCCC_OWNER_TRUSTED_APP,
     ARM_SMCCC_OWNER_TRUSTED_OS_END,
 )
+from stubdom.rundir import FILE_MODE, SOCKET_MODE, PeerRefused, check_peer, ensure_runtime_dir, make_private_dir
 from stubdom.xen.constants import DOMID_FIRST_RESERVED
 
-from .errors import GateBusy, GateClosed, GateNotRunning, GateTimeout
+from .errors import GateBusy, GateClosed, GateNotRunning, GatePeerRefused, GateTimeout
 
 __all__ = [
     "GATE_OP_SMC",
@@ -131,6 +136,7 @@ class GateStatistics:
     refusals: Mapping[tuple[int, str], int]  # (domid, "EPERM"/"EINVAL"/"ENOENT") -> refused hypercalls
     assigned: frozenset[int]  # domids the toolstack gave the stub domain
     connections: int  # stub domains that connected (a restarted daemon counts again)
+    refused_peers: int  # connections refused for their user (SO_PEERCRED), never served
     wakeups: int  # sleeps on the event channel that ended with a notification
     batches: int  # pops that found at least one request
     notifications_sent: int  # response pushes after which the stub domain was notified
@@ -144,6 +150,7 @@ class GateStatistics:
             "refusals": {f"d{d}/{name}": n for (d, name), n in sorted(self.refusals.items())},
             "assigned": sorted(self.assigned),
             "connections": self.connections,
+            "refused_peers": self.refused_peers,
             "wakeups": self.wakeups,
             "batches": self.batches,
             "notifications_sent": self.notifications_sent,
@@ -191,14 +198,18 @@ class Gate:
         self._tee_done = threading.Condition(self._lock)
         self._calls: Counter[tuple[int, int]] = Counter()
         self._refusals: Counter[tuple[int, str]] = Counter()
-        self._connections = self._wakeups = self._batches = self._tee_errors = 0
+        self._connections = self._wakeups = self._batches = self._tee_errors = self._refused = 0
         self._sent = self._suppressed = 0  # of rings already replaced
 
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # the gate is the platform's first socket in the runtime directory:
+        # nobody else may control it (docs/config.md, "The runtime directory")
+        ensure_runtime_dir(runtime_dir)
+        make_private_dir(self.dir.parent)
+        make_private_dir(self.dir)
         self._clear_stale()
-        self._ring = BackRing.create(self.ring_path, ring_pages)
+        self._ring = self._create_ring()
         try:
-            self._listener = EventChannelListener(self.evtchn_path)
+            self._listener = EventChannelListener(self.evtchn_path, mode=SOCKET_MODE)
         except BaseException:
             self._ring.close()
             self.ring_path.unlink(missing_ok=True)
@@ -208,6 +219,11 @@ class Gate:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._pollers: dict[int, select.poll] = {}  # _wait's poll objects by fd
+
+    def _create_ring(self) -> BackRing:
+        ring = BackRing.create(self.ring_path, self._ring_pages)
+        os.chmod(self.ring_path, FILE_MODE)  # created 0600 less the umask: exactly 0600
+        return ring
 
     def _clear_stale(self) -> None:
         """Remove a dead platform's gate files; refuse if a live one serves here."""
@@ -289,6 +305,7 @@ class Gate:
                 refusals=MappingProxyType(dict(self._refusals)),
                 assigned=frozenset(self._assigned),
                 connections=self._connections,
+                refused_peers=self._refused,
                 wakeups=self._wakeups,
                 batches=self._batches,
                 notifications_sent=self._sent + (rs.notifications_sent if rs else 0),
@@ -322,6 +339,15 @@ class Gate:
                 chan = self._listener.accept(timeout=0)
             except (BlockingIOError, TimeoutError, InterruptedError):
                 continue
+            try:
+                # before the welcome, before anything on the ring is answered
+                check_peer(chan.fileno(), self.evtchn_path, "stub domain")
+            except PeerRefused as e:
+                log.warning("%s", e)
+                with self._lock:
+                    self._refused += 1
+                chan.close()
+                continue
             with self._lock:
                 self._connections += 1
             log.info("stub domain connected to the SMC gate")
@@ -348,7 +374,7 @@ class Gate:
             self._suppressed += rs.notifications_suppressed
         self._ring.close()
         self.ring_path.unlink(missing_ok=True)
-        self._ring = BackRing.create(self.ring_path, self._ring_pages)
+        self._ring = self._create_ring()
 
     def _answer_pending(self, chan: EventChannel | None) -> bool:
         """Pop every pending request, answer them all, one notify decision.
@@ -478,6 +504,12 @@ class GateClient:
         except ConnectionRefusedError:
             raise GateNotRunning(self.path, "connection refused") from None
         try:
+            try:
+                # the listener's user, as recorded when it called listen():
+                # another user's socket here is not the platform
+                check_peer(self._chan.fileno(), self.path, "SMC gate")
+            except PeerRefused as e:
+                raise GatePeerRefused(self.path, e.pid, e.uid, e.detail) from None
             try:
                 welcomed = self._chan.wait(timeout)
             except PeerDied:

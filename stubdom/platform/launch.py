@@ -158,8 +158,9 @@ class DaemonProcess:
 
     def wait_ready(self, toolstack, timeout: float) -> dict:
         """Wait until the daemon answers ``hello`` (raises DaemonExited at
-        once if it died, the toolstack's DaemonUnavailable on timeout)."""
-        from .errors import DaemonUnavailable
+        once if it died, DaemonRefused at once if another user listens on
+        its socket, the toolstack's DaemonUnavailable on timeout)."""
+        from .errors import DaemonRefused, DaemonUnavailable
 
         deadline_slices = max(1, int(timeout / 0.25))
         for i in range(deadline_slices):
@@ -167,6 +168,8 @@ class DaemonProcess:
                 raise DaemonExited(self.proc.returncode, self.log_path)
             try:
                 return toolstack.wait_ready(0.25)
+            except DaemonRefused:
+                raise
             except DaemonUnavailable:
                 if i == deadline_slices - 1:
                     raise

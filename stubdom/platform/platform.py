@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from stubdom.rundir import ensure_runtime_dir
 from stubdom.tee import IsolationOracle, OpteeModel, TeeConfig
 from stubdom.xen import Domain, Machine
 
@@ -82,9 +83,11 @@ class Platform:
         contract of stubdom.config.Config): the machine at
         ``<runtime_dir>/machine``; under ``placement: stubdom`` the SMC gate is
         serving before this returns, so the daemon can start beside it. Domains
-        are not created: see :func:`domain_spec`."""
+        are not created: see :func:`domain_spec`. The runtime directory is
+        created with mode 0700, or refused (``stubdom.rundir.RuntimeDirError``)
+        when another user could change it."""
         med = config.mediator
-        runtime = Path(med.runtime_dir)
+        runtime = ensure_runtime_dir(med.runtime_dir)
         if placement is None:
             if med.placement == "stubdom":
                 from .stubdom import stubdom_placement
@@ -96,7 +99,9 @@ class Platform:
                 from .el2 import El2Placement
 
                 limits = config.default_policy.limits
-                placement = lambda p: El2Placement(p, limits=limits)  # noqa: E731
+                own = {d.domid: d.policy.limits for d in config.domains}
+                placement = lambda p: El2Placement(p, limits=limits, domain_limits=own,  # noqa: E731
+                                                   tee_num_params=med.tee_num_params)
             else:
                 raise ValueError(f"unknown placement {med.placement!r}")
         return cls(runtime / "machine", nr_frames=config.platform.nr_frames, tee_config=config.tee,
@@ -126,9 +131,13 @@ class Platform:
             raise UnknownDomain(domid)
         while not self.placement.relinquish_resources(domid):
             pass  # resumable teardown: each round releases a bounded chunk
-        self.placement.domain_teardown(domid)
-        self.machine.destroy_domain(domid)
-        del self._specs[domid]
+        try:
+            self.placement.domain_teardown(domid)
+        finally:
+            # a broken teardown invariant is reported (raised) once the
+            # domain is gone: it must never make a domain undestroyable
+            self.machine.destroy_domain(domid)
+            del self._specs[domid]
 
     def domain(self, domid: int) -> Domain:
         if domid not in self._specs:

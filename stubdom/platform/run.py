@@ -21,8 +21,9 @@ from typing import TextIO
 
 from stubdom import workloads
 from stubdom.guest import Context, GuestError, MemoryStore, OpteeDriver, Supplicant
+from stubdom.rundir import RuntimeDirError
 
-from .errors import DaemonUnavailable, DomainCreationFailed
+from .errors import DaemonRefused, DaemonUnavailable, DomainCreationFailed
 from .gate import gate_dir
 from .platform import Platform, domain_spec
 from .toolstack import control_path
@@ -33,8 +34,8 @@ __all__ = ["run_platform", "DEFAULT_DAEMON_WAIT", "EXIT_CONFIG", "EXIT_NO_DAEMON
 log = logging.getLogger("stubdom.platform.run")
 
 DEFAULT_DAEMON_WAIT = 60.0  # seconds the platform waits for stubdom-teed's control socket
-EXIT_NO_DAEMON = 1  # the daemon never answered; nothing was left behind
-EXIT_CONFIG = 2  # the configuration did not validate (every problem printed)
+EXIT_NO_DAEMON = 1  # the daemon never answered (or another user's did); nothing was left behind
+EXIT_CONFIG = 2  # the configuration did not validate (every problem printed), or its runtime directory is refused
 EXIT_ORACLE = 3  # the isolation oracle recorded a violation (each printed)
 _DIGEST_BYTES = 3 * 4096 + 77  # spans four scattered guest pages
 
@@ -82,6 +83,9 @@ def run_platform(
     restore = _install_signals(stop)
     try:
         return _run(config, config_path, say, stop, interval, rounds, daemon_wait)
+    except RuntimeDirError as e:  # another user could control it: nothing was created
+        print(f"platform: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     finally:
         restore()
 
@@ -110,6 +114,9 @@ def _run(config, config_path, say, stop, interval, rounds, daemon_wait) -> int:
             say(f"waiting up to {daemon_wait:g} s for stubdom-teed at {control_path(runtime)}")
             try:
                 hello = platform.placement.toolstack.wait_ready(daemon_wait)
+            except DaemonRefused as e:
+                say(f"{e}; not talking to it")
+                return EXIT_NO_DAEMON
             except DaemonUnavailable as e:
                 say(f"no stubdom-teed answered within {daemon_wait:g} s ({e.reason}); "
                     f"start it with: {daemon_cmd}")

@@ -4,7 +4,9 @@ side of docs/control-protocol.md).
 msgpack maps over an AF_UNIX stream socket: ``{"op", "seq", ...}`` out,
 ``{"seq", "ok", "result" | "error"}`` back, each at most 64 KiB. One request
 at a time per client (a lock serialises threads); every wait is bounded.
-An ``ok: false`` answer raises the ControlError subclass of its code.
+An ``ok: false`` answer raises the ControlError subclass of its code. A
+listener that runs as another user than the platform's (or root) is refused
+before anything is sent (:class:`DaemonRefused`, SO_PEERCRED).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any
 
 import msgpack
 
-from .errors import CONTROL_ERRORS, ControlError, ControlProtocolError, DaemonUnavailable
+from stubdom.rundir import PeerRefused, check_peer
+
+from .errors import CONTROL_ERRORS, ControlError, ControlProtocolError, DaemonRefused, DaemonUnavailable
 
 __all__ = ["MAX_MESSAGE", "Toolstack", "control_path"]
 
@@ -91,6 +95,8 @@ class Toolstack:
         while True:
             try:
                 return self.hello()
+            except DaemonRefused:
+                raise  # someone else's listener: waiting will not make it ours
             except DaemonUnavailable:
                 if time.monotonic() >= deadline:
                     raise
@@ -143,6 +149,11 @@ class Toolstack:
         except OSError as e:
             sock.close()
             raise DaemonUnavailable(self.path, e.strerror or str(e)) from None
+        try:
+            check_peer(sock, self.path, "stubdom-teed")
+        except PeerRefused as e:
+            sock.close()
+            raise DaemonRefused(self.path, e.pid, e.uid, e.detail) from None
         self._sock = sock
         self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_MESSAGE + _READ_SIZE)
         return sock

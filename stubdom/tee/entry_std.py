@@ -73,6 +73,7 @@ from stubdom.optee.teec import (
     TEE_ERROR_BUSY,
     TEE_ERROR_ITEM_NOT_FOUND,
     TEE_ERROR_SECURITY,
+    TEE_NUM_PARAMS,
     TEE_SUCCESS,
     TEEC_ORIGIN_TEE,
     TEEC_ORIGIN_TRUSTED_APP,
@@ -92,7 +93,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["StdCall", "TEE_NUM_PARAMS"]
 
-TEE_NUM_PARAMS = 4  # tee_api_defines.h: params a TA takes
 _U32 = 0xFFFFFFFF
 _NIL_UUID = uuid.UUID(int=0)
 _LOGIN_NIL = (OPTEE_MSG_LOGIN_PUBLIC, OPTEE_MSG_LOGIN_REE_KERNEL)

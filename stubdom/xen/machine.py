@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from stubdom.rundir import FILE_MODE, make_private_dir, make_private_dirs
+
 from .constants import (
     DEFAULT_RAM_BASE,
     DOMID_FIRST_RESERVED,
@@ -126,8 +128,10 @@ class Machine:
     def create(cls, path: Path, *, nr_frames: int, ram_base: int = DEFAULT_RAM_BASE,
                static_shm_base: int = OPTEE_SHMEM_START, static_shm_size: int = OPTEE_SHMEM_SIZE,
                seed: int = 0) -> Machine:
-        """Create a machine in directory ``path`` (made if absent; must be
-        empty).  The static shm frames are reserved to DOMID_XEN."""
+        """Create a machine in directory ``path`` (made if absent, mode 0700;
+        must be empty).  Its files are 0600 whatever the umask: only the
+        platform's user (and root) may map the machine.  The static shm
+        frames are reserved to DOMID_XEN."""
         path = Path(path)
         for name, value in (("nr_frames", nr_frames), ("ram_base", ram_base),
                             ("static_shm_base", static_shm_base),
@@ -152,17 +156,20 @@ class Machine:
             raise BadMachineConfig("static_shm_base", static_shm_base,
                                    f"region of {static_shm_size:#x} bytes is not inside RAM "
                                    f"[{ram_base:#x}, {ram_end:#x})")
-        path.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
+        make_private_dir(path)
         if any(path.iterdir()):
             raise MachineExists(str(path))
 
         created: list[object] = []
         try:
-            (path / _P2M_DIR).mkdir()
+            make_private_dir(path / _P2M_DIR)
             lock = MachineLock(path / _LOCK_FILE)
             created.append(lock)
-            ram_fd = os.open(path / _RAM_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.chmod(path / _LOCK_FILE, FILE_MODE)  # created 0600 less the umask: exactly FILE_MODE
+            ram_fd = os.open(path / _RAM_FILE, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
             created.append(ram_fd)
+            os.fchmod(ram_fd, FILE_MODE)  # O_CREAT's mode less the umask: exactly FILE_MODE
             os.ftruncate(ram_fd, nr_frames * PAGE_SIZE)  # sparse
             ram_mm = mmap.mmap(ram_fd, nr_frames * PAGE_SIZE)
             created.append(ram_mm)

@@ -16,6 +16,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from stubdom.rundir import FILE_MODE
+
 from .errors import MachineFormatError
 
 __all__ = ["MappedFile"]
@@ -36,8 +38,9 @@ class MappedFile:
     def _create_mapping(path: Path, size: int, init: Callable[[int], None]) -> tuple[int, mmap.mmap]:
         """Create ``path`` (it must not exist), let ``init`` write its initial
         contents through the descriptor, and map ``size`` bytes of it."""
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
+            os.fchmod(fd, FILE_MODE)  # O_CREAT's mode less the umask: exactly FILE_MODE
             init(fd)
             return fd, mmap.mmap(fd, size)
         except BaseException:
