@@ -386,6 +386,16 @@ static int dev_connect(void)
 		sys_close(fd);
 		return rc == -ECONNREFUSED ? -ENOENT : rc;
 	}
+	{
+		/* a server of another user is not our guest (root's is) */
+		struct ucred cr;
+		socklen_t l = sizeof(cr);
+
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &l) || (cr.uid != geteuid() && cr.uid != 0)) {
+			sys_close(fd);
+			return -EACCES;
+		}
+	}
 	return fd;
 }
 

@@ -34,6 +34,7 @@ from stubdom.platform import run_platform
 from stubdom.tee.tas.storage import STORAGE_UUID
 
 from guestdev_support import READY_WAIT, build_programs, start_world, stop_world
+from other_user import finish, other_user  # noqa: F401 (a fixture)
 
 WORK_ROUNDS = 2
 
@@ -238,3 +239,31 @@ def test_platform_command_serves_a_guest_dev_beside_its_own_guests(tmp_path, bin
         t.join(120)
     assert status == [0], out.getvalue()
     assert "isolation oracle: 0 violations" in out.getvalue()
+
+
+# Another user's process: connects to ./tee and prints what came back.
+OTHER_PROCESS = """\
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect("tee")
+try:
+    got = s.recv(4096)
+except ConnectionResetError:
+    got = b""
+print(repr(got), flush=True)
+"""
+
+
+def test_another_users_process_is_refused(world, other_user) -> None:
+    """The device socket is this user's (0600); with the modes taken away,
+    the server still closes on another user's process before reading."""
+    directory, mode = world.socket.parent, world.socket.parent.stat().st_mode & 0o777
+    directory.chmod(0o755)
+    world.socket.chmod(0o666)
+    try:
+        out, err = finish(other_user.spawn(OTHER_PROCESS, cwd=directory))
+    finally:
+        world.socket.chmod(0o600)
+        directory.chmod(mode)
+    assert out == "b''\n", err
+    world.assert_quiet()

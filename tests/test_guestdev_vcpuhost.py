@@ -13,8 +13,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 
+from other_user import finish, other_user  # noqa: F401 (a fixture)
 from stubdom.guestdev import PlatformGone, PlatformRefused, PlatformUnavailable, VcpuPool, attach_domain
 from stubdom.optee.smc import (
     OPTEE_MSG_UID_0,
@@ -143,3 +145,31 @@ def test_guest_dev_command_without_or_refused_by_a_platform(tmp_path) -> None:
             in proc.stdout, proc.stdout
     finally:
         platform.close()
+
+
+# Another user's guest kernel: connects to ./vcpus, sends a create request,
+# prints what came back before end-of-file.
+OTHER_GUEST = """\
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect("vcpus")
+try:
+    s.send(bytes.fromhex(sys.argv[1]))
+except (BrokenPipeError, ConnectionResetError):
+    pass  # closed before we wrote: what matters is that nothing comes back
+try:
+    got = s.recv(4096)
+except ConnectionResetError:
+    got = b""
+print(repr(got), flush=True)
+"""
+
+
+def test_another_users_guest_kernel_is_refused(host, tmp_path, other_user) -> None:
+    # the modes taken away: the peer's credentials still refuse it
+    host.path.parent.chmod(0o755)
+    host.path.chmod(0o666)
+    create = msgpack.packb({"op": "create", "domid": 7, "nr_pages": 128, "vcpus": 1})
+    out, err = finish(other_user.spawn(OTHER_GUEST, create.hex(), cwd=host.path.parent))
+    assert out == "b''\n", err  # closed before a byte was read
+    assert host.platform.domids() == []

@@ -77,6 +77,13 @@ def guest_dev_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     logging.basicConfig(level=(opts.log_level or config.mediator.log_level).upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from stubdom.rundir import RundirError, ensure_runtime_dir
+
+    try:
+        ensure_runtime_dir(config.mediator.runtime_dir)
+    except RundirError as e:
+        print(f"guest-dev: {e}", file=sys.stderr)
+        return EXIT_USAGE
     lib = preload_library()
     if not lib.is_file():
         print(f"guest-dev: {lib} is missing: install the package with `pip install .` to build it",

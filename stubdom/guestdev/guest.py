@@ -16,6 +16,7 @@ from pathlib import Path
 
 from stubdom.guest import OpteeDriver, ProbeInfo
 from stubdom.guest.teecore import TeeSubsystem
+from stubdom.rundir import make_private_dir
 from stubdom.xen import Machine
 
 from .vcpus import PlatformLease, VcpuPool, attach_domain
@@ -61,7 +62,8 @@ class GuestKernel:
 
             tee = TeeSubsystem(driver, frame_of=frame_of)
             ddir = device_dir(runtime_dir, domid)
-            ddir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dir(ddir.parent)
+            make_private_dir(ddir)
             return cls(domid, lease, machine, pool, driver, info, tee, ddir / "tee")
         except BaseException:
             lease.release()

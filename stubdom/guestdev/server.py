@@ -46,6 +46,7 @@ from stubdom.guest.pages import PAGE_SIZE
 from stubdom.guest.teecore import TeeContext, TeeSubsystem
 from stubdom.guest.teeshm import TeeShm
 from stubdom.guest.uapi import TEE_IOC_SUPPL_RECV
+from stubdom.rundir import SOCKET_MODE, PeerRefused, check_peer
 from stubdom.guest.usermem import Caller, UserMemory, UserRegion
 
 from .errors import WireError
@@ -149,9 +150,10 @@ class DeviceServer:
         try:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+            os.fchmod(listener.fileno(), SOCKET_MODE)  # never born wider, then exactly that
             with _sockaddr(self.path) as addr:
                 await listener.bind(addr)
-            os.chmod(self.path, 0o600)
+                os.chmod(addr, SOCKET_MODE)
             listener.listen(64)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -196,6 +198,11 @@ class DeviceServer:
     async def _connection(self, conn) -> None:
         """A fresh connection: its first request says what it is."""
         with conn:
+            try:
+                check_peer(conn, self.path, "guest process")  # before reading a byte
+            except PeerRefused as e:
+                log.warning("%s", e)
+                return
             try:
                 got = await self._recv(conn)
                 if got is None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import msgpack
 
 from stubdom.platform.vcpuhost import MAX_CONTROL_MESSAGE, REGS, vcpu_host_path
+from stubdom.rundir import PeerRefused, check_peer
 
 from .errors import PlatformGone, PlatformRefused, PlatformUnavailable
 
@@ -91,6 +92,10 @@ def attach_domain(runtime_dir: str | os.PathLike[str], domid: int, *, nr_pages: 
             sock.close()
             raise PlatformUnavailable(str(path), e.strerror or str(e)) from None
     try:
+        try:
+            check_peer(sock, path, "platform")  # a listener of another user is not our platform
+        except PeerRefused as e:
+            raise PlatformUnavailable(str(path), str(e)) from None
         sock.send(msgpack.packb({"op": "create", "domid": domid, "nr_pages": nr_pages, "vcpus": vcpus}))
         sock.settimeout(max(wait, 60.0))
         msg, fds, _flags, _addr = socket.recv_fds(sock, MAX_CONTROL_MESSAGE, vcpus)

@@ -25,6 +25,8 @@ and traps into this same platform through the vCPU host:
   and joined, then ``Platform.destroy_domain`` releases every pin, sends
   VM_DESTROYED and frees the memory.
 
+Only a process of this user (or root) is served: the socket is 0600 and
+each connection's peer is checked (SO_PEERCRED) before anything is read.
 Domains the configuration declares are the platform's own and cannot be
 asked for.  Creation and destruction are serialised; the platform's main
 thread creates its own domains before the host starts and destroys the rest
@@ -44,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
+
+from stubdom.rundir import SOCKET_MODE, PeerRefused, check_peer, ensure_runtime_dir, make_private_dir
 
 from .errors import DomainCreationFailed, PlatformError
 from .platform import DomainSpec, Platform
@@ -106,14 +110,17 @@ class VcpuHost:
         self._lock = threading.Lock()  # serialises create / destroy
         self._remotes: dict[int, _Remote] = {}
         self._closed = False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_runtime_dir(runtime_dir)
+        make_private_dir(self.path.parent)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
+            # never born wider than SOCKET_MODE (the umask narrows it), then exactly that
+            os.fchmod(self._listener.fileno(), SOCKET_MODE)
             with _sockaddr(self.path) as addr:
                 self._listener.bind(addr)
-            os.chmod(self.path, 0o600)
+                os.chmod(addr, SOCKET_MODE)
             self._listener.listen(_BACKLOG)
         except BaseException:
             self._listener.close()
@@ -133,6 +140,11 @@ class VcpuHost:
     def _serve_guest(self, conn: socket.socket) -> None:
         remote = None
         try:
+            try:
+                check_peer(conn, self.path, "guest kernel")  # before reading a byte
+            except PeerRefused as e:
+                log.warning("vCPU host: %s", e)
+                return
             msg = conn.recv(MAX_CONTROL_MESSAGE)
             if not msg:
                 return
