@@ -6,6 +6,7 @@
     stubdom-teed demo [--runtime-dir D] [--seed N]       the end-to-end run
     stubdom-teed bench [--quick] [...]                   the EL2-vs-stubdom benchmark
     stubdom-teed soak [--minutes M] [...]                honest and hostile domains for a while, checked
+    stubdom-teed guest-dev --config FILE --domid N       a guest whose processes use /dev/tee0 (LD_PRELOAD)
 
 ``main(argv) -> int`` stays thin: each sub-command's own module parses the
 rest and returns the exit status.
@@ -30,7 +31,7 @@ def _daemon_parser() -> argparse.ArgumentParser:
         prog="stubdom-teed",
         description="Stub-domain OP-TEE mediator for Xen on Arm, on a simulated machine. Without a "
         "sub-command, runs the daemon.",
-        epilog="sub-commands: platform, ctl, demo, bench, soak (stubdom-teed SUBCOMMAND --help)",
+        epilog="sub-commands: platform, ctl, demo, bench, soak, guest-dev (stubdom-teed SUBCOMMAND --help)",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--config", help="YAML configuration (default: the embedded configs/xen.yaml)")
@@ -83,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stubdom.daemon import ctl_main
 
         return ctl_main(args[1:])
+    if command == "guest-dev":
+        from stubdom.guestdev import guest_dev_main
+
+        return guest_dev_main(args[1:])
     if command == "platform":
         from stubdom.platform import run_platform
 
@@ -99,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"stubdom-teed demo: {e}", file=sys.stderr)
             return 2
     if command is not None:
-        _daemon_parser().error(f"unknown sub-command {command!r} (platform, ctl, demo, bench, soak)")
+        _daemon_parser().error(f"unknown sub-command {command!r} (platform, ctl, demo, bench, soak, guest-dev)")
 
     from stubdom.daemon import run_daemon
 

@@ -1,5 +1,7 @@
 """The guest side: an OP-TEE driver modelled on Linux drivers/tee/optee, its
-tee-supplicant, the guest kernel's page allocator and a libteec-like client API.
+tee-supplicant, the guest kernel's page allocator, a libteec-like client API,
+and the guest kernel's TEE subsystem (/dev/tee0, /dev/teepriv0: tee_core,
+tee_shm, optee/supp.c) that user processes reach through ``stubdom.guestdev``.
 
     driver = OpteeDriver(trap, domain, nr_vcpus=2, supplicant=Supplicant())
     driver.probe()
@@ -39,11 +41,23 @@ from .notif import Notifications as Notifications
 from .pages import PAGE_SIZE as PAGE_SIZE, PageAllocator as PageAllocator
 from .params import TeeParam as TeeParam
 from .shm import DynamicPool as DynamicPool, Shm as Shm, ShmOwner as ShmOwner, StaticPool as StaticPool
+from .mm import MmTable as MmTable, UserMm as UserMm, UserPage as UserPage
+from .supp import SuppParam as SuppParam, SuppQueue as SuppQueue
 from .supplicant import (
     DirectoryStore as DirectoryStore,
     MemoryStore as MemoryStore,
     Supplicant as Supplicant,
+    SupplicantPort as SupplicantPort,
 )
+from .teecore import (
+    DEVICE_NAMES as DEVICE_NAMES,
+    IoctlResult as IoctlResult,
+    TeeContext as TeeContext,
+    TeeDevice as TeeDevice,
+    TeeSubsystem as TeeSubsystem,
+)
+from .teeshm import ShmKind as ShmKind, TeeShm as TeeShm
+from .usermem import Caller as Caller, UserMemory as UserMemory, UserRegion as UserRegion
 
 __all__ = [
     "CallQueue",
@@ -77,5 +91,21 @@ __all__ = [
     "DirectoryStore",
     "MemoryStore",
     "Supplicant",
+    "SupplicantPort",
+    "MmTable",
+    "UserMm",
+    "UserPage",
+    "SuppParam",
+    "SuppQueue",
+    "DEVICE_NAMES",
+    "IoctlResult",
+    "TeeContext",
+    "TeeDevice",
+    "TeeSubsystem",
+    "ShmKind",
+    "TeeShm",
+    "Caller",
+    "UserMemory",
+    "UserRegion",
     *_errors_all,
 ]

@@ -132,7 +132,7 @@ from .notif import OPTEE_DEFAULT_MAX_NOTIF_VALUE, Notifications
 from .pages import PAGE_SIZE, PageAllocator
 from .params import TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_INPUT, TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INOUT, TeeParam
 from .shm import DynamicPool, Shm, ShmOwner, StaticPool
-from .supplicant import Supplicant
+from .supplicant import SupplicantPort
 
 __all__ = [
     "Trap",
@@ -242,7 +242,7 @@ class OpteeDriver:
         nr_vcpus: int = 1,
         allocator: PageAllocator | None = None,
         seed: int = 0,
-        supplicant: Supplicant | None = None,
+        supplicant: SupplicantPort | None = None,
         shm_alloc_reply: ShmAllocReply = ShmAllocReply.PAGE_LIST,
         clock_ns: Callable[[], int] = time.time_ns,
         sleep: Callable[[float], None] = time.sleep,
@@ -453,7 +453,8 @@ class OpteeDriver:
                 if s is shm:
                     del self._supp_ids[sid]
         if shm.pages is not None:
-            self.pages.free(shm.pages)
+            if not shm.borrowed:  # a process's pinned pages are its own to give back
+                self.pages.free(shm.pages)
         else:
             assert self._static is not None
             self._static.free(shm.paddr)
@@ -471,6 +472,30 @@ class OpteeDriver:
             raise ValueError(f"shared memory size {size} must be at least 1")
         shm = self._alloc(size, owner, align=PAGE_SIZE)
         if shm.is_dynamic:
+            try:
+                self._shm_register(vcpu, shm)
+            except BaseException:
+                self._release(shm)
+                raise
+        return shm
+
+    def register_pages(self, pages: Sequence[int], page_offset: int, size: int, *, vcpu: int = 0,
+                       owner: ShmOwner = ShmOwner.CLIENT, register: bool = True) -> Shm:
+        """A buffer over pages the driver does not own: a process's pinned
+        pages (tee_shm_register_user_buf).  ``size`` bytes from ``page_offset``
+        into the first page.  ``register`` False is tee-supplicant's
+        registration, which OP-TEE learns only from an SHM_ALLOC reply
+        (optee_shm_register_supp); otherwise REGISTER_SHM (optee_shm_register).
+        Freeing it never frees the pages."""
+        self._check_ready()
+        if self._dynamic is None:
+            raise NoSharedMemory(self.info.sec_caps if self.info else 0)
+        if not pages or not 0 <= page_offset < PAGE_SIZE or not 1 <= size <= len(pages) * PAGE_SIZE - page_offset:
+            raise ValueError(f"{size} bytes at offset {page_offset} do not fit {len(pages)} pages")
+        shm = Shm(self.domain, cookie=self._new_cookie(), size=size, owner=owner, pages=pages,
+                  page_offset=page_offset, borrowed=True)
+        self._track(shm)
+        if register:
             try:
                 self._shm_register(vcpu, shm)
             except BaseException:
@@ -556,8 +581,11 @@ class OpteeDriver:
 
     # -- supplicant device (the /dev/teepriv side) ---------------------------------------
     def supp_alloc_shm(self, size: int) -> Shm:
-        """tee-supplicant's TEE_IOC_SHM_ALLOC: its buffers are never registered
-        (optee_shm_register_supp); OP-TEE learns them from the SHM_ALLOC reply."""
+        """A buffer for the in-kernel :class:`Supplicant`: never registered, OP-TEE
+        learns it from the SHM_ALLOC reply, as it learns a buffer tee-supplicant
+        registered on /dev/teepriv0 (optee_shm_register_supp). (A user-space
+        supplicant's TEE_IOC_SHM_ALLOC goes through the TEE subsystem, which
+        registers it as Linux's pool does.)"""
         shm = self._alloc(max(size, 1), ShmOwner.SUPPLICANT, align=PAGE_SIZE)
         shm.size = size
         with self._lock:
@@ -572,6 +600,10 @@ class OpteeDriver:
                 if s is shm:
                     return sid
         raise UnknownShm(shm.cookie)
+
+    def supp_shm_by_id(self, shm_id: int) -> Shm | None:
+        with self._lock:
+            return self._supp_ids.get(shm_id)
 
     def supp_free_shm(self, shm_id: int) -> None:
         with self._lock:
@@ -774,12 +806,12 @@ class OpteeDriver:
         out["ret"] = TEEC_SUCCESS
 
     def _supp_alloc(self, size: int) -> Shm | None:
-        """optee_rpc_cmd_alloc_suppl: ask tee-supplicant to allocate."""
+        """optee_rpc_cmd_alloc_suppl: ask tee-supplicant to allocate, then take
+        a reference on the buffer it names (released by the RPC SHM_FREE)."""
         p = TeeParam(TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INOUT, OPTEE_RPC_SHM_TYPE_APPL, size, 0)
         if self.supplicant is None or self.supplicant.process(OPTEE_RPC_CMD_SHM_ALLOC, [p]):
             return None
-        with self._lock:
-            return self._supp_ids.get(p.c)
+        return self.supplicant.get_shm(p.c)
 
     def _rpc_shm_free(self, vcpu: int, params: list[MsgParam], out: dict) -> None:
         out["ret_origin"] = TEEC_ORIGIN_COMMS
@@ -792,7 +824,11 @@ class OpteeDriver:
             out["ret"] = TEEC_ERROR_BAD_PARAMETERS
             return
         if kind == OPTEE_RPC_SHM_TYPE_APPL and shm.owner is ShmOwner.SUPPLICANT and self.supplicant:
-            p = TeeParam(TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INOUT, OPTEE_RPC_SHM_TYPE_APPL, self.supp_shm_id(shm), 0)
+            # cmd_free_suppl: drop the reference _supp_alloc took, then let
+            # tee-supplicant release its own
+            p = TeeParam(TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INOUT, OPTEE_RPC_SHM_TYPE_APPL,
+                         self.supplicant.shm_id(shm), 0)
+            self.supplicant.put_shm(shm)
             self.supplicant.process(OPTEE_RPC_CMD_SHM_FREE, [p])
         else:
             self._free_shm(vcpu, shm)

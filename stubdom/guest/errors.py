@@ -8,6 +8,9 @@ failures the TEE or the driver report as a GlobalPlatform result are
 
 from __future__ import annotations
 
+import errno as _errno
+import os as _os
+
 from stubdom.optee.teec import TEEC_ORIGIN_NAMES
 from stubdom.optee.teec import teec_name as _teec_name
 
@@ -28,6 +31,7 @@ __all__ = [
     "UnknownShm",
     "TooManyParams",
     "TeecError",
+    "TeeErrno",
     "teec_name",
     "origin_name",
 ]
@@ -186,3 +190,16 @@ class TeecError(GuestError):
         self.origin = origin
         self.outputs = outputs
         super().__init__(f"{teec_name(ret)} ({ret:#010x}) from {origin_name(origin)}")
+
+
+class TeeErrno(GuestError):
+    """A TEE-subsystem system call (open, ioctl, mmap of /dev/tee*) failed the
+    way Linux fails it: ``errno`` is what the calling process sees, ``why``
+    names the check that failed and the offending value.  The device server
+    returns it to the process; nothing of the failed call reached the secure
+    world unless ``why`` says so."""
+
+    def __init__(self, errno: int, why: str) -> None:
+        self.errno = errno
+        self.why = why
+        super().__init__(f"{_errno.errorcode.get(errno, errno)} ({_os.strerror(errno)}): {why}")

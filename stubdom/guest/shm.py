@@ -52,6 +52,7 @@ class Shm:
         pages: Sequence[int] | None = None,
         page_offset: int = 0,
         paddr: int | None = None,
+        borrowed: bool = False,
     ) -> None:
         if (pages is None) == (paddr is None):
             raise ValueError("a Shm has either pages or a static paddr")
@@ -63,6 +64,9 @@ class Shm:
         self.page_offset = page_offset
         self.paddr = paddr
         self.registered = False  # REGISTER_SHM succeeded and UNREGISTER_SHM not yet done
+        # the pages belong to someone else (a process's pinned memory): freeing
+        # the buffer does not free them
+        self.borrowed = borrowed
 
     def __repr__(self) -> str:
         where = f"{len(self.pages)} pages" if self.pages is not None else f"paddr={self.paddr:#x}"

@@ -55,7 +55,7 @@ from .params import (
 )
 from .shm import Shm
 
-__all__ = ["SupplicantDevice", "FileStore", "MemoryStore", "DirectoryStore", "Supplicant"]
+__all__ = ["SupplicantDevice", "SupplicantPort", "FileStore", "MemoryStore", "DirectoryStore", "Supplicant"]
 
 _VIN = TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INPUT
 _VOUT = TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_OUTPUT
@@ -72,6 +72,29 @@ class SupplicantDevice(Protocol):
     def supp_free_shm(self, shm_id: int) -> None: ...
 
     def supp_shm_id(self, shm: Shm) -> int: ...
+
+    def supp_shm_by_id(self, shm_id: int) -> Shm | None: ...
+
+
+class SupplicantPort(Protocol):
+    """What the driver needs from whatever serves tee-supplicant's RPCs: this
+    in-kernel :class:`Supplicant`, or the TEE subsystem's queue to a user-space
+    tee-supplicant (:class:`stubdom.guest.supp.SuppQueue`)."""
+
+    def attach(self, device) -> None: ...
+
+    def process(self, cmd: int, params: list[TeeParam]) -> int:
+        """optee_supp_thrd_req: serve one request; returns the TEEC result."""
+
+    def get_shm(self, shm_id: int) -> Shm | None:
+        """The supplicant's buffer with this id, referenced until put_shm
+        (optee_rpc_cmd_alloc_suppl's tee_shm_get_from_id)."""
+
+    def put_shm(self, shm: Shm) -> None:
+        """Drop the reference get_shm took (cmd_free_suppl's tee_shm_put)."""
+
+    def shm_id(self, shm: Shm) -> int:
+        """The id tee-supplicant knows the buffer by (tee_shm_get_id)."""
 
 
 class StoreError(Exception):
@@ -195,6 +218,17 @@ class Supplicant:
     def attach(self, device: SupplicantDevice) -> None:
         """Open the supplicant device of a driver (done by the driver itself)."""
         self._device = device
+
+    # -- the driver's side of the buffers (SupplicantPort) ------------------------------
+    def get_shm(self, shm_id: int) -> Shm | None:
+        return None if self._device is None else self._device.supp_shm_by_id(shm_id)
+
+    def put_shm(self, shm: Shm) -> None:
+        """Nothing to do: this supplicant's buffers live until its SHM_FREE."""
+
+    def shm_id(self, shm: Shm) -> int:
+        assert self._device is not None
+        return self._device.supp_shm_id(shm)
 
     @property
     def open_fds(self) -> frozenset[int]:

@@ -42,6 +42,7 @@ from .regs import NR_SMC_REGS, Regs, check_regs
 from .run import run_platform
 from .stubdom import UNAVAILABLE_REGS, DomainLink, LinkStatistics, StubdomPlacement, stubdom_placement
 from .toolstack import Toolstack, control_path
+from .vcpuhost import VcpuHost, vcpu_host_path
 from .vsmc import Placement, route_smc
 
 __all__ = [
@@ -86,6 +87,7 @@ __all__ = [
     "ToolstackError",
     "UNAVAILABLE_REGS",
     "UnknownDomain",
+    "VcpuHost",
     "check_regs",
     "client_id",
     "control_path",
@@ -94,4 +96,5 @@ __all__ = [
     "route_smc",
     "run_platform",
     "stubdom_placement",
+    "vcpu_host_path",
 ]

@@ -27,6 +27,7 @@ from .errors import DaemonRefused, DaemonUnavailable, DomainCreationFailed
 from .gate import gate_dir
 from .platform import Platform, domain_spec
 from .toolstack import control_path
+from .vcpuhost import VcpuHost
 
 __all__ = ["run_platform", "DEFAULT_DAEMON_WAIT", "EXIT_CONFIG", "EXIT_NO_DAEMON", "EXIT_ORACLE"]
 
@@ -144,6 +145,10 @@ def _run(config, config_path, say, stop, interval, rounds, daemon_wait) -> int:
             say(f"d{dc.domid} ({dc.name}) up: {domain.nr_pages} pages, {dc.vcpus} vCPUs, "
                 f"{'dynamic' if info.dynamic_shm else 'static'} shm, {info.thread_count} OP-TEE threads")
 
+        # guests whose kernel runs in another process (stubdom-teed guest-dev)
+        host = stack.enter_context(VcpuHost(platform, runtime, reserved={dc.domid for dc in config.domains}))
+        say(f"guest kernels in other processes attach at {host.path} (stubdom-teed guest-dev)")
+
         n = 0
         while not stop.is_set() and (rounds is None or n < rounds):
             n += 1
@@ -151,6 +156,7 @@ def _run(config, config_path, say, stop, interval, rounds, daemon_wait) -> int:
             if rounds is None or n < rounds:
                 stop.wait(interval)
         say("stopping: destroying domains")
+        host.close()
         _shutdown(drivers)
         drivers.clear()
         for domid in platform.domids():

@@ -254,6 +254,11 @@ class Machine:
     # -- geometry ---------------------------------------------------------------------
 
     @property
+    def ram_path(self) -> Path:
+        """The RAM file: frame ``first_mfn + i`` is its page ``i``."""
+        return self.path / _RAM_FILE
+
+    @property
     def ram_base(self) -> int:
         return self._frames.ram_base
 
