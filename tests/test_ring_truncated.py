@@ -170,7 +170,9 @@ _FOREIGN = textwrap.dedent("""\
 
 
 def _child(tmp_path, code: str, *xopts: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *xopts, "-c", code, str(tmp_path)], capture_output=True,
+    # -P: the installed package, not the source tree the suite runs from (a
+    # plain `pip install .` leaves no built extension in ring/ there)
+    return subprocess.run([sys.executable, "-P", *xopts, "-c", code, str(tmp_path)], capture_output=True,
                           text=True, timeout=60, env=dict(os.environ, PYTHONFAULTHANDLER=""))
 
 
