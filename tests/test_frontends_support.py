@@ -77,9 +77,10 @@ class ScriptedFrontend:
             line = self.proc.stdout.readline()
             if not line:
                 self.proc.wait(HANG_GUARD_S)
+                err = self.proc.stderr.read().strip()
+                self.close()  # no pipe left open for a later test's warnings
                 raise AssertionError(f"frontend {self.tag} exited {self.proc.returncode} waiting for "
-                                     f"{answer!r}: {self.proc.stderr.read().strip()} "
-                                     f"(lines so far: {self.lines})")
+                                     f"{answer!r}: {err} (lines so far: {self.lines})")
             line = line.rstrip("\n")
             self.lines.append(line)
             if line.startswith(answer):

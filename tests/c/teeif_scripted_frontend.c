@@ -28,7 +28,8 @@
  *   auto N FID A0     burst then collect, forever ("pushed k", "answered k ...")
  *   truncate SIZE     ftruncate DOMDIR/ring to SIZE bytes   -> truncated
  *   scribble          write req_prod two rings ahead (impossible) -> scribbled
- *   notify            one notification                     -> notified
+ *   notify            one notification      -> notified (notified peer-gone: the
+ *                     backend had closed its end already)
  *   wait_eof          sleep on the channel until end-of-file -> eof
  *   exit              exit 0
  *
@@ -114,12 +115,18 @@ static void say(const char *fmt, ...)
     fflush(stdout); /* the test reads each line as it comes */
 }
 
-/* Event channel: one byte per notification; EAGAIN means one is pending. */
-static void notify(void)
+/* Event channel: one byte per notification; EAGAIN means one is pending.
+ * Returns 0, or -1 when the backend has already closed its end (EPIPE,
+ * ECONNRESET): the notification has nobody to reach. */
+static int notify(void)
 {
     char one = 1;
-    if (ev >= 0 && send(ev, &one, 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 && errno != EAGAIN)
+    if (ev >= 0 && send(ev, &one, 1, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 && errno != EAGAIN) {
+        if (errno == EPIPE || errno == ECONNRESET)
+            return -1;
         fail(1, "notify: send failed");
+    }
+    return 0;
 }
 
 /* Block until notified (bounded), then drain every pending notification.
@@ -213,8 +220,8 @@ static void cmd_burst(uint32_t n, uint32_t fid, uint64_t a0)
     }
     want_a0 = a0;
     RING_PUSH_REQUESTS_AND_CHECK_NOTIFY(&fr, do_notify);
-    if (do_notify)
-        notify();
+    if (do_notify && notify() < 0)
+        fail(1, "notify: the backend closed the channel");
     say("pushed %" PRIu64, ++bursts);
 }
 
@@ -302,8 +309,9 @@ int main(int argc, char **argv)
             sring->req_prod = fr.req_prod_pvt + 2 * RING_SIZE(&fr);
             say("scribbled");
         } else if (!strcmp(line, "notify\n")) {
-            notify();
-            say("notified");
+            /* the backend may have closed the channel on its own already
+             * (it found the ring broken while watching it) */
+            say(notify() == 0 ? "notified" : "notified peer-gone");
         } else if (!strcmp(line, "wait_eof\n")) {
             while (sleep_on() == 0)
                 ;
