@@ -134,18 +134,12 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out, 
             raise StartupError(f"stubdom-teed: no machine at {runtime_dir / 'machine'} ({e}); "
                                f"is the platform running in this runtime directory?") from None
         gate_port = GatePort(gate, op_smc=GATE_OP_SMC, op_hyp=GATE_OP_HYP)
-        holder: list[Daemon] = []
-        # the mediator's lines about a domain obey that domain's log_level
         mediator_log = logging.getLogger(MEDIATOR_LOGGER)
-        mediator_log.filters[:] = [DomainLevelFilter(
-            lambda d: holder[0].domain_log_level(d) if holder else None, logger.level)]
         try:
-            # TA allow/deny is decided by the mediator on its own validated
-            # copy of OPEN_SESSION's meta params (never re-reading the guest).
+            # policy and the journal reach the mediator call by call, as its
+            # hooks (Daemon.serve_call; stubdom/mediator/hooks.py)
             mediator = Mediator(machine, gate_port, logger=mediator_log,
-                                tee_num_params=config.mediator.tee_num_params,
-                                open_session_filter=lambda d, ta, login: holder[0].check_open_session(d, ta),
-                                before_std_call=lambda d, call: holder[0].before_std_call(d, call))
+                                tee_num_params=config.mediator.tee_num_params)
         except TeeProbeFailed as e:
             raise StartupError(f"stubdom-teed: {e}") from None
         except Exception as e:  # the gate refused or died during the probe
@@ -156,7 +150,8 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out, 
         daemon = Daemon(config=config, config_path=config_path, policy=PolicyEngine(config),
                         mediator=mediator, gate_port=_GateStats(gate_port, gate), machine=machine,
                         logger=logger, load_config=load_config, journal=journal)
-        holder.append(daemon)
+        # the mediator's lines about a domain obey that domain's log_level
+        mediator_log.filters[:] = [DomainLevelFilter(daemon.domain_log_level, logger.level)]
         server = ControlServer(control_socket_path(runtime_dir), daemon, logger)
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as backends:

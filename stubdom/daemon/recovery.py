@@ -41,16 +41,23 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from stubdom.mediator import BadSnapshot, expected_pins, restore_domain
-from stubdom.mediator.port import client_id
-from stubdom.mediator.snapshot import without_resumed_call
-from stubdom.optee.smc import OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_VM_DESTROYED
+from stubdom.mediator import BadSnapshot, expected_pins, without_resumed_call
+from stubdom.optee.smc import OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_RETURN_ENOTAVAIL
+from stubdom.platform.errors import GateError
 from stubdom.xen.errors import MachineError
 
+from .errors import GateRefused
 from .journal import DomainRecord, Replay
+from .logs import event
 
 __all__ = ["RecoveryPlan", "plan_recovery", "release_domain_frames", "vm_destroyed",
-           "remove_domain_dir"]
+           "remove_domain_dir", "GATE_FAILURES", "GivenUp", "give_up", "Recovery"]
+
+# The gate refused a hypercall (status != 0), timed out or went away: what a
+# recovery step may meet without it being a bug.
+GATE_FAILURES = (GateRefused, GateError)
+# What a guest gets for a request a dead predecessor left on the ring.
+STALE_ANSWER = (OPTEE_SMC_RETURN_ENOTAVAIL,) + (0,) * 7
 
 _DOM_DIR = re.compile(r"dom(\d+)\Z")
 
@@ -160,11 +167,11 @@ def release_domain_frames(machine, domid: int, snap: dict | None = None) -> int:
     return dropped
 
 
-def vm_destroyed(port, domid: int) -> tuple[bool, str]:
+def vm_destroyed(mediator, domid: int) -> tuple[bool, str]:
     """VM_DESTROYED through the gate: (done, detail)."""
     try:
-        r = port.hyp_call((OPTEE_SMC_VM_DESTROYED, client_id(domid), 0, 0, 0, 0, 0, 0))
-    except Exception as e:  # GateRefused (not assigned), GateTimeout, GateClosed
+        r = mediator.vm_destroyed(domid)
+    except GATE_FAILURES as e:  # GateRefused (not assigned), GateTimeout, GateClosed
         return False, str(e)
     return True, f"a0={r[0]:#x}"
 
@@ -190,7 +197,7 @@ def restore(mediator, rec: DomainRecord) -> None:
     """Raises BadSnapshot if the snapshot does not restore."""
     if rec.snap.get("domid") != rec.domid:
         raise BadSnapshot(rec.domid, f"snapshot names d{rec.snap.get('domid')!r}")
-    restore_domain(mediator, rec.snap)
+    mediator.restore(rec.snap)
 
 
 def extra_pins(machine, domid: int, want) -> dict[int, int]:
@@ -220,3 +227,212 @@ def drop_extra_pins(machine, domid: int, want) -> int:
         except MachineError:
             pass  # a guest frame
     return dropped
+
+
+# == a suspended call whose guest is gone =====================================
+
+@dataclass(frozen=True, slots=True)
+class GivenUp:
+    ended: bool  # OP-TEE completed it (what it held released)
+    undone: str | None  # what was undone of it in OP-TEE (settle_lost_call), for the log
+    error: str | None  # the gate failed: the call stays suspended, released with the domain
+
+
+def give_up(mediator, domid: int, tid: int) -> GivenUp:
+    """End the call suspended on ``tid`` for a guest that will never resume
+    it (its resume was lost with a dead daemon, or its lease ran out):
+    abandon it in OP-TEE, then undo what OP-TEE may have done for it that
+    its guest never learnt of. Only the gate's failures are caught."""
+    intent = mediator.intent_of(domid, tid)
+    try:
+        ended = mediator.abandon(domid, tid)
+        undone = mediator.settle_lost_call(domid, intent).done if ended and intent else None
+    except GATE_FAILURES as e:
+        return GivenUp(False, None, str(e))
+    return GivenUp(ended, undone, None)
+
+
+# == the plan, carried out =====================================================
+
+class Recovery:
+    """Carries out :func:`plan_recovery` for a daemon that starts over a dead
+    predecessor's work (docs/faults.md, "Recovery, per domain"). ``serve``
+    re-attaches a domain the daemon keeps serving and returns its backend
+    (not yet started); ``journal`` is the daemon's CallJournal; ``leases``
+    gets the restored suspended calls whose guests may have given them up."""
+
+    def __init__(self, *, mediator, machine, runtime_dir: Path, journal, leases, logger: logging.Logger,
+                 serve) -> None:
+        self._mediator = mediator
+        self._machine = machine
+        self._runtime_dir = runtime_dir
+        self._journal = journal
+        self._leases = leases
+        self._logger = logger
+        self._serve = serve
+        self.recovered: dict[str, list[int]] = {"restored": [], "reset": [], "torn_down": []}
+        self.stale_answered = 0  # requests of a dead predecessor answered ENOTAVAIL
+        self.abandoned = 0  # suspended calls ended because their resume was lost or expired
+        self.lost_calls_settled = 0  # lost calls' registrations/sessions undone or finished
+
+    def statistics(self) -> dict:
+        return {"recovered": self.recovered, "stale_answered": self.stale_answered,
+                "abandoned": self.abandoned, "lost_calls_settled": self.lost_calls_settled}
+
+    def recover(self, replay: Replay | None) -> list:
+        """Reconcile what the predecessor left (``replay``: its journal, None
+        if there was none or it was refused) with the machine and the secure
+        world; returns the backends of the domains served again (to start
+        once the journal has been checkpointed)."""
+        plan = plan_recovery(replay, self._machine, self._runtime_dir)
+        backends = []
+        for domid, why in plan.teardown:
+            rec = replay.domains.get(domid) if replay is not None else None
+            self._tear_down(domid, why, rec.snap if rec else None, logging.WARNING)
+        for rec in plan.settle:
+            try:
+                restore(self._mediator, rec)
+            except BadSnapshot as e:
+                plan.reset.append((rec, str(e)))
+                continue
+            self._settle(rec)
+            backends.append(self._attach(rec))
+        for rec in plan.restore:
+            try:
+                restore(self._mediator, rec)
+            except BadSnapshot as e:
+                # nothing was installed: tear it down (its pins are exactly the snapshot's)
+                self._tear_down(rec.domid, str(e), None, logging.ERROR)
+                continue
+            # a call killed before its ``begin`` never reached OP-TEE: its pins go
+            pins = drop_extra_pins(self._machine, rec.domid, expected_pins(rec.snap))
+            self.recovered["restored"].append(rec.domid)
+            dump = self._mediator.dump(rec.domid, 0)
+            event(self._logger, logging.INFO, "recovery_restored", domid=rec.domid,
+                  suspended=len(self._mediator.suspended(rec.domid)), shm_buffers=dump["nr_shm_buffers"],
+                  rpc_buffers=dump["nr_rpc_buffers"], pinned_pages=dump["pinned_pages"],
+                  pins_released=pins)
+            backends.append(self._attach(rec))
+        for rec, why in plan.reset:
+            backend = self._reset(rec, why)
+            if backend is not None:
+                backends.append(backend)
+        return backends
+
+    def _tear_down(self, domid: int, why: str, snap, level: int) -> None:
+        # VM_DESTROYED first: OP-TEE must not touch a frame once it is unpinned
+        done, detail = vm_destroyed(self._mediator, domid)
+        pins = release_domain_frames(self._machine, domid, snap)
+        remove_domain_dir(self._runtime_dir, domid, self._logger)
+        self.recovered["torn_down"].append(domid)
+        event(self._logger, level, "recovery_torn_down", domid=domid, reason=why,
+              vm_destroyed=detail if done else f"refused: {detail}", pins_released=pins)
+
+    def _settle(self, rec: DomainRecord) -> None:
+        """A call was in OP-TEE at the kill: end what it left there, undo its
+        lasting effect, then drop the pins beyond the restored context — only
+        once OP-TEE said it keeps nothing they back (else they are held for
+        the domain until VM_DESTROYED)."""
+        m, domid = self._mediator, rec.domid
+        call = rec.open_call
+        intent = call.get("intent")
+        abandoned, ended, undone, claims = 0, [], None, []
+        extras_free = False
+        try:
+            if call["fn"] == OPTEE_SMC_CALL_RETURN_FROM_RPC and call["tid"] in m.suspended(domid):
+                # its guest got ENOTAVAIL for that resume: the call is over for it
+                intent = m.intent_of(domid, call["tid"])
+                abandoned = int(m.abandon(domid, call["tid"]))
+            ended = m.end_unknown_threads(domid)
+            extras_free = True
+            if isinstance(intent, dict):
+                lost = m.settle_lost_call(domid, intent)
+                undone, extras_free = lost.done, lost.extras_free
+                self.lost_calls_settled += undone is not None
+            claims = m.settle_claims(domid)
+        except GATE_FAILURES as e:  # nothing more can be settled now
+            event(self._logger, logging.ERROR, "recovery_settle_failed", domid=domid, error=e)
+            extras_free = False
+        self.abandoned += abandoned
+        want = expected_pins(m.snapshot(domid))
+        if extras_free:
+            pins, held = drop_extra_pins(self._machine, domid, want), 0
+        else:  # OP-TEE may reference them
+            pins, held = 0, m.hold_frames(domid, extra_pins(self._machine, domid, want))
+        self.recovered["restored"].append(domid)
+        dump = m.dump(domid, 0)
+        event(self._logger, logging.WARNING, "recovery_settled", domid=domid,
+              open_call=f"{call['fn']:#x}", set_aside=call.get("set_aside") or "nothing",
+              abandoned=abandoned, threads_ended=len(ended),
+              lost_call=undone or "nothing to undo", claims=", ".join(claims) or "none",
+              pins_released=pins, pins_held=held, suspended=len(m.suspended(domid)),
+              shm_buffers=dump["nr_shm_buffers"])
+
+    def _reset(self, rec: DomainRecord, why: str):
+        """VM_DESTROYED, every pin released, VM_CREATED: a fresh partition
+        and context (the negotiated RPC argument count kept: the guest will
+        not negotiate again). None: VM_CREATED failed, torn down."""
+        from stubdom.mediator import DomainAlreadyInitialised, DomainLimits, DomainRefused
+
+        domid = rec.domid
+        done, detail = vm_destroyed(self._mediator, domid)
+        pins = release_domain_frames(self._machine, domid, rec.snap)
+        try:
+            self._mediator.domain_init(
+                domid, limits=DomainLimits(*(int(v) for v in rec.created["limits"])),
+                static_shm=bool(rec.created["static_shm"]),
+                rpc_param_count=int(rec.snap.get("rpc_param_count", 0)) if rec.snap is not None else 0)
+        except (DomainRefused, DomainAlreadyInitialised, *GATE_FAILURES) as e:
+            remove_domain_dir(self._runtime_dir, domid, self._logger)
+            self.recovered["torn_down"].append(domid)
+            event(self._logger, logging.ERROR, "recovery_torn_down", domid=domid,
+                  reason=f"{why}; VM_CREATED again failed: {e}", pins_released=pins)
+            return None
+        self.recovered["reset"].append(domid)
+        event(self._logger, logging.WARNING, "recovery_reset", domid=domid, reason=why,
+              vm_destroyed=detail if done else f"refused: {detail}", pins_released=pins)
+        return self._attach(rec)
+
+    def _attach(self, rec: DomainRecord):
+        """Serve the domain again: its backend on the re-attached ring, what
+        the dead daemon left on it answered, its restored suspended calls on
+        a lease."""
+        backend = self._serve(rec)
+        self._answer_stale(backend)
+        suspended = self._mediator.suspended(rec.domid)
+        if suspended:  # their guests may have given them up while nobody listened
+            self._leases.grant(rec.domid, suspended)
+        self._journal.serving(rec.domid, rec.created)
+        return backend
+
+    def _answer_stale(self, backend) -> None:
+        """Every request on the ring now was sent to the dead daemon: its
+        frontend has answered (or will answer) the guest ENOTAVAIL. Never run
+        one (it may have run already): answer ENOTAVAIL too. A lost
+        RETURN_FROM_RPC means the guest gave that call up: end it in OP-TEE."""
+        from ring import Response, RingError
+
+        domid = backend.domid
+        try:
+            stale = backend.ring.pop_batch()
+        except Exception as e:  # a corrupted ring: the backend task reports it
+            event(self._logger, logging.ERROR, "recovery_ring_unreadable", domid=domid, error=e)
+            return
+        for req in stale:
+            tid = req.a[3] & 0xFFFFFFFF
+            if req.a[0] == OPTEE_SMC_CALL_RETURN_FROM_RPC and tid in self._mediator.suspended(domid):
+                given = give_up(self._mediator, domid, tid)
+                if given.error is not None:
+                    event(self._logger, logging.ERROR, "abandon_failed", domid=domid, thread=tid,
+                          error=given.error)
+                self.abandoned += given.ended
+                self.lost_calls_settled += given.undone is not None
+            try:
+                backend.ring.push(Response(req.id, 0, 0, STALE_ANSWER))
+            except RingError as e:  # truncated since the pop: the backend task reports it
+                event(self._logger, logging.ERROR, "recovery_ring_unreadable", domid=domid, error=e)
+                return
+            self.stale_answered += 1
+        if stale:
+            backend.log.event(logging.WARNING, "stale_requests_answered", count=len(stale),
+                              abandoned=self.abandoned)

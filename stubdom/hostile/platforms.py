@@ -135,24 +135,7 @@ class HostilePlatform(Platform):
         ``nr_shm_buffers``, ``nr_rpc_buffers``."""
         if self.daemon is not None:
             return self.placement.toolstack.request("dump", domid=domid)
-        ctx = self.placement.mediator.context(domid)
-        with ctx.lock:
-            return {
-                "domid": domid,
-                "limits": {"max_calls": ctx.limits.max_calls, "max_shm_buffers": ctx.limits.max_shm_buffers,
-                           "max_pages_per_buffer": ctx.limits.max_pages_per_buffer,
-                           "max_total_pages": ctx.limits.max_total_pages},
-                "internal_errors": ctx.internal_errors, "calls_in_flight": ctx.calls,
-                "buffers": ctx.nr_buffers, "pinned_pages": ctx.pinned_pages,
-                "suspended": {str(t): c.seq for t, c in ctx.suspended.items()},
-                "shm_buffers": [{"cookie": b.cookie, "pages": b.nr_pages, "size": b.size}
-                                for b in ctx.shm_buffers.values()],
-                "nr_shm_buffers": len(ctx.shm_buffers),
-                "rpc_buffers": [{"cookie": b.cookie, "pinned": b.mfn is not None}
-                                for b in ctx.rpc_buffers.values()],
-                "nr_rpc_buffers": len(ctx.rpc_buffers),
-                "shadow_pages": ctx.pool.total,
-            }
+        return self.placement.mediator.dump(domid, 1 << 30)
 
     def daemon_stats(self, domid: int) -> dict | None:
         """The daemon's ``stats`` record of ``domid`` (None under el2)."""

@@ -25,7 +25,11 @@ from .core import (
     KNOWN_NSEC_CAPS as KNOWN_NSEC_CAPS,
     KNOWN_SEC_CAPS as KNOWN_SEC_CAPS,
     Mediator as Mediator,
+)
+from .hooks import (
     BeforeStdCall as BeforeStdCall,
+    CallHooks as CallHooks,
+    FunctionHooks as FunctionHooks,
     OpenSessionFilter as OpenSessionFilter,
 )
 from .errors import (
@@ -46,26 +50,23 @@ from .limits import (
 )
 from .port import HYP_CLIENT_ID as HYP_CLIENT_ID, DirectTeePort as DirectTeePort, TeePort as TeePort, client_id as client_id
 from .ratelog import RateLimitedLog as RateLimitedLog
+from .recovery import ABANDON_MAX_STEPS as ABANDON_MAX_STEPS, LostCall as LostCall
 from .snapshot import (
-    LostCall as LostCall,
-    abandon_suspended as abandon_suspended,
+    SNAPSHOT_VERSION as SNAPSHOT_VERSION,
+    Intent as Intent,
+    Snapshot as Snapshot,
     call_intent as call_intent,
     expected_pins as expected_pins,
-    restore_domain as restore_domain,
-    settle_claims as settle_claims,
-    settle_lost_call as settle_lost_call,
-    settle_orphans as settle_orphans,
-    snapshot_domain as snapshot_domain,
     without_resumed_call as without_resumed_call,
 )
 
 __all__ = [
-    "BadSnapshot", "LostCall", "abandon_suspended", "call_intent", "expected_pins", "settle_claims",
-    "settle_lost_call", "restore_domain", "settle_orphans", "snapshot_domain", "without_resumed_call",
+    "ABANDON_MAX_STEPS", "BadSnapshot", "Intent", "LostCall", "SNAPSHOT_VERSION", "Snapshot", "call_intent", "expected_pins",
+    "without_resumed_call",
     "ALLOWED_STD_CMDS", "DEFAULT_MAX_CALLS", "DEFAULT_MAX_PAGES_PER_BUFFER", "DEFAULT_MAX_SHM_BUFFERS",
     "DEFAULT_MAX_TOTAL_PAGES", "DirectTeePort", "DomainAlreadyInitialised", "DomainContext",
     "DomainLimits", "DomainNotInitialised", "DomainRefused", "HYP_CLIENT_ID", "KNOWN_NSEC_CAPS",
-    "KNOWN_SEC_CAPS", "Mediator", "MediatorError", "OpenSessionFilter", "BeforeStdCall", "RateLimitedLog", "RpcBuffer", "ShadowPage",
+    "KNOWN_SEC_CAPS", "Mediator", "MediatorError", "OpenSessionFilter", "BeforeStdCall", "CallHooks", "FunctionHooks", "RateLimitedLog", "RpcBuffer", "ShadowPage",
     "ShadowPool", "ShmBuffer", "ShmKind", "ShmState", "StdCall", "TeardownInvariantBroken", "TeePort",
     "TeeProbeFailed", "client_id",
 ]

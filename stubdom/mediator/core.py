@@ -123,6 +123,7 @@ from .context import (
     ShmState,
     StdCall,
 )
+from .hooks import BeforeStdCall, CallHooks, FunctionHooks, OpenSessionFilter
 from .errors import (
     DomainAlreadyInitialised,
     DomainNotInitialised,
@@ -133,6 +134,7 @@ from .errors import (
 from .limits import MAX_RPC_BUFFERS_PER_THREAD, RELINQUISH_BATCH, DomainLimits
 from .port import TeePort, client_id
 from .ratelog import RateLimitedLog
+from .recovery import REFUSED_RPC_ARG_ADDR, RecoveryOps
 from .translate import (
     Refusal,
     buffer_buf_ptr,
@@ -144,26 +146,12 @@ from .translate import (
 )
 from .steps import Steps, drive
 
-__all__ = ["Mediator", "KNOWN_NSEC_CAPS", "KNOWN_SEC_CAPS", "ALLOWED_STD_CMDS", "Regs",
-           "OpenSessionFilter", "BeforeStdCall"]
+__all__ = ["Mediator", "KNOWN_NSEC_CAPS", "KNOWN_SEC_CAPS", "ALLOWED_STD_CMDS", "Regs"]
 
 Regs = tuple[int, int, int, int, int, int, int, int]
-# open_session_filter(domid, ta_uuid, login) -> None (allow) or (ret, ret_origin)
-OpenSessionFilter = Callable[[int, uuid.UUID, int], "tuple[int, int] | None"]
-# before_std_call(domid, call) -> bool: a standard call is validated, translated
-# and in its shadow page, about to reach the TEE; False refuses it (ENOTAVAIL,
-# nothing reaches the TEE). The stub-domain daemon journals it here.
-BeforeStdCall = Callable[[int, StdCall], bool]
-
 _U32 = 0xFFFFFFFF
 _PAGE_MASK = PAGE_SIZE - 1
 _MSG_ARG_ALIGN = 8  # OP-TEE: an argument in the reserved shm must be 8-byte aligned
-# What OP-TEE is resumed with when the mediator refuses the guest's RPC
-# ALLOC.  Not 0, Linux's "no buffer": on a board whose DRAM starts at 0 that
-# is a real page OP-TEE would map.  A misaligned address fails OP-TEE's
-# first check (thread_rpc_alloc_arg: IS_ALIGNED_WITH_TYPE) before it touches
-# memory, and cookie 0 spares the guest an RPC FREE of a buffer it never had.
-_REFUSED_RPC_ARG_ADDR = _MSG_ARG_ALIGN - 1
 
 # Capabilities the mediator can stand behind; anything else is hidden (a
 # guest must never be told of a feature the mediator would not mediate).
@@ -228,8 +216,9 @@ class _Resume:
         self.to_guest = to_guest
 
 
-class Mediator:
-    """One OP-TEE mediator for every domain of a machine."""
+class Mediator(RecoveryOps):
+    """One OP-TEE mediator for every domain of a machine (its recovery
+    operations, for a stub-domain daemon that restarts, in recovery.py)."""
 
     def __init__(self, machine, port: TeePort, *, logger: logging.Logger | None = None,
                  log_clock: Callable[[], float] | None = None,
@@ -249,8 +238,8 @@ class Mediator:
         self.tee_num_params = tee_num_params
         self._machine = machine
         self._port = port
-        self._open_session_filter = open_session_filter
-        self._before_std_call = before_std_call
+        # the hooks of every call that brings none of its own (EL2)
+        self._hooks: CallHooks = FunctionHooks(open_session_filter, before_std_call)
         self._logger = logger or _log
         self._log_clock = log_clock
         self._domains: dict[int, DomainContext] = {}
@@ -297,10 +286,11 @@ class Mediator:
     # == toolstack ============================================================
 
     def domain_init(self, domid: int, *, limits: DomainLimits | None = None,
-                    static_shm: bool = True) -> None:
+                    static_shm: bool = True, rpc_param_count: int = 0) -> None:
         """Create the domain's context, preallocate its shadow pages, then
         VM_CREATED; raises DomainRefused (nothing left behind) if OP-TEE
-        refuses."""
+        refuses. ``rpc_param_count``: the RPC argument size the guest already
+        negotiated (a domain reset by recovery: its guest will not ask again)."""
         limits = limits or DomainLimits()
         with self._lock:
             if domid in self._domains:
@@ -313,6 +303,7 @@ class Mediator:
                              **({"clock": self._log_clock} if self._log_clock else {}))
         ctx = DomainContext(domid, limits, max_calls, MAX_RPC_BUFFERS_PER_THREAD * max_calls,
                             static_shm, pool, log)
+        ctx.rpc_param_count = rpc_param_count
         r = self._port.hyp_call((OPTEE_SMC_VM_CREATED, client_id(domid), 0, 0, 0, 0, 0, 0))
         if r[0] != OPTEE_SMC_RETURN_OK:
             pool.release(pool.total)
@@ -321,8 +312,8 @@ class Mediator:
             self._domains[domid] = ctx
 
     def _install_context(self, ctx: DomainContext) -> None:
-        """Adopt a context rebuilt from a journal (snapshot.restore_domain):
-        OP-TEE already has the partition, the frames are already pinned."""
+        """Adopt a context rebuilt from a journal (:meth:`restore`): OP-TEE
+        already has the partition, the frames are already pinned."""
         with self._lock:
             if ctx.domid in self._domains:
                 raise DomainAlreadyInitialised(ctx.domid)
@@ -333,6 +324,44 @@ class Mediator:
         if ctx is None:
             raise DomainNotInitialised(domid)
         return ctx
+
+    def calls_in_flight(self, domid: int) -> int:
+        """Standard calls of ``domid`` alive (suspended, or in the mediator);
+        0 for a domain without a context."""
+        ctx = self._domains.get(domid)
+        return 0 if ctx is None else ctx.calls
+
+    def dump(self, domid: int, cap: int) -> dict:
+        """The domain's mediator state for the ``dump`` control operation
+        and the tests' harness: counters, limits, calls, suspended threads,
+        buffers by cookie (lists cut at ``cap`` entries; counts exact)."""
+        ctx = self.context(domid)
+        with ctx.lock:
+            calls = sorted(ctx.all_calls, key=lambda c: c.seq)
+            shm = list(ctx.shm_buffers.values())
+            rpc = list(ctx.rpc_buffers.values())
+            suspended = {tid: c.seq for tid, c in ctx.suspended.items()}
+            out = {
+                "domid": domid,
+                "limits": {"max_calls": ctx.limits.max_calls, "max_shm_buffers": ctx.limits.max_shm_buffers,
+                           "max_pages_per_buffer": ctx.limits.max_pages_per_buffer,
+                           "max_total_pages": ctx.limits.max_total_pages},
+                "max_calls": ctx.max_calls, "max_rpc_buffers": ctx.max_rpc_buffers,
+                "static_shm_allowed": ctx.static_shm_allowed, "rpc_param_count": ctx.rpc_param_count,
+                "dying": ctx.dying, "internal_errors": ctx.internal_errors,
+                "calls_in_flight": ctx.calls, "buffers": ctx.nr_buffers,
+                "pinned_pages": ctx.pinned_pages, "shadow_pages": ctx.pool.total,
+                "held_frames": sum(ctx.held_frames.values()),
+            }
+        out["calls"] = [{"seq": c.seq, "function": f"{c.function:#x}", "thread": c.thread_id,
+                         "rpc_state": c.rpc_state.value, "tmem_buffers": len(c.tmem)} for c in calls[:cap]]
+        out["suspended"] = {str(t): s for t, s in list(suspended.items())[:cap]}
+        out["shm_buffers"] = [{"cookie": b.cookie, "kind": b.kind.value, "state": b.state.value,
+                               "pages": b.nr_pages, "size": b.size, "static": b.static} for b in shm[:cap]]
+        out["nr_shm_buffers"] = len(shm)
+        out["rpc_buffers"] = [{"cookie": b.cookie, "pinned": b.mfn is not None} for b in rpc[:cap]]
+        out["nr_rpc_buffers"] = len(rpc)
+        return out
 
     def relinquish_resources(self, domid: int) -> bool:
         """Release a bounded chunk of the domain's state; True when all is
@@ -361,17 +390,6 @@ class Mediator:
             with ctx.lock:
                 ctx.pool.release(budget)
         return not (ctx.all_calls or ctx.rpc_buffers or ctx.shm_buffers or ctx.pool.total)
-
-    def hold_frames(self, domid: int, frames: dict[int, int]) -> int:
-        """Keep ``frames`` ({mfn: pins}, pinned on the domain's behalf but in
-        no buffer: OP-TEE may reference them) until VM_DESTROYED; they count
-        in its snapshots. Returns the pins now held."""
-        ctx = self.context(domid)
-        with ctx.lock:
-            for mfn, n in frames.items():
-                if n > 0:
-                    ctx.held_frames[mfn] = ctx.held_frames.get(mfn, 0) + n
-            return sum(ctx.held_frames.values())
 
     def domain_teardown(self, domid: int) -> None:
         """Relinquish whatever is left, VM_DESTROYED, forget the domain, then
@@ -421,11 +439,12 @@ class Mediator:
         interpreter, as another pCPU would go on running under Xen."""
         return drive(self.call_steps(domid, vcpu, regs), between=_let_others_run)
 
-    def call_steps(self, domid: int, vcpu: int, regs: Regs) -> Steps[Regs]:
+    def call_steps(self, domid: int, vcpu: int, regs: Regs, hooks: CallHooks | None = None) -> Steps[Regs]:
         """:meth:`handle_call` as steps: yields between bounded pieces of a
         standard call's translation (only before the call reaches OP-TEE,
         so nothing of it is in OP-TEE or in a snapshot while it waits) and
-        returns the registers. Closing it early releases what the call took."""
+        returns the registers. Closing it early releases what the call took.
+        ``hooks``: this call's (mediator/hooks.py), else the constructor's."""
         ctx = self._domains.get(domid)
         function = regs[0] & _U32
         if regs[0] >> 32:  # not an SMC32 ID: OP-TEE has no SMC64 calls
@@ -439,7 +458,7 @@ class Mediator:
             return _ret(OPTEE_SMC_RETURN_UNKNOWN_FUNCTION)
         try:
             if handler == self._std_call:
-                return (yield from self._std_call_steps(ctx, vcpu, regs))
+                return (yield from self._std_call_steps(ctx, vcpu, regs, hooks or self._hooks))
             return handler(ctx, vcpu, regs)
         except Exception as e:  # a mediator bug: log, never crash the platform
             ctx.internal_errors += 1
@@ -643,9 +662,9 @@ class Mediator:
                 del ctx.suspended[call.thread_id]
 
     def _std_call(self, ctx: DomainContext, vcpu: int, regs: Regs) -> Regs:
-        return drive(self._std_call_steps(ctx, vcpu, regs))
+        return drive(self._std_call_steps(ctx, vcpu, regs, self._hooks))
 
-    def _std_call_steps(self, ctx: DomainContext, vcpu: int, regs: Regs) -> Steps[Regs]:
+    def _std_call_steps(self, ctx: DomainContext, vcpu: int, regs: Regs, hooks: CallHooks) -> Steps[Regs]:
         function = regs[0] & _U32
         if function != OPTEE_SMC_CALL_WITH_ARG and not ctx.rpc_param_count:
             # Only for a guest that negotiated SEC_CAP_RPC_ARG.
@@ -658,7 +677,7 @@ class Mediator:
             a0 = self._copy_std_request(ctx, call, regs)
             if a0 is not None:
                 return _ret(a0)
-            verdict = self._filter_open_session(ctx, call)
+            verdict = self._filter_open_session(ctx, call, hooks)
             if verdict is not None:
                 # Refused by policy: nothing pinned, nothing reaches the TEE.
                 self._write_result(ctx, call, *verdict)
@@ -674,7 +693,7 @@ class Mediator:
             self._machine.write_machine(call.shadow.maddr, page)
             hi, lo = _split(call.shadow.maddr)
             tee_function = OPTEE_SMC_CALL_WITH_ARG if call.rpc_offset is None else OPTEE_SMC_CALL_WITH_RPC_ARG
-            if self._before_std_call is not None and not self._before_std_call(ctx.domid, call):
+            if not hooks.before_std_call(ctx.domid, call):
                 return _ret(OPTEE_SMC_RETURN_ENOTAVAIL)
             call.begun = True  # from here on OP-TEE may act on it, whatever we learn
             out, keep = self._run(ctx, call, (tee_function, hi, lo, OPTEE_SMC_SHM_CACHED, 0, 0, 0, 0))
@@ -748,11 +767,11 @@ class Mediator:
             return OPTEE_SMC_RETURN_EBADCMD
         return None
 
-    def _filter_open_session(self, ctx: DomainContext, call: StdCall) -> tuple[int, int] | None:
+    def _filter_open_session(self, ctx: DomainContext, call: StdCall, hooks: CallHooks) -> tuple[int, int] | None:
         """Policy on an OPEN_SESSION, decided on the validated shadow copy:
         None, or the (ret, ret_origin) the guest gets instead."""
         arg = call.request
-        if self._open_session_filter is None or arg.cmd != OPTEE_MSG_CMD_OPEN_SESSION:
+        if arg.cmd != OPTEE_MSG_CMD_OPEN_SESSION or not hooks.filters_open_session:
             return None
         try:
             meta = OpenSessionMeta.from_params(arg.params)
@@ -761,7 +780,7 @@ class Mediator:
             # so no malformed request can slip past the filter.
             ctx.log.warning("call %d: %s", call.seq, e)
             return TEEC_ERROR_BAD_PARAMETERS, TEEC_ORIGIN_COMMS
-        verdict = self._open_session_filter(ctx.domid, meta.ta_uuid, meta.login)
+        verdict = hooks.open_session(ctx.domid, meta.ta_uuid, meta.login)
         if verdict is None:
             return None
         ret, origin = verdict
@@ -1054,7 +1073,7 @@ class Mediator:
         if func == OPTEE_SMC_RPC_FUNC_ALLOC:
             buf = self._alloc_rpc_buffer(ctx, call, _pair(regs[1], regs[2]), _pair(regs[4], regs[5]))
             if buf is None:
-                hi, lo = _split(_REFUSED_RPC_ARG_ADDR)
+                hi, lo = _split(REFUSED_RPC_ARG_ADDR)
                 return _Resume((OPTEE_SMC_CALL_RETURN_FROM_RPC, hi, lo, tid, 0, 0, 0, 0), False)
             hi, lo = _split(buf.shadow.maddr)
             chi, clo = _split(buf.cookie)

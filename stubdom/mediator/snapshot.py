@@ -1,11 +1,13 @@
-"""A domain's mediator state as plain data, and back (docs/faults.md).
+"""A domain's mediator state as plain data, and back (docs/faults.md):
+typed data conversion, nothing that talks to OP-TEE.
 
 The stub-domain daemon journals what it needs to survive a SIGKILL: the
 per-domain state that outlives a single trap — calls suspended in RPCs,
-registered shared memory, RPC buffers, the shadow pool — with the frames
-each holds pinned. Everything is plain ints, strings, lists and bytes (the
-journal is msgpack). ``OptEE`` messages are kept as the bytes the mediator
-validated, never re-read from a guest.
+registered shared memory and the cookie claims on it, RPC buffers, the
+shadow pool, frames held for OP-TEE — with the frames each holds pinned.
+Everything is plain ints, strings, lists and bytes (the journal is
+msgpack). OP-TEE messages are kept as the bytes the mediator validated,
+never re-read from a guest.
 
 A snapshot is taken at rest only: when every call that has reached OP-TEE
 is suspended in an RPC. A call still being validated and translated (it has
@@ -16,42 +18,23 @@ keep their cookie state (docs/security.md, "Cookies"): a PENDING one is
 owned by the suspended REGISTER_SHM that claimed it, an UNREGISTERING one
 by the UNREGISTER_SHM in OP-TEE. :func:`expected_pins` says which frames the
 snapshot holds pinned, so that a restore can be checked against the
-machine's frame table before it is trusted.
+machine's frame table before it is trusted. The operations that use these
+(snapshot, restore, abandon, settle) are Mediator's (mediator/recovery.py).
 """
 
 from __future__ import annotations
 
 import copy
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Any, TypedDict
 
 from stubdom.optee.msg import (
-    OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
-    OPTEE_MSG_CMD_CLOSE_SESSION,
-    OPTEE_MSG_CMD_OPEN_SESSION,
     OPTEE_MSG_CMD_REGISTER_SHM,
     OPTEE_MSG_CMD_UNREGISTER_SHM,
-    MSG_ARG_HEADER_SIZE,
     OPTEE_MSG_MAX_NUM_PARAMS,
     MsgArg,
-    MsgParam,
-    unpack_header,
 )
-from stubdom.optee.smc import (
-    OPTEE_SMC_CALL_RETURN_FROM_RPC,
-    OPTEE_SMC_CALL_WITH_ARG,
-    OPTEE_SMC_RETURN_OK,
-    OPTEE_SMC_SHM_CACHED,
-    OPTEE_SMC_RPC_FUNC_ALLOC,
-    OPTEE_SMC_RPC_FUNC_CMD,
-    OPTEE_SMC_RPC_FUNC_FREE,
-    is_rpc_return,
-    rpc_func,
-)
-from stubdom.optee.rpc import OPTEE_RPC_CMD_SHM_FREE
-from stubdom.optee.teec import TEEC_ERROR_BAD_PARAMETERS, TEEC_ERROR_COMMUNICATION, TEEC_ORIGIN_COMMS
-
-from stubdom.xen import PAGE_SHIFT, PAGE_SIZE
 
 from . import cookies
 from .context import (
@@ -68,25 +51,95 @@ from .context import (
 from .errors import BadSnapshot
 from .limits import DomainLimits
 from .ratelog import RateLimitedLog
-from .translate import free_list_pages, release_buffer
 
-__all__ = ["SNAPSHOT_VERSION", "snapshot_domain", "restore_domain", "expected_pins",
-           "abandon_suspended", "settle_orphans", "ABANDON_MAX_STEPS", "call_intent",
-           "settle_lost_call", "LostCall", "settle_claims", "without_resumed_call"]
+__all__ = ["SNAPSHOT_VERSION", "Snapshot", "ShmData", "CallData", "RpcBufferData", "Intent",
+           "context_to_data", "context_from_data", "expected_pins", "without_resumed_call", "call_intent"]
 
 SNAPSHOT_VERSION = 2
-_U32 = 0xFFFFFFFF
-# An abandoned call is driven to completion by failing each RPC; OP-TEE
-# bounds its own RPCs per call, this bounds ours against a TEE that loops.
-ABANDON_MAX_STEPS = 64
-# Where OP-TEE is resumed when the mediator refuses an RPC ALLOC on behalf
-# of a guest that is gone (misaligned: fails OP-TEE's first check).
-_REFUSED_RPC_ARG_ADDR = 7
+
+
+class ShmData(TypedDict):
+    kind: str  # ShmKind value
+    cookie: int
+    ipas: list[int]
+    mfns: list[int]
+    offset: int
+    size: int
+    list_pages: list[int]  # mfns of the translated page list still held
+    static: bool
+    state: str  # ShmState value
+    owner: int | None  # seq of the call that moves it on (PENDING / UNREGISTERING)
+
+
+class CallData(TypedDict):
+    seq: int
+    function: int
+    shadow: int  # mfn
+    guest_ipa: int
+    request: bytes | None
+    rpc_offset: int | None
+    rpc_size: int
+    tmem: list[ShmData]
+    register: int | None  # cookie of its claimed registration (in shm_buffers)
+    unregister: int | None  # cookie of the registration it unregisters
+    begun: bool
+    thread_id: int | None
+    rpc_state: str
+    rpc_func: int
+    rpc_a1: int
+    rpc_a2: int
+    rpc_request: bytes | None
+    rpc_shm_type: int
+    stale_lists: list[int]
+
+
+class RpcBufferData(TypedDict):
+    cookie: int
+    ipa: int
+    mfn: int | None
+    shadow: int
+
+
+class PoolData(TypedDict, total=False):
+    free: list[int]
+    frame_zero: list[int]
+    total: int
+
+
+class Snapshot(TypedDict, total=False):
+    version: int
+    domid: int
+    limits: list[int]
+    max_calls: int
+    max_rpc_buffers: int
+    static_shm_allowed: bool
+    rpc_param_count: int
+    dying: bool
+    next_seq: int
+    internal_errors: int
+    pool: PoolData
+    suspended: list[list[Any]]  # [thread id, CallData]
+    shm_buffers: list[ShmData]
+    rpc_buffers: list[RpcBufferData]
+    held_frames: list[list[int]]  # [mfn, pins]
+    calls: int
+    nr_buffers: int
+    pinned_pages: int
+    orphans: dict[int, list[int]]  # set-aside calls: thread -> [shadow mfn, RPC arg offset, size]
+
+
+class Intent(TypedDict):
+    """What a standard call may leave in OP-TEE (journaled in its ``begin``)."""
+
+    cmd: int
+    session: int
+    cookie: int | None
+    shadow: int  # mfn of its shadow argument page
 
 
 # == to plain data ===========================================================
 
-def _shm(buf: ShmBuffer, state: ShmState | None = None) -> dict:
+def _shm(buf: ShmBuffer, state: ShmState | None = None) -> ShmData:
     state = state or buf.state
     return {"kind": buf.kind.value, "cookie": buf.cookie, "ipas": list(buf.ipas),
             "mfns": list(buf.mfns), "offset": buf.offset, "size": buf.size,
@@ -98,7 +151,7 @@ def _arg(arg: MsgArg | None) -> bytes | None:
     return None if arg is None else arg.pack()
 
 
-def _call(call: StdCall) -> dict:
+def _call(call: StdCall) -> CallData:
     return {"seq": call.seq, "function": call.function, "shadow": call.shadow.mfn,
             "guest_ipa": call.guest_ipa, "request": _arg(call.request),
             "rpc_offset": call.rpc_offset, "rpc_size": call.rpc_size,
@@ -113,11 +166,11 @@ def _call(call: StdCall) -> dict:
             "stale_lists": [p.mfn for p in call.stale_lists]}
 
 
-def snapshot_domain(mediator, domid: int) -> dict:
+def context_to_data(ctx: DomainContext) -> Snapshot:
     """The domain's mediator state as plain data. At rest only: every call
     that reached OP-TEE must be suspended (raises BadSnapshot otherwise);
     calls not yet begun are left out, with what they claimed."""
-    ctx = mediator.context(domid)
+    domid = ctx.domid
     with ctx.lock:
         suspended = dict(ctx.suspended)
         begun = {c for c in ctx.all_calls if c.begun}
@@ -137,7 +190,7 @@ def snapshot_domain(mediator, domid: int) -> dict:
                for b in ctx.rpc_buffers.values()]
         pool = ctx.pool
         lim = ctx.limits
-        snap = {
+        snap: Snapshot = {
             "version": SNAPSHOT_VERSION, "domid": domid,
             "limits": [lim.max_calls, lim.max_shm_buffers, lim.max_pages_per_buffer,
                        lim.max_total_pages],
@@ -160,7 +213,7 @@ def snapshot_domain(mediator, domid: int) -> dict:
     return snap
 
 
-def _count(snap: dict) -> None:
+def _count(snap: Snapshot) -> None:
     """Set the counters of ``snap`` from what it holds (calls, buffers,
     pinned guest pages, shadow pages allocated)."""
     bufs = list(snap["shm_buffers"])
@@ -177,11 +230,11 @@ def _count(snap: dict) -> None:
 
 # == what a snapshot holds pinned ============================================
 
-def expected_pins(snap: dict) -> Counter:
+def expected_pins(snap: Snapshot) -> Counter[int]:
     """{mfn: pins} the snapshot accounts for: every shadow page (idle or in
     use: each pinned once while the pool holds it) and every guest frame
     behind a buffer (once per buffer page)."""
-    pins: Counter = Counter()
+    pins: Counter[int] = Counter()
     shadows = list(snap["pool"]["free"])
     guest: list[int] = []
 
@@ -207,8 +260,8 @@ def expected_pins(snap: dict) -> Counter:
     return pins
 
 
-def without_resumed_call(snap: dict, tid: int | None, have,
-                         intent: dict | None = None) -> tuple[dict, dict | None, str] | None:
+def without_resumed_call(snap: Snapshot, tid: int | None, have: Mapping[int, int],
+                         intent: Intent | None = None) -> tuple[Snapshot, Intent | None, str] | None:
     """The snapshot as it stands once the call that was in OP-TEE at a kill
     is set aside — for a frame table (``have``: {mfn: pins}) lacking pins the
     snapshot holds. Since the snapshot, only that call ran (one at a time),
@@ -290,7 +343,7 @@ def without_resumed_call(snap: dict, tid: int | None, have,
     return snap, intent, ", ".join(gone)
 
 
-def _short(snap: dict, have) -> Counter:
+def _short(snap: Snapshot, have: Mapping[int, int]) -> Counter[int]:
     """{mfn: pins the snapshot holds that ``have`` lacks}."""
     return Counter({m: n - have.get(m, 0) for m, n in expected_pins(snap).items()
                     if have.get(m, 0) < n})
@@ -298,7 +351,7 @@ def _short(snap: dict, have) -> Counter:
 
 # == back to objects =========================================================
 
-def _field(snap: dict, key: str, kinds):
+def _field(snap: Any, key: str, kinds: Any) -> Any:
     v = snap.get(key) if isinstance(snap, dict) else None
     if not isinstance(v, kinds) or isinstance(v, bool) and kinds is int:
         raise BadSnapshot(snap.get("domid", -1) if isinstance(snap, dict) else -1,
@@ -310,7 +363,7 @@ def _unpack_arg(data: bytes | None) -> MsgArg | None:
     return None if data is None else MsgArg.unpack(data, max_params=OPTEE_MSG_MAX_NUM_PARAMS)
 
 
-def _restore_shm(b: dict) -> ShmBuffer:
+def _restore_shm(b: ShmData) -> ShmBuffer:
     owner = b["owner"]
     return ShmBuffer(ShmKind(b["kind"]), int(b["cookie"]), [int(x) for x in b["ipas"]],
                      [int(x) for x in b["mfns"]], int(b["offset"]), int(b["size"]),
@@ -318,7 +371,7 @@ def _restore_shm(b: dict) -> ShmBuffer:
                      ShmState(b["state"]), None if owner is None else int(owner))
 
 
-def _restore_call(c: dict, registrations: dict) -> StdCall:
+def _restore_call(c: CallData, registrations: Mapping[int, ShmBuffer]) -> StdCall:
     """A suspended call; its REGISTER_SHM / UNREGISTER_SHM buffer is the one
     ``registrations`` (cookie -> ShmBuffer) holds for it, claimed by it."""
     seq = int(c["seq"])
@@ -349,13 +402,13 @@ def _restore_call(c: dict, registrations: dict) -> StdCall:
         stale_lists=[ShadowPage(int(m)) for m in c["stale_lists"]])
 
 
-def restore_domain(mediator, snap: dict) -> DomainContext:
-    """Rebuild a domain's context from :func:`snapshot_domain`'s data and
-    install it in ``mediator`` — no SMC, no pin: the secure world and the
-    frame table kept theirs. Check the pins first (:func:`expected_pins`).
-    Raises BadSnapshot for data that does not describe a context (counters
-    that disagree with what it holds, a cookie twice in the namespace, a
-    claimed registration without its call)."""
+def context_from_data(snap: Snapshot, machine: Any, log: RateLimitedLog) -> DomainContext:
+    """A domain's context rebuilt from :func:`context_to_data`'s data — no
+    SMC, no pin: the secure world and the frame table kept theirs (check the
+    pins first: :func:`expected_pins`). Raises BadSnapshot for data that
+    does not describe a context (counters that disagree with what it holds,
+    a cookie twice in the namespace, a claimed registration without its
+    call)."""
     domid = _field(snap, "domid", int)
     if snap.get("version") != SNAPSHOT_VERSION:
         raise BadSnapshot(domid, f"version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}")
@@ -369,13 +422,11 @@ def restore_domain(mediator, snap: dict) -> DomainContext:
             raise BadSnapshot(domid, f"pool total = {snap['pool']['total']} but it holds "
                                      f"{counted['pool']['total']}")
         limits = DomainLimits(*(int(x) for x in _field(snap, "limits", list)))
-        pool = ShadowPool(mediator._machine, domid)
+        pool = ShadowPool(machine, domid)
         p = _field(snap, "pool", dict)
         pool._free = [ShadowPage(int(m)) for m in p["free"]]
         pool._frame_zero = [int(m) for m in p["frame_zero"]]
         pool.total = int(p["total"])
-        log = RateLimitedLog(mediator._logger, f"d{domid}: ",
-                             **({"clock": mediator._log_clock} if mediator._log_clock else {}))
         ctx = DomainContext(domid, limits, _field(snap, "max_calls", int),
                             _field(snap, "max_rpc_buffers", int),
                             bool(snap["static_shm_allowed"]), pool, log)
@@ -419,168 +470,19 @@ def restore_domain(mediator, snap: dict) -> DomainContext:
         raise BadSnapshot(domid, f"{type(e).__name__}: {e}") from None
     if ctx.calls != len(ctx.all_calls):
         raise BadSnapshot(domid, f"calls = {ctx.calls} but {len(ctx.all_calls)} suspended")
-    mediator._install_context(ctx)
     return ctx
 
 
-# == a suspended call whose guest is gone ====================================
+# == the lasting effect of a call =============================================
 
-def abandon_suspended(mediator, domid: int, tid: int) -> bool:
-    """End the call suspended on OP-TEE thread ``tid`` for a guest that will
-    never resume it (its RETURN_FROM_RPC was lost with a daemon that died):
-    resume OP-TEE failing each RPC — ALLOC refused, CMD answered
-    TEEC_ERROR_COMMUNICATION, FREE and foreign interrupts resumed — until the
-    call completes, then release what it held. False: nothing was suspended
-    there, or OP-TEE would not let go within ABANDON_MAX_STEPS (the call
-    stays suspended and is released with the domain)."""
-    ctx = mediator.context(domid)
-    with ctx.lock:
-        call = ctx.suspended.pop(tid, None)
-    if call is None:
-        return False
-    done = False
-    try:
-        for _ in range(ABANDON_MAX_STEPS):
-            regs = _failing_resume(mediator, ctx, call, tid)
-            r = mediator._tee(ctx, regs)
-            free_list_pages(ctx, call.stale_lists)  # OP-TEE has read them
-            if not is_rpc_return(r[0] & _U32):
-                done = True
-                return True
-            func = rpc_func(r[0] & _U32)
-            call.thread_id, call.rpc_func = r[3] & _U32, func
-            call.rpc_a1, call.rpc_a2 = r[1] & _U32, r[2] & _U32
-            call.rpc_state = RpcState.GUEST
-            call.rpc_request = None
-            tid = call.thread_id
-            if func == OPTEE_SMC_RPC_FUNC_FREE:
-                mediator._free_rpc_buffer(ctx, (call.rpc_a1 << 32) | call.rpc_a2)
-        ctx.log.error("abandoned call %d: OP-TEE still in RPCs after %d steps", call.seq,
-                      ABANDON_MAX_STEPS)
-        with ctx.lock:
-            ctx.suspended[tid] = call
-        return False
-    finally:
-        if done:
-            if call.register is not None:
-                # A REGISTER_SHM (suspended before OP-TEE ran the command:
-                # an RPC FREE of the thread's cached RPC argument comes
-                # first) that OP-TEE may now have completed: undo it before
-                # its pins go, so OP-TEE never holds a registration of
-                # unpinned frames (invariant 4). Only OP-TEE's word that it
-                # holds none (0, or "no such registration") releases them;
-                # otherwise (busy, a gate failure) _free_std_call keeps it.
-                try:
-                    _undo_registration(mediator, ctx, call)
-                finally:
-                    mediator._free_std_call(ctx, call)
-            else:
-                mediator._free_std_call(ctx, call)
-
-
-def _undo_registration(mediator, ctx: DomainContext, call: StdCall) -> None:
-    """UNREGISTER_SHM the registration ``call`` claimed; release it if OP-TEE
-    answers that it holds none. A gate failure propagates, the claim intact."""
-    buf = call.register
-    ret = _own_call(mediator, ctx, _unregister(buf.cookie))
-    if ret in (0, TEEC_ERROR_BAD_PARAMETERS):
-        call.register = None
-        if cookies.forget(ctx, buf):
-            release_buffer(mediator._machine, ctx, buf)
-
-
-def _failing_resume(mediator, ctx: DomainContext, call: StdCall, tid: int) -> tuple:
-    """RETURN_FROM_RPC registers that fail the RPC OP-TEE is waiting on."""
-    if call.rpc_func == OPTEE_SMC_RPC_FUNC_ALLOC:
-        return (OPTEE_SMC_CALL_RETURN_FROM_RPC, 0, _REFUSED_RPC_ARG_ADDR, tid, 0, 0, 0, 0)
-    if call.rpc_func == OPTEE_SMC_RPC_FUNC_CMD:
-        where = mediator._rpc_arg_location(ctx, call, call.rpc_a1, call.rpc_a2)
-        if where is not None:
-            shadow_addr = where[0]
-            try:
-                req = MsgArg.unpack(mediator._machine.read_machine(shadow_addr, where[2]),
-                                    max_params=OPTEE_MSG_MAX_NUM_PARAMS)
-            except ValueError:
-                req = None
-            if req is not None:
-                if req.cmd == OPTEE_RPC_CMD_SHM_FREE and req.params:
-                    mediator._free_rpc_shm(ctx, req.params[0].b)
-                mediator._machine.write_machine(shadow_addr, req.replace(
-                    ret=TEEC_ERROR_COMMUNICATION, ret_origin=TEEC_ORIGIN_COMMS).pack())
-    return (OPTEE_SMC_CALL_RETURN_FROM_RPC, 0, 0, tid, 0, 0, 0, 0)
-
-
-def settle_orphans(mediator, domid: int) -> list[int]:
-    """After a daemon died with a call inside OP-TEE: end every thread of the
-    domain's partition that OP-TEE holds suspended but the restored context
-    does not know (the call the dead daemon was running, suspended in an
-    RPC nobody will answer, or a call recovery set aside). Each is resumed
-    failing its RPC (an ALLOC gets a misaligned address, the rest are
-    resumed as they are) until it completes; an RPC buffer (FREE) or RPC SHM
-    buffer (SHM_FREE) the context holds that OP-TEE gives back on the way is
-    released then. Threads the context holds suspended are left alone; a
-    thread that is not suspended answers ERESUME. Returns the threads ended."""
-    ctx = mediator.context(domid)
-    with ctx.lock:
-        known = set(ctx.suspended)
-    ended = []
-    for tid in range(mediator.tee_threads):
-        if tid in known:
-            continue
-        t = tid
-        for _ in range(ABANDON_MAX_STEPS):
-            r = mediator._tee(ctx, (OPTEE_SMC_CALL_RETURN_FROM_RPC, 0, _REFUSED_RPC_ARG_ADDR, t,
-                                    0, 0, 0, 0))
-            if not is_rpc_return(r[0] & _U32):
-                break
-            t = r[3] & _U32
-            func = rpc_func(r[0] & _U32)
-            if func == OPTEE_SMC_RPC_FUNC_FREE:
-                mediator._free_rpc_buffer(ctx, ((r[1] & _U32) << 32) | (r[2] & _U32))
-            elif func == OPTEE_SMC_RPC_FUNC_CMD:
-                _orphan_shm_free(mediator, ctx, t, r[1] & _U32, r[2] & _U32)
-            if t not in ended:
-                ended.append(t)
-    with ctx.lock:
-        ctx.orphan_rpc_args.clear()
-    return ended
-
-
-def _orphan_shm_free(mediator, ctx: DomainContext, tid: int, a1: int, a2: int) -> None:
-    """An orphan's RPC CMD: if it is SHM_FREE of an RPC SHM buffer the
-    context holds (one a set-aside call had, pinned in the snapshot), OP-TEE
-    let go of it: unpin it now, once (``_free_rpc_shm`` forgets it). The
-    request is in an RPC buffer (a1:a2 its cookie) or after the set-aside
-    call's argument in its shadow page; anywhere else it names nothing the
-    context holds (an orphan's own buffers postdate the snapshot: their
-    pins are dropped as extra after the settle)."""
-    cookie = (a1 << 32) | a2
-    with ctx.lock:
-        buf = ctx.rpc_buffers.get(cookie) if cookie else None
-        hint = ctx.orphan_rpc_args.get(tid)
-    if buf is not None:
-        where = (buf.shadow.maddr, PAGE_SIZE - (buf.ipa & (PAGE_SIZE - 1)))
-    elif not cookie and hint is not None:
-        where = ((hint[0] << PAGE_SHIFT) + hint[1], hint[2])
-    else:
-        return
-    try:
-        req = MsgArg.unpack(mediator._machine.read_machine(*where), max_params=OPTEE_MSG_MAX_NUM_PARAMS)
-    except ValueError:
-        return
-    if req.cmd == OPTEE_RPC_CMD_SHM_FREE and req.params:
-        mediator._free_rpc_shm(ctx, req.params[0].b)
-
-
-# == the lasting effect of a call whose answer was lost =======================
-
-def call_intent(call: StdCall) -> dict:
+def call_intent(call: StdCall) -> Intent:
     """What a standard call may leave in OP-TEE, from the mediator's own
     validated copy (never the guest's page): the command, the session it
     names, the cookie it registers or unregisters, the shadow page OP-TEE
     writes its result to. Plain data: the daemon journals it before the call
     reaches the TEE (its ``begin`` record)."""
     arg = call.request
+    assert arg is not None, "a call suspended or begun has a validated request"
     cookie = None
     if arg.cmd == OPTEE_MSG_CMD_REGISTER_SHM and call.register is not None:
         cookie = call.register.cookie
@@ -589,132 +491,3 @@ def call_intent(call: StdCall) -> dict:
     return {"cmd": arg.cmd, "session": arg.session, "cookie": cookie, "shadow": call.shadow.mfn}
 
 
-@dataclass(frozen=True, slots=True)
-class LostCall:
-    """What :func:`settle_lost_call` did (``done``, for the log; None:
-    nothing to do) and whether the frames pinned beyond the restored context
-    may be unpinned now (``extras_free``: OP-TEE said it keeps no
-    registration the lost call may have made)."""
-
-    done: str | None
-    extras_free: bool
-
-
-def settle_lost_call(mediator, domid: int, intent: dict) -> LostCall:
-    """After a daemon died with a call in OP-TEE and recovery ended every
-    thread of the domain it does not hold (:func:`settle_orphans`,
-    :func:`abandon_suspended`): undo or finish what that call may have done
-    while its guest was answered ENOTAVAIL (outcome unknown), always towards
-    holding less —
-
-    - REGISTER_SHM of a cookie the restored context does not hold:
-      UNREGISTER_SHM it, so OP-TEE keeps no registration of the frames whose
-      pins recovery then drops (invariant 4) — dropped only if OP-TEE answers
-      that it holds none (0, or "no such registration");
-    - REGISTER_SHM whose claim the context holds without its call (the call
-      was set aside): UNREGISTER_SHM it; released on the same answer,
-      otherwise kept registered (LIVE, pinned);
-    - OPEN_SESSION that OP-TEE completed (a nonzero session in the shadow,
-      zeroed on the way in): CLOSE_SESSION it — the guest never learnt its id;
-    - UNREGISTER_SHM of a registration the context still holds: UNREGISTER_SHM
-      again, and on success or "not found" (the lost one ran) unpin it;
-    - CLOSE_SESSION: CLOSE_SESSION again (the lost one ran, or now it has).
-
-    Each is one standard call as the domain, through the mediator's port,
-    its argument in one of the domain's shadow pages. Run before the extra
-    pins are dropped; a gate failure propagates (then nothing may be
-    dropped)."""
-    ctx = mediator.context(domid)
-    cmd, cookie, session = intent.get("cmd"), intent.get("cookie"), intent.get("session") or 0
-    if cmd == OPTEE_MSG_CMD_OPEN_SESSION:
-        hdr = unpack_header(mediator._machine.read_machine(int(intent["shadow"]) << PAGE_SHIFT, MSG_ARG_HEADER_SIZE))
-        session, ret = hdr[2], hdr[5]
-        if not session or ret:
-            return LostCall(None, True)
-        ret = _own_call(mediator, ctx, MsgArg(OPTEE_MSG_CMD_CLOSE_SESSION, session=session))
-        return LostCall(f"closed session {session:#x} OP-TEE opened (ret {ret:#x})", True)
-    if cmd == OPTEE_MSG_CMD_CLOSE_SESSION and session:
-        ret = _own_call(mediator, ctx, MsgArg(OPTEE_MSG_CMD_CLOSE_SESSION, session=session))
-        return LostCall(f"closed session {session:#x} again (ret {ret:#x})", True)
-    if cmd not in (OPTEE_MSG_CMD_REGISTER_SHM, OPTEE_MSG_CMD_UNREGISTER_SHM) or cookie is None:
-        return LostCall(None, True)
-    with ctx.lock:
-        held = ctx.shm_buffers.get(cookie)
-    if cmd == OPTEE_MSG_CMD_REGISTER_SHM:
-        if held is None:
-            ret = _own_call(mediator, ctx, _unregister(cookie))
-            gone = ret in (0, TEEC_ERROR_BAD_PARAMETERS)
-            return LostCall(f"unregistered cookie {cookie:#x} (ret {ret:#x})"
-                            + ("" if gone else ": OP-TEE may hold it, its frames stay pinned"), gone)
-        if held.kind is not ShmKind.REGISTERED or held.state is not ShmState.PENDING or held.owner is not None:
-            return LostCall(None, True)  # claimed before this call: not this call's
-        ret = _own_call(mediator, ctx, _unregister(cookie))
-        if ret in (0, TEEC_ERROR_BAD_PARAMETERS):
-            if cookies.forget(ctx, held):
-                release_buffer(mediator._machine, ctx, held)
-            return LostCall(f"unregistered cookie {cookie:#x} (ret {ret:#x}), pins released", True)
-        free_list_pages(ctx, held.list_pages)
-        cookies.commit(ctx, held)
-        return LostCall(f"cookie {cookie:#x} kept registered (ret {ret:#x})", True)
-    if held is None or held.kind is not ShmKind.REGISTERED or held.state is not ShmState.LIVE:
-        return LostCall(None, True)
-    ret = _own_call(mediator, ctx, _unregister(cookie))
-    if ret not in (0, TEEC_ERROR_BAD_PARAMETERS):  # busy: OP-TEE still uses it, keep the pins
-        return LostCall(f"cookie {cookie:#x} still registered (ret {ret:#x})", True)
-    if cookies.forget(ctx, held):
-        release_buffer(mediator._machine, ctx, held)
-    return LostCall(f"unregistered cookie {cookie:#x} again (ret {ret:#x}), pins released", True)
-
-
-def settle_claims(mediator, domid: int) -> list[str]:
-    """Every registration the restored context holds claimed by no call (its
-    REGISTER_SHM was set aside by recovery, outcome unknown): UNREGISTER_SHM
-    it, release it if OP-TEE holds none, else keep it LIVE. What
-    :func:`settle_lost_call` did not settle already. Returns what was done."""
-    ctx = mediator.context(domid)
-    with ctx.lock:
-        orphans = [b for b in ctx.shm_buffers.values()
-                   if b.state is ShmState.PENDING and b.owner is None]
-    done = []
-    for buf in orphans:
-        ret = _own_call(mediator, ctx, _unregister(buf.cookie))
-        if ret in (0, TEEC_ERROR_BAD_PARAMETERS):
-            if cookies.forget(ctx, buf):
-                release_buffer(mediator._machine, ctx, buf)
-            done.append(f"cookie {buf.cookie:#x} unregistered, released")
-        else:
-            free_list_pages(ctx, buf.list_pages)
-            cookies.commit(ctx, buf)
-            done.append(f"cookie {buf.cookie:#x} kept registered (ret {ret:#x})")
-    return done
-
-
-def _unregister(cookie: int) -> MsgArg:
-    return MsgArg(OPTEE_MSG_CMD_UNREGISTER_SHM,
-                  params=(MsgParam.rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 0, 0, cookie),))
-
-
-def _own_call(mediator, ctx: DomainContext, arg: MsgArg) -> int:
-    """One standard call the mediator makes for the domain (its client ID,
-    through its port), the argument in a shadow page; returns ``ret`` (or
-    TEEC_ERROR_COMMUNICATION if OP-TEE did not complete it). RPCs are failed
-    as :func:`settle_orphans` does."""
-    with ctx.lock:
-        page = ctx.pool.take()
-    try:
-        mediator._machine.write_machine(page.maddr, arg.pack())
-        r = mediator._tee(ctx, (OPTEE_SMC_CALL_WITH_ARG, page.maddr >> 32, page.maddr & _U32,
-                                OPTEE_SMC_SHM_CACHED, 0, 0, 0, 0))
-        for _ in range(ABANDON_MAX_STEPS):
-            if not is_rpc_return(r[0] & _U32):
-                break
-            if rpc_func(r[0] & _U32) == OPTEE_SMC_RPC_FUNC_FREE:
-                mediator._free_rpc_buffer(ctx, ((r[1] & _U32) << 32) | (r[2] & _U32))
-            r = mediator._tee(ctx, (OPTEE_SMC_CALL_RETURN_FROM_RPC, 0, _REFUSED_RPC_ARG_ADDR,
-                                    r[3] & _U32, 0, 0, 0, 0))
-        if r[0] & _U32 != OPTEE_SMC_RETURN_OK:
-            return TEEC_ERROR_COMMUNICATION
-        return unpack_header(mediator._machine.read_machine(page.maddr, MSG_ARG_HEADER_SIZE))[5]
-    finally:
-        with ctx.lock:
-            ctx.pool.give(page)
