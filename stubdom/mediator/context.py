@@ -239,6 +239,6 @@ class DomainContext:
         self.internal_errors = 0  # mediator bugs caught at the dispatch boundary
         # Only between a restart's restore and its settle: OP-TEE thread ->
         # (shadow mfn, offset, size) of the RPC argument of a call recovery
-        # set aside but OP-TEE may hold suspended (settle_orphans reads the
+        # set aside but OP-TEE may hold suspended (end_unknown_threads reads the
         # SHM_FREE it makes on its way out there). Never snapshotted.
         self.orphan_rpc_args: dict[int, tuple[int, int, int]] = {}

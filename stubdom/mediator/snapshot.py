@@ -277,7 +277,7 @@ def without_resumed_call(snap: Snapshot, tid: int | None, have: Mapping[int, int
 
     A set-aside call OP-TEE may still hold suspended is listed under
     ``"orphans"`` ({thread: [shadow mfn, RPC arg offset, size]}) so that
-    :func:`settle_orphans` can read the RPCs it makes on its way out.
+    ``Mediator.end_unknown_threads`` can read the RPCs it makes on its way out.
 
     Returns (snapshot, the set-aside call's intent — else ``intent`` —, what
     was set aside), or None if pins are still missing: not explained by that
