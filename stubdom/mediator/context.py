@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 
 from stubdom.optee.msg import MsgArg
-from stubdom.xen import PAGE_SHIFT, PAGE_SIZE
+from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, Machine
 
 from .limits import DomainLimits
 from .ratelog import RateLimitedLog
@@ -51,7 +51,7 @@ class ShadowPool:
     translated page lists.  Pages return to the pool, never to the heap,
     until the domain is torn down."""
 
-    def __init__(self, machine, domid: int) -> None:
+    def __init__(self, machine: Machine, domid: int) -> None:
         self._machine = machine
         self._domid = domid
         self._free: list[ShadowPage] = []

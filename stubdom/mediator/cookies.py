@@ -21,9 +21,11 @@ once its pages are translated and pinned, then ``commit`` (LIVE) or
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from stubdom.optee.teec import TEEC_ERROR_BAD_PARAMETERS
 
-from .context import DomainContext, ShmBuffer, ShmKind, ShmState
+from .context import DomainContext, RpcBuffer, ShmBuffer, ShmKind, ShmState
 from .translate import Refusal
 
 __all__ = ["holder", "reserve", "fill", "forget", "commit", "live_registration",
@@ -132,7 +134,7 @@ def end_unregister(ctx: DomainContext, buf: ShmBuffer, gone: bool) -> bool:
         return False
 
 
-def claim_rpc_cookie(ctx: DomainContext, cookie: int, make, limit: int):
+def claim_rpc_cookie(ctx: DomainContext, cookie: int, make: Callable[[], RpcBuffer], limit: int) -> RpcBuffer:
     """Insert the RPC argument buffer ``make()`` under ``cookie`` if the
     cookie is free and fewer than ``limit`` such buffers exist; returns the
     buffer, or raises Refusal. One step under the lock: no second claim can

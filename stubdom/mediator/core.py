@@ -19,8 +19,8 @@ import logging
 import struct
 import threading
 import time
-import uuid
 from collections.abc import Callable
+from typing import Any
 
 from stubdom.optee.errors import AbiError, BadMetaParam
 from stubdom.optee.msg import (
@@ -110,7 +110,7 @@ from stubdom.optee.teec import (
     TEEC_ERROR_OUT_OF_MEMORY,
     TEEC_ORIGIN_COMMS,
 )
-from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, MachineError, P2mType, WrongP2mType
+from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, Machine, MachineError, P2mType, WrongP2mType
 
 from . import cookies
 from .context import (
@@ -220,7 +220,7 @@ class Mediator(RecoveryOps):
     """One OP-TEE mediator for every domain of a machine (its recovery
     operations, for a stub-domain daemon that restarts, in recovery.py)."""
 
-    def __init__(self, machine, port: TeePort, *, logger: logging.Logger | None = None,
+    def __init__(self, machine: Machine, port: TeePort, *, logger: logging.Logger | None = None,
                  log_clock: Callable[[], float] | None = None,
                  open_session_filter: OpenSessionFilter | None = None,
                  before_std_call: BeforeStdCall | None = None,
@@ -299,8 +299,7 @@ class Mediator(RecoveryOps):
         pool = ShadowPool(self._machine, domid)
         # One argument page and one RPC page per call that may be in flight.
         pool.grow(2 * max_calls)
-        log = RateLimitedLog(self._logger, f"d{domid}: ",
-                             **({"clock": self._log_clock} if self._log_clock else {}))
+        log = RateLimitedLog(self._logger, f"d{domid}: ", clock=self._log_clock)
         ctx = DomainContext(domid, limits, max_calls, MAX_RPC_BUFFERS_PER_THREAD * max_calls,
                             static_shm, pool, log)
         ctx.rpc_param_count = rpc_param_count
@@ -331,7 +330,7 @@ class Mediator(RecoveryOps):
         ctx = self._domains.get(domid)
         return 0 if ctx is None else ctx.calls
 
-    def dump(self, domid: int, cap: int) -> dict:
+    def dump(self, domid: int, cap: int) -> dict[str, Any]:
         """The domain's mediator state for the ``dump`` control operation
         and the tests' harness: counters, limits, calls, suspended threads,
         buffers by cookie (lists cut at ``cap`` entries; counts exact)."""
@@ -341,7 +340,7 @@ class Mediator(RecoveryOps):
             shm = list(ctx.shm_buffers.values())
             rpc = list(ctx.rpc_buffers.values())
             suspended = {tid: c.seq for tid, c in ctx.suspended.items()}
-            out = {
+            out: dict[str, Any] = {
                 "domid": domid,
                 "limits": {"max_calls": ctx.limits.max_calls, "max_shm_buffers": ctx.limits.max_shm_buffers,
                            "max_pages_per_buffer": ctx.limits.max_pages_per_buffer,
@@ -473,7 +472,7 @@ class Mediator(RecoveryOps):
     def _calls_count(self, ctx: DomainContext, vcpu: int, regs: Regs) -> Regs:
         return _ret(len(self._dispatch))
 
-    def _forward(self, function: int, meaningful: int):
+    def _forward(self, function: int, meaningful: int) -> Callable[[DomainContext, int, Regs], Regs]:
         """A query forwarded as itself, returning its meaningful registers only."""
 
         def handler(ctx: DomainContext, vcpu: int, regs: Regs) -> Regs:
@@ -771,6 +770,7 @@ class Mediator(RecoveryOps):
         """Policy on an OPEN_SESSION, decided on the validated shadow copy:
         None, or the (ret, ret_origin) the guest gets instead."""
         arg = call.request
+        assert arg is not None  # copied and validated before
         if arg.cmd != OPTEE_MSG_CMD_OPEN_SESSION or not hooks.filters_open_session:
             return None
         try:
@@ -906,6 +906,7 @@ class Mediator(RecoveryOps):
 
     def _suspend(self, ctx: DomainContext, call: StdCall) -> None:
         tid = call.thread_id
+        assert tid is not None  # set by the RPC that suspends it
         with ctx.lock:
             stale = ctx.suspended.get(tid)
             ctx.suspended[tid] = call
@@ -943,17 +944,20 @@ class Mediator(RecoveryOps):
     def _read_shadow_result(self, call: StdCall) -> tuple[int, int, int, list[MsgParam]]:
         """(ret, ret_origin, session, params) as OP-TEE left them in the shadow."""
         arg = call.request
+        assert arg is not None
         data = self._machine.read_machine(call.shadow.maddr, get_arg_size(arg.num_params))
         hdr = unpack_header(data)
         params = [MsgParam.unpack(data, param_offset(i)) for i in range(arg.num_params)]
         return hdr[5], hdr[6], hdr[2], params
 
-    def _copy_std_request_back(self, ctx: DomainContext, call: StdCall, result) -> None:
+    def _copy_std_request_back(self, ctx: DomainContext, call: StdCall,
+                               result: tuple[int, int, int, list[MsgParam]]) -> None:
         """Only ret, ret_origin, session and output values/sizes go back, to a
         guest page re-validated (p2m_ram_rw) now."""
         ret, origin, session, params = result
         writes = [(OFFSET_RET, _U32S.pack(ret)), (OFFSET_RET_ORIGIN, _U32S.pack(origin)),
                   (OFFSET_SESSION, _U32S.pack(session))]
+        assert call.request is not None
         for i, (mine, theirs) in enumerate(zip(call.request.params, params)):
             base = param_offset(i)
             if mine.type in _VALUE_OUT:
@@ -966,7 +970,7 @@ class Mediator(RecoveryOps):
         self._write_guest(ctx, call.guest_ipa, [(OFFSET_RET, _U32S.pack(ret)),
                                                 (OFFSET_RET_ORIGIN, _U32S.pack(origin))])
 
-    def _write_guest(self, ctx: DomainContext, ipa: int, writes) -> None:
+    def _write_guest(self, ctx: DomainContext, ipa: int, writes: list[tuple[int, bytes]]) -> None:
         domain = self._machine.domain(ctx.domid)
         try:
             for off, data in writes:
@@ -1068,6 +1072,7 @@ class Mediator(RecoveryOps):
 
     def _resume_step(self, ctx: DomainContext, call: StdCall, regs: Regs) -> _Resume:
         tid = call.thread_id
+        assert tid is not None  # suspended on it
         func, state = call.rpc_func, call.rpc_state
         call.rpc_state = RpcState.NONE
         if func == OPTEE_SMC_RPC_FUNC_ALLOC:
@@ -1176,6 +1181,7 @@ class Mediator(RecoveryOps):
         except MachineError as e:
             # Cannot even ask: fail the allocation now; the guest leaks its buffer.
             ctx.log.warning("cannot inject SHM_FREE: %s", e)
+            assert call.rpc_request is not None  # the SHM_ALLOC being answered
             self._machine.write_machine(where[0], call.rpc_request.replace(
                 ret=TEEC_ERROR_OUT_OF_MEMORY, ret_origin=TEEC_ORIGIN_COMMS).pack())
             return

@@ -14,6 +14,7 @@ Contract (every implementation must keep it):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 __all__ = ["TeePort", "DirectTeePort", "HYP_CLIENT_ID", "client_id"]
@@ -34,18 +35,30 @@ class TeePort(Protocol):
     def hyp_call(self, regs: Regs) -> Regs: ...
 
 
+class SecureMonitor(Protocol):
+    """What an SMC reaches: ``smc(a0..a7) -> a0..a7`` (the TEE model's
+    OpteeModel.smc, or the secure monitor of real hardware)."""
+
+    def smc(self, regs: tuple[int, ...]) -> Sequence[int]: ...
+
+
 class DirectTeePort:
     """The EL2 port: the mediator runs in the hypervisor and issues the SMC
     itself, stamping the client ID."""
 
-    def __init__(self, tee) -> None:
+    def __init__(self, tee: SecureMonitor) -> None:
         self._tee = tee
         self.smcs = 0  # SMCs issued, for statistics
 
     def call(self, domid: int, regs: Regs) -> Regs:
         self.smcs += 1
-        return tuple(self._tee.smc(tuple(regs[:7]) + (client_id(domid),)))  # type: ignore[return-value]
+        return _regs(self._tee.smc(tuple(regs[:7]) + (client_id(domid),)))
 
     def hyp_call(self, regs: Regs) -> Regs:
         self.smcs += 1
-        return tuple(self._tee.smc(tuple(regs[:7]) + (HYP_CLIENT_ID,)))  # type: ignore[return-value]
+        return _regs(self._tee.smc(tuple(regs[:7]) + (HYP_CLIENT_ID,)))
+
+
+def _regs(r: Sequence[int]) -> Regs:
+    a0, a1, a2, a3, a4, a5, a6, a7 = r  # exactly eight, or a ValueError naming the count
+    return (a0, a1, a2, a3, a4, a5, a6, a7)

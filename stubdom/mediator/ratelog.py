@@ -18,7 +18,9 @@ class RateLimitedLog:
 
     def __init__(self, logger: logging.Logger, prefix: str, *, burst: int = LOG_BURST,
                  refill: float = LOG_REFILL_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
+        """``clock``: seconds, monotonic (None: time.monotonic)."""
+        clock = clock or time.monotonic
         self._logger = logger
         self._prefix = prefix
         self._burst = burst

@@ -46,7 +46,7 @@ from stubdom.optee.smc import (
     rpc_func,
 )
 from stubdom.optee.teec import TEEC_ERROR_BAD_PARAMETERS, TEEC_ERROR_COMMUNICATION, TEEC_ORIGIN_COMMS
-from stubdom.xen import PAGE_SHIFT, PAGE_SIZE
+from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, Machine
 
 from . import cookies
 from .context import DomainContext, RpcState, ShmBuffer, ShmKind, ShmState, StdCall
@@ -91,7 +91,7 @@ class RecoveryOps:
     """Recovery operations of :class:`~stubdom.mediator.Mediator`."""
 
     # provided by Mediator (core.py)
-    _machine: object
+    _machine: Machine
     _port: TeePort
     _logger: logging.Logger
     _log_clock: Callable[[], float] | None
@@ -124,8 +124,7 @@ class RecoveryOps:
             raise BadSnapshot(-1, f"field 'domid' is {domid!r}")
         if snap.get("version") != SNAPSHOT_VERSION:
             raise BadSnapshot(domid, f"version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}")
-        log = RateLimitedLog(self._logger, f"d{domid}: ",
-                             **({"clock": self._log_clock} if self._log_clock else {}))
+        log = RateLimitedLog(self._logger, f"d{domid}: ", clock=self._log_clock)
         self._install_context(context_from_data(snap, self._machine, log))
 
     def suspended(self, domid: int) -> dict[int, int]:
@@ -202,13 +201,13 @@ class RecoveryOps:
         TEEC_ERROR_COMMUNICATION; an SHM_FREE means OP-TEE let go of that
         RPC SHM buffer (released now, unless ``taken`` already)."""
         try:
-            req = MsgArg.unpack(self._machine.read_machine(maddr, size),  # type: ignore[attr-defined]
+            req = MsgArg.unpack(self._machine.read_machine(maddr, size),
                                 max_params=OPTEE_MSG_MAX_NUM_PARAMS)
         except ValueError:
             return
         if req.cmd == OPTEE_RPC_CMD_SHM_FREE and req.params and not taken:
             self._free_rpc_shm(ctx, req.params[0].b)
-        self._machine.write_machine(maddr, req.replace(  # type: ignore[attr-defined]
+        self._machine.write_machine(maddr, req.replace(
             ret=TEEC_ERROR_COMMUNICATION, ret_origin=TEEC_ORIGIN_COMMS).pack())
 
     def _rpc_buffer_locator(self, ctx: DomainContext, fallback: RpcArgLocator | None = None) -> RpcArgLocator:
@@ -335,7 +334,7 @@ class RecoveryOps:
         ctx = self.context(domid)
         cmd, cookie, session = intent.get("cmd"), intent.get("cookie"), intent.get("session") or 0
         if cmd == OPTEE_MSG_CMD_OPEN_SESSION:
-            hdr = unpack_header(self._machine.read_machine(  # type: ignore[attr-defined]
+            hdr = unpack_header(self._machine.read_machine(
                 int(intent["shadow"]) << PAGE_SHIFT, MSG_ARG_HEADER_SIZE))
             session, ret = hdr[2], hdr[5]
             if not session or ret:
@@ -396,13 +395,13 @@ class RecoveryOps:
         with ctx.lock:
             page = ctx.pool.take()
         try:
-            self._machine.write_machine(page.maddr, arg.pack())  # type: ignore[attr-defined]
+            self._machine.write_machine(page.maddr, arg.pack())
             r, done = self._run_to_completion(
                 ctx, (OPTEE_SMC_CALL_WITH_ARG, page.maddr >> 32, page.maddr & _U32, OPTEE_SMC_SHM_CACHED,
                       0, 0, 0, 0), self._rpc_buffer_locator(ctx))
             if not done or r[0] & _U32 != OPTEE_SMC_RETURN_OK:
                 return TEEC_ERROR_COMMUNICATION
-            hdr = unpack_header(self._machine.read_machine(page.maddr, MSG_ARG_HEADER_SIZE))  # type: ignore[attr-defined]
+            hdr = unpack_header(self._machine.read_machine(page.maddr, MSG_ARG_HEADER_SIZE))
             return int(hdr[5])
         finally:
             with ctx.lock:

@@ -186,7 +186,7 @@ def context_to_data(ctx: DomainContext) -> Snapshot:
                 shm.append(_shm(b, ShmState.LIVE))  # its UNREGISTER_SHM has not reached OP-TEE
             # else: PENDING for a call not begun: nothing of it reached OP-TEE
         calls = [[tid, _call(c)] for tid, c in sorted(suspended.items())]
-        rpc = [{"cookie": b.cookie, "ipa": b.ipa, "mfn": b.mfn, "shadow": b.shadow.mfn}
+        rpc = [RpcBufferData(cookie=b.cookie, ipa=b.ipa, mfn=b.mfn, shadow=b.shadow.mfn)
                for b in ctx.rpc_buffers.values()]
         pool = ctx.pool
         lim = ctx.limits
@@ -238,7 +238,7 @@ def expected_pins(snap: Snapshot) -> Counter[int]:
     shadows = list(snap["pool"]["free"])
     guest: list[int] = []
 
-    def buf(b: dict) -> None:
+    def buf(b: ShmData) -> None:
         guest.extend(b["mfns"])
         shadows.extend(b["list_pages"])
 
@@ -301,7 +301,7 @@ def without_resumed_call(snap: Snapshot, tid: int | None, have: Mapping[int, int
     _count(snap)
     short = _short(snap, have)
 
-    def missing(b: dict) -> bool:
+    def missing(b: ShmData) -> bool:
         if any(short[m] > 0 for m in b["mfns"]):
             short.subtract(b["mfns"])
             return True
@@ -309,7 +309,7 @@ def without_resumed_call(snap: Snapshot, tid: int | None, have: Mapping[int, int
 
     unregistered = intent.get("cookie") if isinstance(intent, dict) and intent.get(
         "cmd") == OPTEE_MSG_CMD_UNREGISTER_SHM else None
-    kept = []
+    kept: list[ShmData] = []
     for b in snap["shm_buffers"]:
         owned = aside_seq is not None and b["owner"] == aside_seq
         if owned and b["state"] == ShmState.PENDING.value and missing(b):
@@ -329,14 +329,14 @@ def without_resumed_call(snap: Snapshot, tid: int | None, have: Mapping[int, int
                 b["owner"] = None
             kept.append(b)
     snap["shm_buffers"] = kept
-    kept = []
+    kept_rpc: list[RpcBufferData] = []
     for r in snap["rpc_buffers"]:
         if r["mfn"] is not None and short[r["mfn"]] > 0:
             short[r["mfn"]] -= 1
             gone.append(f"rpc buffer {r['cookie']:#x}")  # OP-TEE's RPC FREE
         else:
-            kept.append(r)
-    snap["rpc_buffers"] = kept
+            kept_rpc.append(r)
+    snap["rpc_buffers"] = kept_rpc
     _count(snap)
     if _short(snap, have):
         return None
@@ -376,8 +376,7 @@ def _restore_call(c: CallData, registrations: Mapping[int, ShmBuffer]) -> StdCal
     ``registrations`` (cookie -> ShmBuffer) holds for it, claimed by it."""
     seq = int(c["seq"])
 
-    def claimed(key: str, state: ShmState) -> ShmBuffer | None:
-        cookie = c[key]
+    def claimed(key: str, cookie: int | None, state: ShmState) -> ShmBuffer | None:
         if cookie is None:
             return None
         buf = registrations.get(int(cookie))
@@ -392,8 +391,8 @@ def _restore_call(c: CallData, registrations: Mapping[int, ShmBuffer]) -> StdCal
         guest_ipa=int(c["guest_ipa"]), request=_unpack_arg(c["request"]),
         rpc_offset=None if c["rpc_offset"] is None else int(c["rpc_offset"]),
         rpc_size=int(c["rpc_size"]), tmem=[_restore_shm(b) for b in c["tmem"]],
-        register=claimed("register", ShmState.PENDING),
-        unregister=claimed("unregister", ShmState.UNREGISTERING),
+        register=claimed("register", c["register"], ShmState.PENDING),
+        unregister=claimed("unregister", c["unregister"], ShmState.UNREGISTERING),
         begun=True,  # suspended in an RPC: it reached OP-TEE
         thread_id=None if c["thread_id"] is None else int(c["thread_id"]),
         rpc_state=RpcState(c["rpc_state"]), rpc_func=int(c["rpc_func"]),

@@ -29,6 +29,7 @@ def drive(steps: Steps[T], between: Callable[[], object] | None = None) -> T:
         try:
             next(steps)
         except StopIteration as done:
-            return done.value
+            result: T = done.value
+            return result
         if between is not None:
             between()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from stubdom.optee.errors import AbiError, PageListTooLong
 from stubdom.optee.pagelist import build_page_list, iter_page_list, list_pages_needed, make_buf_ptr
 from stubdom.optee.teec import TEEC_ERROR_BAD_PARAMETERS, TEEC_ERROR_BAD_STATE, TEEC_ERROR_OUT_OF_MEMORY
-from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, MachineError, P2mType
+from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, Domain, Machine, MachineError, P2mType
 
 from .context import DomainContext, ShadowPage, ShmBuffer, ShmKind
 from .limits import TRANSLATE_STEP
@@ -53,7 +53,7 @@ def _unreserve(ctx: DomainContext, pages: int) -> None:
         ctx.pinned_pages -= pages
 
 
-def _frame_of(domain, ipa: int) -> int:
+def _frame_of(domain: Domain, ipa: int) -> int:
     """The frame behind a page-aligned guest IPA the TEE may write: p2m_ram_rw
     only, never machine address 0."""
     try:
@@ -67,7 +67,7 @@ def _frame_of(domain, ipa: int) -> int:
     return entry.mfn
 
 
-def _translate_and_pin(machine, domain, ctx: DomainContext, ipas: list[int]) -> Steps[list[int]]:
+def _translate_and_pin(machine: Machine, domain: Domain, ctx: DomainContext, ipas: list[int]) -> Steps[list[int]]:
     """Translate and pin ``ipas`` in steps of TRANSLATE_STEP pages, yielding
     between steps (a stub domain serves other domains there). Before each
     step after the first the domain is re-checked (a teardown begun on
@@ -95,13 +95,13 @@ def _translate_and_pin(machine, domain, ctx: DomainContext, ipas: list[int]) -> 
     return mfns
 
 
-def translate_noncontig(machine, domain, ctx: DomainContext, kind: ShmKind, buf_ptr: int,
+def translate_noncontig(machine: Machine, domain: Domain, ctx: DomainContext, kind: ShmKind, buf_ptr: int,
                         size: int, cookie: int) -> ShmBuffer:
     """:func:`translate_noncontig_steps` at once."""
     return drive(translate_noncontig_steps(machine, domain, ctx, kind, buf_ptr, size, cookie))
 
 
-def translate_noncontig_steps(machine, domain, ctx: DomainContext, kind: ShmKind, buf_ptr: int,
+def translate_noncontig_steps(machine: Machine, domain: Domain, ctx: DomainContext, kind: ShmKind, buf_ptr: int,
                               size: int, cookie: int) -> Steps[ShmBuffer]:
     """A NONCONTIG tmem (guest page list at ``buf_ptr``): pinned pages plus a
     translated list in shadow pages. Yields between list pages and between
@@ -139,7 +139,7 @@ def translate_noncontig_steps(machine, domain, ctx: DomainContext, kind: ShmKind
     return buf
 
 
-def translate_page(machine, domain, ctx: DomainContext, kind: ShmKind, ipa: int, size: int,
+def translate_page(machine: Machine, domain: Domain, ctx: DomainContext, kind: ShmKind, ipa: int, size: int,
                    cookie: int) -> ShmBuffer:
     """A contiguous buffer that fits one page (Linux's single-page SHM_ALLOC
     reply since late 2023): pin that page; OP-TEE gets its machine address."""
@@ -170,7 +170,7 @@ def free_list_pages(ctx: DomainContext, pages: list[ShadowPage]) -> None:
     pages.clear()
 
 
-def release_buffer(machine, ctx: DomainContext, buf: ShmBuffer) -> None:
+def release_buffer(machine: Machine, ctx: DomainContext, buf: ShmBuffer) -> None:
     """Unpin a buffer's pages, return its list pages, drop its accounting."""
     free_list_pages(ctx, buf.list_pages)
     if buf.static:
