@@ -1,4 +1,4 @@
-"""Event channels modelled on sockets (DESIGN.md, "Wire protocol: teeif").
+"""Event channels modelled on sockets (docs/protocol.md, "Event channel").
 
 One connected pair of AF_UNIX SOCK_SEQPACKET sockets per domain. The daemon
 listens at ``<runtime_dir>/dom<domid>/evtchn``; the frontend connects. A

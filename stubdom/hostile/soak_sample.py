@@ -49,7 +49,7 @@ def proc_count(pid: int | None, what: str) -> int:
 
 
 class Sampler:
-    """Samples ``platform`` and checks the invariants (DESIGN.md):
+    """Samples ``platform`` and checks the invariants (docs/architecture.md):
 
     * the isolation oracle recorded nothing (every TEE access was to a frame
       the calling domain owns and had pinned) — ``oracle``;

@@ -1,6 +1,6 @@
 """The platform process: machine, secure world, trap path and toolstack.
 
-This is the "Xen + secure world" box of DESIGN.md: it owns the machine model,
+This is the "Xen + secure world" box of docs/architecture.md: it owns the machine model,
 the OP-TEE model (which outlives every domain) and the isolation oracle, and
 it creates and destroys domains the way a toolstack does: populate the
 domain's memory, let the placement initialise its mediator state (which sends

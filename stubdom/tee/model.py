@@ -1,7 +1,7 @@
 """The secure world: an OP-TEE with NS-virtualization, entered by SMC.
 
 ``OpteeModel.smc(regs) -> regs`` is one world switch.  The model lives in the
-platform process beside the hypervisor model (DESIGN.md, "Where the secure
+platform process beside the hypervisor model (docs/architecture.md, "Where the secure
 world lives") and is entered synchronously by whoever executes the SMC: the
 mediator core under ``el2``, the SMC gate under ``stubdom``, the trap path
 itself under pass-through.  vCPUs are Python threads, so entry is serialised
