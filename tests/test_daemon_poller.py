@@ -146,7 +146,7 @@ async def test_cancelled_spinner_hands_over_and_forgotten_rings_are_not_watched(
         doms[2][0].push(req(7))
         assert [r.id for r in await answered(doms[2][0])] == [7]
         assert log == [(2, [7])]
-        assert len(poller._slots) == 1
+        assert poller.watched == 1
         n.cancel_scope.cancel()
     poller.forget(doms[2][1])
-    assert len(poller._slots) == 0
+    assert poller.watched == 0

@@ -84,6 +84,11 @@ class RingPoller:
         return len(self._parked)
 
     @property
+    def watched(self) -> int:
+        """Rings in the shared spin (parked, or found busy and not yet forgotten)."""
+        return len(self._slots)
+
+    @property
     def asleep(self) -> bool:
         """The spinner sleeps on the parked rings' channels (window over)."""
         return self._idle is not None
