@@ -11,7 +11,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from stubdom.platform import (
+from stubdom.platform import Toolstack
+from stubdom.public import (
     ControlBadRequest,
     ControlConfigInvalid,
     ControlDomainExists,
@@ -24,8 +25,7 @@ from stubdom.platform import (
     ControlTeeRefused,
     ControlUnknownOp,
     DaemonUnavailable,
-    Toolstack,
-    control_path,
+    control_socket_path,
 )
 
 
@@ -74,7 +74,7 @@ def ok(req, result=None):
 
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
-    return control_path(tmp_path)
+    return control_socket_path(tmp_path)
 
 
 def serve(path, reply):
@@ -82,7 +82,7 @@ def serve(path, reply):
 
 
 def test_control_path_is_under_stubdom_teed(tmp_path: Path) -> None:
-    assert control_path(tmp_path) == tmp_path / "stubdom-teed" / "control"
+    assert control_socket_path(tmp_path) == tmp_path / "stubdom-teed" / "control"
 
 
 def test_requests_carry_op_seq_and_arguments(path: Path) -> None:
