@@ -6,8 +6,10 @@ TAs and the isolation oracle.  See docs/tee-model.md.
 """
 
 from . import tas
-from .config import DEFAULT_SEC_CAPS, REQUIRED_SEC_CAPS, SUPPORTED_SEC_CAPS, TeeConfig
-from .errors import BadRegisters, BadTeeConfig, IsolationViolation, TaProtocolError, TeeError
+from stubdom.config.errors import BadTeeConfig
+from stubdom.config.tee import DEFAULT_SEC_CAPS, REQUIRED_SEC_CAPS, SUPPORTED_SEC_CAPS, TeeConfig
+
+from .errors import BadRegisters, IsolationViolation, TaProtocolError, TeeError
 from .model import HYP_CLNT_ID, OPTEE_CALLS_COUNT_NS_VIRT, OpteeModel, PartitionStats
 from .oracle import REASON_FOREIGN, REASON_UNPINNED, IsolationOracle, Violation
 from .thread import RPC_ARG_SIZE
