@@ -10,16 +10,16 @@ The control protocol (the toolstack and ``ctl`` against stubdom-teed)::
     ├── ControlError                     a request failed with an error code (either end)
     │   ├── ControlBadRequest (1)
     │   │   └── ProtocolError            the daemon: a message it cannot serve at all
-    │   ├── ControlUnknownOp (2) … ControlInternal (9)
+    │   └── ControlUnknownOp (2) … ControlInternal (9)
     ├── ControlProtocolError             the client: an answer that is not a response
     └── DaemonUnavailable                the client: no daemon to talk to
-        └── DaemonRefused                ... because another user listens there
+        └── DaemonRefused                ... because another user listens there (a PeerRefused)
 
 The SMC gate (the stub domain's hypercall into the platform)::
 
     GateError
     ├── GateBusy, GateNotRunning, GateTimeout, GateClosed
-    ├── GatePeerRefused                  another user listens at the gate
+    ├── GatePeerRefused                  another user listens at the gate (a PeerRefused)
     └── GateRefused                      the gate answered a hypercall with -errno
 """
 
@@ -89,11 +89,15 @@ class ControlError(ControlSocketError):
     the daemon sent."""
 
     def __init__(self, code: int, message: str, *, op: str | None = None, name: str | None = None) -> None:
-        known = code in ErrorCode._value2member_map_
-        self.code: int = ErrorCode(code) if known else code
+        try:
+            self.code: int = ErrorCode(code)
+        except ValueError:  # a code newer than this client: kept as the int it is
+            self.code = code
         self.message = message
         self.op = op
-        self.name = name if name is not None else (ErrorCode(code).name if known else "?")
+        if name is None:
+            name = self.code.name if isinstance(self.code, ErrorCode) else "?"
+        self.name = name
         if op is None:
             super().__init__(f"{self.name}: {message}")
         else:
