@@ -17,6 +17,7 @@ the SMC gate, exit 1), and, in a real daemon beside a real platform, by the
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import subprocess
 import sys
@@ -194,6 +195,42 @@ def test_the_daemons_packages_do_not_import_the_hypervisors():
                 todo.append(there)
     assert reach & HYPERVISOR == set(), {p: dict(graph[p]) for p in reach}
     assert {"public", "mediator", "config", "rundir"} <= reach
+
+
+# -- the façades -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("package, modules", [
+    ("stubdom.public", ("control", "control_client", "errors", "gate", "gate_client")),
+    ("stubdom.measure", ("latency", "procinfo")),
+    ("stubdom.rundir", ("directory", "errors", "peercred", "sockaddr")),
+])
+def test_a_shared_package_exports_every_public_name_of_its_modules(package, modules):
+    facade = importlib.import_module(package)
+    for name in facade.__all__:
+        assert getattr(facade, name) is not None, name
+    for module in modules:
+        names = set(importlib.import_module(f"{package}.{module}").__all__)
+        assert names <= set(facade.__all__), (module, sorted(names - set(facade.__all__)))
+
+
+# package -> (the module of its command, the command)
+COMMANDS = {"stubdom.platform": ("run", "run_platform"), "stubdom.daemon": ("app", "run_daemon"),
+            "stubdom.bench": ("main", "bench_main")}
+
+
+@pytest.mark.parametrize("package", sorted(COMMANDS))
+def test_a_package_loads_its_command_only_when_asked(package):
+    module, command = COMMANDS[package]
+    code = textwrap.dedent(f"""\
+        import sys
+        import {package}
+        assert "{package}.{module}" not in sys.modules
+        from {package} import {command}
+        assert {command}.__module__ == "{package}.{module}"
+        """)
+    r = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=DAEMON_TIMEOUT)
+    assert r.returncode == 0, r.stderr
 
 
 # -- the daemon's process ------------------------------------------------------------------------

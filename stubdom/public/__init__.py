@@ -19,12 +19,17 @@ stubdom.rundir. This package imports neither stubdom.platform nor
 stubdom.daemon, and nothing that loads the TEE model or a guest.
 """
 
+from .control import MAX_ERROR_MESSAGE as MAX_ERROR_MESSAGE
 from .control import MAX_MESSAGE as MAX_MESSAGE
 from .control import PROTOCOL_VERSION as PROTOCOL_VERSION
 from .control import READ_SIZE as READ_SIZE
 from .control import FrameReader as FrameReader
 from .control import Request as Request
 from .control import control_socket_path as control_socket_path
+from .control import encode as encode
+from .control import error_response as error_response
+from .control import ok_response as ok_response
+from .control import quote as quote
 from .control_client import ControlClient as ControlClient
 from .errors import CONTROL_ERRORS as CONTROL_ERRORS
 from .errors import ControlBadRequest as ControlBadRequest
@@ -98,10 +103,16 @@ __all__ = [
     "HYP_CLIENT_ID",
     "HYP_DOMAIN_CALLS",
     "HYP_PROBE_CALLS",
+    "MAX_ERROR_MESSAGE",
     "MAX_MESSAGE",
     "PROTOCOL_VERSION",
+    "ProtocolError",
     "READ_SIZE",
     "Request",
     "control_socket_path",
+    "encode",
+    "error_response",
     "gate_dir",
+    "ok_response",
+    "quote",
 ]

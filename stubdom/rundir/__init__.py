@@ -19,6 +19,7 @@ from .errors import PeerRefused as PeerRefused
 from .errors import RundirError as RundirError
 from .errors import RuntimeDirError as RuntimeDirError
 from .errors import RuntimeDirRefused as RuntimeDirRefused
+from .errors import describe_trusted as describe_trusted
 from .errors import describe_uid as describe_uid
 from .peercred import PeerCredentials as PeerCredentials
 from .peercred import check_peer as check_peer
@@ -38,6 +39,7 @@ __all__ = [
     "RuntimeDirRefused",
     "check_peer",
     "default_runtime_dir",
+    "describe_trusted",
     "describe_uid",
     "ensure_runtime_dir",
     "make_private_dir",
