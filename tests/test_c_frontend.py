@@ -29,7 +29,7 @@ from stubdom.optee.smc import (
     OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,
 )
 from stubdom.platform import Platform
-from stubdom.platform.gate import GATE_OP_SMC
+from stubdom.public.gate import GATE_OP_SMC
 from stubdom.platform.launch import DaemonProcess
 
 XEN_RING_H = Path("/usr/include/xen/io/ring.h")

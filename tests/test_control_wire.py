@@ -3,8 +3,8 @@
 import msgpack
 import pytest
 
-from stubdom.daemon.errors import ControlError, ErrorCode, ProtocolError
-from stubdom.daemon.wire import MAX_MESSAGE, READ_SIZE, FrameReader, encode, error_response, ok_response
+from stubdom.public.control import MAX_MESSAGE, READ_SIZE, FrameReader, encode, error_response, ok_response
+from stubdom.public.errors import ControlError, ErrorCode, ProtocolError
 
 
 def feed_all(reader: FrameReader, data: bytes) -> list:

@@ -28,7 +28,6 @@ import yaml
 from stubdom import workloads
 from stubdom.config import load_config
 from stubdom.daemon import ControlClient, ErrorCode, control_socket_path, ctl_main
-from stubdom.daemon.wire import MAX_MESSAGE, encode
 from stubdom.guest import Context, MemoryStore, OpteeDriver, Supplicant, TeecError
 from stubdom.optee.smc import (
     OPTEE_SMC_CALLS_UID,
@@ -38,6 +37,7 @@ from stubdom.optee.smc import (
 from stubdom.optee.teec import TEEC_ERROR_ACCESS_DENIED, TEEC_ORIGIN_COMMS
 from stubdom.platform import Platform
 from stubdom.platform.platform import DomainSpec, domain_spec
+from stubdom.public.control import MAX_MESSAGE, encode
 from stubdom.tee.tas import DIGEST_UUID, INCREMENT_UUID
 
 START_TIMEOUT = 20.0  # seconds for the daemon to say where it listens (a loaded CI box)

@@ -30,7 +30,8 @@ from stubdom.optee.smc import (
 )
 from stubdom.platform import Platform
 from stubdom.platform.platform import domain_spec
-from stubdom.platform.gate import GATE_OP_HYP, Gate
+from stubdom.platform.gate import Gate
+from stubdom.public.gate import GATE_OP_HYP
 from stubdom.xen import Machine
 from test_daemon import Daemon, write_config
 

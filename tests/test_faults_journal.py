@@ -29,7 +29,8 @@ from stubdom.guest import Context, GuestError, TeecError
 from stubdom.guest.client import INOUT, Value
 from stubdom.optee.smc import OPTEE_SMC_CALLS_UID
 from stubdom.optee.smc import OPTEE_MSG_UID_0, OPTEE_SMC_CALL_WITH_REGD_ARG
-from stubdom.platform import ControlInternal, DomainCreationFailed
+from stubdom.platform import DomainCreationFailed
+from stubdom.public import ControlInternal
 from stubdom.platform.launch import PrivateTmpfs, TmpfsUnavailable
 from stubdom.tee.tas import INCREMENT_UUID
 from stubdom.tee.tas.increment import TA_INCREMENT_CMD_INC_VALUE

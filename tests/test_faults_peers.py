@@ -19,7 +19,6 @@ import pytest
 
 from ring import EventChannel, FrontRing, Request
 from stubdom.daemon import control_socket_path
-from stubdom.daemon.wire import encode
 from stubdom.guest import Context
 from stubdom.hostile import HostileGuest
 from stubdom.optee import (
@@ -30,6 +29,7 @@ from stubdom.optee import (
 )
 from stubdom.optee.msg import unpack_header
 from stubdom.platform.platform import domain_spec
+from stubdom.public.control import encode
 from stubdom.tee.tas import INCREMENT_UUID
 from test_faults_restart import Stack, inc
 

@@ -25,14 +25,13 @@ from stubdom.daemon.logs import GuestLog
 from stubdom.mediator.limits import LOG_BURST, LOG_REFILL_SECONDS
 from stubdom.optee.smc import OPTEE_MSG_UID_0, OPTEE_SMC_CALLS_UID, OPTEE_SMC_GET_THREAD_COUNT
 from stubdom.platform import (
-    GATE_OP_SMC,
     UNAVAILABLE_REGS,
     DomainSpec,
     Gate,
-    GateClient,
     Platform,
     stubdom_placement,
 )
+from stubdom.public import GATE_OP_SMC, GateClient
 from stubdom.tee import IsolationOracle, OpteeModel, TeeConfig
 from stubdom.xen import Machine
 from other_user import finish, other_user  # noqa: F401 (a fixture)

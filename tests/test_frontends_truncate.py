@@ -30,7 +30,8 @@ import pytest
 from ring import EventChannel, FrontRing, PeerDied, RingTruncated
 from stubdom.guest import Context
 from stubdom.optee.smc import OPTEE_MSG_UID_0, OPTEE_SMC_CALLS_UID
-from stubdom.platform import UNAVAILABLE_REGS, gate_dir
+from stubdom.platform import UNAVAILABLE_REGS
+from stubdom.public import gate_dir
 from stubdom.tee.tas import INCREMENT_UUID
 from stubdom.tee.tas.increment import TA_INCREMENT_CMD_INC_VALUE
 from stubdom.guest.client import INOUT, Value

@@ -26,7 +26,7 @@ import msgpack
 import pytest
 
 from stubdom.daemon import control_socket_path
-from stubdom.daemon.wire import MAX_MESSAGE
+from stubdom.public.control import MAX_MESSAGE
 from stubdom.hostile import make_platform
 
 # A request within the 64 KiB limit whose seq (or op) is a string so long

@@ -28,10 +28,10 @@ from stubdom.optee import (
     OPTEE_SMC_VM_CREATED,
     OPTEE_SMC_VM_DESTROYED,
 )
-from stubdom.platform import (
+from stubdom.platform import Gate
+from stubdom.public import (
     GATE_OP_HYP,
     GATE_OP_SMC,
-    Gate,
     GateBusy,
     GateClient,
     GateClosed,

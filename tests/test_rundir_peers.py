@@ -26,8 +26,9 @@ import pytest
 from other_user import OTHER_GID, OTHER_UID, finish, other_user  # noqa: F401 (a fixture)
 from stubdom.config import load_config
 from stubdom.daemon import ControlClient, control_socket_path, ctl_main
-from stubdom.daemon.wire import encode
-from stubdom.platform import DaemonRefused, Platform, Toolstack, control_path, gate_dir, run_platform
+from stubdom.platform import Platform, Toolstack, run_platform
+from stubdom.public import DaemonRefused, gate_dir
+from stubdom.public.control import encode
 from stubdom.rundir import PeerRefused, ensure_runtime_dir
 from test_daemon import Daemon, write_config
 from test_faults_restart import Stack
@@ -163,7 +164,7 @@ def test_a_domains_event_channel_refuses_another_user_by_its_own_mode(tmp_path, 
 
 def test_toolstack_refuses_another_users_socket_at_the_control_path(forged_daemon):
     rt, forged = forged_daemon
-    path = control_path(rt)
+    path = control_socket_path(rt)
     with Toolstack(path, timeout=30) as toolstack:
         with pytest.raises(DaemonRefused) as e:
             toolstack.hello()
@@ -178,10 +179,10 @@ def test_toolstack_refuses_another_users_socket_at_the_control_path(forged_daemo
 def test_ctl_refuses_another_users_socket_at_the_control_path(forged_daemon):
     rt, forged = forged_daemon
     out, err = io.StringIO(), io.StringIO()
-    assert ctl_main(["--socket", str(control_path(rt)), "hello"], out=out, err=err) == 1
-    assert (out.getvalue(), err.getvalue()) == ("", f"ctl: {control_path(rt)}: {_refused(forged.pid, 'stubdom-teed')}\n")
+    assert ctl_main(["--socket", str(control_socket_path(rt)), "hello"], out=out, err=err) == 1
+    assert (out.getvalue(), err.getvalue()) == ("", f"ctl: {control_socket_path(rt)}: {_refused(forged.pid, 'stubdom-teed')}\n")
     with pytest.raises(PeerRefused) as e:
-        ControlClient(control_path(rt), timeout=30)
+        ControlClient(control_socket_path(rt), timeout=30)
     assert (e.value.pid, e.value.uid, e.value.role) == (forged.pid, OTHER_UID, "stubdom-teed")
     assert [forged.stdout.readline(), forged.stdout.readline()] == ["received 0\n"] * 2
 
@@ -192,7 +193,7 @@ def test_platform_command_refuses_another_users_daemon_and_creates_no_domain(tmp
     assert load_config(config).mediator.runtime_dir == rt
     out = io.StringIO()
     assert run_platform(str(config), log_level="warning", daemon_wait=60, out=out) == 1
-    path = control_path(rt)
+    path = control_socket_path(rt)
     assert out.getvalue().splitlines()[-1] == (f"platform: stubdom-teed control socket {path}: "
                                                f"{_refused(forged.pid, 'stubdom-teed')}; not talking to it")
     assert "up:" not in out.getvalue()

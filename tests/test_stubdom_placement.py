@@ -26,8 +26,6 @@ from stubdom.optee import (
 )
 from stubdom.optee.teec import TEEC_ERROR_COMMUNICATION, TEEC_ORIGIN_COMMS
 from stubdom.platform import (
-    GATE_OP_HYP,
-    GATE_OP_SMC,
     UNAVAILABLE_REGS,
     DomainCreationFailed,
     DomainSpec,
@@ -35,6 +33,7 @@ from stubdom.platform import (
     UnknownDomain,
     stubdom_placement,
 )
+from stubdom.public import GATE_OP_HYP, GATE_OP_SMC
 from stubdom.tee import TeeConfig
 from stubdom.tee.tas import INCREMENT_UUID
 

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 
-from stubdom.platform import gate_dir, run_platform
+from stubdom.platform import run_platform
+from stubdom.public import gate_dir
 from stubdom.platform.run import EXIT_CONFIG, EXIT_NO_DAEMON
 
 REPO = Path(__file__).resolve().parents[1]

@@ -28,7 +28,7 @@ import msgpack
 from ring import EVTCHN_FILE, RING_FILE, BackRing, EventChannelListener, PeerDied, Response
 from stubdom.mediator import Mediator
 from stubdom.optee.smc import OPTEE_SMC_VM_CREATED, OPTEE_SMC_VM_DESTROYED
-from stubdom.platform import GATE_OP_HYP, GATE_OP_SMC, GateClient, control_path
+from stubdom.public import GATE_OP_HYP, GATE_OP_SMC, GateClient, control_socket_path
 from stubdom.xen import Machine
 
 
@@ -135,7 +135,7 @@ class MiniDaemon:
         self.backends: dict[int, _Backend] = {}
         self.refuse: dict[str, tuple[int, str]] = {}  # op -> (code, name) to answer with
         self.answer_override: dict[str, dict] = {}  # op -> result to answer instead
-        path = control_path(self.runtime)
+        path = control_socket_path(self.runtime)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(str(path))

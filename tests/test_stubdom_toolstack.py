@@ -1,9 +1,11 @@
-"""The toolstack's control-socket client against a scripted server speaking
-msgpack over a real AF_UNIX stream socket."""
+"""The control protocol's client (stubdom.public.ControlClient) and the
+toolstack and ``ctl`` on it, against a scripted server speaking msgpack over
+a real AF_UNIX stream socket."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import socket
 import threading
 from pathlib import Path
@@ -11,8 +13,11 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from stubdom.platform import (
+from stubdom.daemon.ctl import ctl_main
+from stubdom.platform import Toolstack
+from stubdom.public import (
     ControlBadRequest,
+    ControlClient,
     ControlConfigInvalid,
     ControlDomainExists,
     ControlError,
@@ -21,12 +26,16 @@ from stubdom.platform import (
     ControlPolicyRefused,
     ControlProtocolError,
     ControlShuttingDown,
+    ControlSocketError,
     ControlTeeRefused,
     ControlUnknownOp,
+    DaemonRefused,
     DaemonUnavailable,
-    Toolstack,
-    control_path,
+    ErrorCode,
+    ProtocolError,
+    control_socket_path,
 )
+from stubdom.rundir import PeerRefused
 
 
 class Server:
@@ -74,7 +83,7 @@ def ok(req, result=None):
 
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
-    return control_path(tmp_path)
+    return control_socket_path(tmp_path)
 
 
 def serve(path, reply):
@@ -82,7 +91,7 @@ def serve(path, reply):
 
 
 def test_control_path_is_under_stubdom_teed(tmp_path: Path) -> None:
-    assert control_path(tmp_path) == tmp_path / "stubdom-teed" / "control"
+    assert control_socket_path(tmp_path) == tmp_path / "stubdom-teed" / "control"
 
 
 def test_requests_carry_op_seq_and_arguments(path: Path) -> None:
@@ -179,3 +188,57 @@ def test_wait_ready_retries_until_the_daemon_listens(path: Path) -> None:
     assert ts.wait_ready(5.0) == {"op": "hello"}
     ts.close()
     server.close()
+
+
+# -- the one client the toolstack and ctl share (stubdom.public.ControlClient) ------------------
+
+
+def test_control_client_connects_at_once_unless_told_not_to(path: Path) -> None:
+    with pytest.raises(DaemonUnavailable, match="no such socket: is stubdom-teed running") as e:
+        ControlClient(path, timeout=5)
+    assert e.value.strerror == "No such file or directory"
+    lazy = ControlClient(path, timeout=5, connect=False)  # nothing to connect to yet: fine
+    server = serve(path, ok)
+    assert lazy.call("hello") == {"op": "hello"}
+    lazy.close()
+    server.close()
+
+
+def test_control_client_request_returns_the_whole_answer_and_call_raises_its_code(path: Path) -> None:
+    error = {"code": 3, "name": "NO_SUCH_DOMAIN", "message": "d7 is not served by this daemon"}
+    server = serve(path, lambda r: {"seq": r["seq"], "ok": False, "error": error})
+    with ControlClient(path, timeout=5) as client:
+        assert client.request("dump", domid=7) == {"seq": 1, "ok": False, "error": error}
+        with pytest.raises(ControlNoSuchDomain) as e:
+            client.call("dump", domid=7)
+    assert str(e.value) == "dump: NO_SUCH_DOMAIN (3): d7 is not served by this daemon"
+    assert (e.value.op, e.value.code, e.value.name) == ("dump", ErrorCode.NO_SUCH_DOMAIN, "NO_SUCH_DOMAIN")
+    server.close()
+
+
+def test_ctl_says_it_cannot_talk_to_the_daemon_in_the_systems_words(path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    assert ctl_main(["--socket", str(path), "hello"], out=out, err=err) == 1
+    assert err.getvalue() == f"ctl: cannot talk to the daemon at {path}: No such file or directory; is it running?\n"
+
+
+def test_ctl_reports_an_answer_that_is_not_a_response(path: Path) -> None:
+    server = serve(path, lambda r: {"seq": r["seq"] + 1, "ok": True, "result": {}})
+    out, err = io.StringIO(), io.StringIO()
+    assert ctl_main(["--socket", str(path), "list"], out=out, err=err) == 1
+    assert err.getvalue() == (f"ctl: stubdom-teed control socket {path}: bad response: list (seq 1) answered with "
+                              f"{{'seq': 2, 'ok': True, 'result': {{}}}}\n")
+    assert out.getvalue() == ""
+    server.close()
+
+
+def test_the_daemons_and_the_clients_control_errors_are_one_class():
+    # the daemon raises ControlError(code, message); a client the subclass of an answer's code
+    served = ControlError(ErrorCode.DOMAIN_EXISTS, "d1 is served already")
+    assert (served.code, served.name, served.op, str(served)) == (
+        ErrorCode.DOMAIN_EXISTS, "DOMAIN_EXISTS", None, "DOMAIN_EXISTS: d1 is served already")
+    answered = ControlError.for_answer("domain_create", 4, "DOMAIN_EXISTS", "d1 is served already")
+    assert type(answered) is ControlDomainExists and isinstance(answered, ControlError)
+    assert isinstance(ProtocolError("malformed msgpack"), ControlBadRequest)
+    assert issubclass(DaemonRefused, DaemonUnavailable) and issubclass(DaemonRefused, PeerRefused)
+    assert all(issubclass(c, ControlSocketError) for c in (ControlError, ControlProtocolError, DaemonUnavailable))

@@ -4,7 +4,13 @@ docs/bench-schema.md).
 
     from stubdom.bench import bench_main
     bench_main(["--quick", "--out", "bench-out"])
+
+The command (``bench_main``, ``run_bench`` and its file names, in
+``main.py``) is imported when it is first asked for. Latency histograms and
+process accounting are stubdom.measure's (shared with the soak run).
 """
+
+from typing import Any
 
 from .counters import OPS as OPS
 from .counters import CountingMachine as CountingMachine
@@ -18,10 +24,6 @@ from .errors import BenchError as BenchError
 from .errors import PlacementUnavailable as PlacementUnavailable
 from .errors import SchemaError as SchemaError
 from .layout import Layout as Layout
-from .main import JSON_NAME as JSON_NAME
-from .main import REPORT_NAME as REPORT_NAME
-from .main import bench_main as bench_main
-from .main import run_bench as run_bench
 from .options import BenchOptions as BenchOptions
 from .options import parse_options as parse_options
 from .placements import PLACEMENT_NAMES as PLACEMENT_NAMES
@@ -42,3 +44,12 @@ __all__ = [
     "PLACEMENT_NAMES", "make_placement", "Profile", "load_profile", "parse_profile", "project",
     "render_report", "SCHEMA_VERSION", "validate", "WORKLOADS",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # the command, on first use (PEP 562)
+    if name in ("JSON_NAME", "REPORT_NAME", "bench_main", "run_bench"):
+        from . import main
+
+        return getattr(main, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -53,12 +53,13 @@ from stubdom.hostile import (
     destroy_and_check,
     make_platform,
 )
+from stubdom.measure import latency
 from stubdom.mediator import DomainLimits
 from stubdom.optee import OPTEE_SMC_SEC_CAP_RPC_ARG
 from stubdom.platform import DomainSpec
 from stubdom.rundir import make_private_dirs
 
-from . import latency
+from .blocks import drive_block
 from .counters import OpCounter, counting_trap
 from .workloads import WORKLOADS, Worker
 
@@ -189,8 +190,6 @@ class AttackSweep:
 
     # -- one placement ------------------------------------------------------------------
     def _placement(self, root: Path, name: str) -> None:
-        from .runner import _drive  # the benchmark's own block driver
-
         with ExitStack() as stack:
             make_private_dirs(root)  # the runtime directory goes in it: 0700, whatever the umask
             stack.enter_context(_mediator_log_to(root / "el2-mediator.log"))
@@ -223,7 +222,7 @@ class AttackSweep:
                 w = Worker(drv, BYSTANDER, 0, seed=self.seed * 7919 + 31)
                 stack.callback(w.close)
                 calls[wl] = WORKLOADS[wl].prepare(w)
-                _drive([calls[wl]], self.warmup, rate=None, round_robin=False)
+                drive_block([calls[wl]], self.warmup, rate=None, round_robin=False)
             gate = p.placement.gate if name == "stubdom" else None
 
             def gate_calls() -> int:
@@ -234,10 +233,10 @@ class AttackSweep:
             names = list(ATTACKS)
             for r in range(self.rounds):
                 for attack in names[r % len(names):] + names[:r % len(names)]:
-                    self._quiet_block(name, r, calls, counter, gate_calls, _drive)
-                    self._attack_block(p, name, r, attack, calls, _drive)
+                    self._quiet_block(name, r, calls, counter, gate_calls)
+                    self._attack_block(p, name, r, attack, calls)
 
-    def _run_block(self, fn, drive, loop: AttackLoop | None) -> tuple[list[int], int]:
+    def _run_block(self, fn, loop: AttackLoop | None) -> tuple[list[int], int]:
         """Chunks of ``block`` calls until the block lasted ``block_min_s``
         and, under attack, the attacker completed an iteration meanwhile (a
         block shorter than the interpreter's switch interval could run with
@@ -247,7 +246,7 @@ class AttackSweep:
         samples: list[int] = []
         t0, i0 = time.perf_counter(), loop.iterations if loop else 0
         while True:
-            s, _wall = drive([fn], self.block, rate=None, round_robin=False)
+            s, _wall = drive_block([fn], self.block, rate=None, round_robin=False)
             samples += s
             t = time.perf_counter() - t0
             if loop is not None and loop.errors:
@@ -255,10 +254,10 @@ class AttackSweep:
             if t >= self.block_min_s and (loop is None or loop.iterations > i0 or t >= _OVERLAP_CAP_S):
                 return samples, int(t * 1e9)
 
-    def _quiet_block(self, name, r, calls, counter, gate_calls, drive) -> None:
+    def _quiet_block(self, name, r, calls, counter, gate_calls) -> None:
         for wl, fn in calls.items():
             t0, g0 = counter.snapshot().get("guest_traps", 0), gate_calls()
-            samples, wall = self._run_block(fn, drive, None)
+            samples, wall = self._run_block(fn, None)
             rec = _block_record(name, r, None, wl, samples)
             h = self.quiet.setdefault((name, wl), _Hist())
             h.add(samples, rec["p50_ns"], wall)
@@ -267,7 +266,7 @@ class AttackSweep:
             self.blocks.append(rec)
             self._tick()
 
-    def _attack_block(self, p, name, r, attack, calls, drive) -> None:
+    def _attack_block(self, p, name, r, attack, calls) -> None:
         domid = attacker_domids()[attack]
         p.create_domain(DomainSpec(domid, nr_pages=_ATTACKER_PAGES if domid == ATTACKER
                                    else _OWN_LIMITS_ATTACKER_PAGES))
@@ -276,7 +275,7 @@ class AttackSweep:
             with AttackLoop(p, guest, ATTACKS[attack], seed=self.seed + r, victim=BYSTANDER) as loop:
                 for wl, fn in calls.items():
                     i0, t0 = loop.iterations, time.perf_counter_ns()
-                    samples, wall = self._run_block(fn, drive, loop)
+                    samples, wall = self._run_block(fn, loop)
                     rec = _block_record(name, r, attack, wl, samples)
                     h = self.attacked.setdefault((name, attack, wl), _Hist())
                     h.add(samples, rec["p50_ns"], wall)

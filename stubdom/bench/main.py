@@ -12,13 +12,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from stubdom.hostile import AttackOutcomeWrong
+from stubdom.measure import latency, machine_description
 from stubdom.workloads import WorkloadFailed
 
-from . import latency
 from .errors import BenchError
 from .options import BenchOptions, parse_options
 from .plots import write_plots
-from .procinfo import machine_description
 from .projection import load_profile
 from .report import render_report
 from .results import build_document

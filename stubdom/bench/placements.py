@@ -17,12 +17,12 @@ import types
 from pathlib import Path
 
 from stubdom.guest import OpteeDriver, PageAllocator, Supplicant
+from stubdom.measure import proc_rss_kib, self_cpu_ns
 from stubdom.platform import DomainSpec, Platform
 
 from .counters import CountingMachine, CountingTee, OpCounter, counting_trap
 from .errors import PlacementUnavailable
 from .layout import Layout
-from .procinfo import proc_rss_kib, self_cpu_ns
 
 __all__ = ["BenchPlacement", "El2Bench", "PLACEMENT_NAMES", "make_placement"]
 

@@ -13,29 +13,26 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import ring
+from stubdom.measure import latency, proc_rss_kib
 
-from . import latency
 from .attacks import AttackSweep, attack_placements
+from .blocks import drive_block
 from .counters import OPS
 from .errors import PlacementUnavailable
 from .layout import Layout
 from .options import BenchOptions
 from .placements import BenchPlacement, make_placement
-from .procinfo import proc_rss_kib
 from .workloads import WORKLOADS, Worker
 
 __all__ = ["Runner", "Cell", "FLOOR_NAMES"]
 
 FLOOR_NAMES = ("floor-sleep", "floor-poll")
-_SPIN_BEFORE_NS = 500_000  # open loop: sleep until this close to the intended start, then spin
 
 
 @dataclass
@@ -86,58 +83,6 @@ class Cell:
         if projection is not None:
             out["projected_ns"] = projection(self)
         return out
-
-
-def _drive(calls: list[Callable[[], None]], n: int, *, rate: float | None,
-           round_robin: bool) -> tuple[list[int], int]:
-    """Run one block: ``n`` calls per worker (per_vcpu, a thread each) or ``n``
-    calls cycling over the workers from one thread (round_robin). Returns the
-    latencies in ns and the block's wall time."""
-    period = int(1e9 / rate) if rate else 0
-
-    def loop(fns: list[Callable[[], None]], count: int, out: list[int], start: int) -> None:
-        clock = time.perf_counter_ns
-        k = len(fns)
-        for i in range(count):
-            fn = fns[i % k]
-            if period:
-                t0 = start + i * period
-                while (d := t0 - clock()) > 0:
-                    if d > _SPIN_BEFORE_NS:
-                        time.sleep((d - _SPIN_BEFORE_NS) / 1e9)
-            else:
-                t0 = clock()
-            fn()
-            out.append(clock() - t0)
-
-    if round_robin or len(calls) == 1:
-        out: list[int] = []
-        t = time.perf_counter_ns()
-        loop(calls, n, out, t)
-        return out, time.perf_counter_ns() - t
-    outs = [[] for _ in calls]
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(calls) + 1)
-    start = [0]
-
-    def worker(i: int) -> None:
-        try:
-            barrier.wait()
-            loop([calls[i]], n, outs[i], start[0])
-        except BaseException as e:  # re-raised in the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(i,), name=f"vcpu-{i}") for i in range(len(calls))]
-    for th in threads:
-        th.start()
-    start[0] = time.perf_counter_ns()
-    barrier.wait()
-    for th in threads:
-        th.join()
-    wall = time.perf_counter_ns() - start[0]
-    if errors:
-        raise errors[0]
-    return [v for o in outs for v in o], wall
 
 
 @contextmanager
@@ -221,7 +166,7 @@ class Runner:
                         fns.append(WORKLOADS[workload].prepare(w))
                 calls[name] = fns
                 # warm-up: page faults, TA sessions, allocator, caches; not measured
-                _drive(fns, plan.warmup if not round_robin else plan.warmup * len(fns),
+                drive_block(fns, plan.warmup if not round_robin else plan.warmup * len(fns),
                        rate=None, round_robin=round_robin)
             floor_cells = floor_cells or {}
             order = list(placements) + list(floor_cells)
@@ -239,7 +184,7 @@ class Runner:
 
     def _block(self, cell: Cell, pl: BenchPlacement, fns, n: int, rate, round_robin: bool) -> None:
         c0, u0, t0 = pl.counts(), pl.cpu_ns(), pl.transport()
-        samples, wall = _drive(fns, n, rate=rate, round_robin=round_robin)
+        samples, wall = drive_block(fns, n, rate=rate, round_robin=round_robin)
         c1, u1, t1 = pl.counts(), pl.cpu_ns(), pl.transport()
         latency.record(cell.hist, samples)
         cell.calls += len(samples)

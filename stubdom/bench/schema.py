@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from stubdom.measure import PERCENTILES
+
 from .counters import OPS
 from .errors import SchemaError
-from .latency import PERCENTILES
 
 __all__ = ["SCHEMA_VERSION", "validate", "TOP_LEVEL", "CELL_KEYS", "ATTACK_ROW_KEYS"]
 

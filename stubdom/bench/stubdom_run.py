@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from stubdom.measure import proc_cpu_ns, proc_rss_kib, self_cpu_ns
 from stubdom.platform import Platform
 from stubdom.rundir import make_private_dirs
 
@@ -32,7 +33,6 @@ from .counters import CountingTee
 from .errors import PlacementUnavailable
 from .layout import Layout
 from .placements import BenchPlacement
-from .procinfo import proc_cpu_ns, proc_rss_kib, self_cpu_ns
 
 __all__ = ["StubdomBench", "daemon_config"]
 

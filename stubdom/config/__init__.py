@@ -5,11 +5,13 @@ is a link to configs/xen.yaml in the source tree.
 
     config = load_config("xen.yaml")      # or None: the embedded default
     config.policy_for(domid).limits       # a stubdom.mediator.DomainLimits
+    config.tee                            # a TeeConfig: the modelled OP-TEE's CFG_*
 
 Every problem in a file is reported at once, as ``file:line: key.path:
 message`` (ConfigError.problems).  See docs/config.md.
 """
 
+from .errors import BadTeeConfig as BadTeeConfig
 from .errors import ConfigError as ConfigError
 from .loader import EMBEDDED_NAME as EMBEDDED_NAME
 from .loader import load_config as load_config
@@ -23,11 +25,13 @@ from .model import MediatorConfig as MediatorConfig
 from .model import PlatformConfig as PlatformConfig
 from .model import RateLimit as RateLimit
 from .model import StaticShmConfig as StaticShmConfig
+from .tee import TeeConfig as TeeConfig
 
 __all__ = [
     "EMBEDDED_NAME",
     "LOG_LEVELS",
     "PLACEMENTS",
+    "BadTeeConfig",
     "Config",
     "ConfigError",
     "DomainConfig",
@@ -36,6 +40,7 @@ __all__ = [
     "PlatformConfig",
     "RateLimit",
     "StaticShmConfig",
+    "TeeConfig",
     "load_config",
     "parse_config",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError"]
+__all__ = ["ConfigError", "BadTeeConfig"]
 
 
 class ConfigError(Exception):
@@ -16,3 +16,14 @@ class ConfigError(Exception):
         count = len(self.problems)
         head = f"{count} problem{'s' if count != 1 else ''} in the configuration:"
         super().__init__("\n".join((head, *self.problems)))
+
+
+class BadTeeConfig(ValueError):
+    """Raised by :class:`~stubdom.config.tee.TeeConfig` (and by
+    :class:`stubdom.tee.OpteeModel` when the config does not fit the
+    machine) for a value no OP-TEE build could have; fix the named field."""
+
+    def __init__(self, field: str, value: object, why: str) -> None:
+        self.field = field
+        self.value = value
+        super().__init__(f"TeeConfig.{field} = {value!r}: {why}")

@@ -23,12 +23,10 @@ from stubdom.optee.smc import (
 )
 from stubdom.policy.classes import ALWAYS_ALLOWED_CLASSES, NEVER_ALLOWED_CLASSES
 from stubdom.rundir import default_runtime_dir
-from stubdom.tee.config import REQUIRED_SEC_CAPS, SUPPORTED_SEC_CAPS, TeeConfig
-from stubdom.tee.errors import BadTeeConfig
 from stubdom.xen.constants import DEFAULT_RAM_BASE
 
 from .datatypes import Converter, Invalid, PathValue, closest
-from .errors import ConfigError
+from .errors import BadTeeConfig, ConfigError
 from .model import (
     Config,
     DomainConfig,
@@ -49,6 +47,7 @@ from .schema import (
     SectionList,
     key_paths,
 )
+from .tee import REQUIRED_SEC_CAPS, SUPPORTED_SEC_CAPS, TeeConfig
 
 __all__ = ["load_config", "parse_config", "EMBEDDED_NAME"]
 

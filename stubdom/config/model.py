@@ -10,7 +10,8 @@ from pathlib import Path
 
 from stubdom.mediator.limits import DomainLimits
 from stubdom.policy.classes import ALWAYS_ALLOWED_CLASSES, DEFAULT_ALLOWED_CLASSES
-from stubdom.tee.config import TeeConfig
+
+from .tee import TeeConfig
 
 __all__ = [
     "Config",

@@ -5,7 +5,7 @@ here appears in reference.yaml).
 
 Layout::
 
-    tee:        the modelled OP-TEE (stubdom.tee.TeeConfig) and its static shm
+    tee:        the modelled OP-TEE (stubdom.config.tee.TeeConfig) and its static shm
     mediator:   placement, ring, polling, runtime directory, timeouts, logs
     platform:   the simulated machine
     defaults:   the policy of every domain not listed under domains (and the
@@ -36,11 +36,11 @@ from stubdom.optee.smc import (
     OPTEE_SMC_SEC_CAP_VIRTUALIZATION,
 )
 from stubdom.policy.classes import DEFAULT_ALLOWED_CLASSES, FUNCTION_CLASSES
-from stubdom.tee.config import DEFAULT_SEC_CAPS, MAX_GUESTS, MAX_THREADS_PER_GUEST, TeeConfig
 from stubdom.xen.constants import DOMID_FIRST_RESERVED, GUEST_RAM0_SIZE, OPTEE_SHMEM_SIZE, OPTEE_SHMEM_START
 
 from .datatypes import Boolean, Choice, Converter, Integer, Number, PathValue, Text, UuidValue
 from .model import LOG_LEVELS, PLACEMENTS
+from .tee import DEFAULT_SEC_CAPS, MAX_GUESTS, MAX_THREADS_PER_GUEST, TeeConfig
 
 __all__ = [
     "REQUIRED",

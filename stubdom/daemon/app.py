@@ -20,17 +20,22 @@ from pathlib import Path
 
 import trio
 
+from ring import EVTCHN_FILE
+from stubdom.public.control import control_socket_path
+from stubdom.public.errors import ControlError, GateError, GatePeerRefused
+from stubdom.public.gate import gate_dir
+from stubdom.public.gate_client import GateClient
 from stubdom.rundir import RuntimeDirError, ensure_runtime_dir, make_private_dir
 
-from .control import ControlServer, control_socket_path
+from .control import ControlServer
 from .daemon import Daemon
-from .errors import ControlError, GateUnavailable, JournalCorrupt, StartupError
+from .errors import GateUnavailable, JournalCorrupt, StartupError
 from .journal import JOURNAL_FILE, Journal, Replay
 from .journal import load as load_journal
 from .gateport import GatePort
 from .logs import MEDIATOR_LOGGER, DomainLevelFilter, event, setup_logging
 
-__all__ = ["run_daemon", "EXIT_OK", "EXIT_STARTUP", "EXIT_CONFIG"]
+__all__ = ["run_daemon", "loaded_packages", "EXIT_OK", "EXIT_STARTUP", "EXIT_CONFIG"]
 
 EXIT_OK = 0
 EXIT_STARTUP = 1  # no gate (or another user's), no machine, TEE probe failed, another daemon runs
@@ -72,11 +77,17 @@ def run_daemon(config_path: str | None, *, log_level: str | None = None,
         return EXIT_STARTUP
 
 
-def _connect_gate(runtime_dir: Path, config_path: str | None, poll_window_ns: int, timeout_s: float):
-    from stubdom.platform.errors import GateError, GatePeerRefused
-    from stubdom.platform.gate import GateClient, gate_dir
+def loaded_packages() -> str:
+    """The packages (and top-level modules) of stubdom this process has
+    loaded, comma-separated: the started and stopped lines carry it, so that
+    an operator (and a test) sees that the stub domain never loaded the
+    hypervisor's (stubdom.platform, stubdom.tee, stubdom.guest, ...)."""
+    return ",".join(sorted({name.split(".")[1] for name in sys.modules if name.startswith("stubdom.")}))
 
-    path = str(gate_dir(runtime_dir) / "evtchn")
+
+def _connect_gate(runtime_dir: Path, config_path: str | None, poll_window_ns: int,
+                  timeout_s: float) -> GateClient:
+    path = str(gate_dir(runtime_dir) / EVTCHN_FILE)
     try:
         # timeout_s bounds the welcome and every hypercall: past it the
         # platform counts as dead (mediator.gate_timeout_ms)
@@ -117,7 +128,6 @@ def _load_journal(path: Path, logger: logging.Logger, err) -> Replay | None:
 
 async def _serve(config, config_path, load_config, logger: logging.Logger, out, err) -> int:
     from stubdom.mediator import Mediator, TeeProbeFailed
-    from stubdom.platform.gate import GATE_OP_HYP, GATE_OP_SMC
     from stubdom.policy import PolicyEngine
     from stubdom.xen import Machine
     from stubdom.xen.errors import MachineError
@@ -133,7 +143,7 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out, 
         except (MachineError, OSError) as e:
             raise StartupError(f"stubdom-teed: no machine at {runtime_dir / 'machine'} ({e}); "
                                f"is the platform running in this runtime directory?") from None
-        gate_port = GatePort(gate, op_smc=GATE_OP_SMC, op_hyp=GATE_OP_HYP)
+        gate_port = GatePort(gate)
         mediator_log = logging.getLogger(MEDIATOR_LOGGER)
         try:
             # policy and the journal reach the mediator call by call, as its
@@ -167,7 +177,8 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out, 
                 print(f"stubdom-teed: listening on {server.path} (placement stubdom, "
                       f"{len(config.domains)} domains)", file=out, flush=True)
                 event(logger, logging.INFO, "started", pid=os.getpid(), control=server.path,
-                      tee_threads=mediator.tee_threads, tee_caps=f"{mediator.tee_caps:#x}")
+                      tee_threads=mediator.tee_threads, tee_caps=f"{mediator.tee_caps:#x}",
+                      loaded=loaded_packages())
                 await daemon.shutdown_requested.wait()
                 server.stop_accepting()
                 await daemon.drain(config.mediator.drain_timeout_ms / 1000)
@@ -177,7 +188,7 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out, 
             journal.remove()  # nothing left to recover
         else:
             journal.close()
-        event(logger, logging.INFO, "stopped")
+        event(logger, logging.INFO, "stopped", loaded=loaded_packages())
         return EXIT_OK
     finally:
         gate.close()

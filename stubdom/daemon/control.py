@@ -1,6 +1,7 @@
 """The control server: msgpack requests over a Unix stream socket
-(docs/control-protocol.md). Framing lives in :mod:`.wire`; the operations
-in :class:`.daemon.Daemon`; this module only moves bytes."""
+(docs/control-protocol.md). The protocol — framing, limits, error codes —
+is stubdom.public.control; the operations are :class:`.daemon.Daemon`'s;
+this module only moves bytes."""
 
 from __future__ import annotations
 
@@ -12,37 +13,16 @@ from pathlib import Path
 
 import trio
 
-from stubdom.rundir import SOCKET_MODE, PeerRefused, check_peer
+from stubdom.public.control import READ_SIZE, FrameReader, encode, error_response, ok_response
+from stubdom.public.errors import ControlError, ErrorCode, ProtocolError
+from stubdom.rundir import SOCKET_MODE, PeerRefused, check_peer, sockaddr
 
-from .errors import ControlError, ErrorCode, ProtocolError, StartupError
+from .errors import StartupError
 from .logs import event
-from .wire import READ_SIZE, FrameReader, encode, error_response, ok_response
 
-__all__ = ["ControlServer", "control_socket_path", "sockaddr"]
+__all__ = ["ControlServer"]
 
-_SUN_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path), NUL included
 _BACKLOG = 16
-
-
-def control_socket_path(runtime_dir) -> Path:
-    """``<runtime_dir>/stubdom-teed/control``."""
-    return Path(runtime_dir) / "stubdom-teed" / "control"
-
-
-@contextlib.contextmanager
-def sockaddr(path):
-    """An address for ``path`` even past sun_path's 107 bytes: the directory
-    reached through /proc/self/fd (as the ring package does)."""
-    raw = os.fsencode(path)
-    if len(raw) < _SUN_PATH_MAX:
-        yield raw
-        return
-    head, name = os.path.split(raw)
-    dfd = os.open(head or b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield b"/proc/self/fd/%d/%s" % (dfd, name)
-    finally:
-        os.close(dfd)
 
 
 def _claim(path: Path) -> None:

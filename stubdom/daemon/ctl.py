@@ -5,7 +5,9 @@
 
 Prints the result as YAML; exit status 0 when the daemon answered ok, 1
 otherwise (the error's name, code and message on stderr; or the listener
-refused because it runs as another user), 2 for usage.
+refused because it runs as another user; or no daemon, or an answer that
+is not a response), 2 for usage. The client is the protocol's own
+(stubdom.public.control_client), the toolstack's too.
 """
 
 from __future__ import annotations
@@ -16,11 +18,9 @@ from collections.abc import Sequence
 
 import yaml
 
-from stubdom.rundir import PeerRefused
-
-from .client import ControlClient
-from .control import control_socket_path
-from .errors import ControlError
+from stubdom.public.control import control_socket_path
+from stubdom.public.control_client import ControlClient
+from stubdom.public.errors import ControlError, ControlProtocolError, DaemonRefused, DaemonUnavailable
 
 __all__ = ["ctl_main"]
 
@@ -83,13 +83,16 @@ def ctl_main(argv: Sequence[str] | None = None, *, out=None, err=None) -> int:
         with ControlClient(path, timeout=args.timeout) as client:
             result = client.call(op, **request)
     except ControlError as e:
-        print(f"ctl: {args.command}: {e.code.name} ({int(e.code)}): {e.message}", file=err)
+        print(f"ctl: {args.command}: {e.name} ({int(e.code)}): {e.message}", file=err)
         return 1
-    except PeerRefused as e:  # not our daemon: perhaps another user's socket at the path
+    except DaemonRefused as e:  # not our daemon: perhaps another user's socket at the path
+        print(f"ctl: {e.path}: {e.detail}", file=err)
+        return 1
+    except DaemonUnavailable as e:
+        print(f"ctl: cannot talk to the daemon at {path}: {e.strerror or e.reason}; is it running?", file=err)
+        return 1
+    except ControlProtocolError as e:
         print(f"ctl: {e}", file=err)
-        return 1
-    except OSError as e:
-        print(f"ctl: cannot talk to the daemon at {path}: {e.strerror or e}; is it running?", file=err)
         return 1
     yaml.safe_dump(result, out, default_flow_style=False, sort_keys=False)
     return 0

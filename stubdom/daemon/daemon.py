@@ -30,17 +30,18 @@ from stubdom.optee.smc import (
     OPTEE_SMC_EXCHANGE_CAPABILITIES,
     OPTEE_SMC_RETURN_ENOTAVAIL,
 )
+from stubdom.public.control import PROTOCOL_VERSION, Request
+from stubdom.public.errors import ControlError, ErrorCode
 from stubdom.xen.errors import NoSuchDomain
 
 from . import journal as jr
 from .backend import DomainBackend, RingPoller, refuse_while_draining
 from .calljournal import CallJournal
-from .errors import ControlError, ErrorCode, JournalWriteError
+from .errors import JournalWriteError
 from .fairness import FairShare
 from .leases import Leases
 from .logs import LEVELS, event
 from .recovery import GATE_FAILURES, Recovery
-from .wire import PROTOCOL_VERSION, Request
 
 __all__ = ["Daemon", "DUMP_LIST_CAP"]
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from stubdom.mediator.port import Regs
 from stubdom.optee.smc import OPTEE_SMC_VM_CREATED, OPTEE_SMC_VM_DESTROYED
-
-from .errors import GateRefused
+from stubdom.public.errors import GateRefused
+from stubdom.public.gate import GATE_OP_HYP, GATE_OP_SMC
 
 __all__ = ["GatePort"]
 
@@ -30,16 +30,13 @@ _U32 = 0xFFFFFFFF
 
 class GatePort:
     """TeePort (stubdom/mediator/port.py) over a gate client with
-    ``call(op, domid, regs) -> (status, regs)`` (stubdom.platform.gate.GateClient).
-
-    ``op_smc`` / ``op_hyp`` are the gate's op numbers (GATE_OP_SMC = 1,
-    GATE_OP_HYP = 2). Counts what it issued, for ``stats``.
+    ``call(op, domid, regs) -> (status, regs)``
+    (stubdom.public.gate_client.GateClient). Counts what it issued, for
+    ``stats``.
     """
 
-    def __init__(self, client, *, op_smc: int, op_hyp: int) -> None:
+    def __init__(self, client) -> None:
         self._client = client
-        self._op_smc = op_smc
-        self._op_hyp = op_hyp
         self.smc_calls = 0
         self.hyp_calls = 0
         self.failures = 0
@@ -47,7 +44,7 @@ class GatePort:
     def call(self, domid: int, regs: Regs) -> Regs:
         self.smc_calls += 1
         # a7 is the gate's to stamp: send 0, never a value of our choosing
-        return self._issue(self._op_smc, "SMC", domid, tuple(regs[:7]) + (0,))
+        return self._issue(GATE_OP_SMC, "SMC", domid, tuple(regs[:7]) + (0,))
 
     def hyp_call(self, regs: Regs) -> Regs:
         self.hyp_calls += 1
@@ -56,7 +53,7 @@ class GatePort:
         if function in (OPTEE_SMC_VM_CREATED, OPTEE_SMC_VM_DESTROYED):
             # a1 is the client ID (domid + 1); the gate checks the two agree
             domid = ((regs[1] & _U32) - 1) & _U32
-        return self._issue(self._op_hyp, "HYP", domid, tuple(regs[:7]) + (0,))
+        return self._issue(GATE_OP_HYP, "HYP", domid, tuple(regs[:7]) + (0,))
 
     def _issue(self, op: int, name: str, domid: int, regs: tuple) -> Regs:
         status, out = self._client.call(op, domid, regs)

@@ -43,10 +43,9 @@ from pathlib import Path
 
 from stubdom.mediator import BadSnapshot, expected_pins, without_resumed_call
 from stubdom.optee.smc import OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_RETURN_ENOTAVAIL
-from stubdom.platform.errors import GateError
+from stubdom.public.errors import GateError, GateRefused
 from stubdom.xen.errors import MachineError
 
-from .errors import GateRefused
 from .journal import DomainRecord, Replay
 from .logs import event
 

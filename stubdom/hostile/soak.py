@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from stubdom.bench.procinfo import machine_description
+from stubdom.measure import machine_description
 
 from stubdom.mediator import DomainLimits
 from stubdom.optee import OPTEE_SMC_SEC_CAP_RPC_ARG

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 
 from stubdom import workloads
-from stubdom.bench import latency
+from stubdom.measure import latency
 from stubdom.guest import Context, OpteeDriver, PageAllocator, Supplicant
 from stubdom.mediator import client_id
 from stubdom.optee import OPTEE_SMC_VM_CREATED, OPTEE_SMC_VM_DESTROYED

@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from stubdom.bench import latency
+from stubdom.measure import latency
 
 from .soak_memory import MAX_SLOPE_KIB_PER_MIN, MAX_SPREAD_KIB, WARMUP_FRACTION, flatness, slope_per_min
 from .soak_violations import Violations

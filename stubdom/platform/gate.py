@@ -1,27 +1,20 @@
-"""The SMC gate: the stub domain's narrow hypercall (docs/smc-gate.md).
+"""The SMC gate, the platform's end: the stub domain's narrow hypercall
+(docs/smc-gate.md).
 
 A real stub domain cannot execute SMCs for other domains: it asks Xen, and
 Xen checks that the toolstack gave it the domain it names, stamps the client
-ID itself and makes the SMC. This module is that hypercall, in the platform
-process beside the TEE model:
+ID itself and makes the SMC. :class:`Gate` is that hypercall, in the
+platform process beside the TEE model: a teeif ``BackRing`` at
+``<runtime_dir>/xen/gate/ring`` and an event channel listening at
+``<runtime_dir>/xen/gate/evtchn``, served by one thread. It keeps the
+assignment table (``assign``/``unassign``, the toolstack's decision),
+refuses everything else with a negative errno and zeroed registers, and
+counts every hypercall. The ABI (ops, allow-lists, statuses) is
+stubdom.public.gate; the stub domain's end is
+stubdom.public.gate_client.GateClient.
 
-* :class:`Gate` (the platform, backend): a teeif ``BackRing`` at
-  ``<runtime_dir>/xen/gate/ring`` and an event channel listening at
-  ``<runtime_dir>/xen/gate/evtchn``, served by one thread. It keeps the
-  assignment table (``assign``/``unassign``, the toolstack's decision),
-  refuses everything else with a negative errno and zeroed registers, and
-  counts every hypercall.
-* :class:`GateClient` (the stub domain, frontend): one synchronous call at a
-  time, bounded by a timeout. The daemon builds its ``TeePort`` on it.
-
-Each end checks the other's credentials (SO_PEERCRED) before anything
-crosses: the gate serves only a stub domain of its own user (or root), and
-the stub domain attaches only to a gate of its own user (or root).
-
-Entries are ``struct teeif_request``/``teeif_response`` used as follows:
-request ``vcpu`` = the target domid, ``flags`` = the op, ``a`` = x0..x7;
-response ``status`` = 0 or -EPERM/-EINVAL/-ENOENT, ``a`` = the TEE's
-registers (all zero when status != 0).
+The gate serves only a stub domain of its own user (or root): SO_PEERCRED
+is checked before anything crosses.
 
 The gate is the platform's (the hypervisor's) and the stub domain is less
 trusted: a stub domain that corrupts the ring or truncates its file is
@@ -44,7 +37,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 
 from ring import (
@@ -53,85 +45,45 @@ from ring import (
     BackRing,
     EventChannel,
     EventChannelListener,
-    FrontRing,
     PeerDied,
     Request,
     Response,
-    RingClosed,
     RingCorrupted,
-    RingError,
     RingTruncated,
 )
 from stubdom.mediator.ratelog import RateLimitedLog
-from stubdom.optee.smc import (
-    OPTEE_SMC_CALL_GET_OS_REVISION,
-    OPTEE_SMC_CALLS_REVISION,
-    OPTEE_SMC_CALLS_UID,
-    OPTEE_SMC_EXCHANGE_CAPABILITIES,
-    OPTEE_SMC_GET_THREAD_COUNT,
-    OPTEE_SMC_VM_CREATED,
-    OPTEE_SMC_VM_DESTROYED,
-)
 from stubdom.optee.smccc import (
     ARM_SMCCC_OWNER_MASK,
     ARM_SMCCC_OWNER_SHIFT,
     ARM_SMCCC_OWNER_TRUSTED_APP,
     ARM_SMCCC_OWNER_TRUSTED_OS_END,
 )
+from stubdom.public.errors import GateBusy
+from stubdom.public.gate import (
+    GATE_EINVAL,
+    GATE_ENOENT,
+    GATE_EPERM,
+    GATE_OP_HYP,
+    GATE_OP_SMC,
+    HYP_CLIENT_ID,
+    HYP_DOMAIN_CALLS,
+    HYP_PROBE_CALLS,
+    gate_dir,
+)
 from stubdom.rundir import FILE_MODE, SOCKET_MODE, PeerRefused, check_peer, ensure_runtime_dir, make_private_dir
 from stubdom.xen.constants import DOMID_FIRST_RESERVED
 
-from .errors import GateBusy, GateClosed, GateNotRunning, GatePeerRefused, GateTimeout
-
-__all__ = [
-    "GATE_OP_SMC",
-    "GATE_OP_HYP",
-    "HYP_PROBE_CALLS",
-    "HYP_DOMAIN_CALLS",
-    "Gate",
-    "GateClient",
-    "GateStatistics",
-    "GateClientStatistics",
-    "gate_dir",
-]
+__all__ = ["Gate", "GateStatistics", "UNASSIGN_WAIT_S"]
 
 log = logging.getLogger("stubdom.platform.gate")
 
-# Gate ops, in the request's ``flags`` field (docs/smc-gate.md).
-GATE_OP_SMC = 1  # an SMC on behalf of the domain named in ``vcpu``; the gate stamps a7
-GATE_OP_HYP = 2  # a hypervisor-class SMC (a7 = 0) from the allow-list below
-
-# Hypervisor-class calls a stub domain may make: the probe a mediator does at
-# start (optee_smc.h function IDs; any caller may issue these natively) ...
-HYP_PROBE_CALLS = frozenset({
-    OPTEE_SMC_CALLS_UID,
-    OPTEE_SMC_CALLS_REVISION,
-    OPTEE_SMC_CALL_GET_OS_REVISION,
-    OPTEE_SMC_GET_THREAD_COUNT,
-    OPTEE_SMC_EXCHANGE_CAPABILITIES,
-})
-# ... and the partition life cycle, only for a domain assigned to it, named
-# both in ``vcpu`` and as client ID domid + 1 in a1.
-HYP_DOMAIN_CALLS = frozenset({OPTEE_SMC_VM_CREATED, OPTEE_SMC_VM_DESTROYED})
-
-HYP_CLIENT_ID = 0  # OP-TEE's HYP_CLNT_ID (core/include/kernel/virtualization.h)
 _ZERO_REGS = (0,) * 8
-_U64 = (1 << 64) - 1
 
-# Refusals: (negative errno, name used in statistics).
-_EPERM = -errno.EPERM  # domid not assigned to this stub domain, or the op not allowed for it
-_EINVAL = -errno.EINVAL  # unknown op, malformed request (reserved domid)
-_ENOENT = -errno.ENOENT  # no such domain on the machine
 _UNASSIGNED = 1  # _check's answer for a domid not assigned: -EPERM or -ENOENT, decided outside the lock
 
 
 # How long unassign waits for a hypercall of that domain still in the TEE.
 UNASSIGN_WAIT_S = 30.0
-
-
-def gate_dir(runtime_dir: str | os.PathLike[str]) -> Path:
-    """``<runtime_dir>/xen/gate``: where the gate's ring and event channel live."""
-    return Path(runtime_dir) / "xen" / "gate"
 
 
 def _errno_name(status: int) -> str:
@@ -436,7 +388,7 @@ class Gate:
                 self._in_tee = domid
         if status:
             if status == _UNASSIGNED:  # outside the lock: asks the machine
-                status = _EPERM if self._domain_exists(domid) else _ENOENT
+                status = GATE_EPERM if self._domain_exists(domid) else GATE_ENOENT
             with self._lock:
                 self._refusals[(domid, _errno_name(status))] += 1
             if log.isEnabledFor(logging.DEBUG):  # a line nobody reads must not take a token
@@ -453,7 +405,7 @@ class Gate:
             with self._lock:
                 self._tee_errors += 1
                 self._refusals[(domid, "EINVAL")] += 1
-            return Response(req.id, _EINVAL, 0, _ZERO_REGS)
+            return Response(req.id, GATE_EINVAL, 0, _ZERO_REGS)
         finally:
             with self._lock:
                 self._in_tee = None
@@ -472,140 +424,23 @@ class Gate:
         (lock held)."""
         if op == GATE_OP_SMC:
             if domid >= DOMID_FIRST_RESERVED:
-                return _EINVAL
+                return GATE_EINVAL
             if domid not in self._assigned:
                 return _UNASSIGNED
             # SMCCC owner of the function ID in the low 32 bits of a0
             # (the fields decode_function_id reads; inline on the hot path)
             owner = (a[0] >> ARM_SMCCC_OWNER_SHIFT) & ARM_SMCCC_OWNER_MASK
             if not ARM_SMCCC_OWNER_TRUSTED_APP <= owner <= ARM_SMCCC_OWNER_TRUSTED_OS_END:
-                return _EPERM  # the gate reaches the secure world's OS, nothing else
+                return GATE_EPERM  # the gate reaches the secure world's OS, nothing else
             return 0
         if op == GATE_OP_HYP:
             if a[0] in HYP_PROBE_CALLS:
                 return 0
             if a[0] not in HYP_DOMAIN_CALLS:
-                return _EPERM
+                return GATE_EPERM
             if domid >= DOMID_FIRST_RESERVED:
-                return _EINVAL
+                return GATE_EINVAL
             if domid not in self._assigned:
                 return _UNASSIGNED
-            return 0 if a[1] == domid + 1 else _EPERM
-        return _EINVAL
-
-
-# -- the stub domain's side ------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class GateClientStatistics:
-    """Counters of one GateClient."""
-
-    calls: int  # hypercalls issued
-    notifications_sent: int  # pushes after which the gate had to be notified
-    notifications_suppressed: int  # pushes the gate's event index said need no notify
-    wakeups: int  # sleeps on the event channel that ended with a notification
-    timeouts: int  # calls that got no answer within the bound
-    dropped: int  # responses whose id no call waited for (late, or a predecessor's)
-
-
-class GateClient:
-    """The stub domain's end of the gate: ``call(op, domid, regs)`` pushes one
-    request, notifies if the ring says so, spins for ``poll_window_ns``, then
-    sleeps on the event channel; no answer within ``timeout`` seconds is
-    :class:`GateTimeout`, the platform going away is :class:`GateClosed`.
-
-    Thread-safe: calls are serialised (the stub domain's vCPU is in the
-    hypervisor for the whole hypercall). Connecting waits, bounded by
-    ``timeout``, for the gate's welcome notification before it attaches the
-    ring, so that only the stub domain the gate serves ever touches it.
-    """
-
-    def __init__(self, runtime_dir: str | os.PathLike[str], poll_window_ns: int = 0,
-                 timeout: float = 5.0) -> None:
-        if type(poll_window_ns) is not int or poll_window_ns < 0:
-            raise ValueError(f"poll_window_ns must be a non-negative int, got {poll_window_ns!r}")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
-        d = gate_dir(runtime_dir)
-        self.path = str(d / EVTCHN_FILE)
-        self._poll_ns = poll_window_ns
-        self._timeout = timeout
-        try:
-            self._chan = EventChannel.connect(d / EVTCHN_FILE)
-        except FileNotFoundError:
-            raise GateNotRunning(self.path, "no such socket") from None
-        except ConnectionRefusedError:
-            raise GateNotRunning(self.path, "connection refused") from None
-        try:
-            try:
-                # the listener's user, as recorded when it called listen():
-                # another user's socket here is not the platform
-                check_peer(self._chan.fileno(), self.path, "SMC gate")
-            except PeerRefused as e:
-                raise GatePeerRefused(self.path, e.pid, e.uid, e.detail) from None
-            try:
-                welcomed = self._chan.wait(timeout)
-            except PeerDied:
-                raise GateClosed(self.path, "closed before it accepted us") from None
-            if not welcomed:
-                raise GateNotRunning(self.path, f"not accepted within {timeout:g} s: the gate "
-                                                f"serves another stub domain")
-            self._ring = FrontRing.attach(d / RING_FILE)
-        except BaseException:
-            self._chan.close()
-            raise
-        self._lock = threading.Lock()
-        # Ids start at a random point so that a restarted daemon never takes a
-        # predecessor's late response for its own.
-        self._next_id = int.from_bytes(os.urandom(8), "little") & (_U64 >> 1)
-        self._calls = self._wakeups = self._timeouts = self._dropped = 0
-
-    def call(self, op: int, domid: int, regs: Sequence[int]) -> tuple[int, tuple[int, ...]]:
-        """One hypercall: returns (status, a0..a7) as the gate answered."""
-        with self._lock:
-            if self._ring.closed:
-                raise GateClosed(self.path, "client closed")
-            rid = self._next_id
-            self._next_id = (rid + 1) & _U64
-            self._calls += 1
-            deadline = time.monotonic() + self._timeout
-            try:
-                if self._ring.push(Request(rid, domid, op, tuple(regs))):
-                    self._chan.notify()
-                while True:
-                    for rsp in self._ring.pop_batch():
-                        if rsp.id == rid:
-                            return rsp.status, tuple(rsp.a)
-                        self._dropped += 1
-                    if self._ring.poll(self._poll_ns):
-                        continue
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        self._timeouts += 1
-                        raise GateTimeout(op, domid, self._timeout)
-                    if self._chan.wait(remaining):
-                        self._wakeups += 1
-            except PeerDied:
-                raise GateClosed(self.path, "the platform closed the event channel") from None
-            except RingClosed:
-                raise GateClosed(self.path, "client closed") from None
-            except RingError as e:
-                raise GateClosed(self.path, str(e)) from e
-
-    def statistics(self) -> GateClientStatistics:
-        rs = self._ring.statistics()
-        return GateClientStatistics(self._calls, rs.notifications_sent, rs.notifications_suppressed,
-                                    self._wakeups, self._timeouts, self._dropped)
-
-    def close(self) -> None:
-        """Detach from the ring and close the channel (the gate sees EOF)."""
-        self._chan.close()
-        if not self._ring.closed:
-            self._ring.close()
-
-    def __enter__(self) -> "GateClient":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            return 0 if a[1] == domid + 1 else GATE_EPERM
+        return GATE_EINVAL

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from stubdom.public.errors import DaemonRefused, DaemonUnavailable
+
 from .errors import PlatformError
 
 __all__ = ["DaemonProcess", "DaemonExited", "PrivateTmpfs", "TmpfsUnavailable"]
@@ -160,8 +162,6 @@ class DaemonProcess:
         """Wait until the daemon answers ``hello`` (raises DaemonExited at
         once if it died, DaemonRefused at once if another user listens on
         its socket, the toolstack's DaemonUnavailable on timeout)."""
-        from .errors import DaemonRefused, DaemonUnavailable
-
         deadline_slices = max(1, int(timeout / 0.25))
         for i in range(deadline_slices):
             if self.proc.poll() is not None:

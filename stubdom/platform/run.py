@@ -21,12 +21,13 @@ from typing import TextIO
 
 from stubdom import workloads
 from stubdom.guest import Context, GuestError, MemoryStore, OpteeDriver, Supplicant
+from stubdom.public.control import control_socket_path
+from stubdom.public.errors import DaemonRefused, DaemonUnavailable
+from stubdom.public.gate import gate_dir
 from stubdom.rundir import RuntimeDirError
 
-from .errors import DaemonRefused, DaemonUnavailable, DomainCreationFailed
-from .gate import gate_dir
+from .errors import DomainCreationFailed
 from .platform import Platform, domain_spec
-from .toolstack import control_path
 from .vcpuhost import VcpuHost
 
 __all__ = ["run_platform", "DEFAULT_DAEMON_WAIT", "EXIT_CONFIG", "EXIT_NO_DAEMON", "EXIT_ORACLE"]
@@ -111,7 +112,7 @@ def _run(config, config_path, say, stop, interval, rounds, daemon_wait) -> int:
         if stubdom:
             say(f"machine at {platform.machine.path}, SMC gate at {gate_dir(runtime)}; "
                 f"start the daemon beside it: {daemon_cmd}")
-            say(f"waiting up to {daemon_wait:g} s for stubdom-teed at {control_path(runtime)}")
+            say(f"waiting up to {daemon_wait:g} s for stubdom-teed at {control_socket_path(runtime)}")
             try:
                 hello = platform.placement.toolstack.wait_ready(daemon_wait)
             except DaemonRefused as e:

@@ -51,19 +51,21 @@ from ring import (
 from stubdom.mediator.ratelog import RateLimitedLog
 from stubdom.optee.smc import OPTEE_SMC_RETURN_ENOTAVAIL, OPTEE_SMC_VM_DESTROYED
 
-from .errors import (
+from stubdom.public.control import control_socket_path
+from stubdom.public.errors import (
     ControlDomainExists,
     ControlError,
     ControlNoSuchDomain,
     ControlProtocolError,
+    ControlSocketError,
     DaemonUnavailable,
-    DomainCreationFailed,
-    ToolstackError,
-    UnknownDomain,
 )
-from .gate import HYP_CLIENT_ID, Gate
+from stubdom.public.gate import HYP_CLIENT_ID
+
+from .errors import DomainCreationFailed, UnknownDomain
+from .gate import Gate
 from .regs import Regs
-from .toolstack import Toolstack, control_path
+from .toolstack import Toolstack
 
 __all__ = [
     "UNAVAILABLE_REGS",
@@ -400,7 +402,7 @@ class StubdomPlacement:
                          domain_exists=lambda domid: domid in machine.domains(),
                          poll_window_ns=self._poll_ns, log_clock=log_clock)
         self.gate.start()
-        self.toolstack = toolstack or Toolstack(control_path(self.runtime_dir), timeout=control_timeout)
+        self.toolstack = toolstack or Toolstack(control_socket_path(self.runtime_dir), timeout=control_timeout)
         self._lock = threading.Lock()
         self._links: dict[int, DomainLink] = {}
         self._destroyed: set[int] = set()  # relinquish_resources done, teardown pending
@@ -419,7 +421,7 @@ class StubdomPlacement:
             # the daemon serves that domid already: its partition is not ours to end
             self.gate.unassign(domid)
             raise DomainCreationFailed(domid, f"stubdom-teed: {e}") from e
-        except ToolstackError as e:
+        except ControlSocketError as e:
             # The daemon may have sent VM_CREATED through the gate before it
             # failed or died (no answer tells which): end any partition the
             # secure world made for the domain, as Xen does for a domain
@@ -432,7 +434,7 @@ class StubdomPlacement:
         except (OSError, RingError, KeyError, TypeError, ValueError) as e:
             try:
                 self.toolstack.domain_destroy(domid)
-            except ToolstackError as e2:
+            except ControlSocketError as e2:
                 log.warning("d%d: domain_destroy after a failed attach: %s", domid, e2)
                 self._vm_destroyed(domid, f"domain_destroy after a failed attach: {e2}")
             self.gate.unassign(domid)

@@ -3,8 +3,9 @@ directory"; docs/security.md, "Local users and the runtime directory").
 
 Shared by the platform and the daemon, owned by neither: where the runtime
 directory is by default, creating it (and the directories in it) so that no
-other local user controls them, the modes of what is created there, and the
-credentials of the peer on each of its sockets.
+other local user controls them, the modes of what is created there, the
+credentials of the peer on each of its sockets, and their addresses (a
+path longer than sun_path included).
 """
 
 from .directory import DIR_MODE as DIR_MODE
@@ -18,7 +19,31 @@ from .errors import PeerRefused as PeerRefused
 from .errors import RundirError as RundirError
 from .errors import RuntimeDirError as RuntimeDirError
 from .errors import RuntimeDirRefused as RuntimeDirRefused
+from .errors import describe_trusted as describe_trusted
 from .errors import describe_uid as describe_uid
 from .peercred import PeerCredentials as PeerCredentials
 from .peercred import check_peer as check_peer
 from .peercred import peer_credentials as peer_credentials
+from .sockaddr import SUN_PATH_MAX as SUN_PATH_MAX
+from .sockaddr import sockaddr as sockaddr
+
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "SOCKET_MODE",
+    "SUN_PATH_MAX",
+    "PeerCredentials",
+    "PeerRefused",
+    "RundirError",
+    "RuntimeDirError",
+    "RuntimeDirRefused",
+    "check_peer",
+    "default_runtime_dir",
+    "describe_trusted",
+    "describe_uid",
+    "ensure_runtime_dir",
+    "make_private_dir",
+    "make_private_dirs",
+    "peer_credentials",
+    "sockaddr",
+]

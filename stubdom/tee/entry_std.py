@@ -86,7 +86,7 @@ from .tas.ta import TaContext, TaParam, TaSession
 from .thread import RPC_ARG_SIZE, Thread, ThreadGen
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import TeeConfig
+    from stubdom.config.tee import TeeConfig
     from .memory import NsMemoryMap
     from .partition import Partition
     from .tas.ta import TrustedApp

@@ -16,7 +16,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "TeeError",
-    "BadTeeConfig",
     "BadRegisters",
     "IsolationViolation",
     "TaProtocolError",
@@ -25,17 +24,6 @@ __all__ = [
 
 class TeeError(Exception):
     """Base of every error in :mod:`stubdom.tee`."""
-
-
-class BadTeeConfig(TeeError):
-    """Raised by :class:`TeeConfig` (and :class:`OpteeModel` when the config
-    does not fit the machine) for a value no OP-TEE build could have; fix the
-    named field."""
-
-    def __init__(self, field: str, value: object, why: str) -> None:
-        self.field = field
-        self.value = value
-        super().__init__(f"TeeConfig.{field} = {value!r}: {why}")
 
 
 class BadRegisters(TeeError):

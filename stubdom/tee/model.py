@@ -68,11 +68,12 @@ from stubdom.optee.smc import (
     OPTEE_SMC_VM_DESTROYED,
     smc_name,
 )
+from stubdom.config.errors import BadTeeConfig
+from stubdom.config.tee import TeeConfig
 from stubdom.optee.rpc import THREAD_RPC_MAX_NUM_PARAMS
 
-from .config import TeeConfig
 from .entry_std import StdCall
-from .errors import BadRegisters, BadTeeConfig
+from .errors import BadRegisters
 from .memory import NsAccess, NsMemoryMap
 from .oracle import IsolationOracle
 from .partition import Partition

@@ -20,8 +20,8 @@ import sys
 import msgpack
 from _runner import Reader, main
 
-from stubdom.daemon import ControlError, ProtocolError
-from stubdom.daemon.wire import MAX_MESSAGE, READ_SIZE, FrameReader, encode, error_response
+from stubdom.public.control import MAX_MESSAGE, READ_SIZE, FrameReader, encode, error_response
+from stubdom.public.errors import ControlError, ProtocolError
 
 NAME = "control_wire"
 

@@ -20,7 +20,7 @@ from ..errors import TaProtocolError
 from ..memory import Mobj
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..config import TeeConfig
+    from stubdom.config.tee import TeeConfig
     from ..thread import RpcReply, RpcRequest, Thread
 
 __all__ = [

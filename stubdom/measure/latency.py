@@ -1,4 +1,7 @@
-"""Latency summaries from an HdrHistogram (hdrh): p50, p90, p99, p99.9, max."""
+"""Latency summaries from an HdrHistogram (hdrh): p50, p90, p99, p99.9, max.
+
+The benchmark's cells and the soak run's honest load record into these and
+report them in the same JSON shape (docs/bench-schema.md, docs/soak.md)."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from collections.abc import Iterable
 
 from hdrh.histogram import HdrHistogram
 
-__all__ = ["PERCENTILES", "new_histogram", "summarise", "cdf_points"]
+__all__ = ["PERCENTILES", "new_histogram", "record", "summarise", "cdf_points"]
 
 #: Reported percentiles: key in the JSON -> percentile.
 PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99_9": 99.9}

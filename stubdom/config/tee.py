@@ -1,6 +1,10 @@
-"""The build configuration of the modelled OP-TEE (its CFG_* values).
+"""The build configuration of the modelled OP-TEE (its CFG_* values): the
+record of the configuration's ``tee:`` section.
 
-Plain values only; the YAML loader (issue 6) builds one of these.
+Plain values only; the YAML loader builds one of these, the OP-TEE model
+(stubdom.tee) runs as one says. It lives with the configuration, not with
+the model, because both processes load the same file and the stub domain
+must not load the secure world to validate it.
 """
 
 from __future__ import annotations

@@ -1,14 +1,21 @@
-"""The control protocol's framing, without I/O (docs/control-protocol.md).
+"""The control protocol of stubdom-teed, defined once for both ends
+(docs/control-protocol.md): where the socket is, how large a message may
+be, the protocol's version, the shape of requests and responses, and the
+framing of a request stream, without I/O.
 
-A connection carries a stream of msgpack maps in each direction. The reading
-side feeds whatever bytes arrived into a :class:`FrameReader` and takes out
-complete requests; every request is at most :data:`MAX_MESSAGE` bytes. The
-reader never buffers more than one incomplete request plus one read.
+A connection carries a stream of msgpack maps in each direction, nothing
+else between them. The reading side feeds whatever bytes arrived into a
+:class:`FrameReader` and takes out complete requests; every message is at
+most :data:`MAX_MESSAGE` bytes. The reader never buffers more than one
+incomplete request plus one read. The error codes and exceptions are in
+:mod:`.errors`; the client is :mod:`.control_client`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -19,16 +26,24 @@ __all__ = [
     "MAX_MESSAGE",
     "READ_SIZE",
     "PROTOCOL_VERSION",
+    "MAX_ERROR_MESSAGE",
+    "control_socket_path",
     "FrameReader",
     "Request",
     "encode",
     "ok_response",
     "error_response",
+    "quote",
 ]
 
 MAX_MESSAGE = 64 * 1024  # bytes of one encoded message, either direction
-READ_SIZE = 4096  # bytes per read; bounds what the reader holds beyond one message
+READ_SIZE = 4096  # bytes per read; bounds what a reader holds beyond one message
 PROTOCOL_VERSION = 1  # "version" in hello's answer
+
+
+def control_socket_path(runtime_dir: str | os.PathLike[str]) -> Path:
+    """``<runtime_dir>/stubdom-teed/control``: where the daemon listens."""
+    return Path(runtime_dir) / "stubdom-teed" / "control"
 
 
 class Request:

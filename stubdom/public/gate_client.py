@@ -1,0 +1,149 @@
+"""The stub domain's end of the SMC gate (docs/smc-gate.md): one
+synchronous hypercall at a time, bounded by a timeout. The daemon builds
+its ``TeePort`` on it (stubdom.daemon.gateport); the platform's end is
+stubdom.platform.gate.Gate.
+
+Before anything crosses, the client checks who listens at the gate's event
+channel (SO_PEERCRED): only a gate of its own user (or root) is attached.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ring import (
+    EVTCHN_FILE,
+    RING_FILE,
+    EventChannel,
+    FrontRing,
+    PeerDied,
+    Request,
+    RingClosed,
+    RingError,
+)
+from stubdom.rundir import PeerRefused, check_peer
+
+from .errors import GateClosed, GateNotRunning, GatePeerRefused, GateTimeout
+from .gate import gate_dir
+
+__all__ = ["GateClient", "GateClientStatistics"]
+
+_U64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class GateClientStatistics:
+    """Counters of one GateClient."""
+
+    calls: int  # hypercalls issued
+    notifications_sent: int  # pushes after which the gate had to be notified
+    notifications_suppressed: int  # pushes the gate's event index said need no notify
+    wakeups: int  # sleeps on the event channel that ended with a notification
+    timeouts: int  # calls that got no answer within the bound
+    dropped: int  # responses whose id no call waited for (late, or a predecessor's)
+
+
+class GateClient:
+    """The stub domain's end of the gate: ``call(op, domid, regs)`` pushes one
+    request, notifies if the ring says so, spins for ``poll_window_ns``, then
+    sleeps on the event channel; no answer within ``timeout`` seconds is
+    :class:`GateTimeout`, the platform going away is :class:`GateClosed`.
+
+    Thread-safe: calls are serialised (the stub domain's vCPU is in the
+    hypervisor for the whole hypercall). Connecting waits, bounded by
+    ``timeout``, for the gate's welcome notification before it attaches the
+    ring, so that only the stub domain the gate serves ever touches it.
+    """
+
+    def __init__(self, runtime_dir: str | os.PathLike[str], poll_window_ns: int = 0,
+                 timeout: float = 5.0) -> None:
+        if type(poll_window_ns) is not int or poll_window_ns < 0:
+            raise ValueError(f"poll_window_ns must be a non-negative int, got {poll_window_ns!r}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        d = gate_dir(runtime_dir)
+        self.path = str(d / EVTCHN_FILE)
+        self._poll_ns = poll_window_ns
+        self._timeout = timeout
+        try:
+            self._chan = EventChannel.connect(d / EVTCHN_FILE)
+        except FileNotFoundError:
+            raise GateNotRunning(self.path, "no such socket") from None
+        except ConnectionRefusedError:
+            raise GateNotRunning(self.path, "connection refused") from None
+        try:
+            try:
+                # the listener's user, as recorded when it called listen():
+                # another user's socket here is not the platform
+                check_peer(self._chan.fileno(), self.path, "SMC gate")
+            except PeerRefused as e:
+                raise GatePeerRefused(e) from None
+            try:
+                welcomed = self._chan.wait(timeout)
+            except PeerDied:
+                raise GateClosed(self.path, "closed before it accepted us") from None
+            if not welcomed:
+                raise GateNotRunning(self.path, f"not accepted within {timeout:g} s: the gate "
+                                                f"serves another stub domain")
+            self._ring = FrontRing.attach(d / RING_FILE)
+        except BaseException:
+            self._chan.close()
+            raise
+        self._lock = threading.Lock()
+        # Ids start at a random point so that a restarted daemon never takes a
+        # predecessor's late response for its own.
+        self._next_id = int.from_bytes(os.urandom(8), "little") & (_U64 >> 1)
+        self._calls = self._wakeups = self._timeouts = self._dropped = 0
+
+    def call(self, op: int, domid: int, regs: Sequence[int]) -> tuple[int, tuple[int, ...]]:
+        """One hypercall: returns (status, a0..a7) as the gate answered."""
+        with self._lock:
+            if self._ring.closed:
+                raise GateClosed(self.path, "client closed")
+            rid = self._next_id
+            self._next_id = (rid + 1) & _U64
+            self._calls += 1
+            deadline = time.monotonic() + self._timeout
+            try:
+                if self._ring.push(Request(rid, domid, op, tuple(regs))):
+                    self._chan.notify()
+                while True:
+                    for rsp in self._ring.pop_batch():
+                        if rsp.id == rid:
+                            return rsp.status, tuple(rsp.a)
+                        self._dropped += 1
+                    if self._ring.poll(self._poll_ns):
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        self._timeouts += 1
+                        raise GateTimeout(op, domid, self._timeout)
+                    if self._chan.wait(remaining):
+                        self._wakeups += 1
+            except PeerDied:
+                raise GateClosed(self.path, "the platform closed the event channel") from None
+            except RingClosed:
+                raise GateClosed(self.path, "client closed") from None
+            except RingError as e:
+                raise GateClosed(self.path, str(e)) from e
+
+    def statistics(self) -> GateClientStatistics:
+        rs = self._ring.statistics()
+        return GateClientStatistics(self._calls, rs.notifications_sent, rs.notifications_suppressed,
+                                    self._wakeups, self._timeouts, self._dropped)
+
+    def close(self) -> None:
+        """Detach from the ring and close the channel (the gate sees EOF)."""
+        self._chan.close()
+        if not self._ring.closed:
+            self._ring.close()
+
+    def __enter__(self) -> "GateClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
