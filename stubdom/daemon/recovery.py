@@ -43,7 +43,7 @@ from pathlib import Path
 
 from stubdom.mediator import BadSnapshot, expected_pins, without_resumed_call
 from stubdom.optee.smc import OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_RETURN_ENOTAVAIL
-from stubdom.public.errors import GateError, GateRefused
+from stubdom.public.errors import GateError
 from stubdom.xen.errors import MachineError
 
 from .journal import DomainRecord, Replay
@@ -52,9 +52,9 @@ from .logs import event
 __all__ = ["RecoveryPlan", "plan_recovery", "release_domain_frames", "vm_destroyed",
            "remove_domain_dir", "GATE_FAILURES", "GivenUp", "give_up", "Recovery"]
 
-# The gate refused a hypercall (status != 0), timed out or went away: what a
-# recovery step may meet without it being a bug.
-GATE_FAILURES = (GateRefused, GateError)
+# The gate refused a hypercall (status != 0: GateRefused), timed out or went
+# away: what a recovery step may meet without it being a bug.
+GATE_FAILURES = (GateError,)
 # What a guest gets for a request a dead predecessor left on the ring.
 STALE_ANSWER = (OPTEE_SMC_RETURN_ENOTAVAIL,) + (0,) * 7
 
