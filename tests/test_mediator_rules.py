@@ -259,6 +259,28 @@ def test_registers_are_zero_where_nothing_was_returned(plat):
     assert g.serve(r)[0] == OPTEE_SMC_RETURN_OK
 
 
+@pytest.mark.parametrize("upper", [1, 0xFFFF_FFFF])
+def test_the_function_id_is_w0(plat, upper):
+    # SMC32 (DEN0028): the function ID and arguments are W0..W7; x0's upper
+    # half is not part of the ID, as Xen's vsmc.c and optee_handle_call read it
+    g = domu(plat)
+    hi = upper << 32
+    assert g.smc(hi | OPTEE_SMC_CALLS_REVISION) == (2, 0, 0, 0, 0, 0, 0, 0)
+    assert g.smc(hi | OPTEE_SMC_EXCHANGE_CAPABILITIES, 0)[0] == OPTEE_SMC_RETURN_OK
+    session = g.open_session(WAIT_UUID)
+    ipa = g.page()
+    g.write_arg(ipa, MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=WAIT_CMD_GET_TIME, session=session,
+                            params=(MsgParam.value(OPTEE_MSG_ATTR_TYPE_VALUE_OUTPUT),)))
+    plain = g.smc
+    g.smc = lambda a0, *rest: plain(hi | a0, *rest)  # every SMC of the call, RETURN_FROM_RPC too
+    r = g.serve(g.start(ipa))
+    g.smc = plain
+    assert r[0] == OPTEE_SMC_RETURN_OK and g.read_arg(ipa).params[0].a == 1234
+    # W0 decides: an SMC64 ID (bit 30) or an unknown W0 stays unknown
+    assert g.smc(hi | OPTEE_SMC_CALLS_REVISION | 1 << 30)[0] == OPTEE_SMC_RETURN_UNKNOWN_FUNCTION
+    assert g.smc(hi | 0xB2000008)[0] == OPTEE_SMC_RETURN_UNKNOWN_FUNCTION
+
+
 def test_exchange_capabilities_filters_and_needs_dynamic_shm(tmp_path):
     with make_platform(tmp_path, caps=CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG) as p:
         g = domu(p)

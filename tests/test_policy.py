@@ -75,11 +75,18 @@ def test_class_members_partition_the_ids():
 
 @pytest.mark.parametrize("a0", [
     0, 0x32000000, 0xB2000015, 0xBF00FF02, 0x84000000,        # free or other owners
-    smc.OPTEE_SMC_CALL_WITH_ARG | 1 << 32,                    # upper half set: not SMC32
     smc.OPTEE_SMC_CALL_WITH_ARG | smc.OPTEE_SMC_64,           # the SMC64 twin
+    0xFFFFFFFF_00000000,                                      # W0 = 0, only the upper half set
 ])
 def test_unknown_ids(a0):
     assert function_class(a0) == "unknown"
+
+
+@pytest.mark.parametrize("upper", [1, 0xDEAD, 0xFFFFFFFF])
+def test_the_class_is_w0s(upper):
+    # an SMC32 function ID is W0 (DEN0028): x0's upper half does not change it
+    for fid, name in smc.SMC_NAMES.items():
+        assert function_class(upper << 32 | fid) == EXPECTED_CLASS[name], name
 
 
 @pytest.mark.parametrize("a0", [-1, 1 << 64, 1.0, True])

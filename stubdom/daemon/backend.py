@@ -23,13 +23,13 @@ import trio
 
 import ring
 from stubdom.optee.smc import OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_RETURN_ENOTAVAIL
+from stubdom.optee.smccc import function_id
 
 from .logs import GuestLog, event
 from .stats import DomainStats
 
 __all__ = ["DomainBackend", "RingPoller", "BACKEND_FAILURE_STATUS"]
 
-_U32 = 0xFFFFFFFF
 _ZERO = (0,) * 8
 # teeif_response.status when the backend itself failed on a request (a daemon
 # bug caught at this boundary): the vCPU gets a defined error, registers 0.
@@ -448,6 +448,6 @@ def _notify(chan: ring.EventChannel) -> ring.PeerDied | None:
 def refuse_while_draining(a0: int) -> tuple | None:
     """While the daemon drains, only RETURN_FROM_RPC (the continuation of an
     admitted call) goes on; anything else is answered ENOTAVAIL."""
-    if a0 & _U32 == OPTEE_SMC_CALL_RETURN_FROM_RPC and not a0 >> 32:
+    if function_id(a0) == OPTEE_SMC_CALL_RETURN_FROM_RPC:
         return None
     return (OPTEE_SMC_RETURN_ENOTAVAIL,) + (0,) * 7

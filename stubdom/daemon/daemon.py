@@ -21,6 +21,7 @@ import trio
 
 from stubdom.mediator import StdCall, call_intent
 from stubdom.mediator.errors import DomainAlreadyInitialised, DomainRefused, TeardownInvariantBroken
+from stubdom.optee.smccc import function_id
 from stubdom.optee.smc import (
     OPTEE_SMC_CALL_RETURN_FROM_RPC,
     OPTEE_SMC_CALL_WITH_ARG,
@@ -145,7 +146,7 @@ class Daemon:
             backend.log.event(logging.WARNING, "call_refused", reason=refusal.reason,
                               detail=refusal.describe())
             return refusal.regs, refusal.reason
-        fn = regs[0] & _U32 if not regs[0] >> 32 else None
+        fn = function_id(regs[0])  # W0, as the mediator reads it
         journaled = self.journal.kept and fn in _STATE_FUNCS
         if journaled and fn in _BEGIN_FUNCS:
             # an unhealthy journal is retried here, at rest (a checkpoint

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from stubdom.mediator import BadSnapshot, expected_pins, without_resumed_call
 from stubdom.optee.smc import OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_RETURN_ENOTAVAIL
+from stubdom.optee.smccc import function_id
 from stubdom.public.errors import GateError
 from stubdom.xen.errors import MachineError
 
@@ -419,7 +420,7 @@ class Recovery:
             return
         for req in stale:
             tid = req.a[3] & 0xFFFFFFFF
-            if req.a[0] == OPTEE_SMC_CALL_RETURN_FROM_RPC and tid in self._mediator.suspended(domid):
+            if function_id(req.a[0]) == OPTEE_SMC_CALL_RETURN_FROM_RPC and tid in self._mediator.suspended(domid):
                 given = give_up(self._mediator, domid, tid)
                 if given.error is not None:
                     event(self._logger, logging.ERROR, "abandon_failed", domid=domid, thread=tid,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import math
 
+from stubdom.optee.smccc import function_id
 from stubdom.optee.smc import (
     OPTEE_SMC_CALL_RETURN_FROM_RPC,
     OPTEE_SMC_CALL_WITH_ARG,
@@ -36,12 +37,10 @@ _NOT_ERRORS = frozenset({OPTEE_SMC_RETURN_OK, OPTEE_SMC_RETURN_RPC_ALLOC, OPTEE_
 
 
 def function_key(a0: int) -> str:
-    """The stats key of a function ID: its optee_smc.h name without the
-    OPTEE_SMC_ prefix, or "unknown" (a guest must not be able to grow the
-    table with made-up IDs)."""
-    if a0 >> 32:
-        return "unknown"
-    name = SMC_NAMES.get(a0)
+    """The stats key of the function ID a0 names (W0): its optee_smc.h name
+    without the OPTEE_SMC_ prefix, or "unknown" (a guest must not be able to
+    grow the table with made-up IDs)."""
+    name = SMC_NAMES.get(function_id(a0))
     return name.removeprefix("OPTEE_SMC_") if name else "unknown"
 
 
@@ -69,7 +68,7 @@ class DomainStats:
 
     def record(self, a0: int, ret_a0: int, elapsed_ns: int) -> None:
         self.calls[function_key(a0)] += 1
-        if not a0 >> 32 and a0 in _A0_IS_STATUS and ret_a0 not in _NOT_ERRORS:
+        if function_id(a0) in _A0_IS_STATUS and ret_a0 not in _NOT_ERRORS:
             self.errors += 1
         self._latency_us.append(elapsed_ns // 1000)
 

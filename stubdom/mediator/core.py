@@ -58,6 +58,7 @@ from stubdom.optee.msg import (
     unpack_header,
 )
 from stubdom.optee.rpc import OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE
+from stubdom.optee.smccc import function_id
 from stubdom.optee.uuid import OpenSessionMeta
 from stubdom.optee.smc import (
     OPTEE_MSG_UID_0,
@@ -445,9 +446,9 @@ class Mediator(RecoveryOps):
         returns the registers. Closing it early releases what the call took.
         ``hooks``: this call's (mediator/hooks.py), else the constructor's."""
         ctx = self._domains.get(domid)
-        function = regs[0] & _U32
-        if regs[0] >> 32:  # not an SMC32 ID: OP-TEE has no SMC64 calls
-            return _ret(OPTEE_SMC_RETURN_UNKNOWN_FUNCTION)
+        # SMC32: the function ID is W0, bits 63:32 of x0 are not part of it
+        # (DEN0028; Xen's vsmc.c and optee_handle_call read (uint32_t)x0)
+        function = function_id(regs[0])
         if ctx is None:
             return _ret(OPTEE_SMC_RETURN_UNKNOWN_FUNCTION)
         if ctx.dying:

@@ -48,6 +48,7 @@ __all__ = [
     "FunctionId",
     "smccc_call_val",
     "decode_function_id",
+    "function_id",
     "is_trusted_os_owner",
 ]
 
@@ -145,6 +146,14 @@ def decode_function_id(a0: int) -> FunctionId:
         number=value & ARM_SMCCC_FUNC_MASK,
         value=value,
     )
+
+
+def function_id(a0: int) -> int:
+    """The function ID register a0 names: its low 32 bits, W0.  DEN0028
+    passes an SMC32 call's function ID and arguments in W0..W7 (and every
+    OP-TEE ID is SMC32), so x0's upper half is not part of it; Xen's vsmc.c
+    and optee_handle_call read ``(uint32_t)`` of x0 alike."""
+    return decode_function_id(a0).value
 
 
 def is_trusted_os_owner(owner: int) -> bool:

@@ -21,8 +21,9 @@ A class is named after what the calls in it touch:
     unknown       any other function ID (the mediator answers
                   UNKNOWN_FUNCTION)
 
-Only the low 32 bits of a0 name the function (SMCCC; Xen's dispatcher
-truncates the same way); an a0 with bits 63:32 set is ``unknown``.
+Only the low 32 bits of a0 name the function (W0: every OP-TEE function is
+SMC32, DEN0028; Xen's dispatcher reads the same); bits 63:32 do not change
+its class.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
+from stubdom.optee.smccc import function_id
 from stubdom.optee.smc import (
     OPTEE_SMC_BOOT_SECONDARY,
     OPTEE_SMC_CALL_GET_OS_REVISION,
@@ -123,7 +125,6 @@ NEVER_ALLOWED_CLASSES = frozenset({CLASS_HYPERVISOR})
 # What a domain may issue when its policy names no allow list.
 DEFAULT_ALLOWED_CLASSES = frozenset(FUNCTION_CLASSES) - NEVER_ALLOWED_CLASSES
 
-_U32 = 0xFFFFFFFF
 _U64 = (1 << 64) - 1
 
 
@@ -131,6 +132,4 @@ def function_class(a0: int) -> str:
     """The class of the function a0 names (see the module docstring)."""
     if type(a0) is not int or not 0 <= a0 <= _U64:
         raise ValueError(f"a0 = {a0!r} is not a 64-bit register value")
-    if a0 >> 32:
-        return CLASS_UNKNOWN
-    return _CLASS_OF.get(a0 & _U32, CLASS_UNKNOWN)
+    return _CLASS_OF.get(function_id(a0), CLASS_UNKNOWN)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stubdom.optee.smccc import function_id
 from stubdom.optee.smc import (
     OPTEE_SMC_DISABLE_SHM_CACHE,
     OPTEE_SMC_ENABLE_SHM_CACHE,
@@ -93,7 +94,7 @@ def refuse_function(reason: str, a0: int, function_class: str, why: str) -> Refu
     between, so any other answer hangs its probe or its shutdown.  They get
     what an OP-TEE built without CFG_PREALLOC_RPC_CACHE answers: ENABLE ->
     OK (nothing will be cached), DISABLE -> ENOTAVAIL (nothing is cached)."""
-    function = a0 & 0xFFFFFFFF if not a0 >> 32 else a0
+    function = function_id(a0)
     detail = f"{smc_name(a0)} ({function_class}): {why}"
     if function == OPTEE_SMC_ENABLE_SHM_CACHE:
         return Refusal(reason, detail, OPTEE_SMC_RETURN_OK)
