@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from stubdom.mediator.limits import DomainLimits
+from stubdom.mediator.profile import Profile, profile_named
 from stubdom.optee.smc import (
     OPTEE_SMC_SEC_CAP_DYNAMIC_SHM,
     OPTEE_SMC_SEC_CAP_HAVE_RESERVED_SHM,
@@ -58,6 +59,9 @@ EMBEDDED_NAME = "xen.yaml"
 _PAGE = 4096
 _CAP_NAME = {bit: name for name, bit in CAPABILITY_BITS.items()}
 _POLICY_NAMES = frozenset(k.name for k in POLICY_KEYS)
+# the limits section's keys by the DomainLimits field each fills
+_LIMIT_KEYS = {"max_calls": "calls_in_flight", "max_shm_buffers": "shm_buffers",
+               "max_pages_per_buffer": "pages_per_buffer", "max_total_pages": "total_pages"}
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -257,8 +261,9 @@ class _Walker:
         platform = PlatformConfig(**{k.name: platform_v.get(k.name, k.default)
                                      for k in SCHEMA.by_name["platform"].kind.keys})
         defaults_v = v.get("defaults") or {}
-        default_policy = self.build_policy(defaults_v, {}, "defaults", declared=None)
-        domains = self.build_domains(v.get("domains") or [], defaults_v, tee)
+        profile = profile_named(mediator.profile)
+        default_policy = self.build_policy(defaults_v, {}, "defaults", declared=None, profile=profile)
+        domains = self.build_domains(v.get("domains") or [], defaults_v, tee, profile)
         self.check_machine(platform, static, domains)
         if self.problems or tee is None or default_policy is None or domains is None:
             return None
@@ -326,9 +331,11 @@ class _Walker:
         return StaticShmConfig(base, size)
 
     def build_policy(self, d: dict[str, Any], base: dict[str, Any], path: str,
-                     declared: dict[str, Any] | None) -> DomainPolicy | None:
+                     declared: dict[str, Any] | None, profile: Profile) -> DomainPolicy | None:
         """A policy from the keys in ``d``, each missing one taken from
-        ``base`` (the defaults section), then from the schema."""
+        ``base`` (the defaults section), then from the schema. A limit the
+        file gives above ``profile``'s bound is refused (one it leaves out
+        is bounded by the mediator: docs/config.md)."""
         def get(key: Key) -> Any:
             if key.name in d:
                 return d[key.name]
@@ -369,6 +376,13 @@ class _Walker:
         limits = DomainLimits(max_calls=lv["calls_in_flight"], max_shm_buffers=lv["shm_buffers"],
                               max_pages_per_buffer=lv["pages_per_buffer"],
                               max_total_pages=lv["total_pages"])
+        for field, (value, most) in profile.exceeded(limits).items():
+            name = _LIMIT_KEYS[field]
+            if name in (d.get("limits") or {}):  # given here (not inherited, not a schema default)
+                self.problem(self.line(f"{path}.limits.{name}", path), f"{path}.limits.{name}",
+                             f"{value} exceeds the {profile.name} profile's {most} "
+                             f"(mediator.profile {profile.name}: a policy may lower its limits, not raise them)")
+                ok = False
         rate_v = get(keys["rate"])
         rate = None
         if rate_v is not None:
@@ -376,6 +390,11 @@ class _Walker:
                 ok = False  # reported as a missing key already
             else:
                 rate = RateLimit(rate_v["calls_per_second"], rate_v["burst"])
+        if "static_shm_allowed" in d and d["static_shm_allowed"] and not profile.static_shm:
+            self.problem(where("static_shm_allowed"), f"{path}.static_shm_allowed",
+                         f"the {profile.name} profile gives no domain the static shm region "
+                         f"(as Xen drops HAVE_RESERVED_SHM for every guest)")
+            ok = False
         if declared is not None and get(keys["static_shm_allowed"]) and not (
                 declared.get("hwdom") and declared.get("direct_mapped")):
             self.problem(where("static_shm_allowed"), f"{path}.static_shm_allowed",
@@ -391,7 +410,7 @@ class _Walker:
         )
 
     def build_domains(self, items: list[dict[str, Any] | None], defaults_v: dict[str, Any],
-                      tee: TeeConfig | None) -> tuple[DomainConfig, ...] | None:
+                      tee: TeeConfig | None, profile: Profile) -> tuple[DomainConfig, ...] | None:
         keys = SCHEMA.by_name["domains"].kind.section.by_name
         out: list[DomainConfig] = []
         ok = True
@@ -427,7 +446,7 @@ class _Walker:
                     self.problem(self.line(f"{path}.static_shm", path), f"{path}.static_shm",
                                  "tee.capabilities has no reserved_shm: there is no static region to map")
                     ok = False
-            policy = self.build_policy(d, defaults_v, path, declared=g)
+            policy = self.build_policy(d, defaults_v, path, declared=g, profile=profile)
             if policy is None:
                 ok = False
                 continue

@@ -98,7 +98,8 @@ class DomainConfig:
 
 @dataclass(frozen=True, slots=True)
 class MediatorConfig:
-    """The mediator and, under ``stubdom``, the daemon hosting it."""
+    """The mediator and, under ``stubdom``, the daemon hosting it; ``profile``
+    names the protocol it speaks to guests (stubdom.mediator.profile)."""
 
     placement: str
     ring_pages: int
@@ -109,6 +110,7 @@ class MediatorConfig:
     drain_timeout_ms: int
     gate_timeout_ms: int
     tee_num_params: int = 4  # TEE_NUM_PARAMS of the OP-TEE behind (tee_api_defines.h)
+    profile: str = "strict"  # the mediator profile (stubdom.mediator.profile.PROFILE_NAMES)
 
 
 @dataclass(frozen=True, slots=True)

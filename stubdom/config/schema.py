@@ -6,7 +6,7 @@ here appears in reference.yaml).
 Layout::
 
     tee:        the modelled OP-TEE (stubdom.config.tee.TeeConfig) and its static shm
-    mediator:   placement, ring, polling, runtime directory, timeouts, logs
+    mediator:   placement, profile, ring, polling, runtime directory, timeouts, logs
     platform:   the simulated machine
     defaults:   the policy of every domain not listed under domains (and the
                 base of every listed one: a key a domain omits comes from here)
@@ -23,6 +23,7 @@ from stubdom.mediator.limits import (
     DEFAULT_MAX_SHM_BUFFERS,
     DEFAULT_MAX_TOTAL_PAGES,
 )
+from stubdom.mediator.profile import DEFAULT_PROFILE, PROFILE_NAMES
 from stubdom.optee.smc import (
     OPTEE_SMC_SEC_CAP_ASYNC_NOTIF,
     OPTEE_SMC_SEC_CAP_DYNAMIC_PROTMEM,
@@ -175,6 +176,10 @@ _TEE_SECTION = Section((
 _MEDIATOR_SECTION = Section((
     Key("placement", Choice(PLACEMENTS, what="a placement"), "stubdom",
         "el2: the mediator runs in the hypervisor; stubdom: in stubdom-teed behind a ring"),
+    Key("profile", Choice(PROFILE_NAMES, what="a mediator profile"), DEFAULT_PROFILE.name,
+        "the protocol the mediator speaks to guests, under either placement: xen (upstream Xen's "
+        "optee.c at RELEASE-4.22.0, its defects made safe) or strict (this project's: RPC_ARG, "
+        "REGD_ARG, GET_THREAD_COUNT, static shm for the hwdom, early refusals)"),
     Key("ring_pages", Integer(1, MAX_RING_PAGES), 1,
         "pages of each domain's teeif ring (1 page = 32 entries)"),
     Key("poll_window_us", Integer(0, 1_000_000), 200,

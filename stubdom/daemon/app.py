@@ -149,7 +149,8 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out, 
             # policy and the journal reach the mediator call by call, as its
             # hooks (Daemon.serve_call; stubdom/mediator/hooks.py)
             mediator = Mediator(machine, gate_port, logger=mediator_log,
-                                tee_num_params=config.mediator.tee_num_params)
+                                tee_num_params=config.mediator.tee_num_params,
+                                profile=config.mediator.profile)
         except TeeProbeFailed as e:
             raise StartupError(f"stubdom-teed: {e}") from None
         except Exception as e:  # the gate refused or died during the probe

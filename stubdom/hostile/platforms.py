@@ -3,7 +3,9 @@
 ``el2``: the mediator core inside the platform process, as Xen does it.
 ``stubdom``: the same core in a real ``stubdom-teed`` process started beside
 the platform from a configuration written next to it, reached over each
-domain's teeif ring, reaching OP-TEE only through the SMC gate.
+domain's teeif ring, reaching OP-TEE only through the SMC gate.  Either runs
+either mediator profile (``profile``: ``xen`` or ``strict``,
+stubdom/mediator/profile.py).
 
 Tests see both through the same surface, none of it the mediator's insides:
 the machine (pins, owners), the TEE model (partitions, the isolation oracle,
@@ -24,7 +26,7 @@ import yaml
 
 from stubdom.config import load_config
 from stubdom.config.schema import CAPABILITY_BITS
-from stubdom.mediator import DomainLimits, OpenSessionFilter, client_id
+from stubdom.mediator import DEFAULT_PROFILE, PROFILE_NAMES, DomainLimits, OpenSessionFilter, client_id, profile_named
 from stubdom.optee import OPTEE_SMC_SEC_CAP_DYNAMIC_SHM, OPTEE_SMC_SEC_CAP_HAVE_RESERVED_SHM
 from stubdom.platform import Platform
 from stubdom.platform.el2 import El2Placement
@@ -35,9 +37,11 @@ from stubdom.tee import REQUIRED_SEC_CAPS, TeeConfig
 
 from .errors import DaemonDied
 
-__all__ = ["PLACEMENTS", "BASE_CAPS", "HostilePlatform", "SmcRecord", "make_platform", "tee_smcs", "tee_smcs_of"]
+__all__ = ["PLACEMENTS", "PROFILES", "BASE_CAPS", "HostilePlatform", "SmcRecord", "make_platform", "tee_smcs",
+           "tee_smcs_of"]
 
 PLACEMENTS = ("el2", "stubdom")
+PROFILES = PROFILE_NAMES  # the mediator profiles a platform can run
 BASE_CAPS = REQUIRED_SEC_CAPS | OPTEE_SMC_SEC_CAP_DYNAMIC_SHM | OPTEE_SMC_SEC_CAP_HAVE_RESERVED_SHM
 
 # Bounds that only keep a wedged daemon from hanging the suite; never timing
@@ -122,6 +126,7 @@ class HostilePlatform(Platform):
     (``daemon``)."""
 
     placement_name: str
+    profile_name: str
     daemon: DaemonProcess | None
     tee_smcs: SmcRecord
     daemon_exit: int | None
@@ -218,21 +223,25 @@ def _limits_doc(limits: DomainLimits) -> dict:
 
 def stubdom_config(root: Path, *, caps: int, limits: DomainLimits, threads: int, guest_count: int,
                    nr_frames: int, seed: int, call_timeout_ms: int = CALL_TIMEOUT_MS,
-                   domain_limits: dict[int, DomainLimits] | None = None) -> Path:
-    """Write the configuration both processes read (every domain gets the
-    ``defaults`` policy: every class but the hypervisor's, no rate limit, no
-    TA list, ``limits``; a domain ``domain_limits`` names gets its own
-    limits) and return its path."""
+                   domain_limits: dict[int, DomainLimits] | None = None,
+                   profile: str = DEFAULT_PROFILE.name) -> Path:
+    """Write the configuration both processes read (the mediator ``profile``;
+    every domain gets the ``defaults`` policy: every class but the
+    hypervisor's, no rate limit, no TA list, ``limits``; a domain
+    ``domain_limits`` names gets its own limits) and return its path."""
     doc = {
         "tee": {"threads": threads, "guest_count": guest_count, "capabilities": _capability_names(caps)},
-        "mediator": {"placement": "stubdom", "runtime_dir": str(root / "run"),
+        "mediator": {"placement": "stubdom", "profile": profile, "runtime_dir": str(root / "run"),
                      "poll_window_us": POLL_WINDOW_US, "call_timeout_ms": call_timeout_ms,
                      "drain_timeout_ms": 5000},
         "platform": {"nr_frames": nr_frames, "seed": seed},
-        "defaults": {"limits": _limits_doc(limits)},
+        # within the profile's bounds (what the el2 mediator makes of them):
+        # the configuration refuses a limit above them
+        "defaults": {"limits": _limits_doc(profile_named(profile).bound(limits))},
     }
     if domain_limits:
-        doc["domains"] = [{"domid": d, "limits": _limits_doc(lim)} for d, lim in sorted(domain_limits.items())]
+        doc["domains"] = [{"domid": d, "limits": _limits_doc(profile_named(profile).bound(lim))}
+                          for d, lim in sorted(domain_limits.items())]
     path = root / "xen.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -244,19 +253,27 @@ def make_platform(path: Path, placement: str, *, caps: int = BASE_CAPS,
                   open_session_filter: OpenSessionFilter | None = None,
                   smc_history: int | None = None,
                   call_timeout_ms: int = CALL_TIMEOUT_MS,
-                  domain_limits: dict[int, DomainLimits] | None = None) -> HostilePlatform:
-    """A platform under ``placement`` with the isolation oracle requiring
-    pins; everything lives under the directory ``path``.  Under ``stubdom``
+                  domain_limits: dict[int, DomainLimits] | None = None,
+                  profile: str = DEFAULT_PROFILE.name) -> HostilePlatform:
+    """A platform under ``placement`` whose mediator speaks ``profile``
+    (``xen`` or ``strict``), with the isolation oracle requiring pins;
+    everything lives under the directory ``path``.  Under ``stubdom``
     the daemon is running and answering before this returns.
+    ``limits`` are the policy's: under ``xen`` the mediator bounds them by
+    Xen's (stubdom/mediator/profile.py); limits above those bounds are for
+    ``strict`` only (the configuration refuses them under ``xen``).
     ``smc_history``: keep only the last that many SMCs' registers
     (:class:`SmcRecord`; a long run's memory stays flat).
     ``call_timeout_ms``: how long a guest call waits for the daemon (stubdom).
     ``domain_limits``: domains whose policy has limits of their own."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; one of {PROFILES}")
     root = make_private_dirs(path)  # the runtime directory goes in it: 0700, whatever the umask
     limits = limits or DomainLimits()
     if placement == "el2":
         factory = _recording(lambda p: El2Placement(p, limits=limits, domain_limits=domain_limits,
-                                                    open_session_filter=open_session_filter),
+                                                    open_session_filter=open_session_filter,
+                                                    profile=profile_named(profile)),
                              smc_history)
         p = HostilePlatform(root / "machine", nr_frames=nr_frames,
                             tee_config=TeeConfig(sec_caps=caps, threads_per_guest=threads,
@@ -268,7 +285,8 @@ def make_platform(path: Path, placement: str, *, caps: int = BASE_CAPS,
             raise ValueError("under stubdom the TA filter is the daemon's policy (ta_allow/ta_deny)")
         config_path = stubdom_config(root, caps=caps, limits=limits, threads=threads,
                                      guest_count=guest_count, nr_frames=nr_frames, seed=seed,
-                                     call_timeout_ms=call_timeout_ms, domain_limits=domain_limits)
+                                     call_timeout_ms=call_timeout_ms, domain_limits=domain_limits,
+                                     profile=profile)
         config = load_config(config_path)
         med = config.mediator
         factory = _recording(stubdom_placement(med.runtime_dir, poll_window_us=med.poll_window_us,
@@ -287,6 +305,7 @@ def make_platform(path: Path, placement: str, *, caps: int = BASE_CAPS,
     else:
         raise ValueError(f"unknown placement {placement!r}; one of {PLACEMENTS}")
     p.placement_name = placement
+    p.profile_name = profile
     p.daemon_exit = None
     return p
 

@@ -1,6 +1,7 @@
 """The placement-agnostic OP-TEE mediator core.
 
     mediator = Mediator(machine, DirectTeePort(tee),   # probes the TEE once
+                        profile=XEN,                   # or STRICT (the default), or the name
                         open_session_filter=policy)    # optional: (domid, ta_uuid, login) -> None | (ret, origin)
     mediator.domain_init(domid, limits=DomainLimits())  # VM_CREATED
     regs = mediator.handle_call(domid, vcpu, regs)      # every trapped SMC
@@ -40,6 +41,7 @@ from .errors import (
     MediatorError as MediatorError,
     TeardownInvariantBroken as TeardownInvariantBroken,
     TeeProbeFailed as TeeProbeFailed,
+    UnknownProfile as UnknownProfile,
 )
 from .limits import (
     DEFAULT_MAX_CALLS as DEFAULT_MAX_CALLS,
@@ -47,6 +49,15 @@ from .limits import (
     DEFAULT_MAX_SHM_BUFFERS as DEFAULT_MAX_SHM_BUFFERS,
     DEFAULT_MAX_TOTAL_PAGES as DEFAULT_MAX_TOTAL_PAGES,
     DomainLimits as DomainLimits,
+)
+from .profile import (
+    DEFAULT_PROFILE as DEFAULT_PROFILE,
+    PROFILE_NAMES as PROFILE_NAMES,
+    PROFILES as PROFILES,
+    STRICT as STRICT,
+    XEN as XEN,
+    Profile as Profile,
+    profile_named as profile_named,
 )
 from .port import HYP_CLIENT_ID as HYP_CLIENT_ID, DirectTeePort as DirectTeePort, TeePort as TeePort, client_id as client_id
 from .ratelog import RateLimitedLog as RateLimitedLog
@@ -69,4 +80,5 @@ __all__ = [
     "KNOWN_SEC_CAPS", "Mediator", "MediatorError", "OpenSessionFilter", "BeforeStdCall", "CallHooks", "FunctionHooks", "RateLimitedLog", "RpcBuffer", "ShadowPage",
     "ShadowPool", "ShmBuffer", "ShmKind", "ShmState", "StdCall", "TeardownInvariantBroken", "TeePort",
     "TeeProbeFailed", "client_id",
+    "DEFAULT_PROFILE", "PROFILES", "PROFILE_NAMES", "Profile", "STRICT", "XEN", "UnknownProfile", "profile_named",
 ]

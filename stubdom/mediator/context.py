@@ -17,6 +17,7 @@ from stubdom.optee.msg import MsgArg
 from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, Machine
 
 from .limits import DomainLimits
+from .profile import Profile
 from .ratelog import RateLimitedLog
 
 __all__ = [
@@ -202,15 +203,20 @@ class StdCall:
     rpc_request: MsgArg | None = None  # OP-TEE's RPC CMD request, as it wrote it
     rpc_shm_type: int = 0  # SHM_ALLOC type, for an injected SHM_FREE
     stale_lists: list[ShadowPage] = field(default_factory=list)  # freed after OP-TEE's next return
+    # Cookie of an RPC ALLOC reply the mediator refused but passed to OP-TEE
+    # (profile refused_alloc_keeps_cookie): OP-TEE's RPC FREE of it, its very
+    # next return, goes to the guest and releases nothing of the mediator's.
+    refused_rpc_cookie: int = 0
 
 
 class DomainContext:
     """Everything the mediator holds for one domain (Xen's optee_domain)."""
 
     def __init__(self, domid: int, limits: DomainLimits, max_calls: int, max_rpc_buffers: int,
-                 static_shm_allowed: bool, pool: ShadowPool, log: RateLimitedLog) -> None:
+                 static_shm_allowed: bool, pool: ShadowPool, log: RateLimitedLog, profile: Profile) -> None:
         self.domid = domid
-        self.limits = limits
+        self.profile = profile  # the mediator's (mediator/profile.py): what translation consults
+        self.limits = limits  # the policy's, within the profile's bounds
         self.max_calls = max_calls  # min(limits.max_calls, OP-TEE threads)
         self.max_rpc_buffers = max_rpc_buffers
         self.static_shm_allowed = static_shm_allowed  # policy; hwdom + direct map checked at use
@@ -242,3 +248,18 @@ class DomainContext:
         # set aside but OP-TEE may hold suspended (end_unknown_threads reads the
         # SHM_FREE it makes on its way out there). Never snapshotted.
         self.orphan_rpc_args: dict[int, tuple[int, int, int]] = {}
+
+    @property
+    def rpc_pinned_pages(self) -> int:
+        """Guest pages pinned for RPC argument buffers (one each; none in
+        the static region). The caller holds ``lock``."""
+        return sum(1 for b in self.rpc_buffers.values() if b.mfn is not None)
+
+    def counted_pages(self) -> int:
+        """Pinned pages held against ``limits.max_total_pages``: all of them,
+        or (a profile whose RPC argument pages do not count, as Xen's
+        optee_shm_buf_pages) those of the shared buffers alone. The caller
+        holds ``lock``."""
+        if self.profile.rpc_pages_count:
+            return self.pinned_pages
+        return self.pinned_pages - self.rpc_pinned_pages

@@ -6,9 +6,11 @@ registers the vCPU resumes with.  It reaches the secure world only through a
 model (``Machine``/``Domain``), so the same core runs at EL2 (in the
 hypervisor) and in the stub-domain daemon.
 
-Behaviour follows what the 2017 review of Xen's mediator RFC asked for, what
-Xen's finished mediator (xen/arch/arm/tee/optee.c) does, and the fixes listed
-in docs/mediator.md.  Unsupported, on purpose: asynchronous notifications
+Which protocol it speaks towards guests is its profile (mediator/profile.py):
+``xen``, what upstream Xen's mediator (xen/arch/arm/tee/optee.c) does at
+RELEASE-4.22.0 with its defects made safe, or ``strict``, this project's own;
+the core consults the profile's data where the two differ (docs/mediator.md,
+"Profiles").  Unsupported under both, on purpose: asynchronous notifications
 (ENABLE_ASYNC_NOTIF / GET_ASYNC_NOTIF_VALUE answer UNKNOWN_FUNCTION and the
 capability is hidden), protected memory, BOOT_SECONDARY, L2CC_MUTEX.
 """
@@ -22,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stubdom.optee.errors import AbiError, BadMetaParam
+from stubdom.optee.errors import AbiError, BadMetaParam, TooManyParams
 from stubdom.optee.msg import (
     MSG_ARG_HEADER_SIZE,
     OFFSET_RET,
@@ -134,6 +136,7 @@ from .errors import (
 )
 from .limits import MAX_RPC_BUFFERS_PER_THREAD, RELINQUISH_BATCH, DomainLimits
 from .port import TeePort, client_id
+from .profile import DEFAULT_PROFILE, STRICT, Profile, profile_named
 from .ratelog import RateLimitedLog
 from .recovery import REFUSED_RPC_ARG_ADDR, RecoveryOps
 from .translate import (
@@ -154,15 +157,12 @@ _U32 = 0xFFFFFFFF
 _PAGE_MASK = PAGE_SIZE - 1
 _MSG_ARG_ALIGN = 8  # OP-TEE: an argument in the reserved shm must be 8-byte aligned
 
-# Capabilities the mediator can stand behind; anything else is hidden (a
-# guest must never be told of a feature the mediator would not mediate).
+# Normal-world capabilities passed to OP-TEE (Xen's OPTEE_KNOWN_NSEC_CAPS).
 KNOWN_NSEC_CAPS = OPTEE_SMC_NSEC_CAP_UNIPROCESSOR
-KNOWN_SEC_CAPS = (
-    OPTEE_SMC_SEC_CAP_HAVE_RESERVED_SHM
-    | OPTEE_SMC_SEC_CAP_DYNAMIC_SHM
-    | OPTEE_SMC_SEC_CAP_MEMREF_NULL
-    | OPTEE_SMC_SEC_CAP_RPC_ARG
-)
+# OP-TEE capabilities the strict profile can stand behind; anything else is
+# hidden (a guest must never be told of a feature the mediator would not
+# mediate). Each profile has its own set (Profile.sec_caps).
+KNOWN_SEC_CAPS = STRICT.sec_caps
 # Commands a guest may send in a standard call (the others need features the
 # mediator hides, or are FF-A only).
 ALLOWED_STD_CMDS = frozenset({
@@ -225,8 +225,11 @@ class Mediator(RecoveryOps):
                  log_clock: Callable[[], float] | None = None,
                  open_session_filter: OpenSessionFilter | None = None,
                  before_std_call: BeforeStdCall | None = None,
-                 tee_num_params: int = TEE_NUM_PARAMS) -> None:
-        """``open_session_filter(domid, ta_uuid, login)`` is policy: None lets
+                 tee_num_params: int = TEE_NUM_PARAMS,
+                 profile: Profile | str = DEFAULT_PROFILE) -> None:
+        """``profile`` is the protocol it speaks to guests (mediator/profile.py),
+        or its name (UnknownProfile for another).
+        ``open_session_filter(domid, ta_uuid, login)`` is policy: None lets
         an OPEN_SESSION through, ``(ret, ret_origin)`` refuses it without
         reaching the TEE.  It is judged on the mediator's own copy of the
         meta params and is called with no mediator lock held.
@@ -236,7 +239,12 @@ class Mediator(RecoveryOps):
         if type(tee_num_params) is not int or not 0 < tee_num_params <= OPTEE_MSG_MAX_NUM_PARAMS - 2:
             raise ValueError(f"tee_num_params must be 1..{OPTEE_MSG_MAX_NUM_PARAMS - 2}, "
                              f"got {tee_num_params!r}")
+        if isinstance(profile, str):
+            profile = profile_named(profile)
+        if not isinstance(profile, Profile):
+            raise TypeError(f"profile must be a mediator Profile or its name, got {profile!r}")
         self.tee_num_params = tee_num_params
+        self.profile = profile
         self._machine = machine
         self._port = port
         # the hooks of every call that brings none of its own (EL2)
@@ -245,12 +253,13 @@ class Mediator(RecoveryOps):
         self._log_clock = log_clock
         self._domains: dict[int, DomainContext] = {}
         self._lock = threading.Lock()  # guards _domains
-        self._dispatch: dict[int, Callable[[DomainContext, int, Regs], Regs]] = {
+        handlers: dict[int, Callable[[DomainContext, int, Regs], Regs]] = {
             OPTEE_SMC_CALLS_COUNT: self._calls_count,
             OPTEE_SMC_CALLS_UID: self._forward(OPTEE_SMC_CALLS_UID, 4),
             OPTEE_SMC_CALLS_REVISION: self._forward(OPTEE_SMC_CALLS_REVISION, 2),
             OPTEE_SMC_CALL_GET_OS_UUID: self._forward(OPTEE_SMC_CALL_GET_OS_UUID, 4),
-            OPTEE_SMC_CALL_GET_OS_REVISION: self._forward(OPTEE_SMC_CALL_GET_OS_REVISION, 3),
+            OPTEE_SMC_CALL_GET_OS_REVISION: self._forward(OPTEE_SMC_CALL_GET_OS_REVISION,
+                                                          profile.os_revision_regs),
             OPTEE_SMC_EXCHANGE_CAPABILITIES: self._exchange_capabilities,
             OPTEE_SMC_GET_SHM_CONFIG: self._get_shm_config,
             OPTEE_SMC_GET_THREAD_COUNT: self._get_thread_count,
@@ -261,6 +270,12 @@ class Mediator(RecoveryOps):
             OPTEE_SMC_CALL_WITH_REGD_ARG: self._std_call,
             OPTEE_SMC_CALL_RETURN_FROM_RPC: self._return_from_rpc,
         }
+        missing = profile.functions - handlers.keys()
+        if missing:
+            raise ValueError(f"profile {profile.name} names functions no handler serves: "
+                             f"{sorted(hex(f) for f in missing)}")
+        # one flat dispatch: the profile's functions, nothing else
+        self._dispatch = {f: h for f, h in handlers.items() if f in profile.functions}
         self._probe()
 
     # == probe ================================================================
@@ -292,7 +307,7 @@ class Mediator(RecoveryOps):
         VM_CREATED; raises DomainRefused (nothing left behind) if OP-TEE
         refuses. ``rpc_param_count``: the RPC argument size the guest already
         negotiated (a domain reset by recovery: its guest will not ask again)."""
-        limits = limits or DomainLimits()
+        limits = self.profile.bound(limits or DomainLimits())
         with self._lock:
             if domid in self._domains:
                 raise DomainAlreadyInitialised(domid)
@@ -302,7 +317,7 @@ class Mediator(RecoveryOps):
         pool.grow(2 * max_calls)
         log = RateLimitedLog(self._logger, f"d{domid}: ", clock=self._log_clock)
         ctx = DomainContext(domid, limits, max_calls, MAX_RPC_BUFFERS_PER_THREAD * max_calls,
-                            static_shm, pool, log)
+                            static_shm, pool, log, self.profile)
         ctx.rpc_param_count = rpc_param_count
         r = self._port.hyp_call((OPTEE_SMC_VM_CREATED, client_id(domid), 0, 0, 0, 0, 0, 0))
         if r[0] != OPTEE_SMC_RETURN_OK:
@@ -342,7 +357,7 @@ class Mediator(RecoveryOps):
             rpc = list(ctx.rpc_buffers.values())
             suspended = {tid: c.seq for tid, c in ctx.suspended.items()}
             out: dict[str, Any] = {
-                "domid": domid,
+                "domid": domid, "profile": self.profile.name,
                 "limits": {"max_calls": ctx.limits.max_calls, "max_shm_buffers": ctx.limits.max_shm_buffers,
                            "max_pages_per_buffer": ctx.limits.max_pages_per_buffer,
                            "max_total_pages": ctx.limits.max_total_pages},
@@ -471,7 +486,7 @@ class Mediator(RecoveryOps):
     # == fast calls ===========================================================
 
     def _calls_count(self, ctx: DomainContext, vcpu: int, regs: Regs) -> Regs:
-        return _ret(len(self._dispatch))
+        return _ret(len(self._dispatch))  # the profile's calls_count
 
     def _forward(self, function: int, meaningful: int) -> Callable[[DomainContext, int, Regs], Regs]:
         """A query forwarded as itself, returning its meaningful registers only."""
@@ -484,7 +499,10 @@ class Mediator(RecoveryOps):
 
     def _static_ok(self, ctx: DomainContext) -> bool:
         """May this domain use the static shm region?  Two explicit checks
-        (hardware domain, direct-mapped) plus policy plus the TEE having it."""
+        (hardware domain, direct-mapped) plus policy plus the TEE having it,
+        under a profile that has static shm at all."""
+        if not self.profile.static_shm:
+            return False
         if not ctx.static_shm_allowed or not self.tee_caps & OPTEE_SMC_SEC_CAP_HAVE_RESERVED_SHM:
             return False
         domain = self._machine.domain(ctx.domid)
@@ -499,7 +517,7 @@ class Mediator(RecoveryOps):
                             0, 0, 0, 0, 0, 0))
         if r[0] != OPTEE_SMC_RETURN_OK:
             return _ret(r[0])
-        caps = r[1] & KNOWN_SEC_CAPS
+        caps = r[1] & self.profile.sec_caps
         if not self._static_ok(ctx):
             caps &= ~OPTEE_SMC_SEC_CAP_HAVE_RESERVED_SHM
         if not caps & OPTEE_SMC_SEC_CAP_DYNAMIC_SHM:
@@ -577,7 +595,9 @@ class Mediator(RecoveryOps):
                 if entry.type != P2mType.p2m_ram_rw or entry.mfn == 0:
                     raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"IPA {ipa:#x} is {entry.type.name}")
                 with ctx.lock:
-                    if ctx.pinned_pages >= ctx.limits.max_total_pages:
+                    # counted in pinned_pages either way (every pin is); held
+                    # against max_total_pages only if the profile says so
+                    if self.profile.rpc_pages_count and ctx.pinned_pages >= ctx.limits.max_total_pages:
                         raise Refusal(TEEC_ERROR_OUT_OF_MEMORY, "max_total_pages reached")
                     ctx.pinned_pages += 1
                 try:
@@ -738,10 +758,13 @@ class Mediator(RecoveryOps):
         if call.function == OPTEE_SMC_CALL_WITH_REGD_ARG:
             room = min(room, registered)
         try:
-            # Writable RAM only, as Xen's get_domain_ram_page: the results
-            # go back to this page, so a read-only one is refused up front.
-            if domain.lookup(ipa >> PAGE_SHIFT).type != P2mType.p2m_ram_rw:
-                raise WrongP2mType(ctx.domid, ipa, domain.lookup(ipa >> PAGE_SHIFT).type.name, "argument")
+            # The profile's page types: strict takes writable RAM only (the
+            # results go back to this page, so a read-only one is refused up
+            # front); xen reads any RAM, as access_guest_memory_by_gpa does,
+            # and the result is then lost (copy-back needs p2m_ram_rw).
+            entry_type = domain.lookup(ipa >> PAGE_SHIFT).type
+            if entry_type not in self.profile.argument_page_types:
+                raise WrongP2mType(ctx.domid, ipa, entry_type.name, "argument")
             data = domain.read(ipa, room)
         except MachineError as e:
             ctx.log.warning("call %d: argument at %#x: %s", call.seq, ipa, e)
@@ -752,6 +775,14 @@ class Mediator(RecoveryOps):
             arg = MsgArg.unpack(data, max_params=max(max_params, 0))
         except AbiError as e:
             ctx.log.warning("call %d: bad argument: %s", call.seq, e)
+            if (isinstance(e, TooManyParams) and call.function == OPTEE_SMC_CALL_WITH_ARG
+                    and self.profile.oversized_arg_in_message):
+                # Xen's answer: the error in the argument, a0 left as the
+                # guest's function ID; EBADADDR if that page is not writable
+                call.guest_ipa = ipa
+                if not self._write_result(ctx, call, TEEC_ERROR_BAD_PARAMETERS, TEEC_ORIGIN_COMMS):
+                    return OPTEE_SMC_RETURN_EBADADDR
+                return call.function
             return OPTEE_SMC_RETURN_EBADADDR
         if rpc_size and get_arg_size(arg.num_params) + rpc_size > room:
             # The trailing RPC argument must fit too (get_msg_arg checks it).
@@ -796,20 +827,16 @@ class Mediator(RecoveryOps):
 
     def _check_shape(self, arg: MsgArg) -> None:
         """Refuse, before any translation, a call OP-TEE's entry_std would
-        refuse for its number of parameters alone (core/tee/entry_std.c):
-        OPEN_SESSION takes its two meta params and at most TEE_NUM_PARAMS
-        more, INVOKE_COMMAND at most TEE_NUM_PARAMS, CLOSE_SESSION and
-        CANCEL none, REGISTER_SHM exactly one TMEM_OUTPUT|NONCONTIG,
-        UNREGISTER_SHM exactly one. A guest cannot make the mediator pin
-        pages for a call that cannot run."""
+        refuse for its number of parameters alone (core/tee/entry_std.c).
+        Always: REGISTER_SHM exactly one TMEM_OUTPUT|NONCONTIG,
+        UNREGISTER_SHM exactly one (one buffer per registration, so its pins
+        follow OP-TEE's answer). With the profile's early_shape_check also:
+        OPEN_SESSION its two meta params and at most TEE_NUM_PARAMS more,
+        INVOKE_COMMAND at most TEE_NUM_PARAMS, CLOSE_SESSION and CANCEL none
+        (a guest cannot make the mediator pin pages for a call that cannot
+        run)."""
         n, cmd = arg.num_params, arg.cmd
-        if cmd == OPTEE_MSG_CMD_OPEN_SESSION:
-            most = self.tee_num_params + 2
-        elif cmd == OPTEE_MSG_CMD_INVOKE_COMMAND:
-            most = self.tee_num_params
-        elif cmd in (OPTEE_MSG_CMD_CLOSE_SESSION, OPTEE_MSG_CMD_CANCEL):
-            most = 0
-        else:  # REGISTER_SHM, UNREGISTER_SHM
+        if cmd in (OPTEE_MSG_CMD_REGISTER_SHM, OPTEE_MSG_CMD_UNREGISTER_SHM):
             if n != 1:
                 raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"command {cmd} takes 1 param, not {n}")
             p = arg.params[0]
@@ -817,6 +844,14 @@ class Mediator(RecoveryOps):
                 raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"REGISTER_SHM of attr {p.attr:#x} at "
                               f"{p.buf_ptr:#x}: not a TMEM_OUTPUT|NONCONTIG page list")
             return
+        if not self.profile.early_shape_check:
+            return  # OP-TEE refuses it; what was pinned for it goes when it ends
+        if cmd == OPTEE_MSG_CMD_OPEN_SESSION:
+            most = self.tee_num_params + 2
+        elif cmd == OPTEE_MSG_CMD_INVOKE_COMMAND:
+            most = self.tee_num_params
+        else:  # CLOSE_SESSION, CANCEL
+            most = 0
         if n > most:
             raise Refusal(TEEC_ERROR_BAD_PARAMETERS,
                           f"command {cmd} with {n} params: OP-TEE takes at most {most}")
@@ -836,12 +871,8 @@ class Mediator(RecoveryOps):
         out: list[MsgParam] = []
         for i, p in enumerate(arg.params):
             t = p.type
-            if p.attr & ~_KNOWN_ATTR_BITS or t not in _KNOWN_TYPES:
-                raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"param {i}: unknown attr {p.attr:#x}")
-            if p.is_meta and not (arg.cmd == OPTEE_MSG_CMD_OPEN_SESSION and t in VALUE_TYPES):
-                raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"param {i}: META on attr {p.attr:#x}")
-            if p.is_noncontig and t not in TMEM_TYPES:
-                raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"param {i}: NONCONTIG on attr {p.attr:#x}")
+            if self.profile.check_attributes:
+                self._check_attr(arg.cmd, i, p)
             if t in RMEM_TYPES:
                 # OP-TEE looks the cookie up among every buffer of the
                 # partition, temporary and RPC ones included: a guest may
@@ -868,6 +899,19 @@ class Mediator(RecoveryOps):
             # (a recovering daemon closes a session its guest never learnt of)
             return arg.replace(params=tuple(out), session=0)
         return arg.replace(params=tuple(out))
+
+    @staticmethod
+    def _check_attr(cmd: int, i: int, p: MsgParam) -> None:
+        """Refuse attributes OP-TEE would refuse: unknown bits or types, META
+        outside OPEN_SESSION's value params, NONCONTIG on anything but a
+        tmem. (Without this check they reach OP-TEE, which judges them.)"""
+        t = p.type
+        if p.attr & ~_KNOWN_ATTR_BITS or t not in _KNOWN_TYPES:
+            raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"param {i}: unknown attr {p.attr:#x}")
+        if p.is_meta and not (cmd == OPTEE_MSG_CMD_OPEN_SESSION and t in VALUE_TYPES):
+            raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"param {i}: META on attr {p.attr:#x}")
+        if p.is_noncontig and t not in TMEM_TYPES:
+            raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"param {i}: NONCONTIG on attr {p.attr:#x}")
 
     def _translate_tmem(self, ctx: DomainContext, call: StdCall, cmd: int, p: MsgParam) -> Steps[MsgParam]:
         """A NONCONTIG memref: its cookie claimed first (nothing is read or
@@ -967,17 +1011,21 @@ class Mediator(RecoveryOps):
                 writes.append((base + 16, _U64S.pack(theirs.b)))
         self._write_guest(ctx, call.guest_ipa, writes)
 
-    def _write_result(self, ctx: DomainContext, call: StdCall, ret: int, origin: int) -> None:
-        self._write_guest(ctx, call.guest_ipa, [(OFFSET_RET, _U32S.pack(ret)),
-                                                (OFFSET_RET_ORIGIN, _U32S.pack(origin))])
+    def _write_result(self, ctx: DomainContext, call: StdCall, ret: int, origin: int) -> bool:
+        return self._write_guest(ctx, call.guest_ipa, [(OFFSET_RET, _U32S.pack(ret)),
+                                                       (OFFSET_RET_ORIGIN, _U32S.pack(origin))])
 
-    def _write_guest(self, ctx: DomainContext, ipa: int, writes: list[tuple[int, bytes]]) -> None:
+    def _write_guest(self, ctx: DomainContext, ipa: int, writes: list[tuple[int, bytes]]) -> bool:
+        """Write into the guest's argument; False (logged) if its page is
+        no longer writable RAM."""
         domain = self._machine.domain(ctx.domid)
         try:
             for off, data in writes:
                 domain.write(ipa + off, data)
         except MachineError as e:
             ctx.log.warning("cannot copy the result back to %#x: %s", ipa, e)
+            return False
+        return True
 
     # -- RPCs: OP-TEE -> guest ------------------------------------------------
 
@@ -985,13 +1033,16 @@ class Mediator(RecoveryOps):
         func = rpc_func(r[0] & _U32)
         a1, a2, tid = r[1] & _U32, r[2] & _U32, r[3] & _U32
         call.thread_id, call.rpc_func, call.rpc_a1, call.rpc_a2 = tid, func, a1, a2
+        refused, call.refused_rpc_cookie = call.refused_rpc_cookie, 0
         call.rpc_state = RpcState.GUEST
         resume = (OPTEE_SMC_CALL_RETURN_FROM_RPC, 0, 0, tid, 0, 0, 0, 0)
         if func == OPTEE_SMC_RPC_FUNC_ALLOC:
             return _Resume(_ret(r[0], a1, 0, tid), True)
         if func == OPTEE_SMC_RPC_FUNC_FREE:
             cookie = _pair(a1, a2)
-            if not self._free_rpc_buffer(ctx, cookie):
+            if refused and cookie == refused:
+                pass  # OP-TEE hands back the buffer the mediator refused: the guest's alone
+            elif not self._free_rpc_buffer(ctx, cookie):
                 ctx.log.warning("RPC FREE of unknown cookie %#x", cookie)
             return _Resume(_ret(r[0], a1, a2, tid), True)
         if func == OPTEE_SMC_RPC_FUNC_FOREIGN_INTR:
@@ -1077,10 +1128,20 @@ class Mediator(RecoveryOps):
         func, state = call.rpc_func, call.rpc_state
         call.rpc_state = RpcState.NONE
         if func == OPTEE_SMC_RPC_FUNC_ALLOC:
-            buf = self._alloc_rpc_buffer(ctx, call, _pair(regs[1], regs[2]), _pair(regs[4], regs[5]))
+            cookie = _pair(regs[4], regs[5])
+            buf = self._alloc_rpc_buffer(ctx, call, _pair(regs[1], regs[2]), cookie)
             if buf is None:
+                # never address 0 (a real page where DRAM starts at 0): OP-TEE
+                # fails on the misaligned address before touching memory
                 hi, lo = _split(REFUSED_RPC_ARG_ADDR)
-                return _Resume((OPTEE_SMC_CALL_RETURN_FROM_RPC, hi, lo, tid, 0, 0, 0, 0), False)
+                if not self.profile.refused_alloc_keeps_cookie:
+                    return _Resume((OPTEE_SMC_CALL_RETURN_FROM_RPC, hi, lo, tid, 0, 0, 0, 0), False)
+                # the guest's cookie, as Xen passes it: OP-TEE answers with an
+                # RPC FREE of it, which goes to the guest and releases nothing
+                # of the mediator's (the cookie may name a buffer it holds)
+                call.refused_rpc_cookie = cookie
+                chi, clo = _split(cookie)
+                return _Resume((OPTEE_SMC_CALL_RETURN_FROM_RPC, hi, lo, tid, chi, clo, 0, 0), False)
             hi, lo = _split(buf.shadow.maddr)
             chi, clo = _split(buf.cookie)
             return _Resume((OPTEE_SMC_CALL_RETURN_FROM_RPC, hi, lo, tid, chi, clo, 0, 0), False)
@@ -1145,7 +1206,7 @@ class Mediator(RecoveryOps):
                 buf_ptr = buffer_buf_ptr(buf)
                 call.stale_lists.extend(buf.list_pages)  # OP-TEE reads it on resume
                 buf.list_pages = []
-            elif g.attr == OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT:
+            elif g.attr == OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT and self.profile.shm_alloc_plain_page:
                 shm = self._machine.static_shm
                 if g.buf_ptr and self._static_ok(ctx) and shm.contains(g.buf_ptr, g.size):
                     buf = ShmBuffer(ShmKind.RPC, g.shm_ref, [], [], 0, g.size, static=True)

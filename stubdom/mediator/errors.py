@@ -15,6 +15,7 @@ __all__ = [
     "DomainNotInitialised",
     "TeardownInvariantBroken",
     "BadSnapshot",
+    "UnknownProfile",
 ]
 
 
@@ -79,3 +80,13 @@ class BadSnapshot(MediatorError):
         self.domid = domid
         self.what = what
         super().__init__(f"d{domid}: bad snapshot: {what}")
+
+
+class UnknownProfile(MediatorError, ValueError):
+    """A mediator profile was named that does not exist (the configuration
+    loader refuses one before any mediator is built)."""
+
+    def __init__(self, name: object, known: tuple[str, ...]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(f"unknown mediator profile {name!r}; one of {', '.join(known)}")

@@ -52,6 +52,7 @@ from . import cookies
 from .context import DomainContext, RpcState, ShmBuffer, ShmKind, ShmState, StdCall
 from .errors import BadSnapshot
 from .port import TeePort, client_id
+from .profile import Profile
 from .ratelog import RateLimitedLog
 from .snapshot import SNAPSHOT_VERSION, Intent, Snapshot, call_intent, context_from_data, context_to_data
 from .translate import free_list_pages, release_buffer
@@ -96,6 +97,7 @@ class RecoveryOps:
     _logger: logging.Logger
     _log_clock: Callable[[], float] | None
     tee_threads: int
+    profile: Profile
 
     if TYPE_CHECKING:
         def context(self, domid: int) -> DomainContext: ...
@@ -125,7 +127,7 @@ class RecoveryOps:
         if snap.get("version") != SNAPSHOT_VERSION:
             raise BadSnapshot(domid, f"version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}")
         log = RateLimitedLog(self._logger, f"d{domid}: ", clock=self._log_clock)
-        self._install_context(context_from_data(snap, self._machine, log))
+        self._install_context(context_from_data(snap, self._machine, log, self.profile))
 
     def suspended(self, domid: int) -> dict[int, int]:
         """{OP-TEE thread: call seq} of the domain's calls suspended in RPCs."""

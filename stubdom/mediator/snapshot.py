@@ -50,6 +50,7 @@ from .context import (
 )
 from .errors import BadSnapshot
 from .limits import DomainLimits
+from .profile import Profile
 from .ratelog import RateLimitedLog
 
 __all__ = ["SNAPSHOT_VERSION", "Snapshot", "ShmData", "CallData", "RpcBufferData", "Intent",
@@ -109,6 +110,7 @@ class PoolData(TypedDict, total=False):
 class Snapshot(TypedDict, total=False):
     version: int
     domid: int
+    profile: str  # the mediator profile the guest negotiated under (absent: strict)
     limits: list[int]
     max_calls: int
     max_rpc_buffers: int
@@ -191,7 +193,7 @@ def context_to_data(ctx: DomainContext) -> Snapshot:
         pool = ctx.pool
         lim = ctx.limits
         snap: Snapshot = {
-            "version": SNAPSHOT_VERSION, "domid": domid,
+            "version": SNAPSHOT_VERSION, "domid": domid, "profile": ctx.profile.name,
             "limits": [lim.max_calls, lim.max_shm_buffers, lim.max_pages_per_buffer,
                        lim.max_total_pages],
             "max_calls": ctx.max_calls, "max_rpc_buffers": ctx.max_rpc_buffers,
@@ -401,16 +403,21 @@ def _restore_call(c: CallData, registrations: Mapping[int, ShmBuffer]) -> StdCal
         stale_lists=[ShadowPage(int(m)) for m in c["stale_lists"]])
 
 
-def context_from_data(snap: Snapshot, machine: Any, log: RateLimitedLog) -> DomainContext:
+def context_from_data(snap: Snapshot, machine: Any, log: RateLimitedLog, profile: Profile) -> DomainContext:
     """A domain's context rebuilt from :func:`context_to_data`'s data — no
     SMC, no pin: the secure world and the frame table kept theirs (check the
-    pins first: :func:`expected_pins`). Raises BadSnapshot for data that
-    does not describe a context (counters that disagree with what it holds,
-    a cookie twice in the namespace, a claimed registration without its
-    call)."""
+    pins first: :func:`expected_pins`) — for a mediator of ``profile``.
+    Raises BadSnapshot for data that does not describe a context (counters
+    that disagree with what it holds, a cookie twice in the namespace, a
+    claimed registration without its call) or one taken under another
+    profile (its guest negotiated another protocol; a snapshot without a
+    profile predates them: strict)."""
     domid = _field(snap, "domid", int)
     if snap.get("version") != SNAPSHOT_VERSION:
         raise BadSnapshot(domid, f"version {snap.get('version')!r}, expected {SNAPSHOT_VERSION}")
+    taken_under = snap.get("profile", "strict")
+    if taken_under != profile.name:
+        raise BadSnapshot(domid, f"taken under profile {taken_under!r}, this mediator speaks {profile.name!r}")
     try:
         counted = copy.deepcopy(snap)
         _count(counted)
@@ -428,7 +435,7 @@ def context_from_data(snap: Snapshot, machine: Any, log: RateLimitedLog) -> Doma
         pool.total = int(p["total"])
         ctx = DomainContext(domid, limits, _field(snap, "max_calls", int),
                             _field(snap, "max_rpc_buffers", int),
-                            bool(snap["static_shm_allowed"]), pool, log)
+                            bool(snap["static_shm_allowed"]), pool, log, profile)
         for key in ("calls", "nr_buffers", "pinned_pages", "rpc_param_count", "next_seq",
                     "internal_errors"):
             setattr(ctx, key, _field(snap, key, int))

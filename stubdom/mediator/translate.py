@@ -5,6 +5,8 @@ refusal nothing stays pinned and nothing is accounted."""
 
 from __future__ import annotations
 
+import struct
+
 from stubdom.optee.errors import AbiError, PageListTooLong
 from stubdom.optee.pagelist import build_page_list, iter_page_list, list_pages_needed, make_buf_ptr
 from stubdom.optee.teec import TEEC_ERROR_BAD_PARAMETERS, TEEC_ERROR_BAD_STATE, TEEC_ERROR_OUT_OF_MEMORY
@@ -18,6 +20,7 @@ __all__ = ["Refusal", "translate_noncontig", "translate_noncontig_steps", "trans
            "release_buffer", "buffer_buf_ptr", "free_list_pages"]
 
 _PAGE_MASK = PAGE_SIZE - 1
+_SLOTS = struct.Struct(f"<{PAGE_SIZE // 8}Q")  # one list page: 511 entries and the next pointer
 
 
 class Refusal(Exception):
@@ -40,8 +43,9 @@ def _reserve(ctx: DomainContext, pages: int) -> None:
         if ctx.nr_buffers >= lim.max_shm_buffers:
             raise Refusal(TEEC_ERROR_OUT_OF_MEMORY, f"{ctx.nr_buffers} buffers pinned already "
                           f"(max_shm_buffers {lim.max_shm_buffers})")
-        if ctx.pinned_pages + pages > lim.max_total_pages:
-            raise Refusal(TEEC_ERROR_OUT_OF_MEMORY, f"{ctx.pinned_pages} + {pages} pages exceed "
+        counted = ctx.counted_pages()
+        if counted + pages > lim.max_total_pages:
+            raise Refusal(TEEC_ERROR_OUT_OF_MEMORY, f"{counted} + {pages} pages exceed "
                           f"max_total_pages {lim.max_total_pages}")
         ctx.nr_buffers += 1
         ctx.pinned_pages += pages
@@ -109,9 +113,14 @@ def translate_noncontig_steps(machine: Machine, domain: Domain, ctx: DomainConte
 
     def read_page(ipa: int) -> bytes:
         try:
-            return domain.read(ipa, PAGE_SIZE)
+            data = domain.read(ipa, PAGE_SIZE)
         except MachineError as e:
             raise Refusal(TEEC_ERROR_BAD_PARAMETERS, f"page list at {ipa:#x}: {e}") from None
+        if ctx.profile.page_list_offsets_ignored:
+            # Xen reads every slot as a guest frame number (gaddr_to_gfn):
+            # the low 12 bits of entries and next pointers are dropped
+            data = _SLOTS.pack(*(slot & ~_PAGE_MASK for slot in _SLOTS.unpack(data)))
+        return data
 
     try:
         plist = yield from iter_page_list(read_page, buf_ptr, size,
@@ -141,8 +150,10 @@ def translate_noncontig_steps(machine: Machine, domain: Domain, ctx: DomainConte
 
 def translate_page(machine: Machine, domain: Domain, ctx: DomainContext, kind: ShmKind, ipa: int, size: int,
                    cookie: int) -> ShmBuffer:
-    """A contiguous buffer that fits one page (Linux's single-page SHM_ALLOC
-    reply since late 2023): pin that page; OP-TEE gets its machine address."""
+    """A contiguous buffer that fits one page (an SHM_ALLOC reply as one
+    page by address: TMEM_OUTPUT without NONCONTIG, what a driver sends for
+    shared memory that is not dynamic): pin that page; OP-TEE gets its
+    machine address."""
     offset = ipa & _PAGE_MASK
     if size == 0 or offset + size > PAGE_SIZE:
         raise Refusal(TEEC_ERROR_BAD_PARAMETERS,

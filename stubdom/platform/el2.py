@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 
 from stubdom.mediator import DirectTeePort, DomainLimits, Mediator, OpenSessionFilter
 from stubdom.mediator.errors import DomainRefused
+from stubdom.mediator.profile import DEFAULT_PROFILE, Profile
 
 from .errors import DomainCreationFailed
 from .regs import Regs
@@ -21,7 +22,8 @@ class El2Placement:
 
     ``Platform(..., placement=El2Placement)`` works as is; for other limits
     use ``placement=lambda p: El2Placement(p, limits=...)``; ``open_session_filter``
-    is the mediator's policy hook (see Mediator).  The mediator
+    is the mediator's policy hook (see Mediator); ``profile`` the protocol it
+    speaks to guests (stubdom/mediator/profile.py).  The mediator
     probes the TEE when the placement is made (TeeProbeFailed stops it).
     """
 
@@ -32,13 +34,14 @@ class El2Placement:
                  static_shm: bool = True, open_session_filter: OpenSessionFilter | None = None,
                  logger: logging.Logger | None = None,
                  log_clock: Callable[[], float] | None = None,
-                 tee_num_params: int | None = None) -> None:
+                 tee_num_params: int | None = None,
+                 profile: Profile = DEFAULT_PROFILE) -> None:
         """``limits`` for every domain but those ``domain_limits`` names (a
         per-domain policy, as a configuration's ``domains`` entries give)."""
         self.port = DirectTeePort(platform.tee)
         extra = {} if tee_num_params is None else {"tee_num_params": tee_num_params}
         self.mediator = Mediator(platform.machine, self.port, logger=logger, log_clock=log_clock,
-                                 open_session_filter=open_session_filter, **extra)
+                                 open_session_filter=open_session_filter, profile=profile, **extra)
         self._limits = limits or DomainLimits()
         self._domain_limits = dict(domain_limits or {})
         self._static_shm = static_shm

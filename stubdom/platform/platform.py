@@ -81,7 +81,9 @@ class Platform:
                    control_timeout: float = 10.0) -> "Platform":
         """The platform a stubdom-teed configuration describes (the
         contract of stubdom.config.Config): the machine at
-        ``<runtime_dir>/machine``; under ``placement: stubdom`` the SMC gate is
+        ``<runtime_dir>/machine``; under ``placement: el2`` the mediator of
+        ``mediator.profile`` in it (under ``stubdom`` the daemon builds its
+        own from the same file); under ``placement: stubdom`` the SMC gate is
         serving before this returns, so the daemon can start beside it. Domains
         are not created: see :func:`domain_spec`. The runtime directory is
         created with mode 0700, or refused (``stubdom.rundir.RuntimeDirError``)
@@ -96,12 +98,15 @@ class Platform:
                                               call_timeout_ms=med.call_timeout_ms,
                                               control_timeout=control_timeout)
             elif med.placement == "el2":
+                from stubdom.mediator.profile import profile_named
+
                 from .el2 import El2Placement
 
                 limits = config.default_policy.limits
                 own = {d.domid: d.policy.limits for d in config.domains}
+                profile = profile_named(med.profile)
                 placement = lambda p: El2Placement(p, limits=limits, domain_limits=own,  # noqa: E731
-                                                   tee_num_params=med.tee_num_params)
+                                                   tee_num_params=med.tee_num_params, profile=profile)
             else:
                 raise ValueError(f"unknown placement {med.placement!r}")
         return cls(runtime / "machine", nr_frames=config.platform.nr_frames, tee_config=config.tee,
