@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from stubdom.hostile import (
     BASE_CAPS,
     PLACEMENTS,
+    PROFILES,
     HonestLoad,
     HostileGuest,
     destroy_all_and_check,
@@ -62,8 +63,9 @@ def _reg(guest_ipas: list[int]) -> st.SearchStrategy[int]:
     )
 
 
-def _fuzz(tmp_path, placement: str, max_examples: int) -> None:
-    with make_platform(tmp_path / "m", placement, caps=BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG) as p:
+def _fuzz(tmp_path, placement: str, max_examples: int, profile: str = "strict") -> None:
+    with make_platform(tmp_path / "m", placement, caps=BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG,
+                       profile=profile) as p:
         p.create_domain(DomainSpec(1, nr_pages=512))
         evil = HostileGuest(p, 1)
         evil.negotiate()
@@ -105,12 +107,14 @@ def _fuzz(tmp_path, placement: str, max_examples: int) -> None:
         destroy_all_and_check(p)
 
 
+@pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("placement", PLACEMENTS)
-def test_arbitrary_registers_in_every_smc(tmp_path, placement):
-    _fuzz(tmp_path, placement, max_examples=200)
+def test_arbitrary_registers_in_every_smc(tmp_path, placement, profile):
+    _fuzz(tmp_path, placement, max_examples=200, profile=profile)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("placement", PLACEMENTS)
-def test_arbitrary_registers_in_every_smc_long(tmp_path, placement):
-    _fuzz(tmp_path, placement, max_examples=20000)
+def test_arbitrary_registers_in_every_smc_long(tmp_path, placement, profile):
+    _fuzz(tmp_path, placement, max_examples=20000, profile=profile)

@@ -37,6 +37,7 @@ from .harness import (
 from .platforms import (
     BASE_CAPS as BASE_CAPS,
     PLACEMENTS as PLACEMENTS,
+    PROFILES as PROFILES,
     HostilePlatform as HostilePlatform,
     SmcRecord as SmcRecord,
     make_platform as make_platform,
@@ -48,6 +49,7 @@ from .race import Scribbler as Scribbler
 __all__ = [
     "ATTACKS", "Attack", "AttackLoop", "AttackOutcomeWrong", "BASE_CAPS", "DaemonDied", "GuestOutOfPages",
     "HonestLoad", "HonestLoadFailed", "HostileError", "HostileGuest", "HostilePlatform", "M32", "PLACEMENTS",
+    "PROFILES",
     "Scribbler", "ShmAllocHook", "SmcRecord", "UnexpectedRpc", "destroy_all_and_check", "destroy_and_check",
     "make_platform", "tee_smcs", "tee_smcs_of",
 ]
