@@ -258,18 +258,28 @@ def test_static_shm_for_the_hardware_domain(el2):
     r = g.serve(g.start(arg))
     r2, out2, _ = g.call(MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=DIGEST_CMD_SHA256, session=session,
                                 params=(MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT, shm.base + PAGE_SIZE, 64, 1),)))
+    # an RPC argument buffer in the region (8-byte aligned is OP-TEE's rule)
+    wait = g.session(WAIT_UUID)
+    ipa = g.page()
+    g.write_arg(ipa, get_time(wait))
+    ra = g.start(ipa)
+    assert rpc_func(ra[0]) == OPTEE_SMC_RPC_FUNC_ALLOC
+    c = g.cookie()
+    ra = g.serve(g.reply(ra, alloc_ipa=shm.base + 2 * PAGE_SIZE + 64, cookie=c))
     if xen(p):
         assert not caps & OPTEE_SMC_SEC_CAP_HAVE_RESERVED_SHM
         assert config == (OPTEE_SMC_RETURN_ENOTAVAIL,) + ZEROS
         assert r == (OPTEE_SMC_RETURN_EBADADDR,) + ZEROS  # not page aligned: Xen's only rule
         assert (out2.ret, out2.ret_origin) == (TEEC_ERROR_BAD_PARAMETERS, TEEC_ORIGIN_COMMS)  # "old tmem arg"
+        assert g.read_arg(ipa).ret == TEEC_ERROR_OUT_OF_MEMORY  # the RPC buffer refused
     else:
         assert caps & OPTEE_SMC_SEC_CAP_HAVE_RESERVED_SHM
         assert config == (OPTEE_SMC_RETURN_OK, shm.base, shm.size, 1, 0, 0, 0, 0)
         assert r[0] == OPTEE_SMC_RETURN_OK and g.read_arg(arg).params[0].a == 2
         # reached OP-TEE (which refuses the digest's shape, not the memory)
         assert out2.ret_origin != TEEC_ORIGIN_COMMS
-    assert reached(p, g) > before
+        assert g.read_arg(ipa).params[0].a == 1234  # GET_TIME through the region
+    assert ra[0] == OPTEE_SMC_RETURN_OK and reached(p, g) > before
     destroy_and_check(p, g)
 
 
