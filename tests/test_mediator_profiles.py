@@ -658,6 +658,31 @@ def test_a_refused_call_keeps_nothing_pinned(plat, guest):
     guest.close_session(session)
 
 
+def test_a_null_memref_s_cookie_releases_nothing(plat, guest):
+    # upstream's free_shm_buffers frees by the cookie of every tmem param
+    # of a completed call, NULL ones included: a NULL memref naming a
+    # registration's cookie unpins it while OP-TEE holds it
+    c = guest.cookie()
+    data = guest.pages(2)
+    guest.write(data[0], b"registered")
+    assert guest.register(c, 2, buf_ptr=guest.page_list(data))[1].ret == 0
+    session = guest.session(DIGEST_UUID)
+    out_page = guest.page()
+    r, out, _ = guest.call(MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=DIGEST_CMD_SHA256, session=session, params=(
+        MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT, 0, 0, c),  # NULL, the registration's cookie
+        tmem(guest, [out_page], 32, guest.cookie(), OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT))))
+    assert r[0] == OPTEE_SMC_RETURN_OK and out.ret == 0  # the digest of nothing
+    state = plat.mediator_state(guest.domid)
+    assert [(b["cookie"], b["state"], b["pages"]) for b in state["shm_buffers"]] == [(c, "live", 2)]
+    assert state["pinned_pages"] == 2
+    r, out, _ = guest.call(MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=DIGEST_CMD_SHA256, session=session, params=(
+        MsgParam.rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, 0, 10, c),
+        tmem(guest, [out_page], 32, guest.cookie(), OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT))))
+    assert out.ret == 0  # still registered, still usable
+    assert guest.unregister(c)[1].ret == 0
+    guest.close_session(session)
+
+
 @pytest.mark.parametrize("cmd", [OPTEE_MSG_CMD_REGISTER_SHM, OPTEE_MSG_CMD_UNREGISTER_SHM])
 def test_registrations_have_one_param(plat, guest, cmd):
     # upstream forwards them and, on failure, frees only params[0]'s buffer
