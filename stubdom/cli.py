@@ -19,8 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from stubdom import __version__
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
+from stubdom.public.logformat import LOG_LEVEL_HELP, LOG_LEVELS
 
 # Sub-commands that parse their own arguments.
 _DELEGATED = ("bench", "ctl", "soak")
@@ -35,7 +34,7 @@ def _daemon_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--config", help="YAML configuration (default: the embedded configs/xen.yaml)")
-    p.add_argument("--log-level", choices=LOG_LEVELS, help="overrides mediator.log_level")
+    p.add_argument("--log-level", choices=LOG_LEVELS, help=LOG_LEVEL_HELP + " (overrides mediator.log_level)")
     return p
 
 
@@ -46,10 +45,26 @@ def _platform_parser() -> argparse.ArgumentParser:
         "beside it with `stubdom-teed --config FILE`.",
     )
     p.add_argument("--config", help="YAML configuration (default: the embedded configs/xen.yaml)")
-    p.add_argument("--log-level", choices=LOG_LEVELS)
+    p.add_argument("--log-level", choices=LOG_LEVELS, help=LOG_LEVEL_HELP + " (overrides mediator.log_level)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between workload rounds (default 1)")
     p.add_argument("--rounds", type=int, help="stop after this many workload rounds (default: run until SIGTERM)")
+    p.add_argument("--daemon-wait", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for stubdom-teed's control socket (default 60)")
+    p.add_argument("--external", type=_domid, action="append", default=[], metavar="DOMID",
+                   help="create this domain with no frontend of the platform's and print its ring and event "
+                   "channel for a program of your own to attach (docs/protocol.md); repeatable; "
+                   "placement stubdom only")
     return p
+
+
+def _domid(text: str) -> int:
+    try:
+        domid = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a domid is an integer, got {text!r}") from None
+    if not 0 <= domid < 0x7FF0:
+        raise argparse.ArgumentTypeError(f"a domid is in 0..32751, got {domid}")
+    return domid
 
 
 def _demo_parser() -> argparse.ArgumentParser:
@@ -92,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stubdom.platform import run_platform
 
         opts = _platform_parser().parse_args(args[1:])
-        return run_platform(opts.config, log_level=opts.log_level, interval=opts.interval, rounds=opts.rounds)
+        return run_platform(opts.config, log_level=opts.log_level, interval=opts.interval, rounds=opts.rounds,
+                            daemon_wait=opts.daemon_wait, external=opts.external)
     if command == "demo":
         from stubdom.demo import run_demo
         from stubdom.rundir import RuntimeDirError

@@ -195,12 +195,13 @@ def test_bad_config_exits_2_naming_file_line_and_key(tmp_path, body, problem):
 
 def test_second_daemon_on_the_same_runtime_dir_refuses(stack, tmp_path):
     path, config, platform, daemon = stack
-    # the gate serves one stub domain at a time: the newcomer is not welcomed
+    # the gate serves one stub domain at a time: the newcomer names the one it serves
     proc = subprocess.run([sys.executable, "-P", "-m", "stubdom.daemon", "--config", str(path)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
-    assert proc.stderr.startswith("stubdom-teed: no SMC gate at "), proc.stderr
-    assert "the gate serves another stub domain" in proc.stderr
+    gate = config.mediator.runtime_dir / "xen" / "gate" / "evtchn"
+    assert proc.stderr == (f"stubdom-teed: another stubdom-teed (pid {daemon.proc.pid}) is serving the SMC gate "
+                           f"at {gate}; stop it first (kill -TERM {daemon.proc.pid})\n"), proc.stderr
     with client(config) as c:  # the first one is untouched
         assert c.call("hello")["pid"] == daemon.proc.pid
 

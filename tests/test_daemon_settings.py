@@ -120,7 +120,7 @@ def _lines(log: str, event: str, domid: int) -> list[str]:
 
 
 def _mediator_lines(log: str, domid: int) -> list[str]:
-    return [line for line in log.splitlines() if f' event=mediator msg="d{domid}: ' in line]
+    return [line for line in log.splitlines() if f' event=mediator domid={domid} msg=' in line]
 
 
 def test_domain_log_level_applies_to_its_lines_and_reload_changes_it(two_guests, tmp_path):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 
 from stubdom.platform import run_platform
-from stubdom.public import gate_dir
 from stubdom.platform.run import EXIT_CONFIG, EXIT_NO_DAEMON
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +33,8 @@ def test_no_daemon_is_a_clear_message_and_nothing_left_behind(tmp_path: Path) ->
                         f"start the daemon beside it: stubdom-teed --config {cfg}")
     assert lines[-1].startswith("platform: no stubdom-teed answered within 0.2 s (no such socket")
     assert lines[-1].endswith(f"start it with: stubdom-teed --config {cfg}")
-    assert not any(gate_dir(tmp_path / "rt").iterdir())  # the gate's ring and socket are gone
+    # what it created is gone: the machine, the gate's directory, its pid file
+    assert sorted(p.name for p in (tmp_path / "rt").iterdir()) == []
 
 
 def test_bad_config_exits_2_with_every_problem(tmp_path: Path, capsys) -> None:

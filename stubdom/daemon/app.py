@@ -15,17 +15,19 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
+import outcome
 import trio
 
 from ring import EVTCHN_FILE
 from stubdom.public.control import control_socket_path
-from stubdom.public.errors import ControlError, GateError, GatePeerRefused
+from stubdom.public.errors import ControlError, GateError, GateNotWelcomed, GatePeerRefused
 from stubdom.public.gate import gate_dir
 from stubdom.public.gate_client import GateClient
-from stubdom.rundir import RuntimeDirError, ensure_runtime_dir, make_private_dir
+from stubdom.rundir import RuntimeDirError, ensure_runtime_dir, make_private_dir, peer_credentials, sockaddr
 
 from .control import ControlServer
 from .daemon import Daemon
@@ -85,20 +87,85 @@ def loaded_packages() -> str:
     return ",".join(sorted({name.split(".")[1] for name in sys.modules if name.startswith("stubdom.")}))
 
 
+def _live_daemon(runtime_dir: Path) -> int | None:
+    """The pid of a daemon listening on this runtime directory's control
+    socket (0 if it cannot be told), None if none does."""
+    path = control_socket_path(runtime_dir)
+    if not path.exists():
+        return None
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        with sockaddr(path) as addr:
+            probe.connect(addr)
+        return peer_credentials(probe).pid
+    except OSError:
+        return None  # nobody listens: a dead daemon's socket, replaced later
+    finally:
+        probe.close()
+
+
+def _another_daemon(runtime_dir: Path) -> StartupError:
+    pid = _live_daemon(runtime_dir)
+    gate = gate_dir(runtime_dir) / EVTCHN_FILE
+    if pid is None:  # it has not bound its control socket yet (starting, or recovering)
+        return StartupError(f"stubdom-teed: another stubdom-teed is serving the SMC gate at {gate} "
+                            f"(it is still starting: no control socket yet); stop it first")
+    return StartupError(f"stubdom-teed: another stubdom-teed (pid {pid or 'unknown'}) is serving the SMC gate "
+                        f"at {gate}; stop it first" + (f" (kill -TERM {pid})" if pid else ""))
+
+
 def _connect_gate(runtime_dir: Path, config_path: str | None, poll_window_ns: int,
                   timeout_s: float) -> GateClient:
+    """The stub domain's gate client (blocks up to ``timeout_s`` for the
+    welcome: run it in a thread)."""
     path = str(gate_dir(runtime_dir) / EVTCHN_FILE)
+    if _live_daemon(runtime_dir) is not None:  # the gate would make us wait, then say nothing
+        raise _another_daemon(runtime_dir)
     try:
         # timeout_s bounds the welcome and every hypercall: past it the
         # platform counts as dead (mediator.gate_timeout_ms)
         return GateClient(runtime_dir, poll_window_ns, timeout_s)
     except GatePeerRefused as e:  # a socket of another user's: not the platform
         raise StartupError(f"stubdom-teed: {e}") from None
+    except GateNotWelcomed:  # the platform is there and serves someone else
+        raise _another_daemon(runtime_dir) from None
     except GateError as e:
         reason = getattr(e, "reason", None) or str(e)
         raise GateUnavailable(path, config_path, reason) from None
     except OSError as e:
         raise GateUnavailable(path, config_path, e.strerror or str(e)) from None
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT came while the daemon was starting."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+async def _interruptible(signals, fn, *args):
+    """``fn(*args)`` (blocking: the gate's welcome, OP-TEE's probe) in a
+    worker thread; SIGTERM or SIGINT meanwhile abandons it at once and
+    raises :class:`Interrupted` (the process is about to exit; what the
+    thread may still make is the operating system's to reclaim)."""
+    got: int | None = None
+    async with trio.open_nursery() as nursery:
+        async def watch() -> None:
+            nonlocal got
+            async for signum in signals:
+                if signum != signal.SIGHUP:  # nothing to reload yet
+                    got = signum
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(watch)
+        # captured, so that fn's own exception leaves the nursery as it is
+        result = await outcome.acapture(trio.to_thread.run_sync, fn, *args, abandon_on_cancel=True)
+        nursery.cancel_scope.cancel()
+    if got is not None:
+        raise Interrupted(got)
+    return result.unwrap()
 
 
 def _load_journal(path: Path, logger: logging.Logger, err) -> Replay | None:
@@ -127,6 +194,17 @@ def _load_journal(path: Path, logger: logging.Logger, err) -> Replay | None:
 
 
 async def _serve(config, config_path, load_config, logger: logging.Logger, out, err) -> int:
+    # every signal from here on is ours, the wait for the gate's welcome included
+    with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        try:
+            return await _serve_with(signals, config, config_path, load_config, logger, out, err)
+        except Interrupted as e:
+            print(f"stubdom-teed: stopped by {signal.Signals(e.signum).name} while starting; nothing "
+                  f"was left behind", file=err, flush=True)
+            return EXIT_OK
+
+
+async def _serve_with(signals, config, config_path, load_config, logger: logging.Logger, out, err) -> int:
     from stubdom.mediator import Mediator, TeeProbeFailed
     from stubdom.policy import PolicyEngine
     from stubdom.xen import Machine
@@ -134,7 +212,8 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out, 
 
     runtime_dir = Path(config.mediator.runtime_dir)
     poll_ns = config.mediator.poll_window_us * 1000
-    gate = _connect_gate(runtime_dir, config_path, poll_ns, config.mediator.gate_timeout_ms / 1000)
+    gate = await _interruptible(signals, _connect_gate, runtime_dir, config_path, poll_ns,
+                                config.mediator.gate_timeout_ms / 1000)
     machine = None
     own_dir = runtime_dir / "stubdom-teed"
     try:
@@ -145,16 +224,20 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out, 
                                f"is the platform running in this runtime directory?") from None
         gate_port = GatePort(gate)
         mediator_log = logging.getLogger(MEDIATOR_LOGGER)
-        try:
-            # policy and the journal reach the mediator call by call, as its
-            # hooks (Daemon.serve_call; stubdom/mediator/hooks.py)
-            mediator = Mediator(machine, gate_port, logger=mediator_log,
+
+        def probe():
+            try:
+                # policy and the journal reach the mediator call by call, as its
+                # hooks (Daemon.serve_call; stubdom/mediator/hooks.py)
+                return Mediator(machine, gate_port, logger=mediator_log,
                                 tee_num_params=config.mediator.tee_num_params,
                                 profile=config.mediator.profile)
-        except TeeProbeFailed as e:
-            raise StartupError(f"stubdom-teed: {e}") from None
-        except Exception as e:  # the gate refused or died during the probe
-            raise StartupError(f"stubdom-teed: probing OP-TEE through the gate failed: {e}") from None
+            except TeeProbeFailed as e:
+                raise StartupError(f"stubdom-teed: {e}") from None
+            except Exception as e:  # the gate refused or died during the probe
+                raise StartupError(f"stubdom-teed: probing OP-TEE through the gate failed: {e}") from None
+
+        mediator = await _interruptible(signals, probe)
         make_private_dir(own_dir)
         journal = Journal(own_dir / JOURNAL_FILE)
         replay = _load_journal(journal.path, logger, err)
@@ -174,7 +257,8 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out, 
                     print(f"stubdom-teed: cannot write the journal {journal.path}; state-changing "
                           f"calls are refused until it can be written", file=err, flush=True)
                 await connections.start(server.serve, connections)
-                await backends.start(_signals, daemon, logger)
+                await backends.start(_signals, signals, daemon, logger)
+                await backends.start(_watch_platform, gate, daemon, logger)
                 print(f"stubdom-teed: listening on {server.path} (placement stubdom, "
                       f"{len(config.domains)} domains)", file=out, flush=True)
                 event(logger, logging.INFO, "started", pid=os.getpid(), control=server.path,
@@ -190,6 +274,9 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out, 
         else:
             journal.close()
         event(logger, logging.INFO, "stopped", loaded=loaded_packages())
+        if daemon.platform_gone:
+            print(f"stubdom-teed: the platform closed the SMC gate (it stopped); stopped with it",
+                  file=err, flush=True)
         return EXIT_OK
     finally:
         gate.close()
@@ -199,18 +286,36 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out, 
             own_dir.rmdir()
 
 
-async def _signals(daemon: Daemon, logger: logging.Logger, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
-        task_status.started()
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                try:
-                    daemon.reload()
-                except ControlError:
-                    pass  # logged by reload(); the old policy stays
-            else:
-                event(logger, logging.INFO, "shutdown_requested", via=signal.Signals(signum).name)
-                daemon.shutdown_requested.set()
+async def _signals(signals, daemon: Daemon, logger: logging.Logger, *,
+                   task_status=trio.TASK_STATUS_IGNORED) -> None:
+    task_status.started()
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            try:
+                daemon.reload()
+            except ControlError:
+                pass  # logged by reload(); the old policy stays
+        else:
+            event(logger, logging.INFO, "shutdown_requested", via=signal.Signals(signum).name)
+            daemon.shutdown_requested.set()
+
+
+async def _watch_platform(gate: GateClient, daemon: Daemon, logger: logging.Logger, *,
+                          task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """The platform closing the gate (it stopped, or died) ends the stub
+    domain too, as Xen going down takes its domains with it: nothing it
+    serves can reach OP-TEE any more, and a platform started later makes
+    a new machine this daemon does not map. The gate's channel is only
+    read here between two hypercalls (they are synchronous, in this
+    thread): what it drains are late notifications nobody waits for."""
+    task_status.started()
+    while True:
+        await trio.lowlevel.wait_readable(gate.fileno())
+        if gate.platform_gone():
+            event(logger, logging.WARNING, "platform_gone", gate=gate.path)
+            daemon.platform_gone = True
+            daemon.shutdown_requested.set()
+            return
 
 
 class _GateStats:

@@ -113,6 +113,7 @@ class Daemon:
         self.runtime_dir = Path(config.mediator.runtime_dir)
         self.domains: dict[int, DomainBackend] = {}
         self.draining = False
+        self.platform_gone = False  # the platform closed the SMC gate: stopping with it
         self.shutdown_requested = trio.Event()
         self.backend_nursery: trio.Nursery | None = None  # set by the app once running
         self.fair = FairShare()  # who goes on between the steps of a heavy call

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import time
 from collections.abc import Callable
 
 from stubdom.mediator.limits import LOG_BURST, LOG_REFILL_SECONDS
+from stubdom.public.logformat import event, format_fields, log_to
 
 __all__ = ["LOGGER_NAME", "MEDIATOR_LOGGER", "LEVELS", "setup_logging", "event", "GuestLog",
            "DomainLevelFilter", "format_fields"]
@@ -33,51 +33,14 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
           "error": logging.ERROR}
 
 
-def _value(v: object) -> str:
-    s = str(v)
-    if s == "" or any(c in s for c in ' "=\n\t'):
-        return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    return s
-
-
-def format_fields(fields: dict) -> str:
-    return " ".join(f"{k}={_value(v)}" for k, v in fields.items())
-
-
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        t = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
-        head = f"{t}.{int(record.msecs):03d} level={record.levelname.lower()}"
-        if record.name == LOGGER_NAME:
-            line = f"{head} {record.getMessage()}"
-        else:  # the mediator's own (rate-limited) prose lines
-            line = f"{head} event=mediator msg={_value(record.getMessage())}"
-        if record.exc_info:
-            # keep one line per event: the traceback's lines joined
-            tb = self.formatException(record.exc_info).replace("\n", " | ")
-            line += f" traceback={_value(tb)}"
-        return line
-
-
 def setup_logging(level: str, stream=None) -> logging.Logger:
     """The daemon's logger writes structured lines to ``stream`` (stderr);
     the mediator is given its child ``stubdom.daemon.mediator``."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(_Formatter())
-    logger = logging.getLogger(LOGGER_NAME)
-    logger.handlers[:] = [handler]
-    logger.setLevel(LEVELS[level])
-    logger.propagate = False
+    logger = log_to(logging.getLogger(LOGGER_NAME), level, stream)
     # The mediator's lines are judged by DomainLevelFilter (a domain's level
     # may be below the daemon's), not by an inherited logger level.
     logging.getLogger(MEDIATOR_LOGGER).setLevel(logging.DEBUG)
     return logger
-
-
-def event(logger: logging.Logger, level: int, name: str, **fields: object) -> None:
-    """Log one event: ``event=<name>`` then the fields in order."""
-    if logger.isEnabledFor(level):
-        logger.log(level, "%s", format_fields({"event": name, **fields}))
 
 
 class GuestLog:

@@ -186,6 +186,9 @@ class Gate:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stopping = False
         self._thread: threading.Thread | None = None
+        # called (in the gate's thread) with the pid of each stub domain
+        # welcomed: the toolstack's cue that a daemon started (or restarted)
+        self.on_welcome: Callable[[int | None], None] | None = None
         self._pollers: dict[int, select.poll] = {}  # _wait's poll objects by fd
 
     def _create_ring(self) -> BackRing:
@@ -312,7 +315,7 @@ class Gate:
                 continue
             try:
                 # before the welcome, before anything on the ring is answered
-                check_peer(chan.fileno(), self.evtchn_path, "stub domain")
+                peer = check_peer(chan.fileno(), self.evtchn_path, "stub domain")
             except PeerRefused as e:
                 self._peer_log.warning("%s", e)  # a refused peer may retry in a loop
                 with self._lock:
@@ -328,6 +331,8 @@ class Gate:
                 # attaches to a ring with nothing in flight; then welcome it.
                 self._answer_pending(None)
                 chan.notify()
+                if self.on_welcome is not None:
+                    self.on_welcome(getattr(peer, "pid", None))
                 self._serve_channel(chan)
             except PeerDied:
                 self._peer_log.log(logging.INFO, "stub domain closed the SMC gate channel; "

@@ -115,14 +115,24 @@ class Platform:
 
     # -- toolstack ---------------------------------------------------------
 
-    def create_domain(self, spec: DomainSpec) -> Domain:
+    def create_domain(self, spec: DomainSpec, *, external: bool = False) -> Domain:
+        """Build the domain and let the placement initialise it. ``external``:
+        its frontend is another program's (placement stubdom only:
+        ``StubdomPlacement.external(domid)`` says where its ring is); no
+        trap entry of this platform reaches it."""
+        init = self.placement.domain_init
+        if external:
+            init = getattr(self.placement, "domain_init_external", None)
+            if init is None:
+                raise DomainCreationFailed(spec.domid, f"placement {getattr(self.placement, 'name', '?')!r} "
+                                           f"has no external frontends (placement stubdom has)")
         domain = self.machine.create_domain(
             spec.domid, nr_pages=spec.nr_pages, hwdom=spec.hwdom, direct_mapped=spec.direct_mapped
         )
         try:
             if spec.static_shm:
                 domain.map_static_shm()
-            self.placement.domain_init(spec.domid)
+            init(spec.domid)
         except DomainCreationFailed:
             self.machine.destroy_domain(spec.domid)
             raise

@@ -61,6 +61,7 @@ from stubdom.public.errors import (
     DaemonUnavailable,
 )
 from stubdom.public.gate import HYP_CLIENT_ID
+from stubdom.public.logformat import event
 
 from .errors import DomainCreationFailed, UnknownDomain
 from .gate import Gate
@@ -70,6 +71,7 @@ from .toolstack import Toolstack
 __all__ = [
     "UNAVAILABLE_REGS",
     "DEFAULT_CALL_TIMEOUT_MS",
+    "DaemonWatcher",
     "DomainLink",
     "LinkStatistics",
     "StubdomPlacement",
@@ -89,6 +91,9 @@ _U64 = (1 << 64) - 1
 # What the daemon can do to a domain's ring: write impossible indices, or
 # shrink the file under our mapping. Either way that domain is cut off.
 _RING_BROKEN = (RingCorrupted, RingTruncated)
+# What a vCPU waiting on a ring the daemon will never answer again finds
+# instead of a response (the domain was re-created on a new ring).
+_GONE = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +211,9 @@ class DomainLink:
                     self._cond.notify_all()
 
     def _resume_regs(self, rsp) -> Regs:
+        if rsp is _GONE:
+            self._n["unavailable"] += 1
+            return UNAVAILABLE_REGS
         self._n["responses"] += 1
         if rsp.status != 0:
             self._n["backend_errors"] += 1
@@ -341,6 +349,23 @@ class DomainLink:
         self._glog.log(logging.INFO, "stubdom-teed is back: event channel reconnected")
         return True
 
+    def reattach(self) -> bool:
+        """The domain was created again in a restarted daemon (a new ring
+        file, a new listener): connect to them now, rather than on the next
+        call, which would otherwise push onto the old ring first. vCPUs
+        waiting on the old ring resume with ENOTAVAIL. False when the ring
+        was broken for good or cannot be attached."""
+        with self._cond:
+            if self._closed or self._broken:
+                return False
+            if not self._reconnect(receiver_ok=True):
+                return False
+            for rid, rsp in self._waiting.items():
+                if rsp is None:
+                    self._waiting[rid] = _GONE
+            self._cond.notify_all()
+            return True
+
     # -- statistics, close -------------------------------------------------------
 
     def statistics(self) -> LinkStatistics:
@@ -405,7 +430,13 @@ class StubdomPlacement:
         self.toolstack = toolstack or Toolstack(control_socket_path(self.runtime_dir), timeout=control_timeout)
         self._lock = threading.Lock()
         self._links: dict[int, DomainLink] = {}
+        # domains whose frontend is someone else's: the daemon's answer to domain_create
+        self._external: dict[int, dict] = {}
         self._destroyed: set[int] = set()  # relinquish_resources done, teardown pending
+        # the toolstack's own operations, one at a time: creating, destroying
+        # and re-creating a domain in the daemon never interleave
+        self._toolstack_lock = threading.RLock()
+        self._watcher: DaemonWatcher | None = None
         self.fallback_destroys = 0  # VM_DESTROYED the platform sent itself (daemon gone)
 
     def domain_dir(self, domid: int) -> Path:
@@ -414,9 +445,54 @@ class StubdomPlacement:
     # -- Placement protocol ------------------------------------------------------
 
     def domain_init(self, domid: int) -> None:
+        with self._toolstack_lock:
+            result = self._create_in_daemon(domid)
+            try:
+                link = self._attach(domid, result)
+            except (OSError, RingError, KeyError, TypeError, ValueError) as e:
+                self._undo_create(domid)
+                raise DomainCreationFailed(domid, f"cannot attach its teeif ring: {e}") from e
+            with self._lock:
+                self._links[domid] = link
+                self._destroyed.discard(domid)
+
+    def domain_init_external(self, domid: int) -> dict:
+        """Create the domain in the daemon and leave its frontend to another
+        program (docs/protocol.md, "A frontend of your own"): nothing here
+        maps its ring. Returns the daemon's answer, checked as for our own
+        frontend: ``{"domid", "dir", "ring", "evtchn", "ring_pages"}``."""
+        with self._toolstack_lock:
+            result = self._create_in_daemon(domid)
+            try:
+                self._check_paths(domid, result)
+            except (KeyError, TypeError, ValueError) as e:
+                self._undo_create(domid)
+                raise DomainCreationFailed(domid, f"the daemon's answer: {e}") from e
+            with self._lock:
+                self._external[domid] = dict(result)
+                self._destroyed.discard(domid)
+        return dict(result)
+
+    def external(self, domid: int) -> dict | None:
+        """The daemon's answer for a domain with an external frontend (the
+        latest, after a re-creation), None for any other domid."""
+        with self._lock:
+            got = self._external.get(domid)
+        return None if got is None else dict(got)
+
+    def _undo_create(self, domid: int) -> None:
+        try:
+            self.toolstack.domain_destroy(domid)
+        except ControlSocketError as e2:
+            log.warning("d%d: domain_destroy after a failed attach: %s", domid, e2)
+            self._vm_destroyed(domid, f"domain_destroy after a failed attach: {e2}")
+        self.gate.unassign(domid)
+
+    def _create_in_daemon(self, domid: int) -> dict:
+        """Assign in the gate, ``domain_create``; the daemon's answer."""
         self.gate.assign(domid)  # before the daemon may ask the gate for VM_CREATED
         try:
-            result = self.toolstack.domain_create(domid)
+            return self.toolstack.domain_create(domid)
         except ControlDomainExists as e:
             # the daemon serves that domid already: its partition is not ours to end
             self.gate.unassign(domid)
@@ -429,19 +505,6 @@ class StubdomPlacement:
             # (domain_relinquish_resources -> optee_relinquish_resources).
             self._vm_destroyed(domid, f"domain_create failed: {e}")
             raise DomainCreationFailed(domid, f"stubdom-teed: {e}") from e
-        try:
-            link = self._attach(domid, result)
-        except (OSError, RingError, KeyError, TypeError, ValueError) as e:
-            try:
-                self.toolstack.domain_destroy(domid)
-            except ControlSocketError as e2:
-                log.warning("d%d: domain_destroy after a failed attach: %s", domid, e2)
-                self._vm_destroyed(domid, f"domain_destroy after a failed attach: {e2}")
-            self.gate.unassign(domid)
-            raise DomainCreationFailed(domid, f"cannot attach its teeif ring: {e}") from e
-        with self._lock:
-            self._links[domid] = link
-            self._destroyed.discard(domid)
 
     def _vm_destroyed(self, domid: int, why: str) -> None:
         """Take the domain back from the stub domain, then VM_DESTROYED from
@@ -453,7 +516,7 @@ class StubdomPlacement:
         log.warning("d%d: %s; VM_DESTROYED from the platform: a0=%#x", domid, why, a0)
         self.fallback_destroys += 1
 
-    def _attach(self, domid: int, result: dict) -> DomainLink:
+    def _check_paths(self, domid: int, result: dict) -> tuple[Path, Path, int]:
         # The daemon is less privileged than the platform: map only the files
         # the contract names, wherever it says they are.
         ring, evtchn = self.domain_dir(domid) / RING_FILE, self.domain_dir(domid) / EVTCHN_FILE
@@ -463,6 +526,10 @@ class StubdomPlacement:
         pages = result.get("ring_pages", 0)
         if type(pages) is not int:
             raise TypeError(f"daemon answered ring_pages={pages!r}")
+        return ring, evtchn, pages
+
+    def _attach(self, domid: int, result: dict) -> DomainLink:
+        ring, evtchn, pages = self._check_paths(domid, result)
         return DomainLink(domid, ring, evtchn, pages, poll_window_ns=self._poll_ns, timeout_s=self._timeout,
                           log_clock=self._log_clock)
 
@@ -481,6 +548,11 @@ class StubdomPlacement:
         with self._lock:
             if domid in self._destroyed:
                 return True
+        with self._toolstack_lock:
+            self._relinquish(domid)
+        return True
+
+    def _relinquish(self, domid: int) -> None:
         try:
             self.toolstack.domain_destroy(domid)
         except (DaemonUnavailable, ControlNoSuchDomain, ControlProtocolError) as e:
@@ -493,12 +565,12 @@ class StubdomPlacement:
             log.error("d%d: stubdom-teed refused domain_destroy: %s", domid, e)
         with self._lock:
             self._destroyed.add(domid)
-        return True
 
     def domain_teardown(self, domid: int) -> None:
         self.gate.unassign(domid)  # after domain_destroy completed
         with self._lock:
             link = self._links.pop(domid, None)
+            self._external.pop(domid, None)
             self._destroyed.discard(domid)
         if link is not None:
             link.close()
@@ -512,14 +584,135 @@ class StubdomPlacement:
             raise UnknownDomain(domid)
         return link.statistics()
 
+    # -- a restarted daemon (docs/daemon.md, "The daemon restarted") ---------------
+
+    def watch_daemon(self, on_recreated: Callable[[int, dict, bool], None] | None = None,
+                     *, ready_timeout: float = 30.0) -> None:
+        """From now on, when a stub domain connects to the gate (a daemon
+        started, or started again), make it serve this platform's domains:
+        once its control socket answers, ``list`` what it serves and
+        ``domain_create`` every other domain of ours, as a Xen toolstack
+        re-attaches a restarted backend; then the trap path connects to the
+        new ring. A daemon that recovered its domains from its journal
+        (after kill -9) serves them already: nothing is created twice.
+        ``on_recreated(domid, answer, external)`` is called for each domain
+        created again (``external``: its frontend is someone else's, who
+        must attach to the new files). Idempotent; stopped by close()."""
+        if self._watcher is None:
+            self._watcher = DaemonWatcher(self, on_recreated, ready_timeout=ready_timeout)
+            self.gate.on_welcome = self._watcher.stub_domain_connected
+            self._watcher.start()
+
+    def reconcile(self, daemon_pid: int | None = None) -> list[int]:
+        """Create in the daemon every domain of ours it does not serve (the
+        watcher's step, callable on its own); the domids created again."""
+        recreated: list[tuple[int, dict, bool]] = []
+        with self._toolstack_lock:
+            served = {d["domid"] for d in self.toolstack.list()["domains"]}
+            with self._lock:
+                ours = {domid: domid in self._external for domid in (*self._links, *self._external)
+                        if domid not in self._destroyed}
+            missing = sorted(d for d in ours if d not in served)
+            if ours:
+                event(log, logging.INFO, "daemon_attached", pid=daemon_pid or "unknown",
+                      serving=_ids(sorted(served & set(ours))) or "none",
+                      recreating=_ids(missing) or "none")
+            for domid in missing:
+                try:
+                    result = self.toolstack.domain_create(domid)
+                    self._check_paths(domid, result)
+                except (ControlSocketError, KeyError, TypeError, ValueError) as e:
+                    event(log, logging.ERROR, "domain_recreate_failed", domid=domid, error=e)
+                    continue
+                with self._lock:
+                    if ours[domid]:
+                        self._external[domid] = dict(result)
+                        link = None
+                    else:
+                        link = self._links.get(domid)
+                if link is not None and not link.reattach():
+                    event(log, logging.ERROR, "domain_recreate_failed", domid=domid,
+                          error="its teeif ring could not be attached")
+                    continue
+                event(log, logging.INFO, "domain_recreated", domid=domid, ring=result["ring"],
+                      frontend="external" if ours[domid] else "platform")
+                recreated.append((domid, dict(result), ours[domid]))
+        watcher = self._watcher
+        for domid, result, external in recreated:
+            if watcher is not None and watcher.on_recreated is not None:
+                watcher.on_recreated(domid, result, external)
+        return [domid for domid, _, _ in recreated]
+
     def close(self) -> None:
         """Close every link, the control connection and the gate."""
+        if self._watcher is not None:
+            self._watcher.stop()
         with self._lock:
             links, self._links = list(self._links.values()), {}
         for link in links:
             link.close()
         self.toolstack.close()
         self.gate.close()
+
+
+def _ids(domids) -> str:
+    return ",".join(str(d) for d in domids)
+
+
+class DaemonWatcher:
+    """The thread behind :meth:`StubdomPlacement.watch_daemon`: woken by the
+    gate when a stub domain is welcomed, it waits (bounded by
+    ``ready_timeout``, interruptible by ``stop``) for that daemon's control
+    socket, then reconciles."""
+
+    def __init__(self, placement: StubdomPlacement,
+                 on_recreated: Callable[[int, dict, bool], None] | None, *, ready_timeout: float) -> None:
+        self.placement = placement
+        self.on_recreated = on_recreated
+        self.ready_timeout = ready_timeout
+        self._wake = threading.Condition(threading.Lock())
+        self._pending: list[int | None] = []  # pids of stub domains welcomed, not yet handled
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="daemon-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stub_domain_connected(self, pid: int | None) -> None:
+        """The gate's hook (its thread): a stub domain was welcomed."""
+        with self._wake:
+            self._pending.append(pid)
+            self._wake.notify()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._pending and not self._stopping.is_set():
+                    self._wake.wait()
+                if self._stopping.is_set():
+                    return
+                pid = self._pending[-1]
+                self._pending.clear()
+            event(log, logging.INFO, "stub_domain_connected", pid=pid or "unknown")
+            try:
+                hello = self.placement.toolstack.wait_ready(self.ready_timeout, stop=self._stopping)
+            except DaemonUnavailable as e:
+                event(log, logging.WARNING, "daemon_not_ready", pid=pid or "unknown",
+                      waited_s=self.ready_timeout, error=e)
+                continue
+            if hello is None:  # stopping
+                return
+            try:
+                self.placement.reconcile(hello.get("pid"))
+            except ControlSocketError as e:
+                event(log, logging.ERROR, "daemon_attach_failed", pid=hello.get("pid"), error=e)
 
 
 def stubdom_placement(runtime_dir: str | os.PathLike[str], *, poll_window_us: int = 0,

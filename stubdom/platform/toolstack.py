@@ -12,6 +12,7 @@ error answer's code — all ``ControlSocketError`` (stubdom.public.errors).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -57,11 +58,15 @@ class Toolstack:
 
     # -- transport -------------------------------------------------------------------
 
-    def wait_ready(self, timeout: float, *, interval: float = 0.05) -> dict:
+    def wait_ready(self, timeout: float, *, interval: float = 0.05,
+                   stop: threading.Event | None = None) -> dict | None:
         """Retry ``hello`` until the daemon answers or ``timeout`` seconds
-        pass (then the last DaemonUnavailable is raised)."""
+        pass (then the last DaemonUnavailable is raised). ``stop`` set
+        (a signal, the platform closing) ends the wait at once: None."""
         deadline = time.monotonic() + timeout
         while True:
+            if stop is not None and stop.is_set():
+                return None
             try:
                 return self.hello()
             except DaemonRefused:
@@ -69,7 +74,10 @@ class Toolstack:
             except DaemonUnavailable:
                 if time.monotonic() >= deadline:
                     raise
-                time.sleep(interval)
+                if stop is not None:
+                    stop.wait(interval)
+                else:
+                    time.sleep(interval)
 
     def close(self) -> None:
         self._client.close()

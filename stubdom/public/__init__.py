@@ -12,6 +12,8 @@ against the hypervisor's own code.
     gate_client     the stub domain's end of the gate
     errors          the control protocol's error codes, and every exception
                     of both protocols
+    logformat       the one log format of both (key=value lines), and the
+                    --log-level every command takes
 
 The teeif ring both protocols' neighbours use is the top-level ``ring``
 package (docs/protocol.md); the runtime directory they share is
@@ -51,6 +53,7 @@ from .errors import GateBusy as GateBusy
 from .errors import GateClosed as GateClosed
 from .errors import GateError as GateError
 from .errors import GateNotRunning as GateNotRunning
+from .errors import GateNotWelcomed as GateNotWelcomed
 from .errors import GatePeerRefused as GatePeerRefused
 from .errors import GateRefused as GateRefused
 from .errors import GateTimeout as GateTimeout
@@ -66,6 +69,13 @@ from .gate import HYP_PROBE_CALLS as HYP_PROBE_CALLS
 from .gate import gate_dir as gate_dir
 from .gate_client import GateClient as GateClient
 from .gate_client import GateClientStatistics as GateClientStatistics
+from .logformat import LOG_LEVEL_HELP as LOG_LEVEL_HELP
+from .logformat import LOG_LEVELS as LOG_LEVELS
+from .logformat import EventFormatter as EventFormatter
+from .logformat import component as component
+from .logformat import event as event
+from .logformat import format_fields as format_fields
+from .logformat import log_to as log_to
 
 __all__ = [
     "CONTROL_ERRORS",
@@ -85,6 +95,7 @@ __all__ = [
     "DaemonRefused",
     "DaemonUnavailable",
     "ErrorCode",
+    "EventFormatter",
     "FrameReader",
     "GATE_EINVAL",
     "GATE_ENOENT",
@@ -97,12 +108,15 @@ __all__ = [
     "GateClosed",
     "GateError",
     "GateNotRunning",
+    "GateNotWelcomed",
     "GatePeerRefused",
     "GateRefused",
     "GateTimeout",
     "HYP_CLIENT_ID",
     "HYP_DOMAIN_CALLS",
     "HYP_PROBE_CALLS",
+    "LOG_LEVELS",
+    "LOG_LEVEL_HELP",
     "MAX_ERROR_MESSAGE",
     "MAX_MESSAGE",
     "PROTOCOL_VERSION",
@@ -111,8 +125,12 @@ __all__ = [
     "Request",
     "control_socket_path",
     "encode",
+    "component",
     "error_response",
+    "event",
+    "format_fields",
     "gate_dir",
+    "log_to",
     "ok_response",
     "quote",
 ]

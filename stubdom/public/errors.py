@@ -18,7 +18,7 @@ The control protocol (the toolstack and ``ctl`` against stubdom-teed)::
 The SMC gate (the stub domain's hypercall into the platform)::
 
     GateError
-    ├── GateBusy, GateNotRunning, GateTimeout, GateClosed
+    ├── GateBusy, GateNotRunning (GateNotWelcomed), GateTimeout, GateClosed
     ├── GatePeerRefused                  another user listens at the gate (a PeerRefused)
     └── GateRefused                      the gate answered a hypercall with -errno
 """
@@ -50,6 +50,7 @@ __all__ = [
     "GateError",
     "GateBusy",
     "GateNotRunning",
+    "GateNotWelcomed",
     "GatePeerRefused",
     "GateTimeout",
     "GateClosed",
@@ -240,6 +241,19 @@ class GateNotRunning(GateError):
                          f"`stubdom-teed platform --config <file>`")
         self.path = path
         self.reason = reason
+
+
+class GateNotWelcomed(GateNotRunning):
+    """The gate accepted the stub domain's connection but did not welcome it
+    within the bound: the platform is there and serves another stub domain
+    (the gate serves one at a time)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        GateError.__init__(self, f"the SMC gate at {path} did not welcome us within {timeout:g} s: it "
+                                 f"serves another stub domain")
+        self.path = path
+        self.reason = f"not accepted within {timeout:g} s: the gate serves another stub domain"
+        self.timeout = timeout
 
 
 class GatePeerRefused(GateError, PeerRefused):

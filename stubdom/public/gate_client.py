@@ -27,7 +27,7 @@ from ring import (
 )
 from stubdom.rundir import PeerRefused, check_peer
 
-from .errors import GateClosed, GateNotRunning, GatePeerRefused, GateTimeout
+from .errors import GateClosed, GateNotRunning, GateNotWelcomed, GatePeerRefused, GateTimeout
 from .gate import gate_dir
 
 __all__ = ["GateClient", "GateClientStatistics"]
@@ -87,8 +87,7 @@ class GateClient:
             except PeerDied:
                 raise GateClosed(self.path, "closed before it accepted us") from None
             if not welcomed:
-                raise GateNotRunning(self.path, f"not accepted within {timeout:g} s: the gate "
-                                                f"serves another stub domain")
+                raise GateNotWelcomed(self.path, timeout)
             self._ring = FrontRing.attach(d / RING_FILE)
         except BaseException:
             self._chan.close()
@@ -130,6 +129,24 @@ class GateClient:
                 raise GateClosed(self.path, "client closed") from None
             except RingError as e:
                 raise GateClosed(self.path, str(e)) from e
+
+    def fileno(self) -> int:
+        """The event channel's descriptor: readable when the gate notified
+        or closed (the daemon watches it between hypercalls)."""
+        return self._chan.fileno()
+
+    def platform_gone(self) -> bool:
+        """Drain the event channel without waiting; True if the gate closed
+        it (the platform stopped or died). Call it between hypercalls only:
+        a notification it drains is one no call waits for."""
+        with self._lock:
+            try:
+                self._chan.drain()
+            except PeerDied:
+                return True
+            except RingError:
+                return True  # closed under us
+        return False
 
     def statistics(self) -> GateClientStatistics:
         rs = self._ring.statistics()
