@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import stubdom.config as config_pkg
-from stubdom.config import ConfigError, load_config, parse_config
+from stubdom.config import ConfigError, load_config, parse_config, runtime_dir_of
 from stubdom.config.schema import MAX_RING_PAGES, POLICY_KEYS, SCHEMA, Section, key_paths
 from stubdom.mediator import DomainLimits
 from stubdom.optee.smc import (
@@ -21,6 +21,7 @@ from stubdom.optee.smc import (
     OPTEE_SMC_SEC_CAP_RPC_ARG,
     OPTEE_SMC_SEC_CAP_VIRTUALIZATION,
 )
+from stubdom.rundir import default_runtime_dir
 from stubdom.tee import TeeConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -161,8 +162,20 @@ def test_ring_pages_bound_matches_ring():
     assert MAX_RING_PAGES == ring.MAX_RING_PAGES
 
 
-def test_empty_document_gives_defaults(tmp_path):
-    c = parse_config("", "empty.yaml", base_dir=tmp_path)
+@pytest.mark.parametrize("text", ["", "\n\n", "# every key commented out\n#tee:\n#  threads: 4\n"])
+def test_an_empty_file_is_refused_naming_it(tmp_path, text):
+    """Issue 15, item 7: a file with nothing in it is a mistake (a wrong
+    path, an editor that saved nothing), not 'every default'."""
+    f = tmp_path / "empty.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert list(e.value.problems) == [f"{f}:1: (top level): the file is empty (no key, only whitespace or "
+                                      "comments); write the sections you mean, or {} for every default"]
+
+
+def test_an_empty_mapping_gives_every_default(tmp_path):
+    c = parse_config("{}\n", "defaults.yaml", base_dir=tmp_path)
     assert c.domains == ()
     assert c.tee == TeeConfig()
     assert c.mediator.placement == "stubdom"
@@ -451,6 +464,39 @@ def test_non_string_key():
 def test_yaml_syntax_error():
     got = one_problem("mediator: {ring_pages: 1\n")
     assert got.startswith("t.yaml:2: YAML syntax: ")
+
+
+@pytest.mark.parametrize("text, want", [
+    # an unclosed flow sequence: noticed two lines down, opened on line 2
+    ("mediator:\n  placement: [el2,\n  ring_pages: 2\ntee:\n  threads: 3\n",
+     "t.yaml:4: YAML syntax: expected ',' or ']', but got ':' (while parsing a flow sequence, which started "
+     "at line 2, column 14)"),
+    # an unclosed quote: noticed at the end of the file
+    ('mediator:\n  runtime_dir: "/tmp/x\n  ring_pages: 2\n',
+     "t.yaml:4: YAML syntax: found unexpected end of stream (while scanning a quoted scalar, which started at "
+     "line 2, column 16)"),
+])
+def test_yaml_syntax_error_names_where_the_construct_started(text, want):
+    """Issue 15, item 8: the line where PyYAML noticed the problem
+    (problem_mark) and the one where the unclosed construct began
+    (context_mark)."""
+    assert one_problem(text) == want
+
+
+def test_runtime_dir_of_reads_that_key_alone(tmp_path):
+    """Issue 15, item 9: ctl needs the socket's directory only; the rest of a
+    file being edited may be wrong."""
+    f = tmp_path / "c.yaml"
+    f.write_text("mediator:\n  runtime_dir: rt\n  ring_pages: -4\nbogus: 1\ntee: {threads: true}\n")
+    with pytest.raises(ConfigError):
+        load_config(f)
+    assert runtime_dir_of(f) == tmp_path.resolve() / "rt"
+    f.write_text("tee: {threads: true}\n")  # no runtime_dir: the default, as load_config chooses it
+    assert runtime_dir_of(f) == default_runtime_dir()
+    f.write_text("mediator:\n  runtime_dir: 7\n")  # the key itself wrong: said as load_config says it
+    with pytest.raises(ConfigError) as e:
+        runtime_dir_of(f)
+    assert list(e.value.problems) == [f"{f}:2: mediator.runtime_dir: expected a path (string), got 7 (an int)"]
 
 
 @pytest.mark.parametrize("value, want", [

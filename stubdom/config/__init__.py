@@ -16,6 +16,7 @@ from .errors import ConfigError as ConfigError
 from .loader import EMBEDDED_NAME as EMBEDDED_NAME
 from .loader import load_config as load_config
 from .loader import parse_config as parse_config
+from .loader import runtime_dir_of as runtime_dir_of
 from .model import LOG_LEVELS as LOG_LEVELS
 from .model import PLACEMENTS as PLACEMENTS
 from .model import Config as Config
@@ -43,4 +44,5 @@ __all__ = [
     "TeeConfig",
     "load_config",
     "parse_config",
+    "runtime_dir_of",
 ]

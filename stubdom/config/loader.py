@@ -50,7 +50,7 @@ from .schema import (
 )
 from .tee import REQUIRED_SEC_CAPS, SUPPORTED_SEC_CAPS, TeeConfig
 
-__all__ = ["load_config", "parse_config", "EMBEDDED_NAME"]
+__all__ = ["load_config", "parse_config", "runtime_dir_of", "EMBEDDED_NAME"]
 
 # The embedded default: stubdom/config/xen.yaml, a link to configs/xen.yaml.
 EMBEDDED_PACKAGE = "stubdom.config"
@@ -82,19 +82,10 @@ def load_config(path: str | Path | None) -> Config:
 def parse_config(text: str, source: str, *, base_dir: Path | None = None) -> Config:
     """Validate configuration ``text``; ``source`` names it in messages and
     relative paths in it are taken from ``base_dir`` (default: the current
-    directory)."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark is not None else 1
-        what = " ".join(x for x in (e.context, e.problem) if x)
-        raise ConfigError([f"{source}:{line}: YAML syntax: {what}"]) from None
-    except yaml.YAMLError as e:
-        raise ConfigError([f"{source}: YAML: {e}"]) from None
+    directory). A file with nothing in it (whitespace and comments only) is
+    refused: ``{}`` says "every default" on purpose."""
+    root = _compose(text, source)
     walker = _Walker(source, base_dir)
-    if root is None:  # an empty document: every default
-        root = yaml.MappingNode("tag:yaml.org,2002:map", [])
     values = walker.section(root, SCHEMA, "")
     config = None
     if values is not None:
@@ -104,6 +95,78 @@ def parse_config(text: str, source: str, *, base_dir: Path | None = None) -> Con
         raise ConfigError([f"{source}:{line}: {msg}" for line, msg in walker.problems])
     assert config is not None
     return config
+
+
+def _compose(text: str, source: str) -> yaml.Node:
+    """The document's root node; ConfigError for a syntax error (at the line
+    where the parser noticed it, naming where the construct it was in
+    started) or an empty document."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        raise ConfigError([_syntax_problem(source, e)]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{source}: YAML: {e}"]) from None
+    if root is None:
+        raise ConfigError([f"{source}:1: (top level): the file is empty (no key, only whitespace or "
+                           f"comments); write the sections you mean, or {{}} for every default"])
+    return root
+
+
+def _syntax_problem(source: str, e: yaml.MarkedYAMLError) -> str:
+    """``file:line: YAML syntax: <problem> (<context> at line N, column C)``:
+    the line is where PyYAML noticed the problem (problem_mark), which for an
+    unclosed bracket or quote is far below where it was opened
+    (context_mark)."""
+    problem, context = e.problem_mark, e.context_mark
+    line = (problem or context).line + 1 if (problem or context) is not None else 1
+    text = e.problem or "malformed YAML"
+    if e.context and context is not None and (problem is None or context.line != problem.line
+                                              or context.column != problem.column):
+        text += f" ({e.context}, which started at line {context.line + 1}, column {context.column + 1})"
+    elif e.context:
+        text = f"{e.context}: {text}"
+    return f"{source}:{line}: YAML syntax: {text}"
+
+
+def runtime_dir_of(path: str | Path | None) -> Path:
+    """Only ``mediator.runtime_dir`` of the configuration in ``path`` (None:
+    the embedded default), resolved as :func:`load_config` resolves it: what
+    ``stubdom-teed ctl`` needs to find the control socket, so that a
+    mistake elsewhere in the file (one being edited) does not stop it.
+    ConfigError only for what makes that one key unreadable: the file, its
+    YAML syntax, or the key itself."""
+    if path is None:
+        return load_config(None).mediator.runtime_dir
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"{path}: cannot read the configuration: {e}"]) from None
+    source = str(path)
+    root = _compose(text, source)
+    node = _child(_child(root, "mediator"), "runtime_dir")
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"):
+        return default_runtime_dir()
+    walker = _Walker(source, path.resolve().parent)
+    key = SCHEMA.by_name["mediator"].kind.by_name["runtime_dir"]
+    ok, value = walker.value(node, key, "mediator.runtime_dir")
+    if not ok:
+        walker.problems.sort(key=lambda p: p[0])
+        raise ConfigError([f"{source}:{line}: {msg}" for line, msg in walker.problems])
+    return default_runtime_dir() if value is None else value
+
+
+def _child(node: yaml.Node | None, name: str) -> yaml.Node | None:
+    """The value node of key ``name`` in a mapping node (the last one given),
+    None if there is none."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    found = None
+    for knode, vnode in node.value:
+        if isinstance(knode, yaml.ScalarNode) and knode.value == name:
+            found = vnode
+    return found
 
 
 def _hint(name: str, section: Section) -> str:
