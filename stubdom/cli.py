@@ -15,7 +15,10 @@ rest and returns the exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from stubdom import __version__
@@ -76,7 +79,39 @@ def _demo_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="seed for page scattering and data (default 1)")
     p.add_argument("--config", help="YAML configuration whose domains run under el2 and stubdom "
                    "(default: the embedded configs/xen.yaml)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
+                   help=LOG_LEVEL_HELP + " (default warning; the daemon's go to its log file)")
     return p
+
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it; SIGTERM too
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered as an interrupt: every ``with`` on the way out
+    (a daemon process started, a temporary directory) is closed."""
+
+
+@contextlib.contextmanager
+def _interruptible(command: str):
+    """SIGINT and SIGTERM end ``command`` at once, cleanly, with one line
+    and EXIT_INTERRUPTED (the commands that have no signal handling of
+    their own: ctl, demo, bench, soak)."""
+    def terminate(signum, frame):
+        raise _Terminated()
+
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        what = "SIGTERM" if isinstance(e, _Terminated) else "SIGINT"
+        print(f"stubdom-teed {command}: interrupted by {what}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,11 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"stubdom-teed {command}: needs the bench extra (pip install 'stubdom-teed[bench]'): "
                   f"module {(e.name or '?').partition('.')[0]!r} is missing", file=sys.stderr)
             return 2
-        return sub_main(args[1:])
+        with _interruptible(command):
+            return sub_main(args[1:])
     if command == "ctl":
         from stubdom.daemon import ctl_main
 
-        return ctl_main(args[1:])
+        with _interruptible(command):
+            return ctl_main(args[1:])
     if command == "guest-dev":
         from stubdom.guestdev import guest_dev_main
 
@@ -115,7 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         opts = _demo_parser().parse_args(args[1:])
         try:
-            return run_demo(runtime_dir=opts.runtime_dir, seed=opts.seed, config_path=opts.config)
+            with _interruptible(command):
+                return run_demo(runtime_dir=opts.runtime_dir, seed=opts.seed, config_path=opts.config,
+                                log_level=opts.log_level)
         except RuntimeDirError as e:  # --runtime-dir is somewhere another user could change
             print(f"stubdom-teed demo: {e}", file=sys.stderr)
             return 2

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import statistics
 import sys
 import tempfile
@@ -40,11 +41,12 @@ from typing import TextIO
 import yaml
 
 from stubdom import workloads
-from stubdom.config import load_config
+from stubdom.config import ConfigError, load_config
 from stubdom.guest import Context, DirectoryStore, OpteeDriver, PageAllocator, Supplicant
 from stubdom.platform import DomainSpec, PassThrough, Platform
 from stubdom.platform.launch import DaemonProcess
 from stubdom.platform.platform import domain_spec
+from stubdom.public.logformat import log_to
 from stubdom.rundir import make_private_dirs
 from stubdom.tee import TeeConfig
 
@@ -160,14 +162,15 @@ def _config_for(base: dict, root: Path, placement: str) -> Path:
     return path
 
 
-def _run_config_placement(name: str, base: dict, root: Path, seed: int, say) -> list[DomainResult]:
+def _run_config_placement(name: str, base: dict, root: Path, seed: int, say,
+                          log_level: str = "warning") -> list[DomainResult]:
     path = _config_for(base, root, name)
     config = load_config(path)
     specs = [domain_spec(d) for d in config.domains]
     with ExitStack() as stack:
         platform = stack.enter_context(Platform.for_config(config))
         if name == "stubdom":
-            daemon = stack.enter_context(DaemonProcess(path, root / "daemon.log"))
+            daemon = stack.enter_context(DaemonProcess(path, root / "daemon.log", log_level=log_level))
             hello = daemon.wait_ready(platform.placement.toolstack, DAEMON_READY_S)
             say(f"stubdom-teed pid {hello['pid']} serving {config.mediator.runtime_dir}")
         return run_placement(name, platform, specs, root, seed=seed)
@@ -181,11 +184,26 @@ def print_table(rows: Sequence[DomainResult], out: TextIO) -> None:
               f"{r.percentile_us(50):>8.1f} {r.percentile_us(99):>8.1f}", file=out)
 
 
+EXIT_CONFIG = 2  # the configuration does not validate: every problem printed, nothing started
+
+
 def run_demo(*, runtime_dir: str | None = None, seed: int = 1, config_path: str | None = None,
-             out: TextIO = sys.stdout) -> int:
+             log_level: str = "warning", out: TextIO = sys.stdout, err: TextIO | None = None) -> int:
     def say(text: str) -> None:
         print(f"demo: {text}", file=out, flush=True)
 
+    err = err or sys.stderr
+    # the user's file as it is, before anything is written or started: the
+    # daemon's errors (file:line: key: message), the daemon's exit status
+    try:
+        load_config(config_path)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=err)
+        print(f"stubdom-teed demo: {len(e.problems)} problem(s) in the configuration; nothing started",
+              file=err, flush=True)
+        return EXIT_CONFIG
+    log_to(logging.getLogger("stubdom"), log_level, err)
     base = yaml.safe_load(Path(config_path).read_text() if config_path else
                           (files("stubdom.config") / "xen.yaml").read_text())
     with ExitStack() as stack:
@@ -201,7 +219,7 @@ def run_demo(*, runtime_dir: str | None = None, seed: int = 1, config_path: str 
         for name in ("el2", "stubdom"):
             say(f"{name}: {len(base.get('domains') or [])} domain(s) from the configuration, every TA from "
                 f"every vCPU ...")
-            rows += _run_config_placement(name, base, root / name, seed, say)
+            rows += _run_config_placement(name, base, root / name, seed, say, log_level)
 
         print_table(rows, out)
         for r in rows:

@@ -174,8 +174,9 @@ def test_an_empty_file_is_refused_naming_it(tmp_path, text):
                                       "comments); write the sections you mean, or {} for every default"]
 
 
-def test_an_empty_mapping_gives_every_default(tmp_path):
-    c = parse_config("{}\n", "defaults.yaml", base_dir=tmp_path)
+@pytest.mark.parametrize("text", ["", "{}\n"])
+def test_an_empty_document_or_mapping_gives_every_default(tmp_path, text):
+    c = parse_config(text, "defaults.yaml", base_dir=tmp_path)
     assert c.domains == ()
     assert c.tee == TeeConfig()
     assert c.mediator.placement == "stubdom"

@@ -376,7 +376,10 @@ def test_ctl_shutdown_drains_and_removes_the_daemons_files(stack, capsys):
     boot(platform, config, 0)
     sock = str(control_socket_path(run))
     assert ctl_main(["--socket", sock, "shutdown"]) == 0
-    assert capsys.readouterr().out == "{}\n"
+    drain_s = config.mediator.drain_timeout_ms / 1000
+    assert capsys.readouterr().out == (  # what happened, not the answer's map (issue 15, item 12)
+        f"stubdom-teed pid {daemon.proc.pid} is shutting down: 0 call(s) in flight finish first (at most "
+        f"{drain_s:g} s), then it destroys 1 domain(s) (d0), removes its files and exits\n")
     assert daemon.proc.wait(30) == 0
     log = daemon.log()
     assert "event=shutdown_requested via=control" in log and "event=domain_destroyed domid=0" in log
@@ -424,7 +427,8 @@ def test_ctl_create_reload_destroy(stack, capsys, tmp_path):
     made = yaml.safe_load(capsys.readouterr().out)
     assert made["ring"] == str(config.mediator.runtime_dir / "dom2" / "ring")
     assert ctl_main(["--socket", sock, "reload"]) == 0
-    assert yaml.safe_load(capsys.readouterr().out) == {"reloaded": True, "path": str(path)}
+    assert yaml.safe_load(capsys.readouterr().out) == {"reloaded": True, "path": str(path), "generation": 1,
+                                                       "changes": {}}
     bad = tmp_path / "bad.yaml"
     bad.write_text("mediator:\n  ring_pages: 0\n")
     assert ctl_main(["--socket", sock, "reload", str(bad)]) == 1

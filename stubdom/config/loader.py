@@ -76,15 +76,25 @@ def load_config(path: str | Path | None) -> Config:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([f"{path}: cannot read the configuration: {e}"]) from None
+    if _compose(text, str(path)) is None:
+        raise _empty(path)
     return parse_config(text, str(path), base_dir=path.resolve().parent)
+
+
+def _empty(path: Path) -> ConfigError:
+    # a wrong path, an editor that saved nothing: not "every default"
+    return ConfigError([f"{path}:1: (top level): the file is empty (no key, only whitespace or "
+                        f"comments); write the sections you mean, or {{}} for every default"])
 
 
 def parse_config(text: str, source: str, *, base_dir: Path | None = None) -> Config:
     """Validate configuration ``text``; ``source`` names it in messages and
     relative paths in it are taken from ``base_dir`` (default: the current
-    directory). A file with nothing in it (whitespace and comments only) is
-    refused: ``{}`` says "every default" on purpose."""
+    directory). An empty text is every default (:func:`load_config`
+    refuses an empty file)."""
     root = _compose(text, source)
+    if root is None:  # an empty document: every default
+        root = yaml.MappingNode("tag:yaml.org,2002:map", [])
     walker = _Walker(source, base_dir)
     values = walker.section(root, SCHEMA, "")
     config = None
@@ -97,19 +107,16 @@ def parse_config(text: str, source: str, *, base_dir: Path | None = None) -> Con
     return config
 
 
-def _compose(text: str, source: str) -> yaml.Node:
-    """The document's root node; ConfigError for a syntax error (at the line
-    where the parser noticed it, naming where the construct it was in
-    started) or an empty document."""
+def _compose(text: str, source: str) -> yaml.Node | None:
+    """The document's root node (None: nothing in it); ConfigError for a
+    syntax error, at the line where the parser noticed it, naming where the
+    construct it was in started."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         raise ConfigError([_syntax_problem(source, e)]) from None
     except yaml.YAMLError as e:
         raise ConfigError([f"{source}: YAML: {e}"]) from None
-    if root is None:
-        raise ConfigError([f"{source}:1: (top level): the file is empty (no key, only whitespace or "
-                           f"comments); write the sections you mean, or {{}} for every default"])
     return root
 
 
@@ -145,6 +152,8 @@ def runtime_dir_of(path: str | Path | None) -> Path:
         raise ConfigError([f"{path}: cannot read the configuration: {e}"]) from None
     source = str(path)
     root = _compose(text, source)
+    if root is None:
+        raise _empty(path)
     node = _child(_child(root, "mediator"), "runtime_dir")
     if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"):
         return default_runtime_dir()

@@ -241,7 +241,9 @@ async def _serve_with(signals, config, config_path, load_config, logger: logging
         make_private_dir(own_dir)
         journal = Journal(own_dir / JOURNAL_FILE)
         replay = _load_journal(journal.path, logger, err)
-        daemon = Daemon(config=config, config_path=config_path, policy=PolicyEngine(config),
+        # absolute: the file a later SIGHUP reloads, whatever the working directory
+        daemon = Daemon(config=config, config_path=config_path and os.path.abspath(config_path),
+                        policy=PolicyEngine(config),
                         mediator=mediator, gate_port=_GateStats(gate_port, gate), machine=machine,
                         logger=logger, load_config=load_config, journal=journal)
         # the mediator's lines about a domain obey that domain's log_level

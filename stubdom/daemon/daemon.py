@@ -42,6 +42,7 @@ from .errors import JournalWriteError
 from .fairness import FairShare
 from .leases import Leases
 from .logs import LEVELS, event
+from .policyview import NOW_KEYS, mediator_limits, policy_changes, policy_record
 from .recovery import GATE_FAILURES, Recovery
 
 __all__ = ["Daemon", "DUMP_LIST_CAP"]
@@ -367,14 +368,22 @@ class Daemon:
 
     async def op_reload(self, req: Request) -> dict:
         path = req.str_arg("path", required=False)
-        self.reload(path)
-        return {"reloaded": True, "path": str(path or self.config_path or "<embedded default>")}
+        if path is not None and not os.path.isabs(path):
+            # whose working directory would it be relative to? the client's: it resolves it
+            raise ControlError(ErrorCode.BAD_REQUEST, f"reload: path must be absolute, got {path!r} "
+                                                      f"(resolve it where it was typed)")
+        changes = self.reload(path)
+        return {"reloaded": True, "path": str(path or self.config_path or "<embedded default>"),
+                "generation": self.policy.generation, "changes": changes}
 
-    def reload(self, path: str | None = None) -> None:
+    def reload(self, path: str | None = None) -> dict[str, list[str]]:
         """Swap in a new policy; a bad file keeps the old one (CONFIG_INVALID
         with every problem). Only the policy changes: ring size, runtime
         directory, polling window and the limits of domains already created
-        stay as they were."""
+        stay as they were. A file given here becomes the daemon's: a later
+        SIGHUP reloads it. Returns what changed, per domain ("d<N>", and
+        "defaults" for every domain the file does not declare), and logs
+        it the same way."""
         from stubdom.config import ConfigError  # the loader's error class
 
         target = path or self.config_path
@@ -387,13 +396,50 @@ class Daemon:
         except OSError as e:
             event(self.logger, logging.ERROR, "reload_refused", path=target, error=e.strerror)
             raise ControlError(ErrorCode.CONFIG_INVALID, f"{target}: {e.strerror}") from None
+        old = self.config
         self.policy.swap(new)
         self.config = new
         for domid, backend in self.domains.items():  # log levels apply to running domains too
             backend.log.level = LEVELS[new.policy_for(domid).log_level]
         if path:
             self.config_path = path
-        event(self.logger, logging.INFO, "reloaded", path=target or "<embedded default>")
+        changes: dict[str, list[str]] = {}
+        domids = set(self.domains) | {d.domid for d in old.domains} | {d.domid for d in new.domains}
+        for domid in sorted(domids):
+            got = policy_changes(old.policy_for(domid), new.policy_for(domid), running=domid in self.domains)
+            if got:
+                changes[f"d{domid}"] = got
+                event(self.logger, logging.INFO, "policy_changed", domid=domid,
+                      served=domid in self.domains, changes="; ".join(got))
+        got = policy_changes(old.default_policy, new.default_policy, running=False)
+        if got:
+            changes["defaults"] = got
+            event(self.logger, logging.INFO, "policy_changed", domid="defaults", changes="; ".join(got))
+        event(self.logger, logging.INFO, "reloaded", path=target or "<embedded default>",
+              generation=self.policy.generation, domains_changed=len(changes))
+        return changes
+
+    async def op_policy(self, req: Request) -> dict:
+        """A domain's policy now: what applies to its calls from now on, the
+        limits it was created with (served domains), and those its next
+        creation gets."""
+        domid = req.int_arg("domid")
+        policy = self.config.policy_for(domid)
+        record = policy_record(policy)
+        running = None
+        if domid in self.domains:
+            running = mediator_limits(self.mediator.dump(domid, 0))
+        return {
+            "domid": domid,
+            "served": domid in self.domains,
+            "declared": self.config.domain(domid) is not None,
+            "config": str(self.config_path or "<embedded default>"),
+            "generation": self.policy.generation,
+            "applies_now": {k: record[k] for k in NOW_KEYS},
+            "limits": {"running": running,
+                       "next_domain_create": {**record["limits"],
+                                              "static_shm_allowed": record["static_shm_allowed"]}},
+        }
 
     async def op_dump(self, req: Request) -> dict:
         domid = req.int_arg("domid")
@@ -408,7 +454,8 @@ class Daemon:
     async def op_shutdown(self, req: Request) -> dict:
         event(self.logger, logging.INFO, "shutdown_requested", via="control")
         self.shutdown_requested.set()
-        return {}
+        return {"pid": os.getpid(), "domains": sorted(self.domains), "in_flight": self.calls_in_flight(),
+                "drain_timeout_ms": self.config.mediator.drain_timeout_ms}
 
     # == drain ===============================================================
 
