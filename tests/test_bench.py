@@ -243,10 +243,12 @@ def test_report_renders_ratios_and_skips():
                   {**cell, "workload": "fast_call", "placement": "stubdom", "latency_ns": lat}],
         "ratios": [{"sweep": "workloads", "workload": "fast_call", "domains": 1, "vcpus_per_domain": 1,
                     "placement": "stubdom", "p50_ratio_to_el2": 1.5, "p99_ratio_to_el2": 2.0,
-                    "crossings_per_call": 2, "overhead_over_floor": 0.75}],
+                    "crossings_per_call": 2, "overhead_over_floor": 0.75, "floor": "floor-sleep",
+                    "delta_p50_per_crossing_ns": 500.0, "floor_p50_ns": 700.0}],
         "profiles": {}, "targets": [], "notes": ["a note"],
     }
     md = render_report(doc, ["latency-cdf.png"])
-    assert "| fast_call | 1×1 | stubdom | 1.50 | 2.00 | 2.0 | 0.75 |" in md
+    # 10 calls support no p99: the cell says why instead of a number (issue 15, item 16)
+    assert "| fast_call | 1×1 | stubdom | 1.50 | (n=10) | 2.0 | 0.5 | 0.7 (floor-sleep) |" in md
     assert "**stubdom-poll**: skipped — not built" in md
     assert "![latency-cdf.png](latency-cdf.png)" in md and "- a note" in md

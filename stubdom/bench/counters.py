@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from stubdom.optee.smc import OPTEE_SMC_RETURN_RPC_PREFIX, OPTEE_SMC_RETURN_RPC_PREFIX_MASK
 
-__all__ = ["OPS", "OpCounter", "CountingTee", "CountingMachine", "counting_trap", "per_call"]
+__all__ = ["OPS", "MEDIATOR_OPS", "OpCounter", "CountingTee", "CountingMachine", "counting_trap", "per_call"]
 
 #: Operation names, in report order. docs/bench-schema.md defines each one.
 OPS = (
@@ -32,6 +32,12 @@ OPS = (
     "pages_unpinned",         # put_page by the mediator
     "bytes_copied",           # bytes the mediator copied from/to guest or machine memory
 )
+
+#: What the mediator core does to the machine: counted where the core runs.
+#: In the daemon's process they are the daemon's to export (its ``stats``
+#: answer's ``mediator_ops``); until it does, a stub-domain cell has them
+#: as "not measured" (None), never 0.
+MEDIATOR_OPS = ("p2m_lookups", "pages_pinned", "pages_unpinned", "bytes_copied")
 
 _U32 = 0xFFFFFFFF
 

@@ -20,7 +20,7 @@ from stubdom.guest import OpteeDriver, PageAllocator, Supplicant
 from stubdom.measure import proc_rss_kib, self_cpu_ns
 from stubdom.platform import DomainSpec, Platform
 
-from .counters import CountingMachine, CountingTee, OpCounter, counting_trap
+from .counters import OPS, CountingMachine, CountingTee, OpCounter, counting_trap
 from .errors import PlacementUnavailable
 from .layout import Layout
 
@@ -50,6 +50,11 @@ class BenchPlacement(abc.ABC):
     def extra_counts(self) -> dict[str, int]:
         """Counts read from components' own statistics (rings, gate)."""
         return {}
+
+    def counted_ops(self) -> frozenset[str]:
+        """The operations of counters.OPS this placement observes; the
+        others are "not measured" in its cells (None, never 0)."""
+        return frozenset(OPS)
 
     def transport(self) -> dict[str, int]:
         """Cumulative transport counters (notifications each way, wake-ups each

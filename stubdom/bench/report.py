@@ -1,24 +1,170 @@
-"""The Markdown report of one result document."""
+"""The Markdown report of one result document.
+
+The report answers its question first: a summary of el2 against stubdom
+(and stubdom-poll) per workload, measured on this machine and projected
+onto each hardware profile, with the share of each projection that rests on
+estimates, and one sentence on what dominates the difference. The tables
+follow. Two rules hold everywhere:
+
+- a value that was not measured is printed "not measured", never 0 (an
+  operation count a placement does not observe is null in bench.json: the
+  daemon's own counts fill in by themselves once it exports them);
+- a percentile is printed only where the cell's sample supports it: at
+  least :data:`TAIL_SAMPLES` calls at or beyond it (p90 from 50 calls, p99
+  from 500, p99.9 from 5000), max from as many calls as p99; otherwise the
+  cell says how many calls it has.
+"""
 
 from __future__ import annotations
 
 from .counters import OPS
 
-__all__ = ["render_report"]
+__all__ = ["render_report", "supported", "TAIL_SAMPLES", "NOT_MEASURED"]
+
+NOT_MEASURED = "not measured"
+#: Calls that must lie at or beyond a percentile for it to be printed.
+TAIL_SAMPLES = 5
+_QUANTILE = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p99_9": 0.999, "max": 0.99}
+_LABEL = {"p50": "p50", "p90": "p90", "p99": "p99", "p99_9": "p99.9", "max": "max"}
+_PLACEMENTS = ("el2", "stubdom", "stubdom-poll")
+# What each counted operation is, for the summary's sentence.
+_OP_WORDS = {
+    "guest_traps": "guest traps", "smc_world_switches": "world switches", "rpc_round_trips": "RPC round trips",
+    "gate_hypercalls": "SMC-gate hypercalls", "ring_pushes": "ring pushes", "ring_pops": "ring pops",
+    "notifications": "event-channel notifications (a virtual IPI each)",
+    "wakeups": "wake-ups (a VM switch each)", "p2m_lookups": "p2m look-ups", "pages_pinned": "page pins",
+    "pages_unpinned": "page unpins", "bytes_copied": "bytes copied",
+}
+
+
+def supported(key: str, calls: int) -> bool:
+    """Whether a cell of ``calls`` calls supports printing percentile ``key``
+    (p50, p90, p99, p99_9, max)."""
+    return calls * (1 - _QUANTILE[key]) >= TAIL_SAMPLES
 
 
 def _us(ns) -> str:
-    return "–" if ns is None else f"{ns / 1000:.1f}"
+    return NOT_MEASURED if ns is None else f"{ns / 1000:.1f}"
+
+
+def _pct(cell: dict, key: str) -> str:
+    """A latency percentile of a cell in µs, or why it is not printed."""
+    if not supported(key, cell["calls"]):
+        return f"(n={cell['calls']})"
+    return _us(cell["latency_ns"][key])
 
 
 def _x(v, digits: int = 2) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
+    return NOT_MEASURED if v is None else f"{v:.{digits}f}"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return out + [""]
+
+
+def _percentile_rule(cells: list[dict]) -> str:
+    sizes = sorted({c["calls"] for c in cells if c["calls"] and c["placement"] in _PLACEMENTS})
+    shown = [_LABEL[k] for k in ("p50", "p90", "p99", "p99_9", "max") if sizes and supported(k, sizes[0])]
+    size = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}" if sizes else "no"
+    return (f"Percentiles are printed only where the sample supports them: at least {TAIL_SAMPLES} calls at or "
+            f"beyond the percentile (p90 needs 50 calls, p99 500, p99.9 5000; max is printed with p99). The "
+            f"placements' cells here have {size} calls, enough for {', '.join(shown) or 'none'}; a value left "
+            f"out shows (n=calls).")
+
+
+def _est_share(pr: dict, figures: dict) -> float:
+    """The share of a projection resting on estimates: priced by an
+    estimated figure, or counted by el2 for a placement that did not count
+    it (borrowed)."""
+    if not pr["total_ns"]:
+        return 0.0
+    borrowed = set(pr.get("borrowed_ops", ()))
+    est = sum(v for op, v in pr["by_op"].items() if figures[op]["kind"] == "estimate" or op in borrowed)
+    return est / pr["total_ns"]
+
+
+def _summary(doc: dict) -> list[str]:
+    wl = [c for c in doc["cells"] if c["sweep"] == "workloads" and c["calls"] and c["placement"] in _PLACEMENTS]
+    by = {(c["workload"], c["placement"]): c for c in wl}
+    workloads = list(dict.fromkeys(c["workload"] for c in wl))
+    pls = [p for p in _PLACEMENTS if any(c["placement"] == p for c in wl)]
+    profiles = doc.get("profiles") or {}
+    L = ["## Summary", ""]
+    if not workloads or "el2" not in pls:
+        return L + ["The workloads sweep did not run (or without el2): nothing to compare.", ""]
+    calls = sorted({c["calls"] for c in wl})
+    L += [f"Per workload (1 domain, 1 vCPU): p50 in µs measured on this machine ({calls[0]}"
+          + (f"–{calls[-1]}" if len(calls) > 1 else "") + " calls per cell), and the cost of mediation and "
+          "transport projected onto each hardware profile (counted operations × the profile's figures; the "
+          "TA's own work, the same under every placement, is left out). × el2: the ratio to el2. est.: the "
+          "share of the projection that rests on estimates (a figure that is an estimate, or an operation "
+          "count this placement did not measure and el2's count stands in for).", ""]
+    header = ["workload", "placement", "measured p50 (× el2)", *(f"{n}: projected (× el2; est.)" for n in profiles)]
+    rows = []
+    for w in workloads:
+        el2 = by.get((w, "el2"))
+        for pl in pls:
+            c = by.get((w, pl))
+            if c is None:
+                continue
+            m = _us(c["latency_ns"]["p50"])
+            if pl != "el2" and el2:
+                m += f" ({c['latency_ns']['p50'] / el2['latency_ns']['p50']:.2g}×)"
+            cols = []
+            for name, prof in profiles.items():
+                pr = (c.get("projected_ns") or {}).get(name)
+                base = (el2.get("projected_ns") or {}).get(name) if el2 else None
+                if pr is None:
+                    cols.append(NOT_MEASURED)
+                    continue
+                ratio = (f"{pr['total_ns'] / base['total_ns']:.2g}×; " if pl != "el2" and base
+                         and base["total_ns"] else "")
+                cols.append(f"{_us(pr['total_ns'])} ({ratio}est. {_est_share(pr, prof['figures']):.0%})")
+            rows.append([w if pl == pls[0] or (w, pls[0]) not in by else "", pl, m, *cols])
+    L += _table(header, rows)
+    L += [_dominates(doc, wl, by, workloads, profiles), ""]
+    return L
+
+
+def _dominates(doc: dict, wl: list[dict], by: dict, workloads: list[str], profiles: dict) -> str:
+    """One sentence: which operation makes most of stubdom's extra cost over
+    el2 (projected, summed over the workloads), and what a crossing costs
+    here against the C floor (measured)."""
+    parts, top_op = [], None
+    for name in profiles:
+        extra = dict.fromkeys(OPS, 0.0)
+        for w in workloads:
+            ps = (by.get((w, "stubdom")) or {}).get("projected_ns") or {}
+            pe = (by.get((w, "el2")) or {}).get("projected_ns") or {}
+            if name in ps and name in pe:
+                for op in OPS:
+                    extra[op] += ps[name]["by_op"][op] - pe[name]["by_op"][op]
+        total = sum(v for v in extra.values() if v > 0)
+        if total > 0:
+            top_op = max(extra, key=lambda op: extra[op])
+            parts.append(f"{extra[top_op] / total:.0%} on {name}")
+    clauses = []
+    if top_op is not None:
+        first = workloads[0]
+        s_n = (by.get((first, "stubdom")) or {}).get("ops_per_call") or {}
+        p_n = (by.get((first, "stubdom-poll")) or {}).get("ops_per_call") or {}
+        how = ""
+        if s_n.get(top_op) is not None and p_n.get(top_op) is not None:
+            how = (f" ({_x(s_n[top_op])} per {first} call under stubdom, {_x(p_n[top_op])} under "
+                   f"stubdom-poll, which spins before it sleeps)")
+        clauses.append(f"projected, the stub domain's {_OP_WORDS.get(top_op, top_op)}, {' and '.join(parts)} of "
+                       f"stubdom's extra cost over el2 across these workloads{how}")
+    ratio = next((r for r in doc.get("ratios", []) if r["sweep"] == "workloads" and r["placement"] == "stubdom"
+                  and r.get("delta_p50_per_crossing_ns") is not None and r.get("floor_p50_ns")), None)
+    if ratio is not None:
+        clauses.append(f"measured here, the crossings between the two Python processes ({ratio['workload']}: "
+                       f"{_us(ratio['delta_p50_per_crossing_ns'])} µs more than el2 per crossing at p50, against "
+                       f"{_us(ratio['floor_p50_ns'])} µs for the same ring round trip between two C processes)")
+    if not clauses:
+        return ""
+    return "What dominates the difference: " + "; ".join(clauses) + "."
 
 
 def render_report(doc: dict, plots: list[str] | None = None) -> str:
@@ -31,6 +177,8 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
     if att is not None:
         L += [f"**Bystander under attack: {att['rows_over_bound']} of {len(att['rows'])} rows over the bound**"
               " (a measurement, not a gate: see *Bystander under attack* below).", ""]
+    if cells:
+        L += _summary(doc)
     L += ["## Machine and process layout", ""]
     L += [f"- CPU: {m['cpu_model']}, {m['logical_cpus']} logical CPUs (usable {m['usable_cpus']}), {m['machine']}",
           f"- Kernel: {m['kernel']}",
@@ -57,43 +205,69 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
 
     wl = [c for c in cells if c["sweep"] == "workloads"]
     if wl:
-        L += ["## Latency per workload (1 domain, 1 vCPU)", "", "Latency in µs; CPU time in µs per call per process.", ""]
+        L += ["## Latency per workload (1 domain, 1 vCPU)", "",
+              "Latency in µs; CPU time in µs per call per process. " + _percentile_rule(wl), ""]
         rows = []
         for c in wl:
-            lat = c["latency_ns"]
             cpu = ", ".join(f"{k} {_us(v)}" for k, v in c["cpu_ns_per_call"].items()) or "–"
-            rows.append([c["workload"], c["placement"], str(c["calls"]), _us(lat["p50"]), _us(lat["p90"]),
-                         _us(lat["p99"]), _us(lat["p99_9"]), _us(lat["max"]),
+            rows.append([c["workload"], c["placement"], str(c["calls"]),
+                         *(_pct(c, k) for k in ("p50", "p90", "p99", "p99_9", "max")),
                          _x(c["throughput_per_s"], 0), cpu])
         L += _table(["workload", "placement", "calls", "p50", "p90", "p99", "p99.9", "max", "calls/s",
                      "CPU µs/call"], rows)
     if doc["ratios"]:
         L += ["## Ratios", "",
-              "stubdom / el2 at p50 and p99; overhead over the floor = (stubdom p50 − el2 p50) / "
-              "(crossings × floor p50), crossings = guest traps + gate hypercalls per call (each one ring "
-              "round trip), floor = floor-sleep for stubdom, floor-poll for stubdom-poll.", ""]
-        rows = [[r["workload"], f"{r['domains']}×{r['vcpus_per_domain']}", r["placement"],
-                 _x(r["p50_ratio_to_el2"]), _x(r["p99_ratio_to_el2"]), _x(r["crossings_per_call"], 1),
-                 _x(r["overhead_over_floor"])] for r in doc["ratios"] if r["sweep"] == "workloads"]
+              "stubdom / el2 at p50 and p99 (p99 only where both cells support it); crossings = guest traps "
+              "+ gate hypercalls per call (each one ring round trip); Δp50 per crossing = (placement p50 − el2 "
+              "p50) / crossings, beside the p50 of one round trip of the same ring between two C processes "
+              "(the floor: floor-sleep for stubdom, floor-poll for stubdom-poll): what a crossing costs here "
+              "against what it costs with no Python on either side.", ""]
+        by = {(c["sweep"], c["workload"], c["domains"], c["vcpus_per_domain"], c["placement"]): c for c in cells}
+        rows = []
+        for r in doc["ratios"]:
+            if r["sweep"] != "workloads":
+                continue
+            key = (r["sweep"], r["workload"], r["domains"], r["vcpus_per_domain"])
+            both = [by.get((*key, p)) for p in ("el2", r["placement"])]
+            p99 = (_x(r["p99_ratio_to_el2"]) if all(c is not None and supported("p99", c["calls"]) for c in both)
+                   else f"(n={min(c['calls'] for c in both if c is not None)})" if any(both) else "–")
+            rows.append([r["workload"], f"{r['domains']}×{r['vcpus_per_domain']}", r["placement"],
+                         _x(r["p50_ratio_to_el2"]), p99, _x(r["crossings_per_call"], 1),
+                         _us(r.get("delta_p50_per_crossing_ns")),
+                         f"{_us(r.get('floor_p50_ns'))} ({r.get('floor', '?')})"])
         L += _table(["workload", "layout", "placement", "p50 / el2", "p99 / el2", "crossings",
-                     "(Δp50) / floor"], rows)
+                     "Δp50 per crossing µs", "floor round trip µs"], rows)
     ops_cells = [c for c in wl if c["ops_per_call"]]
     if ops_cells:
+        missing = sorted({op for c in ops_cells for op, v in c["ops_per_call"].items() if v is None})
         L += ["## Operations per call (counted in real runs)", ""]
+        if missing:
+            L += [f"\"{NOT_MEASURED}\": the placement does not observe it — {', '.join(missing)} are counted "
+                  "where the mediator core runs, and under stubdom that is the daemon, which does not export "
+                  "them (yet): the projection uses el2's counts for the same call.", ""]
         L += _table(["workload", "placement", *OPS],
                     [[c["workload"], c["placement"], *(_x(c["ops_per_call"][op], 2) for op in OPS)]
                      for c in ops_cells])
     if doc["profiles"] and ops_cells:
         names = list(doc["profiles"])
         L += ["## Measured and projected (µs per call)", "",
-              "Projected = counted operations × the profile's figures (mediation and transport only; "
-              "the TA's own work is excluded). 'est.' = share of the projection resting on estimates.", ""]
+              "Projected = counted operations × the profile's figures (mediation and transport only; the TA's "
+              "own work is excluded). 'est.' = share of the projection priced by estimated figures; 'el2 "
+              "counts' = share resting on operation counts this placement did not measure (el2's stand in).",
+              ""]
         rows = []
         for c in ops_cells:
             pr = c.get("projected_ns") or {}
-            rows.append([c["workload"], c["placement"], _us(c["latency_ns"]["p50"]),
-                         *(f"{_us(pr[n]['total_ns'])} (est. {pr[n]['estimated_share']:.0%})" if n in pr else "–"
-                           for n in names)])
+            cols = []
+            for n in names:
+                if n not in pr:
+                    cols.append(NOT_MEASURED)
+                    continue
+                text = f"{_us(pr[n]['total_ns'])} (est. {pr[n]['estimated_share']:.0%}"
+                if pr[n].get("borrowed_ops"):
+                    text += f"; el2 counts {pr[n]['borrowed_share']:.0%}"
+                cols.append(text + ")")
+            rows.append([c["workload"], c["placement"], _us(c["latency_ns"]["p50"]), *cols])
         L += _table(["workload", "placement", "measured p50", *names], rows)
         for n, p in doc["profiles"].items():
             L += [f"### Profile {n}", "", p["description"], ""]
@@ -102,21 +276,21 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
                          for op, f in p["figures"].items()])
     vc = [c for c in cells if c["sweep"] == "vcpus"]
     if vc:
-        L += ["## vCPU sweep", ""]
+        L += ["## vCPU sweep", "", _percentile_rule(vc), ""]
         L += _table(["workload", "domains × vCPUs", "placement", "p50 µs", "p99 µs", "calls/s",
                      "notif./call (to back, to front)", "wake-ups/call"],
                     [[c["workload"], f"{c['domains']}×{c['vcpus_per_domain']}", c["placement"],
-                      _us(c["latency_ns"]["p50"]), _us(c["latency_ns"]["p99"]), _x(c["throughput_per_s"], 0),
+                      _pct(c, "p50"), _pct(c, "p99"), _x(c["throughput_per_s"], 0),
                       (f"{_x(c['notifications_per_call']['to_backend'])}, "
                        f"{_x(c['notifications_per_call']['to_frontend'])}") if c["notifications_per_call"] else "–",
                       (f"{_x(c['wakeups_per_call']['frontend'])}, {_x(c['wakeups_per_call']['backend'])}")
                       if c["wakeups_per_call"] else "–"] for c in vc])
     sc = [c for c in cells if c["sweep"] == "scale"]
     if sc:
-        L += ["## Domain scale", "", "One issuing thread, each call to the next domain.", ""]
+        L += ["## Domain scale", "", "One issuing thread, each call to the next domain. " + _percentile_rule(sc), ""]
         L += _table(["workload", "domains", "placement", "p50 µs", "p99 µs", "calls/s", "RSS MiB per process"],
-                    [[c["workload"], str(c["domains"]), c["placement"], _us(c["latency_ns"]["p50"]),
-                      _us(c["latency_ns"]["p99"]), _x(c["throughput_per_s"], 0),
+                    [[c["workload"], str(c["domains"]), c["placement"], _pct(c, "p50"), _pct(c, "p99"),
+                      _x(c["throughput_per_s"], 0),
                       ", ".join(f"{k} {v / 1024:.1f}" for k, v in c["rss_kib"].items())] for c in sc])
     if att is not None:
         L += _attacks_section(att)

@@ -32,13 +32,21 @@ def _projector(profiles: Sequence[Profile], el2_ops: dict):
         if js_ops is None or not cell.calls:
             return None
         ops = dict(js_ops)
-        if cell.placement.startswith("stubdom"):
-            donor = el2_ops.get((cell.sweep, cell.layout, cell.workload))
-            if donor:
-                for op in ("p2m_lookups", "pages_pinned", "pages_unpinned", "bytes_copied"):
-                    if not ops.get(op):
-                        ops[op] = donor.get(op, 0.0)
-        return {p.name: project(ops, p) for p in profiles}
+        borrowed = []
+        donor = el2_ops.get((cell.sweep, cell.layout, cell.workload)) or {}
+        for op, n in js_ops.items():
+            if n is None:  # not measured in this placement: el2's count for the same call, said so
+                if donor.get(op) is not None:
+                    ops[op] = donor[op]
+                    borrowed.append(op)
+        out = {}
+        for p in profiles:
+            pr = project(ops, p)
+            pr["borrowed_ops"] = borrowed
+            pr["borrowed_share"] = (sum(pr["by_op"][op] for op in borrowed) / pr["total_ns"]
+                                    if pr["total_ns"] else 0.0)
+            out[p.name] = pr
+        return out
 
     return proj
 
@@ -57,13 +65,18 @@ def _ratios(cells: list[dict]) -> list[dict]:
         floor = find_cell(cells, placement=floor_name, sweep="workloads")
         ops = c["ops_per_call"] or {}
         crossings = (ops.get("guest_traps") or 0) + (ops.get("gate_hypercalls") or 0)
-        over = None
+        over = per_crossing = None
+        delta = c["latency_ns"]["p50"] - el2["latency_ns"]["p50"]
+        if crossings:
+            per_crossing = delta / crossings
         if floor and floor["calls"] and crossings:
-            over = (c["latency_ns"]["p50"] - el2["latency_ns"]["p50"]) / (crossings * floor["latency_ns"]["p50"])
+            over = delta / (crossings * floor["latency_ns"]["p50"])
         out.append({**key, "placement": c["placement"],
                     "p50_ratio_to_el2": c["latency_ns"]["p50"] / el2["latency_ns"]["p50"],
                     "p99_ratio_to_el2": c["latency_ns"]["p99"] / el2["latency_ns"]["p99"],
                     "crossings_per_call": crossings, "floor": floor_name,
+                    "delta_p50_per_crossing_ns": per_crossing,
+                    "floor_p50_ns": floor["latency_ns"]["p50"] if floor and floor["calls"] else None,
                     "overhead_over_floor": over})
     return out
 

@@ -52,6 +52,8 @@ class Cell:
     transport: dict[str, int] = field(default_factory=dict)
     rss_kib: dict[str, int] = field(default_factory=dict)
     samples_for_plot: list[int] = field(default_factory=list)
+    # the operations the placement observed in every block (the rest: not measured)
+    counted: frozenset[str] | None = None
 
     def _add(self, into: dict, before: dict, after: dict) -> None:
         for k in set(before) | set(after):
@@ -67,8 +69,8 @@ class Cell:
             "latency_ns": latency.summarise(self.hist),
             "throughput_per_s": (n / (self.wall_ns / 1e9)) if self.wall_ns else None,
             "cpu_ns_per_call": {role: per(v) for role, v in sorted(self.cpu_ns.items())},
-            "ops_per_call": {op: per(self.ops.get(op, 0)) for op in OPS} if self.placement not in FLOOR_NAMES
-            else None,
+            "ops_per_call": {op: per(self.ops.get(op, 0)) if self.counted is None or op in self.counted else None
+                             for op in OPS} if self.placement not in FLOOR_NAMES else None,
             "notifications_per_call": ({"to_backend": per(tr.get("notifications_to_backend", 0)),
                                         "to_frontend": per(tr.get("notifications_to_frontend", 0))}
                                        if tr else None),
@@ -190,6 +192,8 @@ class Runner:
         cell.calls += len(samples)
         cell.wall_ns += wall
         cell._add(cell.ops, c0, c1)
+        counted = pl.counted_ops()
+        cell.counted = counted if cell.counted is None else cell.counted & counted
         cell._add(cell.cpu_ns, u0, u1)
         cell._add(cell.transport, t0, t1)
 
