@@ -19,3 +19,41 @@ def test_bench_extra_missing_is_named(command):
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip() == (f"stubdom-teed {command}: needs the bench extra "
                                 "(pip install 'stubdom-teed[bench]'): module 'hdrh' is missing")
+
+
+@pytest.mark.parametrize("argv", [[], ["platform"], ["ctl"], ["demo"], ["bench"], ["soak"], ["guest-dev"]])
+def test_every_command_takes_one_log_level_with_help(argv, capsys):
+    """Issue 15, item 12: one --log-level on every command, saying what it does."""
+    from stubdom.cli import main
+    from stubdom.public import LOG_LEVEL_HELP
+
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    assert "--log-level {debug,info,warning,error}" in out, out
+    assert " ".join(LOG_LEVEL_HELP.split()) in out, out
+
+
+def test_the_platforms_log_lines_are_key_value(tmp_path):
+    """The platform's logging, the daemon's format: time, level, event, the
+    domain as domid=, the rest as msg= (stubdom.public.logformat)."""
+    import io
+    import logging
+
+    from stubdom.public import log_to
+
+    stream = io.StringIO()
+    logger = log_to(logging.getLogger("stubdom.test_cli"), "info", stream)
+    trap = logging.getLogger("stubdom.platform.stubdom")
+    trap.handlers[:] = logger.handlers
+    trap.propagate = False
+    trap.setLevel(logging.INFO)
+    try:
+        trap.warning("d%d: no answer from stubdom-teed within %g s: ENOTAVAIL", 3, 5.0)
+    finally:
+        trap.handlers[:] = []
+        trap.propagate = True
+    line = stream.getvalue().strip()
+    assert line.split(" ", 1)[1] == ('level=warning event=trap_path domid=3 msg="no answer from stubdom-teed '
+                                     'within 5 s: ENOTAVAIL"'), line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -13,6 +14,7 @@ from tqdm import tqdm
 
 from stubdom.hostile import AttackOutcomeWrong
 from stubdom.measure import latency, machine_description
+from stubdom.public.logformat import log_to
 from stubdom.workloads import WorkloadFailed
 
 from .errors import BenchError
@@ -70,6 +72,7 @@ def bench_main(argv: list[str]) -> int:
     except BenchError as e:
         print(f"stubdom-teed bench: {e}", file=sys.stderr)
         return 2
+    log_to(logging.getLogger("stubdom"), opts.log_level)
     try:
         doc = run_bench(opts, argv)
     except WorkloadFailed as e:

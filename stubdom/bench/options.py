@@ -10,6 +10,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from stubdom.public.logformat import LOG_LEVEL_HELP, LOG_LEVELS
+
 from .errors import BadOption
 from .placements import PLACEMENT_NAMES
 from .workloads import workload_names
@@ -74,6 +76,7 @@ class BenchOptions:
     # where the placements' runtime directories go (machine files, rings, the
     # daemon's journal); default: a tmpfs as a host's /run would be
     workdir: Path | None = None
+    log_level: str = "warning"  # of this process's log lines (the daemons' go to their own files)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -150,6 +153,8 @@ def parse_options(argv: list[str]) -> BenchOptions:
     p.add_argument("--workdir", default=None, metavar="DIR",
                    help="where runtime directories go (machine files, rings, the daemon's journal); "
                         "default /dev/shm: a tmpfs, as /run on a host")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
+                   help=LOG_LEVEL_HELP + " (default warning; each daemon's log is a file in its runtime directory)")
     a = p.parse_args(argv)
     plan = QUICK if a.quick else FULL
     if a.rounds is not None or a.block is not None:
@@ -175,4 +180,4 @@ def parse_options(argv: list[str]) -> BenchOptions:
                         sweeps=_csv(a.sweeps, SWEEPS, "--sweeps"),
                         cpus=a.cpus, open_loop_rate=a.open_loop, poll_window_us=a.poll_window_us,
                         hw_profiles=profiles, progress=not a.no_progress, plan=plan,
-                        workdir=Path(a.workdir) if a.workdir else None)
+                        workdir=Path(a.workdir) if a.workdir else None, log_level=a.log_level)

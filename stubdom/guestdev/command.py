@@ -23,6 +23,7 @@ from pathlib import Path
 import trio
 
 from stubdom.guest import GuestError
+from stubdom.public.logformat import LOG_LEVEL_HELP, LOG_LEVELS, log_to
 
 from .errors import PlatformRefused, PlatformUnavailable
 from .guest import GuestKernel
@@ -57,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=float, default=DEFAULT_WAIT,
                    help=f"seconds to wait for the platform (default {DEFAULT_WAIT:g})")
     p.add_argument("--env-file", type=Path, help="also write the environment lines to this file once ready")
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-level", choices=LOG_LEVELS, help=LOG_LEVEL_HELP + " (overrides mediator.log_level)")
     return p
 
 
@@ -75,8 +76,7 @@ def guest_dev_main(argv: Sequence[str] | None = None) -> int:
         for problem in e.problems:
             print(f"guest-dev: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(level=(opts.log_level or config.mediator.log_level).upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to(logging.getLogger("stubdom"), opts.log_level or config.mediator.log_level)
     from stubdom.rundir import RundirError, ensure_runtime_dir
 
     try:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from stubdom.public.logformat import LOG_LEVEL_HELP, LOG_LEVELS, log_to
 
 from .errors import HostileError
 from .platforms import PLACEMENTS
@@ -96,11 +99,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--call-timeout-ms", type=int, default=d.call_timeout_ms,
                    help=f"stubdom: how long a guest call waits for the daemon (default {d.call_timeout_ms})")
     p.add_argument("--progress", action="store_true", help="a progress bar on stderr")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
+                   help=LOG_LEVEL_HELP + " (default warning)")
     return p
 
 
 def parse_soak_options(argv: list[str]) -> SoakOptions:
     a = _parser().parse_args(argv)
+    log_to(logging.getLogger("stubdom"), a.log_level)  # the one log format (stubdom.public.logformat)
     opts = SoakOptions(placement=a.placement, domains=a.domains,
                        hostile=a.domains // 2 if a.hostile is None else a.hostile, minutes=a.minutes, seed=a.seed,
                        sample_every=a.sample_every, churn_every=a.churn_every, attack_every=a.attack_every,
