@@ -162,7 +162,7 @@ def _scaling(doc: dict, path: Path) -> bool:
     sc = [c for c in doc["cells"] if c["sweep"] == "scale" and c["calls"]]
     if not vc and not sc:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.8))
     ax = axes[0]
     layouts = sorted({(c["domains"], c["vcpus_per_domain"]) for c in vc},
                      key=lambda dv: (dv[0] * dv[1], dv[0]))
@@ -179,16 +179,15 @@ def _scaling(doc: dict, path: Path) -> bool:
         ax.bar([x + i * width for x in range(len(layouts))], vals, width, color=STYLE[pl]["color"],
                hatch=hatches[wls.index(wl) % len(hatches)], edgecolor="white", label=f"{pl}, {wl}")
     ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(layouts))])
-    ax.set_xticklabels([f"{d} dom × {v} vCPU" + ("" if d * v == 1 else f"\n= {d * v} vCPUs") for d, v in layouts],
-                       fontsize=8)
+    ax.set_xticklabels([f"{d}×{v}" + ("" if d * v == 1 else f"\n{d * v} vCPUs") for d, v in layouts], fontsize=8)
     if vc:
         ax.set_yscale("log")
-    ax.set_xlabel("layout: domains × vCPUs each, every vCPU issuing calls at once")
+    ax.set_xlabel("layout: domains × vCPUs each (every vCPU issuing calls at once)")
     ax.set_ylabel("calls per second, all vCPUs together (log scale)")
     ax.set_title("Throughput per layout (higher is better)", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     if vc:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     ax = axes[1]
     domains = sorted({c["domains"] for c in sc})
     from .report import supported
@@ -210,7 +209,7 @@ def _scaling(doc: dict, path: Path) -> bool:
         ax.set_xscale("log")
         ax.set_yscale("log")
         _int_axis(ax.xaxis, domains, log=True)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
     ax.set_xlabel("domains, one call to each in turn (log scale)")
     ax.set_ylabel("latency of one call (µs, log scale)")
     ax.set_title("Latency as domains are added (lower is better)", fontsize=10)
