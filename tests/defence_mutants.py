@@ -195,7 +195,7 @@ MUTANTS = (
            "the control protocol's client (the toolstack's and ctl's) refuses a control socket of "
            "another user", guards=RUNDIR, select=""),
     Mutant("gate_peer_unchecked", "stubdom/platform/gate.py",
-           'check_peer(chan.fileno(), self.evtchn_path, "stub domain")', "pass",
+           'peer = check_peer(chan.fileno(), self.evtchn_path, "stub domain")', "peer = None",
            "the gate refuses a stub domain of another user", guards=RUNDIR, select=""),
     Mutant("gate_client_peer_unchecked", "stubdom/public/gate_client.py",
            'check_peer(self._chan.fileno(), self.path, "SMC gate")', "pass",
