@@ -109,7 +109,7 @@ def test_daemon_waiting_for_the_gates_welcome_stops_at_once_on_sigterm(platform,
     _with_gate_timeout(cfg, 600_000)
     holder = GateClient(tmp_path / "rt", timeout=60)
     try:
-        daemon = Proc(command("--config", str(cfg)), tmp_path, "daemon")
+        daemon = Proc(command("--config", str(cfg), "--log-level", "debug"), tmp_path, "daemon")
         try:
             daemon.wait_for("event=gate_connecting", stream="err")
             daemon.signal(signal.SIGTERM)

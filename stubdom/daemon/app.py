@@ -212,7 +212,8 @@ async def _serve_with(signals, config, config_path, load_config, logger: logging
 
     runtime_dir = Path(config.mediator.runtime_dir)
     poll_ns = config.mediator.poll_window_us * 1000
-    event(logger, logging.INFO, "gate_connecting", path=gate_dir(runtime_dir) / EVTCHN_FILE,
+    # debug: a daemon that cannot start says so in one line, with nothing before it
+    event(logger, logging.DEBUG, "gate_connecting", path=gate_dir(runtime_dir) / EVTCHN_FILE,
           timeout_ms=config.mediator.gate_timeout_ms)
     gate = await _interruptible(signals, _connect_gate, runtime_dir, config_path, poll_ns,
                                 config.mediator.gate_timeout_ms / 1000)
