@@ -97,7 +97,7 @@ def run_platform(
             fail(problem)
         return EXIT_CONFIG
     for domid in external:
-        dc = config.domain(domid) if domid in {d.domid for d in config.domains} else None
+        dc = config.domain(domid)
         if config.mediator.placement != "stubdom":
             fail(f"--external {domid}: a frontend of your own needs placement stubdom "
                  f"(this configuration's is {config.mediator.placement})")
