@@ -91,6 +91,7 @@ def test_policy_shows_what_applies_now_and_at_the_next_creation(stack, tmp_path,
     assert got["config"] == str(tighter) and got["generation"] == 1
     assert got["applies_now"]["deny_classes"] == ["shm_config"]  # a reload's classes apply at once
     running = got["limits"]["running"]
+    assert running["profile"] == config.mediator.profile
     assert running["calls_in_flight"] == 64 and running["total_pages"] == 16384  # as created
     assert running["calls_in_flight_enforced"] == 4  # capped by OP-TEE's 4 threads per guest
     nxt = got["limits"]["next_domain_create"]

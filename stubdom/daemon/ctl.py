@@ -131,6 +131,7 @@ def dump_view(d: dict) -> dict:
     lim = d.get("limits", {})
     return {
         "domid": d.get("domid"),
+        "mediator_profile": d.get("profile"),
         # the policy's limits as the domain was created with them
         "limits_at_creation": {
             "calls_in_flight": lim.get("max_calls"), "shm_buffers": lim.get("max_shm_buffers"),

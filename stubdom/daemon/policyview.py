@@ -30,10 +30,11 @@ def limits_record(limits) -> dict[str, int]:
 
 def mediator_limits(dump: dict) -> dict[str, Any]:
     """What the mediator holds a created domain to (from its ``dump``): the
-    limits it was created with, under the configuration's names, and
-    ``calls_in_flight`` as enforced (capped by OP-TEE's threads)."""
+    limits it was created with, under the configuration's names (within
+    the mediator profile's bounds, ``profile``), and ``calls_in_flight``
+    as enforced (capped by OP-TEE's threads)."""
     lim = dump["limits"]
-    return {"calls_in_flight": lim["max_calls"], "shm_buffers": lim["max_shm_buffers"],
+    return {"profile": dump.get("profile"), "calls_in_flight": lim["max_calls"], "shm_buffers": lim["max_shm_buffers"],
             "pages_per_buffer": lim["max_pages_per_buffer"], "total_pages": lim["max_total_pages"],
             "static_shm_allowed": dump["static_shm_allowed"],
             "calls_in_flight_enforced": dump["max_calls"], "rpc_buffers_enforced": dump["max_rpc_buffers"]}
