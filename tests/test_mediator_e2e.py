@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from stubdom import workloads
-from stubdom.guest import Context, OpteeDriver, PageAllocator, ShmAllocReply, Supplicant
+from stubdom.guest import Context, OpteeDriver, PageAllocator, Supplicant
 from stubdom.mediator import client_id
 from stubdom.optee import (
     OPTEE_SMC_SEC_CAP_DYNAMIC_SHM,
@@ -47,8 +47,7 @@ def _workload(ctx: Context, seed: int) -> None:
 
 
 @pytest.mark.parametrize("caps", sorted(CAPS))
-@pytest.mark.parametrize("reply", list(ShmAllocReply))
-def test_three_domains_run_every_ta_concurrently(tmp_path, caps, reply):
+def test_three_domains_run_every_ta_concurrently(tmp_path, caps):
     with Platform(tmp_path / "machine", nr_frames=32768, tee_config=TeeConfig(sec_caps=CAPS[caps]),
                   placement=El2Placement, require_pins=True, seed=9) as p:
         drivers = {}
@@ -57,7 +56,7 @@ def test_three_domains_run_every_ta_concurrently(tmp_path, caps, reply):
             drivers[spec.domid] = OpteeDriver(
                 p.trap_entry(spec.domid), dom, nr_vcpus=spec.vcpus,
                 allocator=PageAllocator.for_domain(dom, seed=spec.domid + 1),
-                supplicant=Supplicant(), shm_alloc_reply=reply)
+                supplicant=Supplicant())
             info = drivers[spec.domid].probe()
             assert info.dynamic_shm
         errors: list[BaseException] = []
