@@ -48,11 +48,12 @@ TA_IMAGE_MAGIC = b"SDTA"
 TA_IMAGE_VERSION = 1
 _HEADER = struct.Struct("<4sI16sQ32s")
 TA_IMAGE_HEADER_SIZE = _HEADER.size  # 64
-# Size of the images build_ta_image makes unless told otherwise.  An order of
-# magnitude of a small stripped and signed TA (an optee_examples TA is tens of
-# KiB), not a measurement of one; it decides how many pages the SHM_ALLOC of
-# type APPL for LOAD_TA spans, so pass the size of your own TAs when it matters.
-DEFAULT_TA_IMAGE_SIZE = 64 * 1024
+# Size of the images build_ta_image makes unless told otherwise: 32 KiB, eight
+# pages.  An order of magnitude of a small stripped and signed TA (an
+# optee_examples TA is tens of KiB), not a measurement of one; it decides how
+# many pages the SHM_ALLOC of type APPL for LOAD_TA spans (and a mediator pins),
+# so pass the size of your own TAs when it matters.
+DEFAULT_TA_IMAGE_SIZE = 32 * 1024
 
 
 @dataclass(frozen=True, slots=True)
