@@ -284,6 +284,7 @@ def test_ree_tas_are_loaded_by_the_guests_supplicant(tmp_path, bins, placement) 
     file the open fails with ITEM_NOT_FOUND."""
     from stubdom.guest.tastore import write_ta_images
 
+    (tmp_path / "world").mkdir()
     w = start_world(tmp_path / "world", placement, ta_kind="ree")
     try:
         ta_dir = tmp_path / "ta"
