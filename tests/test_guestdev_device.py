@@ -201,9 +201,13 @@ def test_supplicant_gone_mid_request_then_restarted(world, bins, tmp_path) -> No
 def test_platform_command_serves_a_guest_dev_beside_its_own_guests(tmp_path, bins) -> None:
     """`stubdom-teed platform` (run_platform) with a guest of its own: a
     guest-dev guest attaches, its process runs, and the platform's guest
-    keeps completing rounds meanwhile."""
+    keeps completing rounds meanwhile. The guest-dev guest runs no
+    tee-supplicant, so its TAs are early ones (an REE TA's OPEN_SESSION
+    would wait for a supplicant, as optee_supp_thrd_req does)."""
     cfg = tmp_path / "xen.yaml"
     cfg.write_text(textwrap.dedent(f"""\
+        tee:
+          tas: {{increment: early, digest: early, storage: early, wait: early}}
         mediator:
           placement: el2
           runtime_dir: {tmp_path / 'run'}
