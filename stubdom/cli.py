@@ -7,6 +7,7 @@
     stubdom-teed bench [--quick] [...]                   the EL2-vs-stubdom benchmark
     stubdom-teed soak [--minutes M] [...]                honest and hostile domains for a while, checked
     stubdom-teed guest-dev --config FILE --domid N       a guest whose processes use /dev/tee0 (LD_PRELOAD)
+    stubdom-teed ta-images DIR [--size BYTES]            the model's TAs as <uuid>.ta files (tee-supplicant -l DIR)
 
 ``main(argv) -> int`` stays thin: each sub-command's own module parses the
 rest and returns the exit status.
@@ -33,7 +34,8 @@ def _daemon_parser() -> argparse.ArgumentParser:
         prog="stubdom-teed",
         description="Stub-domain OP-TEE mediator for Xen on Arm, on a simulated machine. Without a "
         "sub-command, runs the daemon.",
-        epilog="sub-commands: platform, ctl, demo, bench, soak, guest-dev (stubdom-teed SUBCOMMAND --help)",
+        epilog="sub-commands: platform, ctl, demo, bench, soak, guest-dev, ta-images "
+        "(stubdom-teed SUBCOMMAND --help)",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--config", help="YAML configuration (default: the embedded configs/xen.yaml)")
@@ -114,6 +116,37 @@ def _interruptible(command: str):
             signal.signal(signal.SIGTERM, old)
 
 
+def _ta_images_parser() -> argparse.ArgumentParser:
+    from stubdom.optee.taimage import DEFAULT_TA_IMAGE_SIZE
+
+    p = argparse.ArgumentParser(
+        prog="stubdom-teed ta-images",
+        description="Write an image of each of the secure-world model's TAs, as <uuid>.ta, into DIR: the "
+        "TA directory a guest's tee-supplicant serves OPTEE_RPC_CMD_LOAD_TA from (tee-supplicant -l DIR).",
+    )
+    p.add_argument("directory", help="where to write them (created if need be)")
+    p.add_argument("--size", type=int, default=DEFAULT_TA_IMAGE_SIZE,
+                   help=f"bytes of each image (default {DEFAULT_TA_IMAGE_SIZE})")
+    return p
+
+
+def _ta_images(args: Sequence[str]) -> int:
+    from stubdom.guest.tastore import model_ta_images, write_ta_images
+
+    opts = _ta_images_parser().parse_args(args)
+    try:
+        images = model_ta_images(size=opts.size)
+    except ValueError as e:
+        _ta_images_parser().error(f"--size {opts.size}: {e}")
+    try:
+        for path in write_ta_images(opts.directory, images):
+            print(path)
+    except OSError as e:
+        print(f"stubdom-teed ta-images: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     command = args[0] if args and not args[0].startswith("-") else None
@@ -140,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stubdom.guestdev import guest_dev_main
 
         return guest_dev_main(args[1:])
+    if command == "ta-images":
+        return _ta_images(args[1:])
     if command == "platform":
         from stubdom.platform import run_platform
 
@@ -159,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"stubdom-teed demo: {e}", file=sys.stderr)
             return 2
     if command is not None:
-        _daemon_parser().error(f"unknown sub-command {command!r} (platform, ctl, demo, bench, soak, guest-dev)")
+        _daemon_parser().error(f"unknown sub-command {command!r} "
+                               "(platform, ctl, demo, bench, soak, guest-dev, ta-images)")
 
     from stubdom.daemon import run_daemon
 

@@ -52,8 +52,9 @@ def increment(ctx: Context, value: int = 41) -> int:
 
 
 def digest_temp(ctx: Context, data: bytes) -> bytes:
-    """SHA-256 of ``data`` passed as a temporary memref (a page list of
-    scattered guest pages under dynamic shm)."""
+    """SHA-256 of ``data`` passed as a temporary memref (registered around
+    the call under dynamic shm, as libteec does; a static-pool buffer
+    otherwise)."""
     session = ctx.open_session(DIGEST_UUID)
     try:
         out = session.invoke(DIGEST_CMD_SHA256, [TempMemref(data, IN), TempMemref(size=SHA256_SIZE, direction=OUT)])

@@ -93,12 +93,13 @@ class GuestWorld:
         return s
 
 
-def _config(root: Path, placement: str) -> Path:
+def _config(root: Path, placement: str, ta_kind: str) -> Path:
     path = root / "xen.yaml"
     path.write_text(textwrap.dedent(f"""\
         tee:
           threads: 4
           wait_ta_foreign_intr: {BUSY_PREEMPTIONS}
+          tas: {{increment: {ta_kind}, digest: {ta_kind}, storage: {ta_kind}, wait: {ta_kind}}}
         mediator:
           placement: {placement}
           runtime_dir: {root / 'run'}
@@ -111,10 +112,13 @@ def _config(root: Path, placement: str) -> Path:
     return path
 
 
-def start_world(root: Path, placement: str) -> GuestWorld:
+def start_world(root: Path, placement: str, *, ta_kind: str = "early") -> GuestWorld:
+    """A world whose TAs are all ``ta_kind``: early ones need no
+    supplicant; REE ones are loaded through whatever supplicant the guest
+    runs (OP-TEE waits for one, as Linux makes it)."""
     lib = preload_library()
     assert lib.is_file(), f"{lib} is missing: pip install the package to build it"
-    path = _config(root, placement)
+    path = _config(root, placement, ta_kind)
     config = load_config(path)
     platform = Platform.for_config(config)
     daemon = host = guest = None

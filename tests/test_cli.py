@@ -57,3 +57,19 @@ def test_the_platforms_log_lines_are_key_value(tmp_path):
     line = stream.getvalue().strip()
     assert line.split(" ", 1)[1] == ('level=warning event=trap_path domid=3 msg="no answer from stubdom-teed '
                                      'within 5 s: ENOTAVAIL"'), line
+
+
+def test_ta_images_writes_every_model_ta_as_tee_supplicant_names_them(tmp_path, capsys):
+    from stubdom.cli import main
+    from stubdom.optee import parse_ta_image
+    from stubdom.tee.tas import builtin_tas
+
+    assert main(["ta-images", str(tmp_path / "ta"), "--size", "8192"]) == 0
+    written = capsys.readouterr().out.split()
+    assert sorted(written) == sorted(str(tmp_path / "ta" / f"{u}.ta") for u in builtin_tas())
+    for u in builtin_tas():
+        image = (tmp_path / "ta" / f"{u}.ta").read_bytes()
+        assert len(image) == 8192 and parse_ta_image(image, u).uuid == u
+    with pytest.raises(SystemExit) as e:
+        main(["ta-images", str(tmp_path / "x"), "--size", "10"])
+    assert e.value.code == 2

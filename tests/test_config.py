@@ -135,7 +135,7 @@ def test_reference_comments_every_key():
     text = (CONFIGS / "reference.yaml").read_text()
     lines = text.splitlines()
     at = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader))
-    types = ("int", "bool", "list", "mapping", "path", "string", "number", "el2 |", "debug |")
+    types = ("int", "bool", "list", "mapping", "path", "string", "number", "el2 |", "debug |", "early |")
     policy = {k.name for k in POLICY_KEYS}
     for path, key in key_paths():
         if path.startswith("domains[].") and path.split(".")[1] in policy:
@@ -549,3 +549,15 @@ def test_schema_sections_are_all_documented_keys():
     # every key has a doc string and a kind the loader knows
     for path, key in key_paths(SCHEMA):
         assert key.doc, path
+
+
+def test_ta_kinds_say_which_tas_are_loaded_from_the_ree():
+    assert load_config(CONFIGS / "xen.yaml").tee.ree_tas == frozenset({"increment", "digest", "storage"})
+    c = parse_config("tee:\n  tas: {increment: early, wait: ree}\n", "x.yaml")
+    assert c.tee.ree_tas == frozenset({"digest", "storage", "wait"})
+    assert parse_config("", "x.yaml").tee.ree_tas == TeeConfig().ree_tas
+    with pytest.raises(ConfigError, match=r"x\.yaml:2: tee\.tas\.digest: 'reee' is not one of early, ree "
+                                          r"\(did you mean 'ree'\?\)"):
+        parse_config("tee:\n  tas: {digest: reee}\n", "x.yaml")
+    with pytest.raises(ConfigError, match=r"x\.yaml:2: tee\.tas\.hello: unknown key"):
+        parse_config("tee:\n  tas: {hello: ree}\n", "x.yaml")

@@ -27,6 +27,7 @@ from stubdom.optee import (
     OPTEE_MSG_CMD_INVOKE_COMMAND,
     OPTEE_MSG_CMD_OPEN_SESSION,
     OPTEE_MSG_CMD_REGISTER_SHM,
+    OPTEE_SMC_CALL_RETURN_FROM_RPC,
     OPTEE_SMC_CALL_WITH_ARG,
     OPTEE_SMC_RETURN_ENOTAVAIL,
     OPTEE_SMC_RETURN_OK,
@@ -34,7 +35,7 @@ from stubdom.optee import (
     MsgParam,
 )
 from stubdom.optee.msg import unpack_header
-from stubdom.optee.teec import TEEC_ERROR_BAD_PARAMETERS
+from stubdom.optee.teec import TEEC_ERROR_BAD_PARAMETERS, TEEC_ERROR_ITEM_NOT_FOUND
 from stubdom.platform.platform import domain_spec
 from stubdom.tee.tas import DIGEST_UUID, INCREMENT_UUID
 from stubdom.tee.tas.digest import DIGEST_CMD_SHA256
@@ -53,7 +54,10 @@ M32 = 0xFFFFFFFF
 class KillAfter:
     """Wraps the platform's TEE: once armed, SIGKILLs the daemon right after
     OP-TEE completed a CALL_WITH_ARG of ``cmd`` for ``client`` — the gate
-    then answers a dead daemon."""
+    then answers a dead daemon. A call that made RPCs (an OPEN_SESSION of an
+    REE-loaded TA asks for OPTEE_RPC_CMD_LOAD_TA) completes on the answer to
+    its last RETURN_FROM_RPC: the wrapper remembers the message's address
+    from the CALL_WITH_ARG that started it."""
 
     def __init__(self, stack: Stack, client: int, cmd: int) -> None:
         self.stack, self.client, self.cmd = stack, client, cmd
@@ -61,12 +65,18 @@ class KillAfter:
         self.fired = threading.Event()
         self.result: tuple | None = None  # (ret, session) OP-TEE wrote
         inner = stack.platform.tee.smc
+        started: list[int] = []  # the armed client's message address
 
         def smc(regs):
             r = inner(regs)
-            if (self.armed and regs[7] == self.client and regs[0] & M32 == OPTEE_SMC_CALL_WITH_ARG
+            fn = regs[0] & M32
+            if not (self.armed and regs[7] == self.client):
+                return r
+            if fn == OPTEE_SMC_CALL_WITH_ARG:
+                started[:] = [((regs[1] & M32) << 32) | (regs[2] & M32)]
+            if (fn in (OPTEE_SMC_CALL_WITH_ARG, OPTEE_SMC_CALL_RETURN_FROM_RPC) and started
                     and r[0] & M32 == OPTEE_SMC_RETURN_OK):
-                maddr = ((regs[1] & M32) << 32) | (regs[2] & M32)
+                maddr = started.pop()
                 hdr = unpack_header(stack.platform.machine.read_machine(maddr, 32))
                 if hdr[0] == self.cmd:
                     self.armed = False
@@ -157,7 +167,7 @@ def test_open_session_completed_then_daemon_killed_is_closed(stack):
     assert stack.platform.tee.partition_stats(2).sessions == 1  # only the answered one
     # the answered session still works, the lost one is gone in OP-TEE
     _, out = g.close_session(lost)
-    assert out.ret == TEEC_ERROR_BAD_PARAMETERS
+    assert out.ret == TEEC_ERROR_ITEM_NOT_FOUND  # entry_close_session: no such session
     _, out = g.close_session(kept)
     assert out.ret == 0
     assert stack.platform.oracle.violations == []

@@ -23,7 +23,6 @@ from stubdom.guest import (
     OpteeDriver,
     PageAllocator,
     RegisteredMemref,
-    ShmAllocReply,
     StaticShmNotCached,
     StaticShmUnavailable,
     Supplicant,
@@ -504,10 +503,11 @@ def test_shm_cache_cookies_are_freed_at_shutdown(domu):
     assert tee.cache == [] and drv.pages.allocated_count == 0 and drv.live_shms == []
 
 
-@pytest.mark.parametrize("form", list(ShmAllocReply))
 @pytest.mark.parametrize(("kind", "size"), [(OPTEE_RPC_SHM_TYPE_KERNEL, 100), (OPTEE_RPC_SHM_TYPE_KERNEL, 3 * PAGE_SIZE), (OPTEE_RPC_SHM_TYPE_APPL, 5000)])
-def test_rpc_shm_alloc_and_free(domu, tee, form, kind, size):
-    drv = make_driver(domu, tee, shm_alloc_reply=form, supplicant=Supplicant())
+def test_rpc_shm_alloc_and_free(domu, tee, kind, size):
+    """handle_rpc_func_cmd_shm_alloc: a buffer with pages, whatever its type
+    and size (a single page too), is answered with a page list."""
+    drv = make_driver(domu, tee, supplicant=Supplicant())
     seen = []
 
     def program(call: Call):
@@ -535,13 +535,9 @@ def test_rpc_shm_alloc_and_free(domu, tee, form, kind, size):
     p = alloc.params[0]
     assert alloc.ret == TEEC_SUCCESS and alloc.ret_origin == TEEC_ORIGIN_COMMS
     assert p.b == size and alloc.params[1].attr == OPTEE_MSG_ATTR_TYPE_NONE
-    plain = form is ShmAllocReply.PLAIN_SINGLE_PAGE and kind == OPTEE_RPC_SHM_TYPE_KERNEL and size <= PAGE_SIZE
-    if plain:
-        assert p.attr == OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT and p.a % PAGE_SIZE == 0
-    else:
-        assert p.attr == OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG
-        pl = read_page_list(lambda a: domu.read(a, PAGE_SIZE), p.a, p.b, max_entries=64)
-        assert len(pl.entries) == -(-size // PAGE_SIZE) and all(drv.pages.owns(e) for e in pl.entries)
+    assert p.attr == OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG
+    pl = read_page_list(lambda a: domu.read(a, PAGE_SIZE), p.a, p.b, max_entries=64)
+    assert len(pl.entries) == -(-size // PAGE_SIZE) and all(drv.pages.owns(e) for e in pl.entries)
     assert free.ret == TEEC_SUCCESS
     # buffer and page list are back; only an RPC arg page kept by OP-TEE's shm cache remains
     assert drv.pages.allocated_count == before + len(tee.cache)
@@ -671,18 +667,15 @@ def test_temp_and_registered_memrefs(domu, tee):
 
     def program(call: Call):
         src, dst = call.msg.params
-        if src.attr & 0xFF == 9:  # TMEM_INPUT: on dynamic shm always a page list
-            assert src.attr & OPTEE_MSG_ATTR_NONCONTIG
+        # on dynamic shm every memref is registered memory (optee_to_msg_param)
+        assert src.attr in (OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, OPTEE_MSG_ATTR_TYPE_RMEM_INPUT + 2)  # IN, INOUT
+        assert dst.attr == OPTEE_MSG_ATTR_TYPE_RMEM_INPUT + 1  # RMEM_OUTPUT
         got = tee.read_tmem(src)
         assert got == data
         assert dst.b == 64
         digest = bytes(reversed(got[:64]))
-        if dst.attr & 0xFF == 6:  # registered: write through the registered pages
-            for i, byte in enumerate(digest):
-                tee.domain.write(tee._ipa_in_registered(dst.c, dst.a + i), bytes([byte]))
-        else:
-            pl = read_page_list(lambda a: tee.domain.read(a, PAGE_SIZE), dst.a, dst.b, max_entries=4)
-            tee.domain.write(pl.entries[0] + pl.offset, digest)
+        for i, byte in enumerate(digest):  # through the registered pages
+            tee.domain.write(tee._ipa_in_registered(dst.c, dst.a + i), bytes([byte]))
         return call.msg.replace(params=(src, dst.replace(b=32)), ret=TEEC_SUCCESS)
         yield  # pragma: no cover
 

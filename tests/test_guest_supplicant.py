@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from stubdom.guest import DirectoryStore, MemoryStore, Shm, ShmOwner, Supplicant, TeeParam
+from stubdom.guest import (
+    BuiltTaImages,
+    DirectoryStore,
+    MemoryStore,
+    Shm,
+    ShmOwner,
+    Supplicant,
+    TaDirectory,
+    TeeParam,
+    model_ta_images,
+    write_ta_images,
+)
 from stubdom.optee import (
     OPTEE_RPC_CMD_FS,
     OPTEE_RPC_CMD_GET_TIME,
@@ -27,7 +38,10 @@ from stubdom.optee import (
     TEEC_ERROR_NOT_SUPPORTED,
     TEEC_ERROR_SHORT_BUFFER,
     TEEC_SUCCESS,
+    build_ta_image,
+    uuid_to_value_words,
 )
+from stubdom.tee.tas import DIGEST_UUID, INCREMENT_UUID, builtin_tas
 
 VIN, VOUT, MIN, MOUT = 1, 2, 5, 6
 
@@ -135,7 +149,7 @@ def test_bad_shapes_and_other_commands(supp, mem):
     assert fs(supp, 99)[0] == TEEC_ERROR_BAD_PARAMETERS
     assert supp.process(OPTEE_RPC_CMD_FS, []) == TEEC_ERROR_BAD_PARAMETERS
     assert fs(supp, OPTEE_RPC_FS_CREATE, name(mem, ""), TeeParam.value(VOUT))[0] == TEEC_ERROR_BAD_PARAMETERS
-    assert supp.process(OPTEE_RPC_CMD_LOAD_TA, [TeeParam.value(VIN)]) == TEEC_ERROR_ITEM_NOT_FOUND
+    assert supp.process(OPTEE_RPC_CMD_LOAD_TA, [TeeParam.value(VIN)]) == TEEC_ERROR_BAD_PARAMETERS
     assert supp.process(OPTEE_RPC_CMD_GET_TIME, [TeeParam.value(VOUT)]) == TEEC_ERROR_NOT_SUPPORTED
 
 
@@ -144,3 +158,39 @@ def test_names_cannot_escape_the_root(tmp_path, mem):
     create(supp, mem, "../../escape")
     assert (tmp_path / "root" / "escape").is_file()
     assert not (tmp_path / "escape").exists()
+
+
+def load_ta(supp, ta_uuid, shm=None, size=0):
+    a, b = uuid_to_value_words(ta_uuid)
+    p = [TeeParam.value(VIN, a, b), TeeParam.memref(MOUT, shm, 0, size)]
+    return supp.process(OPTEE_RPC_CMD_LOAD_TA, p), p[1].size
+
+
+def test_load_ta_size_query_then_load(mem):
+    """tee_supplicant.c load_ta: no buffer -> the size; a buffer that holds
+    it -> the image; a smaller one -> SHORT_BUFFER and the size."""
+    supp = Supplicant()
+    image = model_ta_images()[INCREMENT_UUID]
+    assert load_ta(supp, INCREMENT_UUID) == (TEEC_SUCCESS, len(image))
+    small = buf(mem, size=100)
+    assert load_ta(supp, INCREMENT_UUID, small, 100) == (TEEC_ERROR_SHORT_BUFFER, len(image))
+    room = Shm(mem, cookie=0x2000, size=len(image), owner=ShmOwner.SUPPLICANT,
+               pages=[0x2000 + i * 4096 for i in range(-(-len(image) // 4096))])
+    assert load_ta(supp, INCREMENT_UUID, room, len(image)) == (TEEC_SUCCESS, len(image))
+    assert room.read(0, len(image)) == image
+    assert load_ta(supp, DIGEST_UUID.__class__("12345678-1234-1234-1234-123456789abc")) == \
+        (TEEC_ERROR_ITEM_NOT_FOUND, 0)
+
+
+def test_ta_directory_reads_uuid_dot_ta_and_the_legacy_name(tmp_path):
+    written = write_ta_images(tmp_path / "ta")
+    assert sorted(p.name for p in written) == sorted(f"{u}.ta" for u in builtin_tas())
+    store = TaDirectory(tmp_path / "ta")
+    assert store.load(INCREMENT_UUID) == BuiltTaImages().load(INCREMENT_UUID)
+    # tee-supplicant's fallback spelling: no dash between clock_seq and node
+    legacy = tmp_path / "ta" / "a0bd9563-24c5-41c0-9d2236aa5bad6745.ta"
+    (tmp_path / "ta" / f"{DIGEST_UUID}.ta").rename(legacy)
+    image = build_ta_image(DIGEST_UUID, "digest", size=4096)
+    legacy.write_bytes(image)
+    assert store.load(DIGEST_UUID) == image
+    assert TaDirectory(tmp_path / "nowhere").load(INCREMENT_UUID) is None

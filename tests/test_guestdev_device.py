@@ -31,7 +31,6 @@ from stubdom.guest.uapi import (
 )
 from stubdom.optee.teec import TEEC_ERROR_OUT_OF_MEMORY
 from stubdom.platform import run_platform
-from stubdom.tee.tas.storage import STORAGE_UUID
 
 from guestdev_support import READY_WAIT, build_programs, start_world, stop_world
 from other_user import finish, other_user  # noqa: F401 (a fixture)
@@ -156,7 +155,9 @@ def test_several_clients_and_one_supplicant(world, bins, tmp_path) -> None:
             out, err = c.communicate(timeout=300)
             assert c.returncode == 0 and "FAIL" not in out, out + err
         world.assert_quiet(supplicant=True)
-        assert list(tmp_path.rglob("*")) == [tmp_path / str(STORAGE_UUID)]  # objects written, then removed
+        # OP-TEE's REE FS: the objects' files were written, then removed; the
+        # directory file stays
+        assert list(tmp_path.rglob("*")) == [tmp_path / "dirf.db"]
     finally:
         supp.send_signal(signal.SIGTERM)
         supp.communicate(timeout=60)
@@ -164,25 +165,31 @@ def test_several_clients_and_one_supplicant(world, bins, tmp_path) -> None:
 
 
 def test_supplicant_gone_mid_request_then_restarted(world, bins, tmp_path) -> None:
-    # it takes OP-TEE's first request (the SHM_ALLOC for a file name) and dies:
-    # the request fails, OP-TEE gets no buffer, the TA reports out of memory
+    # it takes OP-TEE's first request (the SHM_ALLOC for dirf.db's name) and
+    # dies: the request fails and OP-TEE cannot open dirf.db; it then asks
+    # again (to remove the dirf.db it could not open, ree_fs_open_primitive),
+    # and that request waits for a supplicant, as Linux makes OP-TEE wait
     dying = world.spawn(bins["tee_mini_supplicant"], str(tmp_path), "2", "die-on-request", "1")
     assert dying.stdout.readline() == "serving\n"
-    proc = world.run(bins["tee_ioctl_client"], "storage-write", "object")
+    client = world.spawn(bins["tee_ioctl_client"], "storage-write", "object")
     out, _ = dying.communicate(timeout=60)
     assert "dying on request 1 (cmd 6)" in out, out
-    assert f"storage-write ret {TEEC_ERROR_OUT_OF_MEMORY:#x}" in proc.stdout, proc.stdout + proc.stderr
-    world.assert_quiet()
-    # a new supplicant opens the device at once and serves; a second one is refused
+    # a new supplicant opens the device at once and serves the waiting request;
+    # the write fails with what the first failure was: out of memory
     supp = world.spawn(bins["tee_mini_supplicant"], str(tmp_path), "2")
     try:
         assert supp.stdout.readline() == "serving\n"
+        out, err = client.communicate(timeout=120)
+        assert f"storage-write ret {TEEC_ERROR_OUT_OF_MEMORY:#x}" in out, out + err
+        world.assert_quiet(supplicant=True)
+        # a second supplicant is refused
         second = world.run(bins["tee_mini_supplicant"], str(tmp_path))
         assert second.returncode == 1 and "Device or resource busy" in second.stderr, second.stderr
         proc = world.run(bins["tee_ioctl_client"], "storage-write", "kept")
         assert "storage-write ret 0\n" in proc.stdout, proc.stdout
-        (stored,) = (tmp_path / str(STORAGE_UUID)).iterdir()
-        assert stored.name == b"kept".hex() and stored.read_bytes() == _pattern(9000, 4)  # the REE FS file
+        # the REE FS files: dirf.db and the object's hash tree, its data in clear
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "dirf.db"]
+        assert _pattern(9000, 4)[:4000] in (tmp_path / "0").read_bytes()
         proc = world.run(bins["tee_ioctl_client"], "storage", "kept")
         assert proc.returncode == 0, proc.stdout
     finally:
@@ -194,9 +201,13 @@ def test_supplicant_gone_mid_request_then_restarted(world, bins, tmp_path) -> No
 def test_platform_command_serves_a_guest_dev_beside_its_own_guests(tmp_path, bins) -> None:
     """`stubdom-teed platform` (run_platform) with a guest of its own: a
     guest-dev guest attaches, its process runs, and the platform's guest
-    keeps completing rounds meanwhile."""
+    keeps completing rounds meanwhile. The guest-dev guest runs no
+    tee-supplicant, so its TAs are early ones (an REE TA's OPEN_SESSION
+    would wait for a supplicant, as optee_supp_thrd_req does)."""
     cfg = tmp_path / "xen.yaml"
     cfg.write_text(textwrap.dedent(f"""\
+        tee:
+          tas: {{increment: early, digest: early, storage: early, wait: early}}
         mediator:
           placement: el2
           runtime_dir: {tmp_path / 'run'}
@@ -267,3 +278,43 @@ def test_another_users_process_is_refused(world, other_user) -> None:
         directory.chmod(mode)
     assert out == "b''\n", err
     world.assert_quiet()
+
+
+@pytest.mark.parametrize("placement", ["el2", "stubdom"])
+def test_ree_tas_are_loaded_by_the_guests_supplicant(tmp_path, bins, placement) -> None:
+    """TAs loaded from the REE: OP-TEE asks the guest's supplicant for each
+    at every OPEN_SESSION (LOAD_TA, size then image), which reads
+    <uuid>.ta from its TA directory as tee-supplicant does; without the
+    file the open fails with ITEM_NOT_FOUND."""
+    from stubdom.guest.tastore import write_ta_images
+
+    (tmp_path / "world").mkdir()
+    w = start_world(tmp_path / "world", placement, ta_kind="ree")
+    try:
+        ta_dir = tmp_path / "ta"
+        write_ta_images(ta_dir)
+        store = tmp_path / "store"
+        store.mkdir()
+        supp = w.spawn(bins["tee_mini_supplicant"], str(store), "2", "ta-dir", str(ta_dir))
+        try:
+            assert supp.stdout.readline() == "serving\n"
+            proc = w.run(bins["tee_ioctl_client"], "work", "1")
+            assert proc.returncode == 0 and "FAIL" not in proc.stdout, proc.stdout + proc.stderr
+            proc = w.run(bins["tee_ioctl_client"], "storage", "loaded")
+            assert proc.returncode == 0 and "FAIL" not in proc.stdout, proc.stdout + proc.stderr
+            # every open asked for its TA: LOAD_TA (0), SHM_ALLOC (6), LOAD_TA, SHM_FREE (7)
+            supp.send_signal(signal.SIGTERM)
+            out, _ = supp.communicate(timeout=60)
+            requests = [int(line.split()[1]) for line in out.splitlines() if line.startswith("request ")]
+            assert requests[:4] == [0, 6, 0, 7], requests
+            (ta_dir / "8aaaf200-2450-11e4-abe2-0002a5d5c51b.ta").unlink()
+            supp = w.spawn(bins["tee_mini_supplicant"], str(store), "2", "ta-dir", str(ta_dir))
+            assert supp.stdout.readline() == "serving\n"
+            proc = w.run(bins["tee_ioctl_client"], "work", "1")
+            assert proc.returncode != 0 and "FAIL" in proc.stdout, proc.stdout
+        finally:
+            supp.send_signal(signal.SIGTERM)
+            supp.communicate(timeout=60)
+        w.assert_quiet()
+    finally:
+        stop_world(w)

@@ -38,8 +38,19 @@ from stubdom.guest.uapi import (
     TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INOUT,
     TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INPUT,
 )
-from stubdom.optee.rpc import OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE, OPTEE_RPC_SHM_TYPE_APPL
-from stubdom.optee.teec import TEEC_ERROR_OUT_OF_MEMORY, TEEC_SUCCESS
+from stubdom.optee.rpc import (
+    OPTEE_RPC_CMD_LOAD_TA,
+    OPTEE_RPC_CMD_SHM_ALLOC,
+    OPTEE_RPC_CMD_SHM_FREE,
+    OPTEE_RPC_SHM_TYPE_APPL,
+)
+from stubdom.optee.teec import (
+    TEEC_ERROR_COMMUNICATION,
+    TEEC_ERROR_ITEM_NOT_FOUND,
+    TEEC_ERROR_OUT_OF_MEMORY,
+    TEEC_SUCCESS,
+)
+from stubdom.optee.uuid import value_words_to_uuid
 from stubdom.platform import DomainSpec, Platform
 from stubdom.platform.el2 import El2Placement
 from stubdom.tee import TeeConfig
@@ -51,9 +62,9 @@ BUF = 0x20000  # and the buffer a buffer ioctl names
 WAIT = 30.0  # a bound for conditions that a passing test meets at once
 
 
-@pytest.fixture
-def tee(tmp_path: Path):
-    platform = Platform(tmp_path / "machine", nr_frames=16384, tee_config=TeeConfig(), placement=El2Placement)
+def _subsystem(tmp_path: Path, ree_tas: frozenset[str]):
+    platform = Platform(tmp_path / "machine", nr_frames=16384, tee_config=TeeConfig(ree_tas=ree_tas),
+                        placement=El2Placement)
     domain = platform.create_domain(DomainSpec(DOMID, 512, vcpus=2))
     driver = OpteeDriver(platform.trap_entry(DOMID), domain, nr_vcpus=2, seed=1)
     driver.probe()
@@ -69,6 +80,21 @@ def tee(tmp_path: Path):
         assert DOMID + 1 not in platform.tee.guest_ids()
         platform.close()
         assert platform.oracle.violations == []
+
+
+@pytest.fixture
+def tee(tmp_path: Path):
+    """Early TAs: opening a session asks tee-supplicant nothing."""
+    yield from _subsystem(tmp_path, frozenset())
+
+
+@pytest.fixture
+def ree_tee(tmp_path: Path):
+    """REE-loaded TAs: each OPEN_SESSION first asks tee-supplicant for the
+    image (OPTEE_RPC_CMD_LOAD_TA), without a lock between sessions
+    (tee_ta_init_session loads a user TA after dropping tee_ta_mutex): the
+    source of concurrent supplicant requests for the queue's tests."""
+    yield from _subsystem(tmp_path, frozenset({"increment", "digest"}))
 
 
 def caller(pid: int = 100, **kw) -> Caller:
@@ -156,87 +182,122 @@ def send(tee, supp, ret: int, params) -> None:
 
 def storage_clients(tee, n: int) -> tuple[object, list[Client]]:
     """``n`` clients of one context, each with its own session (OP-TEE
-    refuses a second call on a busy session)."""
+    parks a second call on a busy session)."""
     ctx = tee.open("tee0")
     clients = [Client(tee, ctx, open_session(tee, ctx, STORAGE_UUID), 200 + i) for i in range(n)]
     return ctx, clients
 
 
-def test_supplicant_requests_by_meta_id_answered_out_of_order(tee) -> None:
+class Loader(threading.Thread):
+    """A client process opening a session to an REE-loaded TA in its own
+    thread: OP-TEE's first RPC is OPTEE_RPC_CMD_LOAD_TA (the size query:
+    the UUID and a NULL output memref) for tee-supplicant. Storage clients
+    cannot make concurrent requests: OP-TEE's REE FS takes ree_fs_mutex
+    before its first RPC, so a second one waits in OP-TEE."""
+
+    def __init__(self, tee, ctx, ta, pid: int) -> None:
+        super().__init__()
+        self.tee, self.ctx, self.ta = tee, ctx, ta
+        self.who = caller(pid)
+        self.ret = None
+
+    def run(self) -> None:
+        arg = OPEN_SESSION_ARG.pack(self.ta.bytes, bytes(16), 0, 0, 0, 0, 0, 0)
+        _, _, buf = call(self.tee, self.ctx, TEE_IOC_OPEN_SESSION, b"", arg, self.who)
+        self.ret = OPEN_SESSION_ARG.unpack(buf)[5]
+
+
+def loaders(tee, n: int) -> tuple[object, list[Loader]]:
+    ctx = tee.open("tee0")
+    return ctx, [Loader(tee, ctx, (INCREMENT_UUID, DIGEST_UUID)[i % 2], 200 + i) for i in range(n)]
+
+
+NO_SHM = (1 << 64) - 1  # tee_core.c params_to_supp: a NULL memref's shm id
+
+
+def test_supplicant_requests_by_meta_id_answered_out_of_order(ree_tee) -> None:
+    tee = ree_tee
     supp = tee.open("teepriv0")
     ctxs = [tee.open("tee0") for _ in range(2)]
-    clients = [Client(tee, c, open_session(tee, c, STORAGE_UUID), 200 + i) for i, c in enumerate(ctxs)]
+    clients = [Loader(tee, c, ta, 200 + i) for i, (c, ta) in enumerate(zip(ctxs, (INCREMENT_UUID, DIGEST_UUID)))]
     for c in clients:
         c.start()
-    got = [recv(tee, supp), recv(tee, supp)]
+    got = [recv(tee, supp, slots=3), recv(tee, supp, slots=3)]
     for func, params in got:
-        assert func == OPTEE_RPC_CMD_SHM_ALLOC
-        meta, value = params
+        assert func == OPTEE_RPC_CMD_LOAD_TA
+        meta, value, memref = params
         assert meta[0] == TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INOUT | TEE_IOCTL_PARAM_ATTR_META
-        # the FS cache asks for whole pages (thread_rpc_shm_cache_alloc)
-        assert value[:3] == (TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INOUT, OPTEE_RPC_SHM_TYPE_APPL, PAGE_SIZE)
+        assert value[0] == TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INPUT
+        assert memref == (TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_OUTPUT, 0, 0, NO_SHM)  # the size query
+    asked = {value_words_to_uuid(p[1][1], p[1][2]) for _, p in got}
+    assert asked == {INCREMENT_UUID, DIGEST_UUID}
     assert sorted(p[0][1] for _, p in got) == [1, 2]  # ids from 1
-    for _, (meta, value) in reversed(got):  # the second first
-        send(tee, supp, TEEC_ERROR_OUT_OF_MEMORY, [meta, value])
+    for _, params in reversed(got):  # the second first
+        send(tee, supp, TEEC_ERROR_ITEM_NOT_FOUND, params)
     for c in clients:
         c.join(WAIT)
-        assert c.ret == TEEC_ERROR_OUT_OF_MEMORY  # the TA got no buffer
+        assert c.ret == TEEC_ERROR_ITEM_NOT_FOUND  # no such TA in the REE
     assert tee.supp.statistics() == {"queued": 0, "pending": 0, "supplicant": 1}
+    assert tee.platform.tee.partition_stats(DOMID + 1).sessions == 0
     tee.close(supp)
     for c in ctxs:
         tee.close(c)
 
 
-def test_supplicant_without_meta_serves_one_request_at_a_time(tee) -> None:
+def test_supplicant_without_meta_serves_one_request_at_a_time(ree_tee) -> None:
+    tee = ree_tee
     supp = tee.open("teepriv0")
-    ctx, clients = storage_clients(tee, 2)
+    ctx, clients = loaders(tee, 2)
     for c in clients:
         c.start()
     wait_for(lambda: tee.supp.statistics()["queued"] == 2, "two requests queued")
-    func, params = recv(tee, supp, slots=1, meta=False)
-    assert func == OPTEE_RPC_CMD_SHM_ALLOC and len(params) == 1
+    func, params = recv(tee, supp, slots=2, meta=False)
+    assert func == OPTEE_RPC_CMD_LOAD_TA and len(params) == 2
     with pytest.raises(TeeErrno) as e:
-        recv(tee, supp, slots=1, meta=False)  # the first is still unanswered
+        recv(tee, supp, slots=2, meta=False)  # the first is still unanswered
     assert e.value.errno == errno.EINVAL
-    send(tee, supp, TEEC_ERROR_OUT_OF_MEMORY, params)
-    _, params = recv(tee, supp, slots=1, meta=False)
-    send(tee, supp, TEEC_ERROR_OUT_OF_MEMORY, params)
+    send(tee, supp, TEEC_ERROR_ITEM_NOT_FOUND, params)
+    _, params = recv(tee, supp, slots=2, meta=False)
+    send(tee, supp, TEEC_ERROR_ITEM_NOT_FOUND, params)
     for c in clients:
         c.join(WAIT)
-        assert c.ret == TEEC_ERROR_OUT_OF_MEMORY
+        assert c.ret == TEEC_ERROR_ITEM_NOT_FOUND
     tee.close(supp)
     tee.close(ctx)
 
 
-def test_requester_gone_while_queued_or_held(tee) -> None:
+def test_requester_gone_while_queued_or_held(ree_tee) -> None:
+    tee = ree_tee
     supp = tee.open("teepriv0")
-    ctx, (queued, held) = storage_clients(tee, 2)
+    ctx, (queued, held) = loaders(tee, 2)
     held.start()
-    _, held_params = recv(tee, supp)  # the supplicant has it
+    _, held_params = recv(tee, supp, slots=3)  # the supplicant has it
     queued.start()
     wait_for(lambda: tee.supp.statistics()["queued"] == 1, "a second request queued")
     tee.kill(queued.who)  # gone before the supplicant saw it: just dropped
     queued.join(WAIT)
-    assert queued.ret == TEEC_ERROR_OUT_OF_MEMORY  # COMMUNICATION to the driver, no buffer to OP-TEE
+    assert queued.ret == TEEC_ERROR_COMMUNICATION  # the driver's answer to OP-TEE's LOAD_TA, returned
     assert tee.supp.statistics()["queued"] == 0
     tee.kill(held.who)  # gone while the supplicant works on it
     held.join(WAIT)
-    assert held.ret == TEEC_ERROR_OUT_OF_MEMORY
+    assert held.ret == TEEC_ERROR_COMMUNICATION
     with pytest.raises(TeeErrno) as e:
         send(tee, supp, TEEC_SUCCESS, held_params)
     assert e.value.errno == errno.EBADF  # INVALID_REQ_PTR
     with pytest.raises(TeeErrno) as e:
         send(tee, supp, TEEC_SUCCESS, held_params)
     assert e.value.errno == errno.ENOENT  # and the id is free again
+    assert tee.platform.tee.partition_stats(DOMID + 1).sessions == 0
     tee.close(supp)
     tee.close(ctx)
 
 
-def test_supplicant_release_fails_every_request(tee) -> None:
+def test_supplicant_release_fails_every_request(ree_tee) -> None:
+    tee = ree_tee
     supp = tee.open("teepriv0")
-    ctx, clients = storage_clients(tee, 2)
+    ctx, clients = loaders(tee, 2)
     clients[0].start()
-    recv(tee, supp)  # taken, never answered
+    recv(tee, supp, slots=3)  # taken, never answered
     clients[1].start()
     wait_for(lambda: tee.supp.statistics()["queued"] == 1, "a second request queued")
     with pytest.raises(TeeErrno) as e:
@@ -245,7 +306,7 @@ def test_supplicant_release_fails_every_request(tee) -> None:
     tee.close(supp)  # the supplicant's last close: optee_supp_release
     for c in clients:
         c.join(WAIT)
-        assert c.ret == TEEC_ERROR_OUT_OF_MEMORY
+        assert c.ret == TEEC_ERROR_COMMUNICATION
     assert tee.supp.statistics() == {"queued": 0, "pending": 0, "supplicant": 0}
     tee.close(tee.open("teepriv0"))  # free again
     tee.close(ctx)
@@ -405,6 +466,11 @@ def test_supplicant_shm_alloc_buffer_is_registered_and_refused_in_an_rpc_reply(t
                                                             OPTEE_RPC_SHM_TYPE_APPL, shm_id)
     tee.shm_put(shm)  # the supplicant closes its descriptor
     send(tee, supp, TEEC_SUCCESS, [meta, value])
+    # OP-TEE could not open dirf.db: ree_fs_open_primitive removes a file it
+    # has no hash for, which asks for the FS buffer again
+    func, (meta, value) = recv(tee, supp)
+    assert func == OPTEE_RPC_CMD_SHM_ALLOC
+    send(tee, supp, TEEC_ERROR_OUT_OF_MEMORY, [meta, value])
     client.join(WAIT)
     assert client.ret == TEEC_ERROR_OUT_OF_MEMORY
     assert tee.platform.tee.partition_stats(DOMID + 1).registered_shm == registered

@@ -30,6 +30,7 @@ from stubdom.optee import (
     OPTEE_MSG_LOGIN_PUBLIC,
     OPTEE_RPC_CMD_FS,
     OPTEE_RPC_CMD_GET_TIME,
+    OPTEE_RPC_CMD_LOAD_TA,
     OPTEE_RPC_CMD_NOTIFICATION,
     OPTEE_RPC_CMD_SHM_ALLOC,
     OPTEE_RPC_CMD_SHM_FREE,
@@ -50,16 +51,20 @@ from stubdom.optee import (
     TEEC_ERROR_ITEM_NOT_FOUND,
     TEEC_ORIGIN_COMMS,
     TEEC_SUCCESS,
+    TEEC_ERROR_SHORT_BUFFER,
     MsgArg,
     MsgParam,
     OpenSessionMeta,
     build_page_list,
+    build_ta_image,
+    value_words_to_uuid,
     get_arg_size,
     is_rpc_return,
     list_pages_needed,
     make_buf_ptr,
 )
 from stubdom.tee import IsolationOracle, OpteeModel, TeeConfig
+from stubdom.tee.tas import builtin_tas
 from stubdom.xen import PAGE_SIZE, Machine
 
 U32 = 0xFFFFFFFF
@@ -128,6 +133,8 @@ class NormalWorld:
         self.rpc_log: list[tuple] = []
         self.supplied_rpc_arg: int | None = None  # machine address of a CALL_WITH_RPC_ARG RPC arg
         self.notifications: list[tuple[int, int]] = []
+        # tee-supplicant's TA directory: an image of every TA of the model
+        self.ta_images = {u: build_ta_image(u, ta.name, size=8192) for u, ta in builtin_tas().items()}
 
     # -- memory ---------------------------------------------------------------
 
@@ -271,7 +278,24 @@ class NormalWorld:
             return TEEC_SUCCESS, params
         if arg.cmd == OPTEE_RPC_CMD_FS:
             return self.fs(params)
+        if arg.cmd == OPTEE_RPC_CMD_LOAD_TA:
+            return self.load_ta(params)
         return TEEC_ERROR_BAD_PARAMETERS, params
+
+    def load_ta(self, params: list[MsgParam]) -> tuple[int, list[MsgParam]]:
+        """tee-supplicant's load_ta: the size when there is no buffer, else the image."""
+        image = self.ta_images.get(value_words_to_uuid(params[0].a, params[0].b))
+        if image is None:
+            return TEEC_ERROR_ITEM_NOT_FOUND, params
+        room = params[1].size
+        params[1] = params[1].replace(b=len(image))
+        if not params[1].c:  # no buffer (shm_ref 0): the size query
+            return TEEC_SUCCESS, params
+        if len(image) > room:
+            return TEEC_ERROR_SHORT_BUFFER, params
+        buf, offs = self.memref(params[1])
+        self.write_buf_fast(buf, image, offs)
+        return TEEC_SUCCESS, params
 
     def fs(self, params: list[MsgParam]) -> tuple[int, list[MsgParam]]:
         op = params[0].a
@@ -285,7 +309,9 @@ class NormalWorld:
                 return TEEC_ERROR_ITEM_NOT_FOUND, params
             if op == OPTEE_RPC_FS_CREATE:
                 self.files[name] = bytearray()
-            fd = len(self._fds) + 3
+            fd = 3  # the lowest free descriptor, as open(2) gives
+            while fd in self._fds:
+                fd += 1
             self._fds[fd] = name
             params[2] = params[2].replace(a=fd)
             return TEEC_SUCCESS, params
@@ -298,6 +324,8 @@ class NormalWorld:
         buf, boffs = self.memref(params[1])
         if op == OPTEE_RPC_FS_WRITE:
             chunk = self.read_buf(buf, params[1].size, boffs)
+            if off > len(data):  # pwrite past the end leaves a hole of zeros
+                data.extend(bytes(off - len(data)))
             data[off:off + len(chunk)] = chunk
             return TEEC_SUCCESS, params
         if op == OPTEE_RPC_FS_READ:

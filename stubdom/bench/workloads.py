@@ -132,14 +132,13 @@ WORKLOADS: dict[str, Workload] = {
     wl.name: wl for wl in (
         Workload("fast_call", "GET_OS_REVISION: one fast SMC", _fast_call),
         Workload("invoke_value", "INVOKE increment TA, one VALUE_INOUT param", _invoke_value),
-        Workload("digest_1p", "INVOKE digest TA, temporary memref of 1 page (NONCONTIG page list)",
+        Workload("digest_1p", "INVOKE digest TA, temporary memref of 1 page (registered around the call)",
                  _digest(1)),
         Workload("digest_16p", "INVOKE digest TA, temporary memref of 16 pages", _digest(16)),
-        Workload("digest_129p", "INVOKE digest TA, temporary memref of 129 pages (2 page-list pages)",
-                 _digest(129)),
+        Workload("digest_129p", "INVOKE digest TA, temporary memref of 129 pages", _digest(129)),
         Workload("storage_rw", f"storage TA write + read of {STORAGE_BLOB} bytes (FS and SHM_ALLOC RPCs)",
                  _storage_rw),
-        Workload("open_close", "OPEN_SESSION + CLOSE_SESSION of the increment TA", _open_close),
+        Workload("open_close", "OPEN_SESSION (LOAD_TA) + CLOSE_SESSION of the increment TA", _open_close),
     )
 }
 

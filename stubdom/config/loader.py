@@ -376,6 +376,11 @@ class _Walker:
             wait_ta_foreign_intr=t.get("wait_ta_foreign_intr", key["wait_ta_foreign_intr"].default),
             max_shm_pages=t.get("max_shm_pages", key["max_shm_pages"].default),
         )
+        tas = t.get("tas") or {}
+        kinds = {k.name: tas.get(k.name, k.default) for k in key["tas"].kind.keys}
+        if any(x is None for x in kinds.values()):
+            return None
+        fields["ree_tas"] = frozenset(name for name, kind in kinds.items() if kind == "ree")
         if any(x is None for x in fields.values()):
             return None
         try:

@@ -41,7 +41,7 @@ from stubdom.xen.constants import DOMID_FIRST_RESERVED, GUEST_RAM0_SIZE, OPTEE_S
 
 from .datatypes import Boolean, Choice, Converter, Integer, Number, PathValue, Text, UuidValue
 from .model import LOG_LEVELS, PLACEMENTS
-from .tee import DEFAULT_SEC_CAPS, MAX_GUESTS, MAX_THREADS_PER_GUEST, TeeConfig
+from .tee import DEFAULT_SEC_CAPS, MAX_GUESTS, MAX_THREADS_PER_GUEST, TA_KINDS, TA_NAMES, TeeConfig
 
 __all__ = [
     "REQUIRED",
@@ -154,6 +154,13 @@ _STATIC_SHM = Section((
         "bytes (CFG_SHMEM_SIZE); a whole number of pages"),
 ))
 
+_TA_KIND = Choice(TA_KINDS, what="a TA kind")
+_TAS = Section(tuple(
+    Key(name, _TA_KIND, _TEE.ta_kind(name),
+        f"how OP-TEE finds the {name} TA: early (linked into OP-TEE, no RPC) or ree (loaded by "
+        f"tee-supplicant with OPTEE_RPC_CMD_LOAD_TA at every OPEN_SESSION)")
+    for name in TA_NAMES))
+
 _TEE_SECTION = Section((
     Key("threads", Integer(1, MAX_THREADS_PER_GUEST), _TEE.threads_per_guest,
         "OP-TEE threads per guest partition (CFG_NUM_THREADS)"),
@@ -171,6 +178,7 @@ _TEE_SECTION = Section((
     Key("max_shm_pages", Integer(1, 1 << 24), _TEE.max_shm_pages,
         "pages one NONCONTIG buffer may span in OP-TEE (more: BAD_PARAMETERS)"),
     Key("static_shm", _STATIC_SHM, {}, "OP-TEE's reserved shared memory carve-out"),
+    Key("tas", _TAS, {}, "where OP-TEE finds each TA of the model"),
 ))
 
 _MEDIATOR_SECTION = Section((

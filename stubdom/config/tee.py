@@ -23,6 +23,9 @@ from .errors import BadTeeConfig
 
 __all__ = [
     "TeeConfig",
+    "TA_NAMES",
+    "TA_KINDS",
+    "DEFAULT_REE_TAS",
     "SUPPORTED_SEC_CAPS",
     "REQUIRED_SEC_CAPS",
     "DEFAULT_SEC_CAPS",
@@ -48,6 +51,22 @@ REQUIRED_SEC_CAPS = OPTEE_SMC_SEC_CAP_VIRTUALIZATION | OPTEE_SMC_SEC_CAP_MEMREF_
 # (entry_fast.c tee_entry_exchange_capabilities, CFG_CORE_RESERVED_SHM=y,
 # CFG_CORE_DYN_SHM=y, no async notif, no RPMB probe cap).
 DEFAULT_SEC_CAPS = SUPPORTED_SEC_CAPS
+
+# The TAs the model implements (stubdom.tee.tas), by the name a configuration
+# gives them; here so that validating a file never loads the secure world.
+TA_NAMES = ("increment", "digest", "storage", "wait")
+
+# How OP-TEE finds a TA (ldelf's TA stores, core/kernel/ree_fs_ta.c and
+# early_ta.c): "early" is linked into the OP-TEE binary (CFG_EARLY_TA) and
+# found without leaving the secure world; "ree" is loaded from the normal
+# world with OPTEE_RPC_CMD_LOAD_TA, which tee-supplicant answers from its TA
+# directory.
+TA_KINDS = ("early", "ree")
+# The TAs loaded from the REE unless configured otherwise: the three
+# optee_examples-like TAs, installed as tee-supplicant expects user TAs.  The
+# wait TA, the model's instrument for RPC tests, is an early TA so that what
+# it measures has no load in front of it.
+DEFAULT_REE_TAS = frozenset({"increment", "digest", "storage"})
 
 # Bounds that keep a config sane; OP-TEE itself is bounded by its RAM.
 MAX_THREADS_PER_GUEST = 64
@@ -89,6 +108,9 @@ class TeeConfig:
                         takes before it completes.
     max_shm_pages       pages one NONCONTIG buffer may span; more fails as
                         OP-TEE's malloc of the page array would (BAD_PARAMETERS).
+    ree_tas             names of the TAs (stubdom.tee.tas.TA_NAMES) loaded from
+                        the REE with OPTEE_RPC_CMD_LOAD_TA at every OPEN_SESSION;
+                        the others are early TAs, found without an RPC.
     """
 
     threads_per_guest: int = 4
@@ -100,6 +122,7 @@ class TeeConfig:
     prealloc_rpc_cache: bool = True
     wait_ta_foreign_intr: int = 3
     max_shm_pages: int = DEFAULT_MAX_SHM_PAGES
+    ree_tas: frozenset[str] = DEFAULT_REE_TAS
 
     def __post_init__(self) -> None:
         _int("threads_per_guest", self.threads_per_guest, 1, MAX_THREADS_PER_GUEST)
@@ -131,6 +154,16 @@ class TeeConfig:
             raise BadTeeConfig("prealloc_rpc_cache", self.prealloc_rpc_cache, "must be a bool")
         _int("wait_ta_foreign_intr", self.wait_ta_foreign_intr, 0, 1 << 20)
         _int("max_shm_pages", self.max_shm_pages, 1, 1 << 24)
+        if type(self.ree_tas) is not frozenset:
+            raise BadTeeConfig("ree_tas", self.ree_tas, "must be a frozenset of TA names")
+        unknown = sorted(n for n in self.ree_tas if n not in TA_NAMES)
+        if unknown:
+            raise BadTeeConfig("ree_tas", sorted(self.ree_tas),
+                               f"{', '.join(map(repr, unknown))} is no TA of the model ({', '.join(TA_NAMES)})")
+
+    def ta_kind(self, name: str) -> str:
+        """"ree" or "early" for the TA called ``name``."""
+        return "ree" if name in self.ree_tas else "early"
 
     @property
     def reserved_shm(self) -> bool:

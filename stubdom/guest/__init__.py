@@ -30,7 +30,6 @@ from .driver import (
     CallResult as CallResult,
     OpteeDriver as OpteeDriver,
     ProbeInfo as ProbeInfo,
-    ShmAllocReply as ShmAllocReply,
     ShmCacheBusy as ShmCacheBusy,
     Trap as Trap,
     UnsupportedLogin as UnsupportedLogin,
@@ -43,6 +42,14 @@ from .params import TeeParam as TeeParam
 from .shm import DynamicPool as DynamicPool, Shm as Shm, ShmOwner as ShmOwner, StaticPool as StaticPool
 from .mm import MmTable as MmTable, UserMm as UserMm, UserPage as UserPage
 from .supp import SuppParam as SuppParam, SuppQueue as SuppQueue
+from .tastore import (
+    BuiltTaImages as BuiltTaImages,
+    TaDirectory as TaDirectory,
+    TaStore as TaStore,
+    model_ta_images as model_ta_images,
+    write_ta_images as write_ta_images,
+)
+from .trace import TraceEvent as TraceEvent, TraceRecorder as TraceRecorder
 from .supplicant import (
     DirectoryStore as DirectoryStore,
     MemoryStore as MemoryStore,
@@ -76,7 +83,6 @@ __all__ = [
     "CallResult",
     "OpteeDriver",
     "ProbeInfo",
-    "ShmAllocReply",
     "ShmCacheBusy",
     "Trap",
     "UnsupportedLogin",
@@ -92,6 +98,13 @@ __all__ = [
     "MemoryStore",
     "Supplicant",
     "SupplicantPort",
+    "BuiltTaImages",
+    "TaDirectory",
+    "TaStore",
+    "model_ta_images",
+    "write_ta_images",
+    "TraceEvent",
+    "TraceRecorder",
     "MmTable",
     "UserMm",
     "UserPage",

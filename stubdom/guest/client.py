@@ -2,10 +2,25 @@
 ``tee_client_api.h`` in Python): contexts, sessions, shared memory and typed
 parameters.  Failures raise :class:`TeecError` (``ret``, ``origin``).
 
-Temporary memrefs are copied into a driver-private buffer of scattered guest
-pages for the duration of one call (so they reach OP-TEE as TMEM|NONCONTIG
-page lists on dynamic shared memory); registered memrefs refer to a
-:class:`SharedMemory` registered once with REGISTER_SHM.
+Shared memory reaches the kernel as libteec sends it (optee_client
+``libteec/src/tee_client_api.c``), and the kernel turns it into SMCs as
+Linux does:
+
+* TEEC_AllocateSharedMemory / TEEC_RegisterSharedMemory: with dynamic shared
+  memory (TEE_GEN_CAP_REG_MEM) a buffer registered with TEE_IOC_SHM_REGISTER,
+  which Linux registers with OP-TEE at once (REGISTER_SHM: tee_shm_register_user_buf
+  -> optee_shm_register) and unregisters when it is released
+  (UNREGISTER_SHM); memrefs into it are RMEM.  With the reserved pool only,
+  a buffer from it (TEE_IOC_SHM_ALLOC), passed as TMEM by address; no SMC.
+* A temporary memref (teec_pre_process_tmpref): the caller's buffer is
+  registered for the one call (TEEC_RegisterSharedMemory, 8 bytes when it is
+  empty), used as RMEM, and released after it (teec_free_temp_refs): so one
+  REGISTER_SHM before and one UNREGISTER_SHM after the call, per temporary
+  memref.  A NULL buffer of size 0 is a NULL memref when the TEE has
+  TEE_GEN_CAP_MEMREF_NULL, else an 8-byte allocation.
+
+The client's buffers are fresh guest pages (a Python client has no process
+memory); the SMCs are those of a C client's.
 """
 
 from __future__ import annotations
@@ -16,6 +31,7 @@ import uuid as uuidlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from stubdom.optee.smc import OPTEE_SMC_SEC_CAP_MEMREF_NULL
 from stubdom.optee.teec import (
     TEEC_ERROR_BAD_PARAMETERS,
     TEEC_ERROR_BAD_STATE,
@@ -54,6 +70,8 @@ __all__ = [
 ]
 
 TEEC_CONFIG_PAYLOAD_REF_COUNT = 4  # tee_client_api.h
+# TEEC_AllocateSharedMemory / TEEC_RegisterSharedMemory: "if (!s) s = 8"
+_EMPTY_SHM_SIZE = 8
 
 
 class Direction(enum.IntEnum):
@@ -82,12 +100,12 @@ class Value:
 
 @dataclass(frozen=True)
 class TempMemref:
-    """TEEC_MEMREF_TEMP_*: a buffer copied for one call.  ``data`` is the input
-    (bytes) or, for a pure output, ``size`` bytes of room.  After the call,
-    ``data`` holds the output (``size`` bytes as the TA returned them) and
-    ``size`` the returned size (the needed size after SHORT_BUFFER).  A size of
-    0 is passed as a NULL memref (with MEMREF_NULL, the way to ask a TA for a
-    size)."""
+    """TEEC_MEMREF_TEMP_*: a buffer of the caller's, shared for one call.
+    ``data`` is the input (bytes) or, for a pure output, ``size`` bytes of
+    room.  After the call, ``data`` holds the output (``size`` bytes as the TA
+    returned them) and ``size`` the returned size (the needed size after
+    SHORT_BUFFER).  No data and size 0 is a NULL buffer (with MEMREF_NULL,
+    the way to ask a TA for a size); ``b""`` is an empty buffer."""
 
     data: bytes | None = None
     direction: Direction = IN
@@ -127,15 +145,12 @@ Param = Value | TempMemref | RegisteredMemref | None
 class SharedMemory:
     """TEEC_SharedMemory: a buffer registered with (or allocated for) OP-TEE."""
 
-    def __init__(self, context: Context, shm: Shm, flags: int) -> None:
+    def __init__(self, context: Context, shm: Shm, flags: int, size: int) -> None:
         self._context = context
         self.shm = shm
         self.flags = flags
+        self.size = size  # as asked; an empty buffer has 8 bytes behind it
         self.released = False
-
-    @property
-    def size(self) -> int:
-        return self.shm.size
 
     def read(self, offset: int = 0, length: int | None = None) -> bytes:
         return self.shm.read(offset, length)
@@ -168,11 +183,11 @@ class Session:
         """TEEC_InvokeCommand; returns the params with their outputs filled in."""
         if self.closed:
             raise TeecError(TEEC_ERROR_BAD_STATE, TEEC_ORIGIN_API)
+        vcpu = self.vcpu if vcpu is None else vcpu
         return self.context._call(
-            lambda tparams: self.context.driver.invoke(
-                self.id, command, tparams, vcpu=self.vcpu if vcpu is None else vcpu
-            ),
+            lambda tparams: self.context.driver.invoke(self.id, command, tparams, vcpu=vcpu),
             params,
+            vcpu,
         )[1]
 
     def close(self) -> None:
@@ -223,13 +238,13 @@ class Context:
         return self._new_shm(size, flags)
 
     def _new_shm(self, size: int, flags: int) -> SharedMemory:
-        if size < 1 or not flags & (TEEC_MEM_INPUT | TEEC_MEM_OUTPUT) or flags & ~3:
+        if size < 0 or not flags & (TEEC_MEM_INPUT | TEEC_MEM_OUTPUT) or flags & ~3:
             raise TeecError(TEEC_ERROR_BAD_PARAMETERS, TEEC_ORIGIN_API, f"size {size}, flags {flags:#x}")
         try:
-            shm = self.driver.alloc_shm(size, vcpu=self.vcpu)
+            shm = self.driver.alloc_shm(size or _EMPTY_SHM_SIZE, vcpu=self.vcpu)
         except (OutOfGuestPages, StaticShmOutOfMemory) as e:
             raise _oom(e) from e
-        mem = SharedMemory(self, shm, flags)
+        mem = SharedMemory(self, shm, flags, size)
         with self._lock:
             self._shms.add(mem)
         return mem
@@ -249,6 +264,7 @@ class Context:
             result, _ = self._call(
                 lambda tparams: self.driver.open_session(ta_uuid, tparams, login=login, vcpu=vcpu),
                 params,
+                vcpu,
             )
         except UnsupportedLogin as e:
             raise TeecError(TEEC_ERROR_NOT_SUPPORTED, TEEC_ORIGIN_API, str(e)) from e
@@ -257,12 +273,12 @@ class Context:
         return session
 
     # -- parameter marshalling (libteec teec_pre_process_operation / post) ----------------
-    def _call(self, run, params: Sequence[Param]):
+    def _call(self, run, params: Sequence[Param], vcpu: int):
         if len(params) > TEEC_CONFIG_PAYLOAD_REF_COUNT:
             raise TeecError(TEEC_ERROR_BAD_PARAMETERS, TEEC_ORIGIN_API, f"{len(params)} params")
         temps: list[Shm] = []
         try:
-            tparams = [self._to_tee_param(p, temps) for p in params]
+            tparams = [self._to_tee_param(p, temps, vcpu) for p in params]
             try:
                 result = run(tparams)
             except TooManyParams as e:
@@ -271,22 +287,23 @@ class Context:
         except (OutOfGuestPages, StaticShmOutOfMemory) as e:
             raise _oom(e) from e
         finally:
-            for shm in temps:
-                self.driver.free_shm(shm)
+            for shm in temps:  # teec_free_temp_refs: UNREGISTER_SHM each
+                self.driver.free_shm(shm, vcpu=vcpu)
         if result.ret != TEEC_SUCCESS:
             raise TeecError(result.ret, result.ret_origin, outputs)
         return result, outputs
 
-    def _to_tee_param(self, p: Param, temps: list[Shm]) -> TeeParam:
+    def _to_tee_param(self, p: Param, temps: list[Shm], vcpu: int) -> TeeParam:
         if p is None:
             return TeeParam(TEEC_NONE)
         if isinstance(p, Value):
             return TeeParam.value(p.param_type, p.a, p.b, 0)
         if isinstance(p, TempMemref):
             attr = p.param_type
-            if not p.size:
-                return TeeParam.memref(attr, None, 0, 0)
-            shm = self.driver.alloc_temp(p.size)
+            if p.data is None and not p.size and self._memref_null():
+                return TeeParam.memref(attr, None, 0, 0)  # TEE_MEMREF_NULL
+            # TEEC_RegisterSharedMemory of the caller's buffer (REGISTER_SHM)
+            shm = self.driver.alloc_shm(p.size or _EMPTY_SHM_SIZE, vcpu=vcpu)
             temps.append(shm)
             if p.direction != OUT and p.data:
                 shm.write(0, p.data)
@@ -312,6 +329,11 @@ class Context:
                 )
             return TeeParam.memref(TEEC_MEMREF_TEMP_INPUT - 1 + direction, mem.shm, offset, size)
         raise TypeError(f"{p!r} is not a client parameter")
+
+    def _memref_null(self) -> bool:
+        """TEE_GEN_CAP_MEMREF_NULL: the secure world takes NULL memrefs."""
+        info = self.driver.info
+        return info is not None and bool(info.sec_caps & OPTEE_SMC_SEC_CAP_MEMREF_NULL)
 
     @staticmethod
     def _from_tee_param(p: Param, tp: TeeParam, ret: int) -> Param:

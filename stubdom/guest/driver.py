@@ -11,12 +11,11 @@ Where each part comes from:
 The driver reaches the secure world only through ``trap(vcpu, regs)`` (an SMC
 trapped by its vCPU) and its memory only through its own ``Domain`` by IPA.
 It never sees a machine address.  docs/guest-driver.md lists the differences
-from Linux.
+from Linux; ``trace=`` records every SMC and RPC (``stubdom.guest.trace``).
 """
 
 from __future__ import annotations
 
-import enum
 import errno
 import logging
 import threading
@@ -83,6 +82,7 @@ from stubdom.optee.smc import (
     OPTEE_SMC_DISABLE_SHM_CACHE,
     OPTEE_SMC_ENABLE_SHM_CACHE,
     OPTEE_SMC_EXCHANGE_CAPABILITIES,
+    OPTEE_SMC_FAST_CALL,
     OPTEE_SMC_GET_SHM_CONFIG,
     OPTEE_SMC_GET_THREAD_COUNT,
     OPTEE_SMC_NSEC_CAP_UNIPROCESSOR,
@@ -133,10 +133,17 @@ from .pages import PAGE_SIZE, PageAllocator
 from .params import TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_INPUT, TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INOUT, TeeParam
 from .shm import DynamicPool, Shm, ShmOwner, StaticPool
 from .supplicant import SupplicantPort
+from .trace import (
+    TraceEvent,
+    command_name,
+    function_name,
+    return_name,
+    rpc_event_detail,
+    rpc_func_name,
+)
 
 __all__ = [
     "Trap",
-    "ShmAllocReply",
     "ProbeInfo",
     "CallResult",
     "OpteeDriver",
@@ -176,16 +183,6 @@ class ShmCacheBusy(GuestError):
         self.function = function
         self.a0 = a0
         super().__init__(f"{function:#010x} still answers {a0:#x} after {tries} tries")
-
-
-class ShmAllocReply(enum.Enum):
-    """How an RPC SHM_ALLOC of a driver-private (KERNEL) buffer is answered."""
-
-    #: always TMEM_OUTPUT|NONCONTIG with a page list (what Xen's mediator translates)
-    PAGE_LIST = "page_list"
-    #: Linux since late 2023: a one-page KERNEL buffer as plain TMEM_OUTPUT + its
-    #: address, everything else as a page list
-    PLAIN_SINGLE_PAGE = "plain_single_page"
 
 
 @dataclass(frozen=True)
@@ -243,10 +240,10 @@ class OpteeDriver:
         allocator: PageAllocator | None = None,
         seed: int = 0,
         supplicant: SupplicantPort | None = None,
-        shm_alloc_reply: ShmAllocReply = ShmAllocReply.PAGE_LIST,
         clock_ns: Callable[[], int] = time.time_ns,
         sleep: Callable[[float], None] = time.sleep,
         shm_cache_busy_tries: int = 1000,
+        trace: Callable[[TraceEvent], None] | None = None,
     ) -> None:
         if nr_vcpus < 1:
             raise ValueError(f"nr_vcpus {nr_vcpus} must be at least 1")
@@ -255,7 +252,7 @@ class OpteeDriver:
         self.nr_vcpus = nr_vcpus
         self.pages = allocator if allocator is not None else PageAllocator.for_domain(domain, seed=seed)
         self.supplicant = supplicant
-        self.shm_alloc_reply = shm_alloc_reply
+        self._trace = trace
         self._clock_ns = clock_ns
         self._sleep = sleep
         self._busy_tries = shm_cache_busy_tries
@@ -292,6 +289,8 @@ class OpteeDriver:
         res = tuple(self._trap(vcpu, regs))
         if len(res) != 8:
             raise GuestError(f"trap returned {len(res)} registers, not 8")
+        if self._trace is not None and regs[0] & OPTEE_SMC_FAST_CALL:
+            self._trace(TraceEvent(vcpu, "fast", function_name(regs[0])))
         return res
 
     # -- probe (smc_abi.c: optee_probe) -------------------------------------------------
@@ -460,9 +459,15 @@ class OpteeDriver:
             self._static.free(shm.paddr)
 
     def _free_shm(self, vcpu: int, shm: Shm) -> None:
-        if shm.registered:
-            self._shm_unregister(vcpu, shm)
-        self._release(shm)
+        """tee_shm_release: unregister (a failure is only logged, dev_err),
+        then give the memory back."""
+        try:
+            if shm.registered:
+                self._shm_unregister(vcpu, shm)
+        except ShmRegistrationFailed as e:
+            log.error("unregister shm %#x failed: %s", shm.cookie, e)
+        finally:
+            self._release(shm)
 
     def alloc_shm(self, size: int, *, vcpu: int = 0, owner: ShmOwner = ShmOwner.CLIENT) -> Shm:
         """A client buffer (TEE_IOC_SHM_ALLOC): on dynamic shm it is registered
@@ -503,17 +508,11 @@ class OpteeDriver:
                 raise
         return shm
 
-    def alloc_temp(self, size: int) -> Shm:
-        """A driver-private buffer for one call (a temporary memref): passed as
-        TMEM|NONCONTIG (dynamic) or plain TMEM (static pool), never registered."""
-        self._check_ready()
-        if size < 1:
-            raise ValueError(f"temporary buffer size {size} must be at least 1")
-        return self._alloc(size, ShmOwner.KERNEL)
-
     def free_shm(self, shm: Shm, *, vcpu: int = 0) -> None:
-        """Free a buffer from :meth:`alloc_shm`/:meth:`alloc_temp` (UNREGISTER_SHM
-        first when it is registered)."""
+        """Free a buffer from :meth:`alloc_shm` or :meth:`register_pages`
+        (UNREGISTER_SHM first when it is registered: tee_shm_release ->
+        optee_shm_unregister; when that fails the buffer is freed all the
+        same, as Linux does)."""
         if self._lookup(shm.cookie) is not shm:
             raise UnknownShm(shm.cookie)
         self._free_shm(vcpu, shm)
@@ -666,10 +665,19 @@ class OpteeDriver:
             a0 = OPTEE_SMC_CALL_WITH_RPC_ARG if rpc_arg is not None else OPTEE_SMC_CALL_WITH_ARG
             param = [a0, hi, lo, 0, 0, 0, 0, 0]
         ctx = _CallCtx()
+        trace = self._trace
+        cmd = command_name(unpack_header(shm.read(offs, 32))[0]) if trace is not None else ""
         w = self.call_queue.enter()
         try:
             while True:
+                if trace is not None:
+                    if param[0] == OPTEE_SMC_CALL_RETURN_FROM_RPC:
+                        trace(TraceEvent(vcpu, "resume", function_name(param[0])))
+                    else:
+                        trace(TraceEvent(vcpu, "call", function_name(param[0]), cmd))
                 res = self.smc(vcpu, *param)
+                if trace is not None and not is_rpc_return(res[0]):
+                    trace(TraceEvent(vcpu, "done", return_name(res[0])))
                 if res[0] == OPTEE_SMC_RETURN_ETHREAD_LIMIT:
                     # out of secure threads: wait for another call, then the same registers
                     self.call_queue.wait_for_completion(w)
@@ -689,6 +697,8 @@ class OpteeDriver:
 
     def _handle_rpc(self, vcpu: int, rpc_arg, param: list[int], ctx: _CallCtx) -> None:
         func = rpc_func(param[0] & _U32)
+        if self._trace is not None and func != OPTEE_SMC_RPC_FUNC_CMD:
+            self._trace(TraceEvent(vcpu, "rpc", rpc_func_name(func)))
         if func == OPTEE_SMC_RPC_FUNC_ALLOC:
             self.stats["rpc_alloc"] += 1
             try:
@@ -720,6 +730,8 @@ class OpteeDriver:
                 shm, offs = self._lookup(cookie), 0
             if shm is None:
                 log.error("RPC CMD names unknown cookie %#x", cookie)
+                if self._trace is not None:
+                    self._trace(TraceEvent(vcpu, "rpc", "CMD", "?"))
             else:
                 self._handle_rpc_cmd(vcpu, shm, offs, ctx)
         else:
@@ -739,6 +751,10 @@ class OpteeDriver:
         arg = _read_msg(shm, offs, n)
         cmd = arg.cmd
         params = list(arg.params)
+        if self._trace is not None:
+            name, detail = rpc_event_detail(cmd, params[0].a if params else None,
+                                            len(params) > 1 and bool(params[1].c))
+            self._trace(TraceEvent(vcpu, "rpc", "CMD", name, detail))
         out = {"ret": arg.ret, "ret_origin": arg.ret_origin}
         if cmd == OPTEE_RPC_CMD_SHM_ALLOC:
             self._free_pages_list(ctx)
@@ -782,14 +798,11 @@ class OpteeDriver:
             out["ret"] = TEEC_ERROR_OUT_OF_MEMORY
             return
         if shm.pages is None:
-            params[0] = MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, shm.ipa(0), shm.size, shm.cookie)
-        elif (
-            kind == OPTEE_RPC_SHM_TYPE_KERNEL
-            and self.shm_alloc_reply is ShmAllocReply.PLAIN_SINGLE_PAGE
-            and len(shm.pages) == 1
-        ):
+            # the reserved pool: no pages, a physical address (IPA == PA)
             params[0] = MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT, shm.ipa(0), shm.size, shm.cookie)
         else:
+            # handle_rpc_func_cmd_shm_alloc: a buffer with pages (every
+            # dynamic one, whatever its size or type) is described by a page list
             pages, in_page = self._span_pages(shm, 0, max(shm.size, 1))
             try:
                 ctx.pages_list = self._write_page_list(pages)
@@ -912,7 +925,12 @@ class OpteeDriver:
         return TeeParam(attr, shm=shm, offs=offs, size=mp.b)
 
     # -- requests (call.c) ----------------------------------------------------------------
-    def _to_msg_params(self, params: Sequence[TeeParam], lists: list[list[int]]) -> list[MsgParam]:
+    def _to_msg_params(self, params: Sequence[TeeParam]) -> list[MsgParam]:
+        """smc_abi.c optee_to_msg_param: a memref in dynamic shared memory
+        (tee_shm_is_dynamic: allocated or registered, every buffer with
+        pages) is an RMEM naming the registration by cookie
+        (to_msg_param_reg_mem); one in the reserved pool, or no buffer at all,
+        a TMEM with its physical address (to_msg_param_tmp_mem)."""
         out = []
         for p in params:
             if p.attr == 0:
@@ -924,24 +942,11 @@ class OpteeDriver:
                 shm = p.shm
                 if shm is None:
                     out.append(MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT + kind, 0, p.size, 0))
-                elif shm.registered:
+                elif shm.pages is not None:
                     out.append(MsgParam.rmem(OPTEE_MSG_ATTR_TYPE_RMEM_INPUT + kind, p.offs, p.size, shm.cookie))
-                elif shm.pages is None:
-                    out.append(MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT + kind, shm.ipa(p.offs), p.size, shm.cookie))
                 else:
-                    if p.offs < 0 or p.offs + p.size > shm.size:
-                        raise GuestError(f"memref [{p.offs}, +{p.size}) outside a {shm.size}-byte buffer")
-                    pages, in_page = self._span_pages(shm, p.offs, max(p.size, 1))
-                    list_ipas = self._write_page_list(pages)
-                    lists.append(list_ipas)
-                    out.append(
-                        MsgParam.tmem(
-                            (OPTEE_MSG_ATTR_TYPE_TMEM_INPUT + kind) | OPTEE_MSG_ATTR_NONCONTIG,
-                            make_buf_ptr(list_ipas[0], in_page),
-                            p.size,
-                            shm.cookie,
-                        )
-                    )
+                    out.append(MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT + kind, shm.ipa(p.offs), p.size,
+                                             shm.cookie))
             else:
                 raise GuestError(f"param attr {p.attr} is not a TEE_IOCTL_PARAM_ATTR_TYPE")
         return out
@@ -956,9 +961,8 @@ class OpteeDriver:
 
     def _request(self, vcpu: int, msg: MsgArg, params: Sequence[TeeParam], first: int) -> CallResult:
         entry, offs = self._get_msg_arg(vcpu, msg.num_params + len(params))
-        lists: list[list[int]] = []
         try:
-            msg_params = list(msg.params) + self._to_msg_params(params, lists)
+            msg_params = list(msg.params) + self._to_msg_params(params)
             msg = msg.replace(params=tuple(msg_params))
             a0, out = self._call_msg(vcpu, entry.shm, offs, msg)
             if a0 != OPTEE_SMC_RETURN_OK:
@@ -966,8 +970,6 @@ class OpteeDriver:
             self._from_msg_params(params, out.params[first:])
             return CallResult(out.ret, out.ret_origin, out.session)
         finally:
-            for list_ipas in lists:
-                self.pages.free(list_ipas)
             self._free_msg_arg(entry, offs)
 
     def open_session(

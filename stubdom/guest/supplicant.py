@@ -46,6 +46,8 @@ from stubdom.optee.teec import (
     TEEC_SUCCESS,
 )
 
+from stubdom.optee.uuid import value_words_to_uuid
+
 from .params import (
     TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_INPUT,
     TEE_IOCTL_PARAM_ATTR_TYPE_MEMREF_OUTPUT,
@@ -54,6 +56,7 @@ from .params import (
     TeeParam,
 )
 from .shm import Shm
+from .tastore import BuiltTaImages, TaStore
 
 __all__ = ["SupplicantDevice", "SupplicantPort", "FileStore", "MemoryStore", "DirectoryStore", "Supplicant"]
 
@@ -205,10 +208,13 @@ def _type(p: TeeParam) -> int:
 
 class Supplicant:
     """One guest's tee-supplicant.  Thread-safe (OP-TEE threads may issue FS
-    RPCs concurrently from several vCPUs)."""
+    RPCs concurrently from several vCPUs).  ``store`` is its secure-storage
+    directory, ``tas`` its TA directory (by default the images of the
+    model's own TAs, as a guest with them installed has)."""
 
-    def __init__(self, store: FileStore | None = None) -> None:
+    def __init__(self, store: FileStore | None = None, tas: TaStore | None = None) -> None:
         self.store: FileStore = store if store is not None else MemoryStore()
+        self.tas: TaStore = tas if tas is not None else BuiltTaImages()
         self._device: SupplicantDevice | None = None
         self._lock = threading.RLock()
         self._fds: dict[int, str] = {}
@@ -246,9 +252,26 @@ class Supplicant:
             if cmd == OPTEE_RPC_CMD_SHM_FREE:
                 return self._shm_free(params)
             if cmd == OPTEE_RPC_CMD_LOAD_TA:
-                # TAs are built into the secure world here; there is no TA file to load.
-                return TEEC_ERROR_ITEM_NOT_FOUND
+                return self._load_ta(params)
             return TEEC_ERROR_NOT_SUPPORTED
+
+    def _load_ta(self, params: list[TeeParam]) -> int:
+        """tee_supplicant.c load_ta: [0] the UUID's octets, [1] the buffer.
+        Always answers the image's size; copies it only into a buffer that
+        holds it (no buffer: the size query; too small: SHORT_BUFFER)."""
+        if len(params) != 2 or not params[0].is_value or not params[1].is_memref:
+            return TEEC_ERROR_BAD_PARAMETERS
+        image = self.tas.load(value_words_to_uuid(params[0].a, params[0].b))
+        if image is None:
+            return TEEC_ERROR_ITEM_NOT_FOUND
+        room = params[1].size
+        params[1].size = len(image)
+        if params[1].shm is None:
+            return TEEC_SUCCESS
+        if len(image) > room:
+            return TEEC_ERROR_SHORT_BUFFER
+        params[1].shm.write(params[1].offs, image)
+        return TEEC_SUCCESS
 
     def _shm_alloc(self, params: list[TeeParam]) -> int:
         if len(params) != 1 or not params[0].is_value or self._device is None:

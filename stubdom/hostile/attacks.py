@@ -706,8 +706,8 @@ class FloodCalls(Attack):
 
     def _setup(self, guest, victim):
         # One session per suspended call (a TA session runs one command at a
-        # time: a second one gets TEE_ERROR_BUSY); opened as the flood needs
-        # them, kept for the next iterations.
+        # time: a second one would park in the normal world, NOTIFICATION
+        # WAIT); opened as the flood needs them, kept for the next iterations.
         return {"sessions": [], "limits": _limits(guest)}
 
     def _step(self, guest, state, rng):

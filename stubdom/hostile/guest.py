@@ -30,6 +30,7 @@ from stubdom.optee import (
     OPTEE_MSG_CMD_UNREGISTER_SHM,
     OPTEE_MSG_LOGIN_PUBLIC,
     OPTEE_RPC_CMD_GET_TIME,
+    OPTEE_RPC_CMD_LOAD_TA,
     OPTEE_RPC_CMD_SHM_ALLOC,
     OPTEE_RPC_CMD_SHM_FREE,
     OPTEE_SMC_CALL_RETURN_FROM_RPC,
@@ -43,7 +44,9 @@ from stubdom.optee import (
     OPTEE_SMC_RPC_FUNC_FOREIGN_INTR,
     OPTEE_SMC_RPC_FUNC_FREE,
     OPTEE_SMC_SEC_CAP_RPC_ARG,
+    TEEC_ERROR_ITEM_NOT_FOUND,
     TEEC_ERROR_NOT_SUPPORTED,
+    TEEC_ERROR_SHORT_BUFFER,
     MsgArg,
     MsgParam,
     OpenSessionMeta,
@@ -53,7 +56,9 @@ from stubdom.optee import (
     list_pages_needed,
     make_buf_ptr,
     rpc_func,
+    value_words_to_uuid,
 )
+from stubdom.guest.tastore import model_ta_images
 from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, P2mType
 
 from .errors import GuestOutOfPages, UnexpectedRpc
@@ -99,6 +104,8 @@ class HostileGuest:
         self.rpc_cmds: list[int] = []  # RPC CMD commands served, in order
         self._current: dict[int, tuple[int, int]] = {}  # vcpu -> (arg IPA, RPC arg offset)
         self.shm_alloc_hook: ShmAllocHook | None = None
+        # its tee-supplicant's TA directory: the model's TAs (LOAD_TA)
+        self.ta_images = model_ta_images()
 
     # -- registers ----------------------------------------------------------------
 
@@ -342,7 +349,30 @@ class HostileGuest:
             if freed is not None:  # the supplicant frees what it allocated
                 self.free_pages(freed + self._shm_lists.pop(req.params[0].b, []))
             return req.replace(ret=0)
+        if req.cmd == OPTEE_RPC_CMD_LOAD_TA and len(req.params) == 2:
+            return self._load_ta(req)
         return req.replace(ret=TEEC_ERROR_NOT_SUPPORTED)
+
+    def _load_ta(self, req: MsgArg) -> MsgArg:
+        """tee-supplicant's load_ta: the image's size without a buffer, else
+        the image, into the SHM_ALLOC buffer the memref names."""
+        uuid_p, mem = req.params
+        image = self.ta_images.get(value_words_to_uuid(uuid_p.a, uuid_p.b))
+        if image is None:
+            return req.replace(ret=TEEC_ERROR_ITEM_NOT_FOUND)
+        out = (uuid_p, mem.replace(b=len(image)))
+        if not mem.c:  # no buffer: the size query
+            return req.replace(ret=0, params=out)
+        pages = self.shm_allocs.get(mem.c)
+        if pages is None or len(image) > mem.b or mem.a + len(image) > len(pages) * PAGE_SIZE:
+            return req.replace(ret=TEEC_ERROR_SHORT_BUFFER, params=out)
+        pos, left = mem.a, image
+        while left:
+            page, offs = divmod(pos, PAGE_SIZE)
+            n = min(len(left), PAGE_SIZE - offs)
+            self.dom.write(pages[page] + offs, left[:n])
+            left, pos = left[n:], pos + n
+        return req.replace(ret=0, params=out)
 
     def resume(self, tid: int, a1: int = 0, a2: int = 0, a4: int = 0, a5: int = 0, *,
                vcpu: int = 0) -> Regs:

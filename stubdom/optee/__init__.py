@@ -9,7 +9,7 @@ Everything public is re-exported here::
     from stubdom.optee import OPTEE_SMC_CALL_WITH_ARG, MsgArg, MsgParam, read_page_list
 """
 
-from . import errors, msg, pagelist, rpc, smc, smccc, teec
+from . import errors, msg, pagelist, rpc, smc, smccc, taimage, teec
 from . import uuid as uuid_meta
 from .errors import *  # noqa: F401,F403
 from .msg import *  # noqa: F401,F403
@@ -17,6 +17,7 @@ from .pagelist import *  # noqa: F401,F403
 from .rpc import *  # noqa: F401,F403
 from .smc import *  # noqa: F401,F403
 from .smccc import *  # noqa: F401,F403
+from .taimage import *  # noqa: F401,F403
 from .teec import *  # noqa: F401,F403
 from .uuid import *  # noqa: F401,F403
 
@@ -28,6 +29,7 @@ __all__ = sorted(
         *rpc.__all__,
         *smc.__all__,
         *smccc.__all__,
+        *taimage.__all__,
         *teec.__all__,
         *uuid_meta.__all__,
     }

@@ -25,6 +25,7 @@ __all__ = [
     "PageListTooLong",
     "TruncatedPage",
     "PageListShapeMismatch",
+    "BadTaImage",
 ]
 
 
@@ -161,3 +162,17 @@ class TruncatedPage(BadPageList):
 class PageListShapeMismatch(BadPageList):
     """Raised by :func:`build_page_list` when the number of list-page addresses
     supplied is not the number of list pages the entries need."""
+
+
+class BadTaImage(AbiError):
+    """Raised by :func:`stubdom.optee.taimage.parse_ta_image` for bytes that
+    are not a valid TA image: too short, a wrong magic or version, a body size
+    the image does not have, a digest the body does not match, or another
+    TA's UUID.  ``field`` names what was wrong and ``value`` what was found;
+    the secure world answers it with TEE_ERROR_SECURITY, as OP-TEE answers a
+    TA whose signed header does not verify (``core/kernel/ree_fs_ta.c``)."""
+
+    def __init__(self, field: str, value: object, why: str) -> None:
+        self.field = field
+        self.value = value
+        super().__init__(f"TA image {field} = {value!r}: {why}")

@@ -9,6 +9,16 @@ Mirrors, function for function:
   unregister_shm, copy_in_params / set_tmem_param / set_rmem_param,
   copy_out_param, get_open_session_meta.
 
+and, from ``core/kernel/tee_ta_manager.c``, the session life cycle:
+tee_ta_get_session (a call takes its session exclusively; a second one
+sleeps on the session's condvar, parked in the normal world with
+NOTIFICATION WAIT, until the first puts it back and wakes it with
+NOTIFICATION SEND), tee_ta_put_session, tee_ta_open_session,
+tee_ta_close_session / destroy_session (close waits for every other
+reference to go); from ``core/mm/mobj_dyn_shm.c``,
+mobj_reg_shm_release_by_cookie (UNREGISTER_SHM of memory a call still uses
+drops the registration and sleeps until the last user puts it back).
+
 The message is read once into a private copy: its header (for num_params,
 READ_ONCE in OP-TEE), then the params it announces.  Afterwards only output
 fields are written back: ret, ret_origin, session and, per param, value.a/b
@@ -70,8 +80,8 @@ from stubdom.optee.smc import (
 )
 from stubdom.optee.teec import (
     TEE_ERROR_BAD_PARAMETERS,
-    TEE_ERROR_BUSY,
     TEE_ERROR_ITEM_NOT_FOUND,
+    TEE_ERROR_OVERFLOW,
     TEE_ERROR_SECURITY,
     TEE_NUM_PARAMS,
     TEE_SUCCESS,
@@ -82,6 +92,7 @@ from stubdom.optee.uuid import META_PARAM_ATTR, value_words_to_uuid
 from stubdom.xen.constants import PAGE_SIZE
 
 from .memory import Mobj
+from .ta_store import find_ta
 from .tas.ta import TaContext, TaParam, TaSession
 from .thread import RPC_ARG_SIZE, Thread, ThreadGen
 
@@ -128,6 +139,8 @@ class StdCall:
         self.tas = tas
         # Where the message lives: (mobj, offset) once located.
         self._arg: tuple[Mobj, int] | None = None
+        # Registrations the message's RMEM params reference (copy_in_params).
+        self._param_holds: list[Mobj] = []
 
     # -- std_smc_entry -------------------------------------------------------
 
@@ -140,6 +153,8 @@ class StdCall:
                 return (yield from self._with_regd_arg((a1 << 32) | a2, a3))
             return OPTEE_SMC_RETURN_EBADCMD
         finally:
+            # Only when the thread dies mid-call (VM_DESTROYED closes it): a
+            # call that ends puts every reference back on its way out.
             for held in self.thread.holds:
                 held.users -= 1
             self.thread.holds.clear()
@@ -174,13 +189,16 @@ class StdCall:
         return (yield from self._get_msg_arg_and_call(page, 0, with_rpc_arg))
 
     def _with_regd_arg(self, cookie: int, offset: int) -> ThreadGen:
-        """std_entry_with_regd_arg: the arg inside registered shm."""
+        """std_entry_with_regd_arg: the arg inside registered shm, referenced
+        until the call is over (its mobj_put comes after everything else)."""
         mobj = self.part.find_reg_shm(cookie) if self.memmap.dynamic_shm else None
         if mobj is None:
             return OPTEE_SMC_RETURN_EBADADDR
         mobj.users += 1
         self.thread.holds.append(mobj)
-        return (yield from self._get_msg_arg_and_call(mobj, offset, True))
+        rv = yield from self._get_msg_arg_and_call(mobj, offset, True)
+        yield from self._put_mobj(mobj)
+        return rv
 
     def _get_msg_arg_and_call(self, mobj: Mobj, offs: int, with_rpc_arg: bool) -> ThreadGen:
         """get_msg_arg, then call_entry_std."""
@@ -237,20 +255,95 @@ class StdCall:
             self.thread.call = f"OPTEE_MSG_CMD_INVOKE_COMMAND session {arg.session:#x} func {arg.func:#x}"
             yield from self._invoke_command(arg)
         elif cmd == OPTEE_MSG_CMD_CLOSE_SESSION:
-            self._close_session(arg)
+            yield from self._close_session(arg)
         elif cmd == OPTEE_MSG_CMD_CANCEL:
-            self._cancel(arg)
+            yield from self._cancel(arg)
         elif cmd == OPTEE_MSG_CMD_REGISTER_SHM and self.memmap.dynamic_shm:
             self._register_shm(arg)
         elif cmd == OPTEE_MSG_CMD_UNREGISTER_SHM and self.memmap.dynamic_shm:
-            self._unregister_shm(arg)
+            yield from self._unregister_shm(arg)
         else:
             # DO_BOTTOM_HALF / STOP_ASYNC_NOTIF without async notif, protmem
             # commands, anything unknown: TEE_ERROR_NOT_IMPLEMENTED -> EBADCMD.
             raise _NotHandled(cmd)
 
+    # -- sessions (tee_ta_manager.c) -------------------------------------------
+
+    def _get_session(self, sid: int, exclusive: bool) -> ThreadGen:
+        """tee_ta_get_session: the listed session ``sid`` (None if it is not
+        there or going away), referenced; ``exclusive`` also takes it, sleeping
+        on its lock_cv while another thread has it."""
+        t, m = self.thread, self.part.ta_mutex
+        yield from m.lock(t)
+        s = self.part.sessions.get(sid)
+        if s is not None:
+            if s.unlink:
+                s = None
+            else:
+                s.ref_count += 1
+                if exclusive:
+                    while s.lock_thread is not None and not s.unlink:
+                        yield from s.lock_cv.wait(t, m)
+                    if s.unlink:
+                        _dec_session_ref_count(s)
+                        s = None
+                    else:
+                        s.lock_thread = t.index
+        yield from m.unlock(t)
+        return s
+
+    def _put_session(self, s: TaSession) -> ThreadGen:
+        """tee_ta_put_session: let go of it, waking one thread waiting for it."""
+        t, m = self.thread, self.part.ta_mutex
+        yield from m.lock(t)
+        if s.lock_thread == t.index:
+            s.lock_thread = None
+            s.lock_cv.signal()
+        _dec_session_ref_count(s)
+        yield from m.unlock(t)
+
+    def _destroy_session(self, s: TaSession) -> ThreadGen:
+        """destroy_session / tee_ta_unlink_session: mark it going (every
+        waiter gives up), wait until only this reference is left, unlist it."""
+        t, m = self.thread, self.part.ta_mutex
+        yield from m.lock(t)
+        s.unlink = True
+        s.lock_cv.broadcast()
+        while s.ref_count != 1:
+            yield from s.refc_cv.wait(t, m)
+        self.part.sessions.pop(s.id, None)
+        yield from m.unlock(t)
+
+    def _close(self, s: TaSession) -> ThreadGen:
+        """close_session: the TA's close entry point, then destroy_session."""
+        if s.ta is not None:
+            s.ta.close_session(self._ta_context(s))
+        yield from self._destroy_session(s)
+
+    def _init_session(self, ta_uuid: uuid.UUID, login: int, client_uuid: uuid.UUID) -> ThreadGen:
+        """tee_ta_init_session: list a new session (taken by this thread, so
+        nobody else can use it yet), then find its TA; (result, session)."""
+        t, m = self.thread, self.part.ta_mutex
+        s = TaSession(0, None, login, client_uuid, lock_thread=t.index)
+        yield from m.lock(t)
+        s.id = self.part.new_session_id()
+        if not s.id:
+            yield from m.unlock(t)
+            return TEE_ERROR_OVERFLOW, None
+        self.part.sessions[s.id] = s
+        yield from m.unlock(t)
+        res, s.ta = yield from find_ta(t, self.config, self.tas, ta_uuid)
+        if res != TEE_SUCCESS:
+            yield from m.lock(t)
+            self.part.sessions.pop(s.id, None)
+            yield from m.unlock(t)
+            return res, None
+        return TEE_SUCCESS, s
+
+    # -- the entry points (entry_std.c) ------------------------------------------
+
     def _open_session(self, arg: MsgArg) -> ThreadGen:
-        """entry_open_session."""
+        """entry_open_session + tee_ta_open_session."""
         origin = TEEC_ORIGIN_TEE
         session = None
         params = arg.params
@@ -258,23 +351,18 @@ class StdCall:
         if res == TEE_SUCCESS:
             res, ta_params, saved = self._copy_in_params(params[2:])
             if res == TEE_SUCCESS:
-                ta = self.tas.get(ta_uuid)
-                if ta is None:
-                    # No REE-FS TA loading: an unknown UUID is what tee-supplicant's
-                    # failed LOAD_TA turns into.
-                    res = TEE_ERROR_ITEM_NOT_FOUND
-                else:
-                    session = TaSession(self.part.new_session_id(), ta, login, client_uuid, busy=True)
-                    self.part.sessions[session.id] = session
-                    ctx = self._ta_context(session)
-                    res, session.state = yield from ta.open_session(ctx, ta_params)
+                res, s = yield from self._init_session(ta_uuid, login, client_uuid)
+                if res == TEE_SUCCESS:
+                    ctx = self._ta_context(s)
+                    res, s.state = yield from s.ta.open_session(ctx, ta_params)
                     origin = TEEC_ORIGIN_TRUSTED_APP
-                    session.busy = False
                     if res != TEE_SUCCESS:
-                        ta.close_session(ctx)
-                        del self.part.sessions[session.id]
-                        session = None
+                        yield from self._close(s)
+                    else:
+                        session = s
+                        yield from self._put_session(s)
                 self._copy_out_params(ta_params, saved, 2)
+            yield from self._cleanup_shm_refs()
         self._write_u32(OFFSET_SESSION, session.id if session is not None else 0)
         self._write_u32(OFFSET_RET, res)
         self._write_u32(OFFSET_RET_ORIGIN, origin)
@@ -284,53 +372,47 @@ class StdCall:
         origin = TEEC_ORIGIN_TEE
         res, ta_params, saved = self._copy_in_params(arg.params)
         if res == TEE_SUCCESS:
-            s = self.part.sessions.get(arg.session)
+            s = yield from self._get_session(arg.session, True)
             if s is None:
                 res = TEE_ERROR_BAD_PARAMETERS
-            elif s.busy:
-                # OP-TEE would block this thread until the session is free
-                # (tee_ta_get_session, exclusive); the model refuses instead.
-                res = TEE_ERROR_BUSY
             else:
-                s.busy = True
                 s.cancel = False
-                try:
-                    res = yield from s.ta.invoke(self._ta_context(s), arg.func, ta_params)
-                finally:
-                    s.busy = False
+                res = yield from s.ta.invoke(self._ta_context(s), arg.func, ta_params)
                 origin = TEEC_ORIGIN_TRUSTED_APP
+                yield from self._put_session(s)
                 self._copy_out_params(ta_params, saved, 0)
+        yield from self._cleanup_shm_refs()
         self._write_u32(OFFSET_RET, res)
         self._write_u32(OFFSET_RET_ORIGIN, origin)
 
-    def _close_session(self, arg: MsgArg) -> None:
-        """entry_close_session: ret_origin is always TEE."""
+    def _close_session(self, arg: MsgArg) -> ThreadGen:
+        """entry_close_session + tee_ta_close_session: ret_origin is always
+        TEE; a session that is not there is ITEM_NOT_FOUND."""
         if arg.num_params:
             res = TEE_ERROR_BAD_PARAMETERS
         else:
-            s = self.part.sessions.get(arg.session)
+            s = yield from self._get_session(arg.session, True)
             if s is None:
-                res = TEE_ERROR_BAD_PARAMETERS
-            elif s.busy:
-                res = TEE_ERROR_BUSY  # OP-TEE waits for the session; the model refuses
+                res = TEE_ERROR_ITEM_NOT_FOUND
             else:
-                s.ta.close_session(self._ta_context(s))
-                del self.part.sessions[s.id]
+                yield from self._close(s)
                 res = TEE_SUCCESS
         self._write_u32(OFFSET_RET, res)
         self._write_u32(OFFSET_RET_ORIGIN, TEEC_ORIGIN_TEE)
 
-    def _cancel(self, arg: MsgArg) -> None:
-        """entry_cancel: marks the session cancelled (tee_ta_cancel_command)."""
+    def _cancel(self, arg: MsgArg) -> ThreadGen:
+        """entry_cancel: the session is referenced, not taken (a busy one is
+        cancelled at once), and marked cancelled (tee_ta_cancel_command)."""
         if arg.num_params:
             res = TEE_ERROR_BAD_PARAMETERS
         else:
-            s = self.part.sessions.get(arg.session)
+            s = yield from self._get_session(arg.session, False)
             if s is None:
                 res = TEE_ERROR_BAD_PARAMETERS
             else:
                 s.cancel = True
                 res = TEE_SUCCESS
+                yield from self._put_session(s)
         self._write_u32(OFFSET_RET, res)
         self._write_u32(OFFSET_RET_ORIGIN, TEEC_ORIGIN_TEE)
 
@@ -346,23 +428,52 @@ class StdCall:
                 res = TEE_SUCCESS
         self._write_u32(OFFSET_RET, res)
 
-    def _unregister_shm(self, arg: MsgArg) -> None:
-        """unregister_shm: the cookie in params[0].u.rmem.shm_ref (attr unchecked)."""
-        if arg.num_params == 1:
-            cookie = arg.params[0].shm_ref
-            mobj = self.part.find_reg_shm(cookie)
-            if mobj is None:
-                res = TEE_ERROR_BAD_PARAMETERS
-            elif mobj.users:
-                # OP-TEE waits until the last user drops it; the model refuses.
-                res = TEE_ERROR_BUSY
-            else:
-                self.part.reg_shm.remove(mobj)
-                res = TEE_SUCCESS
-            self._write_u32(OFFSET_RET, res)
-        else:
+    def _unregister_shm(self, arg: MsgArg) -> ThreadGen:
+        """unregister_shm + mobj_reg_shm_release_by_cookie: the cookie in
+        params[0].u.rmem.shm_ref (attr unchecked).  The registration's
+        reference is dropped at once (a second UNREGISTER_SHM of it is
+        BAD_PARAMETERS); while a call still uses the memory this thread
+        sleeps on shm_cv until the last user puts it back."""
+        if arg.num_params != 1:
             self._write_u32(OFFSET_RET, TEE_ERROR_BAD_PARAMETERS)
             self._write_u32(OFFSET_RET_ORIGIN, TEEC_ORIGIN_TEE)
+            return
+        part, t = self.part, self.thread
+        mobj = part.find_reg_shm(arg.params[0].shm_ref)
+        if mobj is None or mobj.releasing:
+            self._write_u32(OFFSET_RET, TEE_ERROR_BAD_PARAMETERS)
+            return
+        mobj.releasing = True
+        if not mobj.users:
+            mobj.release_frees = True  # the registration's was the last reference
+        yield from part.shm_mu.lock(t)
+        part.shm_release_waiters += 1
+        while not mobj.release_frees:
+            yield from part.shm_cv.wait(t, part.shm_mu)
+        part.reg_shm.remove(mobj)
+        part.shm_release_waiters -= 1
+        yield from part.shm_mu.unlock(t)
+        self._write_u32(OFFSET_RET, TEE_SUCCESS)
+
+    def _put_mobj(self, mobj: Mobj) -> ThreadGen:
+        """mobj_put of a registration a call held: the last user of one being
+        released wakes the unregistering threads (mobj_reg_shm_free)."""
+        self.thread.holds.remove(mobj)
+        mobj.users -= 1
+        if mobj.users or not mobj.releasing:
+            return
+        mobj.release_frees = True
+        part, t = self.part, self.thread
+        yield from part.shm_mu.lock(t)
+        if part.shm_release_waiters:
+            part.shm_cv.broadcast()
+        yield from part.shm_mu.unlock(t)
+
+    def _cleanup_shm_refs(self) -> ThreadGen:
+        """cleanup_shm_refs: put back the registrations the params referenced."""
+        for mobj in list(self._param_holds):
+            yield from self._put_mobj(mobj)
+        self._param_holds.clear()
 
     # -- params --------------------------------------------------------------
 
@@ -396,6 +507,7 @@ class StdCall:
                     return TEE_ERROR_SECURITY, ta_params, saved
                 mobj.users += 1
                 self.thread.holds.append(mobj)
+                self._param_holds.append(mobj)
                 ta_params.append(TaParam(5 + t - OPTEE_MSG_ATTR_TYPE_RMEM_INPUT, mobj=mobj, offs=p.offs,
                                          size=p.size))
             else:
@@ -436,7 +548,7 @@ class StdCall:
     # -- helpers -----------------------------------------------------------------
 
     def _ta_context(self, session: TaSession) -> TaContext:
-        return TaContext(self.thread, self.config, session, self.client_id)
+        return TaContext(self.thread, self.config, session, self.client_id, self.part.ree_fs)
 
     def _read(self, mobj: Mobj, offs: int, length: int, what: str) -> bytes:
         assert self.thread.ns is not None
@@ -454,6 +566,13 @@ class StdCall:
 
     def _write_u64(self, field_offset: int, value: int, what: str) -> None:
         self._write(field_offset, struct.pack("<Q", value), what)
+
+
+def _dec_session_ref_count(s: TaSession) -> None:
+    """dec_session_ref_count: with one reference left, wake the closer."""
+    s.ref_count -= 1
+    if s.ref_count == 1:
+        s.refc_cv.signal()
 
 
 def _open_session_meta(params: tuple[MsgParam, ...]) -> tuple[int, uuid.UUID, int, uuid.UUID]:

@@ -44,6 +44,12 @@ class Mobj:
     # References held by in-flight calls (REGD_ARG, RMEM params): while > 0
     # the registration cannot be released.
     users: int = field(default=0)
+    # mobj_reg_shm_release_by_cookie has dropped the registration's reference
+    # (struct mobj_reg_shm .releasing): a second UNREGISTER_SHM is refused.
+    releasing: bool = field(default=False)
+    # The last reference is gone while releasing (.release_frees): the
+    # unregistering thread may free it.
+    release_frees: bool = field(default=False)
 
     @classmethod
     def static(cls, pa: int, size: int, cookie: int = 0) -> Mobj:

@@ -4,7 +4,7 @@
  * guest device's LD_PRELOAD library.  Built by tests/test_guestdev_device.py;
  * never part of the package.
  *
- *   tee_mini_supplicant ROOT [THREADS] [die-on-request N]
+ *   tee_mini_supplicant ROOT [THREADS] [die-on-request N] [ta-dir DIR]
  *
  * Opens /dev/teepriv0 and serves OP-TEE's requests with THREADS threads
  * (default 2), each waiting in TEE_IOC_SUPPL_RECV with a meta parameter and
@@ -15,6 +15,10 @@
  *   OPTEE_RPC_CMD_SHM_FREE   closes the registration, frees the memory
  *   OPTEE_RPC_CMD_FS         OPEN, CREATE, CLOSE, READ, WRITE, TRUNCATE, REMOVE
  *                            on files under ROOT
+ *   OPTEE_RPC_CMD_LOAD_TA    DIR/<uuid>.ta, as tee-supplicant's load_ta: no
+ *                            buffer -> its size; a buffer too small ->
+ *                            TEEC_ERROR_SHORT_BUFFER; no file (or no DIR) ->
+ *                            TEEC_ERROR_ITEM_NOT_FOUND
  *   anything else            TEEC_ERROR_NOT_SUPPORTED
  *
  * Prints "serving" once the device is open, one "request <cmd>" line per
@@ -37,6 +41,7 @@
 #include <linux/tee.h>
 
 /* OP-TEE's RPC commands to tee-supplicant (optee_os optee_rpc_cmd.h). */
+#define OPTEE_RPC_CMD_LOAD_TA   0
 #define OPTEE_RPC_CMD_FS        2
 #define OPTEE_RPC_CMD_SHM_ALLOC 6
 #define OPTEE_RPC_CMD_SHM_FREE  7
@@ -56,12 +61,14 @@
 #define TEEC_ERROR_ITEM_NOT_FOUND 0xFFFF0008u
 #define TEEC_ERROR_NOT_SUPPORTED  0xFFFF000Au
 #define TEEC_ERROR_OUT_OF_MEMORY  0xFFFF000Cu
+#define TEEC_ERROR_SHORT_BUFFER   0xFFFF0010u
 
 #define NUM_PARAMS 5   /* tee-supplicant's RPC_NUM_PARAMS */
 #define MAX_SHM 64
 
 static int dev_fd;
 static const char *root;
+static const char *ta_dir;
 static long die_on = -1;
 static long received;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -237,6 +244,47 @@ static uint32_t fs(struct tee_ioctl_param *p, unsigned n)
 	}
 }
 
+static uint32_t load_ta(struct tee_ioctl_param *p, unsigned n)
+{
+	char path[PATH_MAX];
+	uint8_t u[16];
+	size_t size = 0;
+	void *va = NULL;
+	FILE *f;
+	long len;
+	uint32_t ret = TEEC_SUCCESS;
+
+	if (n != 2)
+		return TEEC_ERROR_BAD_PARAMETERS;
+	if (!ta_dir)
+		return TEEC_ERROR_ITEM_NOT_FOUND;
+	memcpy(u, &p[0].a, 8);      /* the UUID's octets, RFC 4122 order */
+	memcpy(u + 8, &p[0].b, 8);
+	snprintf(path, sizeof(path),
+		 "%s/%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x.ta", ta_dir,
+		 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
+		 u[14], u[15]);
+	f = fopen(path, "rb");
+	if (!f)
+		return TEEC_ERROR_ITEM_NOT_FOUND;
+	if (fseek(f, 0, SEEK_END) || (len = ftell(f)) < 0 || fseek(f, 0, SEEK_SET)) {
+		fclose(f);
+		return TEEC_ERROR_ITEM_NOT_FOUND;
+	}
+	if ((int64_t)p[1].c != -1) {    /* a buffer (shm id -1: none, the size query) */
+		va = memref_va(&p[1], &size);
+		if (!va)
+			ret = TEEC_ERROR_BAD_PARAMETERS;
+		else if ((size_t)len > size)
+			ret = TEEC_ERROR_SHORT_BUFFER;
+		else if (fread(va, 1, (size_t)len, f) != (size_t)len)
+			ret = TEEC_ERROR_ITEM_NOT_FOUND;
+	}
+	fclose(f);
+	p[1].b = (uint64_t)len;
+	return ret;
+}
+
 static void *serve(void *arg)
 {
 	(void)arg;
@@ -279,6 +327,9 @@ static void *serve(void *arg)
 		case OPTEE_RPC_CMD_FS:
 			ret = fs(m.p + 1, n - 1);
 			break;
+		case OPTEE_RPC_CMD_LOAD_TA:
+			ret = load_ta(m.p + 1, n - 1);
+			break;
 		default:
 			ret = TEEC_ERROR_NOT_SUPPORTED;
 		}
@@ -299,14 +350,18 @@ int main(int argc, char **argv)
 	pthread_t t;
 
 	if (argc < 2) {
-		fprintf(stderr, "usage: %s ROOT [THREADS] [die-on-request N]\n", argv[0]);
+		fprintf(stderr, "usage: %s ROOT [THREADS] [die-on-request N] [ta-dir DIR]\n", argv[0]);
 		return 2;
 	}
 	root = argv[1];
 	if (argc > 2)
 		threads = atoi(argv[2]);
-	if (argc > 4 && !strcmp(argv[3], "die-on-request"))
-		die_on = atol(argv[4]);
+	for (i = 3; i + 1 < argc; i += 2) {
+		if (!strcmp(argv[i], "die-on-request"))
+			die_on = atol(argv[i + 1]);
+		else if (!strcmp(argv[i], "ta-dir"))
+			ta_dir = argv[i + 1];
+	}
 	dev_fd = open("/dev/teepriv0", O_RDWR);
 	if (dev_fd < 0) {
 		fprintf(stderr, "open /dev/teepriv0: %s\n", strerror(errno));

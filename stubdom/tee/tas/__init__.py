@@ -9,18 +9,17 @@ See docs/tee-model.md for each TA's params and results.
 
 from __future__ import annotations
 
+from stubdom.config.tee import TA_NAMES
+
 from .digest import DIGEST_CMD_SHA256, DIGEST_UUID, SHA256_SIZE, DigestTa
 from .increment import INCREMENT_UUID, TA_INCREMENT_CMD_DEC_VALUE, TA_INCREMENT_CMD_INC_VALUE, IncrementTa
 from .storage import (
     STORAGE_CMD_DELETE,
     STORAGE_CMD_READ,
     STORAGE_CMD_WRITE,
-    STORAGE_READ_CHUNK,
     STORAGE_UUID,
-    TEE_FS_NAME_MAX,
     TEE_OBJECT_ID_MAX_LEN,
     StorageTa,
-    object_file_name,
 )
 from .ta import (
     TEE_PARAM_TYPE_MEMREF_INOUT,
@@ -49,10 +48,7 @@ __all__ = [
     "STORAGE_CMD_WRITE",
     "STORAGE_CMD_READ",
     "STORAGE_CMD_DELETE",
-    "STORAGE_READ_CHUNK",
     "TEE_OBJECT_ID_MAX_LEN",
-    "TEE_FS_NAME_MAX",
-    "object_file_name",
     "WAIT_UUID",
     "WAIT_CMD_BUSY",
     "WAIT_CMD_SLEEP",
@@ -76,10 +72,14 @@ __all__ = [
     "StorageTa",
     "WaitTa",
     "builtin_tas",
+    "TA_NAMES",
 ]
 
 
+
 def builtin_tas() -> dict:
-    """A fresh uuid -> TA table of every built-in TA."""
+    """A fresh uuid -> TA table of every TA the model implements (whether
+    each is found early or loaded from the REE is the configuration's say)."""
     tas = (IncrementTa(), DigestTa(), StorageTa(), WaitTa())
+    assert tuple(ta.name for ta in tas) == TA_NAMES
     return {ta.uuid: ta for ta in tas}

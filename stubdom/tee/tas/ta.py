@@ -18,9 +18,12 @@ from stubdom.optee.teec import TEE_ERROR_BAD_PARAMETERS, TEE_SUCCESS
 
 from ..errors import TaProtocolError
 from ..memory import Mobj
+from ..sync import Condvar
 
 if TYPE_CHECKING:  # pragma: no cover
     from stubdom.config.tee import TeeConfig
+
+    from ..fs.ree_fs import ReeFs
     from ..thread import RpcReply, RpcRequest, Thread
 
 __all__ = [
@@ -76,26 +79,39 @@ class TaParam:
 
 @dataclass(eq=False)
 class TaSession:
-    """An open session (``struct tee_ta_session``)."""
+    """An open session (``struct tee_ta_session``, tee_ta_manager.c).
+
+    A call that uses the session takes it exclusively (``lock_thread``); a
+    second one sleeps on ``lock_cv`` until it is put back.  ``ref_count``
+    counts the list's reference and every get; closing waits on ``refc_cv``
+    until only its own is left.  All of it is guarded by the partition's
+    ``ta_mutex``.  ``ta`` is None until the TA is found (a session is listed
+    before its TA is loaded, as tee_ta_init_session lists it)."""
 
     id: int
-    ta: TrustedApp
+    ta: TrustedApp | None
     login: int
     client_uuid: uuid.UUID
     state: Any = None
     cancel: bool = False
-    busy: bool = False  # a call on this session is in progress (maybe suspended)
+    ref_count: int = 1
+    lock_thread: int | None = None  # THREAD_ID_INVALID when None
+    unlink: bool = False
+    lock_cv: Condvar = field(default_factory=Condvar)
+    refc_cv: Condvar = field(default_factory=Condvar)
 
 
 @dataclass(eq=False)
 class TaContext:
     """The TA's view of the world for one entry: its thread (for RPCs), the
-    partition's configuration and the session being served."""
+    partition's configuration, the session being served and the
+    partition's REE FS (secure storage)."""
 
     thread: Thread
     config: TeeConfig
     session: TaSession
     client_id: int
+    ree_fs: ReeFs | None = None
     scratch: dict[str, Any] = field(default_factory=dict)
 
     def read_memref(self, p: TaParam, what: str) -> bytes:
