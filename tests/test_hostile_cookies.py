@@ -261,14 +261,16 @@ def test_one_namespace_for_every_kind_of_buffer(world):
     r = g.serve(g.reply(r, vcpu=1, cookie=x), vcpu=1)
     assert g.read_arg(ipa).ret != 0
     assert x not in {b["cookie"] for b in p.mediator_state(1)["rpc_buffers"]}
-    # the storage TA's SHM_ALLOC answered with it: handed back (SHM_FREE), the write fails
+    # the storage TA's SHM_ALLOC answered with it: handed back (SHM_FREE), the
+    # write fails (the session is opened first: its TA load allocates too)
+    storage = g.session(STORAGE_UUID)
     g.shm_alloc_hook = lambda guest, req: MsgParam.tmem(
         OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG, guest.page_list(guest.pages(1)),
         req.params[0].b, x)
     try:
         name, data = g.page(), g.page()
         g.write(name, b"obj")
-        write = MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=STORAGE_CMD_WRITE, session=g.session(STORAGE_UUID),
+        write = MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=STORAGE_CMD_WRITE, session=storage,
                        params=(MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT | OPTEE_MSG_ATTR_NONCONTIG,
                                              g.page_list([name]), 3, g.cookie()),
                                MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT | OPTEE_MSG_ATTR_NONCONTIG,
