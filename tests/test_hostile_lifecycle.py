@@ -231,6 +231,7 @@ def test_cookies_reused_guessed_and_never_freed(world):
         # (the guest is asked to free what it offered, OP-TEE's allocation
         # fails), the registration intact and still pinned.
         pins = p.machine.pinned_frames(1)
+        storage = evil.session(STORAGE_UUID)  # before the hook: the TA's load allocates too
         evil.shm_alloc_hook = lambda g, req: MsgParam.tmem(
             OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT | OPTEE_MSG_ATTR_NONCONTIG,
             g.page_list(g.pages(-(-req.params[0].b // PAGE_SIZE))), req.params[0].b, 0x42)
@@ -238,7 +239,7 @@ def test_cookies_reused_guessed_and_never_freed(world):
         evil.write(name, b"object-1")
         evil.write(blob, b"x" * 100)
         r, out, _ = evil.call(MsgArg(OPTEE_MSG_CMD_INVOKE_COMMAND, func=STORAGE_CMD_WRITE,
-                                     session=evil.session(STORAGE_UUID), params=(
+                                     session=storage, params=(
             MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT | OPTEE_MSG_ATTR_NONCONTIG, evil.page_list([name]), 8, 1),
             MsgParam.tmem(OPTEE_MSG_ATTR_TYPE_TMEM_INPUT | OPTEE_MSG_ATTR_NONCONTIG, evil.page_list([blob]), 100, 2))))
         evil.shm_alloc_hook = None

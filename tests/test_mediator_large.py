@@ -22,7 +22,9 @@ from stubdom.optee import (
     OPTEE_MSG_CMD_INVOKE_COMMAND,
     OPTEE_SMC_RETURN_OK,
     TEEC_ERROR_BAD_STATE,
+    TEEC_ERROR_GENERIC,
     TEEC_ERROR_OUT_OF_MEMORY,
+    TEEC_ORIGIN_API,
     TEEC_ORIGIN_COMMS,
     MsgArg,
     MsgParam,
@@ -65,9 +67,13 @@ def test_a_2mib_buffer_under_a_raised_policy(tmp_path):
         with Context(drv) as ctx:
             assert workloads.digest_temp(ctx, data) == hashlib.sha256(data).digest()
             assert max(steps) <= TRANSLATE_STEP
-            full, rest = divmod(NPAGES, TRANSLATE_STEP)  # the input buffer
-            assert steps[:full + bool(rest)] == [TRANSLATE_STEP] * full + ([rest] if rest else [])
+            # the input buffer's REGISTER_SHM (libteec registers a temporary
+            # memref), pinned TRANSLATE_STEP pages at a time
+            full, rest = divmod(NPAGES, TRANSLATE_STEP)
+            run = [TRANSLATE_STEP] * full + ([rest] if rest else [])
+            assert any(steps[i:i + len(run)] == run for i in range(len(steps))), steps
             assert workloads.digest_registered(ctx, data) == hashlib.sha256(data).digest()
+        drv.shutdown()  # its argument cache stays registered until then, as Linux's does
         assert p.placement.mediator.context(1).pinned_pages == 0
         p.oracle.assert_clean()
 
@@ -77,9 +83,12 @@ def test_the_same_buffer_is_refused_under_the_default_policy(tmp_path):
     with make_platform(tmp_path / "m", "el2") as p:
         drv = _driver(p, 1)
         with Context(drv) as ctx:
+            # libteec's TEEC_RegisterSharedMemory of the temporary memref:
+            # refused (Linux: -EINVAL), its shadow buffer refused too
             with pytest.raises(TeecError) as e:
                 workloads.digest_temp(ctx, workloads.random_bytes(BIG, 1))
-            assert (e.value.ret, e.value.origin) == (TEEC_ERROR_OUT_OF_MEMORY, TEEC_ORIGIN_COMMS)
+            assert (e.value.ret, e.value.origin) == (TEEC_ERROR_GENERIC, TEEC_ORIGIN_API)
+        drv.shutdown()
         assert p.placement.mediator.context(1).pinned_pages == 0
         p.oracle.assert_clean()
 

@@ -450,6 +450,8 @@ def test_an_shm_alloc_reply_of_one_page_by_address(plat, guest):
     # upstream passes the guest's IPA to OP-TEE as a physical address
     # (handle_rpc_cmd_alloc only warns); xen refuses it, strict translates it
     session = guest.session(STORAGE_UUID)
+    del guest.rpc_cmds[:]  # the storage TA's load (LOAD_TA, its own SHM_ALLOC and SHM_FREE)
+    guest.shm_frees.clear()
     given = []
 
     def one_page(g, req):

@@ -176,7 +176,8 @@ def make_platform(tmp_path, *, caps=CAPS, limits=None, record=None, threads=THRE
         return El2Placement(p, limits=limits)
 
     return Platform(tmp_path / "machine", nr_frames=32768,
-                    tee_config=TeeConfig(sec_caps=caps, threads_per_guest=threads, guest_count=8),
+                    tee_config=TeeConfig(sec_caps=caps, threads_per_guest=threads, guest_count=8,
+                                         ree_tas=frozenset()),  # early TAs: this raw guest has no supplicant
                     placement=placement, seed=5)
 
 

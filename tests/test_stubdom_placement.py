@@ -156,7 +156,7 @@ def test_silent_daemon_gives_enotavail_within_the_bound(world) -> None:
 def test_silent_daemon_fails_a_std_call_cleanly_in_the_guest(world) -> None:
     platform, daemon = world
     domain = platform.create_domain(DomainSpec(1, nr_pages=256))
-    driver = OpteeDriver(platform.trap_entry(1), domain, seed=1)
+    driver = OpteeDriver(platform.trap_entry(1), domain, seed=1, supplicant=Supplicant())  # it loads the REE TA
     driver.probe()
     with Context(driver) as ctx:
         workloads.increment(ctx, 1)  # the argument page is registered now

@@ -35,6 +35,7 @@ from stubdom.optee.smc import OPTEE_SMC_SEC_CAP_MEMREF_NULL
 from stubdom.optee.teec import (
     TEEC_ERROR_BAD_PARAMETERS,
     TEEC_ERROR_BAD_STATE,
+    TEEC_ERROR_GENERIC,
     TEEC_ERROR_NOT_SUPPORTED,
     TEEC_ERROR_OUT_OF_MEMORY,
     TEEC_LOGIN_PUBLIC,
@@ -51,7 +52,7 @@ from stubdom.optee.teec import (
 )
 
 from .driver import OpteeDriver, UnsupportedLogin
-from .errors import OutOfGuestPages, StaticShmOutOfMemory, TeecError, TooManyParams
+from .errors import OutOfGuestPages, ShmRegistrationFailed, StaticShmOutOfMemory, TeecError, TooManyParams
 from .params import TeeParam
 from .shm import Shm
 
@@ -231,23 +232,43 @@ class Context:
         self, size: int, flags: int = TEEC_MEM_INPUT | TEEC_MEM_OUTPUT
     ) -> SharedMemory:
         """TEEC_AllocateSharedMemory."""
-        return self._new_shm(size, flags)
+        return self._new_shm(size, flags, caller_buffer=False)
 
     def register_memory(self, size: int, flags: int = TEEC_MEM_INPUT | TEEC_MEM_OUTPUT) -> SharedMemory:
         """TEEC_RegisterSharedMemory of a fresh ``size``-byte guest buffer."""
-        return self._new_shm(size, flags)
+        return self._new_shm(size, flags, caller_buffer=True)
 
-    def _new_shm(self, size: int, flags: int) -> SharedMemory:
+    def _new_shm(self, size: int, flags: int, *, caller_buffer: bool) -> SharedMemory:
         if size < 0 or not flags & (TEEC_MEM_INPUT | TEEC_MEM_OUTPUT) or flags & ~3:
             raise TeecError(TEEC_ERROR_BAD_PARAMETERS, TEEC_ORIGIN_API, f"size {size}, flags {flags:#x}")
         try:
-            shm = self.driver.alloc_shm(size or _EMPTY_SHM_SIZE, vcpu=self.vcpu)
+            shm = self._register(size or _EMPTY_SHM_SIZE, self.vcpu, caller_buffer=caller_buffer)
         except (OutOfGuestPages, StaticShmOutOfMemory) as e:
             raise _oom(e) from e
         mem = SharedMemory(self, shm, flags, size)
         with self._lock:
             self._shms.add(mem)
         return mem
+
+    def _register(self, size: int, vcpu: int, *, caller_buffer: bool) -> Shm:
+        """TEE_IOC_SHM_REGISTER (one REGISTER_SHM) as libteec issues it.
+
+        Linux answers a refused REGISTER_SHM with -EINVAL (smc_abi.c
+        optee_shm_register).  TEEC_RegisterSharedMemory then registers a
+        page-aligned shadow buffer of the same size before it gives up, with
+        TEEC_ERROR_GENERIC (errno is not ENOMEM); TEEC_AllocateSharedMemory
+        gives up at once with TEEC_ERROR_OUT_OF_MEMORY.  Both are the API's
+        own errors (origin TEEC_ORIGIN_API where a call reports one).
+        """
+        try:
+            return self.driver.alloc_shm(size, vcpu=vcpu)
+        except ShmRegistrationFailed as e:
+            if not caller_buffer:
+                raise TeecError(TEEC_ERROR_OUT_OF_MEMORY, TEEC_ORIGIN_API, str(e)) from e
+        try:  # the shadow buffer
+            return self.driver.alloc_shm(size, vcpu=vcpu)
+        except ShmRegistrationFailed as e:
+            raise TeecError(TEEC_ERROR_GENERIC, TEEC_ORIGIN_API, str(e)) from e
 
     # -- sessions ----------------------------------------------------------------------
     def open_session(
@@ -303,7 +324,7 @@ class Context:
             if p.data is None and not p.size and self._memref_null():
                 return TeeParam.memref(attr, None, 0, 0)  # TEE_MEMREF_NULL
             # TEEC_RegisterSharedMemory of the caller's buffer (REGISTER_SHM)
-            shm = self.driver.alloc_shm(p.size or _EMPTY_SHM_SIZE, vcpu=vcpu)
+            shm = self._register(p.size or _EMPTY_SHM_SIZE, vcpu, caller_buffer=True)
             temps.append(shm)
             if p.direction != OUT and p.data:
                 shm.write(0, p.data)
