@@ -173,6 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stubdom.guestdev import guest_dev_main
 
         return guest_dev_main(args[1:])
+    if command == "fidelity":
+        from stubdom.bench.fidelity import fidelity_main
+
+        with _interruptible(command):
+            return fidelity_main(args[1:])
     if command == "ta-images":
         return _ta_images(args[1:])
     if command == "platform":
@@ -195,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     if command is not None:
         _daemon_parser().error(f"unknown sub-command {command!r} "
-                               "(platform, ctl, demo, bench, soak, guest-dev, ta-images)")
+                               "(platform, ctl, demo, bench, fidelity, soak, guest-dev, ta-images)")
 
     from stubdom.daemon import run_daemon
 

@@ -10,10 +10,11 @@ import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from stubdom.mediator.profile import PROFILE_NAMES, XEN_RELEASE
 from stubdom.public.logformat import LOG_LEVEL_HELP, LOG_LEVELS
 
 from .errors import BadOption
-from .placements import PLACEMENT_NAMES
+from .placements import DEFAULT_BENCH_PROFILE, PLACEMENT_NAMES
 from .workloads import workload_names
 
 __all__ = ["BenchOptions", "parse_options", "FULL", "QUICK", "SWEEPS", "DEFAULT_SWEEPS"]
@@ -77,6 +78,8 @@ class BenchOptions:
     # daemon's journal); default: a tmpfs as a host's /run would be
     workdir: Path | None = None
     log_level: str = "warning"  # of this process's log lines (the daemons' go to their own files)
+    # the guest-visible protocol of every placement's mediator (docs/mediator.md, "Profiles")
+    mediator_profile: str = DEFAULT_BENCH_PROFILE
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -145,6 +148,10 @@ def parse_options(argv: list[str]) -> BenchOptions:
                    help="open-loop mode: RATE calls/s per vCPU, latency from the intended start")
     p.add_argument("--poll-window-us", type=int, default=200,
                    help="adaptive polling window of stubdom-poll and of the polling floor")
+    p.add_argument("--mediator-profile", choices=PROFILE_NAMES, default=DEFAULT_BENCH_PROFILE,
+                   help="the mediator's guest-visible protocol in every placement: xen, upstream Xen's "
+                        f"optee.c ({XEN_RELEASE}), or strict, this project's (default {DEFAULT_BENCH_PROFILE}; "
+                        "docs/mediator.md, docs/fidelity.md)")
     p.add_argument("--hw-profile", action="append", default=None, metavar="YAML",
                    help="hardware profile(s) to project with (default: configs/hw-*.yaml)")
     p.add_argument("--rounds", type=int, default=None, help="override the interleaved rounds (every sweep)")
@@ -180,4 +187,5 @@ def parse_options(argv: list[str]) -> BenchOptions:
                         sweeps=_csv(a.sweeps, SWEEPS, "--sweeps"),
                         cpus=a.cpus, open_loop_rate=a.open_loop, poll_window_us=a.poll_window_us,
                         hw_profiles=profiles, progress=not a.no_progress, plan=plan,
-                        workdir=Path(a.workdir) if a.workdir else None, log_level=a.log_level)
+                        workdir=Path(a.workdir) if a.workdir else None, log_level=a.log_level,
+                        mediator_profile=a.mediator_profile)

@@ -11,12 +11,14 @@ not available the placement is skipped with the reason (never faked).
 from __future__ import annotations
 
 import abc
-
 import os
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 from stubdom.guest import OpteeDriver, PageAllocator, Supplicant
+from stubdom.guest.trace import TraceEvent
+from stubdom.mediator.profile import XEN, profile_named
 from stubdom.measure import proc_rss_kib, self_cpu_ns
 from stubdom.platform import DomainSpec, Platform
 
@@ -24,9 +26,12 @@ from .counters import OPS, CountingMachine, CountingTee, OpCounter, counting_tra
 from .errors import PlacementUnavailable
 from .layout import Layout
 
-__all__ = ["BenchPlacement", "El2Bench", "PLACEMENT_NAMES", "make_placement"]
+__all__ = ["BenchPlacement", "El2Bench", "PLACEMENT_NAMES", "DEFAULT_BENCH_PROFILE", "make_placement"]
 
 PLACEMENT_NAMES = ("el2", "stubdom", "stubdom-poll")
+#: The mediator profile the benchmark runs unless told otherwise: upstream
+#: Xen's protocol, the one a deployed EL2 mediator speaks (docs/fidelity.md).
+DEFAULT_BENCH_PROFILE = XEN.name
 
 
 class BenchPlacement(abc.ABC):
@@ -34,10 +39,13 @@ class BenchPlacement(abc.ABC):
 
     name = ""
 
-    def __init__(self, root: Path, layout: Layout, *, seed: int) -> None:
+    def __init__(self, root: Path, layout: Layout, *, seed: int, mediator_profile: str = DEFAULT_BENCH_PROFILE,
+                 trace: Callable[[TraceEvent], None] | None = None) -> None:
         self.root = Path(root)
         self.layout = layout
         self.seed = seed
+        self.mediator_profile = mediator_profile
+        self._trace = trace  # every guest driver's SMCs and RPCs (stubdom.guest.trace), for docs/fidelity.md
         self.counter = OpCounter()
         self.platform: Platform | None = None
         self.drivers: dict[int, OpteeDriver] = {}
@@ -81,7 +89,7 @@ class BenchPlacement(abc.ABC):
             drv = OpteeDriver(counting_trap(self.platform.trap_entry(domid), self.counter), dom,
                               nr_vcpus=self.layout.vcpus_per_domain,
                               allocator=PageAllocator.for_domain(dom, seed=self.seed + domid),
-                              supplicant=Supplicant())
+                              supplicant=Supplicant(), trace=self._trace)
             drv.probe()
             self.drivers[domid] = drv
 
@@ -115,7 +123,7 @@ class El2Bench(BenchPlacement):
             # El2Placement reads only .tee and .machine of the platform it is given
             view = types.SimpleNamespace(tee=CountingTee(p.tee, counter),
                                          machine=CountingMachine(p.machine, counter))
-            return El2Placement(view)
+            return El2Placement(view, profile=profile_named(self.mediator_profile))
 
         return Platform(self.root / "el2" / "machine", nr_frames=self.layout.nr_frames,
                         tee_config=self.layout.tee_config(), placement=factory,
@@ -138,10 +146,13 @@ def _stubdom_missing() -> str | None:
 
 
 def make_placement(name: str, root: Path, layout: Layout, *, seed: int,
-                   daemon_cpu: int | None = None, poll_window_us: int = 0) -> BenchPlacement:
-    """The placement ``name`` for one layout, or PlacementUnavailable."""
+                   daemon_cpu: int | None = None, poll_window_us: int = 0,
+                   mediator_profile: str = DEFAULT_BENCH_PROFILE,
+                   trace: Callable[[TraceEvent], None] | None = None) -> BenchPlacement:
+    """The placement ``name`` for one layout, its mediator speaking
+    ``mediator_profile``, or PlacementUnavailable."""
     if name == "el2":
-        return El2Bench(root, layout, seed=seed)
+        return El2Bench(root, layout, seed=seed, mediator_profile=mediator_profile, trace=trace)
     if name in ("stubdom", "stubdom-poll"):
         why = _stubdom_missing()
         if why:
@@ -149,5 +160,6 @@ def make_placement(name: str, root: Path, layout: Layout, *, seed: int,
         from .stubdom_run import StubdomBench
 
         return StubdomBench(root, layout, seed=seed, poll=name == "stubdom-poll",
-                            daemon_cpu=daemon_cpu, poll_window_us=poll_window_us)
+                            daemon_cpu=daemon_cpu, poll_window_us=poll_window_us,
+                            mediator_profile=mediator_profile, trace=trace)
     raise PlacementUnavailable(name, f"unknown placement (known: {', '.join(PLACEMENT_NAMES)})")

@@ -85,6 +85,23 @@ def _est_share(pr: dict, figures: dict) -> float:
     return est / pr["total_ns"]
 
 
+def _what_is_compared(o: dict) -> str:
+    """Which protocol and which guest every figure of the report is for."""
+    profile = o.get("mediator_profile")
+    if profile is None:
+        return ("This run predates the mediator profiles and the Linux-shaped guest: its mediators spoke what "
+                "is now the `strict` profile, to a guest whose temporary memrefs were per-call page lists and "
+                "a secure world with built-in TAs and plain-file storage (docs/fidelity.md describes today's).")
+    if profile == "xen":
+        said = "the `xen` profile (upstream Xen's optee.c protocol: the guest negotiates no RPC_ARG)"
+    else:
+        said = f"the `{profile}` profile"
+    return (f"Every figure is for mediators speaking {said} in every placement (docs/mediator.md), a "
+            "Linux-shaped guest driver and libteec-shaped client, and the OP-TEE-shaped secure world; the "
+            "SMC/RPC sequence of each workload is in docs/fidelity.md. The attacks sweep, when it runs, uses "
+            "the hostile-guest harness with the `strict` profile.")
+
+
 def _summary(doc: dict) -> list[str]:
     wl = [c for c in doc["cells"] if c["sweep"] == "workloads" and c["calls"] and c["placement"] in _PLACEMENTS]
     by = {(c["workload"], c["placement"]): c for c in wl}
@@ -173,6 +190,7 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
     L = ["# stubdom-teed bench report", ""]
     L += [f"Run {doc['created']}, {doc['elapsed_s']:.1f} s, `{' '.join(['stubdom-teed', 'bench', *doc['argv']])}`"
           f" — schema {doc['schema_version']}.", ""]
+    L += [_what_is_compared(o), ""]
     att = doc.get("attacks")
     if att is not None:
         L += [f"**Bystander under attack: {att['rows_over_bound']} of {len(att['rows'])} rows over the bound**"

@@ -141,7 +141,8 @@ class Runner:
         for name in self.opts.placements:
             try:
                 pl = make_placement(name, root / name, layout, seed=self.opts.seed, daemon_cpu=daemon_cpu,
-                                    poll_window_us=self.opts.poll_window_us)
+                                    poll_window_us=self.opts.poll_window_us,
+                                    mediator_profile=self.opts.mediator_profile)
                 stack.callback(pl.close)
                 pl.start()
             except PlacementUnavailable as e:

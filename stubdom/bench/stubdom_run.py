@@ -21,9 +21,12 @@ import signal
 import subprocess
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+
+from stubdom.guest.trace import TraceEvent
 
 from stubdom.measure import proc_cpu_ns, proc_rss_kib, self_cpu_ns
 from stubdom.platform import Platform
@@ -34,7 +37,7 @@ from stubdom.public.errors import ControlSocketError
 from .counters import MEDIATOR_OPS, OPS, CountingTee
 from .errors import PlacementUnavailable
 from .layout import Layout
-from .placements import BenchPlacement
+from .placements import DEFAULT_BENCH_PROFILE, BenchPlacement
 
 __all__ = ["StubdomBench", "daemon_config"]
 
@@ -42,7 +45,8 @@ _READY_TIMEOUT = 30.0  # seconds for the daemon's control socket to answer
 _STOP_TIMEOUT = 15.0  # seconds for the daemon to drain on SIGTERM
 
 
-def daemon_config(layout: Layout, runtime_dir: Path, *, poll_window_us: int, seed: int) -> dict:
+def daemon_config(layout: Layout, runtime_dir: Path, *, poll_window_us: int, seed: int,
+                  mediator_profile: str = DEFAULT_BENCH_PROFILE) -> dict:
     """The configuration both processes read: configs/bench.yaml's choices
     (nothing throttles or logs per call), sized for the layout; domains are
     not pre-declared (the benchmark creates them through the toolstack)."""
@@ -50,7 +54,7 @@ def daemon_config(layout: Layout, runtime_dir: Path, *, poll_window_us: int, see
     return {
         "tee": {"threads": tee.threads_per_guest, "guest_count": tee.guest_count,
                 "capabilities": ["reserved_shm", "dynamic_shm", "virtualization", "memref_null", "rpc_arg"]},
-        "mediator": {"placement": "stubdom", "ring_pages": 1, "poll_window_us": poll_window_us,
+        "mediator": {"placement": "stubdom", "profile": mediator_profile, "ring_pages": 1, "poll_window_us": poll_window_us,
                      "runtime_dir": str(runtime_dir), "call_timeout_ms": 10000, "drain_timeout_ms": 10000,
                      "log_level": "warning"},
         "platform": {"nr_frames": layout.nr_frames, "seed": seed},
@@ -61,8 +65,9 @@ def daemon_config(layout: Layout, runtime_dir: Path, *, poll_window_us: int, see
 
 class StubdomBench(BenchPlacement):
     def __init__(self, root: Path, layout: Layout, *, seed: int, poll: bool, daemon_cpu: int | None,
-                 poll_window_us: int) -> None:
-        super().__init__(root, layout, seed=seed)
+                 poll_window_us: int, mediator_profile: str = DEFAULT_BENCH_PROFILE,
+                 trace: Callable[[TraceEvent], None] | None = None) -> None:
+        super().__init__(root, layout, seed=seed, mediator_profile=mediator_profile, trace=trace)
         self.name = "stubdom-poll" if poll else "stubdom"
         self._poll_us = poll_window_us if poll else 0
         self._daemon_cpu = daemon_cpu
@@ -77,7 +82,8 @@ class StubdomBench(BenchPlacement):
         make_private_dirs(runtime)  # a group-writable directory above it would be refused
         cfg_path = self.root / "bench-daemon.yaml"
         cfg_path.write_text(yaml.safe_dump(daemon_config(self.layout, runtime, poll_window_us=self._poll_us,
-                                                         seed=self.seed), sort_keys=False))
+                                                         seed=self.seed, mediator_profile=self.mediator_profile),
+                                     sort_keys=False))
         config = load_config(cfg_path)  # the same file the daemon reads: refuse it here first
         counter = self.counter
 
