@@ -184,3 +184,55 @@ def test_plots_read_on_their_own(quick, tmp_path, monkeypatch):
         monkeypatch.undo()
         for fig in figs.values():
             plt.close(fig)
+
+
+def test_the_report_says_which_protocol_and_guest(quick):
+    _, doc, md = quick
+    assert doc["options"]["mediator_profile"] == "xen"  # upstream Xen's protocol unless told
+    intro = md.split("## Summary", 1)[0]
+    assert "the `xen` profile" in intro and "docs/fidelity.md" in intro, intro
+    old = json.loads(json.dumps(doc))
+    del old["options"]["mediator_profile"]  # a run from before the profiles
+    assert "predates the mediator profiles" in render_report(old).split("## Summary", 1)[0]
+
+
+def test_against_a_baseline_each_ratio_then_and_now(quick, tmp_path):
+    """--baseline: how the answer moved, each ratio to el2 (measured and
+    projected) then → now, el2's own p50 beside them; kept in bench.json."""
+    from stubdom.bench.baseline import load_baseline
+
+    out, doc, _ = quick
+    base = load_baseline(out / "bench.json")
+    assert base["mediator_profile"] == "xen" and set(WORKLOADS) <= set(base["cells"])
+    again = dict(doc, baseline=base)
+    validate(again)
+    section = _section(render_report(again), "Against the baseline")
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| workload")]
+    assert len(rows) == len(WORKLOADS) * 2  # stubdom, stubdom-poll
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[1] in ("stubdom", "stubdom-poll")
+        then, now = cells[2].split(" → ")
+        assert then == now  # the run against itself
+        for moved in cells[3:]:
+            a, b = moved.split(" → ")
+            assert a == b and a.endswith("×"), moved
+    assert "## Against the baseline" not in render_report(doc)  # only when asked
+
+
+@pytest.mark.parametrize("content,why", [(None, "cannot read it"), ("{", "not JSON: line 1"),
+                                         ('{"cells": 3}', "no cells"),
+                                         ('{"cells": []}', "no workloads cell at 1 domain, 1 vCPU")])
+def test_a_bad_baseline_is_refused_before_the_run(tmp_path, content, why):
+    from stubdom.bench import BadOption
+    from stubdom.bench.baseline import load_baseline
+
+    path = tmp_path / "bench.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(BadOption) as e:
+        load_baseline(path)
+    assert why in str(e.value) and str(path) in str(e.value)
+    proc = subprocess.run([sys.executable, "-P", "-m", "stubdom", "bench", "--quick", "--out", str(tmp_path / "o"),
+                           "--baseline", str(path), "--no-progress"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and why in proc.stderr and not (tmp_path / "o").exists(), proc.stderr

@@ -17,6 +17,7 @@ from stubdom.measure import latency, machine_description
 from stubdom.public.logformat import log_to
 from stubdom.workloads import WorkloadFailed
 
+from .baseline import load_baseline
 from .errors import BenchError
 from .options import BenchOptions, parse_options
 from .plots import write_plots
@@ -35,6 +36,7 @@ REPORT_NAME = "report.md"
 def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> dict:
     """Run the benchmark described by ``opts``; write and return the document."""
     profiles = [load_profile(p) for p in opts.hw_profiles]
+    baseline = None if opts.baseline is None else load_baseline(opts.baseline)  # refused before the run
     machine = machine_description()
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     out = Path(opts.out)
@@ -55,6 +57,7 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> dict:
             cdfs.setdefault(c.workload, {})[c.placement] = latency.cdf_points(c.hist)
     doc = build_document(runner, opts, argv=list(argv or []), machine=machine, created=created,
                          elapsed_s=time.perf_counter() - t0, profiles=profiles, cdfs=cdfs)
+    doc["baseline"] = baseline
     validate(doc)
     (out / JSON_NAME).write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
     plots = write_plots(doc, out)

@@ -80,12 +80,15 @@ class BenchOptions:
     log_level: str = "warning"  # of this process's log lines (the daemons' go to their own files)
     # the guest-visible protocol of every placement's mediator (docs/mediator.md, "Profiles")
     mediator_profile: str = DEFAULT_BENCH_PROFILE
+    # a previous run's bench.json whose answer the report compares with
+    baseline: Path | None = None
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["out"] = str(self.out)
         d["hw_profiles"] = [str(p) for p in self.hw_profiles]
         d["workdir"] = str(self.work_base())
+        d["baseline"] = None if self.baseline is None else str(self.baseline)
         return d
 
     def work_base(self) -> Path:
@@ -152,6 +155,9 @@ def parse_options(argv: list[str]) -> BenchOptions:
                    help="the mediator's guest-visible protocol in every placement: xen, upstream Xen's "
                         f"optee.c ({XEN_RELEASE}), or strict, this project's (default {DEFAULT_BENCH_PROFILE}; "
                         "docs/mediator.md, docs/fidelity.md)")
+    p.add_argument("--baseline", default=None, metavar="BENCH_JSON",
+                   help="a previous run's bench.json: the report shows how each ratio to el2, measured and "
+                        "projected, moved against it")
     p.add_argument("--hw-profile", action="append", default=None, metavar="YAML",
                    help="hardware profile(s) to project with (default: configs/hw-*.yaml)")
     p.add_argument("--rounds", type=int, default=None, help="override the interleaved rounds (every sweep)")
@@ -188,4 +194,5 @@ def parse_options(argv: list[str]) -> BenchOptions:
                         cpus=a.cpus, open_loop_rate=a.open_loop, poll_window_us=a.poll_window_us,
                         hw_profiles=profiles, progress=not a.no_progress, plan=plan,
                         workdir=Path(a.workdir) if a.workdir else None, log_level=a.log_level,
-                        mediator_profile=a.mediator_profile)
+                        mediator_profile=a.mediator_profile,
+                        baseline=Path(a.baseline) if a.baseline else None)

@@ -17,6 +17,7 @@ follow. Two rules hold everywhere:
 
 from __future__ import annotations
 
+from .baseline import summarize
 from .counters import OPS
 
 __all__ = ["render_report", "supported", "TAIL_SAMPLES", "NOT_MEASURED"]
@@ -100,6 +101,58 @@ def _what_is_compared(o: dict) -> str:
             "Linux-shaped guest driver and libteec-shaped client, and the OP-TEE-shaped secure world; the "
             "SMC/RPC sequence of each workload is in docs/fidelity.md. The attacks sweep, when it runs, uses "
             "the hostile-guest harness with the `strict` profile.")
+
+
+def _moved(before, now) -> str:
+    if before is None and now is None:
+        return NOT_MEASURED
+    b = "–" if before is None else f"{before:.2g}×"
+    n = "–" if now is None else f"{now:.2g}×"
+    return f"{b} → {n}"
+
+
+def _against_baseline(doc: dict) -> list[str]:
+    """How the answer moved against ``--baseline``'s run: each placement's
+    ratio to el2, measured and projected, then and now."""
+    base = doc.get("baseline")
+    if not base:
+        return []
+    now = summarize(doc, "this run")["cells"]
+    then = base["cells"]
+    profiles = list(doc.get("profiles") or {})
+    was = base.get("mediator_profile") or "strict (before the profiles existed)"
+    L = ["## Against the baseline", "",
+         f"Baseline: `{base['path']}`, run {base['created']} (`{' '.join(['stubdom-teed', 'bench', *base['argv']])}`), "
+         f"mediator profile {was}; this run: profile {(doc['options'].get('mediator_profile') or '?')}. "
+         "Ratios to el2 at p50 (1 domain, 1 vCPU), baseline → this run; el2's own p50 in µs beside them, so that "
+         "a ratio that moved because el2 moved shows as such. What changed between the runs is in "
+         "docs/bench/HISTORY.md.", ""]
+    header = ["workload", "placement", "el2 p50 µs", "measured × el2", *(f"{n}: projected × el2" for n in profiles)]
+    rows = []
+    for wl in [w for w in now if w in then]:
+        el2_now, el2_then = now[wl].get("el2"), then[wl].get("el2")
+        if not el2_now or not el2_then:
+            continue
+        for pl in ("stubdom", "stubdom-poll"):
+            c_now, c_then = now[wl].get(pl), then[wl].get(pl)
+            if not c_now and not c_then:
+                continue
+
+            def ratio(c, el2, key=None):
+                if not c:
+                    return None
+                if key is None:
+                    return c["p50_ns"] / el2["p50_ns"] if el2["p50_ns"] else None
+                a, b = c["projected_ns"].get(key), el2["projected_ns"].get(key)
+                return a / b if a is not None and b else None
+
+            rows.append([wl if pl == "stubdom" or not now[wl].get("stubdom") else "", pl,
+                         f"{_us(el2_then['p50_ns'])} → {_us(el2_now['p50_ns'])}",
+                         _moved(ratio(c_then, el2_then), ratio(c_now, el2_now)),
+                         *(_moved(ratio(c_then, el2_then, n), ratio(c_now, el2_now, n)) for n in profiles)])
+    if not rows:
+        return L + ["No workload ran in both runs at 1 domain, 1 vCPU: nothing to compare.", ""]
+    return L + _table(header, rows) + [""]
 
 
 def _summary(doc: dict) -> list[str]:
@@ -197,6 +250,7 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
               " (a measurement, not a gate: see *Bystander under attack* below).", ""]
     if cells:
         L += _summary(doc)
+        L += _against_baseline(doc)
     L += ["## Machine and process layout", ""]
     L += [f"- CPU: {m['cpu_model']}, {m['logical_cpus']} logical CPUs (usable {m['usable_cpus']}), {m['machine']}",
           f"- Kernel: {m['kernel']}",

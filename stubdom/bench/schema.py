@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from stubdom.measure import PERCENTILES
 
+from .baseline import validate_baseline
 from .counters import OPS
 from .errors import SchemaError
 
@@ -146,6 +147,7 @@ def validate(doc: Mapping) -> None:
         if key not in doc:
             raise SchemaError(f"$.{key}", None, "missing")
         _check(f"$.{key}", doc[key], typ)
+    validate_baseline("$.baseline", doc.get("baseline"))  # optional: --baseline
     if doc["schema_version"] != SCHEMA_VERSION:
         raise SchemaError("$.schema_version", doc["schema_version"], f"this validator reads {SCHEMA_VERSION}")
     for name, entry in doc["placements"].items():
