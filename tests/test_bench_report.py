@@ -1,7 +1,7 @@
 """The benchmark's report and plots from a real `stubdom-teed bench --quick`
 run (issue 15, items 14-17): the summary comes first and answers the
-question, an unmeasured value is "not measured" (and fills in by itself once
-measured), percentiles only where the sample supports them, plots whose
+question, every placement's counts are its own (an unmeasured value is "not
+measured", never another placement's), percentiles only where the sample supports them, plots whose
 axes a reader can use. No timed assertion: latencies are whatever they are.
 """
 
@@ -12,14 +12,17 @@ import re
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
 
-from stubdom.bench import OPS, validate
+from stubdom.bench import OPS, Layout, load_profile, validate
 from stubdom.bench.counters import MEDIATOR_OPS
 from stubdom.bench.plots import STYLE, write_plots
 from stubdom.bench.report import NOT_MEASURED, render_report, supported
+from stubdom.bench.results import _projector
+from stubdom.bench.runner import Cell
 from stubdom.bench.stubdom_run import StubdomBench
 
 WORKLOADS = ("fast_call", "digest_1p")
@@ -74,30 +77,35 @@ def test_the_summary_comes_first_and_answers_el2_against_stubdom(quick):
     assert all(f"on {p}" in sentences[0] for p in profiles), sentences[0]
 
 
-def test_unmeasured_operation_counts_say_so_and_are_never_zero(quick):
+def test_every_placement_is_counted_and_projected_from_its_own_counts(quick):
+    """The stub-domain cells' mediator counts come from the daemon: measured
+    (never null, never el2's stand-ins), equal to el2's where the same core
+    does the same work, and the transport counts differ."""
     _, doc, md = quick
-    for c in doc["cells"]:
-        if c["sweep"] == "workloads" and c["placement"] in ("stubdom", "stubdom-poll"):
-            for op in MEDIATOR_OPS:
-                assert c["ops_per_call"][op] is None, (c["placement"], op)  # null in bench.json, not 0
-            proj = c["projected_ns"]["juno-r1-a57"]
-            assert proj["borrowed_ops"] == [op for op in OPS if op in MEDIATOR_OPS]
-        if c["sweep"] == "workloads" and c["placement"] == "el2":
-            assert all(c["ops_per_call"][op] is not None for op in OPS)
+    cells = {(c["workload"], c["placement"]): c for c in doc["cells"] if c["sweep"] == "workloads"
+             and c["placement"] in PLACEMENTS}
+    for (wl, pl), c in cells.items():
+        assert all(c["ops_per_call"][op] is not None for op in OPS), (wl, pl)
+        for proj in c["projected_ns"].values():
+            assert proj["unmeasured_ops"] == [] and proj["borrowed_ops"] == [] and proj["borrowed_share"] == 0.0
+        if pl != "el2":
+            el2 = cells[(wl, "el2")]["ops_per_call"]
+            assert {op: c["ops_per_call"][op] for op in MEDIATOR_OPS} == {op: el2[op] for op in MEDIATOR_OPS}
+            assert c["ops_per_call"]["gate_hypercalls"] == c["ops_per_call"]["guest_traps"] > el2["gate_hypercalls"] == 0
+    assert cells[("digest_1p", "stubdom")]["ops_per_call"]["pages_pinned"] == 2  # the data page and the digest's
     ops = _section(md, "Operations per call (counted in real runs)")
+    assert NOT_MEASURED not in ops
     header = next(line for line in ops.splitlines() if line.startswith("| workload |"))
     columns = [c.strip() for c in header.strip("|").split("|")]
+    rows = 0
     for line in ops.splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) != len(columns) or cells[1] not in PLACEMENTS:
+        cells_ = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells_) != len(columns) or cells_[1] not in PLACEMENTS:
             continue
+        rows += 1
         for op in MEDIATOR_OPS:
-            value = cells[columns.index(op)]
-            if cells[1] == "el2":
-                assert re.fullmatch(r"[\d.]+", value), (line, op)
-            else:
-                assert value == NOT_MEASURED, (line, op)
-    assert f'"{NOT_MEASURED}": the placement does not observe it' in ops
+            assert re.fullmatch(r"[\d.]+", cells_[columns.index(op)]), (line, op)
+    assert rows == len(WORKLOADS) * len(PLACEMENTS)
 
 
 def test_percentiles_only_where_the_sample_supports_them(quick):
@@ -115,18 +123,43 @@ def test_percentiles_only_where_the_sample_supports_them(quick):
             assert cells[5:8] == ["(n=60)"] * 3  # p99, p99.9, max: not supported by 60 calls
 
 
-def test_report_fills_in_counts_once_the_daemon_exports_them(quick):
-    """Nothing in the report decides that stubdom's mediator counts are
-    missing: a document with them has them printed."""
+def test_a_count_a_placement_did_not_measure_says_so_and_is_not_filled_in(quick):
+    """Nothing in the report fills a placement's missing count with another
+    placement's: a stub-domain cell without its mediator counts (a daemon
+    that does not export them) prints "not measured", and its projection
+    names what it lacks."""
     _, doc, _ = quick
-    filled = json.loads(json.dumps(doc))
-    for c in filled["cells"]:
-        if c["ops_per_call"]:
+    holed = json.loads(json.dumps(doc))
+    for c in holed["cells"]:
+        if c["placement"] == "stubdom" and c["ops_per_call"]:
             for op in MEDIATOR_OPS:
-                if c["ops_per_call"][op] is None:
-                    c["ops_per_call"][op] = 7.0
-    ops = _section(render_report(filled), "Operations per call (counted in real runs)")
-    assert NOT_MEASURED not in ops and "7.00" in ops
+                c["ops_per_call"][op] = None
+            for proj in (c["projected_ns"] or {}).values():
+                proj["unmeasured_ops"] = list(MEDIATOR_OPS)
+    md = render_report(holed)
+    ops = _section(md, "Operations per call (counted in real runs)")
+    assert f'"{NOT_MEASURED}": the placement does not observe it — {", ".join(sorted(MEDIATOR_OPS))}' in ops
+    for line in ops.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) > 1 and cells[1] == "stubdom":
+            assert cells.count(NOT_MEASURED) == len(MEDIATOR_OPS), line
+    projected = _section(md, "Measured and projected (µs per call)")
+    assert f"lacks {', '.join(MEDIATOR_OPS)}" in projected and "el2 counts" not in projected
+
+
+def test_the_projection_prices_only_a_cells_own_counts():
+    """A cell that did not measure an operation is projected without it (a
+    lower bound, said in unmeasured_ops), never with el2's count."""
+    profile = load_profile(Path(__file__).resolve().parents[1] / "configs" / "hw-juno-a57.yaml")
+    cell = Cell("workloads", Layout(1, 1), "digest_1p", "stubdom", "per_vcpu")
+    cell.calls = 2
+    cell.ops = {"guest_traps": 10, "gate_hypercalls": 10}
+    cell.counted = frozenset(OPS) - frozenset(MEDIATOR_OPS)
+    (name, proj), = _projector([profile])(cell).items()
+    assert proj["unmeasured_ops"] == list(MEDIATOR_OPS)
+    assert proj["borrowed_ops"] == [] and proj["borrowed_share"] == 0.0
+    assert all(proj["by_op"][op] == 0.0 for op in MEDIATOR_OPS)
+    assert proj["total_ns"] == 5 * (profile.figures["guest_traps"].ns + profile.figures["gate_hypercalls"].ns)
 
 
 def test_a_daemon_that_exports_its_counts_is_counted():
@@ -141,7 +174,7 @@ def test_a_daemon_that_exports_its_counts_is_counted():
     bench = StubdomBench.__new__(StubdomBench)
     bench.platform = types.SimpleNamespace(placement=types.SimpleNamespace(toolstack=Toolstack()))
     bench.drivers = {1: object()}
-    answers.append({"domains": {}})  # today's daemon
+    answers.append({"domains": {}})  # a daemon without the key
     assert bench.counted_ops() == frozenset(OPS) - frozenset(MEDIATOR_OPS)
     answers.append({"domains": {}, "mediator_ops": {"p2m_lookups": 3, "pages_pinned": 2, "pages_unpinned": 2,
                                                     "bytes_copied": 4096}})

@@ -8,8 +8,18 @@ import json
 
 import pytest
 
-from stubdom.bench import Layout, PlacementUnavailable, bench_main, make_placement, per_call, validate
+from stubdom.bench import MEDIATOR_OPS, OPS, Layout, PlacementUnavailable, bench_main, make_placement, per_call, validate
 from stubdom.bench.workloads import WORKLOADS, Worker
+
+
+@pytest.fixture(scope="module")
+def el2(tmp_path_factory):
+    pl = make_placement("el2", tmp_path_factory.mktemp("el2"), Layout(1, 1), seed=2)
+    try:
+        pl.start()
+        yield pl
+    finally:
+        pl.close()
 
 
 @pytest.fixture(scope="module", params=["stubdom", "stubdom-poll"])
@@ -57,6 +67,25 @@ def test_every_smc_goes_through_the_gate(stub):
     # two INVOKEs and, around each, two temporary memrefs registered and
     # unregistered (libteec); every other trap resumes an RPC
     assert ops["rpc_round_trips"] == ops["guest_traps"] - 2 - 8
+
+
+@pytest.mark.parametrize("workload", ["digest_16p", "storage_rw", "open_close"])
+def test_mediator_counts_come_from_the_daemon_and_are_its_own(stub, el2, workload):
+    """The stub-domain placement measures the mediator's pins, look-ups and
+    copies in the daemon (its ``stats`` answer), no longer borrowing el2's:
+    the same mediator core doing the same work for the same call counts the
+    same; the transport, which the placements do not share, differs."""
+    assert stub.counted_ops() == frozenset(OPS)
+    assert set(MEDIATOR_OPS) <= set(stub.extra_counts())  # read from the daemon, not from this process
+    mine = _ops(stub, workload, calls=2)
+    theirs = _ops(el2, workload, calls=2)
+    assert mine["pages_pinned"] > 0 and mine["bytes_copied"] > 0
+    same = (*MEDIATOR_OPS, "guest_traps", "smc_world_switches", "rpc_round_trips")
+    assert {op: mine[op] for op in same} == {op: theirs[op] for op in same}
+    assert mine["pages_unpinned"] == mine["pages_pinned"]  # every pin released (invariant 6)
+    # the same trapped SMCs, each one crossing to the daemon and back through the gate
+    assert mine["guest_traps"] == theirs["guest_traps"] == mine["gate_hypercalls"]
+    assert theirs["gate_hypercalls"] == theirs["ring_pushes"] == 0 < mine["ring_pushes"]
 
 
 def test_every_push_notifies_or_is_suppressed(stub):

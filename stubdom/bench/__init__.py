@@ -13,7 +13,7 @@ process accounting are stubdom.measure's (shared with the soak run).
 from typing import Any
 
 from .counters import OPS as OPS
-from .counters import CountingMachine as CountingMachine
+from .counters import MEDIATOR_OPS as MEDIATOR_OPS
 from .counters import CountingTee as CountingTee
 from .counters import OpCounter as OpCounter
 from .counters import counting_trap as counting_trap
@@ -38,7 +38,7 @@ from .schema import validate as validate
 from .workloads import WORKLOADS as WORKLOADS
 
 __all__ = [
-    "OPS", "CountingMachine", "CountingTee", "OpCounter", "counting_trap", "per_call",
+    "OPS", "MEDIATOR_OPS", "CountingTee", "OpCounter", "counting_trap", "per_call",
     "BadOption", "BadProfile", "BenchError", "PlacementUnavailable", "SchemaError", "Layout",
     "JSON_NAME", "REPORT_NAME", "bench_main", "run_bench", "BenchOptions", "parse_options",
     "PLACEMENT_NAMES", "make_placement", "Profile", "load_profile", "parse_profile", "project",

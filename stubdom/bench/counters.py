@@ -1,10 +1,12 @@
 """Counting the operations whose cost hardware determines.
 
 The wrappers here sit around objects of the platform process without
-changing their code: a trap entry, the TEE model's ``smc`` and the machine
-the mediator core is given (pins, p2m look-ups, guest copies). Everything
-else comes from what components expose (ring and gate ``statistics()``,
-event-channel statistics, driver.stats).
+changing their code: a trap entry and the TEE model's ``smc``. What the
+mediator core does to the machine (p2m look-ups, pins, unpins, copies) is
+counted by the core itself, wherever it runs (stubdom/mediator/opcount.py):
+read from the mediator under ``el2``, from the daemon's ``stats`` answer
+under ``stubdom``. Everything else comes from what components expose (ring
+and gate ``statistics()``, event-channel statistics, driver.stats).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import collections
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
+from stubdom.mediator import MEDIATOR_OPS
 from stubdom.optee.smc import OPTEE_SMC_RETURN_RPC_PREFIX, OPTEE_SMC_RETURN_RPC_PREFIX_MASK
 
-__all__ = ["OPS", "MEDIATOR_OPS", "OpCounter", "CountingTee", "CountingMachine", "counting_trap", "per_call"]
+__all__ = ["OPS", "MEDIATOR_OPS", "OpCounter", "CountingTee", "counting_trap", "per_call"]
 
 #: Operation names, in report order. docs/bench-schema.md defines each one.
 OPS = (
@@ -33,11 +36,12 @@ OPS = (
     "bytes_copied",           # bytes the mediator copied from/to guest or machine memory
 )
 
-#: What the mediator core does to the machine: counted where the core runs.
-#: In the daemon's process they are the daemon's to export (its ``stats``
-#: answer's ``mediator_ops``); until it does, a stub-domain cell has them
-#: as "not measured" (None), never 0.
-MEDIATOR_OPS = ("p2m_lookups", "pages_pinned", "pages_unpinned", "bytes_copied")
+# MEDIATOR_OPS (stubdom.mediator): what the mediator core does to the
+# machine, counted by the core where it runs (``Mediator.op_counts``). In
+# the daemon's process they are the daemon's to export (its ``stats``
+# answer's ``mediator_ops``); a placement that cannot read them has them
+# "not measured" (None), never 0, and never another placement's.
+assert set(MEDIATOR_OPS) <= set(OPS)
 
 _U32 = 0xFFFFFFFF
 
@@ -92,72 +96,3 @@ class CountingTee:
 
     def __getattr__(self, name: str):
         return getattr(self._tee, name)
-
-
-class _CountingDomain:
-    def __init__(self, domain, counter: OpCounter) -> None:
-        self._domain = domain
-        self._counter = counter
-
-    def lookup(self, gfn: int):
-        self._counter.add("p2m_lookups")
-        return self._domain.lookup(gfn)
-
-    def translate(self, ipa: int, *, write: bool) -> int:
-        self._counter.add("p2m_lookups")
-        return self._domain.translate(ipa, write=write)
-
-    def read(self, ipa: int, length: int) -> bytes:
-        data = self._domain.read(ipa, length)
-        self._counter.add("bytes_copied", len(data))
-        return data
-
-    def write(self, ipa: int, data) -> None:
-        self._domain.write(ipa, data)
-        self._counter.add("bytes_copied", memoryview(data).nbytes)
-
-    def __getattr__(self, name: str):
-        return getattr(self._domain, name)
-
-
-class CountingMachine:
-    """The machine as the mediator core sees it, counting pins, p2m look-ups
-    and copies. Only the mediator is given this object: the guests' and the
-    TEE's own memory accesses are not mediation and are not counted."""
-
-    def __init__(self, machine, counter: OpCounter) -> None:
-        self._machine = machine
-        self._counter = counter
-
-    def domain(self, domid: int):
-        return _CountingDomain(self._machine.domain(domid), self._counter)
-
-    def get_page(self, mfn: int, domid: int) -> None:
-        self._machine.get_page(mfn, domid)
-        self._counter.add("pages_pinned")
-
-    def get_pages(self, mfns, domid: int) -> None:
-        mfns = list(mfns)
-        self._machine.get_pages(mfns, domid)
-        self._counter.add("pages_pinned", len(mfns))
-
-    def put_page(self, mfn: int) -> None:
-        self._machine.put_page(mfn)
-        self._counter.add("pages_unpinned")
-
-    def put_pages(self, mfns) -> None:
-        mfns = list(mfns)
-        self._machine.put_pages(mfns)
-        self._counter.add("pages_unpinned", len(mfns))
-
-    def read_machine(self, maddr: int, length: int) -> bytes:
-        data = self._machine.read_machine(maddr, length)
-        self._counter.add("bytes_copied", len(data))
-        return data
-
-    def write_machine(self, maddr: int, data) -> None:
-        self._machine.write_machine(maddr, data)
-        self._counter.add("bytes_copied", memoryview(data).nbytes)
-
-    def __getattr__(self, name: str):
-        return getattr(self._machine, name)

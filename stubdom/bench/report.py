@@ -7,8 +7,8 @@ estimates, and one sentence on what dominates the difference. The tables
 follow. Two rules hold everywhere:
 
 - a value that was not measured is printed "not measured", never 0 (an
-  operation count a placement does not observe is null in bench.json: the
-  daemon's own counts fill in by themselves once it exports them);
+  operation count a placement does not observe is null in bench.json, and
+  no other placement's count stands in for it);
 - a percentile is printed only where the cell's sample supports it: at
   least :data:`TAIL_SAMPLES` calls at or beyond it (p90 from 50 calls, p99
   from 500, p99.9 from 5000), max from as many calls as p99; otherwise the
@@ -77,8 +77,9 @@ def _percentile_rule(cells: list[dict]) -> str:
 
 def _est_share(pr: dict, figures: dict) -> float:
     """The share of a projection resting on estimates: priced by an
-    estimated figure, or counted by el2 for a placement that did not count
-    it (borrowed)."""
+    estimated figure (or, in documents written before the daemon exported
+    its counts, counted by el2 for a placement that did not count it:
+    ``borrowed_ops``)."""
     if not pr["total_ns"]:
         return 0.0
     borrowed = set(pr.get("borrowed_ops", ()))
@@ -169,8 +170,8 @@ def _summary(doc: dict) -> list[str]:
           + (f"–{calls[-1]}" if len(calls) > 1 else "") + " calls per cell), and the cost of mediation and "
           "transport projected onto each hardware profile (counted operations × the profile's figures; the "
           "TA's own work, the same under every placement, is left out). × el2: the ratio to el2. est.: the "
-          "share of the projection that rests on estimates (a figure that is an estimate, or an operation "
-          "count this placement did not measure and el2's count stands in for).", ""]
+          "share of the projection that rests on figures that are estimates. Every placement is projected from "
+          "its own operation counts.", ""]
     header = ["workload", "placement", "measured p50 (× el2)", *(f"{n}: projected (× el2; est.)" for n in profiles)]
     rows = []
     for w in workloads:
@@ -314,9 +315,8 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
         missing = sorted({op for c in ops_cells for op, v in c["ops_per_call"].items() if v is None})
         L += ["## Operations per call (counted in real runs)", ""]
         if missing:
-            L += [f"\"{NOT_MEASURED}\": the placement does not observe it — {', '.join(missing)} are counted "
-                  "where the mediator core runs, and under stubdom that is the daemon, which does not export "
-                  "them (yet): the projection uses el2's counts for the same call.", ""]
+            L += [f"\"{NOT_MEASURED}\": the placement does not observe it — {', '.join(missing)}; its "
+                  "projection leaves them out (a lower bound): no other placement's counts stand in.", ""]
         L += _table(["workload", "placement", *OPS],
                     [[c["workload"], c["placement"], *(_x(c["ops_per_call"][op], 2) for op in OPS)]
                      for c in ops_cells])
@@ -324,8 +324,8 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
         names = list(doc["profiles"])
         L += ["## Measured and projected (µs per call)", "",
               "Projected = counted operations × the profile's figures (mediation and transport only; the TA's "
-              "own work is excluded). 'est.' = share of the projection priced by estimated figures; 'el2 "
-              "counts' = share resting on operation counts this placement did not measure (el2's stand in).",
+              "own work is excluded), each placement from its own counts. 'est.' = share of the projection "
+              "priced by estimated figures; 'lacks' = operations this placement did not measure, left out.",
               ""]
         rows = []
         for c in ops_cells:
@@ -336,7 +336,9 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
                     cols.append(NOT_MEASURED)
                     continue
                 text = f"{_us(pr[n]['total_ns'])} (est. {pr[n]['estimated_share']:.0%}"
-                if pr[n].get("borrowed_ops"):
+                if pr[n].get("unmeasured_ops"):
+                    text += f"; lacks {', '.join(pr[n]['unmeasured_ops'])}"
+                if pr[n].get("borrowed_ops"):  # a document from before the daemon exported its counts
                     text += f"; el2 counts {pr[n]['borrowed_share']:.0%}"
                 cols.append(text + ")")
             rows.append([c["workload"], c["placement"], _us(c["latency_ns"]["p50"]), *cols])

@@ -21,30 +21,25 @@ def find_cell(cells: Sequence[dict], **match) -> dict | None:
     return None
 
 
-def _projector(profiles: Sequence[Profile], el2_ops: dict):
-    """Cell -> {profile: projection}. The floors have no per-call operations;
-    a stubdom cell whose mediator-internal counts could not be observed (the
-    mediator runs in the daemon) borrows el2's for the same workload: the
-    same mediator core does the same pins and copies for the same call."""
+def _projector(profiles: Sequence[Profile]):
+    """Cell -> {profile: projection}, from the cell's own counts only. The
+    floors have no per-call operations. An operation a placement did not
+    measure (null) is priced at nothing and named in ``unmeasured_ops``: the
+    projection is then a lower bound, never completed with another
+    placement's counts (``borrowed_ops`` stays empty: version-1 readers
+    find it)."""
 
     def proj(cell: Cell) -> dict | None:
         js_ops = cell.to_json()["ops_per_call"]
         if js_ops is None or not cell.calls:
             return None
-        ops = dict(js_ops)
-        borrowed = []
-        donor = el2_ops.get((cell.sweep, cell.layout, cell.workload)) or {}
-        for op, n in js_ops.items():
-            if n is None:  # not measured in this placement: el2's count for the same call, said so
-                if donor.get(op) is not None:
-                    ops[op] = donor[op]
-                    borrowed.append(op)
+        unmeasured = [op for op, n in js_ops.items() if n is None]
         out = {}
         for p in profiles:
-            pr = project(ops, p)
-            pr["borrowed_ops"] = borrowed
-            pr["borrowed_share"] = (sum(pr["by_op"][op] for op in borrowed) / pr["total_ns"]
-                                    if pr["total_ns"] else 0.0)
+            pr = project(js_ops, p)
+            pr["unmeasured_ops"] = unmeasured
+            pr["borrowed_ops"] = []
+            pr["borrowed_share"] = 0.0
             out[p.name] = pr
         return out
 
@@ -153,9 +148,7 @@ def _notes(cells: list[dict], opts: BenchOptions, skipped: dict) -> list[str]:
 
 def build_document(runner: Runner, opts: BenchOptions, *, argv: list[str], machine: dict, created: str,
                    elapsed_s: float, profiles: Sequence[Profile], cdfs: dict) -> dict:
-    el2_ops = {(c.sweep, c.layout, c.workload): c.to_json()["ops_per_call"]
-               for c in runner.cells if c.placement == "el2" and c.calls}
-    proj = _projector(profiles, el2_ops)
+    proj = _projector(profiles)
     cells = [c.to_json(proj) for c in runner.cells]
     ratios = _ratios(cells)
     placements = {}

@@ -10,8 +10,9 @@ through CountingTee), gate hypercalls (gate statistics), teeif ring entries
 and notifications (the platform's per-domain link statistics). The gate's own
 ring stands in for a synchronous HVC and is priced as a hypercall, not as
 ring traffic. The mediator's pins, look-ups and copies happen inside the
-daemon, which does not export them: they are left at 0 here and the
-projection borrows el2's counts for the same call (same mediator core).
+daemon, where the mediator core counts them as it does under el2
+(stubdom/mediator/opcount.py); they are read from the daemon's ``stats``
+answer (``mediator_ops``) around each block, like every other count.
 """
 
 from __future__ import annotations
@@ -143,9 +144,11 @@ class StubdomBench(BenchPlacement):
         return [pl.statistics(d) for d in self.layout.domids if d in self.drivers]
 
     def _daemon_ops(self) -> dict[str, int]:
-        """The mediator's own operation counts, if the daemon exports them
-        (its ``stats`` answer's ``mediator_ops``: {op: count since it
-        started}, the ops of counters.MEDIATOR_OPS); {} while it does not."""
+        """The mediator's own operation counts from the daemon's ``stats``
+        answer: its top-level ``mediator_ops``, {op: count since the daemon
+        started} over every domain (the ops of counters.MEDIATOR_OPS); {}
+        from a daemon that does not export them (they are then "not
+        measured", never another placement's)."""
         if self.platform is None or not self.drivers:
             return {}
         try:

@@ -362,9 +362,11 @@ class Daemon:
             # keys are strings ("1"): msgpack readers with strict_map_key accept them
             out[str(d)] = self.domains[d].stats.snapshot(
                 len(self.machine.pinned_frames(d)), self._mediator_calls(d))
+            # counted by the mediator core itself, as under el2 (mediator/opcount.py)
+            out[str(d)]["mediator_ops"] = self.mediator.op_counts(d)
         gate = self.gate_port.statistics()
         return {"domains": out, "gate": gate, "journal": self.journal_statistics(),
-                "fairness": self.fair.statistics()}
+                "fairness": self.fair.statistics(), "mediator_ops": self.mediator.op_counts()}
 
     async def op_reload(self, req: Request) -> dict:
         path = req.str_arg("path", required=False)

@@ -7,6 +7,7 @@
     regs = mediator.handle_call(domid, vcpu, regs)      # every trapped SMC
     while not mediator.relinquish_resources(domid): ...
     mediator.domain_teardown(domid)                     # VM_DESTROYED + invariants
+    mediator.op_counts(domid)                           # its p2m look-ups, pins, unpins, bytes copied
 
 See docs/mediator.md.
 """
@@ -50,6 +51,7 @@ from .limits import (
     DEFAULT_MAX_TOTAL_PAGES as DEFAULT_MAX_TOTAL_PAGES,
     DomainLimits as DomainLimits,
 )
+from .opcount import MEDIATOR_OPS as MEDIATOR_OPS, CountedMachine as CountedMachine, MediatorOps as MediatorOps
 from .profile import (
     DEFAULT_PROFILE as DEFAULT_PROFILE,
     PROFILE_NAMES as PROFILE_NAMES,
@@ -79,6 +81,6 @@ __all__ = [
     "DomainLimits", "DomainNotInitialised", "DomainRefused", "HYP_CLIENT_ID", "KNOWN_NSEC_CAPS",
     "KNOWN_SEC_CAPS", "Mediator", "MediatorError", "OpenSessionFilter", "BeforeStdCall", "CallHooks", "FunctionHooks", "RateLimitedLog", "RpcBuffer", "ShadowPage",
     "ShadowPool", "ShmBuffer", "ShmKind", "ShmState", "StdCall", "TeardownInvariantBroken", "TeePort",
-    "TeeProbeFailed", "client_id",
+    "TeeProbeFailed", "client_id", "MEDIATOR_OPS", "CountedMachine", "MediatorOps",
     "DEFAULT_PROFILE", "PROFILES", "PROFILE_NAMES", "Profile", "STRICT", "XEN", "UnknownProfile", "profile_named",
 ]

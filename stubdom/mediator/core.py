@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from stubdom.optee.errors import AbiError, BadMetaParam, TooManyParams
 from stubdom.optee.msg import (
@@ -134,6 +134,7 @@ from .errors import (
     TeeProbeFailed,
 )
 from .limits import MAX_RPC_BUFFERS_PER_THREAD, RELINQUISH_BATCH, DomainLimits
+from .opcount import CountedMachine, MediatorOps
 from .port import TeePort, client_id
 from .profile import DEFAULT_PROFILE, STRICT, Profile, profile_named
 from .ratelog import RateLimitedLog
@@ -244,7 +245,10 @@ class Mediator(RecoveryOps):
             raise TypeError(f"profile must be a mediator Profile or its name, got {profile!r}")
         self.tee_num_params = tee_num_params
         self.profile = profile
-        self._machine = machine
+        # every p2m look-up, pin, unpin and copy of the core is counted here,
+        # whatever the placement (mediator/opcount.py; :meth:`op_counts`)
+        self._ops = MediatorOps()
+        self._machine = cast(Machine, CountedMachine(machine, self._ops))
         self._port = port
         # the hooks of every call that brings none of its own (EL2)
         self._hooks: CallHooks = FunctionHooks(open_session_filter, before_std_call)
@@ -344,6 +348,12 @@ class Mediator(RecoveryOps):
         0 for a domain without a context."""
         ctx = self._domains.get(domid)
         return 0 if ctx is None else ctx.calls
+
+    def op_counts(self, domid: int | None = None) -> dict[str, int]:
+        """``{op: count}`` of the operations in opcount.MEDIATOR_OPS since
+        this mediator was made: for ``domid`` (kept after its teardown), or
+        for every domain together."""
+        return self._ops.snapshot(domid)
 
     def dump(self, domid: int, cap: int) -> dict[str, Any]:
         """The domain's mediator state for the ``dump`` control operation
