@@ -38,9 +38,9 @@ __all__ = ["CROSSINGS", "FIDELITY_PLACEMENTS", "UPSTREAM", "Recording", "record"
 
 #: The counts of one call a document can state (every run gives the same).
 CROSSINGS = ("guest_traps", "smc_world_switches", "rpc_round_trips", "gate_hypercalls", "ring_pushes",
-             "ring_pops")
+             "ring_pops", "p2m_lookups", "pages_pinned", "pages_unpinned", "bytes_copied")
 _CROSSING_TITLES = ("guest traps", "world switches", "RPC round trips", "gate hypercalls",
-                    "ring entries pushed", "popped")
+                    "ring entries pushed", "popped", "p2m look-ups", "pages pinned", "unpinned", "bytes copied")
 #: stubdom-poll moves the same entries as stubdom; only who waits differs.
 FIDELITY_PLACEMENTS = ("el2", "stubdom")
 
@@ -176,7 +176,9 @@ def render(recordings: Sequence[Recording], workloads: Sequence[str]) -> str:
         "is an SMC the vCPU traps to the hypervisor; a world switch an SMC into the secure world and its "
         "return; an RPC round trip a return to the normal world for an RPC; a gate hypercall an SMC the "
         "stub domain asks the hypervisor to issue; ring entries are the teeif requests and responses "
-        "between the platform and the stub domain. stubdom-poll moves the same entries as stubdom "
+        "between the platform and the stub domain; p2m look-ups, pins, unpins and bytes copied are the "
+        "mediator core's own, counted where it runs (in the daemon under stubdom). stubdom-poll moves the "
+        "same entries as stubdom "
         "(notifications and wake-ups, which depend on who is awake, are measured by the benchmark, "
         "docs/performance.md).",
         "",
