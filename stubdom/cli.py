@@ -40,6 +40,8 @@ def _daemon_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--config", help="YAML configuration (default: the embedded configs/xen.yaml)")
     p.add_argument("--log-level", choices=LOG_LEVELS, help=LOG_LEVEL_HELP + " (overrides mediator.log_level)")
+    p.add_argument("--trace", metavar="FILE", help="on stopping, write the spans of the calls the platform "
+                   "sampled to FILE (Trace Event JSON; docs/performance.md, \"Tracing a call\")")
     return p
 
 
@@ -59,7 +61,21 @@ def _platform_parser() -> argparse.ArgumentParser:
                    help="create this domain with no frontend of the platform's and print its ring and event "
                    "channel for a program of your own to attach (docs/protocol.md); repeatable; "
                    "placement stubdom only")
+    p.add_argument("--trace", metavar="FILE", help="sample calls and, on stopping, write each stage's span to "
+                   "FILE (Trace Event JSON; docs/performance.md, \"Tracing a call\")")
+    p.add_argument("--trace-every", type=_positive, default=100, metavar="N",
+                   help="with --trace, sample 1 call in N (default 100)")
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a positive integer, got {n}")
+    return n
 
 
 def _domid(text: str) -> int:
@@ -180,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         opts = _platform_parser().parse_args(args[1:])
         return run_platform(opts.config, log_level=opts.log_level, interval=opts.interval, rounds=opts.rounds,
-                            daemon_wait=opts.daemon_wait, external=opts.external)
+                            daemon_wait=opts.daemon_wait, external=opts.external, trace=opts.trace,
+                            trace_every=opts.trace_every)
     if command == "demo":
         from stubdom.demo import run_demo
         from stubdom.rundir import RuntimeDirError
@@ -200,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stubdom.daemon import run_daemon
 
     opts = _daemon_parser().parse_args(args)
-    return run_daemon(opts.config, log_level=opts.log_level)
+    return run_daemon(opts.config, log_level=opts.log_level, trace=opts.trace)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,6 +41,7 @@ class BenchPlacement(abc.ABC):
         self.counter = OpCounter()
         self.platform: Platform | None = None
         self.drivers: dict[int, OpteeDriver] = {}
+        self.trace_scope: str | None = None  # --trace: the scope its calls are sampled under (the runner's)
 
     # -- subclasses -------------------------------------------------------------
     @abc.abstractmethod
@@ -65,6 +66,11 @@ class BenchPlacement(abc.ABC):
         return [{"role": "platform", "pid": os.getpid(),
                  "what": f"platform process: machine, OP-TEE model, guests' vCPU threads, {self.name} mediator",
                  "affinity": sorted(os.sched_getaffinity(0))}]
+
+    def trace_documents(self) -> list[tuple[dict, str | None]]:
+        """--trace: other processes' trace documents, each with the scope of
+        its calls (after close)."""
+        return []
 
     def cpu_ns(self) -> dict[str, int]:
         return {"platform": self_cpu_ns()}
@@ -138,7 +144,7 @@ def _stubdom_missing() -> str | None:
 
 
 def make_placement(name: str, root: Path, layout: Layout, *, seed: int,
-                   daemon_cpu: int | None = None, poll_window_us: int = 0) -> BenchPlacement:
+                   daemon_cpu: int | None = None, poll_window_us: int = 0, trace: bool = False) -> BenchPlacement:
     """The placement ``name`` for one layout, or PlacementUnavailable."""
     if name == "el2":
         return El2Bench(root, layout, seed=seed)
@@ -149,5 +155,5 @@ def make_placement(name: str, root: Path, layout: Layout, *, seed: int,
         from .stubdom_run import StubdomBench
 
         return StubdomBench(root, layout, seed=seed, poll=name == "stubdom-poll",
-                            daemon_cpu=daemon_cpu, poll_window_us=poll_window_us)
+                            daemon_cpu=daemon_cpu, poll_window_us=poll_window_us, trace=trace)
     raise PlacementUnavailable(name, f"unknown placement (known: {', '.join(PLACEMENT_NAMES)})")
