@@ -8,6 +8,7 @@
     stubdom-teed soak [--minutes M] [...]                honest and hostile domains for a while, checked
     stubdom-teed guest-dev --config FILE --domid N       a guest whose processes use /dev/tee0 (LD_PRELOAD)
     stubdom-teed ta-images DIR [--size BYTES]            the model's TAs as <uuid>.ta files (tee-supplicant -l DIR)
+    stubdom-teed trace FILE... [--png OUT] [...]         per-stage table (and timeline) of the calls --trace sampled
 
 ``main(argv) -> int`` stays thin: each sub-command's own module parses the
 rest and returns the exit status.
@@ -34,7 +35,7 @@ def _daemon_parser() -> argparse.ArgumentParser:
         prog="stubdom-teed",
         description="Stub-domain OP-TEE mediator for Xen on Arm, on a simulated machine. Without a "
         "sub-command, runs the daemon.",
-        epilog="sub-commands: platform, ctl, demo, bench, soak, guest-dev, ta-images "
+        epilog="sub-commands: platform, ctl, demo, bench, soak, guest-dev, ta-images, trace "
         "(stubdom-teed SUBCOMMAND --help)",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -191,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return guest_dev_main(args[1:])
     if command == "ta-images":
         return _ta_images(args[1:])
+    if command == "trace":
+        from stubdom.trace.command import trace_main
+
+        return trace_main(args[1:])
     if command == "platform":
         from stubdom.platform import run_platform
 
@@ -212,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     if command is not None:
         _daemon_parser().error(f"unknown sub-command {command!r} "
-                               "(platform, ctl, demo, bench, soak, guest-dev, ta-images)")
+                               "(platform, ctl, demo, bench, soak, guest-dev, ta-images, trace)")
 
     from stubdom.daemon import run_daemon
 

@@ -11,6 +11,7 @@ vsmccc_handle_call leaves x1..x7 untouched on that path).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Protocol
 
 from stubdom.optee.smc import OPTEE_SMC_CALL_RETURN_FROM_RPC, is_rpc_return, smc_name
@@ -90,7 +91,7 @@ def _traced_route(placement: Placement, domid: int, vcpu: int, regs: Sequence[in
         TRACER.set_current(prev)
     t1 = now_ns()
     a0 = out[0] & _U32
-    TRACER.span(call, "trap", "vcpu", t0, t1, {"fn": smc_name(fid), "a0": f"{fid:#x}", "ret": f"{a0:#x}"})
+    TRACER.span(call, "trap", "vcpu", t0, t1, {"fn": partial(smc_name, fid), "a0": fid, "ret": a0})
     if is_rpc_return(a0):
         local.rpc = (call, t1)
     return out

@@ -185,11 +185,10 @@ class OpteeModel:
         regs = _check_regs(regs)
         with self._lock:
             fid = regs[0] & _U32
-            self._smc = smc_name(fid)
+            name = self._smc = smc_name(fid)
             out = self._fast(regs, fid) if fid & OPTEE_SMC_FAST_CALL else self._yielding(regs, fid)
         a0 = out[0] & _U32
-        TRACER.span(call, "OP-TEE", "optee", t0, now_ns(),
-                    {"fn": smc_name(fid), "ret": f"{a0:#x}", "rpc": is_rpc_return(a0)})
+        TRACER.span(call, "OP-TEE", "optee", t0, now_ns(), {"fn": name, "ret": a0, "rpc": is_rpc_return(a0)})
         return out
 
     # -- fast calls (entry_fast.c) --------------------------------------------------

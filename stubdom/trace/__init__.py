@@ -12,6 +12,7 @@ Standard library only: the daemon loads it.
 """
 
 from .summary import STAGES as STAGES
+from .summary import HANDOFFS as HANDOFFS
 from .summary import CallTrace as CallTrace
 from .summary import calls_in as calls_in
 from .summary import load_trace as load_trace
@@ -32,6 +33,7 @@ __all__ = [
     "CallTrace",
     "DEFAULT_EVERY",
     "DEFAULT_MAX_EVENTS",
+    "HANDOFFS",
     "STAGES",
     "TRACER",
     "TRACE_ID_BIT",

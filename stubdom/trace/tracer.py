@@ -140,23 +140,20 @@ class Tracer:
     # -- recording -------------------------------------------------------------------
 
     def _tid(self) -> int:
-        tid = threading.get_native_id()
-        if tid not in self._threads:
+        tid = getattr(self._local, "tid", None)
+        if tid is None:
+            tid = self._local.tid = threading.get_native_id()
             self._threads[tid] = threading.current_thread().name
         return tid
 
     def span(self, call: TracedCall, name: str, cat: str, t0: int, t1: int, args: dict | None = None) -> None:
         """A complete span ("X") of ``call`` on this thread, ``t0``..``t1`` in
-        perf_counter_ns."""
+        perf_counter_ns. Kept as is (the args are merged when written), so
+        that a sampled call pays little for its own spans."""
         if len(self._events) >= self.max_events:
             self.dropped += 1
             return
-        a = dict(call.args)
-        if call.scope is not None:
-            a["scope"] = call.scope
-        if args:
-            a.update(args)
-        self._events.append(("X", name, cat, t0, t1 - t0, self._tid(), call.scope, a, None))
+        self._events.append(("X", name, cat, t0, t1 - t0, self._tid(), call, args, None))
 
     def flow(self, call: TracedCall, phase: str, flow_id: str, name: str, ts: int) -> None:
         """One end of an arrow between threads: ``phase`` "s" (start, at the
@@ -164,7 +161,7 @@ class Tracer:
         if len(self._events) >= self.max_events:
             self.dropped += 1
             return
-        self._events.append((phase, name, "handoff", ts, 0, self._tid(), call.scope, None, flow_id))
+        self._events.append((phase, name, "handoff", ts, 0, self._tid(), call, None, flow_id))
 
     # -- output ----------------------------------------------------------------------
 
@@ -174,7 +171,8 @@ class Tracer:
         scopes: dict[str | None, int] = {}
         out: list[dict] = []
         used: set[tuple[int, int]] = set()
-        for ph, name, cat, t0, dur, tid, scope, args, fid in list(self._events):
+        for ph, name, cat, t0, dur, tid, call, args, fid in list(self._events):
+            scope = call.scope
             pid = scopes.get(scope)
             if pid is None:
                 pid = scopes[scope] = self._pid if scope is None else _scoped_pid(self._pid, len(scopes) + 1)
@@ -182,7 +180,12 @@ class Tracer:
             ev: dict[str, Any] = {"name": name, "cat": cat, "ph": ph, "ts": t0 / 1000, "pid": pid, "tid": tid}
             if ph == "X":
                 ev["dur"] = dur / 1000
-                ev["args"] = args
+                a = dict(call.args)
+                if scope is not None:
+                    a["scope"] = scope
+                if args:
+                    a.update(args)
+                ev["args"] = {k: v() if callable(v) else v for k, v in a.items()}
             else:
                 ev["id"] = fid if scope is None else f"{scope}/{fid}"
                 if ph == "f":
