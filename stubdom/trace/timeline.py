@@ -48,14 +48,21 @@ def plot_timelines(calls: dict[str, CallTrace], out: Path, *, title: str) -> Pat
         ypos = {r: len(rows) - 1 - i for i, r in enumerate(rows)}
         extent = max(s.t1 for s in call.spans) - t0
         for r in rows:
-            for s, depth in _depths([s for s in call.spans if s.where == r]):
-                h = max(0.16, 0.8 - 0.16 * depth)
-                y = ypos[r] - 0.4 + (0.8 - h) / 2
+            placed = _depths([s for s in call.spans if s.where == r])
+            deepest = max(d for _, d in placed)
+            for s, depth in placed:
+                h = 0.8 * (1 - depth / (deepest + 1.5))
+                y = ypos[r] - h / 2
                 ax.broken_barh([(s.t0 - t0, max(s.dur, 0.05))], (y, h), facecolors=_COLOURS.get(s.name, "#aaaaaa"),
                                edgecolors="black", linewidth=0.3)
-                if s.dur >= 0.05 * extent:
-                    ax.text(s.t0 - t0 + s.dur / 2, y + h / 2, f"{s.name}\n{s.dur:.1f}", ha="center", va="center",
-                            fontsize=6.5)
+                parent = any(o is not s and o.t0 >= s.t0 and o.t1 <= s.t1 and od > depth for o, od in placed)
+                if s.dur >= 0.04 * extent:
+                    text = f"{s.name} {s.dur:.1f}"
+                    if parent:  # its label above its children, at its left edge
+                        ax.text(s.t0 - t0 + 0.005 * extent, y + h - 0.01, text, ha="left", va="top", fontsize=6)
+                    else:
+                        ax.text(s.t0 - t0 + s.dur / 2, ypos[r], text.replace(" ", "\n", 1) if s.dur < 0.12 * extent
+                                else text, ha="center", va="center", fontsize=6)
         for name, send, recv in HANDOFFS:
             a = call.first(*send)
             if a is None:
@@ -72,10 +79,17 @@ def plot_timelines(calls: dict[str, CallTrace], out: Path, *, title: str) -> Pat
         ax.set_title(f"{label}: {call.fn}, trap to resume {total:.1f} µs", fontsize=9, loc="left")
         ax.set_xlim(0, extent)
         ax.grid(axis="x", linewidth=0.3)
+    from matplotlib.patches import Patch
+
+    keys = (("push", "ring push"), ("pop", "ring pop"), ("policy", "policy"), ("mediator", "mediate"),
+            ("hypercall", "hypercall"), ("OP-TEE", "OP-TEE"), ("stats", "stats"), ("wait", "wait"),
+            ("asleep", "sleep"), ("resume", "resume"))
+    fig.legend(handles=[Patch(facecolor=_COLOURS[k], edgecolor="black", linewidth=0.3, label=label)
+                        for label, k in keys], loc="lower center", ncol=len(keys), fontsize=7, frameon=False)
     axes[-1, 0].set_xlabel("µs since the guest trapped (CLOCK_MONOTONIC, both processes)")
     fig.suptitle(title + " — bars are spans (nested ones thinner), arrows the handoffs between threads",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
