@@ -8,6 +8,7 @@
     stubdom-teed soak [--minutes M] [...]                honest and hostile domains for a while, checked
     stubdom-teed guest-dev --config FILE --domid N       a guest whose processes use /dev/tee0 (LD_PRELOAD)
     stubdom-teed ta-images DIR [--size BYTES]            the model's TAs as <uuid>.ta files (tee-supplicant -l DIR)
+    stubdom-teed trace FILE... [--png OUT] [...]         per-stage table (and timeline) of the calls --trace sampled
 
 ``main(argv) -> int`` stays thin: each sub-command's own module parses the
 rest and returns the exit status.
@@ -34,12 +35,14 @@ def _daemon_parser() -> argparse.ArgumentParser:
         prog="stubdom-teed",
         description="Stub-domain OP-TEE mediator for Xen on Arm, on a simulated machine. Without a "
         "sub-command, runs the daemon.",
-        epilog="sub-commands: platform, ctl, demo, bench, soak, guest-dev, ta-images "
+        epilog="sub-commands: platform, ctl, demo, bench, soak, guest-dev, ta-images, trace "
         "(stubdom-teed SUBCOMMAND --help)",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--config", help="YAML configuration (default: the embedded configs/xen.yaml)")
     p.add_argument("--log-level", choices=LOG_LEVELS, help=LOG_LEVEL_HELP + " (overrides mediator.log_level)")
+    p.add_argument("--trace", metavar="FILE", help="on stopping, write the spans of the calls the platform "
+                   "sampled to FILE (Trace Event JSON; docs/performance.md, \"Tracing a call\")")
     return p
 
 
@@ -59,7 +62,21 @@ def _platform_parser() -> argparse.ArgumentParser:
                    help="create this domain with no frontend of the platform's and print its ring and event "
                    "channel for a program of your own to attach (docs/protocol.md); repeatable; "
                    "placement stubdom only")
+    p.add_argument("--trace", metavar="FILE", help="sample calls and, on stopping, write each stage's span to "
+                   "FILE (Trace Event JSON; docs/performance.md, \"Tracing a call\")")
+    p.add_argument("--trace-every", type=_positive, default=100, metavar="N",
+                   help="with --trace, sample 1 call in N (default 100)")
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a positive integer, got {n}")
+    return n
 
 
 def _domid(text: str) -> int:
@@ -180,12 +197,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fidelity_main(args[1:])
     if command == "ta-images":
         return _ta_images(args[1:])
+    if command == "trace":
+        from stubdom.trace.command import trace_main
+
+        return trace_main(args[1:])
     if command == "platform":
         from stubdom.platform import run_platform
 
         opts = _platform_parser().parse_args(args[1:])
         return run_platform(opts.config, log_level=opts.log_level, interval=opts.interval, rounds=opts.rounds,
-                            daemon_wait=opts.daemon_wait, external=opts.external)
+                            daemon_wait=opts.daemon_wait, external=opts.external, trace=opts.trace,
+                            trace_every=opts.trace_every)
     if command == "demo":
         from stubdom.demo import run_demo
         from stubdom.rundir import RuntimeDirError
@@ -200,12 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     if command is not None:
         _daemon_parser().error(f"unknown sub-command {command!r} "
-                               "(platform, ctl, demo, bench, fidelity, soak, guest-dev, ta-images)")
+                               "(platform, ctl, demo, bench, fidelity, soak, guest-dev, ta-images, trace)")
 
     from stubdom.daemon import run_daemon
 
     opts = _daemon_parser().parse_args(args)
-    return run_daemon(opts.config, log_level=opts.log_level)
+    return run_daemon(opts.config, log_level=opts.log_level, trace=opts.trace)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -203,6 +203,7 @@ def test_the_daemons_packages_do_not_import_the_hypervisors():
 @pytest.mark.parametrize("package, modules", [
     ("stubdom.public", ("control", "control_client", "errors", "gate", "gate_client")),
     ("stubdom.measure", ("latency", "procinfo")),
+    ("stubdom.trace", ("tracer", "summary")),
     ("stubdom.rundir", ("directory", "errors", "peercred", "sockaddr")),
 ])
 def test_a_shared_package_exports_every_public_name_of_its_modules(package, modules):

@@ -94,7 +94,7 @@ def record(profile: str, placement: str, workloads: Sequence[str], root: Path, *
     """Boot ``placement`` under ``profile`` and record each workload once."""
     layout = Layout(domains=1, vcpus_per_domain=1)
     recorder = TraceRecorder()
-    bench = make_placement(placement, root, layout, seed=seed, mediator_profile=profile, trace=recorder)
+    bench = make_placement(placement, root, layout, seed=seed, mediator_profile=profile, guest_trace=recorder)
     out = []
     try:
         bench.start()

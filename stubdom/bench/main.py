@@ -15,6 +15,7 @@ from tqdm import tqdm
 from stubdom.hostile import AttackOutcomeWrong
 from stubdom.measure import latency, machine_description
 from stubdom.public.logformat import log_to
+from stubdom.trace import TRACER, merge_documents, write_document
 from stubdom.workloads import WorkloadFailed
 
 from .baseline import load_baseline
@@ -51,6 +52,11 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> dict:
             runner.run(Path(root))
     finally:
         bar.close()
+        TRACER.disable()
+    if opts.trace is not None:
+        docs = [(TRACER.document(), None), *runner.trace_documents]
+        write_document(merge_documents([d for d, _ in docs], [label for _, label in docs]), opts.trace)
+        TRACER.clear()
     cdfs: dict = {}
     for c in runner.cells:
         if c.sweep == "workloads" and c.calls:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from stubdom.mediator.profile import PROFILE_NAMES, XEN_RELEASE
 from stubdom.public.logformat import LOG_LEVEL_HELP, LOG_LEVELS
+from stubdom.trace import DEFAULT_EVERY
 
 from .errors import BadOption
 from .placements import DEFAULT_BENCH_PROFILE, PLACEMENT_NAMES
@@ -82,6 +83,9 @@ class BenchOptions:
     mediator_profile: str = DEFAULT_BENCH_PROFILE
     # a previous run's bench.json whose answer the report compares with
     baseline: Path | None = None
+    # --trace: sample 1 call in trace_every and write every process's spans there
+    trace: Path | None = None
+    trace_every: int = DEFAULT_EVERY
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -89,6 +93,7 @@ class BenchOptions:
         d["hw_profiles"] = [str(p) for p in self.hw_profiles]
         d["workdir"] = str(self.work_base())
         d["baseline"] = None if self.baseline is None else str(self.baseline)
+        d["trace"] = None if self.trace is None else str(self.trace)
         return d
 
     def work_base(self) -> Path:
@@ -168,7 +173,14 @@ def parse_options(argv: list[str]) -> BenchOptions:
                         "default /dev/shm: a tmpfs, as /run on a host")
     p.add_argument("--log-level", choices=LOG_LEVELS, default="warning",
                    help=LOG_LEVEL_HELP + " (default warning; each daemon's log is a file in its runtime directory)")
+    p.add_argument("--trace", default=None, metavar="FILE",
+                   help="sample calls and write each stage's span, per process and thread, to FILE (Trace Event "
+                        "JSON: Perfetto, chrome://tracing; docs/performance.md, \"Tracing a call\")")
+    p.add_argument("--trace-every", type=int, default=DEFAULT_EVERY, metavar="N",
+                   help=f"with --trace, sample 1 call in N (default {DEFAULT_EVERY})")
     a = p.parse_args(argv)
+    if a.trace_every < 1:
+        raise BadOption("--trace-every", a.trace_every, "must be at least 1")
     plan = QUICK if a.quick else FULL
     if a.rounds is not None or a.block is not None:
         if (a.rounds is not None and a.rounds < 1) or (a.block is not None and a.block < 1):
@@ -195,4 +207,5 @@ def parse_options(argv: list[str]) -> BenchOptions:
                         hw_profiles=profiles, progress=not a.no_progress, plan=plan,
                         workdir=Path(a.workdir) if a.workdir else None, log_level=a.log_level,
                         mediator_profile=a.mediator_profile,
-                        baseline=Path(a.baseline) if a.baseline else None)
+                        baseline=Path(a.baseline) if a.baseline else None,
+                        trace=Path(a.trace) if a.trace else None, trace_every=a.trace_every)

@@ -40,15 +40,16 @@ class BenchPlacement(abc.ABC):
     name = ""
 
     def __init__(self, root: Path, layout: Layout, *, seed: int, mediator_profile: str = DEFAULT_BENCH_PROFILE,
-                 trace: Callable[[TraceEvent], None] | None = None) -> None:
+                 guest_trace: Callable[[TraceEvent], None] | None = None) -> None:
         self.root = Path(root)
         self.layout = layout
         self.seed = seed
         self.mediator_profile = mediator_profile
-        self._trace = trace  # every guest driver's SMCs and RPCs (stubdom.guest.trace), for docs/fidelity.md
+        self._guest_trace = guest_trace  # every guest driver's SMCs and RPCs (stubdom.guest.trace), for docs/fidelity.md
         self.counter = OpCounter()
         self.platform: Platform | None = None
         self.drivers: dict[int, OpteeDriver] = {}
+        self.trace_scope: str | None = None  # --trace: the scope its calls are sampled under (the runner's)
 
     # -- subclasses -------------------------------------------------------------
     @abc.abstractmethod
@@ -74,6 +75,11 @@ class BenchPlacement(abc.ABC):
                  "what": f"platform process: machine, OP-TEE model, guests' vCPU threads, {self.name} mediator",
                  "affinity": sorted(os.sched_getaffinity(0))}]
 
+    def trace_documents(self) -> list[tuple[dict, str | None]]:
+        """--trace: other processes' trace documents, each with the scope of
+        its calls (after close)."""
+        return []
+
     def cpu_ns(self) -> dict[str, int]:
         return {"platform": self_cpu_ns()}
 
@@ -89,7 +95,7 @@ class BenchPlacement(abc.ABC):
             drv = OpteeDriver(counting_trap(self.platform.trap_entry(domid), self.counter), dom,
                               nr_vcpus=self.layout.vcpus_per_domain,
                               allocator=PageAllocator.for_domain(dom, seed=self.seed + domid),
-                              supplicant=Supplicant(), trace=self._trace)
+                              supplicant=Supplicant(), trace=self._guest_trace)
             drv.probe()
             self.drivers[domid] = drv
 
@@ -155,11 +161,14 @@ def _stubdom_missing() -> str | None:
 def make_placement(name: str, root: Path, layout: Layout, *, seed: int,
                    daemon_cpu: int | None = None, poll_window_us: int = 0,
                    mediator_profile: str = DEFAULT_BENCH_PROFILE,
-                   trace: Callable[[TraceEvent], None] | None = None) -> BenchPlacement:
+                   guest_trace: Callable[[TraceEvent], None] | None = None,
+                   trace: bool = False) -> BenchPlacement:
     """The placement ``name`` for one layout, its mediator speaking
-    ``mediator_profile``, or PlacementUnavailable."""
+    ``mediator_profile``, or PlacementUnavailable. ``guest_trace`` records
+    the guest drivers' SMCs and RPCs (docs/fidelity.md); ``trace`` samples
+    calls' spans (``--trace``)."""
     if name == "el2":
-        return El2Bench(root, layout, seed=seed, mediator_profile=mediator_profile, trace=trace)
+        return El2Bench(root, layout, seed=seed, mediator_profile=mediator_profile, guest_trace=guest_trace)
     if name in ("stubdom", "stubdom-poll"):
         why = _stubdom_missing()
         if why:
@@ -168,5 +177,5 @@ def make_placement(name: str, root: Path, layout: Layout, *, seed: int,
 
         return StubdomBench(root, layout, seed=seed, poll=name == "stubdom-poll",
                             daemon_cpu=daemon_cpu, poll_window_us=poll_window_us,
-                            mediator_profile=mediator_profile, trace=trace)
+                            mediator_profile=mediator_profile, guest_trace=guest_trace, trace=trace)
     raise PlacementUnavailable(name, f"unknown placement (known: {', '.join(PLACEMENT_NAMES)})")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import ring
 from stubdom.measure import latency, proc_rss_kib
+from stubdom.trace import TRACER
 
 from .attacks import AttackSweep, attack_placements
 from .blocks import drive_block
@@ -113,6 +114,8 @@ class Runner:
         self._progress = progress
         self._cpus = opts.cpu_pair()
         self.attack_sweep: AttackSweep | None = None
+        # --trace: the other processes' documents, each with its calls' scope
+        self.trace_documents: list[tuple[dict, str | None]] = []
 
     # -- bookkeeping ---------------------------------------------------------------
     def _tick(self, n: int = 1) -> None:
@@ -138,11 +141,16 @@ class Runner:
     def _start_placements(self, stack: ExitStack, root: Path, layout: Layout) -> dict[str, BenchPlacement]:
         started: dict[str, BenchPlacement] = {}
         daemon_cpu = self._cpus[1] if self._cpus else None
+        tracing = self.opts.trace is not None
         for name in self.opts.placements:
             try:
                 pl = make_placement(name, root / name, layout, seed=self.opts.seed, daemon_cpu=daemon_cpu,
                                     poll_window_us=self.opts.poll_window_us,
-                                    mediator_profile=self.opts.mediator_profile)
+                                    mediator_profile=self.opts.mediator_profile, trace=tracing)
+                if tracing:
+                    pl.trace_scope = f"{name} · {root.name}"
+                    stack.callback(self._collect_trace, pl)  # after close: the daemon wrote its file
+                    TRACER.scope, TRACER.labels = pl.trace_scope, {"workload": "probe"}
                 stack.callback(pl.close)
                 pl.start()
             except PlacementUnavailable as e:
@@ -161,6 +169,7 @@ class Runner:
         with ExitStack() as stack:
             calls: dict[str, list[Callable[[], None]]] = {}
             for name, pl in placements.items():
+                TRACER.scope, TRACER.labels = pl.trace_scope, {"workload": workload}
                 fns = []
                 for domid, drv in pl.drivers.items():
                     for vcpu in range(layout.vcpus_per_domain):
@@ -179,6 +188,7 @@ class Runner:
                     if name in FLOOR_NAMES:
                         self._floor_block(floor_cells[name], name)
                     else:
+                        TRACER.scope = placements[name].trace_scope
                         self._block(cells[name], placements[name], calls[name], plan.block, rate, round_robin)
                     self._tick()
             for name, pl in placements.items():
@@ -198,6 +208,9 @@ class Runner:
         cell._add(cell.cpu_ns, u0, u1)
         cell._add(cell.transport, t0, t1)
 
+    def _collect_trace(self, pl: BenchPlacement) -> None:
+        self.trace_documents.extend(pl.trace_documents())
+
     def _floor_block(self, cell: Cell, name: str) -> None:
         plan = self.opts.plan
         rounds = max(1, plan.floor_rounds // plan.rounds)
@@ -212,6 +225,8 @@ class Runner:
     def run(self, root: Path) -> None:
         self._root = root
         o, p = self.opts, self.opts.plan
+        if o.trace is not None:
+            TRACER.enable(o.trace_every, process_name="bench platform process")
         with _pinned(self._cpus[0] if self._cpus else None):
             if "workloads" in o.sweeps:
                 self._sweep_workloads(root)
@@ -222,6 +237,7 @@ class Runner:
                 for n in p.scale_domains:
                     self._layout_group(root, "scale", Layout(n, 1, p.scale_pages), p.scale_workloads,
                                        round_robin=True)
+            TRACER.disable()  # the attacks sweep is not traced (its platforms are the hostile harness's)
             if "attacks" in o.sweeps:
                 self.attack_sweep = AttackSweep(workloads=p.attack_workloads, rounds=p.attack_rounds,
                                                 block=p.attack_block, block_min_s=p.attack_block_min_s,

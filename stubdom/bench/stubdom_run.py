@@ -32,6 +32,7 @@ from stubdom.guest.trace import TraceEvent
 from stubdom.measure import proc_cpu_ns, proc_rss_kib, self_cpu_ns
 from stubdom.platform import Platform
 from stubdom.rundir import make_private_dirs
+from stubdom.trace import load_trace
 
 from stubdom.public.errors import ControlSocketError
 
@@ -67,13 +68,15 @@ def daemon_config(layout: Layout, runtime_dir: Path, *, poll_window_us: int, see
 class StubdomBench(BenchPlacement):
     def __init__(self, root: Path, layout: Layout, *, seed: int, poll: bool, daemon_cpu: int | None,
                  poll_window_us: int, mediator_profile: str = DEFAULT_BENCH_PROFILE,
-                 trace: Callable[[TraceEvent], None] | None = None) -> None:
-        super().__init__(root, layout, seed=seed, mediator_profile=mediator_profile, trace=trace)
+                 guest_trace: Callable[[TraceEvent], None] | None = None, trace: bool = False) -> None:
+        super().__init__(root, layout, seed=seed, mediator_profile=mediator_profile, guest_trace=guest_trace)
         self.name = "stubdom-poll" if poll else "stubdom"
         self._poll_us = poll_window_us if poll else 0
         self._daemon_cpu = daemon_cpu
         self._daemon: subprocess.Popen | None = None
         self._log_path = self.root / "daemon.log"
+        # --trace: the daemon writes its spans here when it stops (trace_documents)
+        self._trace_path = self.root / "daemon-trace.json" if trace else None
 
     def _make_platform(self) -> Platform:
         from stubdom.config import load_config
@@ -111,8 +114,9 @@ class StubdomBench(BenchPlacement):
     def _start_daemon(self, cfg_path: Path) -> None:
         log = open(self._log_path, "wb")
         try:
+            trace = [] if self._trace_path is None else ["--trace", str(self._trace_path)]
             self._daemon = subprocess.Popen([sys.executable, "-P", "-m", "stubdom.daemon", "--config",
-                                             str(cfg_path)], stdout=log, stderr=subprocess.STDOUT,
+                                             str(cfg_path), *trace], stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL)
         finally:
             log.close()
@@ -135,6 +139,11 @@ class StubdomBench(BenchPlacement):
             super().close()  # drivers, then domains through the daemon, then gate + machine
         finally:
             self._stop_daemon()
+
+    def trace_documents(self) -> list[tuple[dict, str | None]]:
+        if self._trace_path is None or not self._trace_path.exists():
+            return []
+        return [(load_trace(self._trace_path), self.trace_scope)]
 
     # -- what it exposes -----------------------------------------------------------
     def _links(self):

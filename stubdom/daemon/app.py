@@ -28,6 +28,7 @@ from stubdom.public.errors import ControlError, GateError, GateNotWelcomed, Gate
 from stubdom.public.gate import gate_dir
 from stubdom.public.gate_client import GateClient
 from stubdom.rundir import RuntimeDirError, ensure_runtime_dir, make_private_dir, peer_credentials, sockaddr
+from stubdom.trace import TRACER
 
 from .control import ControlServer
 from .daemon import Daemon
@@ -45,9 +46,11 @@ EXIT_CONFIG = 2  # the configuration does not validate, or its runtime directory
 
 
 def run_daemon(config_path: str | None, *, log_level: str | None = None,
-               out=None, err=None) -> int:
+               out=None, err=None, trace: str | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT or a ``shutdown`` request.
-    Returns the exit status."""
+    Returns the exit status. ``trace``: trace the calls the platform
+    sampled (stubdom.trace) and write their spans to this file (Trace Event
+    JSON) when the daemon stops."""
     from stubdom.config import ConfigError, load_config
 
     out = out or sys.stdout
@@ -67,7 +70,9 @@ def run_daemon(config_path: str | None, *, log_level: str | None = None,
     try:
         # before anything is looked for or created in it
         ensure_runtime_dir(config.mediator.runtime_dir)
-        return trio.run(_serve, config, config_path, load_config, logger, out, err)
+        if trace is not None:
+            TRACER.enable(process_name="stubdom-teed")
+        return trio.run(_serve, config, config_path, load_config, logger, out, err, trace)
     except RuntimeDirError as e:  # it, or our directory in it, is not ours alone
         print(f"stubdom-teed: {e}", file=err, flush=True)
         return EXIT_CONFIG
@@ -193,7 +198,8 @@ def _load_journal(path: Path, logger: logging.Logger, err) -> Replay | None:
     return replay
 
 
-async def _serve(config, config_path, load_config, logger: logging.Logger, out, err) -> int:
+async def _serve(config, config_path, load_config, logger: logging.Logger, out, err,
+                 trace: str | None = None) -> int:
     # every signal from here on is ours, the wait for the gate's welcome included
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         try:
@@ -202,6 +208,17 @@ async def _serve(config, config_path, load_config, logger: logging.Logger, out, 
             print(f"stubdom-teed: stopped by {signal.Signals(e.signum).name} while starting; nothing "
                   f"was left behind", file=err, flush=True)
             return EXIT_OK
+        finally:
+            if trace is not None:  # while the signals are still ours: a late SIGTERM waits
+                _write_trace(trace, err)
+
+
+def _write_trace(path: str, err) -> None:
+    TRACER.disable()
+    try:
+        TRACER.write(path)
+    except OSError as e:
+        print(f"stubdom-teed: cannot write the trace {path}: {e.strerror}", file=err, flush=True)
 
 
 async def _serve_with(signals, config, config_path, load_config, logger: logging.Logger, out, err) -> int:

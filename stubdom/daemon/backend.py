@@ -24,6 +24,7 @@ import trio
 import ring
 from stubdom.optee.smc import OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_RETURN_ENOTAVAIL
 from stubdom.optee.smccc import function_id
+from stubdom.trace import TRACE_ID_BIT, TRACER, TracedCall, now_ns
 
 from .logs import GuestLog, event
 from .stats import DomainStats
@@ -343,6 +344,9 @@ class DomainBackend:
         chan = self.channel
         ring_ = self.ring
         while True:
+            if TRACER.on:
+                await self._serve_traced(reqs, rsps, nr)
+                continue
             n = ring_.pop_raw(reqs, nr)
             if n:
                 self.stats.in_flight += n
@@ -379,7 +383,65 @@ class DomainBackend:
             await chan.wait_readable()
             chan.drain()  # PeerDied once the last notifications are drained
 
-    async def _serve_one(self, req, rsp) -> None:
+    async def _serve_traced(self, reqs, rsps, nr: int) -> None:
+        """One turn of _serve_channel's loop with tracing on: the same steps,
+        and the spans of the requests the frontend marked as sampled
+        (stubdom.trace.TRACE_ID_BIT in their id)."""
+        chan = self.channel
+        ring_ = self.ring
+        t0 = now_ns()
+        n = ring_.pop_raw(reqs, nr)
+        if not n:
+            if self._poller is not None and self._poller.window_ns:
+                await self._poller.wait_for_requests(ring_, chan)
+                return
+            if ring_.poll(self._poll_ns):
+                return
+            await chan.wait_readable()
+            chan.drain()
+            return
+        t1 = now_ns()
+        self.stats.in_flight += n
+        done = 0
+        gone = None
+        owed: list[TracedCall] = []  # sampled calls answered, not yet pushed
+        for i in range(n):
+            req = reqs[i]
+            call = None
+            if req.id & TRACE_ID_BIT:
+                call = TracedCall(("teeif", self.domid, req.id), args={"domid": self.domid, "id": f"{req.id:#x}"})
+                TRACER.span(call, "ring pop", "daemon", t0, t1, {"batch": n})
+                TRACER.flow(call, "f", f"teeif/d{self.domid}/{req.id:x}/req", "teeif request", t0 + 1)
+                owed.append(call)
+            # the call is this task's until serve_call takes it (synchronously,
+            # before its first await); serve_call sets it again after each
+            TRACER.set_current(call)
+            s0 = now_ns()
+            await self._serve_one(req, rsps[done], call)
+            TRACER.set_current(None)
+            if call is not None:
+                TRACER.span(call, "serve", "daemon", s0, now_ns(),
+                            {"fn": f"{req.a[0] & 0xFFFFFFFF:#x}", "ret": f"{rsps[done].a[0] & 0xFFFFFFFF:#x}"})
+            self.stats.in_flight -= 1
+            done += 1
+            if trio.lowlevel.current_statistics().tasks_runnable or i == n - 1:
+                p0 = now_ns()
+                if ring_.push_raw(rsps, done):
+                    gone = gone or _notify(chan)
+                p1 = now_ns()
+                for c in owed:
+                    TRACER.span(c, "reply push", "daemon", p0, p1, {"batch": done})
+                    TRACER.flow(c, "s", f"teeif/d{self.domid}/{c.key[2]:x}/rsp", "teeif response", p1 - 1)
+                owed.clear()
+                self._daemon.fair.answered(self.domid)
+                done = 0
+                if i != n - 1:
+                    await trio.lowlevel.checkpoint()
+        if gone is not None:
+            raise gone
+        await trio.lowlevel.checkpoint()
+
+    async def _serve_one(self, req, rsp, call: TracedCall | None = None) -> None:
         a = tuple(req.a)
         rsp.id = req.id
         rsp.flags = 0
@@ -398,7 +460,10 @@ class DomainBackend:
         if refused is not None:
             self.stats.record_refusal(a[0], refused)
         else:
-            self.stats.record(a[0], regs[0], time.perf_counter_ns() - t0)
+            t1 = time.perf_counter_ns()
+            self.stats.record(a[0], regs[0], t1 - t0)
+            if call is not None:
+                TRACER.span(call, "stats", "daemon", t1, now_ns())
 
     # -- teardown ------------------------------------------------------------
 

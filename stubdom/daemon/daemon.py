@@ -33,6 +33,7 @@ from stubdom.optee.smc import (
 )
 from stubdom.public.control import PROTOCOL_VERSION, Request
 from stubdom.public.errors import ControlError, ErrorCode
+from stubdom.trace import TRACER, now_ns
 from stubdom.xen.errors import NoSuchDomain
 
 from . import journal as jr
@@ -90,7 +91,13 @@ class _CallHooks:
         return refusal.msg_ret, refusal.msg_origin
 
     def before_std_call(self, domid: int, call: StdCall) -> bool:
-        if not self._daemon.journal.begin(domid, call.function, 0, call_intent(call)):
+        tcall = TRACER.current() if TRACER.on else None
+        if tcall is not None:
+            t0 = now_ns()
+        ok = self._daemon.journal.begin(domid, call.function, 0, call_intent(call))
+        if tcall is not None:
+            TRACER.span(tcall, "journal", "daemon", t0, now_ns(), {"record": "begin"})
+        if not ok:
             self.journal_refused = True
             return False
         return True
@@ -142,8 +149,14 @@ class Daemon:
             refused = refuse_while_draining(regs[0])
             if refused is not None:
                 return refused, "shutting_down"
+        # a sampled call (stubdom.trace): the backend made it this task's current call
+        tcall = TRACER.current() if TRACER.on else None
+        if tcall is not None:
+            t0 = now_ns()
         view = self.policy.snapshot(domid)
         refusal = self.policy.check_call(domid, regs[0], time.monotonic(), view=view)
+        if tcall is not None:
+            TRACER.span(tcall, "policy", "daemon", t0, now_ns())
         if refusal is not None:
             backend.log.event(logging.WARNING, "call_refused", reason=refusal.reason,
                               detail=refusal.describe())
@@ -161,6 +174,8 @@ class Daemon:
             self.leases.resumed(domid, regs[3] & _U32)  # no longer an orphan, whatever the outcome
         hooks = _CallHooks(self, backend, view)
         steps = self.mediator.call_steps(domid, vcpu, regs, hooks)
+        if tcall is not None:
+            t0 = now_ns()
         try:
             while True:
                 try:
@@ -170,10 +185,17 @@ class Daemon:
                     break
                 backend.stats.yields += 1
                 await self.fair.step(domid)  # other domains' requests go first
+                if TRACER.on:  # other tasks ran and set theirs: this task's call again
+                    TRACER.set_current(tcall)
         finally:
             steps.close()  # cancelled mid-way: the call releases what it took
+        if tcall is not None:
+            t1 = now_ns()
+            TRACER.span(tcall, "mediate", "daemon", t0, t1)
         if journaled:
             self.journal.state(domid)
+            if tcall is not None:
+                TRACER.span(tcall, "journal", "daemon", t1, now_ns())
         return out, "journal_unavailable" if hooks.journal_refused else None
 
     # == the journal =========================================================

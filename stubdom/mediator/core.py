@@ -112,6 +112,7 @@ from stubdom.optee.teec import (
     TEEC_ERROR_OUT_OF_MEMORY,
     TEEC_ORIGIN_COMMS,
 )
+from stubdom.trace import TRACER, now_ns
 from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, Machine, MachineError, P2mType, WrongP2mType
 
 from . import cookies
@@ -702,6 +703,10 @@ class Mediator(RecoveryOps):
         if call is None:
             return _ret(OPTEE_SMC_RETURN_ETHREAD_LIMIT)
         keep = False
+        # a sampled call (stubdom.trace): its copy-in and translation is one span
+        tcall = TRACER.current() if TRACER.on else None
+        if tcall is not None:
+            t0 = now_ns()
         try:
             a0 = self._copy_std_request(ctx, call, regs)
             if a0 is not None:
@@ -721,6 +726,8 @@ class Mediator(RecoveryOps):
             shadow_arg.pack_into(page)
             self._machine.write_machine(call.shadow.maddr, page)
             hi, lo = _split(call.shadow.maddr)
+            if tcall is not None:
+                TRACER.span(tcall, "translate", "mediator", t0, now_ns(), {"params": len(shadow_arg.params)})
             tee_function = OPTEE_SMC_CALL_WITH_ARG if call.rpc_offset is None else OPTEE_SMC_CALL_WITH_RPC_ARG
             if not hooks.before_std_call(ctx.domid, call):
                 return _ret(OPTEE_SMC_RETURN_ENOTAVAIL)
@@ -950,9 +957,19 @@ class Mediator(RecoveryOps):
             r = self._tee(ctx, regs)
             # OP-TEE has consumed any page list handed to it on the way in.
             free_list_pages(ctx, call.stale_lists)
-            if not is_rpc_return(r[0] & _U32):
+            if TRACER.on and (tcall := TRACER.current()) is not None:
+                t0 = now_ns()
+                if not is_rpc_return(r[0] & _U32):
+                    out = self._complete(ctx, call, r[0] & _U32)
+                    TRACER.span(tcall, "copy back", "mediator", t0, now_ns())
+                    return out, False
+                step = self._handle_rpc_return(ctx, call, r)
+                TRACER.span(tcall, "RPC", "mediator", t0, now_ns(),
+                            {"rpc": f"{r[0] & _U32:#x}", "to_guest": step.to_guest})
+            elif not is_rpc_return(r[0] & _U32):
                 return self._complete(ctx, call, r[0] & _U32), False
-            step = self._handle_rpc_return(ctx, call, r)
+            else:
+                step = self._handle_rpc_return(ctx, call, r)
             if step.to_guest:
                 self._suspend(ctx, call)
                 return step.regs, True
@@ -1120,7 +1137,12 @@ class Mediator(RecoveryOps):
             return _ret(OPTEE_SMC_RETURN_ERESUME)
         keep = False
         try:
-            step = self._resume_step(ctx, call, regs)
+            if TRACER.on and (tcall := TRACER.current()) is not None:
+                t0 = now_ns()
+                step = self._resume_step(ctx, call, regs)
+                TRACER.span(tcall, "RPC reply", "mediator", t0, now_ns())
+            else:
+                step = self._resume_step(ctx, call, regs)
             if step.to_guest:
                 self._suspend(ctx, call)
                 keep = True

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from stubdom.mediator import DirectTeePort, DomainLimits, Mediator, OpenSessionFilter
 from stubdom.mediator.errors import DomainRefused
 from stubdom.mediator.profile import DEFAULT_PROFILE, Profile
+from stubdom.trace import TRACER, now_ns
 
 from .errors import DomainCreationFailed
 from .regs import Regs
@@ -54,6 +55,11 @@ class El2Placement:
             raise DomainCreationFailed(domid, str(e)) from e
 
     def handle_call(self, domid: int, vcpu: int, regs: Regs) -> Regs | None:
+        if TRACER.on and (call := TRACER.current()) is not None:
+            t0 = now_ns()
+            out = self.mediator.handle_call(domid, vcpu, regs)
+            TRACER.span(call, "mediate", "vcpu", t0, now_ns())
+            return out
         return self.mediator.handle_call(domid, vcpu, regs)
 
     def relinquish_resources(self, domid: int) -> bool:

@@ -71,6 +71,7 @@ from stubdom.public.gate import (
     gate_dir,
 )
 from stubdom.rundir import FILE_MODE, SOCKET_MODE, PeerRefused, check_peer, ensure_runtime_dir, make_private_dir
+from stubdom.trace import TRACE_ID_BIT, TRACER, TracedCall, now_ns
 from stubdom.xen.constants import DOMID_FIRST_RESERVED
 
 __all__ = ["Gate", "GateStatistics", "UNASSIGN_WAIT_S"]
@@ -360,6 +361,8 @@ class Gate:
     def _answer_pending(self, chan: EventChannel | None) -> bool:
         """Pop every pending request, answer them all, one notify decision.
         Returns whether anything was answered."""
+        if TRACER.on:
+            return self._answer_traced(chan)
         reqs = self._ring.pop_batch()
         if not reqs:
             return False
@@ -368,6 +371,43 @@ class Gate:
             self._batches += 1
         if self._ring.push_batch(rsps) and chan is not None:
             chan.notify()
+        return True
+
+    def _answer_traced(self, chan: EventChannel | None) -> bool:
+        """_answer_pending with tracing on: the spans of the hypercalls the
+        stub domain marked as made for a sampled call."""
+        t0 = now_ns()
+        reqs = self._ring.pop_batch()
+        if not reqs:
+            return False
+        t1 = now_ns()
+        rsps = []
+        traced = []
+        for req in reqs:
+            if not req.id & TRACE_ID_BIT:
+                rsps.append(self._handle(req))
+                continue
+            call = TracedCall(("gate", req.id), scope=TRACER.scope, args={"domid": req.vcpu, "gate_id": f"{req.id:#x}"})
+            traced.append(call)
+            TRACER.span(call, "gate pop", "gate", t0, t1, {"batch": len(reqs)})
+            TRACER.flow(call, "f", f"gate/{req.id:x}/req", "gate request", t0 + 1)
+            prev = TRACER.set_current(call)
+            try:
+                h0 = now_ns()
+                rsps.append(self._handle(req))
+                TRACER.span(call, "hypercall", "gate", h0, now_ns(),
+                            {"op": req.flags, "fn": f"{req.a[0] & 0xFFFFFFFF:#x}", "status": rsps[-1].status})
+            finally:
+                TRACER.set_current(prev)
+        with self._lock:
+            self._batches += 1
+        p0 = now_ns()
+        if self._ring.push_batch(rsps) and chan is not None:
+            chan.notify()
+        p1 = now_ns()
+        for call in traced:
+            TRACER.span(call, "gate push", "gate", p0, p1, {"batch": len(rsps)})
+            TRACER.flow(call, "s", f"gate/{call.key[1]:x}/rsp", "gate response", p1 - 1)
         return True
 
     def _serve_channel(self, chan: EventChannel) -> None:

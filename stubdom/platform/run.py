@@ -33,6 +33,7 @@ from stubdom.public.errors import DaemonRefused, DaemonUnavailable
 from stubdom.public.gate import gate_dir
 from stubdom.public.logformat import event, log_to
 from stubdom.rundir import RuntimeDirError, ensure_runtime_dir
+from stubdom.trace import DEFAULT_EVERY, TRACER
 
 from .claim import PlatformRunning, RuntimeClaim
 from .errors import DomainCreationFailed
@@ -76,10 +77,14 @@ def run_platform(
     external: Sequence[int] = (),
     stop: threading.Event | None = None,
     out: TextIO | None = None,
+    trace: str | None = None,
+    trace_every: int = DEFAULT_EVERY,
 ) -> int:
     """Run the platform until SIGINT/SIGTERM (or ``stop`` is set, or
     ``rounds`` rounds are done). ``external``: domids created with no
-    frontend of the platform's. Returns the exit status."""
+    frontend of the platform's. ``trace``: sample 1 call in ``trace_every``
+    and write their spans to this file (Trace Event JSON) on stopping.
+    Returns the exit status."""
     from stubdom.config import ConfigError, load_config  # the config package loads YAML
 
     out = out or sys.stdout
@@ -109,6 +114,8 @@ def run_platform(
 
     stop = stop or threading.Event()
     restore = _install_signals(stop)
+    if trace is not None:
+        TRACER.enable(trace_every, process_name="platform")
     try:
         runtime = ensure_runtime_dir(config.mediator.runtime_dir)
         with RuntimeClaim(runtime):
@@ -121,6 +128,12 @@ def run_platform(
         return EXIT_CONFIG
     finally:
         restore()
+        if trace is not None:
+            TRACER.disable()
+            try:
+                TRACER.write(trace)
+            except OSError as e:
+                fail(f"cannot write the trace {trace}: {e.strerror}")
 
 
 def _install_signals(stop: threading.Event):

@@ -62,6 +62,7 @@ from stubdom.public.errors import (
 )
 from stubdom.public.gate import HYP_CLIENT_ID
 from stubdom.public.logformat import event
+from stubdom.trace import TRACE_ID_BIT, TRACER, now_ns
 
 from .errors import DomainCreationFailed, UnknownDomain
 from .gate import Gate
@@ -88,6 +89,9 @@ DEFAULT_CALL_TIMEOUT_MS = 5000
 # vCPU pushing a request waits at most one slice.
 _SPIN_SLICE_NS = 20_000
 _U64 = (1 << 64) - 1
+# Request ids count in the low 63 bits; the top one marks a sampled call
+# (stubdom.trace.TRACE_ID_BIT), which the daemon traces too.
+_ID_MASK = _U64 >> 1
 # What the daemon can do to a domain's ring: write impossible indices, or
 # shrink the file under our mapping. Either way that domain is cut off.
 _RING_BROKEN = (RingCorrupted, RingTruncated)
@@ -145,6 +149,8 @@ class DomainLink:
         self._sent = self._suppressed = 0  # of rings replaced on reconnect
         self._poller = None  # the receiver's poll object on the channel (_poller_for)
         self._poll_fd = -1
+        # sampled calls in flight (tracing on): request id -> [call, push end, response popped]
+        self._traced: dict[int, list] = {}
 
     # -- the trap path -----------------------------------------------------------
 
@@ -158,7 +164,11 @@ class DomainLink:
                 self._n["unavailable"] += 1
                 return UNAVAILABLE_REGS
             rid = self._next_id
-            self._next_id = (rid + 1) & _U64
+            self._next_id = (rid + 1) & _ID_MASK
+            traced = None
+            if TRACER.on and (tcall := TRACER.current()) is not None:
+                rid |= TRACE_ID_BIT
+                traced = [tcall, now_ns(), 0]
             try:
                 notify = self._ring.push(Request(rid, vcpu, 0, regs))
             except RingFull:
@@ -172,13 +182,33 @@ class DomainLink:
                 return UNAVAILABLE_REGS
             self._n["requests"] += 1
             self._waiting[rid] = None
+            if traced is not None:
+                self._traced[rid] = traced
             chan = self._chan
         if notify and chan is not None:
             try:
                 chan.notify()
             except (PeerDied, RingError):
                 self._mark_dead("the daemon closed the event channel")
+        if traced is not None:
+            return self._traced_await(rid, deadline, traced, notify)
         return self._await(rid, deadline)
+
+    def _traced_await(self, rid: int, deadline: float, traced: list, notified: bool) -> Regs:
+        """_await for a sampled call: its push, its wait and its resume."""
+        call, t0 = traced[0], traced[1]
+        t1 = traced[1] = now_ns()
+        TRACER.span(call, "ring push", "vcpu", t0, t1, {"id": f"{rid:#x}", "notified": bool(notified)})
+        TRACER.flow(call, "s", f"teeif/d{self.domid}/{rid:x}/req", "teeif request", t1 - 1)
+        try:
+            out = self._await(rid, deadline)
+        finally:
+            with self._cond:
+                self._traced.pop(rid, None)
+        popped = traced[2] or now_ns()
+        TRACER.span(call, "wait", "vcpu", t1, popped)
+        TRACER.span(call, "resume", "vcpu", popped, now_ns())
+        return out
 
     def _await(self, rid: int, deadline: float) -> Regs:
         while True:
@@ -250,7 +280,13 @@ class DomainLink:
                 poller = self._poller_for(chan.fileno())
             except RingError:
                 return  # closed under us: the domain is being torn down
-            if not poller.poll(max(1, int(remaining * 1000))):
+            if TRACER.on and (tcall := TRACER.current()) is not None:
+                t0 = now_ns()
+                woke = poller.poll(max(1, int(remaining * 1000)))
+                TRACER.span(tcall, "sleep", "vcpu", t0, now_ns())
+            else:
+                woke = poller.poll(max(1, int(remaining * 1000)))
+            if not woke:
                 return
             try:
                 if chan.drain():
@@ -276,11 +312,16 @@ class DomainLink:
 
     def _deliver(self) -> bool:
         """Pop every response (lock held) and hand each to its waiter."""
+        traced = TRACER.on and self._traced
+        if traced:
+            t0 = now_ns()
         try:
             rsps = self._ring.pop_batch()
         except _RING_BROKEN as e:
             self._break(e)
             return True
+        if traced:
+            self._trace_popped(rsps, t0)
         for rsp in rsps:
             if rsp.id in self._waiting and self._waiting[rsp.id] is None:
                 self._waiting[rsp.id] = rsp
@@ -289,6 +330,16 @@ class DomainLink:
         if rsps:
             self._cond.notify_all()
         return bool(rsps)
+
+    def _trace_popped(self, rsps, t0: int) -> None:
+        """(lock held) The pop that took sampled calls' responses off the ring."""
+        t1 = now_ns()
+        for rsp in rsps:
+            traced = self._traced.get(rsp.id)
+            if traced is not None:
+                traced[2] = t1
+                TRACER.span(traced[0], "ring pop", "vcpu", t0, t1, {"batch": len(rsps)})
+                TRACER.flow(traced[0], "f", f"teeif/d{self.domid}/{rsp.id:x}/rsp", "teeif response", t0 + 1)
 
     # -- the daemon going away ---------------------------------------------------
 

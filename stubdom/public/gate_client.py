@@ -26,6 +26,7 @@ from ring import (
     RingError,
 )
 from stubdom.rundir import PeerRefused, check_peer
+from stubdom.trace import TRACE_ID_BIT, TRACER, now_ns
 
 from .errors import GateClosed, GateNotRunning, GateNotWelcomed, GatePeerRefused, GateTimeout
 from .gate import gate_dir
@@ -33,6 +34,9 @@ from .gate import gate_dir
 __all__ = ["GateClient", "GateClientStatistics"]
 
 _U64 = (1 << 64) - 1
+# Hypercall ids count in the low 63 bits; the top one marks a sampled call's
+# (stubdom.trace.TRACE_ID_BIT), which the gate traces too.
+_ID_MASK = _U64 >> 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,21 +102,30 @@ class GateClient:
         self._next_id = int.from_bytes(os.urandom(8), "little") & (_U64 >> 1)
         self._calls = self._wakeups = self._timeouts = self._dropped = 0
 
-    def call(self, op: int, domid: int, regs: Sequence[int]) -> tuple[int, tuple[int, ...]]:
-        """One hypercall: returns (status, a0..a7) as the gate answered."""
+    def call(self, op: int, domid: int, regs: Sequence[int], *, _mark: int = 0,
+             _times: list[int] | None = None) -> tuple[int, tuple[int, ...]]:
+        """One hypercall: returns (status, a0..a7) as the gate answered.
+        (``_mark``, ``_times``: the tracer's, from _traced_call.)"""
+        if TRACER.on and _times is None and (tcall := TRACER.current()) is not None:
+            return self._traced_call(tcall, op, domid, regs)
+        mark, times = _mark, _times
         with self._lock:
             if self._ring.closed:
                 raise GateClosed(self.path, "client closed")
-            rid = self._next_id
-            self._next_id = (rid + 1) & _U64
+            rid = self._next_id | mark
+            self._next_id = (rid + 1) & _ID_MASK
             self._calls += 1
             deadline = time.monotonic() + self._timeout
             try:
                 if self._ring.push(Request(rid, domid, op, tuple(regs))):
                     self._chan.notify()
+                if times is not None:
+                    times += (rid, now_ns())
                 while True:
                     for rsp in self._ring.pop_batch():
                         if rsp.id == rid:
+                            if times is not None:
+                                times.append(now_ns())
                             return rsp.status, tuple(rsp.a)
                         self._dropped += 1
                     if self._ring.poll(self._poll_ns):
@@ -129,6 +142,23 @@ class GateClient:
                 raise GateClosed(self.path, "client closed") from None
             except RingError as e:
                 raise GateClosed(self.path, str(e)) from e
+
+    def _traced_call(self, tcall, op: int, domid: int, regs: Sequence[int]) -> tuple[int, tuple[int, ...]]:
+        """A hypercall for a sampled call: its id marked (stubdom.trace), so
+        that the gate traces its side too, and its spans here."""
+        times: list[int] = []
+        t0 = now_ns()
+        out = self.call(op, domid, regs, _mark=TRACE_ID_BIT, _times=times)
+        t2 = now_ns()
+        if len(times) == 3:
+            rid, t1, popped = times
+            TRACER.span(tcall, "gate push", "daemon", t0, t1, {"gate_id": f"{rid:#x}"})
+            TRACER.flow(tcall, "s", f"gate/{rid:x}/req", "gate request", t1 - 1)
+            TRACER.span(tcall, "gate wait", "daemon", t1, popped)
+            TRACER.flow(tcall, "f", f"gate/{rid:x}/rsp", "gate response", popped - 1)
+        TRACER.span(tcall, "gate hypercall", "daemon", t0, t2, {"op": op, "fn": f"{regs[0] & 0xFFFFFFFF:#x}",
+                                                                 "ret": f"{out[1][0] & 0xFFFFFFFF:#x}"})
+        return out
 
     def fileno(self) -> int:
         """The event channel's descriptor: readable when the gate notified

@@ -66,11 +66,13 @@ from stubdom.optee.smc import (
     OPTEE_SMC_SHM_CACHED,
     OPTEE_SMC_VM_CREATED,
     OPTEE_SMC_VM_DESTROYED,
+    is_rpc_return,
     smc_name,
 )
 from stubdom.config.errors import BadTeeConfig
 from stubdom.config.tee import TeeConfig
 from stubdom.optee.rpc import THREAD_RPC_MAX_NUM_PARAMS
+from stubdom.trace import TRACER, TracedCall, now_ns
 
 from .entry_std import StdCall
 from .errors import BadRegisters
@@ -166,6 +168,8 @@ class OpteeModel:
 
     def smc(self, regs: Sequence[int]) -> Regs:
         """One SMC into the secure world: eight registers in, eight out."""
+        if TRACER.on and (call := TRACER.current()) is not None:
+            return self._traced_smc(call, regs)
         regs = _check_regs(regs)
         with self._lock:
             fid = regs[0] & _U32
@@ -173,6 +177,19 @@ class OpteeModel:
             if fid & OPTEE_SMC_FAST_CALL:
                 return self._fast(regs, fid)
             return self._yielding(regs, fid)
+
+    def _traced_smc(self, call: TracedCall, regs: Sequence[int]) -> Regs:
+        """smc for a sampled call (stubdom.trace): the same body (kept apart
+        so that tracing off costs smc one attribute check), and its span."""
+        t0 = now_ns()
+        regs = _check_regs(regs)
+        with self._lock:
+            fid = regs[0] & _U32
+            name = self._smc = smc_name(fid)
+            out = self._fast(regs, fid) if fid & OPTEE_SMC_FAST_CALL else self._yielding(regs, fid)
+        a0 = out[0] & _U32
+        TRACER.span(call, "OP-TEE", "optee", t0, now_ns(), {"fn": name, "ret": a0, "rpc": is_rpc_return(a0)})
+        return out
 
     # -- fast calls (entry_fast.c) --------------------------------------------------
 
