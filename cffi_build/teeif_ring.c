@@ -546,3 +546,49 @@ int teeif_back_spin_any(struct teeif_back_ring **rings, uint32_t n, uint64_t spi
         teeif_spin_step(&spins);
     }
 }
+
+static int back_hold_notify(struct teeif_back_ring *b)
+{
+    /* No barrier: a producer that still reads the armed value notifies once
+     * more, which costs a wake-up and loses nothing. */
+    idx_store(&b->sring->req_event, b->req_cons);
+    return 0;
+}
+
+int teeif_back_hold_notify(struct teeif_back_ring *b)
+{
+    TEEIF_GUARDED(b, back_hold_notify(b));
+}
+
+/* front_avail under f's own guard: f and b are separate mappings. */
+static int guarded_front_avail(struct teeif_front_ring *f)
+{
+    TEEIF_GUARDED(f, front_avail(f));
+}
+
+int teeif_spin_front_back(struct teeif_front_ring *f, struct teeif_back_ring *b, uint64_t spin_ns)
+{
+    uint64_t t0 = teeif_now_ns();
+    unsigned spins = 0;
+    for (;;) {
+        int found = 0;
+        int avail = guarded_front_avail(f);
+        if (avail < 0)
+            return avail;
+        if (avail > 0) {
+            f->stats.poll_hits++;
+            found |= TEEIF_SPIN_FRONT;
+        }
+        avail = guarded_back_avail(b);
+        if (avail != 0) {
+            if (avail > 0)
+                b->stats.poll_hits++;
+            found |= TEEIF_SPIN_BACK;
+        }
+        if (found)
+            return found;
+        if (teeif_now_ns() - t0 >= spin_ns)
+            return 0;
+        teeif_spin_step(&spins);
+    }
+}

@@ -18,7 +18,7 @@ from ring.errors import (
 )
 
 # Must equal TEEIF_ABI_VERSION in cffi_build/teeif.h.
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 if lib.TEEIF_ABI_VERSION != ABI_VERSION:
     raise StaleBuild(
