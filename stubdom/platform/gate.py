@@ -477,7 +477,7 @@ class Gate:
             if self._answer_pending(chan):
                 return True
             left = self._poll_ns
-            while left > 0 and not self._waiters:  # a waiter spins: one spinner per CPU is enough
+            while left > 0 and not self._waiters and not self._stopping:  # a waiter spins: one spinner is enough
                 step = min(left, _SPIN_SLICE_NS)
                 left -= step
                 if self._ring.spin(step):

@@ -290,9 +290,6 @@ class DomainLink:
                     chan = self._chan
                 if serve:
                     gate.waiter_serve()
-                    if time.monotonic() >= deadline:
-                        return
-                    spin_left = self._poll_ns  # the daemon works on a call: a whole window again
                     continue
                 if spin_left > 0:
                     continue
