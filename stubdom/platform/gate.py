@@ -470,7 +470,14 @@ class Gate:
         False: sleep on the event channel, because req_event is armed (the
         final check found nothing) or a waiter spins on the ring (it serves,
         and the last waiter to leave does the final check: waiter_leave)."""
-        self._serve_lock.acquire()
+        if not self._serve_lock.acquire(blocking=False):
+            with self._lock:
+                if self._waiters:
+                    # A waiter holds the ring (it spins in slices, taking it
+                    # again at once): it serves what woke us. Queueing on its
+                    # lock would only wake us at every slice.
+                    return False
+            self._serve_lock.acquire()
         held = True
         try:
             self._ring_broken = False  # if it still is, the pop below raises (to _serve)
