@@ -214,6 +214,7 @@ class Gate:
         self._waiters = 0  # threads between waiter_enter and waiter_leave (under _lock)
         self._chan: EventChannel | None = None  # the stub domain served now (set under both locks)
         self._ring_broken = False  # a waiter found the ring corrupted: left to the gate thread
+        self._held_off = False  # req_event was last written by hold_notify, not a final check (serve lock)
         self._waiter_batches = 0
 
     def _create_ring(self) -> BackRing:
@@ -395,6 +396,7 @@ class Gate:
             self.ring_path.unlink(missing_ok=True)
             self._ring = self._create_ring()
             self._ring_broken = False
+            self._held_off = False
 
     def _answer_pending(self, chan: EventChannel | None) -> bool:
         """Pop every pending request, answer them all, one notify decision.
@@ -496,6 +498,7 @@ class Gate:
                     self._serve_lock.release()
                     held = False
                     return False
+            self._held_off = False
             return self._ring.final_check()
         finally:
             if held:
@@ -520,11 +523,13 @@ class Gate:
         if self._chan is None or self._ring_broken or not self._serve_lock.acquire(blocking=False):
             return front.spin(spin_ns), False
         try:
-            try:
-                self._ring.hold_notify()  # we watch it: the stub domain need not notify
-            except (RingCorrupted, RingTruncated):
-                self._ring_failed()
-                return front.spin(spin_ns), False
+            if not self._held_off:
+                try:
+                    self._ring.hold_notify()  # we watch it: the stub domain need not notify
+                except (RingCorrupted, RingTruncated):
+                    self._ring_failed()
+                    return front.spin(spin_ns), False
+                self._held_off = True
             return front.spin_with(self._ring, spin_ns)
         finally:
             self._serve_lock.release()
@@ -553,6 +558,7 @@ class Gate:
                 # (the gate thread: _take_turn) decides under _lock after this
                 return
         try:
+            self._held_off = False
             while not self._ring_broken and self._ring.final_check():
                 self._waiter_answer()
         except (RingCorrupted, RingTruncated):
