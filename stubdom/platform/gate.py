@@ -474,10 +474,11 @@ class Gate:
         and the last waiter to leave does the final check: waiter_leave)."""
         if not self._serve_lock.acquire(blocking=False):
             with self._lock:
-                if self._waiters:
+                if self._waiters and not self._ring_broken:
                     # A waiter holds the ring (it spins in slices, taking it
                     # again at once): it serves what woke us. Queueing on its
-                    # lock would only wake us at every slice.
+                    # lock would only wake us at every slice. (A waiter that
+                    # found the ring broken woke us to deal with it: we wait.)
                     return False
             self._serve_lock.acquire()
         held = True
@@ -520,19 +521,27 @@ class Gate:
         """Spin up to ``spin_ns`` on ``front`` (the waiter's own ring) and, if
         no one else holds it, on the gate ring: (responses on ``front``,
         requests for the gate). Errors of ``front`` raise here."""
-        if self._chan is None or self._ring_broken or not self._serve_lock.acquire(blocking=False):
-            return front.spin(spin_ns), False
-        try:
-            if not self._held_off:
-                try:
-                    self._ring.hold_notify()  # we watch it: the stub domain need not notify
-                except (RingCorrupted, RingTruncated):
-                    self._ring_failed()
-                    return front.spin(spin_ns), False
-                self._held_off = True
-            return front.spin_with(self._ring, spin_ns)
-        finally:
-            self._serve_lock.release()
+        if self._serve_lock.acquire(blocking=False):
+            try:
+                # under the lock: the gate thread drops the stub domain (and
+                # close() the ring) only while it holds it
+                if self._chan is not None and not self._ring_broken and self._hold_off():
+                    return front.spin_with(self._ring, spin_ns)  # errors of front's raise
+            finally:
+                self._serve_lock.release()
+        return front.spin(spin_ns), False
+
+    def _hold_off(self) -> bool:
+        """(serve lock held) Hold the stub domain's notifications off while
+        we watch the ring; False if the ring turned out broken."""
+        if not self._held_off:
+            try:
+                self._ring.hold_notify()
+            except (RingCorrupted, RingTruncated):
+                self._ring_failed()
+                return False
+            self._held_off = True
+        return True
 
     def waiter_serve(self) -> bool:
         """Answer what is pending on the ring, as the gate thread would (the
