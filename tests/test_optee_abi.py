@@ -550,7 +550,7 @@ def test_facade_exports() -> None:
 
     for name in optee.__all__:
         assert hasattr(optee, name), name
-    for mod in (optee.smccc, optee.smc, optee.msg, optee.pagelist, optee.rpc, optee.teec, optee.errors, optee.uuid_meta):
+    for mod in (optee.smccc, optee.smc, optee.msg, optee.pagelist, optee.rpc, optee.teec, optee.errors, optee.uuid):
         assert set(mod.__all__) <= set(optee.__all__)
 
 
