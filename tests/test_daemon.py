@@ -8,15 +8,12 @@ beside it, as a user would run the two programs.
 
 from __future__ import annotations
 
-import os
 import re
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -28,17 +25,11 @@ import yaml
 from stubdom import workloads
 from stubdom.config import load_config
 from stubdom.daemon import ControlClient, ErrorCode, control_socket_path, ctl_main
-from stubdom.guest import Context, MemoryStore, OpteeDriver, Supplicant, TeecError
-from stubdom.optee.smc import (
-    OPTEE_SMC_CALLS_UID,
-    OPTEE_SMC_GET_SHM_CONFIG,
-    OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,
-)
-from stubdom.optee.teec import TEEC_ERROR_ACCESS_DENIED, TEEC_ORIGIN_COMMS
+from stubdom.guest import Context, MemoryStore, OpteeDriver, Supplicant
 from stubdom.platform import Platform
-from stubdom.platform.platform import DomainSpec, domain_spec
+from stubdom.platform.platform import domain_spec
 from stubdom.public.control import MAX_MESSAGE, encode
-from stubdom.tee.tas import DIGEST_UUID, INCREMENT_UUID
+from stubdom.tee.tas import DIGEST_UUID
 
 START_TIMEOUT = 20.0  # seconds for the daemon to say where it listens (a loaded CI box)
 

@@ -19,8 +19,8 @@ import pytest
 from stubdom import workloads
 from stubdom.config import load_config
 from stubdom.daemon import ControlClient, control_socket_path
-from stubdom.guest import Context, GuestError, MemoryStore, OpteeDriver, Supplicant, TeecError
 from stubdom.daemon.logs import LOGGER_NAME, MEDIATOR_LOGGER, DomainLevelFilter, GuestLog, setup_logging
+from stubdom.guest import Context, GuestError, MemoryStore, OpteeDriver, Supplicant, TeecError
 from stubdom.mediator.limits import LOG_BURST, LOG_REFILL_SECONDS
 from stubdom.optee.smc import (
     OPTEE_SMC_CALL_WITH_ARG,
@@ -29,8 +29,8 @@ from stubdom.optee.smc import (
     OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,
 )
 from stubdom.platform import Platform
-from stubdom.platform.platform import domain_spec
 from stubdom.platform.gate import Gate
+from stubdom.platform.platform import domain_spec
 from stubdom.public.gate import GATE_OP_HYP
 from stubdom.xen import Machine
 from test_daemon import Daemon, write_config

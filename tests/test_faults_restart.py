@@ -19,9 +19,9 @@ import pytest
 
 from stubdom.config import load_config
 from stubdom.daemon import ControlClient, control_socket_path
-from stubdom.optee.teec import TEEC_ERROR_COMMUNICATION
 from stubdom.guest import Context, GuestError, MemoryStore, OpteeDriver, Supplicant, TeecError
 from stubdom.guest.client import INOUT, Value
+from stubdom.optee.teec import TEEC_ERROR_COMMUNICATION
 from stubdom.platform import Platform
 from stubdom.platform.platform import domain_spec
 from stubdom.tee.tas import INCREMENT_UUID
@@ -107,7 +107,7 @@ class Stack:
             self.platform.destroy_domain(domid)
             del self.drivers[domid]
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -313,9 +313,13 @@ def test_restored_suspended_call_its_guest_gave_up_is_abandoned_after_its_lease(
     suspended, the call holds an OP-TEE thread until its lease ends; then it
     is abandoned (pins released, the thread free) and a late resume of it
     gets ERESUME."""
-    from stubdom.optee.smc import (OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_CALLS_COUNT,
-                                   OPTEE_SMC_RETURN_ENOTAVAIL, OPTEE_SMC_RETURN_ERESUME)
     from stubdom.guest import IN, TempMemref
+    from stubdom.optee.smc import (
+        OPTEE_SMC_CALL_RETURN_FROM_RPC,
+        OPTEE_SMC_CALLS_COUNT,
+        OPTEE_SMC_RETURN_ENOTAVAIL,
+        OPTEE_SMC_RETURN_ERESUME,
+    )
     from stubdom.tee.tas import STORAGE_CMD_WRITE, STORAGE_UUID
 
     stack = Stack(tmp_path, call_timeout_ms=1000)

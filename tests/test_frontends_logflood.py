@@ -20,6 +20,7 @@ import pytest
 import trio
 
 import ring
+from other_user import finish, other_user  # noqa: F401 (a fixture)
 from stubdom.daemon.backend import DomainBackend
 from stubdom.daemon.logs import GuestLog
 from stubdom.mediator.limits import LOG_BURST, LOG_REFILL_SECONDS
@@ -34,7 +35,6 @@ from stubdom.platform import (
 from stubdom.public import GATE_OP_SMC, GateClient
 from stubdom.tee import IsolationOracle, OpteeModel, TeeConfig
 from stubdom.xen import Machine
-from other_user import finish, other_user  # noqa: F401 (a fixture)
 from test_frontends_support import DaemonStack
 from test_stubdom_support import MiniDaemon
 

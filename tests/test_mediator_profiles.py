@@ -48,7 +48,6 @@ from stubdom.optee import (
     OPTEE_SMC_CALL_GET_OS_REVISION,
     OPTEE_SMC_CALL_RETURN_FROM_RPC,
     OPTEE_SMC_CALL_WITH_ARG,
-    OPTEE_SMC_CALL_WITH_REGD_ARG,
     OPTEE_SMC_CALL_WITH_RPC_ARG,
     OPTEE_SMC_CALLS_COUNT,
     OPTEE_SMC_CALLS_REVISION,
@@ -237,7 +236,7 @@ def test_get_os_revision(tmp_path):
     for profile, want in ((XEN, (4, 10, 0)), (STRICT, (4, 10, 0xABCD1234))):
         with Platform(tmp_path / profile.name, nr_frames=32768,
                       tee_config=TeeConfig(sec_caps=CAPS, os_build_id=0xABCD1234),
-                      placement=lambda p: El2Placement(p, profile=profile)) as p:
+                      placement=lambda p, profile=profile: El2Placement(p, profile=profile)) as p:
             p.create_domain(DomainSpec(1, nr_pages=64))
             assert p.trap(1, 0, (OPTEE_SMC_CALL_GET_OS_REVISION,) + ZEROS) == want + (0,) * 5
 

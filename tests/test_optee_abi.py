@@ -533,7 +533,8 @@ def test_teec_names() -> None:
 
 
 def test_teec_param_types() -> None:
-    t = optee.TEEC_PARAM_TYPES(optee.TEEC_VALUE_INPUT, optee.TEEC_MEMREF_TEMP_OUTPUT, optee.TEEC_NONE, optee.TEEC_MEMREF_PARTIAL_INOUT)
+    t = optee.TEEC_PARAM_TYPES(optee.TEEC_VALUE_INPUT, optee.TEEC_MEMREF_TEMP_OUTPUT, optee.TEEC_NONE,
+                               optee.TEEC_MEMREF_PARTIAL_INOUT)
     assert t == 0xF061
     assert [optee.TEEC_PARAM_TYPE_GET(t, i) for i in range(4)] == [0x1, 0x6, 0x0, 0xF]
     with pytest.raises(FieldOutOfRange, match="param type 2 = 16"):

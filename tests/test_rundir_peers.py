@@ -180,7 +180,8 @@ def test_ctl_refuses_another_users_socket_at_the_control_path(forged_daemon):
     rt, forged = forged_daemon
     out, err = io.StringIO(), io.StringIO()
     assert ctl_main(["--socket", str(control_socket_path(rt)), "hello"], out=out, err=err) == 1
-    assert (out.getvalue(), err.getvalue()) == ("", f"ctl: {control_socket_path(rt)}: {_refused(forged.pid, 'stubdom-teed')}\n")
+    refused = _refused(forged.pid, "stubdom-teed")
+    assert (out.getvalue(), err.getvalue()) == ("", f"ctl: {control_socket_path(rt)}: {refused}\n")
     with pytest.raises(PeerRefused) as e:
         ControlClient(control_socket_path(rt), timeout=30)
     assert (e.value.pid, e.value.uid, e.value.role) == (forged.pid, OTHER_UID, "stubdom-teed")

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from stubdom.platform import run_platform
 from stubdom.platform.run import EXIT_CONFIG, EXIT_NO_DAEMON
 

@@ -72,7 +72,6 @@ from stubdom.tee.tas import (
     WAIT_UUID,
 )
 from stubdom.xen import OPTEE_SHMEM_START, PAGE_SIZE
-
 from test_tee_support import NIL, hi, lo, regs, setup_guests, value_in, value_inout, value_out
 
 OK, ETHREAD_LIMIT, EBUSY, ERESUME, EBADADDR, EBADCMD, ENOTAVAIL = 0, 1, 2, 3, 4, 5, 7

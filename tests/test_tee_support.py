@@ -16,8 +16,8 @@ from pathlib import Path
 
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,
-    OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
     OPTEE_MSG_ATTR_TYPE_RMEM_INOUT,
+    OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
     OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT,
     OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT,
     OPTEE_MSG_ATTR_TYPE_VALUE_INPUT,
@@ -49,19 +49,19 @@ from stubdom.optee import (
     OPTEE_SMC_VM_CREATED,
     TEEC_ERROR_BAD_PARAMETERS,
     TEEC_ERROR_ITEM_NOT_FOUND,
+    TEEC_ERROR_SHORT_BUFFER,
     TEEC_ORIGIN_COMMS,
     TEEC_SUCCESS,
-    TEEC_ERROR_SHORT_BUFFER,
     MsgArg,
     MsgParam,
     OpenSessionMeta,
     build_page_list,
     build_ta_image,
-    value_words_to_uuid,
     get_arg_size,
     is_rpc_return,
     list_pages_needed,
     make_buf_ptr,
+    value_words_to_uuid,
 )
 from stubdom.tee import IsolationOracle, OpteeModel, TeeConfig
 from stubdom.tee.tas import builtin_tas

@@ -33,7 +33,6 @@ from stubdom.optee import (
 )
 from stubdom.tee import BadTeeConfig, TeeConfig
 from stubdom.tee.tas import DIGEST_UUID, INCREMENT_UUID, STORAGE_UUID, TA_NAMES, WAIT_UUID
-
 from test_tee_support import setup_guests
 
 UNKNOWN = uuid.UUID("12345678-1234-1234-1234-123456789abc")

@@ -21,7 +21,6 @@ import trio
 
 from stubdom.mediator import StdCall, call_intent
 from stubdom.mediator.errors import DomainAlreadyInitialised, DomainRefused, TeardownInvariantBroken
-from stubdom.optee.smccc import function_id
 from stubdom.optee.smc import (
     OPTEE_SMC_CALL_RETURN_FROM_RPC,
     OPTEE_SMC_CALL_WITH_ARG,
@@ -31,6 +30,7 @@ from stubdom.optee.smc import (
     OPTEE_SMC_EXCHANGE_CAPABILITIES,
     OPTEE_SMC_RETURN_ENOTAVAIL,
 )
+from stubdom.optee.smccc import function_id
 from stubdom.public.control import PROTOCOL_VERSION, Request
 from stubdom.public.errors import ControlError, ErrorCode
 from stubdom.xen.errors import NoSuchDomain

@@ -231,10 +231,6 @@ class Journal:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             view = view[n:]
 
-    @property
-    def size(self) -> int:
-        return self._size
-
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
+from stubdom.guest.tastore import model_ta_images
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,
     OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
@@ -58,7 +59,6 @@ from stubdom.optee import (
     rpc_func,
     value_words_to_uuid,
 )
-from stubdom.guest.tastore import model_ta_images
 from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, P2mType
 
 from .errors import GuestOutOfPages, UnexpectedRpc

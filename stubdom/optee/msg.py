@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from collections.abc import Iterable
-from typing import Mapping
 
 from .errors import BadParamAttr, FieldOutOfRange, TooManyParams, TruncatedMessage
 

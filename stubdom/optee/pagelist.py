@@ -21,8 +21,8 @@ under it.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Generator, Sequence
 
 from .errors import (
     EmptyPageList,

@@ -121,7 +121,7 @@ class PrivateTmpfs:
             if f and not f.closed:
                 f.close()
 
-    def __enter__(self) -> "PrivateTmpfs":
+    def __enter__(self) -> PrivateTmpfs:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -187,7 +187,7 @@ class DaemonProcess:
                 self.proc.wait()
         return self.proc.returncode
 
-    def __enter__(self) -> "DaemonProcess":
+    def __enter__(self) -> DaemonProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -50,7 +50,6 @@ from ring import (
 )
 from stubdom.mediator.ratelog import RateLimitedLog
 from stubdom.optee.smc import OPTEE_SMC_RETURN_ENOTAVAIL, OPTEE_SMC_VM_DESTROYED
-
 from stubdom.public.control import control_socket_path
 from stubdom.public.errors import (
     ControlDomainExists,

@@ -98,6 +98,7 @@ from .thread import RPC_ARG_SIZE, Thread, ThreadGen
 
 if TYPE_CHECKING:  # pragma: no cover
     from stubdom.config.tee import TeeConfig
+
     from .memory import NsMemoryMap
     from .partition import Partition
     from .tas.ta import TrustedApp

@@ -32,6 +32,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from stubdom.config.errors import BadTeeConfig
+from stubdom.config.tee import TeeConfig
+from stubdom.optee.rpc import THREAD_RPC_MAX_NUM_PARAMS
 from stubdom.optee.smc import (
     OPTEE_MSG_OS_OPTEE_UUID_0,
     OPTEE_MSG_OS_OPTEE_UUID_1,
@@ -68,9 +71,6 @@ from stubdom.optee.smc import (
     OPTEE_SMC_VM_DESTROYED,
     smc_name,
 )
-from stubdom.config.errors import BadTeeConfig
-from stubdom.config.tee import TeeConfig
-from stubdom.optee.rpc import THREAD_RPC_MAX_NUM_PARAMS
 
 from .entry_std import StdCall
 from .errors import BadRegisters

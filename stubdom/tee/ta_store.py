@@ -42,6 +42,7 @@ from .thread import RpcParam, RpcReply, RpcRequest, Thread
 
 if TYPE_CHECKING:  # pragma: no cover
     from stubdom.config.tee import TeeConfig
+
     from .tas.ta import TrustedApp
 
 __all__ = ["find_ta", "load_ta_image"]

@@ -83,7 +83,7 @@ _COUNTER = struct.Struct("<I")
 HTREE_NODE_COMMITTED_BLOCK = 1 << 0
 
 
-def HTREE_NODE_COMMITTED_CHILD(n: int) -> int:  # noqa: N802 - fs_htree.c macro name
+def HTREE_NODE_COMMITTED_CHILD(n: int) -> int:
     return 1 << (1 + n)
 
 
