@@ -11,7 +11,6 @@ not available the placement is skipped with the reason (never faked).
 from __future__ import annotations
 
 import abc
-
 import os
 import types
 from pathlib import Path

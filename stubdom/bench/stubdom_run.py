@@ -27,9 +27,8 @@ import yaml
 
 from stubdom.measure import proc_cpu_ns, proc_rss_kib, self_cpu_ns
 from stubdom.platform import Platform
-from stubdom.rundir import make_private_dirs
-
 from stubdom.public.errors import ControlSocketError
+from stubdom.rundir import make_private_dirs
 
 from .counters import MEDIATOR_OPS, OPS, CountingTee
 from .errors import PlacementUnavailable
