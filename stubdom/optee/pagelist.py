@@ -177,7 +177,8 @@ def read_page_list(
         try:
             next(steps)
         except StopIteration as done:
-            return done.value
+            pages: PageList = done.value
+            return pages
 
 
 def iter_page_list(
