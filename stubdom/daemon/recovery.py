@@ -72,7 +72,7 @@ class RecoveryPlan:
 
 def served_dirs(runtime_dir: Path) -> set[int]:
     """Domains with a ``dom<N>/`` directory: created by a daemon here."""
-    out = set()
+    out: set[int] = set()
     try:
         names = os.listdir(runtime_dir)
     except OSError:

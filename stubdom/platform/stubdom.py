@@ -218,7 +218,7 @@ class DomainLink:
             self._n["backend_errors"] += 1
             self._glog.warning("stubdom-teed answered status %d: ENOTAVAIL", rsp.status)
             return UNAVAILABLE_REGS
-        return tuple(rsp.a)  # type: ignore[return-value]
+        return tuple(rsp.a)
 
     def _receive(self, deadline: float) -> None:
         """As the receiver: return once some response was delivered, the

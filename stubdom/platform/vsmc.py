@@ -49,4 +49,4 @@ def route_smc(placement: Placement, domid: int, vcpu: int, regs: Sequence[int]) 
         result = placement.handle_call(domid, vcpu, checked)
         if result is not None:
             return check_regs(result)
-    return (SMCCC_RET_UNKNOWN_FUNCTION,) + checked[1:]  # type: ignore[return-value]
+    return (SMCCC_RET_UNKNOWN_FUNCTION,) + checked[1:]

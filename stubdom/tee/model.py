@@ -314,7 +314,7 @@ class OpteeModel:
         t = part.free_thread()
         if t is None:
             a[0] = OPTEE_SMC_RETURN_ETHREAD_LIMIT
-            return tuple(a)  # type: ignore[return-value]
+            return tuple(a)
         t.state = ThreadState.ACTIVE
         self._bind(t, part.guest_id)
         call = StdCall(partition=part, thread=t, client_id=part.guest_id, config=self.config,
@@ -367,4 +367,4 @@ def _check_regs(regs: Sequence[int]) -> Regs:
     for v in values:
         if type(v) is not int or not 0 <= v <= _U64:
             raise BadRegisters(regs, f"{v!r} is not a 64-bit register value")
-    return values  # type: ignore[return-value]
+    return values
