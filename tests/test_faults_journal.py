@@ -24,6 +24,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from daemon_support import Daemon
+from faults_support import Stack, inc
 from stubdom.daemon.journal import JOURNAL_FILE
 from stubdom.guest import Context, GuestError, TeecError
 from stubdom.guest.client import INOUT, Value
@@ -33,8 +35,6 @@ from stubdom.platform.launch import PrivateTmpfs, TmpfsUnavailable
 from stubdom.public import ControlInternal
 from stubdom.tee.tas import INCREMENT_UUID
 from stubdom.tee.tas.increment import TA_INCREMENT_CMD_INC_VALUE
-from test_daemon import Daemon
-from test_faults_restart import Stack, inc
 
 ONE_DOMAIN = """\
 domains:
@@ -180,7 +180,7 @@ MAX_CALLS_TO_FILL = 200  # an INC journals well under a page (~0.6 KiB)
 
 
 class _NamespacedDaemon(Daemon):
-    """test_daemon's Daemon, run through ``prefix`` (nsenter into the namespace)."""
+    """daemon_support's Daemon, run through ``prefix`` (nsenter into the namespace)."""
 
     def __init__(self, config, tmp_path, prefix: list[str]) -> None:
         self.log_path = tmp_path / f"daemon-{time.monotonic_ns()}.log"

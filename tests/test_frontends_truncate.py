@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon_support import config_file
+from frontends_support import HANG_GUARD_S, DaemonStack, ScriptedFrontend, build_scripted_frontend
 from ring import EventChannel, FrontRing, PeerDied, RingTruncated
 from stubdom.guest import Context
 from stubdom.guest.client import INOUT, Value
@@ -35,8 +37,6 @@ from stubdom.platform import UNAVAILABLE_REGS
 from stubdom.public import gate_dir
 from stubdom.tee.tas import INCREMENT_UUID
 from stubdom.tee.tas.increment import TA_INCREMENT_CMD_INC_VALUE
-from test_frontends_support import HANG_GUARD_S, DaemonStack, ScriptedFrontend, build_scripted_frontend
-from test_stubdom_platform_run import config_file
 
 C_DOM = 1  # served to the C frontend
 PLATFORM_DOM = 2  # served to the platform's own trap path and a guest driver

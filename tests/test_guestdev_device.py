@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from guestdev_support import READY_WAIT, build_programs, start_world, stop_world
-from other_user import finish, other_user  # noqa: F401 (a fixture)
+from other_user import finish
 from stubdom.guest.uapi import (
     TEE_GEN_CAP_GP,
     TEE_GEN_CAP_MEMREF_NULL,

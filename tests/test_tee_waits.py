@@ -46,7 +46,7 @@ from stubdom.tee.tas import (
     WAIT_UUID,
 )
 from stubdom.xen import PAGE_SIZE
-from test_tee_support import hi, lo, setup_guests, value_in, value_out
+from tee_support import hi, lo, setup_guests, value_in, value_out
 
 OK = 0
 WAIT_KEY = 100  # the wait TA's own key: above every thread's key
