@@ -182,7 +182,7 @@ class OpteeModel:
         part = self._find(a7 & 0xFFFF)
         if part is None and a7 != HYP_CLNT_ID:
             a[0] = OPTEE_SMC_RETURN_ENOTAVAIL  # thread_handle_fast_smc
-            return tuple(a)  # type: ignore[return-value]
+            return tuple(a)  # type: ignore[return-value]  # a: the eight registers, as a list
         cfg = self.config
         if fid == OPTEE_SMC_CALLS_COUNT:
             a[0] = OPTEE_CALLS_COUNT_NS_VIRT
@@ -221,7 +221,7 @@ class OpteeModel:
             # Includes L2CC_MUTEX (AArch64), the async-notification calls and
             # GET_PROTMEM_CONFIG, none of which this build has.
             a[0] = OPTEE_SMC_RETURN_UNKNOWN_FUNCTION
-        return tuple(a)  # type: ignore[return-value]
+        return tuple(a)  # type: ignore[return-value]  # a: the eight registers, as a list
 
     def _enable_shm_cache(self, part: Partition | None, a: list[int]) -> None:
         """thread_enable_prealloc_rpc_cache."""
@@ -302,12 +302,12 @@ class OpteeModel:
         part = self._find((regs[7] & _U32) & 0xFFFF)
         if part is None:
             a[0] = OPTEE_SMC_RETURN_ENOTAVAIL
-            return tuple(a)  # type: ignore[return-value]
+            return tuple(a)  # type: ignore[return-value]  # a: the eight registers, as a list
         a1, a2, a3, a4, a5 = (r & _U32 for r in regs[1:6])
         if fid == OPTEE_SMC_CALL_RETURN_FROM_RPC:
             if a3 >= len(part.threads) or part.threads[a3].state is not ThreadState.SUSPENDED:
                 a[0] = OPTEE_SMC_RETURN_ERESUME
-                return tuple(a)  # type: ignore[return-value]
+                return tuple(a)  # type: ignore[return-value]  # a: the eight registers, as a list
             t = part.threads[a3]
             t.state = ThreadState.ACTIVE
             return self._step(part, t, RpcReply(a1, a2, a4, a5), regs)
@@ -341,7 +341,7 @@ class OpteeModel:
         """Run the thread until it suspends (RPC) or finishes."""
         assert t.gen is not None
         try:
-            req = t.gen.send(reply)  # type: ignore[arg-type]
+            req = t.gen.send(reply)  # type: ignore[arg-type]  # None starts the thread; replies resume it
         except StopIteration as done:
             rv = done.value
             t.gen = None
