@@ -177,7 +177,7 @@ def test_plots_read_on_their_own(quick, tmp_path, monkeypatch):
         assert floors["C floor, sleeping (one ring round trip)"] == {STYLE["floor-sleep"]["color"]}
         assert len(cdf.legends) == 1  # one legend for every panel, not one per panel over the curves
         for fig in figs.values():
-            assert fig._suptitle is not None and "calls per cell" in fig._suptitle.get_text()
+            assert "calls per cell" in fig.get_suptitle()
     finally:
         for fig in figs.values():
             plt.close(fig)  # monkeypatched away: only the module's calls

@@ -731,12 +731,12 @@ def test_a_snapshot_restores_under_its_own_profile_only(el2):
     other = STRICT if med.profile is XEN else XEN
     with pytest.raises(BadSnapshot, match=f"taken under profile '{med.profile.name}', "
                                           f"this mediator speaks '{other.name}'"):
-        Mediator(p.machine, med._port, profile=other).restore(snap)
-    Mediator(p.machine, med._port, profile=med.profile).restore(snap)  # its own: restored
+        Mediator(p.machine, p.placement.port, profile=other).restore(snap)
+    Mediator(p.machine, p.placement.port, profile=med.profile).restore(snap)  # its own: restored
     legacy = {k: v for k, v in snap.items() if k != "profile"}  # a journal from before profiles: strict
     if med.profile is XEN:
         with pytest.raises(BadSnapshot):
-            Mediator(p.machine, med._port, profile=XEN).restore(legacy)
+            Mediator(p.machine, p.placement.port, profile=XEN).restore(legacy)
     else:
-        Mediator(p.machine, med._port, profile=STRICT).restore(legacy)
+        Mediator(p.machine, p.placement.port, profile=STRICT).restore(legacy)
     destroy_and_check(p, g)
