@@ -15,7 +15,9 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -45,6 +47,12 @@ from .logs import LEVELS, event
 from .policyview import NOW_KEYS, mediator_limits, policy_changes, policy_record
 from .recovery import GATE_FAILURES, Recovery
 
+if TYPE_CHECKING:
+    from stubdom.config import Config
+    from stubdom.mediator import Mediator
+    from stubdom.policy import PolicyEngine
+    from stubdom.xen import Machine
+
 __all__ = ["Daemon", "DUMP_LIST_CAP"]
 
 # Lists in a dump are cut at this many entries (the response must fit the
@@ -65,6 +73,13 @@ _STATE_FUNCS = _BEGIN_FUNCS | {OPTEE_SMC_EXCHANGE_CAPABILITIES}
 # What a guest gets for a call the daemon will not run (a journal it cannot write).
 _ENOTAVAIL = (OPTEE_SMC_RETURN_ENOTAVAIL,) + (0,) * 7
 
+
+
+class GateCounters(Protocol):
+    """What the daemon reads of its end of the SMC gate: the counters the
+    ``stats`` op reports (app.py's _GateStats over the GatePort)."""
+
+    def statistics(self) -> dict[str, Any]: ...
 
 class _CallHooks:
     """The mediator's hooks for one call (stubdom/mediator/hooks.py): the
@@ -87,6 +102,8 @@ class _CallHooks:
         self._backend.stats.refusals[refusal.reason] += 1
         self._backend.log.event(logging.WARNING, "open_session_refused", reason=refusal.reason,
                                 detail=refusal.describe())
+        # an open-session refusal is message-level: it carries ret and origin
+        assert refusal.msg_ret is not None and refusal.msg_origin is not None
         return refusal.msg_ret, refusal.msg_origin
 
     def before_std_call(self, domid: int, call: StdCall) -> bool:
@@ -99,8 +116,9 @@ class _CallHooks:
 class Daemon:
     """One stub domain's mediator service."""
 
-    def __init__(self, *, config, config_path: str | None, policy, mediator, gate_port,
-                 machine, logger: logging.Logger, load_config, placement: str = "stubdom",
+    def __init__(self, *, config: Config, config_path: str | None, policy: PolicyEngine, mediator: Mediator,
+                 gate_port: GateCounters, machine: Machine, logger: logging.Logger,
+                 load_config: Callable[[str], Config], placement: str = "stubdom",
                  journal: jr.Journal | None = None) -> None:
         self.config = config
         self.config_path = config_path

@@ -31,6 +31,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from stubdom.config.errors import BadTeeConfig
 from stubdom.config.tee import TeeConfig
@@ -80,6 +81,9 @@ from .partition import Partition
 from .tas import builtin_tas
 from .thread import RpcReply, RpcRequest, Thread, ThreadState
 
+if TYPE_CHECKING:
+    from stubdom.xen import Machine
+
 __all__ = ["OpteeModel", "PartitionStats", "HYP_CLNT_ID", "OPTEE_CALLS_COUNT_NS_VIRT"]
 
 HYP_CLNT_ID = 0  # core/include/kernel/virtualization.h: the hypervisor's client id
@@ -108,7 +112,7 @@ class PartitionStats:
 class OpteeModel:
     """OP-TEE with CFG_NS_VIRTUALIZATION, on a :class:`stubdom.xen.Machine`."""
 
-    def __init__(self, machine, config: TeeConfig, oracle: IsolationOracle) -> None:
+    def __init__(self, machine: Machine, config: TeeConfig, oracle: IsolationOracle) -> None:
         if not isinstance(config, TeeConfig):
             raise TypeError(f"config must be a TeeConfig, got {config!r}")
         if not isinstance(oracle, IsolationOracle):
