@@ -120,10 +120,10 @@ class MmTable:
             raise TeeErrno(errno.ENOMEM, str(e)) from None
         for ipa in ipas:
             self._domain.write(ipa, bytes(PAGE_SIZE))  # no stale guest data reaches a process
-        freed = []
+        freed: list[UserPage | int] = []
         with self._lock:
             if mm.dead:
-                freed = ipas
+                freed = list(ipas)
                 ipas = []
             else:
                 for a, ipa in zip(addrs, ipas):

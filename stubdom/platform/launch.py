@@ -84,6 +84,7 @@ class PrivateTmpfs:
             ["unshare", *ns, "--mount", "--propagation", "private", "--",
              "sh", "-c", script, "sh", str(size), str(self.path)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert self.holder.stdout is not None and self.holder.stderr is not None  # PIPE: both exist
         try:
             line = self.holder.stdout.readline()  # EOF if unshare or mount failed
         except BaseException:

@@ -142,7 +142,7 @@ class DomainLink:
         self._n = dict.fromkeys(("requests", "responses", "wakeups", "timeouts", "backend_errors",
                                  "unavailable", "dropped", "reconnects"), 0)
         self._sent = self._suppressed = 0  # of rings replaced on reconnect
-        self._poller = None  # the receiver's poll object on the channel (_poller_for)
+        self._poller: select.poll | None = None  # the receiver's poll object on the channel (_poller_for)
         self._poll_fd = -1
 
     # -- the trap path -----------------------------------------------------------
@@ -264,13 +264,15 @@ class DomainLink:
             except RingError:
                 return
 
-    def _poller_for(self, fd: int):
+    def _poller_for(self, fd: int) -> select.poll:
         """A poll object on ``fd``, kept between sleeps (only the receiver
         sleeps, one at a time); a new channel gets a new one."""
         if self._poll_fd != fd:
             poller = select.poll()
             poller.register(fd, select.POLLIN)
             self._poller, self._poll_fd = poller, fd
+            return poller
+        assert self._poller is not None  # set with _poll_fd
         return self._poller
 
     def _deliver(self) -> bool:
