@@ -34,8 +34,8 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from importlib.resources import files
+from pathlib import Path
 from typing import TextIO
 
 import yaml
@@ -94,7 +94,8 @@ def _workload(ctx: Context, seed: int) -> None:
     workloads.increment(ctx, seed)
     for n in BUFFER_SIZES:
         data = workloads.random_bytes(n, seed + n)
-        if not workloads.digest_temp(ctx, data) == workloads.digest_registered(ctx, data) == hashlib.sha256(data).digest():
+        expected = hashlib.sha256(data).digest()
+        if not workloads.digest_temp(ctx, data) == workloads.digest_registered(ctx, data) == expected:
             raise workloads.WorkloadFailed("digest", f"{n} bytes")
     workloads.digest_short_buffer(ctx)
     workloads.storage_round_trip(ctx, b"demo-%d" % seed, workloads.random_bytes(10 * 1024 + 3, seed))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from stubdom.guest import IN, INOUT, OUT, Context, RegisteredMemref, TempMemref, TeecError, Value
+from stubdom.guest import IN, INOUT, OUT, Context, RegisteredMemref, TeecError, TempMemref, Value
 from stubdom.optee.teec import TEEC_ERROR_ITEM_NOT_FOUND, TEEC_ERROR_SHORT_BUFFER, TEEC_MEM_INPUT
 from stubdom.tee.tas import (
     DIGEST_CMD_SHA256,

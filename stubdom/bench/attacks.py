@@ -47,12 +47,12 @@ from stubdom.guest import OpteeDriver, PageAllocator, Supplicant
 from stubdom.hostile import (
     ATTACKS,
     BASE_CAPS,
-    PLACEMENTS as HOSTILE_PLACEMENTS,
     AttackLoop,
     HostileGuest,
     destroy_and_check,
     make_platform,
 )
+from stubdom.hostile import PLACEMENTS as HOSTILE_PLACEMENTS
 from stubdom.measure import latency
 from stubdom.mediator import DomainLimits
 from stubdom.optee import OPTEE_SMC_SEC_CAP_RPC_ARG

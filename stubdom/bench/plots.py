@@ -16,8 +16,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
+import matplotlib.pyplot as plt  # after the backend is chosen
+from matplotlib.ticker import FixedLocator, NullLocator
 
 __all__ = ["write_plots", "STYLE"]
 
@@ -166,7 +166,6 @@ def _scaling(doc: dict, path: Path) -> bool:
     ax = axes[0]
     layouts = sorted({(c["domains"], c["vcpus_per_domain"]) for c in vc},
                      key=lambda dv: (dv[0] * dv[1], dv[0]))
-    x_of = {dv: i for i, dv in enumerate(layouts)}
     wls = list(dict.fromkeys(c["workload"] for c in vc))
     styles = ("-", ":", "-.", "--")
     series = [(pl, wl) for pl in _ORDER for wl in wls

@@ -28,13 +28,11 @@ from pathlib import Path
 import yaml
 
 from stubdom.guest.trace import TraceEvent
-
 from stubdom.measure import proc_cpu_ns, proc_rss_kib, self_cpu_ns
 from stubdom.platform import Platform
+from stubdom.public.errors import ControlSocketError
 from stubdom.rundir import make_private_dirs
 from stubdom.trace import load_trace
-
-from stubdom.public.errors import ControlSocketError
 
 from .counters import MEDIATOR_OPS, OPS, CountingTee
 from .errors import PlacementUnavailable
@@ -56,7 +54,8 @@ def daemon_config(layout: Layout, runtime_dir: Path, *, poll_window_us: int, see
     return {
         "tee": {"threads": tee.threads_per_guest, "guest_count": tee.guest_count,
                 "capabilities": ["reserved_shm", "dynamic_shm", "virtualization", "memref_null", "rpc_arg"]},
-        "mediator": {"placement": "stubdom", "profile": mediator_profile, "ring_pages": 1, "poll_window_us": poll_window_us,
+        "mediator": {"placement": "stubdom", "profile": mediator_profile, "ring_pages": 1,
+                     "poll_window_us": poll_window_us,
                      "runtime_dir": str(runtime_dir), "call_timeout_ms": 10000, "drain_timeout_ms": 10000,
                      "log_level": "warning"},
         "platform": {"nr_frames": layout.nr_frames, "seed": seed},

@@ -10,8 +10,8 @@ exactly the one operation named: a fast SMC, one INVOKE, or an open+close.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from stubdom import workloads as shared
 from stubdom.guest import IN, INOUT, OUT, Context, OpteeDriver, TempMemref, Value
@@ -37,7 +37,7 @@ STORAGE_BLOB = 4096  # one page of object data: FS + SHM_ALLOC RPCs each way
 class Workload:
     name: str
     description: str
-    prepare: Callable[["Worker"], Callable[[], None]]  # returns the measured call
+    prepare: Callable[[Worker], Callable[[], None]]  # returns the measured call
 
 
 class Worker:

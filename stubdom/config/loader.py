@@ -263,7 +263,9 @@ class _Walker:
             if not isinstance(node, yaml.SequenceNode):
                 self.problem(_line(node), path, f"expected {kind.type_name}, got {self._kind(node)}")
                 return False, None
-            items, seen, ok = [], {}, True
+            items: list[object] = []
+            seen: dict[object, int] = {}
+            ok = True
             for i, item in enumerate(node.value):
                 sub = f"{path}[{i}]"
                 good, v = self.scalar(item, kind.item, sub)

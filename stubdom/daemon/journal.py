@@ -28,6 +28,7 @@ import errno
 import os
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,10 +232,6 @@ class Journal:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             view = view[n:]
 
-    @property
-    def size(self) -> int:
-        return self._size
-
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -254,12 +251,12 @@ def domain_record(domid: int, *, hwdom: bool, direct_mapped: bool, limits, stati
                        limits.max_total_pages], "static_shm": static_shm}
 
 
-def state_record(domid: int, snap: dict) -> dict:
+def state_record(domid: int, snap: Mapping[str, object]) -> dict:
     return {"t": "state", "domid": domid, "snap": snap}
 
 
 def begin_record(domid: int, request_id: int, function: int, thread: int,
-                 intent: dict | None = None) -> dict:
+                 intent: Mapping[str, object] | None = None) -> dict:
     """``thread``: a3 of the call (the OP-TEE thread a RETURN_FROM_RPC resumes);
     ``intent``: a standard call's mediator.call_intent (command, session,
     cookie, shadow page), for recovery to undo what OP-TEE did unanswered."""

@@ -38,8 +38,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stubdom.mediator import BadSnapshot, expected_pins, without_resumed_call
 from stubdom.optee.smc import OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_RETURN_ENOTAVAIL
@@ -49,6 +51,14 @@ from stubdom.xen.errors import MachineError
 
 from .journal import DomainRecord, Replay
 from .logs import event
+
+if TYPE_CHECKING:
+    from stubdom.mediator import Mediator
+    from stubdom.xen import Machine
+
+    from .backend import DomainBackend
+    from .calljournal import CallJournal
+    from .leases import Leases
 
 __all__ = ["RecoveryPlan", "plan_recovery", "release_domain_frames", "vm_destroyed",
            "remove_domain_dir", "GATE_FAILURES", "GivenUp", "give_up", "Recovery"]
@@ -72,7 +82,7 @@ class RecoveryPlan:
 
 def served_dirs(runtime_dir: Path) -> set[int]:
     """Domains with a ``dom<N>/`` directory: created by a daemon here."""
-    out = set()
+    out: set[int] = set()
     try:
         names = os.listdir(runtime_dir)
     except OSError:
@@ -84,7 +94,7 @@ def served_dirs(runtime_dir: Path) -> set[int]:
     return out
 
 
-def plan_recovery(replay: Replay | None, machine, runtime_dir: Path) -> RecoveryPlan:
+def plan_recovery(replay: Replay | None, machine: Machine, runtime_dir: Path) -> RecoveryPlan:
     """Decide per domain; nothing is changed yet. ``replay`` None: no
     journal could be trusted, nothing is restored."""
     plan = RecoveryPlan()
@@ -147,7 +157,7 @@ def _set_aside(rec: DomainRecord, have) -> DomainRecord | None:
                                                   set_aside=gone))
 
 
-def release_domain_frames(machine, domid: int, snap: dict | None = None) -> int:
+def release_domain_frames(machine: Machine, domid: int, snap: dict | None = None) -> int:
     """Drop every pin the frame table holds for ``domid`` and free its
     hypervisor heap pages (the shadow pages); returns the pins dropped.
     Only once OP-TEE can no longer touch them (after VM_DESTROYED)."""
@@ -167,7 +177,7 @@ def release_domain_frames(machine, domid: int, snap: dict | None = None) -> int:
     return dropped
 
 
-def vm_destroyed(mediator, domid: int) -> tuple[bool, str]:
+def vm_destroyed(mediator: Mediator, domid: int) -> tuple[bool, str]:
     """VM_DESTROYED through the gate: (done, detail)."""
     try:
         r = mediator.vm_destroyed(domid)
@@ -193,20 +203,20 @@ def remove_domain_dir(runtime_dir: Path, domid: int, logger: logging.Logger) -> 
         logger.warning("cannot remove %s: %s", d, e.strerror)
 
 
-def restore(mediator, rec: DomainRecord) -> None:
+def restore(mediator: Mediator, rec: DomainRecord) -> None:
     """Raises BadSnapshot if the snapshot does not restore."""
     if rec.snap.get("domid") != rec.domid:
         raise BadSnapshot(rec.domid, f"snapshot names d{rec.snap.get('domid')!r}")
     mediator.restore(rec.snap)
 
 
-def extra_pins(machine, domid: int, want) -> dict[int, int]:
+def extra_pins(machine: Machine, domid: int, want: dict[int, int]) -> dict[int, int]:
     """{mfn: pins} the frame table holds for ``domid`` beyond ``want``."""
     have = machine.pinned_frames(domid)
     return {mfn: n - want.get(mfn, 0) for mfn, n in have.items() if n > want.get(mfn, 0)}
 
 
-def drop_extra_pins(machine, domid: int, want) -> int:
+def drop_extra_pins(machine: Machine, domid: int, want: dict[int, int]) -> int:
     """Release pins the frame table holds for ``domid`` beyond ``want``
     (what the restored context accounts for) and free the hypervisor heap
     pages left with none (shadow pages the dead daemon took). Returns the
@@ -238,7 +248,7 @@ class GivenUp:
     error: str | None  # the gate failed: the call stays suspended, released with the domain
 
 
-def give_up(mediator, domid: int, tid: int) -> GivenUp:
+def give_up(mediator: Mediator, domid: int, tid: int) -> GivenUp:
     """End the call suspended on ``tid`` for a guest that will never resume
     it (its resume was lost with a dead daemon, or its lease ran out):
     abandon it in OP-TEE, then undo what OP-TEE may have done for it that
@@ -261,8 +271,8 @@ class Recovery:
     (not yet started); ``journal`` is the daemon's CallJournal; ``leases``
     gets the restored suspended calls whose guests may have given them up."""
 
-    def __init__(self, *, mediator, machine, runtime_dir: Path, journal, leases, logger: logging.Logger,
-                 serve) -> None:
+    def __init__(self, *, mediator: Mediator, machine: Machine, runtime_dir: Path, journal: CallJournal,
+                 leases: Leases, logger: logging.Logger, serve: Callable[[DomainRecord], DomainBackend]) -> None:
         self._mediator = mediator
         self._machine = machine
         self._runtime_dir = runtime_dir

@@ -27,9 +27,13 @@ import secrets
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import GuestError, TeeErrno
 from .pages import PAGE_SIZE, PageAllocator
+
+if TYPE_CHECKING:
+    from stubdom.xen import Domain
 
 __all__ = ["UserPage", "UserMm", "MmTable", "MAX_BACK_PAGES", "MM_TOKEN_BYTES"]
 
@@ -63,7 +67,7 @@ class MmTable:
     """Every process's :class:`UserMm`, and the guest pages behind them.
     Thread-safe."""
 
-    def __init__(self, allocator: PageAllocator, domain) -> None:
+    def __init__(self, allocator: PageAllocator, domain: Domain) -> None:
         self._pages = allocator
         self._domain = domain
         self._lock = threading.Lock()
@@ -116,10 +120,10 @@ class MmTable:
             raise TeeErrno(errno.ENOMEM, str(e)) from None
         for ipa in ipas:
             self._domain.write(ipa, bytes(PAGE_SIZE))  # no stale guest data reaches a process
-        freed = []
+        freed: list[UserPage | int] = []
         with self._lock:
             if mm.dead:
-                freed = ipas
+                freed = list(ipas)
                 ipas = []
             else:
                 for a, ipa in zip(addrs, ipas):

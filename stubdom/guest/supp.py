@@ -125,7 +125,7 @@ class SuppQueue:
     def process(self, cmd: int, params: list[TeeParam]) -> int:
         """optee_supp_thrd_req: queue, then wait until the supplicant answers or
         the calling process is gone."""
-        killed = self.subsystem.current_killed()  # type: ignore[attr-defined]
+        killed = self.subsystem.current_killed()
         with self._cond:
             req = _Req(0, cmd, params)
             req.id = self._idr.alloc(req)
@@ -144,13 +144,13 @@ class SuppQueue:
             return TEEC_ERROR_COMMUNICATION
 
     def get_shm(self, shm_id: int) -> Shm | None:
-        return self.subsystem.supp_shm_get(self.ctx, shm_id)  # type: ignore[attr-defined]
+        return self.subsystem.supp_shm_get(self.ctx, shm_id)
 
     def put_shm(self, shm: Shm) -> None:
-        self.subsystem.supp_shm_put(shm)  # type: ignore[attr-defined]
+        self.subsystem.supp_shm_put(shm)
 
     def shm_id(self, shm: Shm) -> int:
-        return self.subsystem.shm_id_of(shm)  # type: ignore[attr-defined]
+        return self.subsystem.shm_id_of(shm)
 
     # -- the supplicant's side (TEE_IOC_SUPPL_RECV / SEND) -------------------------------
     def recv(self, params: list[SuppParam], killed: threading.Event) -> tuple[int, list[SuppParam]]:
@@ -193,7 +193,7 @@ class SuppQueue:
         if p.is_memref:
             if p.shm is None:
                 return SuppParam(p.attr, 0, p.size, _U64)
-            sid = self.subsystem.shm_id_of(p.shm)  # type: ignore[attr-defined]
+            sid = self.subsystem.shm_id_of(p.shm)
             return SuppParam(p.attr, p.offs, p.size, sid & _U64)
         return SuppParam(p.attr)
 

@@ -43,7 +43,7 @@ class TeeShm:
 
     @property
     def device(self) -> str:
-        return self.ctx.dev.name  # type: ignore[attr-defined]
+        return self.ctx.dev.name  # type: ignore[attr-defined]  # ctx: a TeeContext (teecore imports this module)
 
 
 class Idr:

@@ -46,15 +46,14 @@ from stubdom.guest.pages import PAGE_SIZE
 from stubdom.guest.teecore import TeeContext, TeeSubsystem
 from stubdom.guest.teeshm import TeeShm
 from stubdom.guest.uapi import TEE_IOC_SUPPL_RECV
-from stubdom.rundir import SOCKET_MODE, PeerRefused, check_peer
 from stubdom.guest.usermem import Caller, UserMemory, UserRegion
+from stubdom.rundir import SOCKET_MODE, PeerRefused, check_peer
 
 from .errors import WireError
 from .wire import (
     REQ,
     RSP,
     TEEDEV_MAGIC,
-    TEEDEV_WIRE_VERSION,
     TEEDEV_MAX_MSG,
     TEEDEV_OP_ADOPT,
     TEEDEV_OP_BACK,
@@ -65,6 +64,7 @@ from .wire import (
     TEEDEV_OP_STATS,
     TEEDEV_OP_UNBACK,
     TEEDEV_OP_UNMAP,
+    TEEDEV_WIRE_VERSION,
     Request,
     build_response,
     parse_request,

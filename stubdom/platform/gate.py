@@ -265,7 +265,7 @@ class Gate:
             self._ring.close()
             self.ring_path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "Gate":
+    def __enter__(self) -> Gate:
         self.start()
         return self
 

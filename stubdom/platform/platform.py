@@ -59,7 +59,7 @@ class Platform:
         *,
         nr_frames: int,
         tee_config: TeeConfig,
-        placement: Callable[["Platform"], Placement],
+        placement: Callable[[Platform], Placement],
         require_pins: bool = True,
         seed: int = 0,
         static_shm: tuple[int, int] | None = None,
@@ -77,8 +77,8 @@ class Platform:
         self._specs: dict[int, DomainSpec] = {}
 
     @classmethod
-    def for_config(cls, config, *, placement: Callable[["Platform"], Placement] | None = None,
-                   control_timeout: float = 10.0) -> "Platform":
+    def for_config(cls, config, *, placement: Callable[[Platform], Placement] | None = None,
+                   control_timeout: float = 10.0) -> Platform:
         """The platform a stubdom-teed configuration describes (the
         contract of stubdom.config.Config): the machine at
         ``<runtime_dir>/machine``; under ``placement: el2`` the mediator of
@@ -192,7 +192,7 @@ class Platform:
                 close()
             self.machine.close()
 
-    def __enter__(self) -> "Platform":
+    def __enter__(self) -> Platform:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -186,7 +186,7 @@ class VcpuHost:
                 remote = _Remote(spec.domid, conn, per_vcpu=[0] * spec.vcpus)
                 ours = []
                 try:
-                    for index in range(spec.vcpus):
+                    for _ in range(spec.vcpus):
                         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
                         remote.vcpus.append(mine)
                         ours.append(theirs)
@@ -311,7 +311,7 @@ class VcpuHost:
                 remote.control.shutdown(socket.SHUT_RDWR)
             self._destroy(remote)
 
-    def __enter__(self) -> "VcpuHost":
+    def __enter__(self) -> VcpuHost:
         return self
 
     def __exit__(self, *exc: object) -> None:

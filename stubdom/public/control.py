@@ -171,7 +171,7 @@ def quote(value: object) -> str:
     return f"{text[:_QUOTE]}… ({len(text)} characters)"
 
 
-def error_response(seq: int | None, code: ErrorCode, message: str) -> dict:
+def error_response(seq: int | None, code: ErrorCode | int, message: str) -> dict:
     code = ErrorCode(code)
     if len(message) > MAX_ERROR_MESSAGE:
         message = message[:MAX_ERROR_MESSAGE] + "…"

@@ -31,7 +31,11 @@ import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from stubdom.config.errors import BadTeeConfig
+from stubdom.config.tee import TeeConfig
+from stubdom.optee.rpc import THREAD_RPC_MAX_NUM_PARAMS
 from stubdom.optee.smc import (
     OPTEE_MSG_OS_OPTEE_UUID_0,
     OPTEE_MSG_OS_OPTEE_UUID_1,
@@ -69,9 +73,6 @@ from stubdom.optee.smc import (
     is_rpc_return,
     smc_name,
 )
-from stubdom.config.errors import BadTeeConfig
-from stubdom.config.tee import TeeConfig
-from stubdom.optee.rpc import THREAD_RPC_MAX_NUM_PARAMS
 from stubdom.trace import TRACER, TracedCall, now_ns
 
 from .entry_std import StdCall
@@ -81,6 +82,9 @@ from .oracle import IsolationOracle
 from .partition import Partition
 from .tas import builtin_tas
 from .thread import RpcReply, RpcRequest, Thread, ThreadState
+
+if TYPE_CHECKING:
+    from stubdom.xen import Machine
 
 __all__ = ["OpteeModel", "PartitionStats", "HYP_CLNT_ID", "OPTEE_CALLS_COUNT_NS_VIRT"]
 
@@ -110,7 +114,7 @@ class PartitionStats:
 class OpteeModel:
     """OP-TEE with CFG_NS_VIRTUALIZATION, on a :class:`stubdom.xen.Machine`."""
 
-    def __init__(self, machine, config: TeeConfig, oracle: IsolationOracle) -> None:
+    def __init__(self, machine: Machine, config: TeeConfig, oracle: IsolationOracle) -> None:
         if not isinstance(config, TeeConfig):
             raise TypeError(f"config must be a TeeConfig, got {config!r}")
         if not isinstance(oracle, IsolationOracle):
@@ -199,7 +203,7 @@ class OpteeModel:
         part = self._find(a7 & 0xFFFF)
         if part is None and a7 != HYP_CLNT_ID:
             a[0] = OPTEE_SMC_RETURN_ENOTAVAIL  # thread_handle_fast_smc
-            return tuple(a)  # type: ignore[return-value]
+            return tuple(a)  # type: ignore[return-value]  # a: the eight registers, as a list
         cfg = self.config
         if fid == OPTEE_SMC_CALLS_COUNT:
             a[0] = OPTEE_CALLS_COUNT_NS_VIRT
@@ -238,7 +242,7 @@ class OpteeModel:
             # Includes L2CC_MUTEX (AArch64), the async-notification calls and
             # GET_PROTMEM_CONFIG, none of which this build has.
             a[0] = OPTEE_SMC_RETURN_UNKNOWN_FUNCTION
-        return tuple(a)  # type: ignore[return-value]
+        return tuple(a)  # type: ignore[return-value]  # a: the eight registers, as a list
 
     def _enable_shm_cache(self, part: Partition | None, a: list[int]) -> None:
         """thread_enable_prealloc_rpc_cache."""
@@ -319,19 +323,19 @@ class OpteeModel:
         part = self._find((regs[7] & _U32) & 0xFFFF)
         if part is None:
             a[0] = OPTEE_SMC_RETURN_ENOTAVAIL
-            return tuple(a)  # type: ignore[return-value]
+            return tuple(a)  # type: ignore[return-value]  # a: the eight registers, as a list
         a1, a2, a3, a4, a5 = (r & _U32 for r in regs[1:6])
         if fid == OPTEE_SMC_CALL_RETURN_FROM_RPC:
             if a3 >= len(part.threads) or part.threads[a3].state is not ThreadState.SUSPENDED:
                 a[0] = OPTEE_SMC_RETURN_ERESUME
-                return tuple(a)  # type: ignore[return-value]
+                return tuple(a)  # type: ignore[return-value]  # a: the eight registers, as a list
             t = part.threads[a3]
             t.state = ThreadState.ACTIVE
             return self._step(part, t, RpcReply(a1, a2, a4, a5), regs)
         t = part.free_thread()
         if t is None:
             a[0] = OPTEE_SMC_RETURN_ETHREAD_LIMIT
-            return tuple(a)  # type: ignore[return-value]
+            return tuple(a)
         t.state = ThreadState.ACTIVE
         self._bind(t, part.guest_id)
         call = StdCall(partition=part, thread=t, client_id=part.guest_id, config=self.config,
@@ -358,7 +362,7 @@ class OpteeModel:
         """Run the thread until it suspends (RPC) or finishes."""
         assert t.gen is not None
         try:
-            req = t.gen.send(reply)  # type: ignore[arg-type]
+            req = t.gen.send(reply)  # type: ignore[arg-type]  # None starts the thread; replies resume it
         except StopIteration as done:
             rv = done.value
             t.gen = None
@@ -384,4 +388,4 @@ def _check_regs(regs: Sequence[int]) -> Regs:
     for v in values:
         if type(v) is not int or not 0 <= v <= _U64:
             raise BadRegisters(regs, f"{v!r} is not a 64-bit register value")
-    return values  # type: ignore[return-value]
+    return values

@@ -15,7 +15,7 @@ import struct
 import uuid
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from stubdom.optee.teec import TEE_ERROR_BAD_PARAMETERS, TEE_ERROR_ITEM_NOT_FOUND, TEE_SUCCESS
 
@@ -34,7 +34,10 @@ OID_EMPTY_NAME = 1
 _DENT = struct.Struct("<16s64sI32sI")
 DIRFILE_ENTRY_SIZE = _DENT.size  # 120
 
-Gen = Generator[RpcRequest, RpcReply, object]
+# a step of the secure world driven through RPCs: yields each RPC request, is
+# sent its reply; what it returns differs per function (its docstring says), as
+# for tas.ta.TaGen
+Gen = Generator[RpcRequest, RpcReply, Any]
 
 
 class DirfOps(Protocol):

@@ -31,7 +31,7 @@ import random
 import struct
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from stubdom.optee.teec import (
     TEE_ERROR_CORRUPT_OBJECT,
@@ -83,7 +83,7 @@ _COUNTER = struct.Struct("<I")
 HTREE_NODE_COMMITTED_BLOCK = 1 << 0
 
 
-def HTREE_NODE_COMMITTED_CHILD(n: int) -> int:  # noqa: N802 - fs_htree.c macro name
+def HTREE_NODE_COMMITTED_CHILD(n: int) -> int:
     return 1 << (1 + n)
 
 
@@ -102,7 +102,10 @@ class HtreeType:
     BLOCK = 2
 
 
-Gen = Generator[RpcRequest, RpcReply, object]
+# a step of the secure world driven through RPCs: yields each RPC request, is
+# sent its reply; what it returns differs per function (its docstring says), as
+# for tas.ta.TaGen
+Gen = Generator[RpcRequest, RpcReply, Any]
 
 
 class HtreeStorage(Protocol):

@@ -17,6 +17,7 @@ import struct
 import uuid
 from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Any
 
 from stubdom.optee.teec import (
     TEE_ERROR_ACCESS_CONFLICT,
@@ -65,7 +66,10 @@ _VALID_CREATE = _VALID_OPEN | TEE_DATA_FLAG_OVERWRITE
 _HEAD = struct.Struct("<6I")
 STORAGE_HEAD_SIZE = _HEAD.size  # 24
 
-Gen = Generator[RpcRequest, RpcReply, object]
+# a step of the secure world driven through RPCs: yields each RPC request, is
+# sent its reply; what it returns differs per function (its docstring says), as
+# for tas.ta.TaGen
+Gen = Generator[RpcRequest, RpcReply, Any]
 
 
 @dataclass(eq=False)

@@ -26,6 +26,7 @@ import random
 import uuid
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 from stubdom.optee.teec import (
     TEE_ERROR_ACCESS_CONFLICT,
@@ -65,7 +66,10 @@ from .htree import (
 __all__ = ["ReeFs", "FsFd", "get_offs_size", "ree_fs_open", "ree_fs_create", "ree_fs_close", "ree_fs_read",
            "ree_fs_write", "ree_fs_remove"]
 
-Gen = Generator[RpcRequest, RpcReply, object]
+# a step of the secure world driven through RPCs: yields each RPC request, is
+# sent its reply; what it returns differs per function (its docstring says), as
+# for tas.ta.TaGen
+Gen = Generator[RpcRequest, RpcReply, Any]
 _BLOCK_NODES = BLOCK_SIZE // (NODE_IMAGE_SIZE * 2)  # 31 node pairs per node block
 
 

@@ -41,11 +41,11 @@ from ..fs.persistent import (
     write_object_data,
 )
 from .ta import (
-    StatelessTa,
     TEE_PARAM_TYPE_MEMREF_INPUT,
     TEE_PARAM_TYPE_MEMREF_OUTPUT,
     TEE_PARAM_TYPE_NONE,
     TEE_PARAM_TYPES,
+    StatelessTa,
     TaContext,
     TaGen,
     TaParam,
