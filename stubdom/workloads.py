@@ -44,7 +44,7 @@ class WorkloadFailed(AssertionError):
 _Kind = TypeVar("_Kind", Value, TempMemref)
 
 
-def _output(params: Sequence[Param] | str | None, index: int, kind: type[_Kind]) -> _Kind:
+def output_param(params: Sequence[Param] | str | None, index: int, kind: type[_Kind]) -> _Kind:
     """Parameter ``index`` of a call's outputs, of the ``kind`` the workload
     passed there: Session.invoke, and the TeecError of a call the TEE
     answered, give back each parameter as the kind it was given with its
@@ -60,7 +60,7 @@ def increment(ctx: Context, value: int = 41) -> int:
     """Open the increment TA, add one to ``value``, close."""
     session = ctx.open_session(INCREMENT_UUID)
     try:
-        out = _output(session.invoke(TA_INCREMENT_CMD_INC_VALUE, [Value(value, 0, INOUT)]), 0, Value)
+        out = output_param(session.invoke(TA_INCREMENT_CMD_INC_VALUE, [Value(value, 0, INOUT)]), 0, Value)
     finally:
         session.close()
     if out.a != value + 1:
@@ -77,7 +77,7 @@ def digest_temp(ctx: Context, data: bytes) -> bytes:
         out = session.invoke(DIGEST_CMD_SHA256, [TempMemref(data, IN), TempMemref(size=SHA256_SIZE, direction=OUT)])
     finally:
         session.close()
-    got = _output(out, 1, TempMemref).data
+    got = output_param(out, 1, TempMemref).data
     if got is None or got != hashlib.sha256(data).digest():
         raise WorkloadFailed("digest_temp", f"digest of {len(data)} bytes differs from hashlib's")
     return got
@@ -111,7 +111,7 @@ def digest_short_buffer(ctx: Context) -> int:
     except TeecError as e:
         if e.ret != TEEC_ERROR_SHORT_BUFFER:
             raise WorkloadFailed("digest_short_buffer", f"got {e}") from e
-        needed = _output(e.outputs, 1, TempMemref).size
+        needed = output_param(e.outputs, 1, TempMemref).size
         if needed is None or needed != SHA256_SIZE:
             raise WorkloadFailed("digest_short_buffer", f"got {e}") from e
         return needed
@@ -127,7 +127,7 @@ def storage_round_trip(ctx: Context, object_id: bytes, blob: bytes) -> int:
     try:
         session.invoke(STORAGE_CMD_WRITE, [TempMemref(object_id, IN), TempMemref(blob, IN)])
         out = session.invoke(STORAGE_CMD_READ, [TempMemref(object_id, IN), TempMemref(size=len(blob), direction=OUT)])
-        if _output(out, 1, TempMemref).data != blob:
+        if output_param(out, 1, TempMemref).data != blob:
             raise WorkloadFailed("storage", f"object {object_id!r} read back differs ({len(blob)} bytes)")
         session.invoke(STORAGE_CMD_DELETE, [TempMemref(object_id, IN)])
         try:
@@ -147,8 +147,8 @@ def wait_preempted(ctx: Context) -> tuple[int, tuple[int, int]]:
     the REE time through an RPC."""
     session = ctx.open_session(WAIT_UUID)
     try:
-        busy = _output(session.invoke(WAIT_CMD_BUSY, [Value(0, 0, OUT)]), 0, Value).a
-        now = _output(session.invoke(WAIT_CMD_GET_TIME, [Value(0, 0, OUT)]), 0, Value)
+        busy = output_param(session.invoke(WAIT_CMD_BUSY, [Value(0, 0, OUT)]), 0, Value).a
+        now = output_param(session.invoke(WAIT_CMD_GET_TIME, [Value(0, 0, OUT)]), 0, Value)
     finally:
         session.close()
     if now.a == 0:
