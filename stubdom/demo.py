@@ -172,7 +172,7 @@ def _run_config_placement(name: str, base: dict, root: Path, seed: int, say,
         platform = stack.enter_context(Platform.for_config(config))
         if name == "stubdom":
             daemon = stack.enter_context(DaemonProcess(path, root / "daemon.log", log_level=log_level))
-            hello = daemon.wait_ready(platform.placement.toolstack, DAEMON_READY_S)
+            hello = daemon.wait_ready(platform.as_stubdom().toolstack, DAEMON_READY_S)
             say(f"stubdom-teed pid {hello['pid']} serving {config.mediator.runtime_dir}")
         return run_placement(name, platform, specs, root, seed=seed)
 

@@ -223,7 +223,7 @@ class AttackSweep:
                 stack.callback(w.close)
                 calls[wl] = WORKLOADS[wl].prepare(w)
                 drive_block([calls[wl]], self.warmup, rate=None, round_robin=False)
-            gate = p.placement.gate if name == "stubdom" else None
+            gate = p.as_stubdom().gate if name == "stubdom" else None
 
             def gate_calls() -> int:
                 if gate is None:

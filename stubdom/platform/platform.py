@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stubdom.rundir import ensure_runtime_dir
 from stubdom.tee import IsolationOracle, OpteeModel, TeeConfig
@@ -20,6 +21,9 @@ from stubdom.xen import Domain, Machine
 from .errors import DomainCreationFailed, UnknownDomain
 from .regs import Regs
 from .vsmc import Placement, route_smc
+
+if TYPE_CHECKING:
+    from .stubdom import StubdomPlacement
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,15 @@ class Platform:
                    placement=placement, seed=config.platform.seed,
                    static_shm=(config.static_shm.base, config.static_shm.size))
 
+    def as_stubdom(self) -> StubdomPlacement:
+        """The placement, which is the stub domain's (``placement: stubdom``,
+        as the caller's configuration says); TypeError if it is not."""
+        from .stubdom import StubdomPlacement
+
+        if not isinstance(self.placement, StubdomPlacement):
+            raise TypeError(f"placement {getattr(self.placement, 'name', '?')!r} is not the stub domain's")
+        return self.placement
+
     # -- toolstack ---------------------------------------------------------
 
     def create_domain(self, spec: DomainSpec, *, external: bool = False) -> Domain:
@@ -120,12 +133,13 @@ class Platform:
         its frontend is another program's (placement stubdom only:
         ``StubdomPlacement.external(domid)`` says where its ring is); no
         trap entry of this platform reaches it."""
-        init = self.placement.domain_init
+        init: Callable[[int], None] = self.placement.domain_init
         if external:
-            init = getattr(self.placement, "domain_init_external", None)
-            if init is None:
+            init_external: Callable[[int], None] | None = getattr(self.placement, "domain_init_external", None)
+            if init_external is None:
                 raise DomainCreationFailed(spec.domid, f"placement {getattr(self.placement, 'name', '?')!r} "
                                            f"has no external frontends (placement stubdom has)")
+            init = init_external
         domain = self.machine.create_domain(
             spec.domid, nr_pages=spec.nr_pages, hwdom=spec.hwdom, direct_mapped=spec.direct_mapped
         )

@@ -176,12 +176,12 @@ def _run(config, config_path, say, stop, interval, rounds, daemon_wait, external
                         reprobe.add(domid)
 
             # a daemon that starts again is made to serve every domain again
-            platform.placement.watch_daemon(recreated, ready_timeout=daemon_wait)
+            platform.as_stubdom().watch_daemon(recreated, ready_timeout=daemon_wait)
             say(f"machine at {platform.machine.path}, SMC gate at {gate_dir(runtime)}; "
                 f"start the daemon beside it: {daemon_cmd}")
             say(f"waiting up to {daemon_wait:g} s for stubdom-teed at {control_socket_path(runtime)}")
             try:
-                hello = platform.placement.toolstack.wait_ready(daemon_wait, stop=stop)
+                hello = platform.as_stubdom().toolstack.wait_ready(daemon_wait, stop=stop)
             except DaemonRefused as e:
                 say(f"{e}; not talking to it")
                 return EXIT_NO_DAEMON
@@ -208,7 +208,9 @@ def _run(config, config_path, say, stop, interval, rounds, daemon_wait, external
             except DomainCreationFailed as e:
                 say(f"d{domid} (external) not created: {e.reason}")
                 continue
-            say(_external_line(domid, platform.placement.external(domid)))
+            answer = platform.as_stubdom().external(domid)
+            assert answer is not None  # created just now; nothing destroys a domain before the stack unwinds
+            say(_external_line(domid, answer))
         for dc in config.domains:
             if dc.domid in external:
                 continue
