@@ -39,6 +39,7 @@ from .claim import PlatformRunning, RuntimeClaim
 from .errors import DomainCreationFailed
 from .platform import DomainSpec, Platform, domain_spec
 from .vcpuhost import VcpuHost
+from .vsmc import Placement
 
 __all__ = ["run_platform", "DEFAULT_DAEMON_WAIT", "EXIT_CONFIG", "EXIT_NO_DAEMON", "EXIT_ORACLE"]
 
@@ -157,7 +158,7 @@ def _run(config, config_path, say, stop, interval, rounds, daemon_wait, external
     runtime = config.mediator.runtime_dir
     stubdom = config.mediator.placement == "stubdom"
     with ExitStack() as stack:
-        platform = stack.enter_context(Platform.for_config(config))
+        platform: Platform[Placement] = stack.enter_context(Platform.for_config(config))
         daemon_cmd = "stubdom-teed" + (f" --config {config_path}" if config_path else "")
         # domains a restarted daemon created anew: their guests' OP-TEE is
         # new too (no session, no registration survived), so their driver
