@@ -106,7 +106,7 @@ class StubdomBench(BenchPlacement):
                             placement=factory, require_pins=True, seed=self.seed)
         try:
             self._start_daemon(cfg_path)
-            platform.as_stubdom().toolstack.wait_ready(_READY_TIMEOUT)
+            platform.placement.toolstack.wait_ready(_READY_TIMEOUT)
         except BaseException as e:
             platform.close()
             self._stop_daemon()
@@ -152,7 +152,7 @@ class StubdomBench(BenchPlacement):
 
     # -- what it exposes -----------------------------------------------------------
     def _links(self):
-        pl = self.platform.as_stubdom() if self.platform is not None else None
+        pl = self.platform.placement if self.platform is not None else None
         if pl is None:
             return []
         return [pl.statistics(d) for d in self.layout.domids if d in self.drivers]
@@ -167,7 +167,7 @@ class StubdomBench(BenchPlacement):
             return {}
         try:
             # one domain's record keeps the answer small at 1000 domains
-            got = self.platform.as_stubdom().toolstack.stats(next(iter(self.drivers))).get("mediator_ops")
+            got = self.platform.placement.toolstack.stats(next(iter(self.drivers))).get("mediator_ops")
         except ControlSocketError:
             return {}
         if not isinstance(got, dict):
@@ -181,7 +181,7 @@ class StubdomBench(BenchPlacement):
     def extra_counts(self) -> dict[str, int]:
         if self.platform is None:
             return {}
-        gate = self.platform.as_stubdom().gate.statistics()
+        gate = self.platform.placement.gate.statistics()
         links = self._links()
         req = sum(s.requests for s in links)
         rsp = sum(s.responses for s in links)
@@ -201,7 +201,7 @@ class StubdomBench(BenchPlacement):
         if self.platform is None:
             return {}
         links = self._links()
-        gate = self.platform.as_stubdom().gate.statistics()
+        gate = self.platform.placement.gate.statistics()
         return {
             "notifications_to_backend": sum(s.notifications_sent for s in links),
             "notifications_suppressed_to_backend": sum(s.notifications_suppressed for s in links),
