@@ -43,7 +43,7 @@ import yaml
 from stubdom import workloads
 from stubdom.config import ConfigError, load_config
 from stubdom.guest import Context, DirectoryStore, OpteeDriver, PageAllocator, Supplicant
-from stubdom.platform import DomainSpec, PassThrough, Platform
+from stubdom.platform import DomainSpec, PassThrough, Placement, Platform
 from stubdom.platform.launch import DaemonProcess
 from stubdom.platform.platform import domain_spec
 from stubdom.public.logformat import log_to
@@ -169,10 +169,10 @@ def _run_config_placement(name: str, base: dict, root: Path, seed: int, say,
     config = load_config(path)
     specs = [domain_spec(d) for d in config.domains]
     with ExitStack() as stack:
-        platform = stack.enter_context(Platform.for_config(config))
+        platform: Platform[Placement] = stack.enter_context(Platform.for_config(config))
         if name == "stubdom":
             daemon = stack.enter_context(DaemonProcess(path, root / "daemon.log", log_level=log_level))
-            hello = daemon.wait_ready(platform.placement.toolstack, DAEMON_READY_S)
+            hello = daemon.wait_ready(platform.as_stubdom().toolstack, DAEMON_READY_S)
             say(f"stubdom-teed pid {hello['pid']} serving {config.mediator.runtime_dir}")
         return run_placement(name, platform, specs, root, seed=seed)
 

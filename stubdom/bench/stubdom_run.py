@@ -24,6 +24,7 @@ import sys
 import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -38,6 +39,9 @@ from .counters import MEDIATOR_OPS, OPS, CountingTee
 from .errors import PlacementUnavailable
 from .layout import Layout
 from .placements import DEFAULT_BENCH_PROFILE, BenchPlacement
+
+if TYPE_CHECKING:
+    from stubdom.platform.stubdom import StubdomPlacement
 
 __all__ = ["StubdomBench", "daemon_config"]
 
@@ -65,6 +69,8 @@ def daemon_config(layout: Layout, runtime_dir: Path, *, poll_window_us: int, see
 
 
 class StubdomBench(BenchPlacement):
+    platform: Platform[StubdomPlacement] | None
+
     def __init__(self, root: Path, layout: Layout, *, seed: int, poll: bool, daemon_cpu: int | None,
                  poll_window_us: int, mediator_profile: str = DEFAULT_BENCH_PROFILE,
                  guest_trace: Callable[[TraceEvent], None] | None = None, trace: bool = False) -> None:
@@ -77,7 +83,7 @@ class StubdomBench(BenchPlacement):
         # --trace: the daemon writes its spans here when it stops (trace_documents)
         self._trace_path = self.root / "daemon-trace.json" if trace else None
 
-    def _make_platform(self) -> Platform:
+    def _make_platform(self) -> Platform[StubdomPlacement]:
         from stubdom.config import load_config
         from stubdom.platform.stubdom import StubdomPlacement
 

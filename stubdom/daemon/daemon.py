@@ -125,7 +125,7 @@ class Daemon:
 
     def __init__(self, *, config: Config, config_path: str | None, policy: PolicyEngine, mediator: Mediator,
                  gate_port: GateCounters, machine: Machine, logger: logging.Logger,
-                 load_config: Callable[[str], Config], placement: str = "stubdom",
+                 load_config: Callable[[str | None], Config], placement: str = "stubdom",
                  journal: jr.Journal | None = None) -> None:
         self.config = config
         self.config_path = config_path

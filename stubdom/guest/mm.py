@@ -35,6 +35,8 @@ from .pages import PAGE_SIZE, PageAllocator
 if TYPE_CHECKING:
     from stubdom.xen import Domain
 
+    from .teeshm import TeeShm
+
 __all__ = ["UserPage", "UserMm", "MmTable", "MAX_BACK_PAGES", "MM_TOKEN_BYTES"]
 
 # Pages one BACK request may ask for: the largest registration libteec makes
@@ -59,7 +61,7 @@ class UserMm:
     token: bytes
     pid: int
     pages: dict[int, UserPage] = field(default_factory=dict)  # page address -> guest page
-    maps: dict[int, object] = field(default_factory=dict)  # mapping handle -> TeeShm it references
+    maps: dict[int, TeeShm] = field(default_factory=dict)  # mapping handle -> the shm it references
     dead: bool = False
 
 
@@ -86,7 +88,7 @@ class MmTable:
             mm = self._mms.get(token)
         return None if mm is None or mm.dead else mm
 
-    def release(self, mm: UserMm) -> list[object]:
+    def release(self, mm: UserMm) -> list[TeeShm]:
         """The process is gone: its pages are no longer mapped (each goes back
         unless pinned). Returns the shm references its mappings held, for the
         caller to drop."""
@@ -179,7 +181,7 @@ class MmTable:
         self._free(freed)
 
     # -- shared-memory mappings (a vma holding its tee_shm file) ------------------------
-    def add_map(self, mm: UserMm, shm: object) -> int:
+    def add_map(self, mm: UserMm, shm: TeeShm) -> int:
         """Record that ``mm`` maps ``shm`` (the caller took a reference for
         it); returns the mapping's handle, an unguessable 63-bit number."""
         with self._lock:
@@ -191,12 +193,12 @@ class MmTable:
             mm.maps[handle] = shm
             return handle
 
-    def drop_map(self, mm: UserMm, handle: int) -> object | None:
+    def drop_map(self, mm: UserMm, handle: int) -> TeeShm | None:
         """The mapping is gone; returns the shm whose reference it held."""
         with self._lock:
             return mm.maps.pop(handle, None)
 
-    def find_map(self, handle: int) -> object | None:
+    def find_map(self, handle: int) -> TeeShm | None:
         """The shm a live mapping with this handle holds, in any process (a
         forked child inherits its parent's mappings)."""
         with self._lock:

@@ -301,9 +301,9 @@ class HostileGuest:
             self.rpc_pages.setdefault(c, ipa)
             return self.resume(tid, ipa >> 32, ipa & M32, c >> 32, c & M32, vcpu=vcpu)
         if f == OPTEE_SMC_RPC_FUNC_FREE:
-            ipa = self.rpc_pages.pop((r[1] << 32) | r[2], None)
-            if ipa is not None:  # OP-TEE is done with it: the driver frees it
-                self.free_pages([ipa])
+            freed = self.rpc_pages.pop((r[1] << 32) | r[2], None)
+            if freed is not None:  # OP-TEE is done with it: the driver frees it
+                self.free_pages([freed])
             return self.resume(tid, vcpu=vcpu)
         if f == OPTEE_SMC_RPC_FUNC_FOREIGN_INTR:
             return self.resume(tid, vcpu=vcpu)

@@ -203,7 +203,7 @@ class OpteeModel:
         part = self._find(a7 & 0xFFFF)
         if part is None and a7 != HYP_CLNT_ID:
             a[0] = OPTEE_SMC_RETURN_ENOTAVAIL  # thread_handle_fast_smc
-            return tuple(a)  # type: ignore[return-value]  # a: the eight registers, as a list
+            return _regs(a)
         cfg = self.config
         if fid == OPTEE_SMC_CALLS_COUNT:
             a[0] = OPTEE_CALLS_COUNT_NS_VIRT
@@ -217,7 +217,9 @@ class OpteeModel:
         elif fid == OPTEE_SMC_CALL_GET_OS_REVISION:
             a[0:3] = [cfg.os_revision_major, cfg.os_revision_minor, cfg.os_build_id]
         elif fid == OPTEE_SMC_GET_SHM_CONFIG and cfg.reserved_shm:
-            a[0:4] = [OPTEE_SMC_RETURN_OK, self._memmap.static_base, self._memmap.static_size,
+            base = self._memmap.static_base
+            assert base is not None  # reserved_shm: __init__ mapped the machine's static shm region
+            a[0:4] = [OPTEE_SMC_RETURN_OK, base, self._memmap.static_size,
                       OPTEE_SMC_SHM_CACHED]
         elif fid == OPTEE_SMC_EXCHANGE_CAPABILITIES:
             if a[1] & ~OPTEE_SMC_NSEC_CAP_UNIPROCESSOR:
@@ -242,7 +244,7 @@ class OpteeModel:
             # Includes L2CC_MUTEX (AArch64), the async-notification calls and
             # GET_PROTMEM_CONFIG, none of which this build has.
             a[0] = OPTEE_SMC_RETURN_UNKNOWN_FUNCTION
-        return tuple(a)  # type: ignore[return-value]  # a: the eight registers, as a list
+        return _regs(a)
 
     def _enable_shm_cache(self, part: Partition | None, a: list[int]) -> None:
         """thread_enable_prealloc_rpc_cache."""
@@ -323,19 +325,19 @@ class OpteeModel:
         part = self._find((regs[7] & _U32) & 0xFFFF)
         if part is None:
             a[0] = OPTEE_SMC_RETURN_ENOTAVAIL
-            return tuple(a)  # type: ignore[return-value]  # a: the eight registers, as a list
+            return _regs(a)
         a1, a2, a3, a4, a5 = (r & _U32 for r in regs[1:6])
         if fid == OPTEE_SMC_CALL_RETURN_FROM_RPC:
             if a3 >= len(part.threads) or part.threads[a3].state is not ThreadState.SUSPENDED:
                 a[0] = OPTEE_SMC_RETURN_ERESUME
-                return tuple(a)  # type: ignore[return-value]  # a: the eight registers, as a list
-            t = part.threads[a3]
-            t.state = ThreadState.ACTIVE
-            return self._step(part, t, RpcReply(a1, a2, a4, a5), regs)
+                return _regs(a)
+            resumed = part.threads[a3]
+            resumed.state = ThreadState.ACTIVE
+            return self._step(part, resumed, RpcReply(a1, a2, a4, a5), regs)
         t = part.free_thread()
         if t is None:
             a[0] = OPTEE_SMC_RETURN_ETHREAD_LIMIT
-            return tuple(a)
+            return _regs(a)
         t.state = ThreadState.ACTIVE
         self._bind(t, part.guest_id)
         call = StdCall(partition=part, thread=t, client_id=part.guest_id, config=self.config,
@@ -376,6 +378,14 @@ class OpteeModel:
         assert isinstance(req, RpcRequest)
         t.state = ThreadState.SUSPENDED
         return (req.a0, req.a1 & _U32, req.a2 & _U32, t.index, regs[4], regs[5], regs[6], regs[7])
+
+
+def _regs(a: list[int]) -> Regs:
+    """An answer built in a list (a copy of the call's registers) as the
+    eight registers."""
+    r = tuple(a)
+    assert len(r) == 8  # a copy of a Regs, changed in place: never resized
+    return r
 
 
 def _check_regs(regs: Sequence[int]) -> Regs:

@@ -137,6 +137,7 @@ def read_object_data(t: Thread, fs: ReeFs, obj: PersistentObject, size: int) -> 
     """syscall_storage_obj_read: (result, data) from the current position."""
     if not obj.flags & TEE_DATA_FLAG_ACCESS_READ:
         return TEE_ERROR_ACCESS_CONFLICT, b""
+    assert obj.fh is not None  # open: only close_object drops it, and nothing uses an object after that
     res, data = yield from ree_fs_read(t, fs, obj.fh, obj.ds_pos + obj.position, size)
     if res != TEE_SUCCESS:
         if res == TEE_ERROR_CORRUPT_OBJECT:
@@ -150,6 +151,7 @@ def write_object_data(t: Thread, fs: ReeFs, obj: PersistentObject, data: bytes) 
     """syscall_storage_obj_write at the current position."""
     if not obj.flags & TEE_DATA_FLAG_ACCESS_WRITE:
         return TEE_ERROR_ACCESS_CONFLICT
+    assert obj.fh is not None  # open: only close_object drops it, and nothing uses an object after that
     res = yield from ree_fs_write(t, fs, obj.fh, obj.ds_pos + obj.position, data)
     if res != TEE_SUCCESS:
         if res == TEE_ERROR_CORRUPT_OBJECT:
