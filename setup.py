@@ -9,6 +9,6 @@ import sys
 from setuptools import setup
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "preload"))
-from build_preload import build_ext  # noqa: E402
+from build_preload import build_ext
 
 setup(cffi_modules=["cffi_build/build_ring.py:ffi"], cmdclass={"build_ext": build_ext})

@@ -37,6 +37,42 @@ from ring.errors import RingSizeError as RingSizeError
 from ring.errors import RingTruncated as RingTruncated
 from ring.errors import TooManyResponses as TooManyResponses
 
+__all__ = [
+    "BackRing",
+    "BackSpinSet",
+    "ChannelStatistics",
+    "ENTRY_SIZE",
+    "EVTCHN_FILE",
+    "EventChannel",
+    "EventChannelListener",
+    "FloorMismatch",
+    "FrontRing",
+    "HEADER_SIZE",
+    "MAX_RING_PAGES",
+    "PAGE_SIZE",
+    "PeerDied",
+    "REQUEST_SIZE",
+    "RESPONSE_SIZE",
+    "RING_FILE",
+    "Request",
+    "Response",
+    "RingClosed",
+    "RingCorrupted",
+    "RingError",
+    "RingFull",
+    "RingSizeError",
+    "RingStatistics",
+    "RingTruncated",
+    "SharedIndices",
+    "TooManyResponses",
+    "connect",
+    "create_ring_file",
+    "request_buffer",
+    "response_buffer",
+    "ring_entries",
+    "run_floor",
+]
+
 # Kept from the skeleton: the entry sizes other packages already use.
 REQUEST_SIZE = ENTRY_SIZE
 RESPONSE_SIZE = ENTRY_SIZE

@@ -2,6 +2,11 @@
 page is hostile: a request is copied out before anything looks at it, and a
 req_prod the frontend could not legitimately have written is RingCorrupted."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from ring._entries import (
     Request,
     Response,
@@ -13,6 +18,11 @@ from ring._entries import (
 )
 from ring._lib import check, ffi, lib
 from ring._shared import _RingEnd
+
+if TYPE_CHECKING:
+    from _typeshed import StrPath
+
+    from ring._ring import CBackRing, CData
 
 __all__ = ["BackRing"]
 
@@ -26,15 +36,16 @@ class BackRing(_RingEnd):
     """
 
     _ctype = "struct teeif_back_ring"
+    _c: CBackRing
 
     @classmethod
-    def create(cls, path, ring_pages: int = 1, *, start: int = 0) -> "BackRing":
+    def create(cls, path: StrPath, ring_pages: int = 1, *, start: int = 0) -> BackRing:
         """Create a new ring file (it must not exist) and attach to it; the
         daemon does this per domain."""
         return cls(path, ring_pages, True, start)
 
     @classmethod
-    def attach(cls, path, ring_pages: int = 0) -> "BackRing":
+    def attach(cls, path: StrPath, ring_pages: int = 0) -> BackRing:
         """Attach to an existing ring (after the daemon restarted): resume at
         the shared rsp_prod, so requests taken but not answered before the
         restart are taken again. ``ring_pages`` 0 takes it from the file."""
@@ -68,7 +79,7 @@ class BackRing(_RingEnd):
         n = check(lib.teeif_back_pop_requests(self._c, self._reqs, limit), self.path, back=self._c)
         return read_requests(self._reqs, n, self._reqs_mem) if n else []
 
-    def pop_raw(self, buf, max_entries: int) -> int:
+    def pop_raw(self, buf: CData, max_entries: int) -> int:
         """Copy up to ``max_entries`` requests into a ``request_buffer``;
         returns how many. The hot path."""
         self._live()
@@ -87,7 +98,7 @@ class BackRing(_RingEnd):
             check(rc, self.path, back=self._c, wanted=1)
         return bool(self._notify[0])
 
-    def push_batch(self, rsps) -> bool:
+    def push_batch(self, rsps: Sequence[Response]) -> bool:
         """Push every response in ``rsps`` with one notify decision."""
         self._live()
         n = len(rsps)
@@ -99,7 +110,7 @@ class BackRing(_RingEnd):
             write_responses(buf, rsps, self._rsp1_mem)
         return self.push_raw(buf, n)
 
-    def push_raw(self, buf, n: int) -> bool:
+    def push_raw(self, buf: CData, n: int) -> bool:
         """Push the first ``n`` entries of a ``response_buffer``; the hot path.
         Raises TooManyResponses if fewer than ``n`` requests await one."""
         self._live()

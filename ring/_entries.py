@@ -2,10 +2,18 @@
 the batch APIs fill and read (``struct teeif_request[n]``,
 ``struct teeif_response[n]``)."""
 
+from __future__ import annotations
+
 import struct
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from ring._lib import ffi
+
+if TYPE_CHECKING:
+    from _cffi_backend import buffer
+
+    from ring._ring import CData
 
 __all__ = [
     "Request",
@@ -40,12 +48,12 @@ class Response(NamedTuple):
     a: tuple[int, ...]  # x0..x7 the vCPU resumes with (8 × uint64)
 
 
-def request_buffer(n: int):
+def request_buffer(n: int) -> CData:
     """A zeroed ``struct teeif_request[n]`` for the raw batch APIs."""
     return ffi.new("struct teeif_request[]", n)
 
 
-def response_buffer(n: int):
+def response_buffer(n: int) -> CData:
     """A zeroed ``struct teeif_response[n]`` for the raw batch APIs."""
     return ffi.new("struct teeif_response[]", n)
 
@@ -59,7 +67,7 @@ _SIZE = 80
 assert _REQ.size == _RSP.size == _SIZE == ffi.sizeof("union teeif_sring_entry")
 
 
-def _pack(layout, buf, i: int, x, second: int, a) -> None:
+def _pack(layout: struct.Struct, buf: buffer, i: int, x: Request | Response, second: int, a: Sequence[int]) -> None:
     # cffi would fill a short list into the front of the array and keep the
     # rest: refuse anything but exactly eight registers.
     if len(a) != _NREGS:
@@ -72,7 +80,7 @@ def _pack(layout, buf, i: int, x, second: int, a) -> None:
         raise OverflowError(f"entry {x!r}: a field is out of range for its C type") from None
 
 
-def write_requests(buf, reqs, mem=None) -> int:
+def write_requests(buf: CData, reqs: Sequence[Request], mem: buffer | None = None) -> int:
     """Fill ``buf`` from the Request values; returns how many. ``mem``:
     ``ffi.buffer(buf)`` if the caller keeps one."""
     if mem is None:
@@ -82,7 +90,7 @@ def write_requests(buf, reqs, mem=None) -> int:
     return len(reqs)
 
 
-def write_responses(buf, rsps, mem=None) -> int:
+def write_responses(buf: CData, rsps: Sequence[Response], mem: buffer | None = None) -> int:
     if mem is None:
         mem = ffi.buffer(buf)
     for i, r in enumerate(rsps):
@@ -93,21 +101,21 @@ def write_responses(buf, rsps, mem=None) -> int:
 _new = tuple.__new__  # a NamedTuple without its Python-level __new__
 
 
-def read_requests(buf, n: int, mem=None) -> list[Request]:
+def read_requests(buf: CData, n: int, mem: buffer | None = None) -> list[Request]:
     if mem is None:
         mem = ffi.buffer(buf)
     unpack = _REQ.unpack_from
     return [_new(Request, (v[0], v[1], v[2], v[3:])) for v in (unpack(mem, i * _SIZE) for i in range(n))]
 
 
-def read_responses(buf, n: int, mem=None) -> list[Response]:
+def read_responses(buf: CData, n: int, mem: buffer | None = None) -> list[Response]:
     if mem is None:
         mem = ffi.buffer(buf)
     unpack = _RSP.unpack_from
     return [_new(Response, (v[0], v[1], v[2], v[3:])) for v in (unpack(mem, i * _SIZE) for i in range(n))]
 
 
-def check_room(buf, n: int) -> None:
+def check_room(buf: CData, n: int) -> None:
     """Refuse a count larger than a cffi array (C would run past its end).
     A bare pointer (``buf + k``) carries no length: its caller vouches for it."""
     try:

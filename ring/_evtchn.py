@@ -7,14 +7,21 @@ message on wake-up, so notifications coalesce as Xen's pending bit does;
 end-of-file means the peer died (PeerDied).
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 import select
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ring._lib import check, lib
 from ring.errors import RingClosed
+
+if TYPE_CHECKING:
+    from _typeshed import StrPath
 
 __all__ = ["EventChannel", "EventChannelListener", "ChannelStatistics", "connect"]
 
@@ -25,15 +32,15 @@ SOCKET_MODE = 0o600
 
 
 @contextlib.contextmanager
-def _sockaddr(path):
+def _sockaddr(path: StrPath) -> Iterator[bytes]:
     """A sockaddr path for ``path`` even when it is longer than sun_path:
     reach the directory through /proc/self/fd (Linux resolves it on bind and
     connect alike)."""
-    path = os.fsencode(path)
-    if len(path) < _SUN_PATH_MAX:
-        yield path
+    raw = os.fsencode(path)
+    if len(raw) < _SUN_PATH_MAX:
+        yield raw
         return
-    head, name = os.path.split(path)
+    head, name = os.path.split(raw)
     dfd = os.open(head or b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         yield b"/proc/self/fd/%d/%s" % (dfd, name)
@@ -60,12 +67,12 @@ class EventChannel:
     object is also a context manager."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
+        self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
         self._sent = self._coalesced = self._received = self._wakeups = 0
 
     @classmethod
-    def connect(cls, path) -> "EventChannel":
+    def connect(cls, path: StrPath) -> EventChannel:
         """Connect to the listener at ``path`` (the frontend's side)."""
         sock = _seqpacket()
         try:
@@ -77,7 +84,7 @@ class EventChannel:
         return cls(sock)
 
     @classmethod
-    def pair(cls) -> tuple["EventChannel", "EventChannel"]:
+    def pair(cls) -> tuple[EventChannel, EventChannel]:
         """Two connected ends in this process (threads, tests)."""
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         return cls(a), cls(b)
@@ -124,15 +131,15 @@ class EventChannel:
         """Wait (trio) until the channel is readable; then call ``drain()``."""
         import trio  # imported here: the ring is also used from trio-free processes
 
-        self._check_open()
-        await trio.lowlevel.wait_readable(self._sock)
+        await trio.lowlevel.wait_readable(self._check_open())
 
     def statistics(self) -> ChannelStatistics:
         return ChannelStatistics(self._sent, self._coalesced, self._received, self._wakeups)
 
-    def _check_open(self) -> None:
+    def _check_open(self) -> socket.socket:
         if self._sock is None:
             raise RingClosed("event channel is closed")
+        return self._sock
 
     def close(self) -> None:
         """Close this end; the peer sees end-of-file. Idempotent."""
@@ -144,10 +151,10 @@ class EventChannel:
     def closed(self) -> bool:
         return self._sock is None
 
-    def __enter__(self) -> "EventChannel":
+    def __enter__(self) -> EventChannel:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -160,7 +167,7 @@ class EventChannelListener:
     The socket file gets ``mode`` (default 0600: only its owner, and root,
     may connect) whatever the umask."""
 
-    def __init__(self, path, *, replace: bool = False, backlog: int = 1, mode: int = SOCKET_MODE) -> None:
+    def __init__(self, path: StrPath, *, replace: bool = False, backlog: int = 1, mode: int = SOCKET_MODE) -> None:
         self.path = os.fspath(path)
         if replace:
             with contextlib.suppress(FileNotFoundError):
@@ -218,14 +225,14 @@ class EventChannelListener:
     def closed(self) -> bool:
         return self._sock is None
 
-    def __enter__(self) -> "EventChannelListener":
+    def __enter__(self) -> EventChannelListener:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def connect(path) -> EventChannel:
+def connect(path: StrPath) -> EventChannel:
     """Connect a frontend to the event channel listening at ``path``."""
     return EventChannel.connect(path)
 

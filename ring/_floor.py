@@ -4,15 +4,23 @@ no Python in the loop (each process enters C once: teeif_floor_front_run /
 teeif_floor_back_run in ring._ring). The benchmark reports it beside the
 real paths as the cost no teeif implementation here can beat."""
 
+from __future__ import annotations
+
 import contextlib
 import multiprocessing
 import os
+from collections.abc import Iterator
+from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ring._back import BackRing
 from ring._evtchn import EventChannel, EventChannelListener
 from ring._front import FrontRing
 from ring._lib import check, ffi, lib
+
+if TYPE_CHECKING:
+    from _typeshed import StrPath
 
 __all__ = ["run_floor", "serve_floor_back"]
 
@@ -22,7 +30,7 @@ _READY_TIMEOUT = 30.0  # seconds for the spawned backend to come up
 
 
 @contextlib.contextmanager
-def pinned(cpu: int | None):
+def pinned(cpu: int | None) -> Iterator[None]:
     """Run this process on ``cpu`` for the duration (None: leave it be)."""
     if cpu is None:
         yield
@@ -36,20 +44,20 @@ def pinned(cpu: int | None):
 
 
 def serve_floor_back(domdir: str, entries: int, spin_ns: int, ring_pages: int, start: int,
-                     ready, cpu: int | None = None) -> None:
+                     ready: Event, cpu: int | None = None) -> None:
     """The backend process: create the ring and channel, accept one
     frontend, echo ``entries`` requests in C, exit."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
-    domdir = Path(domdir)
-    with BackRing.create(domdir / RING_FILE, ring_pages, start=start) as back, \
-            EventChannelListener(domdir / EVTCHN_FILE) as listener:
+    where = Path(domdir)
+    with BackRing.create(where / RING_FILE, ring_pages, start=start) as back, \
+            EventChannelListener(where / EVTCHN_FILE) as listener:
         ready.set()
         with listener.accept(timeout=_READY_TIMEOUT) as chan:
             check(lib.teeif_floor_back_run(back._c, chan.fileno(), entries, spin_ns), "floor back")
 
 
-def run_floor(domdir, rounds: int, *, batch: int = 1, spin_ns: int = 0, ring_pages: int = 1,
+def run_floor(domdir: StrPath, rounds: int, *, batch: int = 1, spin_ns: int = 0, ring_pages: int = 1,
               start: int = 0, cpus: tuple[int, int] | None = None) -> list[int]:
     """Run the floor in ``domdir`` (an empty directory): a spawned backend
     process and this process as the frontend. Returns the ``rounds`` round-trip
@@ -58,19 +66,19 @@ def run_floor(domdir, rounds: int, *, batch: int = 1, spin_ns: int = 0, ring_pag
     before sleeping on the event channel. ``cpus``: (frontend CPU, backend
     CPU) to pin the two processes to, for figures that do not depend on where
     the scheduler happened to put them."""
-    domdir = os.fspath(domdir)
+    where = os.fspath(domdir)
     front_cpu, back_cpu = cpus or (None, None)
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
     proc = ctx.Process(target=serve_floor_back,
-                       args=(domdir, rounds * batch, spin_ns, ring_pages, start, ready, back_cpu))
+                       args=(where, rounds * batch, spin_ns, ring_pages, start, ready, back_cpu))
     proc.start()
     try:
         if not ready.wait(_READY_TIMEOUT):
             raise TimeoutError(f"floor backend not ready after {_READY_TIMEOUT} s")
         samples = ffi.new("uint64_t[]", rounds)
-        with FrontRing.attach(Path(domdir) / RING_FILE) as front, \
-                EventChannel.connect(Path(domdir) / EVTCHN_FILE) as chan, pinned(front_cpu):
+        with FrontRing.attach(Path(where) / RING_FILE) as front, \
+                EventChannel.connect(Path(where) / EVTCHN_FILE) as chan, pinned(front_cpu):
             check(lib.teeif_floor_front_run(front._c, chan.fileno(), rounds, batch, spin_ns, samples),
                   "floor front")
         proc.join(_READY_TIMEOUT)

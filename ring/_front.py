@@ -5,6 +5,11 @@ In stubdom-teed the frontend is the platform's trap path, and the backend
 validates the peer's producer index and copies entries out before use.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from ring._entries import (
     Request,
     Response,
@@ -16,6 +21,11 @@ from ring._entries import (
 )
 from ring._lib import check, ffi, lib
 from ring._shared import _RingEnd
+
+if TYPE_CHECKING:
+    from _typeshed import StrPath
+
+    from ring._ring import CData, CFrontRing
 
 __all__ = ["FrontRing"]
 
@@ -30,14 +40,15 @@ class FrontRing(_RingEnd):
     """
 
     _ctype = "struct teeif_front_ring"
+    _c: CFrontRing
 
     @classmethod
-    def create(cls, path, ring_pages: int = 1, *, start: int = 0) -> "FrontRing":
+    def create(cls, path: StrPath, ring_pages: int = 1, *, start: int = 0) -> FrontRing:
         """Create a new ring file (it must not exist) and attach to it."""
         return cls(path, ring_pages, True, start)
 
     @classmethod
-    def attach(cls, path, ring_pages: int = 0) -> "FrontRing":
+    def attach(cls, path: StrPath, ring_pages: int = 0) -> FrontRing:
         """Attach to an existing ring (also after this end restarted): resume
         producing at the shared req_prod and consuming at rsp_prod. Responses
         to requests an earlier frontend left in flight still arrive: callers
@@ -74,7 +85,7 @@ class FrontRing(_RingEnd):
             check(rc, self.path, front=self._c, wanted=1)
         return bool(self._notify[0])
 
-    def push_batch(self, reqs) -> bool:
+    def push_batch(self, reqs: Sequence[Request]) -> bool:
         """Push every request in ``reqs`` with one notify decision; all or
         nothing (RingFull if they do not fit)."""
         self._live()
@@ -83,7 +94,7 @@ class FrontRing(_RingEnd):
         write_requests(buf, reqs)
         return self.push_raw(buf, n)
 
-    def push_raw(self, buf, n: int) -> bool:
+    def push_raw(self, buf: CData, n: int) -> bool:
         """Push the first ``n`` entries of a ``request_buffer``; the hot path."""
         self._live()
         check_room(buf, n)
@@ -106,7 +117,7 @@ class FrontRing(_RingEnd):
         n = check(lib.teeif_front_pop_responses(self._c, self._rsps, limit), self.path, front=self._c)
         return read_responses(self._rsps, n, self._rsps_mem) if n else []
 
-    def pop_raw(self, buf, max_entries: int) -> int:
+    def pop_raw(self, buf: CData, max_entries: int) -> int:
         """Copy up to ``max_entries`` responses into a ``response_buffer``;
         returns how many. The hot path."""
         self._live()

@@ -1,8 +1,11 @@
 """The compiled module ``ring._ring`` and the one helper that turns its
 return codes into exceptions."""
 
+from __future__ import annotations
+
 import errno
 import os
+from typing import TYPE_CHECKING
 
 from ring._ring import ffi, lib
 from ring.errors import (
@@ -16,6 +19,9 @@ from ring.errors import (
     StaleBuild,
     TooManyResponses,
 )
+
+if TYPE_CHECKING:
+    from ring._ring import CBackRing, CFrontRing, CRingEnd
 
 # Must equal TEEIF_ABI_VERSION in cffi_build/teeif.h.
 ABI_VERSION = 4
@@ -31,7 +37,8 @@ __all__ = ["ffi", "lib", "check"]
 _U32 = 0xFFFFFFFF
 
 
-def check(rc: int, what: str = "", *, front=None, back=None, wanted: int = 0, pages: int = 0) -> int:
+def check(rc: int, what: str = "", *, front: CFrontRing | None = None, back: CBackRing | None = None,
+          wanted: int = 0, pages: int = 0) -> int:
     """Return ``rc`` if it is a success (>= 0), else raise what it means.
 
     ``front``/``back`` is the C state of the ring end that made the call (a
@@ -55,7 +62,12 @@ def check(rc: int, what: str = "", *, front=None, back=None, wanted: int = 0, pa
     if rc == lib.TEEIF_ETRUNC:
         if front is None and back is None:  # a call that touched a mapping without an end
             raise RingTruncated("ring", what, None, pages * lib.TEEIF_PAGE_SIZE)
-        end, side = (front, "frontend") if front is not None else (back, "backend")
+        end: CRingEnd
+        if front is not None:
+            end, side = front, "frontend"
+        else:
+            assert back is not None  # both None was answered above
+            end, side = back, "backend"
         off = None if end.fault_off == lib.TEEIF_FAULT_UNKNOWN else end.fault_off
         raise RingTruncated(side, what, off, end.ring_pages * lib.TEEIF_PAGE_SIZE)
     if rc == lib.TEEIF_EFULL and front is not None:

@@ -1,12 +1,20 @@
 """What both ends of a teeif ring share: the mapped ring file, the layout
 facts, the statistics record."""
 
+from __future__ import annotations
+
 import abc
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Self, cast
 
 from ring._lib import check, ffi, lib
 from ring.errors import RingClosed
+
+if TYPE_CHECKING:
+    from _typeshed import StrPath
+
+    from ring._ring import CData, CRingEnd
 
 __all__ = [
     "PAGE_SIZE",
@@ -19,10 +27,10 @@ __all__ = [
     "RingStatistics",
 ]
 
-PAGE_SIZE = lib.TEEIF_PAGE_SIZE  # io/ring.h: ring pages are always 4 KiB (XEN_PAGE_SHIFT 12)
-HEADER_SIZE = lib.TEEIF_RING_HDR_SIZE  # req_prod, req_event, rsp_prod, rsp_event, pvt[4], __pad[44]
-ENTRY_SIZE = lib.TEEIF_ENTRY_SIZE  # union teeif_sring_entry
-MAX_RING_PAGES = lib.TEEIF_MAX_RING_PAGES
+PAGE_SIZE: int = lib.TEEIF_PAGE_SIZE  # io/ring.h: ring pages are always 4 KiB (XEN_PAGE_SHIFT 12)
+HEADER_SIZE: int = lib.TEEIF_RING_HDR_SIZE  # req_prod, req_event, rsp_prod, rsp_event, pvt[4], __pad[44]
+ENTRY_SIZE: int = lib.TEEIF_ENTRY_SIZE  # union teeif_sring_entry
+MAX_RING_PAGES: int = lib.TEEIF_MAX_RING_PAGES
 
 
 def ring_entries(ring_pages: int) -> int:
@@ -39,7 +47,7 @@ def _check_start(start: int) -> int:
     return start
 
 
-def create_ring_file(path, ring_pages: int = 1, *, start: int = 0) -> None:
+def create_ring_file(path: StrPath, ring_pages: int = 1, *, start: int = 0) -> None:
     """Create and initialise a ring file (it must not exist) without
     attaching an end to it: indices at ``start``, event indices at start+1."""
     sring = ffi.new("struct teeif_sring **")
@@ -78,8 +86,9 @@ class _RingEnd(abc.ABC):
     """A mapped ring file and one end's C state; subclassed by FrontRing/BackRing."""
 
     _ctype = ""  # the C struct of the end's private state
+    _c: CRingEnd  # that state (each subclass names its own struct)
 
-    def __init__(self, path, ring_pages: int, create: bool, start: int) -> None:
+    def __init__(self, path: StrPath, ring_pages: int, create: bool, start: int) -> None:
         self.path = os.fspath(path)
         sring = ffi.new("struct teeif_sring **")
         pages = ffi.new("uint32_t *")
@@ -87,9 +96,9 @@ class _RingEnd(abc.ABC):
             ring_entries(ring_pages)  # a clear ValueError before C says ESIZE
         check(lib.teeif_ring_map(os.fsencode(self.path), ring_pages, int(create),
                                  _check_start(start), sring, pages), self.path)
-        self._sring = sring[0]
-        self._pages = pages[0]
-        self._c = ffi.new(self._ctype + " *")
+        self._sring: CData = sring[0]
+        self._pages: int = pages[0]
+        self._c = cast("CRingEnd", ffi.new(self._ctype + " *"))
         self._notify = ffi.new("int *")
         self._indices = ffi.new("uint32_t[4]")
         try:
@@ -123,7 +132,7 @@ class _RingEnd(abc.ABC):
         return RingStatistics(st.pushes, st.pops, st.batches, st.notify_sent,
                               st.notify_suppressed, st.final_checks, st.sleeps, st.poll_hits)
 
-    def _live(self):
+    def _live(self) -> CData:
         if self._closed:
             raise RingClosed(f"{type(self).__name__} on {self.path} is closed")
         return self._sring
@@ -140,10 +149,10 @@ class _RingEnd(abc.ABC):
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __del__(self) -> None:

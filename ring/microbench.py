@@ -13,13 +13,17 @@ adaptive polling (spin on the ring before sleeping, Xen netfront "smartpoll"):
 Percentiles come from an HdrHistogram (the ``bench`` extra: hdrhistogram).
 """
 
+from __future__ import annotations
+
 import argparse
 import multiprocessing
 import os
 import sys
 import tempfile
 import time
+from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ring._back import BackRing
 from ring._entries import request_buffer, response_buffer
@@ -28,19 +32,22 @@ from ring._floor import EVTCHN_FILE, RING_FILE, pinned, run_floor
 from ring._front import FrontRing
 from ring._lib import ffi
 
+if TYPE_CHECKING:
+    from _typeshed import StrPath
+
 __all__ = ["run_python_pingpong", "main"]
 
 _READY_TIMEOUT = 30.0
 _WARMUP = 200  # rounds dropped from the front of every run (page faults, caches)
 
 
-def serve_python_back(domdir: str, entries: int, spin_ns: int, ready, cpu: int | None = None) -> None:
+def serve_python_back(domdir: str, entries: int, spin_ns: int, ready: Event, cpu: int | None = None) -> None:
     """The Python backend process: echo ``entries`` requests, one memmove per batch."""
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
-    domdir = Path(domdir)
-    with BackRing.create(domdir / RING_FILE, 1) as back, \
-            EventChannelListener(domdir / EVTCHN_FILE) as listener:
+    where = Path(domdir)
+    with BackRing.create(where / RING_FILE, 1) as back, \
+            EventChannelListener(where / EVTCHN_FILE) as listener:
         ready.set()
         with listener.accept(timeout=_READY_TIMEOUT) as chan:
             reqs = request_buffer(back.size)
@@ -59,7 +66,7 @@ def serve_python_back(domdir: str, entries: int, spin_ns: int, ready, cpu: int |
                     chan.wait()
 
 
-def run_python_pingpong(domdir, rounds: int, *, batch: int = 1, spin_ns: int = 0,
+def run_python_pingpong(domdir: StrPath, rounds: int, *, batch: int = 1, spin_ns: int = 0,
                         cpus: tuple[int, int] | None = None) -> list[int]:
     """Python frontend here, Python backend in a spawned process. Returns the
     round-trip time of each round in ns (``batch`` requests out, all back).
@@ -118,7 +125,7 @@ def _summarise(name: str, batch: int, samples: list[int]) -> str:
             + f" {hist.get_max_value() / 1000:>9.1f} {rate:>13,.0f}")
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ring.microbench", description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20_000, help="ping-pong rounds per latency run")
     parser.add_argument("--batch-rounds", type=int, default=5_000, help="rounds per throughput run")

@@ -34,8 +34,8 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from importlib.resources import files
+from pathlib import Path
 from typing import TextIO
 
 import yaml
@@ -43,7 +43,7 @@ import yaml
 from stubdom import workloads
 from stubdom.config import ConfigError, load_config
 from stubdom.guest import Context, DirectoryStore, OpteeDriver, PageAllocator, Supplicant
-from stubdom.platform import DomainSpec, PassThrough, Platform
+from stubdom.platform import DomainSpec, PassThrough, Placement, Platform
 from stubdom.platform.launch import DaemonProcess
 from stubdom.platform.platform import domain_spec
 from stubdom.public.logformat import log_to
@@ -94,7 +94,8 @@ def _workload(ctx: Context, seed: int) -> None:
     workloads.increment(ctx, seed)
     for n in BUFFER_SIZES:
         data = workloads.random_bytes(n, seed + n)
-        if not workloads.digest_temp(ctx, data) == workloads.digest_registered(ctx, data) == hashlib.sha256(data).digest():
+        expected = hashlib.sha256(data).digest()
+        if not workloads.digest_temp(ctx, data) == workloads.digest_registered(ctx, data) == expected:
             raise workloads.WorkloadFailed("digest", f"{n} bytes")
     workloads.digest_short_buffer(ctx)
     workloads.storage_round_trip(ctx, b"demo-%d" % seed, workloads.random_bytes(10 * 1024 + 3, seed))
@@ -168,10 +169,10 @@ def _run_config_placement(name: str, base: dict, root: Path, seed: int, say,
     config = load_config(path)
     specs = [domain_spec(d) for d in config.domains]
     with ExitStack() as stack:
-        platform = stack.enter_context(Platform.for_config(config))
+        platform: Platform[Placement] = stack.enter_context(Platform.for_config(config))
         if name == "stubdom":
             daemon = stack.enter_context(DaemonProcess(path, root / "daemon.log", log_level=log_level))
-            hello = daemon.wait_ready(platform.placement.toolstack, DAEMON_READY_S)
+            hello = daemon.wait_ready(platform.as_stubdom().toolstack, DAEMON_READY_S)
             say(f"stubdom-teed pid {hello['pid']} serving {config.mediator.runtime_dir}")
         return run_placement(name, platform, specs, root, seed=seed)
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
+from typing import TypeVar
 
-from stubdom.guest import IN, INOUT, OUT, Context, RegisteredMemref, TempMemref, TeecError, Value
+from stubdom.guest import IN, INOUT, OUT, Context, Param, RegisteredMemref, TeecError, TempMemref, Value
 from stubdom.optee.teec import TEEC_ERROR_ITEM_NOT_FOUND, TEEC_ERROR_SHORT_BUFFER, TEEC_MEM_INPUT
 from stubdom.tee.tas import (
     DIGEST_CMD_SHA256,
@@ -39,16 +41,31 @@ class WorkloadFailed(AssertionError):
         self.detail = detail
 
 
+_Kind = TypeVar("_Kind", Value, TempMemref)
+
+
+def output_param(params: Sequence[Param] | str | None, index: int, kind: type[_Kind]) -> _Kind:
+    """Parameter ``index`` of a call's outputs, of the ``kind`` the workload
+    passed there: Session.invoke, and the TeecError of a call the TEE
+    answered, give back each parameter as the kind it was given with its
+    outputs filled in. Anything else is a bug in the client, not a TA's
+    answer."""
+    param = params[index] if isinstance(params, Sequence) and not isinstance(params, str) else None
+    if not isinstance(param, kind):
+        raise TypeError(f"parameter {index} came back as {param!r}, not a {kind.__name__}")
+    return param
+
+
 def increment(ctx: Context, value: int = 41) -> int:
     """Open the increment TA, add one to ``value``, close."""
     session = ctx.open_session(INCREMENT_UUID)
     try:
-        out = session.invoke(TA_INCREMENT_CMD_INC_VALUE, [Value(value, 0, INOUT)])
+        out = output_param(session.invoke(TA_INCREMENT_CMD_INC_VALUE, [Value(value, 0, INOUT)]), 0, Value)
     finally:
         session.close()
-    if out[0].a != value + 1:
-        raise WorkloadFailed("increment", f"{value} + 1 came back as {out[0].a}")
-    return out[0].a
+    if out.a != value + 1:
+        raise WorkloadFailed("increment", f"{value} + 1 came back as {out.a}")
+    return out.a
 
 
 def digest_temp(ctx: Context, data: bytes) -> bytes:
@@ -60,9 +77,10 @@ def digest_temp(ctx: Context, data: bytes) -> bytes:
         out = session.invoke(DIGEST_CMD_SHA256, [TempMemref(data, IN), TempMemref(size=SHA256_SIZE, direction=OUT)])
     finally:
         session.close()
-    if out[1].data != hashlib.sha256(data).digest():
+    got = output_param(out, 1, TempMemref).data
+    if got is None or got != hashlib.sha256(data).digest():
         raise WorkloadFailed("digest_temp", f"digest of {len(data)} bytes differs from hashlib's")
-    return out[1].data
+    return got
 
 
 def digest_registered(ctx: Context, data: bytes) -> bytes:
@@ -91,9 +109,12 @@ def digest_short_buffer(ctx: Context) -> int:
     try:
         session.invoke(DIGEST_CMD_SHA256, [TempMemref(b"abc", IN), TempMemref(size=8, direction=OUT)])
     except TeecError as e:
-        if e.ret != TEEC_ERROR_SHORT_BUFFER or e.outputs[1].size != SHA256_SIZE:
+        if e.ret != TEEC_ERROR_SHORT_BUFFER:
             raise WorkloadFailed("digest_short_buffer", f"got {e}") from e
-        return e.outputs[1].size
+        needed = output_param(e.outputs, 1, TempMemref).size
+        if needed is None or needed != SHA256_SIZE:
+            raise WorkloadFailed("digest_short_buffer", f"got {e}") from e
+        return needed
     finally:
         session.close()
     raise WorkloadFailed("digest_short_buffer", "an 8-byte output buffer was accepted")
@@ -106,7 +127,7 @@ def storage_round_trip(ctx: Context, object_id: bytes, blob: bytes) -> int:
     try:
         session.invoke(STORAGE_CMD_WRITE, [TempMemref(object_id, IN), TempMemref(blob, IN)])
         out = session.invoke(STORAGE_CMD_READ, [TempMemref(object_id, IN), TempMemref(size=len(blob), direction=OUT)])
-        if out[1].data != blob:
+        if output_param(out, 1, TempMemref).data != blob:
             raise WorkloadFailed("storage", f"object {object_id!r} read back differs ({len(blob)} bytes)")
         session.invoke(STORAGE_CMD_DELETE, [TempMemref(object_id, IN)])
         try:
@@ -126,8 +147,8 @@ def wait_preempted(ctx: Context) -> tuple[int, tuple[int, int]]:
     the REE time through an RPC."""
     session = ctx.open_session(WAIT_UUID)
     try:
-        busy = session.invoke(WAIT_CMD_BUSY, [Value(0, 0, OUT)])[0].a
-        now = session.invoke(WAIT_CMD_GET_TIME, [Value(0, 0, OUT)])[0]
+        busy = output_param(session.invoke(WAIT_CMD_BUSY, [Value(0, 0, OUT)]), 0, Value).a
+        now = output_param(session.invoke(WAIT_CMD_GET_TIME, [Value(0, 0, OUT)]), 0, Value)
     finally:
         session.close()
     if now.a == 0:

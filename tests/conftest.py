@@ -14,6 +14,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 _ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -27,3 +29,15 @@ if not _built_in_place(_ROOT):
         mod = sys.modules[name]
         if Path(getattr(mod, "__file__", "") or "").resolve().is_relative_to(_ROOT):
             del sys.modules[name]  # imported from the source tree before this ran
+
+
+# -- fixtures shared by several test modules ------------------------------------------------------
+
+
+@pytest.fixture
+def other_user(tmp_path_factory: pytest.TempPathFactory):
+    """Another local user, uid 65534 (tests/other_user.py): skips unless
+    this is root and that user can run some Python 3.8+."""
+    from other_user import find_other_user
+
+    return find_other_user(tmp_path_factory)

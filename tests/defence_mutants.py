@@ -287,7 +287,7 @@ def _clone(dest: Path) -> None:
     subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
 
 
-def _build(dest: Path, m: "Mutant") -> None:
+def _build(dest: Path, m: Mutant) -> None:
     """The ring extension for the clone: a copy of the one built here, or,
     for a mutant of the C code, built from the clone's (mutated) sources."""
     if not m.path.startswith("cffi_build/"):

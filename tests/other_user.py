@@ -61,9 +61,9 @@ class OtherUser:
         return _popen(self.python, script, args, cwd)
 
 
-@pytest.fixture
-def other_user(tmp_path_factory) -> OtherUser:
-    """Skips unless this is root and uid 65534 can run some Python 3.8+."""
+def find_other_user(tmp_path_factory: pytest.TempPathFactory) -> OtherUser:
+    """The ``other_user`` fixture's (conftest.py). Skips unless this is root
+    and uid 65534 can run some Python 3.8+."""
     require_root()
     tried = []
     for python in _interpreters():

@@ -8,7 +8,16 @@ import json
 
 import pytest
 
-from stubdom.bench import MEDIATOR_OPS, OPS, Layout, PlacementUnavailable, bench_main, make_placement, per_call, validate
+from stubdom.bench import (
+    MEDIATOR_OPS,
+    OPS,
+    Layout,
+    PlacementUnavailable,
+    bench_main,
+    make_placement,
+    per_call,
+    validate,
+)
 from stubdom.bench.workloads import WORKLOADS, Worker
 
 

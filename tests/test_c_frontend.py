@@ -29,8 +29,8 @@ from stubdom.optee.smc import (
     OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,
 )
 from stubdom.platform import Platform
-from stubdom.public.gate import GATE_OP_SMC
 from stubdom.platform.launch import DaemonProcess
+from stubdom.public.gate import GATE_OP_SMC
 
 XEN_RING_H = Path("/usr/include/xen/io/ring.h")
 FRONTEND_SRC = Path(__file__).parent / "c" / "teeif_c_frontend.c"

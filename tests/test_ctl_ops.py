@@ -13,10 +13,18 @@ import re
 import signal
 import time
 
+import pytest
 import yaml
 
+from daemon_support import boot, client, running_stack, write_config
+from stubdom.daemon import ctl_main
 from stubdom.public import ControlBadRequest
-from test_daemon import boot, client, ctl_main, stack, write_config  # noqa: F401  (stack: a fixture)
+
+
+@pytest.fixture
+def stack(tmp_path):
+    """(config path, Config, Platform, Daemon): platform first, then the daemon."""
+    yield from running_stack(tmp_path)
 
 HANG_GUARD_S = 60.0  # a log line that never comes: only a wedged daemon reaches this
 

@@ -10,13 +10,19 @@ from collections.abc import Callable
 
 import pytest
 
+from daemon_support import boot, client, running_stack, write_config
 from stubdom.config import load_config
 from stubdom.mediator import MEDIATOR_OPS
 from stubdom.platform import Platform
 from stubdom.xen import PAGE_SIZE
-from test_daemon import boot, client, stack, write_config  # noqa: F401  (stack: a fixture)
 
 N = 5  # pages of the registered buffer
+
+
+@pytest.fixture
+def stack(tmp_path):
+    """(config path, Config, Platform, Daemon): platform first, then the daemon."""
+    yield from running_stack(tmp_path)
 
 
 def _delta(before: dict, after: dict) -> dict:

@@ -1,7 +1,7 @@
 """Daemon settings a real stubdom-teed process must honour: the bound on a
 gate hypercall (mediator.gate_timeout_ms), each domain's log level and the
 per-domain rate limit on the log lines a guest can trigger.
-Harness (config, daemon process) from test_daemon.py."""
+Harness (config, daemon process) from tests/daemon_support.py."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ import time
 
 import pytest
 
+from daemon_support import Daemon, write_config
 from stubdom import workloads
 from stubdom.config import load_config
 from stubdom.daemon import ControlClient, control_socket_path
-from stubdom.guest import Context, GuestError, MemoryStore, OpteeDriver, Supplicant, TeecError
 from stubdom.daemon.logs import LOGGER_NAME, MEDIATOR_LOGGER, DomainLevelFilter, GuestLog, setup_logging
+from stubdom.guest import Context, GuestError, MemoryStore, OpteeDriver, Supplicant, TeecError
 from stubdom.mediator.limits import LOG_BURST, LOG_REFILL_SECONDS
 from stubdom.optee.smc import (
     OPTEE_SMC_CALL_WITH_ARG,
@@ -29,11 +30,10 @@ from stubdom.optee.smc import (
     OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,
 )
 from stubdom.platform import Platform
-from stubdom.platform.platform import domain_spec
 from stubdom.platform.gate import Gate
+from stubdom.platform.platform import domain_spec
 from stubdom.public.gate import GATE_OP_HYP
 from stubdom.xen import Machine
-from test_daemon import Daemon, write_config
 
 
 class _SilentTee:

@@ -16,6 +16,7 @@ import msgpack
 import pytest
 import trio
 
+from daemon_support import write_config
 from stubdom import workloads
 from stubdom.config import load_config
 from stubdom.daemon import control_socket_path
@@ -23,7 +24,6 @@ from stubdom.guest import Context, MemoryStore, OpteeDriver, Supplicant, TeecErr
 from stubdom.optee.teec import TEEC_ERROR_ACCESS_DENIED, TEEC_ORIGIN_COMMS
 from stubdom.platform import Platform
 from stubdom.platform.platform import domain_spec
-from test_daemon import write_config
 
 DEADLINE = 60  # seconds: a loaded CI box; never a latency assertion
 

@@ -1,6 +1,6 @@
 """Guests run the TA workload through a real stubdom-teed process: three
 domains at once, policy refusals, SIGHUP reload under load, SIGTERM drain.
-Harness (config, daemon process, platform) from test_daemon.py."""
+Harness (config, daemon process, platform) from tests/daemon_support.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from daemon_support import DOMAINS, Daemon, write_config
 from stubdom import workloads
 from stubdom.config import load_config
 from stubdom.daemon import ControlClient, control_socket_path
@@ -20,7 +21,6 @@ from stubdom.optee.teec import TEEC_ERROR_ACCESS_DENIED, TEEC_ORIGIN_COMMS
 from stubdom.platform import Platform
 from stubdom.platform.platform import domain_spec
 from stubdom.tee.tas import DIGEST_UUID
-from test_daemon import DOMAINS, Daemon, write_config
 
 RATE_DOMAINS = DOMAINS + """\
   - domid: 4

@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 import signal
 
+from frontends_support import ScriptedFrontend, build_scripted_frontend
 from process_support import Proc, command, config_file, left_in
 from stubdom.optee.smc import OPTEE_MSG_UID_0, OPTEE_SMC_CALL_GET_OS_REVISION, OPTEE_SMC_CALLS_UID
-from test_frontends_support import ScriptedFrontend, build_scripted_frontend
 
 DOMID = 5  # not one of configs/xen.yaml's domains: the platform gives it one vCPU and a little RAM
 OS_MAJOR = 4  # configs/xen.yaml: os_revision major

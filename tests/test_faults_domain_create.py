@@ -18,11 +18,11 @@ import threading
 
 import pytest
 
+from faults_support import Stack, inc
 from stubdom.guest import Context
 from stubdom.optee import OPTEE_SMC_VM_CREATED, OPTEE_SMC_VM_DESTROYED
 from stubdom.platform.errors import DomainCreationFailed
 from stubdom.platform.platform import domain_spec
-from test_faults_restart import Stack, inc
 
 M32 = 0xFFFFFFFF
 ONE_DOMAIN = """\

@@ -24,18 +24,17 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from daemon_support import Daemon
+from faults_support import Stack, inc
 from stubdom.daemon.journal import JOURNAL_FILE
 from stubdom.guest import Context, GuestError, TeecError
 from stubdom.guest.client import INOUT, Value
-from stubdom.optee.smc import OPTEE_SMC_CALLS_UID
-from stubdom.optee.smc import OPTEE_MSG_UID_0, OPTEE_SMC_CALL_WITH_REGD_ARG
+from stubdom.optee.smc import OPTEE_MSG_UID_0, OPTEE_SMC_CALL_WITH_REGD_ARG, OPTEE_SMC_CALLS_UID
 from stubdom.platform import DomainCreationFailed
-from stubdom.public import ControlInternal
 from stubdom.platform.launch import PrivateTmpfs, TmpfsUnavailable
+from stubdom.public import ControlInternal
 from stubdom.tee.tas import INCREMENT_UUID
 from stubdom.tee.tas.increment import TA_INCREMENT_CMD_INC_VALUE
-from test_daemon import Daemon
-from test_faults_restart import Stack, inc
 
 ONE_DOMAIN = """\
 domains:
@@ -181,7 +180,7 @@ MAX_CALLS_TO_FILL = 200  # an INC journals well under a page (~0.6 KiB)
 
 
 class _NamespacedDaemon(Daemon):
-    """test_daemon's Daemon, run through ``prefix`` (nsenter into the namespace)."""
+    """daemon_support's Daemon, run through ``prefix`` (nsenter into the namespace)."""
 
     def __init__(self, config, tmp_path, prefix: list[str]) -> None:
         self.log_path = tmp_path / f"daemon-{time.monotonic_ns()}.log"
@@ -313,7 +312,8 @@ def _fill_until_refused(stack, session, first_value: int, kind: str | None = Non
     assert (st.f_blocks * st.f_frsize, st.f_bavail) == (TMPFS_SIZE, 0)
     # a state that fails leaves its call answered; the next one is refused
     expect = v + ok + (failing == "state")
-    for v in range(v, v + MAX_CALLS_TO_FILL):
+    first = v
+    for v in range(first, first + MAX_CALLS_TO_FILL):
         try:
             out = session.invoke(TA_INCREMENT_CMD_INC_VALUE, [Value(v, 0, INOUT)])
         except (TeecError, GuestError):

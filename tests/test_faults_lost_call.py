@@ -19,6 +19,7 @@ import threading
 
 import pytest
 
+from faults_support import Stack
 from stubdom.hostile import HostileGuest
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,
@@ -40,7 +41,6 @@ from stubdom.platform.platform import domain_spec
 from stubdom.tee.tas import DIGEST_UUID, INCREMENT_UUID
 from stubdom.tee.tas.digest import DIGEST_CMD_SHA256
 from stubdom.xen import PAGE_SIZE
-from test_faults_restart import Stack
 
 ONE_DOMAIN = """\
 domains:

@@ -4,7 +4,7 @@ while its call is in the TEE, and the TEE answering garbage. In each the
 daemon keeps serving the other domains, and nothing leaks once the affected
 domain is destroyed.
 
-A real stubdom-teed process beside an in-process platform (test_faults_restart's
+A real stubdom-teed process beside an in-process platform (tests/faults_support.py's
 Stack). The TEE is wrapped where the SMC gate calls it (``platform.tee.smc``).
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from faults_support import Stack, inc
 from ring import EventChannel, FrontRing, Request
 from stubdom.daemon import control_socket_path
 from stubdom.guest import Context
@@ -31,7 +32,6 @@ from stubdom.optee.msg import unpack_header
 from stubdom.platform.platform import domain_spec
 from stubdom.public.control import encode
 from stubdom.tee.tas import INCREMENT_UUID
-from test_faults_restart import Stack, inc
 
 TWO_DOMAINS = """\
 domains:

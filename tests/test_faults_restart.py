@@ -3,13 +3,12 @@ re-attaches to the rings, recovers its mediator state from its journal,
 reconciles with the machine and the secure world; no pin leaks, no TEE
 partition is orphaned, no request runs twice.
 
-A real stubdom-teed process beside an in-process platform (test_daemon.py's
+A real stubdom-teed process beside an in-process platform (tests/daemon_support.py's
 harness); the increment TA is wrapped to count every execution by value, so
 "at most once" is checked where it matters: at the TEE."""
 
 from __future__ import annotations
 
-import collections
 import random
 import signal
 import threading
@@ -17,131 +16,18 @@ import time
 
 import pytest
 
-from stubdom.config import load_config
-from stubdom.daemon import ControlClient, control_socket_path
-from stubdom.optee.teec import TEEC_ERROR_COMMUNICATION
-from stubdom.guest import Context, GuestError, MemoryStore, OpteeDriver, Supplicant, TeecError
+from faults_support import SERVICE_SLACK_S, Stack, inc
+from stubdom.guest import Context, GuestError, MemoryStore, Supplicant, TeecError
 from stubdom.guest.client import INOUT, Value
-from stubdom.platform import Platform
-from stubdom.platform.platform import domain_spec
+from stubdom.optee.teec import TEEC_ERROR_COMMUNICATION
 from stubdom.tee.tas import INCREMENT_UUID
 from stubdom.tee.tas.increment import TA_INCREMENT_CMD_INC_VALUE
-from test_daemon import Daemon, write_config
-
-DOMAINS = """\
-domains:
-  - domid: 1
-    nr_pages: 1024
-    vcpus: 2
-  - domid: 2
-    nr_pages: 1024
-    vcpus: 2
-"""
-
-
-class Counted:
-    """Every INC_VALUE the TEE runs, by input value (each guest call uses a
-    value of its own)."""
-
-    def __init__(self, tee) -> None:
-        self.runs: collections.Counter = collections.Counter()
-        ta = tee.tas[INCREMENT_UUID]
-        inner = ta.invoke
-
-        def invoke(ctx, cmd, params):
-            if cmd == TA_INCREMENT_CMD_INC_VALUE and params:
-                self.runs[params[0].a] += 1
-            return (yield from inner(ctx, cmd, params))
-
-        ta.invoke = invoke
-
-
-class Stack:
-    def __init__(self, tmp_path, domains=DOMAINS, call_timeout_ms: int | None = None) -> None:
-        self.tmp_path = tmp_path
-        self.path = write_config(tmp_path, domains=domains)
-        if call_timeout_ms is not None:  # also the lease of a restored suspended call
-            text = self.path.read_text()
-            assert "call_timeout_ms: 10000" in text
-            self.path.write_text(text.replace("call_timeout_ms: 10000",
-                                              f"call_timeout_ms: {call_timeout_ms}"))
-        self.config = load_config(self.path)
-        self.platform = Platform.for_config(self.config)
-        self.counted = Counted(self.platform.tee)
-        self.daemon = None
-        self.drivers: dict[int, OpteeDriver] = {}
-        self.start()
-
-    def start(self) -> None:
-        self.daemon = Daemon(self.path, self.tmp_path)
-        line = self.daemon.wait_listening()
-        assert "listening on" in line, self.daemon.log()
-
-    def kill(self) -> None:
-        self.daemon.proc.send_signal(signal.SIGKILL)
-        self.daemon.proc.wait(20)
-        self.daemon.stop()
-
-    def restart(self) -> None:
-        self.kill()
-        self.start()
-
-    def boot(self, domid: int, store=None, supplicant=None) -> OpteeDriver:
-        dc = self.config.domain(domid)
-        domain = self.platform.create_domain(domain_spec(dc))
-        d = OpteeDriver(self.platform.trap_entry(domid), domain, nr_vcpus=dc.vcpus, seed=domid,
-                        supplicant=supplicant or Supplicant(store or MemoryStore()))
-        d.probe()
-        self.drivers[domid] = d
-        return d
-
-    def ctl(self) -> ControlClient:
-        return ControlClient(control_socket_path(self.config.mediator.runtime_dir), timeout=30)
-
-    def destroy_all(self) -> None:
-        for domid, d in list(self.drivers.items()):
-            try:
-                d.shutdown()
-            except GuestError:
-                pass
-            self.platform.destroy_domain(domid)
-            del self.drivers[domid]
-
-    def __enter__(self) -> "Stack":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        try:
-            if self.daemon.proc.poll() is None:
-                self.destroy_all()
-        finally:
-            self.daemon.stop()
-            self.platform.close()
-
-    def assert_clean(self) -> None:
-        """After every domain was destroyed: no pin, no partition."""
-        assert self.platform.machine.pinned_frames() == {}
-        for domid in (0, 1, 2, 3, 4):
-            assert self.platform.tee.partition_stats(domid + 1) is None, domid
-        assert not self.platform.oracle.violations, self.platform.oracle.violations
 
 
 @pytest.fixture
 def stack(tmp_path):
     with Stack(tmp_path) as s:
         yield s
-
-
-def inc(ctx: Context, value: int) -> int:
-    session = ctx.open_session(INCREMENT_UUID)
-    try:
-        out = session.invoke(TA_INCREMENT_CMD_INC_VALUE, [Value(value, 0, INOUT)])
-    finally:
-        session.close()
-    return out[0].a
 
 
 def test_restart_at_rest_restores_sessions_and_registrations(stack):
@@ -211,10 +97,6 @@ def _load(stack, domids, stop: threading.Event, seed: int):
     for t in threads:
         t.start()
     return threads, outcomes, failures
-
-
-# Slack over the lease (mediator.call_timeout_ms) for a loaded CI machine.
-SERVICE_SLACK_S = 5.0
 
 
 def _kill_under_load(stack, kills: int, seed: int) -> None:
@@ -313,9 +195,13 @@ def test_restored_suspended_call_its_guest_gave_up_is_abandoned_after_its_lease(
     suspended, the call holds an OP-TEE thread until its lease ends; then it
     is abandoned (pins released, the thread free) and a late resume of it
     gets ERESUME."""
-    from stubdom.optee.smc import (OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_CALLS_COUNT,
-                                   OPTEE_SMC_RETURN_ENOTAVAIL, OPTEE_SMC_RETURN_ERESUME)
     from stubdom.guest import IN, TempMemref
+    from stubdom.optee.smc import (
+        OPTEE_SMC_CALL_RETURN_FROM_RPC,
+        OPTEE_SMC_CALLS_COUNT,
+        OPTEE_SMC_RETURN_ENOTAVAIL,
+        OPTEE_SMC_RETURN_ERESUME,
+    )
     from stubdom.tee.tas import STORAGE_CMD_WRITE, STORAGE_UUID
 
     stack = Stack(tmp_path, call_timeout_ms=1000)

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from faults_support import SERVICE_SLACK_S, Stack, inc
 from stubdom.guest import Context, TeecError
 from stubdom.guest.client import INOUT, Value
 from stubdom.hostile import HostileGuest
@@ -33,7 +34,6 @@ from stubdom.platform.platform import domain_spec
 from stubdom.tee.tas import INCREMENT_UUID
 from stubdom.tee.tas.increment import TA_INCREMENT_CMD_INC_VALUE
 from stubdom.xen import PAGE_SIZE
-from test_faults_restart import SERVICE_SLACK_S, Stack, inc
 
 M32 = 0xFFFFFFFF
 CLIENT_D1 = 2  # OP-TEE client ID of domain 1 (domid + 1)

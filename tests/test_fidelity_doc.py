@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from stubdom.bench import WORKLOADS
+from stubdom.bench import WORKLOADS, Layout
 from stubdom.bench.fidelity import fold, record, write_fidelity
 from stubdom.bench.options import parse_options
 from stubdom.bench.stubdom_run import daemon_config
-from stubdom.bench import Layout
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "fidelity.md"
 

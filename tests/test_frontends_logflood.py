@@ -20,6 +20,8 @@ import pytest
 import trio
 
 import ring
+from frontends_support import DaemonStack
+from other_user import finish
 from stubdom.daemon.backend import DomainBackend
 from stubdom.daemon.logs import GuestLog
 from stubdom.mediator.limits import LOG_BURST, LOG_REFILL_SECONDS
@@ -34,11 +36,9 @@ from stubdom.platform import (
 from stubdom.public import GATE_OP_SMC, GateClient
 from stubdom.tee import IsolationOracle, OpteeModel, TeeConfig
 from stubdom.xen import Machine
-from other_user import finish, other_user  # noqa: F401 (a fixture)
-from test_frontends_support import DaemonStack
-from test_stubdom_support import MiniDaemon
+from stubdom_support import MiniDaemon
 
-DOM = 2  # the platform's own frontend (test_frontends_support's domain 2)
+DOM = 2  # the platform's own frontend (frontends_support's domain 2)
 UID = (OPTEE_SMC_CALLS_UID,) + (0,) * 7
 PLATFORM_LOG = "stubdom.platform.stubdom"
 GATE_LOG = "stubdom.platform.gate"
@@ -167,7 +167,7 @@ def test_calls_timing_out_log_a_burst(tmp_path, clock, caplog):
         assert stack.close() == 0, stack.log()
 
 
-# -- the trap path against a failing daemon (tests/test_stubdom_support.py's) -------------------
+# -- the trap path against a failing daemon (tests/stubdom_support.py's) -------------------
 
 @pytest.fixture
 def mini(tmp_path, clock):
@@ -368,7 +368,7 @@ for _ in range(int(sys.argv[1])):
 """
 
 
-def test_another_users_stub_domain_refused_in_a_loop_logs_a_burst(gate, clock, caplog, other_user):  # noqa: F811
+def test_another_users_stub_domain_refused_in_a_loop_logs_a_burst(gate, clock, caplog, other_user):
     g, _ = gate
     gd = g.dir
     os.chmod(gd, 0o711)  # the modes taken away: only the credential check is left

@@ -24,9 +24,9 @@ import pytest
 import trio
 
 import ring
+from frontends_support import OS_REVISION, DaemonStack, ScriptedFrontend, build_scripted_frontend
 from stubdom.daemon.backend import DomainBackend
 from stubdom.optee.smc import OPTEE_MSG_UID_0, OPTEE_SMC_CALL_GET_OS_REVISION, OPTEE_SMC_CALLS_UID
-from test_frontends_support import OS_REVISION, DaemonStack, ScriptedFrontend, build_scripted_frontend
 
 DOMID = 1
 CLIENT = DOMID + 1  # OP-TEE client ID: the gate stamps domid + 1 in a7

@@ -27,16 +27,16 @@ from pathlib import Path
 
 import pytest
 
+from daemon_support import config_file
+from frontends_support import HANG_GUARD_S, DaemonStack, ScriptedFrontend, build_scripted_frontend
 from ring import EventChannel, FrontRing, PeerDied, RingTruncated
 from stubdom.guest import Context
+from stubdom.guest.client import INOUT, Value
 from stubdom.optee.smc import OPTEE_MSG_UID_0, OPTEE_SMC_CALLS_UID
 from stubdom.platform import UNAVAILABLE_REGS
 from stubdom.public import gate_dir
 from stubdom.tee.tas import INCREMENT_UUID
 from stubdom.tee.tas.increment import TA_INCREMENT_CMD_INC_VALUE
-from stubdom.guest.client import INOUT, Value
-from test_frontends_support import HANG_GUARD_S, DaemonStack, ScriptedFrontend, build_scripted_frontend
-from test_stubdom_platform_run import config_file
 
 C_DOM = 1  # served to the C frontend
 PLATFORM_DOM = 2  # served to the platform's own trap path and a guest driver
@@ -157,7 +157,7 @@ def _recover_after(stack, exe, damage: str, said: str, error: str) -> None:
 def test_stub_domain_truncating_a_domain_ring_costs_that_domain_only(stack, exe):
     """The platform maps every domain's ring as its frontend: a compromised
     daemon that truncates one must not kill the platform (the hypervisor)."""
-    driver = stack.boot(PLATFORM_DOM)
+    stack.boot(PLATFORM_DOM)
     f = c_frontend(exe, stack.create_c_domain(C_DOM), 1)
     ring_path = stack.platform.placement.domain_dir(PLATFORM_DOM) / "ring"
     os.truncate(ring_path, 0)  # as the daemon, which created the file, can

@@ -26,8 +26,8 @@ import msgpack
 import pytest
 
 from stubdom.daemon import control_socket_path
-from stubdom.public.control import MAX_MESSAGE
 from stubdom.hostile import make_platform
+from stubdom.public.control import MAX_MESSAGE
 
 # A request within the 64 KiB limit whose seq (or op) is a string so long
 # that the BAD_REQUEST answer quoting it is over the limit.

@@ -503,7 +503,9 @@ def test_shm_cache_cookies_are_freed_at_shutdown(domu):
     assert tee.cache == [] and drv.pages.allocated_count == 0 and drv.live_shms == []
 
 
-@pytest.mark.parametrize(("kind", "size"), [(OPTEE_RPC_SHM_TYPE_KERNEL, 100), (OPTEE_RPC_SHM_TYPE_KERNEL, 3 * PAGE_SIZE), (OPTEE_RPC_SHM_TYPE_APPL, 5000)])
+@pytest.mark.parametrize(("kind", "size"), [(OPTEE_RPC_SHM_TYPE_KERNEL, 100),
+                                            (OPTEE_RPC_SHM_TYPE_KERNEL, 3 * PAGE_SIZE),
+                                            (OPTEE_RPC_SHM_TYPE_APPL, 5000)])
 def test_rpc_shm_alloc_and_free(domu, tee, kind, size):
     """handle_rpc_func_cmd_shm_alloc: a buffer with pages, whatever its type
     and size (a single page too), is answered with a page list."""
@@ -570,7 +572,8 @@ def test_notification_wait_send_and_timeout(domu, tee):
 
     def program(call: Call):
         a = call.msg.params[0].a
-        for value in ((OPTEE_RPC_NOTIFICATION_SEND, 5, 0), (OPTEE_RPC_NOTIFICATION_WAIT, 5, 0), (OPTEE_RPC_NOTIFICATION_WAIT, 6, a), (OPTEE_RPC_NOTIFICATION_WAIT, 300, 0), (9, 1, 0)):
+        for value in ((OPTEE_RPC_NOTIFICATION_SEND, 5, 0), (OPTEE_RPC_NOTIFICATION_WAIT, 5, 0),
+                      (OPTEE_RPC_NOTIFICATION_WAIT, 6, a), (OPTEE_RPC_NOTIFICATION_WAIT, 300, 0), (9, 1, 0)):
             msg = MsgArg(OPTEE_RPC_CMD_NOTIFICATION, params=(MsgParam.value(OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, *value),))
             results.append((yield from call.rpc(msg)).ret)
         return call.msg.replace(ret=TEEC_SUCCESS)
@@ -579,7 +582,8 @@ def test_notification_wait_send_and_timeout(domu, tee):
     _, session = open_session(drv)
     session.invoke(4, [Value(1, 0, IN)])  # key 6 waits 1 ms and nobody sends it
     # SEND before WAIT is remembered; a timeout is TEE_ERROR_TIMEOUT; key > 255 and bad op are refused
-    assert results == [TEEC_SUCCESS, TEEC_SUCCESS, TEE_ERROR_TIMEOUT, TEEC_ERROR_BAD_PARAMETERS, TEEC_ERROR_BAD_PARAMETERS]
+    assert results == [TEEC_SUCCESS, TEEC_SUCCESS, TEE_ERROR_TIMEOUT, TEEC_ERROR_BAD_PARAMETERS,
+                       TEEC_ERROR_BAD_PARAMETERS]
 
 
 def test_notification_wakes_a_waiter_on_another_vcpu(domu):
@@ -636,10 +640,12 @@ def test_fs_rpc_reaches_the_supplicant(domu, tee):
 
     def program(call: Call):
         # an APPL buffer for the file name, as OP-TEE's REE FS does
-        alloc = yield from call.rpc(MsgArg(OPTEE_RPC_CMD_SHM_ALLOC, params=(MsgParam.value(1, OPTEE_RPC_SHM_TYPE_APPL, 64),)))
+        alloc = yield from call.rpc(MsgArg(OPTEE_RPC_CMD_SHM_ALLOC,
+                                           params=(MsgParam.value(1, OPTEE_RPC_SHM_TYPE_APPL, 64),)))
         buf = alloc.params[0]
         pl = read_page_list(lambda a: tee.domain.read(a, PAGE_SIZE), buf.a, buf.b, max_entries=4)
-        for name, op in ((b"obj/1\0", OPTEE_RPC_FS_OPEN), (b"nope\0", OPTEE_RPC_FS_OPEN), (b"obj/2\0", OPTEE_RPC_FS_CREATE)):
+        for name, op in ((b"obj/1\0", OPTEE_RPC_FS_OPEN), (b"nope\0", OPTEE_RPC_FS_OPEN),
+                         (b"obj/2\0", OPTEE_RPC_FS_CREATE)):
             tee.domain.write(pl.entries[0], name)
             msg = MsgArg(
                 OPTEE_RPC_CMD_FS,
@@ -657,7 +663,8 @@ def test_fs_rpc_reaches_the_supplicant(domu, tee):
     tee.program = program
     _, session = open_session(drv)
     session.invoke(7)
-    assert seen == [(TEEC_SUCCESS, TEEC_ORIGIN_COMMS, 3), (TEEC_ERROR_ITEM_NOT_FOUND, TEEC_ORIGIN_COMMS, 0), (TEEC_SUCCESS, TEEC_ORIGIN_COMMS, 4)]
+    assert seen == [(TEEC_SUCCESS, TEEC_ORIGIN_COMMS, 3), (TEEC_ERROR_ITEM_NOT_FOUND, TEEC_ORIGIN_COMMS, 0),
+                    (TEEC_SUCCESS, TEEC_ORIGIN_COMMS, 4)]
     assert store.files["obj/2"] == b"" and drv.supplicant.open_fds == {3, 4}
 
 
@@ -699,7 +706,8 @@ def test_short_buffer_and_ta_errors_raise_teec_error(domu, tee):
     def program(call: Call):
         (p,) = call.msg.params
         assert p.a == 0 and p.b == 0  # size 0 goes as a NULL memref
-        return call.msg.replace(params=(p.replace(b=1234),), ret=TEEC_ERROR_SHORT_BUFFER, ret_origin=TEEC_ORIGIN_TRUSTED_APP)
+        return call.msg.replace(params=(p.replace(b=1234),), ret=TEEC_ERROR_SHORT_BUFFER,
+                                ret_origin=TEEC_ORIGIN_TRUSTED_APP)
         yield  # pragma: no cover
 
     tee.program = program

@@ -8,7 +8,19 @@ import hashlib
 
 import pytest
 
-from stubdom.guest import TeecError, IN, INOUT, OUT, Context, OpteeDriver, PageAllocator, RegisteredMemref, Supplicant, TempMemref, Value
+from stubdom.guest import (
+    IN,
+    INOUT,
+    OUT,
+    Context,
+    OpteeDriver,
+    PageAllocator,
+    RegisteredMemref,
+    Supplicant,
+    TeecError,
+    TempMemref,
+    Value,
+)
 from stubdom.optee import (
     OPTEE_SMC_RETURN_OK,
     OPTEE_SMC_SEC_CAP_DYNAMIC_SHM,
@@ -54,7 +66,8 @@ def world(request, tmp_path):
 
 def test_probe_open_invoke_close(world):
     machine, hwdom, tee, oracle, trap = world
-    drv = OpteeDriver(trap, hwdom, nr_vcpus=2, allocator=PageAllocator.for_domain(hwdom, seed=2), supplicant=Supplicant())
+    drv = OpteeDriver(trap, hwdom, nr_vcpus=2, allocator=PageAllocator.for_domain(hwdom, seed=2),
+                      supplicant=Supplicant())
     info = drv.probe()
     assert info.dynamic_shm == bool(tee_caps(tee) & OPTEE_SMC_SEC_CAP_DYNAMIC_SHM)
     with Context(drv) as ctx:

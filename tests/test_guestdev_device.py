@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from guestdev_support import READY_WAIT, build_programs, start_world, stop_world
+from other_user import finish
 from stubdom.guest.uapi import (
     TEE_GEN_CAP_GP,
     TEE_GEN_CAP_MEMREF_NULL,
@@ -31,9 +33,6 @@ from stubdom.guest.uapi import (
 )
 from stubdom.optee.teec import TEEC_ERROR_OUT_OF_MEMORY
 from stubdom.platform import run_platform
-
-from guestdev_support import READY_WAIT, build_programs, start_world, stop_world
-from other_user import finish, other_user  # noqa: F401 (a fixture)
 
 WORK_ROUNDS = 2
 

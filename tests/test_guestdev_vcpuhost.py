@@ -16,7 +16,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from other_user import finish, other_user  # noqa: F401 (a fixture)
+from other_user import finish
 from stubdom.guestdev import PlatformGone, PlatformRefused, PlatformUnavailable, VcpuPool, attach_domain
 from stubdom.optee.smc import (
     OPTEE_MSG_UID_0,

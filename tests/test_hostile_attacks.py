@@ -24,8 +24,12 @@ from stubdom.hostile import (
     make_platform,
 )
 from stubdom.mediator import DomainLimits
-from stubdom.optee import OPTEE_SMC_RETURN_EBADADDR, OPTEE_SMC_RETURN_ERESUME, OPTEE_SMC_RETURN_OK
-from stubdom.optee import OPTEE_SMC_SEC_CAP_RPC_ARG
+from stubdom.optee import (
+    OPTEE_SMC_RETURN_EBADADDR,
+    OPTEE_SMC_RETURN_ERESUME,
+    OPTEE_SMC_RETURN_OK,
+    OPTEE_SMC_SEC_CAP_RPC_ARG,
+)
 from stubdom.platform import DomainSpec
 
 # Tight limits so the floods reach every limit in a few calls.

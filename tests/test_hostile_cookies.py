@@ -340,11 +340,11 @@ def test_two_vcpus_racing_one_cookie_register_it_once(world, fine_switching):
         results: list = [None, None]
         go = threading.Barrier(2)
 
-        def run(i: int) -> None:
+        def run(i: int, go: threading.Barrier, results: list, msgs: list) -> None:
             go.wait()
             results[i] = g.call(msgs[i], vcpu=i)[1]
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+        threads = [threading.Thread(target=run, args=(i, go, results, msgs)) for i in (0, 1)]
         for t in threads:
             t.start()
         for t in threads:

@@ -15,9 +15,11 @@ call at once) that is at most one or two.
 
 from __future__ import annotations
 
+import fcntl
 import sys
 import threading
 import time
+import types
 from contextlib import contextmanager
 
 import pytest
@@ -38,6 +40,7 @@ from stubdom.optee import (
 )
 from stubdom.platform import DomainSpec
 from stubdom.xen import PAGE_SIZE
+from stubdom.xen import lock as machine_lock
 
 HEAVY_CALLS = 12
 PAGES = 129  # the default max_pages_per_buffer
@@ -50,14 +53,21 @@ AT_LEAST = 4
 
 
 @contextmanager
-def no_forced_switching(placement: str):
+def no_forced_switching(placement: str, monkeypatch):
     """At EL2 both vCPUs are threads of this process: with CPython's forced
     switch (every 5 ms) out of the way, the honest one can run inside a
     heavy trap only where the mediator lets it — its step boundaries. (Under
-    stubdom the mediator is in the daemon; the platform keeps its switching.)"""
+    stubdom the mediator is in the daemon; the platform keeps its switching.)
+    The machine lock's flock releases the interpreter too, on every pin;
+    with one process on the machine it excludes no one, so here it is a
+    no-op, and the step boundaries' own release is what the test sees."""
     old = sys.getswitchinterval()
     if placement == "el2":
-        sys.setswitchinterval(1.0)
+        # longer than any heavy call could take on a loaded machine, so that
+        # no forced switch can stand in for the step boundaries' release
+        sys.setswitchinterval(60.0)
+        monkeypatch.setattr(machine_lock, "fcntl", types.SimpleNamespace(
+            flock=lambda fd, op: None, LOCK_EX=fcntl.LOCK_EX, LOCK_UN=fcntl.LOCK_UN))
     try:
         yield
     finally:
@@ -65,8 +75,8 @@ def no_forced_switching(placement: str):
 
 
 @pytest.mark.parametrize("placement", PLACEMENTS)
-def test_an_honest_domain_is_served_inside_each_heavy_call(tmp_path, placement):
-    with make_platform(tmp_path, placement, limits=DomainLimits()) as p, no_forced_switching(placement):
+def test_an_honest_domain_is_served_inside_each_heavy_call(tmp_path, placement, monkeypatch):
+    with make_platform(tmp_path, placement, limits=DomainLimits()) as p, no_forced_switching(placement, monkeypatch):
         p.create_domain(DomainSpec(1, nr_pages=4096))
         p.create_domain(DomainSpec(2, nr_pages=256))
         evil, honest = HostileGuest(p, 1), HostileGuest(p, 2)

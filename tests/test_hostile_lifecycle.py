@@ -12,6 +12,7 @@ import hashlib
 import pytest
 
 from stubdom.hostile import (
+    BASE_CAPS,
     PLACEMENTS,
     HonestLoad,
     HostileGuest,
@@ -47,7 +48,6 @@ from stubdom.optee import (
     MsgParam,
     rpc_func,
 )
-from stubdom.hostile import BASE_CAPS
 from stubdom.platform import DomainSpec
 from stubdom.tee.tas import (
     DIGEST_CMD_SHA256,

@@ -16,6 +16,7 @@ import hashlib
 import pytest
 
 from stubdom.hostile import (
+    BASE_CAPS,
     PLACEMENTS,
     HonestLoad,
     HostileGuest,
@@ -24,6 +25,7 @@ from stubdom.hostile import (
     make_platform,
     tee_smcs_of,
 )
+from stubdom.mediator import DomainLimits
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,
     OPTEE_MSG_ATTR_TYPE_TMEM_INPUT,
@@ -43,8 +45,6 @@ from stubdom.optee import (
     make_buf_ptr,
     pack_header,
 )
-from stubdom.hostile import BASE_CAPS
-from stubdom.mediator import DomainLimits
 from stubdom.platform import DomainSpec
 from stubdom.tee.tas import DIGEST_CMD_SHA256, DIGEST_UUID
 from stubdom.xen import PAGE_SIZE, P2mType

@@ -32,6 +32,7 @@ from stubdom.optee import (
     OPTEE_SMC_RETURN_EBADADDR,
     OPTEE_SMC_RETURN_OK,
     OPTEE_SMC_RETURN_RPC_CMD,
+    OPTEE_SMC_RPC_FUNC_ALLOC,
     TEEC_ERROR_BAD_PARAMETERS,
     TEEC_ORIGIN_COMMS,
     MsgArg,
@@ -40,7 +41,6 @@ from stubdom.optee import (
     make_buf_ptr,
     rpc_func,
 )
-from stubdom.optee import OPTEE_SMC_RPC_FUNC_ALLOC
 from stubdom.platform import DomainSpec
 from stubdom.tee.tas import DIGEST_CMD_SHA256, DIGEST_UUID, WAIT_CMD_GET_TIME, WAIT_UUID
 from stubdom.xen import PAGE_SIZE

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -324,3 +325,25 @@ def test_the_loaded_field_names_what_this_process_loaded():
     from stubdom.daemon.app import loaded_packages
 
     assert set(loaded_packages().split(",")) == {m.split(".")[1] for m in sys.modules if m.startswith("stubdom.")}
+
+
+def test_every_child_interpreter_runs_the_installed_package():
+    """A child started as `python -m stubdom…` without -P puts the current
+    directory first on its path: from a source checkout it would import the
+    tree, which has no built ring extension after a plain `pip install .`
+    (CI found two such tests). Every child interpreter the code or the suite
+    starts passes -P; the mutation runner, which runs pytest in a mutated
+    clone on purpose, and the clone's build step are the exceptions."""
+    root = Path(__file__).resolve().parent.parent
+    allowed = {("tests/defence_mutants.py", 'sys.executable, "-m", "pytest"'),
+               ("tests/defence_mutants.py", 'sys.executable, "cffi_build/build_ring.py"')}
+    found = []
+    for path in sorted([*root.glob("stubdom/**/*.py"), *root.glob("tests/*.py")]):
+        rel = path.relative_to(root).as_posix()
+        if path == Path(__file__).resolve():  # this test's own strings
+            continue
+        for m in re.finditer(r"sys\.executable,\s*(\"[^\"]*\")", path.read_text()):
+            call = f'sys.executable, {m.group(1)}'
+            if m.group(1) != '"-P"' and not any(rel == f and call in a for f, a in allowed):
+                found.append(f"{rel}: {call}")
+    assert not found, found

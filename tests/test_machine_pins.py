@@ -274,7 +274,8 @@ def test_pin_in_another_process_survives_balloon_out(machine, child):
     assert machine.free_frames == 1
     assert dom.populate(gfn) == mfn  # the only free frame, scrubbed
     assert dom.read(gfn << PAGE_SHIFT, PAGE_SIZE) == bytes(PAGE_SIZE)
-    assert child.ask(f"unpin {mfn:#x}") == f"error PageNotPinned: put_page(mfn {mfn:#x}): frame is not pinned (count would underflow)"
+    assert child.ask(f"unpin {mfn:#x}") == (f"error PageNotPinned: put_page(mfn {mfn:#x}): frame is not pinned"
+                                            " (count would underflow)")
 
 
 def test_destroy_with_a_pin_held_by_another_process(machine, child):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from stubdom.hostile import BASE_CAPS, HostileGuest
+from stubdom.mediator import PROFILE_NAMES, profile_named
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,
     OPTEE_MSG_ATTR_TYPE_TMEM_INPUT,
@@ -30,11 +31,17 @@ from stubdom.optee import (
     MsgParam,
     rpc_func,
 )
-from stubdom.mediator import PROFILE_NAMES, profile_named
 from stubdom.platform import route_smc
 from stubdom.platform.el2 import El2Placement
 from stubdom.tee import IsolationOracle, OpteeModel, TeeConfig
-from stubdom.tee.tas import DIGEST_CMD_SHA256, DIGEST_UUID, STORAGE_CMD_WRITE, STORAGE_UUID, WAIT_CMD_GET_TIME, WAIT_UUID
+from stubdom.tee.tas import (
+    DIGEST_CMD_SHA256,
+    DIGEST_UUID,
+    STORAGE_CMD_WRITE,
+    STORAGE_UUID,
+    WAIT_CMD_GET_TIME,
+    WAIT_UUID,
+)
 from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, Machine
 
 NR_FRAMES = 1024

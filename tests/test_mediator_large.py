@@ -23,7 +23,6 @@ from stubdom.optee import (
     OPTEE_SMC_RETURN_OK,
     TEEC_ERROR_BAD_STATE,
     TEEC_ERROR_GENERIC,
-    TEEC_ERROR_OUT_OF_MEMORY,
     TEEC_ORIGIN_API,
     TEEC_ORIGIN_COMMS,
     MsgArg,

@@ -128,9 +128,9 @@ def test_a_profile_is_checked_when_made():
     with pytest.raises(ValueError, match="os_revision_regs must be 2 or 3, got 4"):
         dataclasses.replace(XEN, os_revision_regs=4)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        XEN.name = "other"  # type: ignore[misc]
+        XEN.name = "other"  # type: ignore[misc]  # frozen: the refusal under test
     with pytest.raises(TypeError):
-        XEN.limit_bounds["max_shm_buffers"] = 17  # type: ignore[index]
+        XEN.limit_bounds["max_shm_buffers"] = 17  # type: ignore[index]  # read-only: under test
 
 
 # -- the mediator consults it ---------------------------------------------------------------
@@ -196,7 +196,7 @@ def test_a_mediator_takes_a_profile_or_its_name(machine):
     with pytest.raises(UnknownProfile):
         Mediator(machine, port, profile="xne")
     with pytest.raises(TypeError, match="profile must be a mediator Profile or its name"):
-        Mediator(machine, port, profile=3)  # type: ignore[arg-type]
+        Mediator(machine, port, profile=3)  # type: ignore[arg-type]  # the wrong type under test
     bogus = dataclasses.replace(XEN, name="bogus", functions=XEN.functions | {0xB2000010})
     with pytest.raises(ValueError, match=r"no handler serves: \['0xb2000010'\]"):
         Mediator(machine, port, profile=bogus)

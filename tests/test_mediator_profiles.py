@@ -48,7 +48,6 @@ from stubdom.optee import (
     OPTEE_SMC_CALL_GET_OS_REVISION,
     OPTEE_SMC_CALL_RETURN_FROM_RPC,
     OPTEE_SMC_CALL_WITH_ARG,
-    OPTEE_SMC_CALL_WITH_REGD_ARG,
     OPTEE_SMC_CALL_WITH_RPC_ARG,
     OPTEE_SMC_CALLS_COUNT,
     OPTEE_SMC_CALLS_REVISION,
@@ -237,7 +236,7 @@ def test_get_os_revision(tmp_path):
     for profile, want in ((XEN, (4, 10, 0)), (STRICT, (4, 10, 0xABCD1234))):
         with Platform(tmp_path / profile.name, nr_frames=32768,
                       tee_config=TeeConfig(sec_caps=CAPS, os_build_id=0xABCD1234),
-                      placement=lambda p: El2Placement(p, profile=profile)) as p:
+                      placement=lambda p, profile=profile: El2Placement(p, profile=profile)) as p:
             p.create_domain(DomainSpec(1, nr_pages=64))
             assert p.trap(1, 0, (OPTEE_SMC_CALL_GET_OS_REVISION,) + ZEROS) == want + (0,) * 5
 
@@ -732,12 +731,12 @@ def test_a_snapshot_restores_under_its_own_profile_only(el2):
     other = STRICT if med.profile is XEN else XEN
     with pytest.raises(BadSnapshot, match=f"taken under profile '{med.profile.name}', "
                                           f"this mediator speaks '{other.name}'"):
-        Mediator(p.machine, med._port, profile=other).restore(snap)
-    Mediator(p.machine, med._port, profile=med.profile).restore(snap)  # its own: restored
+        Mediator(p.machine, p.placement.port, profile=other).restore(snap)
+    Mediator(p.machine, p.placement.port, profile=med.profile).restore(snap)  # its own: restored
     legacy = {k: v for k, v in snap.items() if k != "profile"}  # a journal from before profiles: strict
     if med.profile is XEN:
         with pytest.raises(BadSnapshot):
-            Mediator(p.machine, med._port, profile=XEN).restore(legacy)
+            Mediator(p.machine, p.placement.port, profile=XEN).restore(legacy)
     else:
-        Mediator(p.machine, med._port, profile=STRICT).restore(legacy)
+        Mediator(p.machine, p.placement.port, profile=STRICT).restore(legacy)
     destroy_and_check(p, g)

@@ -22,6 +22,7 @@ from stubdom.optee import (
     OPTEE_MSG_CMD_REGISTER_SHM,
     OPTEE_MSG_CMD_UNREGISTER_SHM,
     OPTEE_MSG_LOGIN_PUBLIC,
+    OPTEE_RPC_CMD_GET_TIME,
     OPTEE_SMC_CALL_GET_OS_REVISION,
     OPTEE_SMC_CALL_RETURN_FROM_RPC,
     OPTEE_SMC_CALL_WITH_ARG,
@@ -51,7 +52,6 @@ from stubdom.optee import (
     OPTEE_SMC_VM_CREATED,
     OPTEE_SMC_VM_DESTROYED,
     TEEC_ERROR_BAD_PARAMETERS,
-    OPTEE_RPC_CMD_GET_TIME,
     TEEC_ERROR_NOT_SUPPORTED,
     TEEC_ERROR_OUT_OF_MEMORY,
     TEEC_ORIGIN_COMMS,
@@ -314,7 +314,7 @@ def test_hwdom_direct_mapped_gets_static_shm(plat):
     assert g.smc(OPTEE_SMC_GET_SHM_CONFIG) == (OPTEE_SMC_RETURN_OK, shm.base, shm.size, 1, 0, 0, 0, 0)
     assert dom.static_shm_mapped
     # The 2017 RFC's contiguous argument and tmem inside the static region work.
-    arg, data = shm.base + 512, shm.base + 3 * PAGE_SIZE
+    arg = shm.base + 512
     meta = OpenSessionMeta(INCREMENT_UUID, uuid.UUID(int=0), OPTEE_MSG_LOGIN_PUBLIC).to_params()
     g.write_arg(arg, MsgArg(OPTEE_MSG_CMD_OPEN_SESSION, params=meta))
     r = g.serve(g.start(arg))

@@ -533,7 +533,8 @@ def test_teec_names() -> None:
 
 
 def test_teec_param_types() -> None:
-    t = optee.TEEC_PARAM_TYPES(optee.TEEC_VALUE_INPUT, optee.TEEC_MEMREF_TEMP_OUTPUT, optee.TEEC_NONE, optee.TEEC_MEMREF_PARTIAL_INOUT)
+    t = optee.TEEC_PARAM_TYPES(optee.TEEC_VALUE_INPUT, optee.TEEC_MEMREF_TEMP_OUTPUT, optee.TEEC_NONE,
+                               optee.TEEC_MEMREF_PARTIAL_INOUT)
     assert t == 0xF061
     assert [optee.TEEC_PARAM_TYPE_GET(t, i) for i in range(4)] == [0x1, 0x6, 0x0, 0xF]
     with pytest.raises(FieldOutOfRange, match="param type 2 = 16"):
@@ -550,7 +551,7 @@ def test_facade_exports() -> None:
 
     for name in optee.__all__:
         assert hasattr(optee, name), name
-    for mod in (optee.smccc, optee.smc, optee.msg, optee.pagelist, optee.rpc, optee.teec, optee.errors, optee.uuid_meta):
+    for mod in (optee.smccc, optee.smc, optee.msg, optee.pagelist, optee.rpc, optee.teec, optee.errors, optee.uuid):
         assert set(mod.__all__) <= set(optee.__all__)
 
 

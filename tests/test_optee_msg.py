@@ -254,7 +254,7 @@ def test_header_fields_must_be_u32(field: str) -> None:
 
 def test_params_must_be_msgparams() -> None:
     with pytest.raises(TypeError, match="params\\[1\\]"):
-        MsgArg(0, params=(MsgParam(0), (1, 2, 3, 4)))  # type: ignore[arg-type]
+        MsgArg(0, params=(MsgParam(0), (1, 2, 3, 4)))  # type: ignore[arg-type]  # the wrong type under test
     assert MsgArg(0, params=[MsgParam(1)]).params == (MsgParam(1),)  # list -> tuple
 
 
@@ -365,7 +365,7 @@ def test_uuid_octets_are_rfc4122_order() -> None:
     with pytest.raises(BadUuid, match="got 15"):
         octets_to_uuid(octets[:15])
     with pytest.raises(BadUuid, match="'8aaaf200'"):
-        uuid_to_octets("8aaaf200")  # type: ignore[arg-type]
+        uuid_to_octets("8aaaf200")  # type: ignore[arg-type]  # the wrong type under test
 
 
 def test_worked_example_from_the_fact_sheet() -> None:

@@ -425,7 +425,8 @@ def test_request_producer_more_than_a_ring_ahead_is_corruption(pair, hostile, tm
     front.push_batch([req(i) for i in range(3)])
     page = hostile(tmp_path / "ring")
     page["req_prod"] = 33  # RING_REQUEST_PROD_OVERFLOW: 33 > 32 with nothing answered
-    msg = r"backend: shared req_prod=0x00000021 is impossible \(req_cons=0x00000000, rsp_prod_pvt=0x00000000, nr_ents=0x00000020\)"
+    msg = (r"backend: shared req_prod=0x00000021 is impossible"
+           r" \(req_cons=0x00000000, rsp_prod_pvt=0x00000000, nr_ents=0x00000020\)")
     with pytest.raises(RingCorrupted, match=msg) as e:
         back.pop_batch()
     assert (e.value.prod, e.value.indices["req_cons"]) == (33, 0)
@@ -450,7 +451,8 @@ def test_response_producer_beyond_the_outstanding_requests_is_corruption(pair, h
     front, back = pair
     front.push_batch([req(i) for i in range(2)])
     hostile(tmp_path / "ring")["rsp_prod"] = 3
-    with pytest.raises(RingCorrupted, match=r"frontend: shared rsp_prod=0x00000003 is impossible \(rsp_cons=0x00000000, req_prod_pvt=0x00000002"):
+    with pytest.raises(RingCorrupted, match=r"frontend: shared rsp_prod=0x00000003 is impossible"
+                                            r" \(rsp_cons=0x00000000, req_prod_pvt=0x00000002"):
         front.pop()
     assert front.statistics().pops == 0
 

@@ -18,7 +18,7 @@ import threading
 
 import pytest
 
-from ring import BackRing, BackSpinSet, FrontRing, Request, Response, RingTruncated, PAGE_SIZE
+from ring import PAGE_SIZE, BackRing, BackSpinSet, FrontRing, Request, Response, RingTruncated
 
 
 def req(i: int) -> Request:

@@ -260,6 +260,24 @@ def _config(tmp_path: Path, rt: Path, placement: str) -> Path:
     return path
 
 
+@pytest.mark.parametrize("placement", ["el2", "stubdom"])
+def test_a_platform_built_from_a_configuration_checks_the_directory_itself(tmp_path, placement):
+    """Platform.for_config, the route of every program that builds a
+    platform from a file (the platform command checks first, the library
+    must not count on it)."""
+    from stubdom.config import load_config
+    from stubdom.platform import Platform
+
+    rt = tmp_path / "rt"
+    rt.mkdir()
+    os.chmod(rt, 0o777)
+    config = load_config(_config(tmp_path, rt, placement))
+    refused = f"refusing runtime directory {rt}: .*writable by its group or by others"
+    with pytest.raises(RuntimeDirRefused, match=refused):
+        Platform.for_config(config)
+    assert list(rt.iterdir()) == []
+
+
 def _run(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-P", "-m", "stubdom", *argv], capture_output=True, text=True,
                           timeout=120)

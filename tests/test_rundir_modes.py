@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from faults_support import Stack
 from stubdom.config import load_config
 from stubdom.daemon.journal import Journal
 from stubdom.platform import Platform
 from stubdom.platform.platform import domain_spec
-from test_faults_restart import Stack
 
 DIR, FILE, SOCK = "dir", "file", "socket"
 

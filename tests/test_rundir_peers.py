@@ -23,15 +23,15 @@ import sys
 import msgpack
 import pytest
 
-from other_user import OTHER_GID, OTHER_UID, finish, other_user  # noqa: F401 (a fixture)
+from daemon_support import Daemon, write_config
+from faults_support import Stack
+from other_user import OTHER_GID, OTHER_UID, finish
 from stubdom.config import load_config
 from stubdom.daemon import ControlClient, control_socket_path, ctl_main
 from stubdom.platform import Platform, Toolstack, run_platform
 from stubdom.public import DaemonRefused, gate_dir
 from stubdom.public.control import encode
 from stubdom.rundir import PeerRefused, ensure_runtime_dir
-from test_daemon import Daemon, write_config
-from test_faults_restart import Stack
 
 FORGED_HELLO = msgpack.packb({"seq": 1, "ok": True, "result": {"version": 1, "pid": 4242, "placement": "stubdom",
                                                                "runtime_dir": "/forged"}})
@@ -117,7 +117,7 @@ def _refused(pid: int, role: str) -> str:
 
 
 @pytest.fixture
-def forged_daemon(tmp_path, other_user):  # noqa: F811
+def forged_daemon(tmp_path, other_user):
     """Another user's listener at the control path of a runtime directory
     that is ours: the test hands that user the daemon's directory (as if
     they had renamed it aside and made their own)."""
@@ -137,7 +137,7 @@ def forged_daemon(tmp_path, other_user):  # noqa: F811
 # -- the modes alone ----------------------------------------------------------------------------
 
 
-def test_another_user_can_neither_rename_the_daemons_directory_nor_reach_its_sockets(tmp_path, other_user):  # noqa: F811
+def test_another_user_can_neither_rename_the_daemons_directory_nor_reach_its_sockets(tmp_path, other_user):
     with Stack(tmp_path) as stack:
         stack.boot(1)
         rt = stack.config.mediator.runtime_dir
@@ -148,7 +148,7 @@ def test_another_user_can_neither_rename_the_daemons_directory_nor_reach_its_soc
             assert c.call("hello")["pid"] == stack.daemon.proc.pid
 
 
-def test_a_domains_event_channel_refuses_another_user_by_its_own_mode(tmp_path, other_user):  # noqa: F811
+def test_a_domains_event_channel_refuses_another_user_by_its_own_mode(tmp_path, other_user):
     # the event channels have no credential check (docs/security.md says
     # why): with its directory opened, the socket's 0600 still keeps them out
     with Stack(tmp_path) as stack:
@@ -180,7 +180,8 @@ def test_ctl_refuses_another_users_socket_at_the_control_path(forged_daemon):
     rt, forged = forged_daemon
     out, err = io.StringIO(), io.StringIO()
     assert ctl_main(["--socket", str(control_socket_path(rt)), "hello"], out=out, err=err) == 1
-    assert (out.getvalue(), err.getvalue()) == ("", f"ctl: {control_socket_path(rt)}: {_refused(forged.pid, 'stubdom-teed')}\n")
+    refused = _refused(forged.pid, "stubdom-teed")
+    assert (out.getvalue(), err.getvalue()) == ("", f"ctl: {control_socket_path(rt)}: {refused}\n")
     with pytest.raises(PeerRefused) as e:
         ControlClient(control_socket_path(rt), timeout=30)
     assert (e.value.pid, e.value.uid, e.value.role) == (forged.pid, OTHER_UID, "stubdom-teed")
@@ -203,7 +204,7 @@ def test_platform_command_refuses_another_users_daemon_and_creates_no_domain(tmp
 # -- the control socket: the daemon refuses another user's client -------------------------------------------
 
 
-def test_daemon_closes_on_another_users_control_client_before_reading_a_byte(tmp_path, other_user):  # noqa: F811
+def test_daemon_closes_on_another_users_control_client_before_reading_a_byte(tmp_path, other_user):
     with Stack(tmp_path) as stack:
         control = control_socket_path(stack.config.mediator.runtime_dir)
         # the test takes the modes away: only the credential check is left
@@ -222,7 +223,7 @@ def test_daemon_closes_on_another_users_control_client_before_reading_a_byte(tmp
 # -- the SMC gate ---------------------------------------------------------------------------------------------
 
 
-def test_gate_refuses_another_users_stub_domain_and_serves_ours(tmp_path, other_user, caplog):  # noqa: F811
+def test_gate_refuses_another_users_stub_domain_and_serves_ours(tmp_path, other_user, caplog):
     path = write_config(tmp_path)
     config = load_config(path)
     with Platform.for_config(config) as platform:
@@ -244,7 +245,7 @@ def test_gate_refuses_another_users_stub_domain_and_serves_ours(tmp_path, other_
             daemon.stop()
 
 
-def test_daemon_refuses_another_users_gate(tmp_path, other_user):  # noqa: F811
+def test_daemon_refuses_another_users_gate(tmp_path, other_user):
     config = write_config(tmp_path)
     rt = ensure_runtime_dir(load_config(config).mediator.runtime_dir)
     (rt / "xen").mkdir(mode=0o700)

@@ -1,5 +1,5 @@
 """The stubdom placement: the platform's trap path over real teeif rings and
-event channels to a minimal daemon (tests/test_stubdom_support.py) that runs
+event channels to a minimal daemon (tests/stubdom_support.py) that runs
 the real mediator core behind the real SMC gate."""
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ from stubdom.platform import (
 from stubdom.public import GATE_OP_HYP, GATE_OP_SMC
 from stubdom.tee import TeeConfig
 from stubdom.tee.tas import INCREMENT_UUID
-
-from test_stubdom_support import MiniDaemon
+from stubdom_support import MiniDaemon
 
 NR_FRAMES = 16384  # holds the static region at 0x42000000
 LONG_MS = 60_000  # a bound no passing test comes near: only a hang would reach it
@@ -142,7 +141,7 @@ def test_several_vcpus_in_flight_each_get_their_own_answer(world) -> None:
              regs(OPTEE_SMC_CALL_GET_OS_REVISION), regs(OPTEE_SMC_GET_THREAD_COUNT)]
     expected = [platform.tee.smc(c[:7] + (2,)) for c in calls]
     results: dict[int, tuple] = {}
-    for rnd in range(3):
+    for _ in range(3):
         threads = [threading.Thread(target=lambda v: results.__setitem__(v, entry(v, calls[v])), args=(v,))
                    for v in range(4)]
         for t in threads:

@@ -9,19 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-
+from daemon_support import config_file
 from stubdom.platform import run_platform
 from stubdom.platform.run import EXIT_CONFIG, EXIT_NO_DAEMON
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def config_file(tmp_path: Path) -> Path:
-    text = (REPO / "configs" / "xen.yaml").read_text()
-    assert "runtime_dir: null " in text
-    path = tmp_path / "xen.yaml"
-    path.write_text(text.replace("runtime_dir: null ", f"runtime_dir: {tmp_path / 'rt'} "))
-    return path
 
 
 def test_no_daemon_is_a_clear_message_and_nothing_left_behind(tmp_path: Path) -> None:

@@ -30,8 +30,7 @@ from stubdom.optee import (
 )
 from stubdom.tee import BadRegisters, BadTeeConfig, TeeConfig
 from stubdom.xen import OPTEE_SHMEM_SIZE, OPTEE_SHMEM_START
-
-from test_tee_support import make_machine, make_tee, regs
+from tee_support import make_machine, make_tee, regs
 
 OK, EBUSY, ENOTAVAIL, UNKNOWN = 0, 2, 7, 0xFFFFFFFF
 # Caller's junk in every register a handler must not touch.

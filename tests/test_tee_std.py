@@ -72,8 +72,7 @@ from stubdom.tee.tas import (
     WAIT_UUID,
 )
 from stubdom.xen import OPTEE_SHMEM_START, PAGE_SIZE
-
-from test_tee_support import NIL, hi, lo, regs, setup_guests, value_in, value_inout, value_out
+from tee_support import NIL, hi, lo, regs, setup_guests, value_in, value_inout, value_out
 
 OK, ETHREAD_LIMIT, EBUSY, ERESUME, EBADADDR, EBADCMD, ENOTAVAIL = 0, 1, 2, 3, 4, 5, 7
 
@@ -235,7 +234,7 @@ def test_static_region_only_for_its_owner(tmp_path: Path) -> None:
     # early TAs: nothing pins this domain's pages for the RPCs of a TA load
     machine, tee, oracle, _ = setup_guests(tmp_path, config=TeeConfig(ree_tas=frozenset()))
     machine.create_domain(0, nr_pages=64, hwdom=True, direct_mapped=True)
-    from test_tee_support import NormalWorld
+    from tee_support import NormalWorld
 
     nw = NormalWorld(machine, tee, 0, pin=False)
     assert nw.vm_created() == OK

@@ -32,8 +32,7 @@ from stubdom.tee.fs.dirfile import DIRFILE_ENTRY_SIZE
 from stubdom.tee.fs.htree import HEAD_IMAGE_SIZE, NODE_IMAGE_SIZE
 from stubdom.tee.fs.ree_fs import get_offs_size
 from stubdom.tee.tas import STORAGE_CMD_DELETE, STORAGE_CMD_READ, STORAGE_CMD_WRITE, STORAGE_UUID
-
-from test_tee_support import setup_guests
+from tee_support import setup_guests
 
 NAMES = {OPTEE_RPC_FS_OPEN: "OPEN", OPTEE_RPC_FS_CREATE: "CREATE", OPTEE_RPC_FS_CLOSE: "CLOSE",
          OPTEE_RPC_FS_READ: "READ", OPTEE_RPC_FS_WRITE: "WRITE", OPTEE_RPC_FS_REMOVE: "REMOVE"}

@@ -33,8 +33,7 @@ from stubdom.optee import (
 )
 from stubdom.tee import BadTeeConfig, TeeConfig
 from stubdom.tee.tas import DIGEST_UUID, INCREMENT_UUID, STORAGE_UUID, TA_NAMES, WAIT_UUID
-
-from test_tee_support import setup_guests
+from tee_support import setup_guests
 
 UNKNOWN = uuid.UUID("12345678-1234-1234-1234-123456789abc")
 
@@ -55,7 +54,7 @@ def rpc_cmds(nw) -> list[tuple[int, ...]]:
 @pytest.fixture(autouse=True)
 def _requests(monkeypatch):
     """Record every RPC CMD request as the normal world received it."""
-    from test_tee_support import NormalWorld
+    from tee_support import NormalWorld
 
     inner = NormalWorld.supplicant
 

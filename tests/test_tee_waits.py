@@ -13,8 +13,12 @@ from pathlib import Path
 import pytest
 
 from stubdom.optee import (
+    OPTEE_MSG_ATTR_NONCONTIG,
+    OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
+    OPTEE_MSG_ATTR_TYPE_TMEM_INPUT,
     OPTEE_MSG_CMD_CLOSE_SESSION,
     OPTEE_MSG_CMD_INVOKE_COMMAND,
+    OPTEE_RPC_CMD_FS,
     OPTEE_RPC_CMD_NOTIFICATION,
     OPTEE_RPC_CMD_SUSPEND,
     OPTEE_RPC_NOTIFICATION_SEND,
@@ -30,10 +34,6 @@ from stubdom.optee import (
     TEEC_SUCCESS,
     MsgArg,
     MsgParam,
-    OPTEE_MSG_ATTR_NONCONTIG,
-    OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
-    OPTEE_MSG_ATTR_TYPE_TMEM_INPUT,
-    OPTEE_RPC_CMD_FS,
 )
 from stubdom.tee.sync import NOTIF_SYNC_VALUE_BASE
 from stubdom.tee.tas import (
@@ -46,8 +46,7 @@ from stubdom.tee.tas import (
     WAIT_UUID,
 )
 from stubdom.xen import PAGE_SIZE
-
-from test_tee_support import hi, lo, setup_guests, value_in, value_out
+from tee_support import hi, lo, setup_guests, value_in, value_out
 
 OK = 0
 WAIT_KEY = 100  # the wait TA's own key: above every thread's key

@@ -184,7 +184,7 @@ def test_the_trace_command_prints_the_stage_table(tmp_path, tracer):
     finally:
         pl.close()
     path = write_document(tracer.document(), tmp_path / "t.json")
-    r = subprocess.run([sys.executable, "-m", "stubdom", "trace", str(path), "--fn", "GET_OS_REVISION",
+    r = subprocess.run([sys.executable, "-P", "-m", "stubdom", "trace", str(path), "--fn", "GET_OS_REVISION",
                         "--merge", str(tmp_path / "m.json")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "| vCPU | trap |" in r.stdout and "| vCPU | OP-TEE |" in r.stdout

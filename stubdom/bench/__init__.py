@@ -12,8 +12,8 @@ process accounting are stubdom.measure's (shared with the soak run).
 
 from typing import Any
 
-from .counters import OPS as OPS
 from .counters import MEDIATOR_OPS as MEDIATOR_OPS
+from .counters import OPS as OPS
 from .counters import CountingTee as CountingTee
 from .counters import OpCounter as OpCounter
 from .counters import counting_trap as counting_trap
@@ -38,11 +38,34 @@ from .schema import validate as validate
 from .workloads import WORKLOADS as WORKLOADS
 
 __all__ = [
-    "OPS", "MEDIATOR_OPS", "CountingTee", "OpCounter", "counting_trap", "per_call",
-    "BadOption", "BadProfile", "BenchError", "PlacementUnavailable", "SchemaError", "Layout",
-    "JSON_NAME", "REPORT_NAME", "bench_main", "run_bench", "BenchOptions", "parse_options",
-    "PLACEMENT_NAMES", "make_placement", "Profile", "load_profile", "parse_profile", "project",
-    "render_report", "SCHEMA_VERSION", "validate", "WORKLOADS",
+    "BadOption",
+    "BadProfile",
+    "BenchError",
+    "BenchOptions",
+    "CountingTee",
+    "JSON_NAME",
+    "Layout",
+    "MEDIATOR_OPS",
+    "OPS",
+    "OpCounter",
+    "PLACEMENT_NAMES",
+    "PlacementUnavailable",
+    "Profile",
+    "REPORT_NAME",
+    "SCHEMA_VERSION",
+    "SchemaError",
+    "WORKLOADS",
+    "bench_main",
+    "counting_trap",
+    "load_profile",
+    "make_placement",
+    "parse_options",
+    "parse_profile",
+    "per_call",
+    "project",
+    "render_report",
+    "run_bench",
+    "validate",
 ]
 
 

@@ -47,12 +47,12 @@ from stubdom.guest import OpteeDriver, PageAllocator, Supplicant
 from stubdom.hostile import (
     ATTACKS,
     BASE_CAPS,
-    PLACEMENTS as HOSTILE_PLACEMENTS,
     AttackLoop,
     HostileGuest,
     destroy_and_check,
     make_platform,
 )
+from stubdom.hostile import PLACEMENTS as HOSTILE_PLACEMENTS
 from stubdom.measure import latency
 from stubdom.mediator import DomainLimits
 from stubdom.optee import OPTEE_SMC_SEC_CAP_RPC_ARG
@@ -196,9 +196,10 @@ class AttackSweep:
             p = stack.enter_context(make_platform(root, name, limits=ATTACK_LIMITS,
                                                   caps=BASE_CAPS | OPTEE_SMC_SEC_CAP_RPC_ARG, seed=self.seed,
                                                   smc_history=_SMC_HISTORY,
-                                                  domain_limits={d: ATTACKS[a].limits
+                                                  # the attacks with limits of their own, each from its domain
+                                                  domain_limits={d: limits
                                                                  for a, d in attacker_domids().items()
-                                                                 if d != ATTACKER}))
+                                                                 if (limits := ATTACKS[a].limits) is not None}))
             procs = [{"role": "platform", "pid": os.getpid(),
                       "what": "platform process: machine, OP-TEE model, bystander and attacker vCPU threads"
                               + (", SMC gate thread" if name == "stubdom" else ", el2 mediator"),
@@ -223,7 +224,7 @@ class AttackSweep:
                 stack.callback(w.close)
                 calls[wl] = WORKLOADS[wl].prepare(w)
                 drive_block([calls[wl]], self.warmup, rate=None, round_robin=False)
-            gate = p.placement.gate if name == "stubdom" else None
+            gate = p.as_stubdom().gate if name == "stubdom" else None
 
             def gate_calls() -> int:
                 if gate is None:

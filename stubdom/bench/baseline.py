@@ -18,8 +18,8 @@ from .errors import BadOption, SchemaError
 
 __all__ = ["summarize", "load_baseline", "validate_baseline", "BASELINE_KEYS"]
 
-BASELINE_KEYS = {"path": str, "created": str, "argv": list, "mediator_profile": (str, type(None)),
-                 "cells": dict}
+BASELINE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "path": str, "created": str, "argv": list, "mediator_profile": (str, type(None)), "cells": dict}
 
 
 def summarize(doc: Mapping, path: str) -> dict:

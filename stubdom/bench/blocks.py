@@ -41,7 +41,7 @@ def drive_block(calls: list[Callable[[], None]], n: int, *, rate: float | None,
         t = time.perf_counter_ns()
         loop(calls, n, out, t)
         return out, time.perf_counter_ns() - t
-    outs = [[] for _ in calls]
+    outs: list[list[int]] = [[] for _ in calls]
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(calls) + 1)
     start = [0]

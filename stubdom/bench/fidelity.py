@@ -202,7 +202,7 @@ def render(recordings: Sequence[Recording], workloads: Sequence[str]) -> str:
             if any(s != first for s in seqs.values()):
                 raise BenchError(f"{wl} under the {p} profile: the placements' sequences differ: {seqs}")
             L += [f"### `{p}` profile", "", "```", *fold(first), "```", ""]
-        rows = [[f"`{p}`", pl, *(by[(p, pl, wl)].counts[op] for op in CROSSINGS)]
+        rows = [[f"`{p}`", pl, *[str(by[(p, pl, wl)].counts[op]) for op in CROSSINGS]]
                 for p in profiles for pl in placements if (p, pl, wl) in by]
         L += _table(["profile", "placement", *_CROSSING_TITLES], rows) + [""]
     return "\n".join(L)

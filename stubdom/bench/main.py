@@ -39,7 +39,7 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> dict:
     profiles = [load_profile(p) for p in opts.hw_profiles]
     baseline = None if opts.baseline is None else load_baseline(opts.baseline)  # refused before the run
     machine = machine_description()
-    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -4,10 +4,10 @@ written into the result document as is."""
 from __future__ import annotations
 
 import argparse
-from importlib.resources import files
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
+from importlib.resources import files
 from pathlib import Path
 
 from stubdom.mediator.profile import PROFILE_NAMES, XEN_RELEASE

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from stubdom.guest import OpteeDriver, PageAllocator, Supplicant
 from stubdom.guest.trace import TraceEvent
-from stubdom.mediator.profile import XEN, profile_named
 from stubdom.measure import proc_rss_kib, self_cpu_ns
+from stubdom.mediator.profile import XEN, profile_named
 from stubdom.platform import DomainSpec, Platform
 
 from .counters import OPS, CountingTee, OpCounter, counting_trap
@@ -45,7 +45,8 @@ class BenchPlacement(abc.ABC):
         self.layout = layout
         self.seed = seed
         self.mediator_profile = mediator_profile
-        self._guest_trace = guest_trace  # every guest driver's SMCs and RPCs (stubdom.guest.trace), for docs/fidelity.md
+        # every guest driver's SMCs and RPCs (stubdom.guest.trace), for docs/fidelity.md
+        self._guest_trace = guest_trace
         self.counter = OpCounter()
         self.platform: Platform | None = None
         self.drivers: dict[int, OpteeDriver] = {}
@@ -139,8 +140,12 @@ class El2Bench(BenchPlacement):
     def extra_counts(self) -> dict[str, int]:
         if self.platform is None:
             return {}
+        from stubdom.platform.el2 import El2Placement
+
+        placement = self.platform.placement
+        assert isinstance(placement, El2Placement)
         # every domain's together, since the mediator was made (deltas are taken around blocks)
-        return self.platform.placement.mediator.op_counts()
+        return placement.mediator.op_counts()
 
 
 def _stubdom_missing() -> str | None:

@@ -12,18 +12,30 @@ vCPUs), so that layouts with the same number of vCPUs are not one line.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
-from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
+import matplotlib.pyplot as plt  # after the backend is chosen
+from matplotlib.ticker import FixedLocator, NullLocator
+
+if TYPE_CHECKING:
+    from matplotlib.lines import Line2D
 
 __all__ = ["write_plots", "STYLE"]
 
 _ORDER = ("el2", "stubdom", "stubdom-poll", "floor-sleep", "floor-poll")
+
+
+class PlacementStyle(TypedDict):
+    color: str
+    linestyle: str
+    marker: str | None  # None: a line without markers (the C floors)
+
+
 #: One colour and line style per placement, in every plot.
-STYLE = {
+STYLE: dict[str, PlacementStyle] = {
     "el2": {"color": "#1f77b4", "linestyle": "-", "marker": "o"},
     "stubdom": {"color": "#d62728", "linestyle": "-", "marker": "s"},
     "stubdom-poll": {"color": "#2ca02c", "linestyle": "-", "marker": "^"},
@@ -78,7 +90,7 @@ def _cdf(doc: dict, path: Path) -> bool:
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows + 1.0), squeeze=False)
-    seen: dict[str, object] = {}
+    seen: dict[str, Line2D] = {}
     for ax, wl in zip(axes.flat, panels):
         by_pl = dict(cdf[wl])
         by_pl.update(floors)  # the same floors, in the same colours, in every panel
@@ -86,9 +98,10 @@ def _cdf(doc: dict, path: Path) -> bool:
             pts = by_pl[pl]
             if not pts:
                 continue
-            st = STYLE.get(pl, {})
-            line, = ax.plot([p[0] / 1000 for p in pts], [p[1] for p in pts], color=st.get("color"),
-                            linestyle=st.get("linestyle", "-"), linewidth=1.4, label=_LABEL.get(pl, pl))
+            st = STYLE.get(pl)  # a placement without a style: matplotlib's next colour, solid
+            color, linestyle = (st["color"], st["linestyle"]) if st is not None else (None, "-")
+            line, = ax.plot([p[0] / 1000 for p in pts], [p[1] for p in pts], color=color,
+                            linestyle=linestyle, linewidth=1.4, label=_LABEL.get(pl, pl))
             seen.setdefault(_LABEL.get(pl, pl), line)
         ax.set_xscale("log")
         ax.set_ylim(0, 100)
@@ -166,7 +179,6 @@ def _scaling(doc: dict, path: Path) -> bool:
     ax = axes[0]
     layouts = sorted({(c["domains"], c["vcpus_per_domain"]) for c in vc},
                      key=lambda dv: (dv[0] * dv[1], dv[0]))
-    x_of = {dv: i for i, dv in enumerate(layouts)}
     wls = list(dict.fromkeys(c["workload"] for c in vc))
     styles = ("-", ":", "-.", "--")
     series = [(pl, wl) for pl in _ORDER for wl in wls

@@ -258,7 +258,8 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
           f"- Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v),
           f"- Load average at start: {', '.join(f'{x:.2f}' for x in m['loadavg'])}",
           f"- Sweeps: {', '.join(o.get('sweeps', ('workloads', 'vcpus', 'scale')))}. Mode: "
-          f"{'open loop at %g calls/s per vCPU (latency from the intended start)' % o['open_loop_rate'] if o['open_loop_rate'] else 'closed loop'}; "
+          + (f"open loop at {o['open_loop_rate']:g} calls/s per vCPU (latency from the intended start)"
+             if o["open_loop_rate"] else "closed loop") + "; "
           f"seed {o['seed']}; warm-up {o['plan']['warmup']} calls per worker"
           + (f"; {o['plan']['rounds']} interleaved rounds of {o['plan']['block']} calls per worker and placement"
              if cells else ""),
@@ -408,7 +409,8 @@ def _attacks_section(att: dict) -> list[str]:
     rows = []
     for r in att["rows"]:
         lat = r["latency_ns"]
-        verdict = ("**OVER** (" + ", ".join(k for k in ("p50", "p99") if r[f"over_{k}"]) + ")") if r["over"] else "within"
+        verdict = (("**OVER** (" + ", ".join(k for k in ("p50", "p99") if r[f"over_{k}"]) + ")")
+                   if r["over"] else "within")
         rows.append([r["placement"], r["attack"], r["workload"], str(r["calls"]), _us(lat["p50"]),
                      _x(r["p50_ratio_to_quiet"]), _us(r["bound_p50_ns"]), _us(lat["p99"]),
                      _x(r["p99_ratio_to_quiet"]), _us(r["bound_p99_ns"]), _us(lat["max"]),

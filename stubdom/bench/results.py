@@ -151,7 +151,7 @@ def build_document(runner: Runner, opts: BenchOptions, *, argv: list[str], machi
     proj = _projector(profiles)
     cells = [c.to_json(proj) for c in runner.cells]
     ratios = _ratios(cells)
-    placements = {}
+    placements: dict[str, dict[str, object]] = {}  # the document's "placements": name -> a JSON object
     for name in opts.placements:
         if name in runner.skipped:
             placements[name] = {"status": "skipped", "reason": runner.skipped[name]}

@@ -60,7 +60,7 @@ class Cell:
         for k in set(before) | set(after):
             into[k] = into.get(k, 0) + after.get(k, 0) - before.get(k, 0)
 
-    def to_json(self, projection: Callable[["Cell"], dict] | None = None) -> dict:
+    def to_json(self, projection: Callable[[Cell], dict] | None = None) -> dict:
         n = self.calls
         per = (lambda v: v / n) if n else (lambda v: None)
         tr = self.transport

@@ -4,6 +4,7 @@ and a validator that the tests and ``bench_main`` run on every document."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from stubdom.measure import PERCENTILES
 
@@ -15,12 +16,15 @@ __all__ = ["SCHEMA_VERSION", "validate", "TOP_LEVEL", "CELL_KEYS", "ATTACK_ROW_K
 
 SCHEMA_VERSION = 1
 
-TOP_LEVEL = {
+# what a key's value must be: a type, or a tuple of them (isinstance's second argument)
+_Types = type | tuple[type, ...]
+
+TOP_LEVEL: dict[str, _Types] = {
     "schema_version": int, "tool": str, "created": str, "argv": list, "options": dict, "machine": dict,
     "process_layout": dict, "placements": dict, "cells": list, "ratios": list, "profiles": dict,
     "targets": list, "notes": list, "elapsed_s": float,
 }
-CELL_KEYS = {
+CELL_KEYS: dict[str, _Types] = {
     "sweep": str, "domains": int, "vcpus_per_domain": int, "vcpus_total": int, "pages_per_domain": int,
     "workload": str, "placement": str, "issue": str, "calls": int, "latency_ns": dict,
     "throughput_per_s": (float, type(None)), "cpu_ns_per_call": dict, "ops_per_call": (dict, type(None)),
@@ -29,22 +33,24 @@ CELL_KEYS = {
 }
 _SWEEPS = ("workloads", "vcpus", "scale")
 # The optional ``attacks`` section (``--sweeps attacks``): null or an object.
-ATTACKS_KEYS = {
+ATTACKS_KEYS: dict[str, _Types] = {
     "bound": dict, "limits": dict, "attacks": dict, "workloads": list, "rounds": int, "block": int,
     "block_min_s": float,
     "placements": dict, "quiet": list, "rows": list, "rows_over_bound": int, "blocks": list,
 }
-QUIET_KEYS = {
+QUIET_KEYS: dict[str, _Types] = {
     "placement": str, "workload": str, "calls": int, "latency_ns": dict, "block_p50_ns": list,
     "traps_per_call": (int, float), "gate_hypercalls_per_call": (int, float), "lock_takes_per_call": (int, float),
 }
 # Added to the attacks section since it was first written: the bystander's
 # throughput (calls per second of block wall time) and the attacks that run
 # from a domain with limits of their own.
-ATTACKS_OPTIONAL = {"own_limits": dict}
-QUIET_OPTIONAL = {"calls_per_s": (float, type(None))}
-ATTACK_ROW_OPTIONAL = {"calls_per_s": (float, type(None)), "throughput_to_quiet": (float, type(None))}
-ATTACK_ROW_KEYS = {
+ATTACKS_OPTIONAL: dict[str, _Types] = {"own_limits": dict}
+QUIET_OPTIONAL: dict[str, _Types] = {"calls_per_s": (float, type(None))}
+ATTACK_ROW_OPTIONAL: dict[str, _Types] = {
+    "calls_per_s": (float, type(None)), "throughput_to_quiet": (float, type(None)),
+}
+ATTACK_ROW_KEYS: dict[str, _Types] = {
     "placement": str, "attack": str, "workload": str, "calls": int, "latency_ns": dict,
     "quiet_p50_ns": (int, float), "quiet_p99_ns": (int, float), "lock_takes_per_call": (int, float),
     "contenders": int, "lock_wait_allowance_ns": (int, float), "bound_p50_ns": (int, float),
@@ -56,7 +62,7 @@ ATTACK_ROW_KEYS = {
 _PLACEMENTS = ("el2", "stubdom", "stubdom-poll", "floor-sleep", "floor-poll")
 
 
-def _check(where: str, value: object, typ) -> None:
+def _check(where: str, value: object, typ: _Types) -> None:
     if typ is bool:
         if not isinstance(value, bool):
             raise SchemaError(where, value, "expected a boolean")
@@ -65,8 +71,16 @@ def _check(where: str, value: object, typ) -> None:
         raise SchemaError(where, value, f"expected {typ}")
 
 
-def _latency(where: str, lat: object, calls: int) -> None:
-    _check(where, lat, Mapping)
+def _mapping(where: str, value: object) -> Mapping[str, Any]:
+    """``value``, checked to be an object (a JSON document's: its values
+    are checked key by key)."""
+    if not isinstance(value, Mapping):
+        raise SchemaError(where, value, f"expected {Mapping}")  # _check's words
+    return value
+
+
+def _latency(where: str, value: object, calls: int) -> None:
+    lat = _mapping(where, value)
     for key in (*PERCENTILES, "max", "min", "mean", "count"):
         if key not in lat:
             raise SchemaError(f"{where}.{key}", None, "missing")
@@ -78,10 +92,11 @@ def _latency(where: str, lat: object, calls: int) -> None:
         raise SchemaError(where, lat, "percentiles must not decrease")
 
 
-def _keys(where: str, obj: object, keys: Mapping, optional: Mapping | None = None) -> None:
+def _keys(where: str, value: object, keys: Mapping[str, _Types],
+          optional: Mapping[str, _Types] | None = None) -> None:
     """Every key of ``keys`` present with its type; those of ``optional``
     (added since documents were first written) typed when present."""
-    _check(where, obj, Mapping)
+    obj = _mapping(where, value)
     for key, typ in keys.items():
         if key not in obj:
             raise SchemaError(f"{where}.{key}", None, "missing")
@@ -91,7 +106,7 @@ def _keys(where: str, obj: object, keys: Mapping, optional: Mapping | None = Non
             _check(f"{where}.{key}", obj[key], typ)
 
 
-def _validate_attacks(sec: Mapping) -> None:
+def _validate_attacks(sec: Mapping[str, Any]) -> None:
     """The attacks section; the bound of every row must be the one its
     recorded numbers give (docs/bench-schema.md)."""
     _keys("$.attacks", sec, ATTACKS_KEYS, ATTACKS_OPTIONAL)
@@ -140,7 +155,7 @@ def _validate_attacks(sec: Mapping) -> None:
         raise SchemaError("$.attacks.rows_over_bound", sec["rows_over_bound"], f"{over} rows are over the bound")
 
 
-def validate(doc: Mapping) -> None:
+def validate(doc: Mapping[str, Any]) -> None:
     """Raise SchemaError at the first departure from docs/bench-schema.md."""
     _check("$", doc, Mapping)
     for key, typ in TOP_LEVEL.items():

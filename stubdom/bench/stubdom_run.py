@@ -24,22 +24,24 @@ import sys
 import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from stubdom.guest.trace import TraceEvent
-
 from stubdom.measure import proc_cpu_ns, proc_rss_kib, self_cpu_ns
 from stubdom.platform import Platform
+from stubdom.public.errors import ControlSocketError
 from stubdom.rundir import make_private_dirs
 from stubdom.trace import load_trace
-
-from stubdom.public.errors import ControlSocketError
 
 from .counters import MEDIATOR_OPS, OPS, CountingTee
 from .errors import PlacementUnavailable
 from .layout import Layout
 from .placements import DEFAULT_BENCH_PROFILE, BenchPlacement
+
+if TYPE_CHECKING:
+    from stubdom.platform.stubdom import StubdomPlacement
 
 __all__ = ["StubdomBench", "daemon_config"]
 
@@ -56,7 +58,8 @@ def daemon_config(layout: Layout, runtime_dir: Path, *, poll_window_us: int, see
     return {
         "tee": {"threads": tee.threads_per_guest, "guest_count": tee.guest_count,
                 "capabilities": ["reserved_shm", "dynamic_shm", "virtualization", "memref_null", "rpc_arg"]},
-        "mediator": {"placement": "stubdom", "profile": mediator_profile, "ring_pages": 1, "poll_window_us": poll_window_us,
+        "mediator": {"placement": "stubdom", "profile": mediator_profile, "ring_pages": 1,
+                     "poll_window_us": poll_window_us,
                      "runtime_dir": str(runtime_dir), "call_timeout_ms": 10000, "drain_timeout_ms": 10000,
                      "log_level": "warning"},
         "platform": {"nr_frames": layout.nr_frames, "seed": seed},
@@ -66,6 +69,8 @@ def daemon_config(layout: Layout, runtime_dir: Path, *, poll_window_us: int, see
 
 
 class StubdomBench(BenchPlacement):
+    platform: Platform[StubdomPlacement] | None
+
     def __init__(self, root: Path, layout: Layout, *, seed: int, poll: bool, daemon_cpu: int | None,
                  poll_window_us: int, mediator_profile: str = DEFAULT_BENCH_PROFILE,
                  guest_trace: Callable[[TraceEvent], None] | None = None, trace: bool = False) -> None:
@@ -78,7 +83,7 @@ class StubdomBench(BenchPlacement):
         # --trace: the daemon writes its spans here when it stops (trace_documents)
         self._trace_path = self.root / "daemon-trace.json" if trace else None
 
-    def _make_platform(self) -> Platform:
+    def _make_platform(self) -> Platform[StubdomPlacement]:
         from stubdom.config import load_config
         from stubdom.platform.stubdom import StubdomPlacement
 

@@ -10,11 +10,11 @@ exactly the one operation named: a fast SMC, one INVOKE, or an open+close.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from stubdom import workloads as shared
-from stubdom.guest import IN, INOUT, OUT, Context, OpteeDriver, TempMemref, Value
+from stubdom.guest import IN, INOUT, OUT, Context, DriverNotReady, OpteeDriver, TempMemref, Value
 from stubdom.optee.smc import OPTEE_SMC_CALL_GET_OS_REVISION
 from stubdom.tee.tas import (
     DIGEST_CMD_SHA256,
@@ -37,7 +37,7 @@ STORAGE_BLOB = 4096  # one page of object data: FS + SHM_ALLOC RPCs each way
 class Workload:
     name: str
     description: str
-    prepare: Callable[["Worker"], Callable[[], None]]  # returns the measured call
+    prepare: Callable[[Worker], Callable[[], None]]  # returns the measured call
 
 
 class Worker:
@@ -62,7 +62,10 @@ class Worker:
 
 
 def _fast_call(w: Worker) -> Callable[[], None]:
-    expected = w.driver.info.os_revision  # from the probe, through the same placement
+    info = w.driver.info
+    if info is None:
+        raise DriverNotReady(w.driver.state)
+    expected = info.os_revision  # from the probe, through the same placement
 
     def call() -> None:
         r = w.driver.smc(w.vcpu, OPTEE_SMC_CALL_GET_OS_REVISION)
@@ -79,9 +82,9 @@ def _invoke_value(w: Worker) -> Callable[[], None]:
 
     def call() -> None:
         v = state[0]
-        out = session.invoke(TA_INCREMENT_CMD_INC_VALUE, [Value(v, 0, INOUT)])
-        if out[0].a != v + 1:
-            raise shared.WorkloadFailed("invoke_value", f"{v} + 1 came back as {out[0].a}")
+        out = shared.output_param(session.invoke(TA_INCREMENT_CMD_INC_VALUE, [Value(v, 0, INOUT)]), 0, Value)
+        if out.a != v + 1:
+            raise shared.WorkloadFailed("invoke_value", f"{v} + 1 came back as {out.a}")
         state[0] = (v + 1) & 0xFFFF
 
     return call
@@ -97,7 +100,7 @@ def _digest(pages: int) -> Callable[[Worker], Callable[[], None]]:
         def call() -> None:
             out = session.invoke(DIGEST_CMD_SHA256, [TempMemref(data, IN),
                                                       TempMemref(size=SHA256_SIZE, direction=OUT)])
-            if out[1].data != want:
+            if shared.output_param(out, 1, TempMemref).data != want:
                 raise shared.WorkloadFailed(f"digest_{pages}p", "digest differs from hashlib's")
 
         return call
@@ -115,7 +118,7 @@ def _storage_rw(w: Worker) -> Callable[[], None]:
         session.invoke(STORAGE_CMD_WRITE, [TempMemref(object_id, IN), TempMemref(blob, IN)])
         out = session.invoke(STORAGE_CMD_READ, [TempMemref(object_id, IN),
                                                  TempMemref(size=len(blob), direction=OUT)])
-        if out[1].data != blob:
+        if shared.output_param(out, 1, TempMemref).data != blob:
             raise shared.WorkloadFailed("storage_rw", f"object {object_id!r} read back differs")
 
     return call

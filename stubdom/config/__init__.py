@@ -29,15 +29,15 @@ from .model import StaticShmConfig as StaticShmConfig
 from .tee import TeeConfig as TeeConfig
 
 __all__ = [
-    "EMBEDDED_NAME",
-    "LOG_LEVELS",
-    "PLACEMENTS",
     "BadTeeConfig",
     "Config",
     "ConfigError",
     "DomainConfig",
     "DomainPolicy",
+    "EMBEDDED_NAME",
+    "LOG_LEVELS",
     "MediatorConfig",
+    "PLACEMENTS",
     "PlatformConfig",
     "RateLimit",
     "StaticShmConfig",

@@ -15,6 +15,7 @@ import re
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 __all__ = [
     "Invalid",
@@ -104,9 +105,10 @@ class Number(Converter):
     def __call__(self, value: object) -> float:
         if type(value) not in (int, float):
             raise self.wrong_type(value)
-        if not math.isfinite(value) or not 0 < value <= self.hi:
-            raise Invalid(f"{value} is out of range {self.range_text}")
-        return float(value)
+        number = cast("int | float", value)  # exactly int or float (bool refused), as checked
+        if not math.isfinite(number) or not 0 < number <= self.hi:
+            raise Invalid(f"{number} is out of range {self.range_text}")
+        return float(number)
 
 
 class Boolean(Converter):

@@ -126,7 +126,8 @@ def _syntax_problem(source: str, e: yaml.MarkedYAMLError) -> str:
     unclosed bracket or quote is far below where it was opened
     (context_mark)."""
     problem, context = e.problem_mark, e.context_mark
-    line = (problem or context).line + 1 if (problem or context) is not None else 1
+    mark = problem or context
+    line = mark.line + 1 if mark is not None else 1
     text = e.problem or "malformed YAML"
     if e.context and context is not None and (problem is None or context.line != problem.line
                                               or context.column != problem.column):
@@ -158,7 +159,7 @@ def runtime_dir_of(path: str | Path | None) -> Path:
     if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"):
         return default_runtime_dir()
     walker = _Walker(source, path.resolve().parent)
-    key = SCHEMA.by_name["mediator"].kind.by_name["runtime_dir"]
+    key = SCHEMA.by_name["mediator"].section.by_name["runtime_dir"]
     ok, value = walker.value(node, key, "mediator.runtime_dir")
     if not ok:
         walker.problems.sort(key=lambda p: p[0])
@@ -252,18 +253,20 @@ class _Walker:
             if not isinstance(node, yaml.SequenceNode):
                 self.problem(_line(node), path, f"expected {kind.type_name}, got {self._kind(node)}")
                 return False, None
-            items = []
+            sections = []
             for i, item in enumerate(node.value):
                 sub = f"{path}[{i}]"
                 self.lines[sub] = _line(item)
                 got = self.section(item, kind.section, sub)
-                items.append(got)
-            return True, items
+                sections.append(got)
+            return True, sections
         if isinstance(kind, ListOf):
             if not isinstance(node, yaml.SequenceNode):
                 self.problem(_line(node), path, f"expected {kind.type_name}, got {self._kind(node)}")
                 return False, None
-            items, seen, ok = [], {}, True
+            items: list[object] = []
+            seen: dict[object, int] = {}
+            ok = True
             for i, item in enumerate(node.value):
                 sub = f"{path}[{i}]"
                 good, v = self.scalar(item, kind.item, sub)
@@ -326,12 +329,12 @@ class _Walker:
         mediator_v = v.get("mediator") or {}
         tee = self.build_tee(tee_v)
         static = self.build_static_shm(tee_v.get("static_shm") or {}, platform_v)
-        mediator_kv = {k.name: mediator_v.get(k.name, k.default) for k in SCHEMA.by_name["mediator"].kind.keys}
+        mediator_kv = {k.name: mediator_v.get(k.name, k.default) for k in SCHEMA.by_name["mediator"].section.keys}
         if mediator_kv["runtime_dir"] is None:  # chosen here, for the user loading the file
             mediator_kv["runtime_dir"] = default_runtime_dir()
         mediator = MediatorConfig(**mediator_kv)
         platform = PlatformConfig(**{k.name: platform_v.get(k.name, k.default)
-                                     for k in SCHEMA.by_name["platform"].kind.keys})
+                                     for k in SCHEMA.by_name["platform"].section.keys})
         defaults_v = v.get("defaults") or {}
         profile = profile_named(mediator.profile)
         default_policy = self.build_policy(defaults_v, {}, "defaults", declared=None, profile=profile)
@@ -343,7 +346,7 @@ class _Walker:
                       domains=domains, default_policy=default_policy, source=self.source)
 
     def build_tee(self, t: dict[str, Any]) -> TeeConfig | None:
-        key = SCHEMA.by_name["tee"].kind.by_name
+        key = SCHEMA.by_name["tee"].section.by_name
         names = t.get("capabilities", key["capabilities"].default)
         caps = 0
         for i, name in enumerate(names):
@@ -363,7 +366,7 @@ class _Walker:
                          f"with NULL memrefs, and the mediator needs dynamic shared memory")
             return None
         rev = t.get("os_revision") or {}
-        rkeys = key["os_revision"].kind.keys
+        rkeys = key["os_revision"].section.keys
         rv = {k.name: rev.get(k.name, k.default) for k in rkeys}
         fields = dict(
             threads_per_guest=t.get("threads", key["threads"].default),
@@ -377,7 +380,7 @@ class _Walker:
             max_shm_pages=t.get("max_shm_pages", key["max_shm_pages"].default),
         )
         tas = t.get("tas") or {}
-        kinds = {k.name: tas.get(k.name, k.default) for k in key["tas"].kind.keys}
+        kinds = {k.name: tas.get(k.name, k.default) for k in key["tas"].section.keys}
         if any(x is None for x in kinds.values()):
             return None
         fields["ree_tas"] = frozenset(name for name, kind in kinds.items() if kind == "ree")
@@ -390,7 +393,7 @@ class _Walker:
             return None
 
     def build_static_shm(self, s: dict[str, Any], platform_v: dict[str, Any]) -> StaticShmConfig:
-        keys = SCHEMA.by_name["tee"].kind.by_name["static_shm"].kind.by_name
+        keys = SCHEMA.by_name["tee"].section.by_name["static_shm"].section.by_name
         base = s.get("base", keys["base"].default)
         size = s.get("size", keys["size"].default)
         if base % _PAGE:
@@ -399,7 +402,7 @@ class _Walker:
         if size % _PAGE:
             self.problem(self.line("tee.static_shm.size", "tee"), "tee.static_shm.size",
                          f"{size:#x} is not a whole number of pages")
-        nr_frames = platform_v.get("nr_frames", SCHEMA.by_name["platform"].kind.by_name["nr_frames"].default)
+        nr_frames = platform_v.get("nr_frames", SCHEMA.by_name["platform"].section.by_name["nr_frames"].default)
         ram_end = DEFAULT_RAM_BASE + nr_frames * _PAGE
         if not DEFAULT_RAM_BASE <= base or base + size > ram_end:
             self.problem(self.line("tee.static_shm.base", "tee"), "tee.static_shm",
@@ -443,7 +446,7 @@ class _Walker:
                              f"{u} is also in ta_allow: list it in one of them")
                 ok = False
         lim = {**(base.get("limits") or {}), **(d.get("limits") or {})}
-        lkeys = {k.name: k for k in keys["limits"].kind.keys}
+        lkeys = {k.name: k for k in keys["limits"].section.keys}
         lv = {n: lim.get(n, k.default) for n, k in lkeys.items()}
         if lv["pages_per_buffer"] > lv["total_pages"]:
             self.problem(where("limits"), f"{path}.limits",
@@ -488,7 +491,7 @@ class _Walker:
 
     def build_domains(self, items: list[dict[str, Any] | None], defaults_v: dict[str, Any],
                       tee: TeeConfig | None, profile: Profile) -> tuple[DomainConfig, ...] | None:
-        keys = SCHEMA.by_name["domains"].kind.section.by_name
+        keys = SCHEMA.by_name["domains"].section_list.section.by_name
         out: list[DomainConfig] = []
         ok = True
         domid_at: dict[int, int] = {}

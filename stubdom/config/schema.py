@@ -16,6 +16,7 @@ Layout::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from stubdom.mediator.limits import (
     DEFAULT_MAX_CALLS,
@@ -84,10 +85,26 @@ class Key:
     it means."""
 
     name: str
-    kind: object  # Converter | ListOf | Section | SectionList
-    default: object
+    kind: Converter | ListOf | Section | SectionList
+    default: Any  # REQUIRED, or a value of the type its kind converts to
     doc: str
     nullable: bool = False
+
+    @property
+    def section(self) -> Section:
+        """The section of a key whose value is a mapping (TypeError for any
+        other: a slip in the loader's reading of the schema)."""
+        if not isinstance(self.kind, Section):
+            raise TypeError(f"key {self.name!r} is {self.kind.type_name}, not a mapping")
+        return self.kind
+
+    @property
+    def section_list(self) -> SectionList:
+        """The list of sections of a key whose value is a list of mappings
+        (TypeError for any other)."""
+        if not isinstance(self.kind, SectionList):
+            raise TypeError(f"key {self.name!r} is {self.kind.type_name}, not a list of mappings")
+        return self.kind
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ from stubdom.trace import TRACER
 from .control import ControlServer
 from .daemon import Daemon
 from .errors import GateUnavailable, JournalCorrupt, StartupError
+from .gateport import GatePort
 from .journal import JOURNAL_FILE, Journal, Replay
 from .journal import load as load_journal
-from .gateport import GatePort
 from .logs import MEDIATOR_LOGGER, DomainLevelFilter, event, setup_logging
 
 __all__ = ["run_daemon", "loaded_packages", "EXIT_OK", "EXIT_STARTUP", "EXIT_CONFIG"]
@@ -297,7 +297,7 @@ async def _serve_with(signals, config, config_path, load_config, logger: logging
             journal.close()
         event(logger, logging.INFO, "stopped", loaded=loaded_packages())
         if daemon.platform_gone:
-            print(f"stubdom-teed: the platform closed the SMC gate (it stopped); stopped with it",
+            print("stubdom-teed: the platform closed the SMC gate (it stopped); stopped with it",
                   file=err, flush=True)
         return EXIT_OK
     finally:

@@ -134,6 +134,7 @@ class RingPoller:
 
     def _unregister(self, fd: int) -> None:
         del self._fd_slot[fd]
+        assert self._epoll is not None  # a channel is registered only in a poller's epoll set
         try:
             self._epoll.unregister(fd)
         except (OSError, ValueError):
@@ -183,6 +184,8 @@ class RingPoller:
         """Arm every parked ring; if none has work, sleep on their channels
         until a notification (or a newly parked backend). True: our own ring
         may have requests."""
+        epoll = self._epoll
+        assert epoll is not None  # only a poller with a window (window_ns > 0) parks rings to sleep on
         mine = woke = False
         for slot in list(self._parked):
             try:
@@ -198,34 +201,35 @@ class RingPoller:
                 continue
             fd = self._chans[slot].fileno()
             if fd not in self._fd_slot:
-                self._epoll.register(fd, select.EPOLLIN)
+                epoll.register(fd, select.EPOLLIN)
                 self._fd_slot[fd] = slot
         if mine or woke:
             return mine
         self.windows_over += 1
         try:
             with trio.CancelScope() as self._idle:
-                await trio.lowlevel.wait_readable(self._epoll.fileno())
+                await trio.lowlevel.wait_readable(epoll.fileno())
         finally:
             self._idle = None
-        for fd, _ in self._epoll.poll(0):
-            slot = self._fd_slot.get(fd)
-            if slot is None:
+        for fd, _ in epoll.poll(0):
+            owner = self._fd_slot.get(fd)
+            if owner is None:
                 continue
-            if slot != own and slot not in self._parked:
+            if owner != own and owner not in self._parked:
                 self._unregister(fd)  # its owner is awake and will drain it
                 continue
+            result: outcome.Outcome[bool]
             try:
-                self._chans[slot].drain()
+                self._chans[owner].drain()
                 result = outcome.Value(True)
             except (ring.PeerDied, ring.RingError, OSError) as e:
                 self._unregister(fd)
                 result = outcome.Error(e)
-            if slot == own:
+            if owner == own:
                 result.unwrap()
                 mine = True
             else:
-                self._wake(slot, result)
+                self._wake(owner, result)
         return mine
 
 
@@ -258,14 +262,15 @@ class DomainBackend:
         self.state = "created"  # created → connected → (peer-died | broken) → closed
         self.connections = 0
         directory.mkdir(mode=0o700, exist_ok=True)
-        self.ring = self._attach(ring_pages) if attach and self.ring_path.exists() else None
-        if self.ring is not None:
-            ring_pages = self.ring.ring_pages
+        attached = self._attach(ring_pages) if attach and self.ring_path.exists() else None
+        if attached is not None:
+            ring_pages = attached.ring_pages
         else:
             # a domain never inherits a stale ring (ring is O_EXCL): files left
             # by a daemon that died are ours to replace
             self.ring_path.unlink(missing_ok=True)
-            self.ring = ring.BackRing.create(self.ring_path, ring_pages)
+            attached = ring.BackRing.create(self.ring_path, ring_pages)
+        self.ring: ring.BackRing = attached
         try:
             self.listener = ring.EventChannelListener(self.evtchn_path, replace=True)
         except BaseException:
@@ -310,7 +315,7 @@ class DomainBackend:
         rsps = ring.response_buffer(nr)
         while True:
             await self.listener.wait_readable()
-            self.channel = self.listener.accept(timeout=0)
+            self.channel = chan = self.listener.accept(timeout=0)
             self.connections += 1
             self.state = "connected"
             # a frontend can connect as often as it likes: its domain's limit
@@ -320,8 +325,8 @@ class DomainBackend:
                 # were never announced to this frontend, which may already be
                 # asleep on them (docs/protocol.md, "Restarts").
                 if self.ring.recheck_notify():
-                    self.channel.notify()
-                await self._serve_channel(reqs, rsps, nr)
+                    chan.notify()
+                await self._serve_channel(chan, reqs, rsps, nr)
             except ring.PeerDied:
                 self.state = "peer-died"
                 self.log.event(logging.WARNING, "frontend_died", connection=self.connections)
@@ -340,12 +345,11 @@ class DomainBackend:
                     self._poller.forget(self.ring)
                 self._close_channel()
 
-    async def _serve_channel(self, reqs, rsps, nr: int) -> None:
-        chan = self.channel
+    async def _serve_channel(self, chan: ring.EventChannel, reqs, rsps, nr: int) -> None:
         ring_ = self.ring
         while True:
             if TRACER.on:
-                await self._serve_traced(reqs, rsps, nr)
+                await self._serve_traced(chan, reqs, rsps, nr)
                 continue
             n = ring_.pop_raw(reqs, nr)
             if n:
@@ -383,11 +387,10 @@ class DomainBackend:
             await chan.wait_readable()
             chan.drain()  # PeerDied once the last notifications are drained
 
-    async def _serve_traced(self, reqs, rsps, nr: int) -> None:
+    async def _serve_traced(self, chan: ring.EventChannel, reqs, rsps, nr: int) -> None:
         """One turn of _serve_channel's loop with tracing on: the same steps,
         and the spans of the requests the frontend marked as sampled
         (stubdom.trace.TRACE_ID_BIT in their id)."""
-        chan = self.channel
         ring_ = self.ring
         t0 = now_ns()
         n = ring_.pop_raw(reqs, nr)

@@ -46,14 +46,14 @@ class CallJournal:
         self._snapshot = snapshot
         self._logger = logger
         self.healthy = journal is not None
-        self.created: dict[int, dict] = {}  # each served domain's ``domain`` record
+        self.created: dict[int, jr.DomainEntry] = {}  # each served domain's ``domain`` record
         self._seq = 0  # numbers ``begin`` records
 
     @property
     def kept(self) -> bool:
         return self.journal is not None
 
-    def domain(self, created: dict) -> None:
+    def domain(self, created: jr.DomainEntry) -> None:
         """Record a domain about to get its partition (before VM_CREATED: a
         restart must know of every partition it may own). Raises
         JournalWriteError; the daemon then refuses the domain."""
@@ -65,7 +65,7 @@ class CallJournal:
             self.failed(e)
             raise
 
-    def serving(self, domid: int, created: dict) -> None:
+    def serving(self, domid: int, created: jr.DomainEntry) -> None:
         """``domid`` is served from now on (its snapshots are journaled)."""
         if self.journal is not None:
             self.created[domid] = created
@@ -121,7 +121,7 @@ class CallJournal:
         (startup, and after a write failure). True if it is healthy again."""
         if self.journal is None:
             return False
-        records = []
+        records: list[jr.Entry] = []
         for domid in sorted(self.created):
             records.append(self.created[domid])
             try:

@@ -68,7 +68,7 @@ def ctl_main(argv: Sequence[str] | None = None, *, out=None, err=None) -> int:
     op, name, kind, required = _COMMANDS[args.command]
     request: dict = {}
     if args.argument is not None:
-        if name is None:
+        if name is None or kind is None:
             parser.error(f"{args.command} takes no argument")
         try:
             request[name] = kind(args.argument)

@@ -15,13 +15,14 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from stubdom.mediator import StdCall, call_intent
 from stubdom.mediator.errors import DomainAlreadyInitialised, DomainRefused, TeardownInvariantBroken
-from stubdom.optee.smccc import function_id
 from stubdom.optee.smc import (
     OPTEE_SMC_CALL_RETURN_FROM_RPC,
     OPTEE_SMC_CALL_WITH_ARG,
@@ -31,6 +32,7 @@ from stubdom.optee.smc import (
     OPTEE_SMC_EXCHANGE_CAPABILITIES,
     OPTEE_SMC_RETURN_ENOTAVAIL,
 )
+from stubdom.optee.smccc import function_id
 from stubdom.public.control import PROTOCOL_VERSION, Request
 from stubdom.public.errors import ControlError, ErrorCode
 from stubdom.trace import TRACER, now_ns
@@ -45,6 +47,12 @@ from .leases import Leases
 from .logs import LEVELS, event
 from .policyview import NOW_KEYS, mediator_limits, policy_changes, policy_record
 from .recovery import GATE_FAILURES, Recovery
+
+if TYPE_CHECKING:
+    from stubdom.config import Config
+    from stubdom.mediator import Mediator
+    from stubdom.policy import PolicyEngine
+    from stubdom.xen import Machine
 
 __all__ = ["Daemon", "DUMP_LIST_CAP"]
 
@@ -67,6 +75,13 @@ _STATE_FUNCS = _BEGIN_FUNCS | {OPTEE_SMC_EXCHANGE_CAPABILITIES}
 _ENOTAVAIL = (OPTEE_SMC_RETURN_ENOTAVAIL,) + (0,) * 7
 
 
+
+class GateCounters(Protocol):
+    """What the daemon reads of its end of the SMC gate: the counters the
+    ``stats`` op reports (app.py's _GateStats over the GatePort)."""
+
+    def statistics(self) -> dict[str, Any]: ...
+
 class _CallHooks:
     """The mediator's hooks for one call (stubdom/mediator/hooks.py): the
     policy view the call arrived under decides an OPEN_SESSION; the
@@ -88,6 +103,8 @@ class _CallHooks:
         self._backend.stats.refusals[refusal.reason] += 1
         self._backend.log.event(logging.WARNING, "open_session_refused", reason=refusal.reason,
                                 detail=refusal.describe())
+        # an open-session refusal is message-level: it carries ret and origin
+        assert refusal.msg_ret is not None and refusal.msg_origin is not None
         return refusal.msg_ret, refusal.msg_origin
 
     def before_std_call(self, domid: int, call: StdCall) -> bool:
@@ -106,8 +123,9 @@ class _CallHooks:
 class Daemon:
     """One stub domain's mediator service."""
 
-    def __init__(self, *, config, config_path: str | None, policy, mediator, gate_port,
-                 machine, logger: logging.Logger, load_config, placement: str = "stubdom",
+    def __init__(self, *, config: Config, config_path: str | None, policy: PolicyEngine, mediator: Mediator,
+                 gate_port: GateCounters, machine: Machine, logger: logging.Logger,
+                 load_config: Callable[[str | None], Config], placement: str = "stubdom",
                  journal: jr.Journal | None = None) -> None:
         self.config = config
         self.config_path = config_path

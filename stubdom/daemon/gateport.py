@@ -60,7 +60,7 @@ class GatePort:
         if status != 0:
             self.failures += 1
             raise GateRefused(name, domid, status, regs[0])
-        return tuple(out)  # type: ignore[return-value]
+        return tuple(out)
 
     def statistics(self) -> dict:
         return {"smc_calls": self.smc_calls, "hyp_calls": self.hyp_calls, "failures": self.failures}

@@ -28,8 +28,10 @@ import errno
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, NotRequired, TypedDict, cast
 
 import msgpack
 
@@ -37,8 +39,11 @@ from stubdom.rundir import FILE_MODE
 
 from .errors import JournalCorrupt, JournalWriteError
 
+if TYPE_CHECKING:
+    from stubdom.mediator import DomainLimits, Intent, Snapshot
+
 __all__ = ["Journal", "Replay", "DomainRecord", "load", "JOURNAL_FILE", "JOURNAL_MAGIC",
-           "JOURNAL_VERSION"]
+           "JOURNAL_VERSION", "DomainEntry", "StateEntry", "BeginEntry", "GoneEntry", "Entry"]
 
 JOURNAL_FILE = "journal"
 JOURNAL_MAGIC = b"SDTJRNL\0"
@@ -51,14 +56,52 @@ _TYPES = {"domain": ("domid", "hwdom", "direct_mapped", "limits", "static_shm"),
           "state": ("domid", "snap"), "begin": ("domid", "id", "fn"), "gone": ("domid",)}
 
 
+# The records, as written by the constructors at the end of this module.
+# :func:`load` checks a record's type, its keys and its domid; the values
+# are the ones written (the CRC vouches for the bytes), and the mediator
+# checks a snapshot again when it restores one (BadSnapshot).
+
+class DomainEntry(TypedDict):
+    t: Literal["domain"]
+    domid: int
+    hwdom: bool
+    direct_mapped: bool
+    limits: list[int]  # DomainLimits' fields, in order
+    static_shm: bool
+
+
+class StateEntry(TypedDict):
+    t: Literal["state"]
+    domid: int
+    snap: Snapshot
+
+
+class BeginEntry(TypedDict):
+    t: Literal["begin"]
+    domid: int
+    id: int
+    fn: int
+    tid: NotRequired[int]
+    intent: NotRequired[Intent | None]
+    set_aside: NotRequired[str]  # added by recovery: what of the call was set aside (never written)
+
+
+class GoneEntry(TypedDict):
+    t: Literal["gone"]
+    domid: int
+
+
+Entry = DomainEntry | StateEntry | BeginEntry | GoneEntry
+
+
 @dataclass
 class DomainRecord:
     """What the journal says of one domain that was not destroyed."""
 
     domid: int
-    created: dict  # its ``domain`` record
-    snap: dict | None = None  # the last ``state``; None: created, VM_CREATED not confirmed
-    open_call: dict | None = None  # a ``begin`` with no ``state`` after it
+    created: DomainEntry  # its ``domain`` record
+    snap: Snapshot | None = None  # the last ``state``; None: created, VM_CREATED not confirmed
+    open_call: BeginEntry | None = None  # a ``begin`` with no ``state`` after it
 
     @property
     def clean(self) -> bool:
@@ -130,10 +173,11 @@ def _apply(path: Path, pos: int, replay: Replay, rec) -> None:
     else:
         if not isinstance(rec["snap"], dict):
             raise JournalCorrupt(path, pos, f"state record for d{domid} without a snapshot")
-        d.snap, d.open_call = rec["snap"], None
+        # a map: whether it describes a context, the mediator checks on restore (BadSnapshot)
+        d.snap, d.open_call = cast("Snapshot", rec["snap"]), None
 
 
-def _frame(rec: dict) -> bytes:
+def _frame(rec: Entry) -> bytes:
     body = msgpack.packb(rec, use_bin_type=True)
     return _FRAME.pack(len(body), zlib.crc32(body)) + body
 
@@ -143,7 +187,8 @@ class Journal:
 
     ``write`` is os.write unless a test injects failures (a full disk)."""
 
-    def __init__(self, path: Path, *, write=os.write, fsync=os.fsync) -> None:
+    def __init__(self, path: Path, *, write: Callable[[int, memoryview], int] = os.write,
+                 fsync: Callable[[int], None] = os.fsync) -> None:
         self.path = Path(path)
         self._write = write
         self._fsync = fsync
@@ -155,7 +200,7 @@ class Journal:
 
     # -- whole file ---------------------------------------------------------
 
-    def rewrite(self, records: list[dict]) -> None:
+    def rewrite(self, records: list[Entry]) -> None:
         """Replace the file with the header and ``records`` (a checkpoint):
         written beside it, fsync'd, renamed over it, directory fsync'd. On
         failure the old file stays as it was; raises JournalWriteError."""
@@ -201,7 +246,7 @@ class Journal:
 
     # -- records ------------------------------------------------------------
 
-    def append(self, rec: dict, *, sync: bool = True) -> None:
+    def append(self, rec: Entry, *, sync: bool = True) -> None:
         """One record, one write; fsync'd unless ``sync`` is False. On a
         failure the file is cut back to its last whole record and
         JournalWriteError is raised."""
@@ -231,10 +276,6 @@ class Journal:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             view = view[n:]
 
-    @property
-    def size(self) -> int:
-        return self._size
-
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -248,18 +289,19 @@ class Journal:
 
 # record constructors (one place that knows the field names)
 
-def domain_record(domid: int, *, hwdom: bool, direct_mapped: bool, limits, static_shm: bool) -> dict:
+def domain_record(domid: int, *, hwdom: bool, direct_mapped: bool, limits: DomainLimits,
+                  static_shm: bool) -> DomainEntry:
     return {"t": "domain", "domid": domid, "hwdom": hwdom, "direct_mapped": direct_mapped,
             "limits": [limits.max_calls, limits.max_shm_buffers, limits.max_pages_per_buffer,
                        limits.max_total_pages], "static_shm": static_shm}
 
 
-def state_record(domid: int, snap: dict) -> dict:
+def state_record(domid: int, snap: Snapshot) -> StateEntry:
     return {"t": "state", "domid": domid, "snap": snap}
 
 
 def begin_record(domid: int, request_id: int, function: int, thread: int,
-                 intent: dict | None = None) -> dict:
+                 intent: Intent | None = None) -> BeginEntry:
     """``thread``: a3 of the call (the OP-TEE thread a RETURN_FROM_RPC resumes);
     ``intent``: a standard call's mediator.call_intent (command, session,
     cookie, shadow page), for recovery to undo what OP-TEE did unanswered."""
@@ -267,5 +309,5 @@ def begin_record(domid: int, request_id: int, function: int, thread: int,
             "intent": intent}
 
 
-def gone_record(domid: int) -> dict:
+def gone_record(domid: int) -> GoneEntry:
     return {"t": "gone", "domid": domid}

@@ -13,6 +13,7 @@ waiting for the guest): unresumed by then, it is given up in OP-TEE
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -21,6 +22,11 @@ from stubdom.optee.smc import OPTEE_SMC_CALL_RETURN_FROM_RPC
 from .logs import event
 from .recovery import give_up
 
+if TYPE_CHECKING:
+    from stubdom.mediator import Mediator
+
+    from .calljournal import CallJournal
+
 __all__ = ["Leases"]
 
 
@@ -28,7 +34,8 @@ class Leases:
     """The leases of one daemon. Everything runs in its trio thread, so the
     mediator is never entered from two places at once."""
 
-    def __init__(self, *, mediator, journal, lease_s: float, logger: logging.Logger) -> None:
+    def __init__(self, *, mediator: Mediator, journal: CallJournal, lease_s: float,
+                 logger: logging.Logger) -> None:
         self._mediator = mediator
         self._journal = journal  # CallJournal
         self.lease_s = lease_s

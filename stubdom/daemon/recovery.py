@@ -38,8 +38,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stubdom.mediator import BadSnapshot, expected_pins, without_resumed_call
 from stubdom.optee.smc import OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_RETURN_ENOTAVAIL
@@ -49,6 +51,14 @@ from stubdom.xen.errors import MachineError
 
 from .journal import DomainRecord, Replay
 from .logs import event
+
+if TYPE_CHECKING:
+    from stubdom.mediator import Mediator, Snapshot
+    from stubdom.xen import Machine
+
+    from .backend import DomainBackend
+    from .calljournal import CallJournal
+    from .leases import Leases
 
 __all__ = ["RecoveryPlan", "plan_recovery", "release_domain_frames", "vm_destroyed",
            "remove_domain_dir", "GATE_FAILURES", "GivenUp", "give_up", "Recovery"]
@@ -72,7 +82,7 @@ class RecoveryPlan:
 
 def served_dirs(runtime_dir: Path) -> set[int]:
     """Domains with a ``dom<N>/`` directory: created by a daemon here."""
-    out = set()
+    out: set[int] = set()
     try:
         names = os.listdir(runtime_dir)
     except OSError:
@@ -84,7 +94,7 @@ def served_dirs(runtime_dir: Path) -> set[int]:
     return out
 
 
-def plan_recovery(replay: Replay | None, machine, runtime_dir: Path) -> RecoveryPlan:
+def plan_recovery(replay: Replay | None, machine: Machine, runtime_dir: Path) -> RecoveryPlan:
     """Decide per domain; nothing is changed yet. ``replay`` None: no
     journal could be trusted, nothing is restored."""
     plan = RecoveryPlan()
@@ -129,12 +139,15 @@ def plan_recovery(replay: Replay | None, machine, runtime_dir: Path) -> Recovery
     return plan
 
 
-def _set_aside(rec: DomainRecord, have) -> DomainRecord | None:
+def _set_aside(rec: DomainRecord, have: Mapping[int, int]) -> DomainRecord | None:
     """``rec`` with the call that was in OP-TEE at the kill set aside (see
     :func:`~stubdom.mediator.snapshot.without_resumed_call`), its intent in
     the open call for :func:`settle_lost_call`; None if that call does not
-    explain every pin the snapshot holds that the frame table lacks."""
+    explain every pin the snapshot holds that the frame table lacks (or
+    ``rec`` has no snapshot or no open call: nothing to set aside)."""
     call = rec.open_call
+    if call is None or rec.snap is None:
+        return None
     tid = call.get("tid") if call["fn"] == OPTEE_SMC_CALL_RETURN_FROM_RPC else None
     try:
         out = without_resumed_call(rec.snap, tid, have, call.get("intent"))
@@ -143,11 +156,13 @@ def _set_aside(rec: DomainRecord, have) -> DomainRecord | None:
     if out is None:
         return None
     snap, intent, gone = out
-    return replace(rec, snap=snap, open_call=dict(call, intent=intent if intent else call.get("intent"),
-                                                  set_aside=gone))
+    open_call = call.copy()
+    open_call["intent"] = intent if intent else call.get("intent")
+    open_call["set_aside"] = gone
+    return replace(rec, snap=snap, open_call=open_call)
 
 
-def release_domain_frames(machine, domid: int, snap: dict | None = None) -> int:
+def release_domain_frames(machine: Machine, domid: int, snap: Snapshot | None = None) -> int:
     """Drop every pin the frame table holds for ``domid`` and free its
     hypervisor heap pages (the shadow pages); returns the pins dropped.
     Only once OP-TEE can no longer touch them (after VM_DESTROYED)."""
@@ -167,7 +182,7 @@ def release_domain_frames(machine, domid: int, snap: dict | None = None) -> int:
     return dropped
 
 
-def vm_destroyed(mediator, domid: int) -> tuple[bool, str]:
+def vm_destroyed(mediator: Mediator, domid: int) -> tuple[bool, str]:
     """VM_DESTROYED through the gate: (done, detail)."""
     try:
         r = mediator.vm_destroyed(domid)
@@ -193,20 +208,25 @@ def remove_domain_dir(runtime_dir: Path, domid: int, logger: logging.Logger) -> 
         logger.warning("cannot remove %s: %s", d, e.strerror)
 
 
-def restore(mediator, rec: DomainRecord) -> None:
-    """Raises BadSnapshot if the snapshot does not restore."""
-    if rec.snap.get("domid") != rec.domid:
-        raise BadSnapshot(rec.domid, f"snapshot names d{rec.snap.get('domid')!r}")
-    mediator.restore(rec.snap)
+def restore(mediator: Mediator, rec: DomainRecord) -> Snapshot:
+    """Returns the snapshot restored; raises BadSnapshot if there is none or
+    it does not restore."""
+    snap = rec.snap
+    if snap is None:
+        raise BadSnapshot(rec.domid, "no snapshot (its creation never completed)")
+    if snap.get("domid") != rec.domid:
+        raise BadSnapshot(rec.domid, f"snapshot names d{snap.get('domid')!r}")
+    mediator.restore(snap)
+    return snap
 
 
-def extra_pins(machine, domid: int, want) -> dict[int, int]:
+def extra_pins(machine: Machine, domid: int, want: dict[int, int]) -> dict[int, int]:
     """{mfn: pins} the frame table holds for ``domid`` beyond ``want``."""
     have = machine.pinned_frames(domid)
     return {mfn: n - want.get(mfn, 0) for mfn, n in have.items() if n > want.get(mfn, 0)}
 
 
-def drop_extra_pins(machine, domid: int, want) -> int:
+def drop_extra_pins(machine: Machine, domid: int, want: dict[int, int]) -> int:
     """Release pins the frame table holds for ``domid`` beyond ``want``
     (what the restored context accounts for) and free the hypervisor heap
     pages left with none (shadow pages the dead daemon took). Returns the
@@ -238,7 +258,7 @@ class GivenUp:
     error: str | None  # the gate failed: the call stays suspended, released with the domain
 
 
-def give_up(mediator, domid: int, tid: int) -> GivenUp:
+def give_up(mediator: Mediator, domid: int, tid: int) -> GivenUp:
     """End the call suspended on ``tid`` for a guest that will never resume
     it (its resume was lost with a dead daemon, or its lease ran out):
     abandon it in OP-TEE, then undo what OP-TEE may have done for it that
@@ -261,8 +281,8 @@ class Recovery:
     (not yet started); ``journal`` is the daemon's CallJournal; ``leases``
     gets the restored suspended calls whose guests may have given them up."""
 
-    def __init__(self, *, mediator, machine, runtime_dir: Path, journal, leases, logger: logging.Logger,
-                 serve) -> None:
+    def __init__(self, *, mediator: Mediator, machine: Machine, runtime_dir: Path, journal: CallJournal,
+                 leases: Leases, logger: logging.Logger, serve: Callable[[DomainRecord], DomainBackend]) -> None:
         self._mediator = mediator
         self._machine = machine
         self._runtime_dir = runtime_dir
@@ -279,13 +299,13 @@ class Recovery:
         return {"recovered": self.recovered, "stale_answered": self.stale_answered,
                 "abandoned": self.abandoned, "lost_calls_settled": self.lost_calls_settled}
 
-    def recover(self, replay: Replay | None) -> list:
+    def recover(self, replay: Replay | None) -> list[DomainBackend]:
         """Reconcile what the predecessor left (``replay``: its journal, None
         if there was none or it was refused) with the machine and the secure
         world; returns the backends of the domains served again (to start
         once the journal has been checkpointed)."""
         plan = plan_recovery(replay, self._machine, self._runtime_dir)
-        backends = []
+        backends: list[DomainBackend] = []
         for domid, why in plan.teardown:
             rec = replay.domains.get(domid) if replay is not None else None
             self._tear_down(domid, why, rec.snap if rec else None, logging.WARNING)
@@ -299,13 +319,13 @@ class Recovery:
             backends.append(self._attach(rec))
         for rec in plan.restore:
             try:
-                restore(self._mediator, rec)
+                snap = restore(self._mediator, rec)
             except BadSnapshot as e:
                 # nothing was installed: tear it down (its pins are exactly the snapshot's)
                 self._tear_down(rec.domid, str(e), None, logging.ERROR)
                 continue
             # a call killed before its ``begin`` never reached OP-TEE: its pins go
-            pins = drop_extra_pins(self._machine, rec.domid, expected_pins(rec.snap))
+            pins = drop_extra_pins(self._machine, rec.domid, expected_pins(snap))
             self.recovered["restored"].append(rec.domid)
             dump = self._mediator.dump(rec.domid, 0)
             event(self._logger, logging.INFO, "recovery_restored", domid=rec.domid,
@@ -319,7 +339,7 @@ class Recovery:
                 backends.append(backend)
         return backends
 
-    def _tear_down(self, domid: int, why: str, snap, level: int) -> None:
+    def _tear_down(self, domid: int, why: str, snap: Snapshot | None, level: int) -> None:
         # VM_DESTROYED first: OP-TEE must not touch a frame once it is unpinned
         done, detail = vm_destroyed(self._mediator, domid)
         pins = release_domain_frames(self._machine, domid, snap)
@@ -335,6 +355,7 @@ class Recovery:
         the domain until VM_DESTROYED)."""
         m, domid = self._mediator, rec.domid
         call = rec.open_call
+        assert call is not None  # plan_recovery settles only records with an open call
         intent = call.get("intent")
         abandoned, ended, undone, claims = 0, [], None, []
         extras_free = False
@@ -368,7 +389,7 @@ class Recovery:
               pins_released=pins, pins_held=held, suspended=len(m.suspended(domid)),
               shm_buffers=dump["nr_shm_buffers"])
 
-    def _reset(self, rec: DomainRecord, why: str):
+    def _reset(self, rec: DomainRecord, why: str) -> DomainBackend | None:
         """VM_DESTROYED, every pin released, VM_CREATED: a fresh partition
         and context (the negotiated RPC argument count kept: the guest will
         not negotiate again). None: VM_CREATED failed, torn down."""
@@ -393,7 +414,7 @@ class Recovery:
               vm_destroyed=detail if done else f"refused: {detail}", pins_released=pins)
         return self._attach(rec)
 
-    def _attach(self, rec: DomainRecord):
+    def _attach(self, rec: DomainRecord) -> DomainBackend:
         """Serve the domain again: its backend on the re-attached ring, what
         the dead daemon left on it answered, its restored suspended calls on
         a lease."""
@@ -405,7 +426,7 @@ class Recovery:
         self._journal.serving(rec.domid, rec.created)
         return backend
 
-    def _answer_stale(self, backend) -> None:
+    def _answer_stale(self, backend: DomainBackend) -> None:
         """Every request on the ring now was sent to the dead daemon: its
         frontend has answered (or will answer) the guest ENOTAVAIL. Never run
         one (it may have run already): answer ENOTAVAIL too. A lost
@@ -413,8 +434,10 @@ class Recovery:
         from ring import Response, RingError
 
         domid = backend.domid
+        ring_ = backend.ring
+        assert ring_ is not None  # DomainBackend.__init__ leaves it a ring, attached or created
         try:
-            stale = backend.ring.pop_batch()
+            stale = ring_.pop_batch()
         except Exception as e:  # a corrupted ring: the backend task reports it
             event(self._logger, logging.ERROR, "recovery_ring_unreadable", domid=domid, error=e)
             return
@@ -428,7 +451,7 @@ class Recovery:
                 self.abandoned += given.ended
                 self.lost_calls_settled += given.undone is not None
             try:
-                backend.ring.push(Response(req.id, 0, 0, STALE_ANSWER))
+                ring_.push(Response(req.id, 0, 0, STALE_ANSWER))
             except RingError as e:  # truncated since the pop: the backend task reports it
                 event(self._logger, logging.ERROR, "recovery_ring_unreadable", domid=domid, error=e)
                 return

@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import math
 
-from stubdom.optee.smccc import function_id
 from stubdom.optee.smc import (
     OPTEE_SMC_CALL_RETURN_FROM_RPC,
     OPTEE_SMC_CALL_WITH_ARG,
@@ -19,6 +18,7 @@ from stubdom.optee.smc import (
     OPTEE_SMC_RETURN_RPC_FREE,
     SMC_NAMES,
 )
+from stubdom.optee.smccc import function_id
 
 __all__ = ["DomainStats", "LATENCY_SAMPLE", "function_key", "percentiles"]
 

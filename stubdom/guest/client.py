@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 import threading
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from stubdom.optee.smc import OPTEE_SMC_SEC_CAP_MEMREF_NULL
@@ -51,7 +51,7 @@ from stubdom.optee.teec import (
     TEEC_VALUE_INPUT,
 )
 
-from .driver import OpteeDriver, UnsupportedLogin
+from .driver import CallResult, OpteeDriver, UnsupportedLogin
 from .errors import OutOfGuestPages, ShmRegistrationFailed, StaticShmOutOfMemory, TeecError, TooManyParams
 from .params import TeeParam
 from .shm import Shm
@@ -294,7 +294,9 @@ class Context:
         return session
 
     # -- parameter marshalling (libteec teec_pre_process_operation / post) ----------------
-    def _call(self, run, params: Sequence[Param], vcpu: int):
+    def _call(
+        self, run: Callable[[list[TeeParam]], CallResult], params: Sequence[Param], vcpu: int
+    ) -> tuple[CallResult, list[Param]]:
         if len(params) > TEEC_CONFIG_PAYLOAD_REF_COUNT:
             raise TeecError(TEEC_ERROR_BAD_PARAMETERS, TEEC_ORIGIN_API, f"{len(params)} params")
         temps: list[Shm] = []
@@ -320,6 +322,7 @@ class Context:
         if isinstance(p, Value):
             return TeeParam.value(p.param_type, p.a, p.b, 0)
         if isinstance(p, TempMemref):
+            assert p.size is not None  # TempMemref.__post_init__ sets it from the data when not given
             attr = p.param_type
             if p.data is None and not p.size and self._memref_null():
                 return TeeParam.memref(attr, None, 0, 0)  # TEE_MEMREF_NULL
@@ -368,6 +371,7 @@ class Context:
             if p.direction == IN:
                 return p
             data = p.data
+            assert p.size is not None  # TempMemref.__post_init__ sets it from the data when not given
             if ret == TEEC_SUCCESS and tp.shm is not None:
                 data = tp.shm.read(0, min(tp.size, p.size))
             elif data is not None and len(data) > tp.size:

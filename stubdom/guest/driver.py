@@ -455,7 +455,7 @@ class OpteeDriver:
             if not shm.borrowed:  # a process's pinned pages are its own to give back
                 self.pages.free(shm.pages)
         else:
-            assert self._static is not None
+            assert self._static is not None and shm.paddr is not None  # static: a paddr, no pages
             self._static.free(shm.paddr)
 
     def _free_shm(self, vcpu: int, shm: Shm) -> None:
@@ -534,6 +534,7 @@ class OpteeDriver:
         start = shm.page_offset + offs
         first, in_page = divmod(start, PAGE_SIZE)
         n = pages_needed(size, in_page)
+        assert shm.pages is not None  # a dynamic buffer
         return list(shm.pages[first : first + n]), in_page
 
     def _private_arg(self) -> Shm:
@@ -696,6 +697,7 @@ class OpteeDriver:
             ctx.pages_list = []
 
     def _handle_rpc(self, vcpu: int, rpc_arg, param: list[int], ctx: _CallCtx) -> None:
+        shm: Shm | None
         func = rpc_func(param[0] & _U32)
         if self._trace is not None and func != OPTEE_SMC_RPC_FUNC_CMD:
             self._trace(TraceEvent(vcpu, "rpc", rpc_func_name(func)))

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import errno as _errno
 import os as _os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from stubdom.optee.teec import TEEC_ORIGIN_NAMES
 from stubdom.optee.teec import teec_name as _teec_name
+
+if TYPE_CHECKING:
+    from .client import Param
 
 __all__ = [
     "GuestError",
@@ -183,9 +188,10 @@ class TeecError(GuestError):
     ``ret`` is the TEEC_Result, ``origin`` the TEEC_ORIGIN_* value.
 
     Raised by the client API; ``outputs`` holds whatever output parameters the
-    call produced (e.g. the size needed after TEEC_ERROR_SHORT_BUFFER)."""
+    call produced (e.g. the size needed after TEEC_ERROR_SHORT_BUFFER) when
+    the TEE answered, or a message when the API itself refused the call."""
 
-    def __init__(self, ret: int, origin: int, outputs: object = None) -> None:
+    def __init__(self, ret: int, origin: int, outputs: Sequence[Param] | str | None = None) -> None:
         self.ret = ret
         self.origin = origin
         self.outputs = outputs

@@ -27,9 +27,15 @@ import secrets
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import GuestError, TeeErrno
 from .pages import PAGE_SIZE, PageAllocator
+
+if TYPE_CHECKING:
+    from stubdom.xen import Domain
+
+    from .teeshm import TeeShm
 
 __all__ = ["UserPage", "UserMm", "MmTable", "MAX_BACK_PAGES", "MM_TOKEN_BYTES"]
 
@@ -55,7 +61,7 @@ class UserMm:
     token: bytes
     pid: int
     pages: dict[int, UserPage] = field(default_factory=dict)  # page address -> guest page
-    maps: dict[int, object] = field(default_factory=dict)  # mapping handle -> TeeShm it references
+    maps: dict[int, TeeShm] = field(default_factory=dict)  # mapping handle -> the shm it references
     dead: bool = False
 
 
@@ -63,7 +69,7 @@ class MmTable:
     """Every process's :class:`UserMm`, and the guest pages behind them.
     Thread-safe."""
 
-    def __init__(self, allocator: PageAllocator, domain) -> None:
+    def __init__(self, allocator: PageAllocator, domain: Domain) -> None:
         self._pages = allocator
         self._domain = domain
         self._lock = threading.Lock()
@@ -82,7 +88,7 @@ class MmTable:
             mm = self._mms.get(token)
         return None if mm is None or mm.dead else mm
 
-    def release(self, mm: UserMm) -> list[object]:
+    def release(self, mm: UserMm) -> list[TeeShm]:
         """The process is gone: its pages are no longer mapped (each goes back
         unless pinned). Returns the shm references its mappings held, for the
         caller to drop."""
@@ -116,10 +122,10 @@ class MmTable:
             raise TeeErrno(errno.ENOMEM, str(e)) from None
         for ipa in ipas:
             self._domain.write(ipa, bytes(PAGE_SIZE))  # no stale guest data reaches a process
-        freed = []
+        freed: list[UserPage | int] = []
         with self._lock:
             if mm.dead:
-                freed = ipas
+                freed = list(ipas)
                 ipas = []
             else:
                 for a, ipa in zip(addrs, ipas):
@@ -175,7 +181,7 @@ class MmTable:
         self._free(freed)
 
     # -- shared-memory mappings (a vma holding its tee_shm file) ------------------------
-    def add_map(self, mm: UserMm, shm: object) -> int:
+    def add_map(self, mm: UserMm, shm: TeeShm) -> int:
         """Record that ``mm`` maps ``shm`` (the caller took a reference for
         it); returns the mapping's handle, an unguessable 63-bit number."""
         with self._lock:
@@ -187,12 +193,12 @@ class MmTable:
             mm.maps[handle] = shm
             return handle
 
-    def drop_map(self, mm: UserMm, handle: int) -> object | None:
+    def drop_map(self, mm: UserMm, handle: int) -> TeeShm | None:
         """The mapping is gone; returns the shm whose reference it held."""
         with self._lock:
             return mm.maps.pop(handle, None)
 
-    def find_map(self, handle: int) -> object | None:
+    def find_map(self, handle: int) -> TeeShm | None:
         """The shm a live mapping with this handle holds, in any process (a
         forked child inherits its parent's mappings)."""
         with self._lock:

@@ -82,11 +82,13 @@ class Shm:
             raise ValueError(f"offset {offs} outside a {self.size}-byte buffer")
         if self.paddr is not None:
             return self.paddr + offs
+        pages = self.pages
+        assert pages is not None  # a Shm has either pages or a paddr
         pos = self.page_offset + offs
         index = pos // PAGE_SIZE
-        if index == len(self.pages):  # one past the end, on a page boundary
-            return self.pages[index - 1] + PAGE_SIZE
-        return self.pages[index] + pos % PAGE_SIZE
+        if index == len(pages):  # one past the end, on a page boundary
+            return pages[index - 1] + PAGE_SIZE
+        return pages[index] + pos % PAGE_SIZE
 
     def _spans(self, offs: int, length: int):
         if offs < 0 or length < 0 or offs + length > self.size:

@@ -16,9 +16,11 @@ marked so that its SUPPL_SEND fails with EBADF.
 
 from __future__ import annotations
 
+import enum
 import errno
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Protocol
 
 from stubdom.optee.teec import TEEC_ERROR_COMMUNICATION
 
@@ -34,6 +36,9 @@ from .uapi import (
     TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_INOUT,
     TEE_IOCTL_PARAM_ATTR_TYPE_VALUE_OUTPUT,
 )
+
+if TYPE_CHECKING:
+    from .teecore import TeeContext
 
 __all__ = ["SuppQueue", "SuppParam", "ERESTARTSYS"]
 
@@ -64,7 +69,24 @@ class _Req:
     ret: int = 0
 
 
-_INVALID = object()  # INVALID_REQ_PTR: the requester gave up while the supplicant held the request
+class _Invalid(enum.Enum):
+    REQ_PTR = "INVALID_REQ_PTR"
+
+
+_INVALID: Final = _Invalid.REQ_PTR  # the requester gave up while the supplicant held the request
+
+
+class SuppSubsystem(Protocol):
+    """What the queue needs of the TEE subsystem (TeeSubsystem): the calling
+    process's death, and the supplicant context's buffer ids."""
+
+    def current_killed(self) -> threading.Event: ...
+
+    def supp_shm_get(self, ctx: TeeContext | None, shm_id: int) -> Shm | None: ...
+
+    def supp_shm_put(self, shm: Shm) -> None: ...
+
+    def shm_id_of(self, shm: Shm) -> int: ...
 
 
 def _s32(v: int) -> int:
@@ -81,15 +103,15 @@ class SuppQueue:
     context (TeeSubsystem); ``ctx`` is the supplicant's open context, if any.
     """
 
-    subsystem: object
-    ctx: object = None
+    subsystem: SuppSubsystem
+    ctx: TeeContext | None = None
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _reqs: list[_Req] = field(default_factory=list)
-    _idr: Idr = field(default_factory=Idr)
+    _idr: Idr[_Req | _Invalid] = field(default_factory=Idr)
     _req_id: int = -1
 
     # -- the supplicant's context ------------------------------------------------------
-    def claim(self, ctx: object) -> bool:
+    def claim(self, ctx: TeeContext) -> bool:
         """optee_open on the supplicant device: one context at a time."""
         with self._cond:
             if self.ctx is not None:
@@ -102,7 +124,7 @@ class SuppQueue:
         with self._cond:
             for rid, req in self._idr.items():
                 self._idr.remove(rid)
-                if req is _INVALID:
+                if req is None or req is _INVALID:  # None: an id reserved but not filled (never, here)
                     continue
                 if req.in_queue:
                     self._reqs.remove(req)
@@ -125,7 +147,7 @@ class SuppQueue:
     def process(self, cmd: int, params: list[TeeParam]) -> int:
         """optee_supp_thrd_req: queue, then wait until the supplicant answers or
         the calling process is gone."""
-        killed = self.subsystem.current_killed()  # type: ignore[attr-defined]
+        killed = self.subsystem.current_killed()
         with self._cond:
             req = _Req(0, cmd, params)
             req.id = self._idr.alloc(req)
@@ -144,13 +166,13 @@ class SuppQueue:
             return TEEC_ERROR_COMMUNICATION
 
     def get_shm(self, shm_id: int) -> Shm | None:
-        return self.subsystem.supp_shm_get(self.ctx, shm_id)  # type: ignore[attr-defined]
+        return self.subsystem.supp_shm_get(self.ctx, shm_id)
 
     def put_shm(self, shm: Shm) -> None:
-        self.subsystem.supp_shm_put(shm)  # type: ignore[attr-defined]
+        self.subsystem.supp_shm_put(shm)
 
     def shm_id(self, shm: Shm) -> int:
-        return self.subsystem.shm_id_of(shm)  # type: ignore[attr-defined]
+        return self.subsystem.shm_id_of(shm)
 
     # -- the supplicant's side (TEE_IOC_SUPPL_RECV / SEND) -------------------------------
     def recv(self, params: list[SuppParam], killed: threading.Event) -> tuple[int, list[SuppParam]]:
@@ -193,7 +215,7 @@ class SuppQueue:
         if p.is_memref:
             if p.shm is None:
                 return SuppParam(p.attr, 0, p.size, _U64)
-            sid = self.subsystem.shm_id_of(p.shm)  # type: ignore[attr-defined]
+            sid = self.subsystem.shm_id_of(p.shm)
             return SuppParam(p.attr, p.offs, p.size, sid & _U64)
         return SuppParam(p.attr)
 

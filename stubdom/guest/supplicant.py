@@ -45,7 +45,6 @@ from stubdom.optee.teec import (
     TEEC_ERROR_SHORT_BUFFER,
     TEEC_SUCCESS,
 )
-
 from stubdom.optee.uuid import value_words_to_uuid
 
 from .params import (
@@ -280,7 +279,7 @@ class Supplicant:
             return TEEC_ERROR_BAD_PARAMETERS
         try:
             shm = self._device.supp_alloc_shm(params[0].b)
-        except Exception:  # noqa: BLE001 - any allocation failure is ENOMEM to OP-TEE
+        except Exception:
             return TEEC_ERROR_OUT_OF_MEMORY
         params[0].c = self._device.supp_shm_id(shm)
         return TEEC_SUCCESS
@@ -290,7 +289,7 @@ class Supplicant:
             return TEEC_ERROR_BAD_PARAMETERS
         try:
             self._device.supp_free_shm(params[0].b)
-        except Exception:  # noqa: BLE001
+        except Exception:
             return TEEC_ERROR_BAD_PARAMETERS
         return TEEC_SUCCESS
 

@@ -114,7 +114,7 @@ class TeeDevice:
 
     name: str
     privileged: bool
-    idr: Idr = field(default_factory=Idr)
+    idr: Idr[TeeShm] = field(default_factory=Idr)
 
 
 @dataclass(eq=False)
@@ -609,7 +609,7 @@ class TeeSubsystem:
             if tshm.refs:
                 return
             tshm.released = True
-            tshm.ctx.dev.idr.remove(tshm.id)  # type: ignore[attr-defined]
+            tshm.ctx.dev.idr.remove(tshm.id)
             self._by_cookie.pop(tshm.shm.cookie, None)
         try:
             self.driver.free_shm(tshm.shm)  # UNREGISTER_SHM where registered
@@ -618,7 +618,7 @@ class TeeSubsystem:
         finally:
             if tshm.user_pages:
                 self.mms.unpin(tshm.user_pages)
-            self._ctx_put(tshm.ctx)  # type: ignore[arg-type]
+            self._ctx_put(tshm.ctx)
 
     def _put_all(self, held: list[TeeShm]) -> None:
         for tshm in held:

@@ -14,9 +14,14 @@ from __future__ import annotations
 import enum
 import errno
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from .errors import TeeErrno
 from .shm import Shm
+
+if TYPE_CHECKING:
+    from .mm import UserPage
+    from .teecore import TeeContext
 
 __all__ = ["ShmKind", "TeeShm", "Idr", "IDR_MAX"]
 
@@ -33,27 +38,31 @@ class TeeShm:
     """One shared-memory object; see the module docstring."""
 
     id: int
-    ctx: object  # the TeeContext that made it
+    ctx: TeeContext  # the context that made it
     kind: ShmKind
     shm: Shm  # the driver's buffer (its cookie is what OP-TEE sees)
     size: int  # what SHM_ALLOC / SHM_REGISTER report back
-    user_pages: list = field(default_factory=list)  # pinned UserPages (REGISTER)
+    user_pages: list[UserPage] = field(default_factory=list)  # pinned (REGISTER)
     refs: int = 1
     released: bool = False
 
     @property
     def device(self) -> str:
-        return self.ctx.dev.name  # type: ignore[attr-defined]
+        return self.ctx.dev.name
 
 
-class Idr:
+_T = TypeVar("_T")
+
+
+class Idr(Generic[_T]):
     """A device's id table: idr_alloc(idr, ptr, 1, 0) hands out the lowest
-    free id from 1, so a freed id is reused by the next allocation."""
+    free id from 1, so a freed id is reused by the next allocation. An id
+    allocated for None is taken but finds nothing (until ``replace``)."""
 
     def __init__(self) -> None:
-        self._objs: dict[int, object] = {}
+        self._objs: dict[int, _T | None] = {}
 
-    def alloc(self, obj: object) -> int:
+    def alloc(self, obj: _T | None) -> int:
         n = 1
         while n in self._objs:
             n += 1
@@ -62,20 +71,20 @@ class Idr:
         self._objs[n] = obj
         return n
 
-    def replace(self, n: int, obj: object) -> None:
+    def replace(self, n: int, obj: _T) -> None:
         self._objs[n] = obj
 
     def remove(self, n: int) -> None:
         self._objs.pop(n, None)
 
-    def find(self, n: int) -> object | None:
+    def find(self, n: int) -> _T | None:
         return self._objs.get(n)
 
     def __len__(self) -> int:
         return sum(1 for v in self._objs.values() if v is not None)
 
-    def items(self) -> list[tuple[int, object]]:
+    def items(self) -> list[tuple[int, _T | None]]:
         return list(self._objs.items())
 
-    def values(self) -> list[object]:
+    def values(self) -> list[_T]:
         return [v for v in self._objs.values() if v is not None]

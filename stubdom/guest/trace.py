@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from stubdom.optee import rpc as _rpc
 from stubdom.optee.msg import OPTEE_MSG_CMD_NAMES
 from stubdom.optee.rpc import (
     OPTEE_RPC_CMD_FS,
@@ -52,7 +53,6 @@ from stubdom.optee.smc import (
     smc_name,
     smc_return_name,
 )
-from stubdom.optee import rpc as _rpc
 
 __all__ = ["TraceEvent", "TraceRecorder", "compact", "smc_count", "rpc_commands", "function_name",
            "command_name", "return_name", "rpc_func_name", "rpc_event_detail"]

@@ -142,7 +142,8 @@ VERSION_DATA = struct.Struct("<III")  # impl_id, impl_caps, gen_caps
 SHM_ALLOC_DATA = struct.Struct("<QIi")  # size, flags, id
 BUF_DATA = struct.Struct("<QQ")  # buf_ptr, buf_len
 PARAM = struct.Struct("<QQQQ")  # attr, a, b, c
-OPEN_SESSION_ARG = struct.Struct("<16s16sIIIIII")  # uuid, clnt_uuid, clnt_login, cancel_id, session, ret, ret_origin, num_params
+# uuid, clnt_uuid, clnt_login, cancel_id, session, ret, ret_origin, num_params
+OPEN_SESSION_ARG = struct.Struct("<16s16sIIIIII")
 INVOKE_ARG = struct.Struct("<IIIIII")  # func, session, cancel_id, ret, ret_origin, num_params
 CANCEL_ARG = struct.Struct("<II")  # cancel_id, session
 CLOSE_SESSION_ARG = struct.Struct("<I")  # session

@@ -18,8 +18,12 @@ import errno
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import TeeErrno
+
+if TYPE_CHECKING:
+    from .mm import UserMm
 
 __all__ = ["UserRegion", "UserMemory", "Caller"]
 
@@ -85,5 +89,5 @@ class Caller:
     uid: int
     gid: int
     groups: frozenset[int] = frozenset()
-    mm: object = None
+    mm: UserMm | None = None
     killed: threading.Event = field(default_factory=threading.Event)

@@ -8,21 +8,22 @@ it (``stubdom-teed guest-dev``, docs/guest-dev.md).
     kernel.shutdown()
 """
 
-from .command import ENV_SOCKET as ENV_SOCKET, guest_dev_main as guest_dev_main, preload_library as preload_library
-from .errors import (
-    GuestDevError as GuestDevError,
-    PlatformGone as PlatformGone,
-    PlatformRefused as PlatformRefused,
-    PlatformUnavailable as PlatformUnavailable,
-    WireError as WireError,
-)
-from .guest import GuestKernel as GuestKernel, device_dir as device_dir
-from .server import (
-    DeviceServer as DeviceServer,
-    ServerStatistics as ServerStatistics,
-    query_statistics as query_statistics,
-)
-from .vcpus import PlatformLease as PlatformLease, VcpuPool as VcpuPool, attach_domain as attach_domain
+from .command import ENV_SOCKET as ENV_SOCKET
+from .command import guest_dev_main as guest_dev_main
+from .command import preload_library as preload_library
+from .errors import GuestDevError as GuestDevError
+from .errors import PlatformGone as PlatformGone
+from .errors import PlatformRefused as PlatformRefused
+from .errors import PlatformUnavailable as PlatformUnavailable
+from .errors import WireError as WireError
+from .guest import GuestKernel as GuestKernel
+from .guest import device_dir as device_dir
+from .server import DeviceServer as DeviceServer
+from .server import ServerStatistics as ServerStatistics
+from .server import query_statistics as query_statistics
+from .vcpus import PlatformLease as PlatformLease
+from .vcpus import VcpuPool as VcpuPool
+from .vcpus import attach_domain as attach_domain
 
 __all__ = [
     "DeviceServer",

@@ -52,8 +52,10 @@ def _parser() -> argparse.ArgumentParser:
         "/dev/teepriv0 (the Linux TEE device interface) through an LD_PRELOAD library.",
     )
     p.add_argument("--config", help="the platform's YAML configuration (default: the embedded configs/xen.yaml)")
-    p.add_argument("--domid", type=int, required=True, help="the guest's domain id (not one the configuration declares)")
-    p.add_argument("--pages", type=int, default=DEFAULT_PAGES, help=f"guest RAM in 4 KiB pages (default {DEFAULT_PAGES})")
+    p.add_argument("--domid", type=int, required=True,
+                   help="the guest's domain id (not one the configuration declares)")
+    p.add_argument("--pages", type=int, default=DEFAULT_PAGES,
+                   help=f"guest RAM in 4 KiB pages (default {DEFAULT_PAGES})")
     p.add_argument("--vcpus", type=int, default=DEFAULT_VCPUS, help=f"vCPUs (default {DEFAULT_VCPUS})")
     p.add_argument("--wait", type=float, default=DEFAULT_WAIT,
                    help=f"seconds to wait for the platform (default {DEFAULT_WAIT:g})")

@@ -46,7 +46,7 @@ class GuestKernel:
 
     @classmethod
     def boot(cls, runtime_dir: str | os.PathLike[str], *, domid: int, nr_pages: int, vcpus: int,
-             wait: float) -> "GuestKernel":
+             wait: float) -> GuestKernel:
         lease = attach_domain(runtime_dir, domid, nr_pages=nr_pages, vcpus=vcpus, wait=wait)
         machine = None
         try:

@@ -34,7 +34,7 @@ import os
 import select
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,15 +46,14 @@ from stubdom.guest.pages import PAGE_SIZE
 from stubdom.guest.teecore import TeeContext, TeeSubsystem
 from stubdom.guest.teeshm import TeeShm
 from stubdom.guest.uapi import TEE_IOC_SUPPL_RECV
-from stubdom.rundir import SOCKET_MODE, PeerRefused, check_peer
 from stubdom.guest.usermem import Caller, UserMemory, UserRegion
+from stubdom.rundir import SOCKET_MODE, PeerRefused, check_peer
 
 from .errors import WireError
 from .wire import (
     REQ,
     RSP,
     TEEDEV_MAGIC,
-    TEEDEV_WIRE_VERSION,
     TEEDEV_MAX_MSG,
     TEEDEV_OP_ADOPT,
     TEEDEV_OP_BACK,
@@ -65,6 +64,7 @@ from .wire import (
     TEEDEV_OP_STATS,
     TEEDEV_OP_UNBACK,
     TEEDEV_OP_UNMAP,
+    TEEDEV_WIRE_VERSION,
     Request,
     build_response,
     parse_request,
@@ -119,7 +119,7 @@ class _File:
     """A connection that stands for a file (device, shm) or a process's mm,
     until its release is done; ``ctx`` is the context it belongs to."""
 
-    sock: object
+    sock: trio.socket.SocketType
     ctx: TeeContext | None
     released: trio.Event = field(default_factory=trio.Event)
 
@@ -374,7 +374,7 @@ class DeviceServer:
         self.stats.callers_gone += 1
         self.kernel.kill(caller)
 
-    async def _send(self, sock, data: bytes, fds: list[int] = ()) -> None:
+    async def _send(self, sock, data: bytes, fds: Sequence[int] = ()) -> None:
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
         try:
             await sock.sendmsg([data], anc, socket.MSG_NOSIGNAL)

@@ -10,6 +10,7 @@ message before it slices, and answers :class:`WireError` otherwise.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import WireError
@@ -119,7 +120,7 @@ def parse_request(msg: bytes) -> Request:
     return Request(op, cmd, arg, length, bytes(token), tuple(regions), bytes(msg[at:]))
 
 
-def build_response(ret: int, *, patches: list[tuple[int, bytes]] = (), data: bytes = b"", handle: int = 0,
+def build_response(ret: int, *, patches: Sequence[tuple[int, bytes]] = (), data: bytes = b"", handle: int = 0,
                    token: bytes = bytes(16)) -> bytes:
     """One response message."""
     parts = [RSP.pack(TEEDEV_MAGIC, ret, len(patches), len(data), handle, token, 0)]

@@ -19,37 +19,54 @@ The soak run (``stubdom-teed soak``) lives in ``stubdom.hostile.soak``
 (it needs the bench extra). See docs/security.md and docs/soak.md.
 """
 
-from .attacks import ATTACKS as ATTACKS, Attack as Attack, AttackLoop as AttackLoop
-from .errors import (
-    AttackOutcomeWrong as AttackOutcomeWrong,
-    DaemonDied as DaemonDied,
-    GuestOutOfPages as GuestOutOfPages,
-    HonestLoadFailed as HonestLoadFailed,
-    HostileError as HostileError,
-    UnexpectedRpc as UnexpectedRpc,
-)
-from .guest import M32 as M32, HostileGuest as HostileGuest, ShmAllocHook as ShmAllocHook
-from .harness import (
-    HonestLoad as HonestLoad,
-    destroy_all_and_check as destroy_all_and_check,
-    destroy_and_check as destroy_and_check,
-)
-from .platforms import (
-    BASE_CAPS as BASE_CAPS,
-    PLACEMENTS as PLACEMENTS,
-    PROFILES as PROFILES,
-    HostilePlatform as HostilePlatform,
-    SmcRecord as SmcRecord,
-    make_platform as make_platform,
-    tee_smcs as tee_smcs,
-    tee_smcs_of as tee_smcs_of,
-)
+from .attacks import ATTACKS as ATTACKS
+from .attacks import Attack as Attack
+from .attacks import AttackLoop as AttackLoop
+from .errors import AttackOutcomeWrong as AttackOutcomeWrong
+from .errors import DaemonDied as DaemonDied
+from .errors import GuestOutOfPages as GuestOutOfPages
+from .errors import HonestLoadFailed as HonestLoadFailed
+from .errors import HostileError as HostileError
+from .errors import UnexpectedRpc as UnexpectedRpc
+from .guest import M32 as M32
+from .guest import HostileGuest as HostileGuest
+from .guest import ShmAllocHook as ShmAllocHook
+from .harness import HonestLoad as HonestLoad
+from .harness import destroy_all_and_check as destroy_all_and_check
+from .harness import destroy_and_check as destroy_and_check
+from .platforms import BASE_CAPS as BASE_CAPS
+from .platforms import PLACEMENTS as PLACEMENTS
+from .platforms import PROFILES as PROFILES
+from .platforms import HostilePlatform as HostilePlatform
+from .platforms import SmcRecord as SmcRecord
+from .platforms import make_platform as make_platform
+from .platforms import tee_smcs as tee_smcs
+from .platforms import tee_smcs_of as tee_smcs_of
 from .race import Scribbler as Scribbler
 
 __all__ = [
-    "ATTACKS", "Attack", "AttackLoop", "AttackOutcomeWrong", "BASE_CAPS", "DaemonDied", "GuestOutOfPages",
-    "HonestLoad", "HonestLoadFailed", "HostileError", "HostileGuest", "HostilePlatform", "M32", "PLACEMENTS",
+    "ATTACKS",
+    "Attack",
+    "AttackLoop",
+    "AttackOutcomeWrong",
+    "BASE_CAPS",
+    "DaemonDied",
+    "GuestOutOfPages",
+    "HonestLoad",
+    "HonestLoadFailed",
+    "HostileError",
+    "HostileGuest",
+    "HostilePlatform",
+    "M32",
+    "PLACEMENTS",
     "PROFILES",
-    "Scribbler", "ShmAllocHook", "SmcRecord", "UnexpectedRpc", "destroy_all_and_check", "destroy_and_check",
-    "make_platform", "tee_smcs", "tee_smcs_of",
+    "Scribbler",
+    "ShmAllocHook",
+    "SmcRecord",
+    "UnexpectedRpc",
+    "destroy_all_and_check",
+    "destroy_and_check",
+    "make_platform",
+    "tee_smcs",
+    "tee_smcs_of",
 ]

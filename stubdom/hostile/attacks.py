@@ -33,6 +33,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from stubdom.mediator import DomainLimits, client_id
 from stubdom.optee import (
@@ -63,9 +64,9 @@ from stubdom.optee import (
     OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,
     OPTEE_SMC_RPC_FUNC_ALLOC,
     SMC_NAMES,
+    TEE_NUM_PARAMS,
     TEEC_ERROR_BAD_PARAMETERS,
     TEEC_ERROR_OUT_OF_MEMORY,
-    TEE_NUM_PARAMS,
     TEEC_ORIGIN_COMMS,
     TEEC_ORIGIN_TEE,
     MsgArg,
@@ -84,6 +85,9 @@ from stubdom.xen import PAGE_SIZE, P2mType
 from .errors import AttackOutcomeWrong, HostileError
 from .guest import M32, HostileGuest, Regs
 from .race import Scribbler
+
+if TYPE_CHECKING:
+    from .platforms import SmcRecord
 
 __all__ = ["Attack", "ATTACKS", "AttackLoop", "attack_names"]
 
@@ -125,16 +129,16 @@ class Attack(abc.ABC):
     # whatever the harness gives every domain.
     limits: DomainLimits | None = None
 
-    def setup(self, guest: HostileGuest, victim: int | None) -> object:
+    def setup(self, guest: HostileGuest, victim: int | None) -> _State:
         with guest.scope(free=False) as taken:
             inner = self._setup(guest, victim)
         return _State(inner, taken)
 
-    def step(self, guest: HostileGuest, state: object, rng: random.Random) -> None:
+    def step(self, guest: HostileGuest, state: _State, rng: random.Random) -> None:
         with guest.scope():
             self._step(guest, state.inner, rng)
 
-    def teardown(self, guest: HostileGuest, state: object) -> None:
+    def teardown(self, guest: HostileGuest, state: _State) -> None:
         with guest.scope():
             self._teardown(guest, state.inner)
         guest.free_pages(state.pages)
@@ -166,18 +170,18 @@ class _TeeWatch:
 
     def __init__(self, guest: HostileGuest, *, live: bool = False) -> None:
         self._guest = guest
-        self._smcs = getattr(guest.platform, "tee_smcs", None)
+        self._smcs: SmcRecord | None = getattr(guest.platform, "tee_smcs", None)
         self._cid = client_id(guest.domid)
         self._mark = len(self._smcs) if self._smcs is not None else 0
         self._mine = self._smcs.of_client(self._cid) if self._smcs is not None else 0
         # (total, counts per live client ID and the hypervisor's 0), for the a7 check
-        self._live = self._snapshot() if live and self._smcs is not None else None
+        self._live = self._snapshot(self._smcs) if live and self._smcs is not None else None
 
-    def _snapshot(self) -> tuple[int, dict[int, int]]:
+    def _snapshot(self, smcs: SmcRecord) -> tuple[int, dict[int, int]]:
         """The total and the per-client counts (live domains and the
         hypervisor's 0) as of one moment (SmcRecord.counts is atomic)."""
         ids = [0] + [client_id(d) for d in self._guest.platform.domids()]
-        total, per_client = self._smcs.counts()
+        total, per_client = smcs.counts()
         return total, {c: per_client.get(c, 0) for c in ids}
 
     def reached(self) -> int | None:
@@ -190,10 +194,13 @@ class _TeeWatch:
         """SMCs since that carried no live domain's client ID (nor the
         hypervisor's 0), by counts: no copy of the record (None: unknown,
         or the set of domains changed meanwhile)."""
-        now = self._snapshot() if self._live is not None else None
-        if now is None or now[1].keys() != self._live[1].keys():
+        live, smcs = self._live, self._smcs
+        if live is None or smcs is None:  # both or neither: __init__ snapshots only with a record
             return None
-        (t0, before), (t1, after) = self._live, now
+        now = self._snapshot(smcs)
+        if now[1].keys() != live[1].keys():
+            return None
+        (t0, before), (t1, after) = live, now
         return (t1 - t0) - sum(after[c] - before[c] for c in after)
 
 
@@ -1000,11 +1007,9 @@ class AttackLoop:
                                         daemon=True)
 
     def _run(self) -> None:
-        state = None
-        set_up = False
+        state: _State | None = None  # set once setup returned: then teardown is due
         try:
             state = self.attack.setup(self.guest, self.victim)
-            set_up = True
             self._started_ns = time.perf_counter_ns()
             while not self._stop.is_set() and (self.max_iterations is None
                                                or self.iterations < self.max_iterations):
@@ -1018,7 +1023,7 @@ class AttackLoop:
         finally:
             self._stopped_ns = time.perf_counter_ns()
             self._first.set()
-            if set_up:
+            if state is not None:
                 try:
                     self.attack.teardown(self.guest, state)
                 except BaseException as e:

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
+from stubdom.guest.tastore import model_ta_images
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,
     OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
@@ -58,7 +59,6 @@ from stubdom.optee import (
     rpc_func,
     value_words_to_uuid,
 )
-from stubdom.guest.tastore import model_ta_images
 from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, P2mType
 
 from .errors import GuestOutOfPages, UnexpectedRpc
@@ -111,11 +111,11 @@ class HostileGuest:
 
     def smc(self, *regs: int, vcpu: int = 0) -> Regs:
         """Execute SMC with x0..x(n-1) = ``regs`` (the rest zero)."""
-        return self._entry(vcpu, tuple(regs) + (0,) * (8 - len(regs)))  # type: ignore[return-value]
+        return self._entry(vcpu, tuple(regs) + (0,) * (8 - len(regs)))
 
     def smc8(self, regs: Sequence[int], *, vcpu: int = 0) -> Regs:
         """Execute SMC with exactly these eight registers (a7 included)."""
-        return self._entry(vcpu, tuple(regs))  # type: ignore[return-value]
+        return self._entry(vcpu, tuple(regs))
 
     def negotiate(self, nsec_caps: int = 0) -> int:
         """EXCHANGE_CAPABILITIES; remembers whether RPC_ARG was granted."""
@@ -301,9 +301,9 @@ class HostileGuest:
             self.rpc_pages.setdefault(c, ipa)
             return self.resume(tid, ipa >> 32, ipa & M32, c >> 32, c & M32, vcpu=vcpu)
         if f == OPTEE_SMC_RPC_FUNC_FREE:
-            ipa = self.rpc_pages.pop((r[1] << 32) | r[2], None)
-            if ipa is not None:  # OP-TEE is done with it: the driver frees it
-                self.free_pages([ipa])
+            freed = self.rpc_pages.pop((r[1] << 32) | r[2], None)
+            if freed is not None:  # OP-TEE is done with it: the driver frees it
+                self.free_pages([freed])
             return self.resume(tid, vcpu=vcpu)
         if f == OPTEE_SMC_RPC_FUNC_FOREIGN_INTR:
             return self.resume(tid, vcpu=vcpu)

@@ -92,7 +92,7 @@ def destroy_and_check(platform: HostilePlatform, guest: HostileGuest | int) -> N
     platform.oracle.assert_clean()
     platform.check_daemon_alive()
     if platform.daemon is not None:
-        served = [d["domid"] for d in platform.placement.toolstack.list()["domains"]]
+        served = [d["domid"] for d in platform.as_stubdom().toolstack.list()["domains"]]
         assert domid not in served, f"d{domid} still served by the daemon: {served}"
 
 

@@ -28,7 +28,7 @@ from stubdom.config import load_config
 from stubdom.config.schema import CAPABILITY_BITS
 from stubdom.mediator import DEFAULT_PROFILE, PROFILE_NAMES, DomainLimits, OpenSessionFilter, client_id, profile_named
 from stubdom.optee import OPTEE_SMC_SEC_CAP_DYNAMIC_SHM, OPTEE_SMC_SEC_CAP_HAVE_RESERVED_SHM
-from stubdom.platform import Platform
+from stubdom.platform import Placement, Platform
 from stubdom.platform.el2 import El2Placement
 from stubdom.platform.launch import DaemonProcess
 from stubdom.platform.stubdom import stubdom_placement
@@ -120,7 +120,7 @@ class SmcRecord:
             return iter(list(self._recent))
 
 
-class HostilePlatform(Platform):
+class HostilePlatform(Platform[Placement]):
     """A Platform recording every SMC that reaches the TEE (``tee_smcs``,
     an :class:`SmcRecord`) and, under ``stubdom``, owning the daemon process
     (``daemon``)."""
@@ -139,14 +139,15 @@ class HostilePlatform(Platform):
         ``shm_buffers`` / ``rpc_buffers`` (lists of {"cookie", ...}),
         ``nr_shm_buffers``, ``nr_rpc_buffers``."""
         if self.daemon is not None:
-            return self.placement.toolstack.request("dump", domid=domid)
+            return self.as_stubdom().toolstack.request("dump", domid=domid)
+        assert isinstance(self.placement, El2Placement)  # no daemon: make_platform made it under el2
         return self.placement.mediator.dump(domid, 1 << 30)
 
     def daemon_stats(self, domid: int) -> dict | None:
         """The daemon's ``stats`` record of ``domid`` (None under el2)."""
         if self.daemon is None:
             return None
-        return self.placement.toolstack.stats(domid)["domains"][str(domid)]
+        return self.as_stubdom().toolstack.stats(domid)["domains"][str(domid)]
 
     def check_daemon_alive(self) -> None:
         """Invariant 8: whatever a guest did, the daemon is still up."""
@@ -169,7 +170,7 @@ class HostilePlatform(Platform):
         n = getattr(self, "_restarts", 0) + 1
         self._restarts = n
         self.daemon = DaemonProcess(old.config_path, old.log_path.with_name(f"{old.log_path.stem}.{n}.log"))
-        self.daemon.wait_ready(self.placement.toolstack, DAEMON_READY_S)
+        self.daemon.wait_ready(self.as_stubdom().toolstack, DAEMON_READY_S)
 
     def close(self) -> None:
         """Destroy every domain (through the daemon while it runs), stop the
@@ -201,7 +202,7 @@ def _recording(factory, keep: int | None):
                 check(regs)
             return real(regs)
 
-        p.tee.smc = smc
+        p.tee.smc = smc  # type: ignore[method-assign]  # this model's entry, wrapped before the placement calls it
         p.tee_smcs = record
         return factory(p)
 
@@ -295,10 +296,11 @@ def make_platform(path: Path, placement: str, *, caps: int = BASE_CAPS,
         p = HostilePlatform.for_config(config, placement=factory)
         try:
             p.daemon = DaemonProcess(config_path, root / "daemon.log")
-            p.daemon.wait_ready(p.placement.toolstack, DAEMON_READY_S)
+            p.daemon.wait_ready(p.as_stubdom().toolstack, DAEMON_READY_S)
         except BaseException:
-            if getattr(p, "daemon", None) is not None:
-                p.daemon.stop()
+            started: DaemonProcess | None = getattr(p, "daemon", None)  # unset if DaemonProcess() raised
+            if started is not None:
+                started.stop()
             p.daemon = None
             Platform.close(p)
             raise

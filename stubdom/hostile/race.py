@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from stubdom.xen import Domain
 
 __all__ = ["Scribbler"]
 
@@ -14,7 +18,7 @@ class Scribbler:
     vCPU racing the mediator's reads.  Use as a context manager.  ``writes``
     counts completed rewrites, so a test can check the race really ran."""
 
-    def __init__(self, dom, ipa: int, versions: Sequence[bytes]) -> None:
+    def __init__(self, dom: Domain, ipa: int, versions: Sequence[bytes]) -> None:
         if len(versions) < 2:
             raise ValueError(f"a race needs at least two versions, got {len(versions)}")
         self._dom = dom

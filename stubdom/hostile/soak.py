@@ -23,7 +23,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from stubdom.measure import machine_description
-
 from stubdom.mediator import DomainLimits
 from stubdom.optee import OPTEE_SMC_SEC_CAP_RPC_ARG
 
@@ -167,7 +166,7 @@ def run_soak(opts: SoakOptions, argv: list[str] | None = None, *, catalogue=None
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_description()
-    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     violations = Violations()
     nr_frames = max(32768, opts.honest * opts.honest_pages + opts.hostile * opts.hostile_pages + _SPARE_FRAMES)
     with tempfile.TemporaryDirectory(prefix="stubdom-soak-", dir=opts.work_dir) as root:

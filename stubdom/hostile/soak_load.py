@@ -14,8 +14,8 @@ import time
 from collections import Counter
 
 from stubdom import workloads
-from stubdom.measure import latency
 from stubdom.guest import Context, OpteeDriver, PageAllocator, Supplicant
+from stubdom.measure import latency
 from stubdom.mediator import client_id
 from stubdom.optee import OPTEE_SMC_VM_CREATED, OPTEE_SMC_VM_DESTROYED
 from stubdom.platform import DomainSpec

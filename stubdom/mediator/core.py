@@ -60,8 +60,6 @@ from stubdom.optee.msg import (
     unpack_header,
 )
 from stubdom.optee.rpc import OPTEE_RPC_CMD_SHM_ALLOC, OPTEE_RPC_CMD_SHM_FREE
-from stubdom.optee.smccc import function_id
-from stubdom.optee.uuid import OpenSessionMeta
 from stubdom.optee.smc import (
     OPTEE_MSG_UID_0,
     OPTEE_MSG_UID_1,
@@ -105,6 +103,7 @@ from stubdom.optee.smc import (
     is_rpc_return,
     rpc_func,
 )
+from stubdom.optee.smccc import function_id
 from stubdom.optee.teec import (
     TEE_NUM_PARAMS,
     TEEC_ERROR_BAD_PARAMETERS,
@@ -112,6 +111,7 @@ from stubdom.optee.teec import (
     TEEC_ERROR_OUT_OF_MEMORY,
     TEEC_ORIGIN_COMMS,
 )
+from stubdom.optee.uuid import OpenSessionMeta
 from stubdom.trace import TRACER, now_ns
 from stubdom.xen import PAGE_SHIFT, PAGE_SIZE, Machine, MachineError, P2mType, WrongP2mType
 
@@ -126,7 +126,6 @@ from .context import (
     ShmState,
     StdCall,
 )
-from .hooks import BeforeStdCall, CallHooks, FunctionHooks, OpenSessionFilter
 from .errors import (
     DomainAlreadyInitialised,
     DomainNotInitialised,
@@ -134,12 +133,14 @@ from .errors import (
     TeardownInvariantBroken,
     TeeProbeFailed,
 )
+from .hooks import BeforeStdCall, CallHooks, FunctionHooks, OpenSessionFilter
 from .limits import MAX_RPC_BUFFERS_PER_THREAD, RELINQUISH_BATCH, DomainLimits
 from .opcount import CountedMachine, MediatorOps
 from .port import TeePort, client_id
 from .profile import DEFAULT_PROFILE, STRICT, Profile, profile_named
 from .ratelog import RateLimitedLog
 from .recovery import REFUSED_RPC_ARG_ADDR, RecoveryOps
+from .steps import Steps, drive
 from .translate import (
     Refusal,
     buffer_buf_ptr,
@@ -149,7 +150,6 @@ from .translate import (
     translate_noncontig_steps,
     translate_page,
 )
-from .steps import Steps, drive
 
 __all__ = ["Mediator", "KNOWN_NSEC_CAPS", "KNOWN_SEC_CAPS", "ALLOWED_STD_CMDS", "Regs"]
 

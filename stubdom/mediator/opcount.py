@@ -57,7 +57,7 @@ class MediatorOps:
         """``{op: count}`` for every op of MEDIATOR_OPS (0 where none
         happened): one domain's, or the totals over every domain."""
         with self._lock:
-            counts = self._total if domid is None else self._by_domain.get(domid, {})
+            counts = self._total if domid is None else self._by_domain.get(domid, collections.Counter())
             return {op: counts.get(op, 0) for op in MEDIATOR_OPS}
 
 

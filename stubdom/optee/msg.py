@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from collections.abc import Iterable
-from typing import Mapping
+from typing import Any
 
 from .errors import BadParamAttr, FieldOutOfRange, TooManyParams, TruncatedMessage
 
@@ -382,7 +382,8 @@ def unpack_header(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple
             f"optee_msg_arg header ({MSG_ARG_HEADER_SIZE} bytes) at offset {offset} does not "
             f"fit a {len(buf)}-byte buffer"
         )
-    return _HEADER.unpack_from(buf, offset)
+    header: tuple[int, ...] = _HEADER.unpack_from(buf, offset)
+    return header
 
 
 # -- struct optee_msg_arg -----------------------------------------------------------------
@@ -481,7 +482,7 @@ class MsgArg:
         )
         return cls(cmd, func, session, cancel_id, pad, ret, ret_origin, params)
 
-    def replace(self, **changes: object) -> MsgArg:
+    def replace(self, **changes: Any) -> MsgArg:
         return dataclasses.replace(self, **changes)
 
 

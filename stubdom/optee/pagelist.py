@@ -21,8 +21,8 @@ under it.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Generator, Sequence
 
 from .errors import (
     EmptyPageList,
@@ -177,7 +177,8 @@ def read_page_list(
         try:
             next(steps)
         except StopIteration as done:
-            return done.value
+            pages: PageList = done.value
+            return pages
 
 
 def iter_page_list(

@@ -6,8 +6,8 @@ Values from OP-TEE ``core/include/optee_rpc_cmd.h`` (Linux
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 # -- Commands (optee_rpc_cmd.h) ---------------------------------------------------
 OPTEE_RPC_CMD_LOAD_TA = 0

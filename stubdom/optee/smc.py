@@ -12,14 +12,12 @@ generic queries, OEN 50 (Trusted OS) for OP-TEE's own calls.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 from .errors import FieldOutOfRange
 from .smccc import (
     ARM_SMCCC_FUNCID_CALL_COUNT,
-    ARM_SMCCC_FUNCID_CALL_UID,
-    ARM_SMCCC_FUNCID_REVISION,
     SMCCC_RET_UNKNOWN_FUNCTION,
     smccc_call_val,
 )

@@ -5,8 +5,8 @@ the TEE_* result codes OP-TEE itself returns come from optee_os
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 from .errors import FieldOutOfRange
 
@@ -104,7 +104,7 @@ TEEC_MEM_INPUT = 0x00000001
 TEEC_MEM_OUTPUT = 0x00000002
 
 
-def TEEC_PARAM_TYPES(t0: int, t1: int, t2: int, t3: int) -> int:  # noqa: N802 - C macro name
+def TEEC_PARAM_TYPES(t0: int, t1: int, t2: int, t3: int) -> int:
     """Pack four 4-bit param types into paramTypes (tee_client_api.h)."""
     types = (t0, t1, t2, t3)
     for i, t in enumerate(types):
@@ -113,7 +113,7 @@ def TEEC_PARAM_TYPES(t0: int, t1: int, t2: int, t3: int) -> int:  # noqa: N802 -
     return t0 | (t1 << 4) | (t2 << 8) | (t3 << 12)
 
 
-def TEEC_PARAM_TYPE_GET(types: int, index: int) -> int:  # noqa: N802 - C macro name
+def TEEC_PARAM_TYPE_GET(types: int, index: int) -> int:
     """The ``index``-th (0..3) 4-bit type in paramTypes (tee_client_api.h)."""
     if not isinstance(types, int) or isinstance(types, bool) or not 0 <= types <= 0xFFFFFFFF:
         raise FieldOutOfRange("paramTypes", types, 32)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import struct
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .errors import BadMetaParam, BadUuid, FieldOutOfRange
 from .msg import OPTEE_MSG_ATTR_META, OPTEE_MSG_ATTR_TYPE_VALUE_INPUT, MsgParam

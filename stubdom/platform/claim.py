@@ -128,7 +128,7 @@ class RuntimeClaim:
         os.close(self._fd)  # drops the flock
         self._fd = -1
 
-    def __enter__(self) -> "RuntimeClaim":
+    def __enter__(self) -> RuntimeClaim:
         self.acquire()
         return self
 

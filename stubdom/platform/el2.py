@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from stubdom.mediator import DirectTeePort, DomainLimits, Mediator, OpenSessionFilter
 from stubdom.mediator.errors import DomainRefused
 from stubdom.mediator.profile import DEFAULT_PROFILE, Profile
+from stubdom.optee.teec import TEE_NUM_PARAMS
 from stubdom.trace import TRACER, now_ns
 
 from .errors import DomainCreationFailed
@@ -40,9 +41,9 @@ class El2Placement:
         """``limits`` for every domain but those ``domain_limits`` names (a
         per-domain policy, as a configuration's ``domains`` entries give)."""
         self.port = DirectTeePort(platform.tee)
-        extra = {} if tee_num_params is None else {"tee_num_params": tee_num_params}
         self.mediator = Mediator(platform.machine, self.port, logger=logger, log_clock=log_clock,
-                                 open_session_filter=open_session_filter, profile=profile, **extra)
+                                 open_session_filter=open_session_filter, profile=profile,
+                                 tee_num_params=TEE_NUM_PARAMS if tee_num_params is None else tee_num_params)
         self._limits = limits or DomainLimits()
         self._domain_limits = dict(domain_limits or {})
         self._static_shm = static_shm

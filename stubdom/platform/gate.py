@@ -291,7 +291,7 @@ class Gate:
                 self._ring.close()
                 self.ring_path.unlink(missing_ok=True)
 
-    def __enter__(self) -> "Gate":
+    def __enter__(self) -> Gate:
         self.start()
         return self
 
@@ -325,8 +325,12 @@ class Gate:
             poller = select.poll()
             poller.register(fd, select.POLLIN)
             poller.register(self._wake_r, select.POLLIN)
-            self._pollers = {self._listener.fileno(): self._pollers.get(self._listener.fileno()), fd: poller}
-            self._pollers = {k: v for k, v in self._pollers.items() if v is not None}
+            # keep the listener's and this fd's, drop a closed channel's
+            kept = {fd: poller}
+            listening = self._pollers.get(self._listener.fileno())
+            if listening is not None:
+                kept.setdefault(self._listener.fileno(), listening)
+            self._pollers = kept
         while not self._stopping:
             for ready, _ in poller.poll():
                 if ready == self._wake_r:

@@ -84,6 +84,7 @@ class PrivateTmpfs:
             ["unshare", *ns, "--mount", "--propagation", "private", "--",
              "sh", "-c", script, "sh", str(size), str(self.path)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert self.holder.stdout is not None and self.holder.stderr is not None  # PIPE: both exist
         try:
             line = self.holder.stdout.readline()  # EOF if unshare or mount failed
         except BaseException:
@@ -121,7 +122,7 @@ class PrivateTmpfs:
             if f and not f.closed:
                 f.close()
 
-    def __enter__(self) -> "PrivateTmpfs":
+    def __enter__(self) -> PrivateTmpfs:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -187,7 +188,7 @@ class DaemonProcess:
                 self.proc.wait()
         return self.proc.returncode
 
-    def __enter__(self) -> "DaemonProcess":
+    def __enter__(self) -> DaemonProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

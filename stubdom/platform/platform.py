@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from stubdom.rundir import ensure_runtime_dir
 from stubdom.tee import IsolationOracle, OpteeModel, TeeConfig
@@ -20,6 +21,9 @@ from stubdom.xen import Domain, Machine
 from .errors import DomainCreationFailed, UnknownDomain
 from .regs import Regs
 from .vsmc import Placement, route_smc
+
+if TYPE_CHECKING:
+    from .stubdom import StubdomPlacement
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,12 @@ def domain_spec(domain_config) -> DomainSpec:
     )
 
 
-class Platform:
-    """One simulated machine with its secure world and one placement."""
+_P = TypeVar("_P", bound=Placement)
+
+
+class Platform(Generic[_P]):
+    """One simulated machine with its secure world and one placement (of
+    the type its ``placement`` factory makes)."""
 
     def __init__(
         self,
@@ -59,7 +67,7 @@ class Platform:
         *,
         nr_frames: int,
         tee_config: TeeConfig,
-        placement: Callable[["Platform"], Placement],
+        placement: Callable[[Platform[_P]], _P],
         require_pins: bool = True,
         seed: int = 0,
         static_shm: tuple[int, int] | None = None,
@@ -70,15 +78,15 @@ class Platform:
         try:
             self.oracle = IsolationOracle(self.machine, require_pins=require_pins)
             self.tee = OpteeModel(self.machine, tee_config, self.oracle)
-            self.placement = placement(self)
+            self.placement: _P = placement(self)
         except BaseException:
             self.machine.close()
             raise
         self._specs: dict[int, DomainSpec] = {}
 
     @classmethod
-    def for_config(cls, config, *, placement: Callable[["Platform"], Placement] | None = None,
-                   control_timeout: float = 10.0) -> "Platform":
+    def for_config(cls, config, *, placement: Callable[[Platform[Any]], Any] | None = None,
+                   control_timeout: float = 10.0) -> Self:
         """The platform a stubdom-teed configuration describes (the
         contract of stubdom.config.Config): the machine at
         ``<runtime_dir>/machine``; under ``placement: el2`` the mediator of
@@ -87,31 +95,23 @@ class Platform:
         serving before this returns, so the daemon can start beside it. Domains
         are not created: see :func:`domain_spec`. The runtime directory is
         created with mode 0700, or refused (``stubdom.rundir.RuntimeDirError``)
-        when another user could change it."""
-        med = config.mediator
-        runtime = ensure_runtime_dir(med.runtime_dir)
-        if placement is None:
-            if med.placement == "stubdom":
-                from .stubdom import stubdom_placement
-
-                placement = stubdom_placement(runtime, poll_window_us=med.poll_window_us,
-                                              call_timeout_ms=med.call_timeout_ms,
-                                              control_timeout=control_timeout)
-            elif med.placement == "el2":
-                from stubdom.mediator.profile import profile_named
-
-                from .el2 import El2Placement
-
-                limits = config.default_policy.limits
-                own = {d.domid: d.policy.limits for d in config.domains}
-                profile = profile_named(med.profile)
-                placement = lambda p: El2Placement(p, limits=limits, domain_limits=own,  # noqa: E731
-                                                   tee_num_params=med.tee_num_params, profile=profile)
-            else:
-                raise ValueError(f"unknown placement {med.placement!r}")
+        when another user could change it. Which placement it has is the
+        configuration's: the caller's annotation (``Platform[Placement]``,
+        or a subclass's) says what it relies on."""
+        runtime = ensure_runtime_dir(config.mediator.runtime_dir)
+        factory = placement or _configured_placement(config, runtime, control_timeout)
         return cls(runtime / "machine", nr_frames=config.platform.nr_frames, tee_config=config.tee,
-                   placement=placement, seed=config.platform.seed,
+                   placement=factory, seed=config.platform.seed,
                    static_shm=(config.static_shm.base, config.static_shm.size))
+
+    def as_stubdom(self) -> StubdomPlacement:
+        """The placement, which is the stub domain's (``placement: stubdom``,
+        as the caller's configuration says); TypeError if it is not."""
+        from .stubdom import StubdomPlacement
+
+        if not isinstance(self.placement, StubdomPlacement):
+            raise TypeError(f"placement {getattr(self.placement, 'name', '?')!r} is not the stub domain's")
+        return self.placement
 
     # -- toolstack ---------------------------------------------------------
 
@@ -120,12 +120,13 @@ class Platform:
         its frontend is another program's (placement stubdom only:
         ``StubdomPlacement.external(domid)`` says where its ring is); no
         trap entry of this platform reaches it."""
-        init = self.placement.domain_init
+        init: Callable[[int], None] = self.placement.domain_init
         if external:
-            init = getattr(self.placement, "domain_init_external", None)
-            if init is None:
+            init_external: Callable[[int], None] | None = getattr(self.placement, "domain_init_external", None)
+            if init_external is None:
                 raise DomainCreationFailed(spec.domid, f"placement {getattr(self.placement, 'name', '?')!r} "
                                            f"has no external frontends (placement stubdom has)")
+            init = init_external
         domain = self.machine.create_domain(
             spec.domid, nr_pages=spec.nr_pages, hwdom=spec.hwdom, direct_mapped=spec.direct_mapped
         )
@@ -192,8 +193,30 @@ class Platform:
                 close()
             self.machine.close()
 
-    def __enter__(self) -> "Platform":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _configured_placement(config: Any, runtime: Path, control_timeout: float) -> Callable[[Platform[Any]], Any]:
+    """The placement factory of the configuration's ``mediator.placement``
+    (Platform.for_config): which one is known at run time only."""
+    med = config.mediator
+    if med.placement == "stubdom":
+        from .stubdom import stubdom_placement
+
+        return stubdom_placement(runtime, poll_window_us=med.poll_window_us,
+                                 call_timeout_ms=med.call_timeout_ms, control_timeout=control_timeout)
+    if med.placement == "el2":
+        from stubdom.mediator.profile import profile_named
+
+        from .el2 import El2Placement
+
+        limits = config.default_policy.limits
+        own = {d.domid: d.policy.limits for d in config.domains}
+        profile = profile_named(med.profile)
+        return lambda p: El2Placement(p, limits=limits, domain_limits=own,
+                                      tee_num_params=med.tee_num_params, profile=profile)
+    raise ValueError(f"unknown placement {med.placement!r}")

@@ -39,6 +39,7 @@ from .claim import PlatformRunning, RuntimeClaim
 from .errors import DomainCreationFailed
 from .platform import DomainSpec, Platform, domain_spec
 from .vcpuhost import VcpuHost
+from .vsmc import Placement
 
 __all__ = ["run_platform", "DEFAULT_DAEMON_WAIT", "EXIT_CONFIG", "EXIT_NO_DAEMON", "EXIT_ORACLE"]
 
@@ -157,7 +158,7 @@ def _run(config, config_path, say, stop, interval, rounds, daemon_wait, external
     runtime = config.mediator.runtime_dir
     stubdom = config.mediator.placement == "stubdom"
     with ExitStack() as stack:
-        platform = stack.enter_context(Platform.for_config(config))
+        platform: Platform[Placement] = stack.enter_context(Platform.for_config(config))
         daemon_cmd = "stubdom-teed" + (f" --config {config_path}" if config_path else "")
         # domains a restarted daemon created anew: their guests' OP-TEE is
         # new too (no session, no registration survived), so their driver
@@ -176,12 +177,12 @@ def _run(config, config_path, say, stop, interval, rounds, daemon_wait, external
                         reprobe.add(domid)
 
             # a daemon that starts again is made to serve every domain again
-            platform.placement.watch_daemon(recreated, ready_timeout=daemon_wait)
+            platform.as_stubdom().watch_daemon(recreated, ready_timeout=daemon_wait)
             say(f"machine at {platform.machine.path}, SMC gate at {gate_dir(runtime)}; "
                 f"start the daemon beside it: {daemon_cmd}")
             say(f"waiting up to {daemon_wait:g} s for stubdom-teed at {control_socket_path(runtime)}")
             try:
-                hello = platform.placement.toolstack.wait_ready(daemon_wait, stop=stop)
+                hello = platform.as_stubdom().toolstack.wait_ready(daemon_wait, stop=stop)
             except DaemonRefused as e:
                 say(f"{e}; not talking to it")
                 return EXIT_NO_DAEMON
@@ -208,7 +209,9 @@ def _run(config, config_path, say, stop, interval, rounds, daemon_wait, external
             except DomainCreationFailed as e:
                 say(f"d{domid} (external) not created: {e.reason}")
                 continue
-            say(_external_line(domid, platform.placement.external(domid)))
+            answer = platform.as_stubdom().external(domid)
+            assert answer is not None  # created just now; nothing destroys a domain before the stack unwinds
+            say(_external_line(domid, answer))
         for dc in config.domains:
             if dc.domid in external:
                 continue

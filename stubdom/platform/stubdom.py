@@ -50,7 +50,6 @@ from ring import (
 )
 from stubdom.mediator.ratelog import RateLimitedLog
 from stubdom.optee.smc import OPTEE_SMC_RETURN_ENOTAVAIL, OPTEE_SMC_VM_DESTROYED
-
 from stubdom.public.control import control_socket_path
 from stubdom.public.errors import (
     ControlDomainExists,
@@ -149,7 +148,7 @@ class DomainLink:
         self._n = dict.fromkeys(("requests", "responses", "wakeups", "timeouts", "backend_errors",
                                  "unavailable", "dropped", "reconnects"), 0)
         self._sent = self._suppressed = 0  # of rings replaced on reconnect
-        self._poller = None  # the receiver's poll object on the channel (_poller_for)
+        self._poller: select.poll | None = None  # the receiver's poll object on the channel (_poller_for)
         self._poll_fd = -1
         # sampled calls in flight (tracing on): request id -> [call, push end, response popped]
         self._traced: dict[int, list] = {}
@@ -251,7 +250,7 @@ class DomainLink:
             self._n["backend_errors"] += 1
             self._glog.warning("stubdom-teed answered status %d: ENOTAVAIL", rsp.status)
             return UNAVAILABLE_REGS
-        return tuple(rsp.a)  # type: ignore[return-value]
+        return tuple(rsp.a)
 
     def _receive(self, deadline: float) -> None:
         """As the receiver: return once some response was delivered, the
@@ -324,13 +323,15 @@ class DomainLink:
             if gate is not None:
                 gate.waiter_leave()
 
-    def _poller_for(self, fd: int):
+    def _poller_for(self, fd: int) -> select.poll:
         """A poll object on ``fd``, kept between sleeps (only the receiver
         sleeps, one at a time); a new channel gets a new one."""
         if self._poll_fd != fd:
             poller = select.poll()
             poller.register(fd, select.POLLIN)
             self._poller, self._poll_fd = poller, fd
+            return poller
+        assert self._poller is not None  # set with _poll_fd
         return self._poller
 
     def _deliver(self) -> bool:

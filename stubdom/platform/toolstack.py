@@ -82,7 +82,7 @@ class Toolstack:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "Toolstack":
+    def __enter__(self) -> Toolstack:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -186,7 +186,7 @@ class VcpuHost:
                 remote = _Remote(spec.domid, conn, per_vcpu=[0] * spec.vcpus)
                 ours = []
                 try:
-                    for index in range(spec.vcpus):
+                    for _ in range(spec.vcpus):
                         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
                         remote.vcpus.append(mine)
                         ours.append(theirs)
@@ -218,10 +218,7 @@ class VcpuHost:
     def _spec(self, req: dict) -> DomainSpec:
         if req.get("op") != "create":
             raise ValueError(f"expected a create request, got {req!r:.120}")
-        domid, nr_pages, vcpus = req.get("domid"), req.get("nr_pages"), req.get("vcpus")
-        for name, value in (("domid", domid), ("nr_pages", nr_pages), ("vcpus", vcpus)):
-            if type(value) is not int:
-                raise ValueError(f"{name} must be an int, got {value!r:.40}")
+        domid, nr_pages, vcpus = (_int_field(req, name) for name in ("domid", "nr_pages", "vcpus"))
         if domid in self.reserved:
             raise ValueError(f"d{domid} is a domain the configuration declares; the platform runs it")
         if not 1 <= domid < 0x7FF0:
@@ -311,7 +308,7 @@ class VcpuHost:
                 remote.control.shutdown(socket.SHUT_RDWR)
             self._destroy(remote)
 
-    def __enter__(self) -> "VcpuHost":
+    def __enter__(self) -> VcpuHost:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -326,3 +323,11 @@ def _decode(msg: bytes) -> dict:
     if not isinstance(out, dict):
         raise ValueError(f"expected a map, got {out!r:.80}")
     return out
+
+
+def _int_field(req: dict, name: str) -> int:
+    """Field ``name`` of a create request, which must be an int."""
+    value = req.get(name)
+    if type(value) is not int:
+        raise ValueError(f"{name} must be an int, got {value!r:.40}")
+    return value

@@ -54,7 +54,7 @@ def route_smc(placement: Placement, domid: int, vcpu: int, regs: Sequence[int]) 
         result = placement.handle_call(domid, vcpu, checked)
         if result is not None:
             return check_regs(result)
-    return (SMCCC_RET_UNKNOWN_FUNCTION,) + checked[1:]  # type: ignore[return-value]
+    return (SMCCC_RET_UNKNOWN_FUNCTION,) + checked[1:]
 
 
 _U32 = 0xFFFFFFFF
@@ -71,9 +71,11 @@ def _traced_route(placement: Placement, domid: int, vcpu: int, regs: Sequence[in
     fid = regs[0] & _U32 if regs else 0
     rpc_done = None
     if fid == OPTEE_SMC_CALL_RETURN_FROM_RPC:
-        call = pending[0] if pending is not None else None
-        if call is not None:
-            rpc_done = pending[1]
+        call = None
+        if pending is not None:
+            call = pending[0]
+            if call is not None:
+                rpc_done = pending[1]
     else:
         seq = TRACER.sample()
         call = None
@@ -106,4 +108,4 @@ def _route(placement: Placement, domid: int, vcpu: int, regs: Sequence[int]) -> 
         result = placement.handle_call(domid, vcpu, checked)
         if result is not None:
             return check_regs(result)
-    return (SMCCC_RET_UNKNOWN_FUNCTION,) + checked[1:]  # type: ignore[return-value]
+    return (SMCCC_RET_UNKNOWN_FUNCTION,) + checked[1:]

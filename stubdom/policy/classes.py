@@ -28,10 +28,9 @@ its class.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
-from stubdom.optee.smccc import function_id
 from stubdom.optee.smc import (
     OPTEE_SMC_BOOT_SECONDARY,
     OPTEE_SMC_CALL_GET_OS_REVISION,
@@ -56,6 +55,7 @@ from stubdom.optee.smc import (
     OPTEE_SMC_VM_CREATED,
     OPTEE_SMC_VM_DESTROYED,
 )
+from stubdom.optee.smccc import function_id
 
 __all__ = [
     "CLASS_INFO",

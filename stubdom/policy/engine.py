@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 from .bucket import TokenBucket
 from .classes import CLASS_RPC_RETURN, CLASS_STD_CALL, function_class

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stubdom.optee.smccc import function_id
 from stubdom.optee.smc import (
     OPTEE_SMC_DISABLE_SHM_CACHE,
     OPTEE_SMC_ENABLE_SHM_CACHE,
@@ -16,6 +15,7 @@ from stubdom.optee.smc import (
     OPTEE_SMC_RETURN_UNKNOWN_FUNCTION,
     smc_name,
 )
+from stubdom.optee.smccc import function_id
 from stubdom.optee.teec import (
     TEEC_ERROR_ACCESS_DENIED,
     TEEC_ERROR_BUSY,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import msgpack
 
@@ -56,6 +56,11 @@ class Request:
         self.seq = seq
         self.args = args
 
+    @overload
+    def int_arg(self, name: str, *, required: Literal[True] = ..., lo: int = ..., hi: int = ...) -> int: ...
+    @overload
+    def int_arg(self, name: str, *, required: bool, lo: int = ..., hi: int = ...) -> int | None: ...
+
     def int_arg(self, name: str, *, required: bool = True, lo: int = 0, hi: int = 0x7FEF) -> int | None:
         """An integer argument in [lo, hi] (domids: 0..DOMID_FIRST_RESERVED-1,
         xen/include/public/xen.h: DOMID_FIRST_RESERVED = 0x7FF0)."""
@@ -68,6 +73,11 @@ class Request:
             raise ControlError(ErrorCode.BAD_REQUEST,
                                f"{self.op}: {name} must be an int in [{lo}, {hi}], got {value!r}")
         return value
+
+    @overload
+    def str_arg(self, name: str, *, required: Literal[True] = ...) -> str: ...
+    @overload
+    def str_arg(self, name: str, *, required: bool) -> str | None: ...
 
     def str_arg(self, name: str, *, required: bool = True) -> str | None:
         if name not in self.args:
@@ -171,7 +181,7 @@ def quote(value: object) -> str:
     return f"{text[:_QUOTE]}… ({len(text)} characters)"
 
 
-def error_response(seq: int | None, code: ErrorCode, message: str) -> dict:
+def error_response(seq: int | None, code: ErrorCode | int, message: str) -> dict:
     code = ErrorCode(code)
     if len(message) > MAX_ERROR_MESSAGE:
         message = message[:MAX_ERROR_MESSAGE] + "…"

@@ -78,7 +78,7 @@ class ControlClient:
                     sock = self._connect()
                     sock.sendall(data)
                 answer = self._read(sock)
-            except (socket.timeout, TimeoutError) as e:
+            except TimeoutError as e:
                 self._drop()
                 raise DaemonUnavailable(self.path, f"{op}: no answer within {self.timeout:g} s",
                                         strerror=e.strerror or str(e)) from None
@@ -112,7 +112,7 @@ class ControlClient:
         with self._lock:
             self._drop()
 
-    def __enter__(self) -> "ControlClient":
+    def __enter__(self) -> ControlClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -105,7 +105,7 @@ class ControlError(ControlSocketError):
             super().__init__(f"{op}: {self.name} ({int(code)}): {message}")
 
     @classmethod
-    def for_answer(cls, op: str, code: int, name: str, message: str) -> "ControlError":
+    def for_answer(cls, op: str, code: int, name: str, message: str) -> ControlError:
         """The exception for an error answer to ``op``: the subclass of
         ``code`` (:data:`CONTROL_ERRORS`), or ControlError for a code this
         client does not know."""

@@ -189,7 +189,7 @@ class GateClient:
         if not self._ring.closed:
             self._ring.close()
 
-    def __enter__(self) -> "GateClient":
+    def __enter__(self) -> GateClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

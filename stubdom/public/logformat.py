@@ -14,7 +14,7 @@ which every module names the domain a line is about becomes ``domid=N``.
 
 Both the platform and the daemon use it (docs/daemon.md, "Logs"); it is
 defined here, owned by neither, so that the two logs read alike.
-"""
+"""  # noqa: E501 (an example log line is as long as it is)
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
 from .errors import PeerRefused
 
@@ -27,6 +28,13 @@ __all__ = ["PeerCredentials", "peer_credentials", "check_peer"]
 
 _UCRED = struct.Struct("iII")  # struct ucred: pid_t pid, uid_t uid, gid_t gid
 _ROOT_UID = 0
+
+
+class Socket(Protocol):
+    """A connected socket as getsockopt(2) sees it: the standard library's
+    or trio's."""
+
+    def getsockopt(self, level: int, optname: int, buflen: int, /) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +46,7 @@ class PeerCredentials:
     gid: int  # effective gid
 
 
-def peer_credentials(sock: socket.socket | int) -> PeerCredentials:
+def peer_credentials(sock: Socket | int) -> PeerCredentials:
     """SO_PEERCRED of a connected AF_UNIX socket (a socket object, trio's
     included, or a descriptor, which is left open)."""
     if isinstance(sock, int):
@@ -49,7 +57,7 @@ def peer_credentials(sock: socket.socket | int) -> PeerCredentials:
     return PeerCredentials(*_UCRED.unpack(raw))
 
 
-def check_peer(sock: socket.socket | int, path: str | os.PathLike[str], role: str) -> PeerCredentials:
+def check_peer(sock: Socket | int, path: str | os.PathLike[str], role: str) -> PeerCredentials:
     """The peer's credentials if its uid is this process's effective uid or
     root's; else :class:`PeerRefused` naming ``path``, the peer's pid and
     uid, and ``role`` (what the peer would have been). The caller closes the

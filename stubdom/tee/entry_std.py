@@ -98,6 +98,7 @@ from .thread import RPC_ARG_SIZE, Thread, ThreadGen
 
 if TYPE_CHECKING:  # pragma: no cover
     from stubdom.config.tee import TeeConfig
+
     from .memory import NsMemoryMap
     from .partition import Partition
     from .tas.ta import TrustedApp
@@ -530,9 +531,9 @@ class StdCall:
         return TEE_SUCCESS, (mobj, offs, p.size)
 
     def _noncontig(self, p: MsgParam, what: str) -> Mobj | None:
-        t = self.thread
-        assert t.ns is not None
-        return self.memmap.mobj_from_noncontig(lambda a: t.ns.read_ma(a, PAGE_SIZE, what),  # type: ignore[union-attr]
+        ns = self.thread.ns
+        assert ns is not None
+        return self.memmap.mobj_from_noncontig(lambda a: ns.read_ma(a, PAGE_SIZE, what),
                                                p.buf_ptr, p.size, p.shm_ref)
 
     def _copy_out_params(self, ta_params: list[TaParam], saved: list[int], first: int) -> None:

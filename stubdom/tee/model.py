@@ -31,7 +31,11 @@ import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from stubdom.config.errors import BadTeeConfig
+from stubdom.config.tee import TeeConfig
+from stubdom.optee.rpc import THREAD_RPC_MAX_NUM_PARAMS
 from stubdom.optee.smc import (
     OPTEE_MSG_OS_OPTEE_UUID_0,
     OPTEE_MSG_OS_OPTEE_UUID_1,
@@ -69,9 +73,6 @@ from stubdom.optee.smc import (
     is_rpc_return,
     smc_name,
 )
-from stubdom.config.errors import BadTeeConfig
-from stubdom.config.tee import TeeConfig
-from stubdom.optee.rpc import THREAD_RPC_MAX_NUM_PARAMS
 from stubdom.trace import TRACER, TracedCall, now_ns
 
 from .entry_std import StdCall
@@ -81,6 +82,9 @@ from .oracle import IsolationOracle
 from .partition import Partition
 from .tas import builtin_tas
 from .thread import RpcReply, RpcRequest, Thread, ThreadState
+
+if TYPE_CHECKING:
+    from stubdom.xen import Machine
 
 __all__ = ["OpteeModel", "PartitionStats", "HYP_CLNT_ID", "OPTEE_CALLS_COUNT_NS_VIRT"]
 
@@ -110,7 +114,7 @@ class PartitionStats:
 class OpteeModel:
     """OP-TEE with CFG_NS_VIRTUALIZATION, on a :class:`stubdom.xen.Machine`."""
 
-    def __init__(self, machine, config: TeeConfig, oracle: IsolationOracle) -> None:
+    def __init__(self, machine: Machine, config: TeeConfig, oracle: IsolationOracle) -> None:
         if not isinstance(config, TeeConfig):
             raise TypeError(f"config must be a TeeConfig, got {config!r}")
         if not isinstance(oracle, IsolationOracle):
@@ -199,7 +203,7 @@ class OpteeModel:
         part = self._find(a7 & 0xFFFF)
         if part is None and a7 != HYP_CLNT_ID:
             a[0] = OPTEE_SMC_RETURN_ENOTAVAIL  # thread_handle_fast_smc
-            return tuple(a)  # type: ignore[return-value]
+            return _regs(a)
         cfg = self.config
         if fid == OPTEE_SMC_CALLS_COUNT:
             a[0] = OPTEE_CALLS_COUNT_NS_VIRT
@@ -213,7 +217,9 @@ class OpteeModel:
         elif fid == OPTEE_SMC_CALL_GET_OS_REVISION:
             a[0:3] = [cfg.os_revision_major, cfg.os_revision_minor, cfg.os_build_id]
         elif fid == OPTEE_SMC_GET_SHM_CONFIG and cfg.reserved_shm:
-            a[0:4] = [OPTEE_SMC_RETURN_OK, self._memmap.static_base, self._memmap.static_size,
+            base = self._memmap.static_base
+            assert base is not None  # reserved_shm: __init__ mapped the machine's static shm region
+            a[0:4] = [OPTEE_SMC_RETURN_OK, base, self._memmap.static_size,
                       OPTEE_SMC_SHM_CACHED]
         elif fid == OPTEE_SMC_EXCHANGE_CAPABILITIES:
             if a[1] & ~OPTEE_SMC_NSEC_CAP_UNIPROCESSOR:
@@ -238,7 +244,7 @@ class OpteeModel:
             # Includes L2CC_MUTEX (AArch64), the async-notification calls and
             # GET_PROTMEM_CONFIG, none of which this build has.
             a[0] = OPTEE_SMC_RETURN_UNKNOWN_FUNCTION
-        return tuple(a)  # type: ignore[return-value]
+        return _regs(a)
 
     def _enable_shm_cache(self, part: Partition | None, a: list[int]) -> None:
         """thread_enable_prealloc_rpc_cache."""
@@ -319,19 +325,19 @@ class OpteeModel:
         part = self._find((regs[7] & _U32) & 0xFFFF)
         if part is None:
             a[0] = OPTEE_SMC_RETURN_ENOTAVAIL
-            return tuple(a)  # type: ignore[return-value]
+            return _regs(a)
         a1, a2, a3, a4, a5 = (r & _U32 for r in regs[1:6])
         if fid == OPTEE_SMC_CALL_RETURN_FROM_RPC:
             if a3 >= len(part.threads) or part.threads[a3].state is not ThreadState.SUSPENDED:
                 a[0] = OPTEE_SMC_RETURN_ERESUME
-                return tuple(a)  # type: ignore[return-value]
-            t = part.threads[a3]
-            t.state = ThreadState.ACTIVE
-            return self._step(part, t, RpcReply(a1, a2, a4, a5), regs)
+                return _regs(a)
+            resumed = part.threads[a3]
+            resumed.state = ThreadState.ACTIVE
+            return self._step(part, resumed, RpcReply(a1, a2, a4, a5), regs)
         t = part.free_thread()
         if t is None:
             a[0] = OPTEE_SMC_RETURN_ETHREAD_LIMIT
-            return tuple(a)  # type: ignore[return-value]
+            return _regs(a)
         t.state = ThreadState.ACTIVE
         self._bind(t, part.guest_id)
         call = StdCall(partition=part, thread=t, client_id=part.guest_id, config=self.config,
@@ -358,7 +364,7 @@ class OpteeModel:
         """Run the thread until it suspends (RPC) or finishes."""
         assert t.gen is not None
         try:
-            req = t.gen.send(reply)  # type: ignore[arg-type]
+            req = t.gen.send(reply)  # type: ignore[arg-type]  # None starts the thread; replies resume it
         except StopIteration as done:
             rv = done.value
             t.gen = None
@@ -374,6 +380,14 @@ class OpteeModel:
         return (req.a0, req.a1 & _U32, req.a2 & _U32, t.index, regs[4], regs[5], regs[6], regs[7])
 
 
+def _regs(a: list[int]) -> Regs:
+    """An answer built in a list (a copy of the call's registers) as the
+    eight registers."""
+    r = tuple(a)
+    assert len(r) == 8  # a copy of a Regs, changed in place: never resized
+    return r
+
+
 def _check_regs(regs: Sequence[int]) -> Regs:
     try:
         values = tuple(regs)
@@ -384,4 +398,4 @@ def _check_regs(regs: Sequence[int]) -> Regs:
     for v in values:
         if type(v) is not int or not 0 <= v <= _U64:
             raise BadRegisters(regs, f"{v!r} is not a 64-bit register value")
-    return values  # type: ignore[return-value]
+    return values

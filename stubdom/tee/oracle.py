@@ -25,10 +25,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from stubdom.xen.constants import PAGE_SHIFT, PAGE_SIZE
 
 from .errors import IsolationViolation
+
+if TYPE_CHECKING:
+    from stubdom.xen import Machine
 
 __all__ = ["IsolationOracle", "Violation", "REASON_FOREIGN", "REASON_UNPINNED"]
 
@@ -63,7 +67,7 @@ class Violation:
 class IsolationOracle:
     """Checks and performs the TEE model's machine-memory accesses."""
 
-    def __init__(self, machine, *, require_pins: bool = True) -> None:
+    def __init__(self, machine: Machine, *, require_pins: bool = True) -> None:
         if type(require_pins) is not bool:
             raise TypeError(f"require_pins must be a bool, got {require_pins!r}")
         self._machine = machine

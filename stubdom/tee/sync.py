@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stubdom.optee.rpc import OPTEE_RPC_CMD_NOTIFICATION, OPTEE_RPC_NOTIFICATION_SEND, OPTEE_RPC_NOTIFICATION_WAIT
 
@@ -53,7 +53,10 @@ __all__ = [
 # core/include/kernel/notif.h without CFG_CORE_ASYNC_NOTIF.
 NOTIF_SYNC_VALUE_BASE = 0
 
-Gen = Generator["RpcRequest", "RpcReply", object]
+# a step of the secure world driven through RPCs: yields each RPC request, is
+# sent its reply; what it returns differs per function (its docstring says), as
+# for tas.ta.TaGen
+Gen = Generator["RpcRequest", "RpcReply", Any]
 
 
 def notif_wait(t: Thread, value: int, timeout_ms: int = 0) -> Gen:

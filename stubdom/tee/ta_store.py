@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Generator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stubdom.optee.errors import BadTaImage
 from stubdom.optee.rpc import OPTEE_RPC_CMD_LOAD_TA, OPTEE_RPC_SHM_TYPE_APPL
@@ -42,11 +42,15 @@ from .thread import RpcParam, RpcReply, RpcRequest, Thread
 
 if TYPE_CHECKING:  # pragma: no cover
     from stubdom.config.tee import TeeConfig
+
     from .tas.ta import TrustedApp
 
 __all__ = ["find_ta", "load_ta_image"]
 
-Gen = Generator[RpcRequest, RpcReply, object]
+# a step of the secure world driven through RPCs: yields each RPC request, is
+# sent its reply; what it returns differs per function (its docstring says), as
+# for tas.ta.TaGen
+Gen = Generator[RpcRequest, RpcReply, Any]
 
 
 def load_ta_image(t: Thread, ta_uuid: uuid.UUID) -> Gen:

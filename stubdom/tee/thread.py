@@ -290,7 +290,7 @@ class Thread:
             mobj = self.memmap.rpc_shm_mobj_alloc(p.buf_ptr, p.size, p.shm_ref)
         else:
             mobj = self.memmap.mobj_from_noncontig(
-                lambda a: self.ns.read_ma(a, PAGE_SIZE, "SHM_ALLOC page list"),  # type: ignore[union-attr]
+                lambda a: self.ns.read_ma(a, PAGE_SIZE, "SHM_ALLOC page list"),  # type: ignore[union-attr]  # a thread with an RPC in flight has its ns
                 p.buf_ptr, p.size, p.shm_ref)
         if mobj is None:
             yield from self.free_payload(shm_type, p.shm_ref)

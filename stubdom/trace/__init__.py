@@ -11,8 +11,8 @@ chrome://tracing open (docs/performance.md, "Tracing a call").
 Standard library only: the daemon loads it.
 """
 
-from .summary import STAGES as STAGES
 from .summary import HANDOFFS as HANDOFFS
+from .summary import STAGES as STAGES
 from .summary import CallTrace as CallTrace
 from .summary import calls_in as calls_in
 from .summary import load_trace as load_trace

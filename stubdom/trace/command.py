@@ -65,5 +65,6 @@ def trace_main(argv: list[str]) -> int:
         from .timeline import plot_timelines
 
         picks = {scope or "(one platform)": typical_call(calls) for (scope, _fn), calls in sorted(groups.items())}
-        plot_timelines(picks, Path(opts.png), title=f"one sampled call per placement{f' ({opts.fn})' if opts.fn else ''}")
+        what = f" ({opts.fn})" if opts.fn else ""
+        plot_timelines(picks, Path(opts.png), title=f"one sampled call per placement{what}")
     return 0

@@ -63,7 +63,7 @@ def plot_timelines(calls: dict[str, CallTrace], out: Path, *, title: str) -> Pat
                     else:
                         ax.text(s.t0 - t0 + s.dur / 2, ypos[r], text.replace(" ", "\n", 1) if s.dur < 0.12 * extent
                                 else text, ha="center", va="center", fontsize=6)
-        for name, send, recv in HANDOFFS:
+        for _name, send, recv in HANDOFFS:
             a = call.first(*send)
             if a is None:
                 continue

@@ -34,7 +34,7 @@ from .p2m import P2M_TABLE_ORDER, P2M_TYPE_MASK, RAM_TYPES, P2mEntry, P2mFile, P
 from .registry import DomainState, decode_control
 
 if TYPE_CHECKING:
-    from collections.abc import Buffer
+    from _typeshed import ReadableBuffer as Buffer
 
     from .machine import Machine
 
@@ -299,7 +299,7 @@ class Domain:
             if old is P2mType.p2m_invalid:
                 raise NotMapped(self.domid, gfn << PAGE_SHIFT, gfn_only=True)
             allowed = RAM_TYPES if old in RAM_TYPES else {P2mType.p2m_mmio_direct_dev}
-            if new not in allowed:
+            if new is None or new not in allowed:
                 raise BadP2mTransition(self.domid, gfn, old.name,
                                        new.name if new is not None else p2m_type)
             self._p2m.set_word(gfn, encode_entry(word >> PAGE_SHIFT, new))

@@ -52,7 +52,7 @@ class MachineError(Exception):
         # Constructor arguments, so that pickling rebuilds the same exception.
         self._init_args = args if args else (message,)
 
-    def __reduce__(self):  # type: ignore[override]
+    def __reduce__(self) -> tuple[type[MachineError], tuple[object, ...]]:
         return (type(self), self._init_args)
 
 

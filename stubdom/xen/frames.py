@@ -87,6 +87,13 @@ class FrameTable(MappedFile):
     WHAT = "frame table"
     VIEWS = ("_words", "_header")
 
+    # from the header (struct.unpack gives them untyped)
+    ram_base: int  # machine address of frame first_mfn
+    nr_frames: int
+    static_shm_base: int  # the static OP-TEE shared-memory carve-out
+    static_shm_size: int
+    seed: int  # the seed domU frame scattering derives from
+
     def __init__(self, path: Path, fd: int, mm: mmap.mmap) -> None:
         super().__init__(path, fd, mm)
         (magic, version, page_shift, self.ram_base, self.nr_frames,

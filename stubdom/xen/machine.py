@@ -41,12 +41,12 @@ from .errors import (
     BadDomid,
     BadMachineConfig,
     DomainExists,
+    FramePinned,
     HwdomExists,
     MachineAddressOutOfRange,
     MachineError,
     MachineExists,
     MachineFormatError,
-    FramePinned,
     NoSuchDomain,
     NotDomheapPage,
     NotOwner,
@@ -161,7 +161,7 @@ class Machine:
         if any(path.iterdir()):
             raise MachineExists(str(path))
 
-        created: list[object] = []
+        created: list[int | MachineLock | mmap.mmap | FrameTable | DomainRegistry] = []
         try:
             make_private_dir(path / _P2M_DIR)
             lock = MachineLock(path / _LOCK_FILE)
@@ -186,7 +186,7 @@ class Machine:
                 if isinstance(thing, int):
                     os.close(thing)
                 else:
-                    thing.close()  # type: ignore[attr-defined]
+                    thing.close()
             for name in (_RAM_FILE, _FRAMES_FILE, _REGISTRY_FILE, _LOCK_FILE):
                 (path / name).unlink(missing_ok=True)
             if (path / _P2M_DIR).is_dir():

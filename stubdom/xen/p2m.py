@@ -122,6 +122,10 @@ class P2mFile(MappedFile):
     WHAT = "p2m file"
     VIEWS = ("_entries", "_dir", "_header")
 
+    # from the header (struct.unpack gives them untyped)
+    domid: int
+    capacity: int  # tables the file can hold
+
     def __init__(self, path: Path, fd: int, mm: mmap.mmap) -> None:
         super().__init__(path, fd, mm)
         self._header = memoryview(mm)[:_HEADER.size].cast("Q")

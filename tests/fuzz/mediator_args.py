@@ -22,11 +22,10 @@ import struct
 import sys
 import uuid
 
-import stubdom.optee as optee
-
 from _platform import MAX_RPCS, rig
 from _runner import Reader, main
 
+import stubdom.optee as optee
 from stubdom.hostile import GuestOutOfPages, UnexpectedRpc
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,

@@ -15,7 +15,7 @@ import struct
 import uuid
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from stubdom.optee.teec import TEE_ERROR_BAD_PARAMETERS, TEE_ERROR_ITEM_NOT_FOUND, TEE_SUCCESS
 
@@ -34,22 +34,28 @@ OID_EMPTY_NAME = 1
 _DENT = struct.Struct("<16s64sI32sI")
 DIRFILE_ENTRY_SIZE = _DENT.size  # 120
 
-Gen = Generator[RpcRequest, RpcReply, object]
+# a step of the secure world driven through RPCs: yields each RPC request, is
+# sent its reply; what it returns differs per function (its docstring says), as
+# for tas.ta.TaGen
+Gen = Generator[RpcRequest, RpcReply, Any]
 
 
-class DirfOps(Protocol):
+_H = TypeVar("_H", contravariant=True)  # the REE FS's file handle of dirf.db
+
+
+class DirfOps(Protocol[_H]):
     """struct tee_fs_dirfile_operations: the REE FS's operations on dirf.db.
     ``read`` returns (result, data), at most ``length`` bytes."""
 
     def open(self, t: Thread, create: bool) -> Gen: ...
 
-    def close(self, t: Thread, fh: object) -> Gen: ...
+    def close(self, t: Thread, fh: _H) -> Gen: ...
 
-    def read(self, t: Thread, fh: object, pos: int, length: int) -> Gen: ...
+    def read(self, t: Thread, fh: _H, pos: int, length: int) -> Gen: ...
 
-    def write(self, t: Thread, fh: object, pos: int, data: bytes) -> Gen: ...
+    def write(self, t: Thread, fh: _H, pos: int, data: bytes) -> Gen: ...
 
-    def commit_writes(self, t: Thread, fh: object) -> Gen: ...
+    def commit_writes(self, t: Thread, fh: _H) -> Gen: ...
 
 
 @dataclass(eq=False)
@@ -65,7 +71,7 @@ class Dfh:
 class Dirh:
     """struct tee_fs_dirfile_dirh: dirf.db opened."""
 
-    ops: DirfOps
+    ops: DirfOps[Any]
     fh: object
     files: set[int] = field(default_factory=set)
     ndents: int = 0
@@ -108,7 +114,7 @@ def _write_dent(t: Thread, dirh: Dirh, idx: int, dent: _Dent) -> Gen:
     return res
 
 
-def dirfile_open(t: Thread, ops: DirfOps, create: bool) -> Gen:
+def dirfile_open(t: Thread, ops: DirfOps[Any], create: bool) -> Gen:
     """tee_fs_dirfile_open: open (or create) dirf.db and read every entry,
     clearing one whose file number is already taken.  (result, dirh)."""
     res, fh = yield from ops.open(t, create)

@@ -14,6 +14,7 @@ its secure-storage directory.
 from __future__ import annotations
 
 from collections.abc import Generator
+from typing import Any
 
 from stubdom.optee.rpc import (
     OPTEE_RPC_CMD_FS,
@@ -35,7 +36,10 @@ __all__ = ["TEE_FS_NAME_MAX", "DIRF_NAME", "file_name", "open_file", "create_fil
 TEE_FS_NAME_MAX = 350  # core/include/tee/tee_fs.h
 DIRF_NAME = "dirf.db"  # tee_fs_dirfile_fileh_to_fname with no file handle
 
-Gen = Generator[RpcRequest, RpcReply, object]
+# a step of the secure world driven through RPCs: yields each RPC request, is
+# sent its reply; what it returns differs per function (its docstring says), as
+# for tas.ta.TaGen
+Gen = Generator[RpcRequest, RpcReply, Any]
 
 
 def file_name(file_number: int | None) -> str:

@@ -31,7 +31,7 @@ import random
 import struct
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from stubdom.optee.teec import (
     TEE_ERROR_CORRUPT_OBJECT,
@@ -83,7 +83,7 @@ _COUNTER = struct.Struct("<I")
 HTREE_NODE_COMMITTED_BLOCK = 1 << 0
 
 
-def HTREE_NODE_COMMITTED_CHILD(n: int) -> int:  # noqa: N802 - fs_htree.c macro name
+def HTREE_NODE_COMMITTED_CHILD(n: int) -> int:
     return 1 << (1 + n)
 
 
@@ -102,7 +102,10 @@ class HtreeType:
     BLOCK = 2
 
 
-Gen = Generator[RpcRequest, RpcReply, object]
+# a step of the secure world driven through RPCs: yields each RPC request, is
+# sent its reply; what it returns differs per function (its docstring says), as
+# for tas.ta.TaGen
+Gen = Generator[RpcRequest, RpcReply, Any]
 
 
 class HtreeStorage(Protocol):
@@ -202,15 +205,16 @@ def _find_node(ht: Htree, node_id: int) -> _Node | None:
     return node if node.id == node_id else None
 
 
-def _get_node(ht: Htree, create: bool, node_id: int) -> tuple[int, _Node | None]:
-    """get_node: the node, creating the missing ones up to it when asked."""
+def _get_node(ht: Htree, create: bool, node_id: int) -> _Node | int:
+    """get_node: the node, creating the missing ones up to it when asked;
+    the error (a TEE_ERROR_*) when there is none."""
     node = _find_closest_node(ht, node_id)
     if node.id == node_id:
-        return TEE_SUCCESS, node
+        return node
     if not create:
-        return TEE_ERROR_GENERIC, None
+        return TEE_ERROR_GENERIC
     if node_id > MAX_HTREE_NODES:
-        return TEE_ERROR_OUT_OF_MEMORY, None
+        return TEE_ERROR_OUT_OF_MEMORY
     for n in range(node.id + 1, node_id + 1):
         node = _find_closest_node(ht, n)
         if node.id == n:
@@ -220,7 +224,7 @@ def _get_node(ht: Htree, create: bool, node_id: int) -> tuple[int, _Node | None]
         node = nc
     if node.id > ht.max_node_id:
         ht.max_node_id = node.id
-    return TEE_SUCCESS, node
+    return node
 
 
 def _post_order(node: _Node | None) -> list[_Node]:
@@ -381,9 +385,9 @@ def _init_tree_from_data(t: Thread, ht: Htree) -> Gen:
         res, image = yield from _read_node(t, ht, node_id, vers)
         if res != TEE_SUCCESS:
             return res
-        res, nc = _get_node(ht, True, node_id)
-        if res != TEE_SUCCESS:
-            return res
+        nc = _get_node(ht, True, node_id)
+        if isinstance(nc, int):
+            return nc
         nc.node = image
         node_id += 1
     return TEE_SUCCESS
@@ -485,9 +489,9 @@ def htree_sync_to_storage(t: Thread, ht: Htree) -> Gen:
 def htree_write_block(t: Thread, ht: Htree, block_num: int, block: bytes) -> Gen:
     """tee_fs_htree_write_block: the block goes to the version its node does
     not commit (flipped once per commit), sealed with a fresh iv."""
-    res, node = _get_node(ht, True, block_num + 1)
-    if res != TEE_SUCCESS:
-        return res
+    node = _get_node(ht, True, block_num + 1)
+    if isinstance(node, int):
+        return node
     if not node.block_updated:
         node.node.flags ^= HTREE_NODE_COMMITTED_BLOCK
     vers = int(bool(node.node.flags & HTREE_NODE_COMMITTED_BLOCK))
@@ -504,9 +508,9 @@ def htree_write_block(t: Thread, ht: Htree, block_num: int, block: bytes) -> Gen
 
 def htree_read_block(t: Thread, ht: Htree, block_num: int) -> Gen:
     """tee_fs_htree_read_block: (result, the block), checked against its tag."""
-    res, node = _get_node(ht, False, block_num + 1)
-    if res != TEE_SUCCESS:
-        return res, b""
+    node = _get_node(ht, False, block_num + 1)
+    if isinstance(node, int):
+        return node, b""
     vers = int(bool(node.node.flags & HTREE_NODE_COMMITTED_BLOCK))
     res, n, data = yield from ht.stor.read(t, HtreeType.BLOCK, block_num, vers, BLOCK_SIZE)
     if res != TEE_SUCCESS:

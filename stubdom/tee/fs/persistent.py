@@ -17,6 +17,7 @@ import struct
 import uuid
 from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Any
 
 from stubdom.optee.teec import (
     TEE_ERROR_ACCESS_CONFLICT,
@@ -65,7 +66,10 @@ _VALID_CREATE = _VALID_OPEN | TEE_DATA_FLAG_OVERWRITE
 _HEAD = struct.Struct("<6I")
 STORAGE_HEAD_SIZE = _HEAD.size  # 24
 
-Gen = Generator[RpcRequest, RpcReply, object]
+# a step of the secure world driven through RPCs: yields each RPC request, is
+# sent its reply; what it returns differs per function (its docstring says), as
+# for tas.ta.TaGen
+Gen = Generator[RpcRequest, RpcReply, Any]
 
 
 @dataclass(eq=False)
@@ -133,6 +137,7 @@ def read_object_data(t: Thread, fs: ReeFs, obj: PersistentObject, size: int) -> 
     """syscall_storage_obj_read: (result, data) from the current position."""
     if not obj.flags & TEE_DATA_FLAG_ACCESS_READ:
         return TEE_ERROR_ACCESS_CONFLICT, b""
+    assert obj.fh is not None  # open: only close_object drops it, and nothing uses an object after that
     res, data = yield from ree_fs_read(t, fs, obj.fh, obj.ds_pos + obj.position, size)
     if res != TEE_SUCCESS:
         if res == TEE_ERROR_CORRUPT_OBJECT:
@@ -146,6 +151,7 @@ def write_object_data(t: Thread, fs: ReeFs, obj: PersistentObject, data: bytes) 
     """syscall_storage_obj_write at the current position."""
     if not obj.flags & TEE_DATA_FLAG_ACCESS_WRITE:
         return TEE_ERROR_ACCESS_CONFLICT
+    assert obj.fh is not None  # open: only close_object drops it, and nothing uses an object after that
     res = yield from ree_fs_write(t, fs, obj.fh, obj.ds_pos + obj.position, data)
     if res != TEE_SUCCESS:
         if res == TEE_ERROR_CORRUPT_OBJECT:

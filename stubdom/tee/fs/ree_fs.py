@@ -26,6 +26,7 @@ import random
 import uuid
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from stubdom.optee.teec import (
     TEE_ERROR_ACCESS_CONFLICT,
@@ -65,7 +66,10 @@ from .htree import (
 __all__ = ["ReeFs", "FsFd", "get_offs_size", "ree_fs_open", "ree_fs_create", "ree_fs_close", "ree_fs_read",
            "ree_fs_write", "ree_fs_remove"]
 
-Gen = Generator[RpcRequest, RpcReply, object]
+# a step of the secure world driven through RPCs: yields each RPC request, is
+# sent its reply; what it returns differs per function (its docstring says), as
+# for tas.ta.TaGen
+Gen = Generator[RpcRequest, RpcReply, Any]
 _BLOCK_NODES = BLOCK_SIZE // (NODE_IMAGE_SIZE * 2)  # 31 node pairs per node block
 
 
@@ -121,6 +125,18 @@ class ReeFs:
 
 
 # -- files ---------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def _set(value: _T | None) -> _T:
+    """A handle an earlier step of a ``res == TEE_SUCCESS`` chain set: the
+    chain goes on only while every step succeeded, and the step that
+    yields the handle sets it when it succeeds (OP-TEE's C code relies on
+    the same)."""
+    assert value is not None
+    return value
+
 
 def _open_primitive(t: Thread, fs: ReeFs, create: bool, want_hash: bytes | None, dfh: Dfh | None) -> Gen:
     """ree_fs_open_primitive: FS OPEN or CREATE, then the tree; on failure the
@@ -359,19 +375,19 @@ def ree_fs_create(t: Thread, fs: ReeFs, ta_uuid: uuid.UUID, oid: bytes, overwrit
         res, fdp = yield from _open_primitive(t, fs, True, None, dfh)
     pos = 0
     if res == TEE_SUCCESS and head:
-        res = yield from _write_primitive(t, fdp, pos, head)
+        res = yield from _write_primitive(t, _set(fdp), pos, head)
         pos += len(head)
     if res == TEE_SUCCESS and data:
-        res = yield from _write_primitive(t, fdp, pos, data)
+        res = yield from _write_primitive(t, _set(fdp), pos, data)
     if res == TEE_SUCCESS:
-        res = yield from _sync(t, fdp)
+        res = yield from _sync(t, _set(fdp))
     if res == TEE_SUCCESS:
-        res = yield from _set_name(t, dirh, fdp, ta_uuid, oid, overwrite)
+        res = yield from _set_name(t, dirh, _set(fdp), ta_uuid, oid, overwrite)
     if res != TEE_SUCCESS:
         yield from _put_dirh(t, fs, dirh, True)
         if fdp is not None:
             yield from _close_primitive(t, fdp)
-            yield from fs_rpc.remove_file(t, dfh.file_number)
+            yield from fs_rpc.remove_file(t, _set(dfh).file_number)
             fdp = None
     yield from fs.mutex.unlock(t)
     return res, fdp
@@ -419,11 +435,11 @@ def ree_fs_remove(t: Thread, fs: ReeFs, ta_uuid: uuid.UUID, oid: bytes) -> Gen:
     if res == TEE_SUCCESS:
         res, dfh = yield from dirfile_find(t, dirh, ta_uuid, oid)
     if res == TEE_SUCCESS:
-        res = yield from dirfile_remove(t, dirh, dfh)
+        res = yield from dirfile_remove(t, dirh, _set(dfh))
     if res == TEE_SUCCESS:
         res = yield from _commit_dirh_writes(t, dirh)
     if res == TEE_SUCCESS:
-        yield from fs_rpc.remove_file(t, dfh.file_number)
+        yield from fs_rpc.remove_file(t, _set(dfh).file_number)
     yield from _put_dirh(t, fs, dirh, res != TEE_SUCCESS)
     yield from fs.mutex.unlock(t)
     return res

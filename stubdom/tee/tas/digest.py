@@ -15,11 +15,11 @@ import uuid
 from stubdom.optee.teec import TEE_ERROR_BAD_PARAMETERS, TEE_ERROR_SHORT_BUFFER, TEE_SUCCESS
 
 from .ta import (
-    StatelessTa,
     TEE_PARAM_TYPE_MEMREF_INPUT,
     TEE_PARAM_TYPE_MEMREF_OUTPUT,
     TEE_PARAM_TYPE_NONE,
     TEE_PARAM_TYPES,
+    StatelessTa,
     TaContext,
     TaGen,
     TaParam,

@@ -13,10 +13,10 @@ import uuid
 from stubdom.optee.teec import TEE_ERROR_BAD_PARAMETERS, TEE_SUCCESS
 
 from .ta import (
-    StatelessTa,
     TEE_PARAM_TYPE_NONE,
     TEE_PARAM_TYPE_VALUE_INOUT,
     TEE_PARAM_TYPES,
+    StatelessTa,
     TaContext,
     TaGen,
     TaParam,

@@ -23,6 +23,7 @@ docs/tee-model.md lists the FS RPCs each command makes.
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 from stubdom.optee.teec import TEE_ERROR_BAD_PARAMETERS, TEE_ERROR_SHORT_BUFFER, TEE_SUCCESS
 
@@ -41,16 +42,20 @@ from ..fs.persistent import (
     write_object_data,
 )
 from .ta import (
-    StatelessTa,
     TEE_PARAM_TYPE_MEMREF_INPUT,
     TEE_PARAM_TYPE_MEMREF_OUTPUT,
     TEE_PARAM_TYPE_NONE,
     TEE_PARAM_TYPES,
+    StatelessTa,
     TaContext,
     TaGen,
     TaParam,
     param_types,
 )
+
+if TYPE_CHECKING:
+    from ..fs.ree_fs import ReeFs
+    from ..thread import Thread
 
 __all__ = [
     "STORAGE_UUID",
@@ -101,6 +106,14 @@ class StorageTa(StatelessTa):
         return TEE_ERROR_BAD_PARAMETERS
 
 
+def _storage(ctx: TaContext) -> tuple[Thread, ReeFs, uuid.UUID]:
+    """The thread, the partition's REE FS and this TA's UUID."""
+    fs, ta = ctx.ree_fs, ctx.session.ta
+    assert fs is not None  # entry_std gives every TA its partition's REE FS
+    assert ta is not None  # a session is invoked only once its TA is found (open_session)
+    return ctx.thread, fs, ta.uuid
+
+
 def _object_id(ctx: TaContext, p: TaParam) -> bytes | None:
     oid = ctx.read_memref(p, "object id")
     return oid if 1 <= len(oid) <= TEE_OBJECT_ID_MAX_LEN else None
@@ -108,7 +121,7 @@ def _object_id(ctx: TaContext, p: TaParam) -> bytes | None:
 
 def _write_raw(ctx: TaContext, oid: bytes, data: bytes) -> TaGen:
     """create_raw_object."""
-    t, fs, me = ctx.thread, ctx.ree_fs, ctx.session.ta.uuid
+    t, fs, me = _storage(ctx)
     res, obj = yield from create_persistent_object(t, fs, me, oid, _WRITE_FLAGS)
     if res != TEE_SUCCESS:
         return res
@@ -122,7 +135,7 @@ def _write_raw(ctx: TaContext, oid: bytes, data: bytes) -> TaGen:
 
 def _read_raw(ctx: TaContext, oid: bytes, out: TaParam) -> TaGen:
     """read_raw_object."""
-    t, fs, me = ctx.thread, ctx.ree_fs, ctx.session.ta.uuid
+    t, fs, me = _storage(ctx)
     res, obj = yield from open_persistent_object(t, fs, me, oid, _READ_FLAGS)
     if res != TEE_SUCCESS:
         return res
@@ -140,7 +153,7 @@ def _read_raw(ctx: TaContext, oid: bytes, out: TaParam) -> TaGen:
 
 def _delete(ctx: TaContext, oid: bytes) -> TaGen:
     """delete_object."""
-    t, fs, me = ctx.thread, ctx.ree_fs, ctx.session.ta.uuid
+    t, fs, me = _storage(ctx)
     res, obj = yield from open_persistent_object(t, fs, me, oid, _DELETE_FLAGS)
     if res != TEE_SUCCESS:
         return res

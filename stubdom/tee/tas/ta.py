@@ -56,7 +56,7 @@ _MEMREF_TYPES = (TEE_PARAM_TYPE_MEMREF_INPUT, TEE_PARAM_TYPE_MEMREF_OUTPUT, TEE_
 TaGen = Generator["RpcRequest", "RpcReply", Any]
 
 
-def TEE_PARAM_TYPES(t0: int, t1: int, t2: int, t3: int) -> int:  # noqa: N802 - GP macro name
+def TEE_PARAM_TYPES(t0: int, t1: int, t2: int, t3: int) -> int:
     """tee_api_defines.h TEE_PARAM_TYPES: four 4-bit types packed low to high."""
     return t0 | (t1 << 4) | (t2 << 8) | (t3 << 12)
 

@@ -29,11 +29,11 @@ from stubdom.optee.teec import TEE_ERROR_BAD_PARAMETERS, TEE_ERROR_CANCEL, TEE_S
 
 from ..thread import RpcParam
 from .ta import (
-    StatelessTa,
     TEE_PARAM_TYPE_NONE,
     TEE_PARAM_TYPE_VALUE_INPUT,
     TEE_PARAM_TYPE_VALUE_OUTPUT,
     TEE_PARAM_TYPES,
+    StatelessTa,
     TaContext,
     TaGen,
     TaParam,

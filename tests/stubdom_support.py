@@ -53,7 +53,7 @@ class GatePort:
 
 
 class _Backend(threading.Thread):
-    def __init__(self, daemon: "MiniDaemon", domid: int) -> None:
+    def __init__(self, daemon: MiniDaemon, domid: int) -> None:
         super().__init__(name=f"backend-d{domid}", daemon=True)
         self.d = daemon
         self.domid = domid
@@ -170,7 +170,7 @@ class MiniDaemon:
             return {"seq": seq, "ok": False, "error": {"code": code, "name": name, "message": "refused by test"}}
         try:
             result = getattr(self, "op_" + op)(req)
-        except Exception as e:  # noqa: BLE001 - reported to the client as INTERNAL
+        except Exception as e:
             return {"seq": seq, "ok": False, "error": {"code": 9, "name": "INTERNAL", "message": repr(e)}}
         return {"seq": seq, "ok": True, "result": self.answer_override.get(op, result)}
 

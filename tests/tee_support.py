@@ -16,8 +16,8 @@ from pathlib import Path
 
 from stubdom.optee import (
     OPTEE_MSG_ATTR_NONCONTIG,
-    OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
     OPTEE_MSG_ATTR_TYPE_RMEM_INOUT,
+    OPTEE_MSG_ATTR_TYPE_RMEM_INPUT,
     OPTEE_MSG_ATTR_TYPE_RMEM_OUTPUT,
     OPTEE_MSG_ATTR_TYPE_TMEM_OUTPUT,
     OPTEE_MSG_ATTR_TYPE_VALUE_INPUT,
@@ -49,19 +49,19 @@ from stubdom.optee import (
     OPTEE_SMC_VM_CREATED,
     TEEC_ERROR_BAD_PARAMETERS,
     TEEC_ERROR_ITEM_NOT_FOUND,
+    TEEC_ERROR_SHORT_BUFFER,
     TEEC_ORIGIN_COMMS,
     TEEC_SUCCESS,
-    TEEC_ERROR_SHORT_BUFFER,
     MsgArg,
     MsgParam,
     OpenSessionMeta,
     build_page_list,
     build_ta_image,
-    value_words_to_uuid,
     get_arg_size,
     is_rpc_return,
     list_pages_needed,
     make_buf_ptr,
+    value_words_to_uuid,
 )
 from stubdom.tee import IsolationOracle, OpteeModel, TeeConfig
 from stubdom.tee.tas import builtin_tas
@@ -408,15 +408,3 @@ def setup_guests(tmp_path: Path, *domids: int, config: TeeConfig | None = None, 
         assert nw.vm_created() == 0
         worlds.append(nw)
     return machine, tee, oracle, worlds
-
-
-def test_allocated_pages_are_owned_and_pinned(tmp_path: Path) -> None:
-    machine, _tee, oracle, (nw,) = setup_guests(tmp_path, 1)
-    ma = nw.alloc_page()
-    assert machine.frame_owner(ma // PAGE_SIZE) == 1
-    assert machine.frame_refcount(ma // PAGE_SIZE) == 1
-    nw.release_page(ma)
-    assert machine.frame_refcount(ma // PAGE_SIZE) == 0
-    assert oracle.violations == []
-    machine.close()
-

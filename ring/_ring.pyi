@@ -1,0 +1,113 @@
+"""Types of the compiled module ``ring._ring``: cffi's out-of-line API
+module built by cffi_build/build_ring.py from cffi_build/teeif.h.
+
+Written by hand from teeif.h; tests/test_ring_stub.py checks that it names
+exactly the constants and functions the built module has. Arguments that
+are C pointers or arrays are cffi cdata objects (``CData``): cffi checks
+their C type at the call, so their static type says no more than that.
+"""
+
+from typing import Final, Protocol
+
+from _cffi_backend import FFI
+
+CData = FFI.CData
+
+ffi: FFI
+
+# What Python reads of the ring ends' private C state (teeif.h), as cffi
+# shows a `struct ... *` cdata: its fields by name. These classes exist for
+# the type checker only; at run time the objects are cdata.
+
+class CStats(Protocol):
+    """``struct teeif_stats``."""
+
+    pushes: int
+    pops: int
+    batches: int
+    notify_sent: int
+    notify_suppressed: int
+    final_checks: int
+    sleeps: int
+    poll_hits: int
+
+class CRingEnd(Protocol):
+    """What ``struct teeif_front_ring`` and ``struct teeif_back_ring`` share."""
+
+    nr_ents: int
+    ring_pages: int
+    sring: CData
+    stats: CStats
+    bad_prod: int
+    truncated: int
+    fault_off: int
+
+class CFrontRing(CRingEnd, Protocol):
+    """``struct teeif_front_ring *``."""
+
+    req_prod_pvt: int
+    rsp_cons: int
+
+class CBackRing(CRingEnd, Protocol):
+    """``struct teeif_back_ring *``."""
+
+    rsp_prod_pvt: int
+    req_cons: int
+
+class _Lib:
+    # teeif.h: the ABI version, layout facts and return codes
+    TEEIF_ABI_VERSION: Final[int]
+    TEEIF_PAGE_SIZE: Final[int]
+    TEEIF_RING_HDR_SIZE: Final[int]
+    TEEIF_ENTRY_SIZE: Final[int]
+    TEEIF_MAX_RING_PAGES: Final[int]
+    TEEIF_FAULT_UNKNOWN: Final[int]
+    TEEIF_EFULL: Final[int]
+    TEEIF_ECORRUPT: Final[int]
+    TEEIF_ENOREQ: Final[int]
+    TEEIF_EPEER: Final[int]
+    TEEIF_ESIZE: Final[int]
+    TEEIF_EMISMATCH: Final[int]
+    TEEIF_ETRUNC: Final[int]
+
+    # the shared ring
+    def teeif_ring_entries(self, ring_pages: int, /) -> int: ...
+    def teeif_ring_map(
+        self, path: bytes, ring_pages: int, create: int, start: int, out_sring: CData, out_pages: CData, /
+    ) -> int: ...
+    def teeif_ring_unmap(self, sring: CData, ring_pages: int, /) -> int: ...
+    def teeif_ring_indices(self, sring: CData, ring_pages: int, out: CData, /) -> int: ...
+    def teeif_front_attach(self, f: CFrontRing, s: CData, ring_pages: int, /) -> int: ...
+    def teeif_back_attach(self, b: CBackRing, s: CData, ring_pages: int, /) -> int: ...
+
+    # the front
+    def teeif_front_free_requests(self, f: CFrontRing, /) -> int: ...
+    def teeif_front_push_requests(self, f: CFrontRing, reqs: CData, n: int, notify: CData, /) -> int: ...
+    def teeif_front_pop_responses(self, f: CFrontRing, out: CData, max: int, /) -> int: ...
+    def teeif_front_unconsumed(self, f: CFrontRing, /) -> int: ...
+    def teeif_front_final_check(self, f: CFrontRing, /) -> int: ...
+    def teeif_front_poll(self, f: CFrontRing, spin_ns: int, /) -> int: ...
+    def teeif_front_spin(self, f: CFrontRing, spin_ns: int, /) -> int: ...
+
+    # the back
+    def teeif_back_pop_requests(self, b: CBackRing, out: CData, max: int, /) -> int: ...
+    def teeif_back_push_responses(self, b: CBackRing, rsps: CData, n: int, notify: CData, /) -> int: ...
+    def teeif_back_unconsumed(self, b: CBackRing, /) -> int: ...
+    def teeif_back_recheck_notify(self, b: CBackRing, /) -> int: ...
+    def teeif_back_final_check(self, b: CBackRing, /) -> int: ...
+    def teeif_back_poll(self, b: CBackRing, spin_ns: int, /) -> int: ...
+    def teeif_back_spin(self, b: CBackRing, spin_ns: int, /) -> int: ...
+    def teeif_back_spin_any(self, rings: CData, n: int, spin_ns: int, ready: CData, /) -> int: ...
+
+    # the event channel
+    def teeif_evtchn_notify(self, fd: int, /) -> int: ...
+    def teeif_evtchn_drain(self, fd: int, /) -> int: ...
+    def teeif_evtchn_wait(self, fd: int, timeout_ns: int, /) -> int: ...
+
+    # the transport floor
+    def teeif_floor_front_run(
+        self, f: CFrontRing, fd: int, rounds: int, batch: int, spin_ns: int, samples_ns: CData, /
+    ) -> int: ...
+    def teeif_floor_back_run(self, b: CBackRing, fd: int, entries: int, spin_ns: int, /) -> int: ...
+
+lib: _Lib
