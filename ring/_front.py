@@ -25,6 +25,7 @@ from ring._shared import _RingEnd
 if TYPE_CHECKING:
     from _typeshed import StrPath
 
+    from ring._back import BackRing
     from ring._ring import CData, CFrontRing
 
 __all__ = ["FrontRing"]
@@ -152,7 +153,7 @@ class FrontRing(_RingEnd):
         self._live()
         return check(lib.teeif_front_spin(self._c, spin_ns), self.path, front=self._c) > 0
 
-    def spin_with(self, back, spin_ns: int) -> tuple[bool, bool]:
+    def spin_with(self, back: BackRing, spin_ns: int) -> tuple[bool, bool]:
         """Spin (GIL released) for up to ``spin_ns`` on this ring's responses
         and on ``back``'s requests (a ``BackRing`` of another ring, which the
         caller serves) at once, WITHOUT a final check on either: returns

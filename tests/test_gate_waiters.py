@@ -28,7 +28,6 @@ from stubdom.public import GATE_OP_HYP, GATE_OP_SMC, gate_dir
 from stubdom.tee import IsolationOracle, OpteeModel, TeeConfig
 from stubdom.xen import Machine
 from stubdom.xen.constants import DOMID_FIRST_RESERVED
-
 from test_gate import SpyTee, regs
 
 EPERM, EINVAL, ENOENT = -errno.EPERM, -errno.EINVAL, -errno.ENOENT

@@ -47,6 +47,7 @@ from ring import (
     BackRing,
     EventChannel,
     EventChannelListener,
+    FrontRing,
     PeerDied,
     Request,
     Response,
@@ -521,7 +522,7 @@ class Gate:
             self._waiters += 1
             return True
 
-    def waiter_spin(self, front, spin_ns: int) -> tuple[bool, bool]:
+    def waiter_spin(self, front: FrontRing, spin_ns: int) -> tuple[bool, bool]:
         """Spin up to ``spin_ns`` on ``front`` (the waiter's own ring) and, if
         no one else holds it, on the gate ring: (responses on ``front``,
         requests for the gate). Errors of ``front`` raise here."""

@@ -287,7 +287,7 @@ class DomainLink:
                         self._break(e)
                         return
                     chan = self._chan
-                if serve:
+                if serve and gate is not None:
                     gate.waiter_serve()
                     continue
                 if spin_left > 0:
