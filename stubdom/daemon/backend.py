@@ -45,7 +45,7 @@ _BROKEN_EVENTS = {ring.RingCorrupted: "ring_corrupted", ring.RingTruncated: "rin
 
 class RingPoller:
     """One spin over every idle domain ring, and one sleep for all of them
-    (docs/performance.md, "The daemon's polling").
+    (docs/performance.md, "How the stub domain polls").
 
     A backend that found its ring empty parks here instead of spinning on
     its own ring: one parked task at a time (the *spinner*) spins in C over
