@@ -26,7 +26,7 @@
  */
 
 /* Bumped whenever this interface changes; ring/_lib.py refuses a stale build. */
-#define TEEIF_ABI_VERSION 4
+#define TEEIF_ABI_VERSION 3
 
 #define TEEIF_PAGE_SIZE 4096        /* ring protocols use 4 KiB pages: io/ring.h XEN_PAGE_SHIFT */
 #define TEEIF_RING_HDR_SIZE 64      /* io/ring.h: four indices, pvt[4], __pad[44] */
@@ -206,27 +206,6 @@ int teeif_back_spin(struct teeif_back_ring *b, uint64_t spin_ns);
  */
 int teeif_back_spin_any(struct teeif_back_ring **rings, uint32_t n, uint64_t spin_ns,
                         uint32_t *ready);
-/*
- * The opposite of the final check: req_event := req_cons, an index the
- * frontend has already passed, so that its next pushes do not notify. For a
- * backend whose ring is watched by a spinning thread other than the one that
- * sleeps on the event channel (the SMC gate's waiting vCPUs): while someone
- * spins, nobody needs waking. Whoever stops spinning last must do the final
- * check (teeif_back_final_check) before anyone may sleep. Returns 0.
- */
-int teeif_back_hold_notify(struct teeif_back_ring *b);
-
-/*
- * One spin over a front ring's responses and a back ring's requests (a
- * thread waiting for its answer that also serves another ring). Spins for up
- * to spin_ns; returns the bits of what it found: TEEIF_SPIN_FRONT (responses
- * on f), TEEIF_SPIN_BACK (requests on b, or an impossible req_prod or a
- * truncated b: b's own pop reports those); 0 when the window ended with
- * neither; f's error code if f is broken. No final check on either ring.
- */
-#define TEEIF_SPIN_FRONT 1
-#define TEEIF_SPIN_BACK 2
-int teeif_spin_front_back(struct teeif_front_ring *f, struct teeif_back_ring *b, uint64_t spin_ns);
 
 /*
  * Event channel over a connected AF_UNIX SOCK_SEQPACKET socket. A notification

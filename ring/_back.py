@@ -151,11 +151,3 @@ class BackRing(_RingEnd):
         WITHOUT the final check (req_event left alone); see FrontRing.spin."""
         self._live()
         return check(lib.teeif_back_spin(self._c, spin_ns), self.path, back=self._c) > 0
-
-    def hold_notify(self) -> None:
-        """The opposite of ``final_check``: ask the frontend not to notify
-        (req_event := an index it has passed). For a backend whose ring another
-        thread watches by spinning; whoever stops spinning last must call
-        ``final_check`` before anyone sleeps on the channel."""
-        self._live()
-        check(lib.teeif_back_hold_notify(self._c), self.path, back=self._c)

@@ -25,7 +25,6 @@ from ring._shared import _RingEnd
 if TYPE_CHECKING:
     from _typeshed import StrPath
 
-    from ring._back import BackRing
     from ring._ring import CData, CFrontRing
 
 __all__ = ["FrontRing"]
@@ -152,15 +151,3 @@ class FrontRing(_RingEnd):
         ``final_check``) once, at the end of the whole window."""
         self._live()
         return check(lib.teeif_front_spin(self._c, spin_ns), self.path, front=self._c) > 0
-
-    def spin_with(self, back: BackRing, spin_ns: int) -> tuple[bool, bool]:
-        """Spin (GIL released) for up to ``spin_ns`` on this ring's responses
-        and on ``back``'s requests (a ``BackRing`` of another ring, which the
-        caller serves) at once, WITHOUT a final check on either: returns
-        (responses here, requests there). An impossible req_prod or a
-        truncated file on ``back`` counts as requests: ``back``'s pop raises
-        it; this ring's own errors raise here."""
-        self._live()
-        back._live()
-        found = check(lib.teeif_spin_front_back(self._c, back._c, spin_ns), self.path, front=self._c)
-        return bool(found & lib.TEEIF_SPIN_FRONT), bool(found & lib.TEEIF_SPIN_BACK)

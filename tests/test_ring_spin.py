@@ -91,39 +91,3 @@ def test_spin_set_reports_a_corrupt_ring_for_its_owner(tmp_path):
                 back.pop()
     finally:
         os.close(fd)
-
-
-def test_hold_notify_stops_the_front_notifying_until_the_next_final_check(tmp_path):
-    front, back = make(tmp_path, "r")
-    assert back.final_check() is False  # armed: the next request notifies
-    back.hold_notify()
-    assert front.push(req(0)) is False  # held off: someone spins on the ring
-    assert back.pop() is not None
-    assert back.final_check() is False  # armed again
-    assert front.push(req(1)) is True
-
-
-def test_spin_with_finds_responses_here_and_requests_there(tmp_path):
-    front, back = make(tmp_path, "mine")  # my ring: I wait for responses
-    other_front, other_back = make(tmp_path, "other")  # a ring I serve
-    front.push(req(0))
-    assert back.pop() is not None
-    before = other_back.shared_indices().req_event
-    assert front.spin_with(other_back, 50_000) == (False, False)
-    assert other_back.shared_indices().req_event == before  # no final check on either
-    assert front.shared_indices().rsp_event == 1
-    other_front.push(req(1))
-    assert front.spin_with(other_back, 10**9) == (False, True)
-    back.push(Response(0, 0, 0, (0,) * 8))
-    assert front.spin_with(other_back, 10**9) == (True, True)
-    assert front.pop().id == 0 and other_back.pop().id == 1
-    assert front.spin_with(other_back, 0) == (False, False)
-
-
-def test_spin_with_reports_a_corrupt_served_ring_as_work_for_its_owner(tmp_path):
-    front, _back = make(tmp_path, "mine")
-    other_front, other_back = make(tmp_path, "other")
-    other_front._c.sring.req_prod = 100  # more requests than slots
-    assert front.spin_with(other_back, 10**9) == (False, True)
-    with pytest.raises(RingCorrupted):
-        other_back.pop()

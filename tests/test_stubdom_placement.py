@@ -102,33 +102,6 @@ def test_full_ta_workload_through_daemon_and_gate(world) -> None:
     assert platform.machine.dying_domains() == {}  # every pin was released
 
 
-@pytest.mark.parametrize("world", [{"poll_us": 2_000_000}], indirect=True)
-def test_a_polling_vcpu_serves_the_gate_and_changes_nothing_else(world) -> None:
-    """Polled: the vCPU thread waiting for its answer may serve the gate ring
-    (docs/smc-gate.md, "Who serves the gate ring"); every hypercall is still
-    checked and counted by the gate, whichever platform thread served it."""
-    platform, daemon = world
-    domain = platform.create_domain(DomainSpec(1, nr_pages=1024, vcpus=2))
-    driver = OpteeDriver(platform.trap_entry(1), domain, nr_vcpus=2, seed=1, supplicant=Supplicant(MemoryStore()))
-    driver.probe()
-    with Context(driver) as ctx:
-        assert workloads.increment(ctx, 41) == 42
-        data = workloads.random_bytes(3 * 4096 + 77, 3)
-        workloads.digest_temp(ctx, data)
-        workloads.storage_round_trip(ctx, b"obj", workloads.random_bytes(5000, 4))
-    driver.shutdown()
-    gate = platform.placement.gate.statistics()
-    assert 0 < gate.calls[(1, GATE_OP_SMC)] <= platform.placement.statistics(1).requests
-    assert gate.calls[(1, GATE_OP_HYP)] == 1  # VM_CREATED, made before any vCPU waited
-    assert gate.refusals == {}
-    # which thread served each is the scheduler's business (a request pushed
-    # before the vCPU held notifications off wakes the gate thread)
-    assert gate.waiter_batches < gate.batches  # at least VM_CREATED was the gate thread's
-    platform.destroy_domain(1)  # no vCPU waits: the gate thread serves VM_DESTROYED
-    assert platform.placement.gate.statistics().calls[(1, GATE_OP_HYP)] == 2
-    assert platform.machine.dying_domains() == {}
-
-
 @pytest.mark.parametrize("world", [{"gather": 4}], indirect=True)
 def test_several_vcpus_in_flight_each_get_their_own_answer(world) -> None:
     platform, daemon = world

@@ -121,8 +121,7 @@ def test_stubdom_spans_of_one_call_cross_both_processes_in_order(tmp_path, trace
     doc = merge_documents([tracer.document(), daemon_doc], [None, label])
     _check_format(doc)
     names = {ev["args"]["name"] for ev in doc["traceEvents"] if ev["ph"] == "M" and ev["name"] == "thread_name"}
-    if name == "stubdom":
-        assert "smc-gate" in names  # polled, the waiting vCPU thread may serve the gate instead
+    assert "smc-gate" in names
     fast = [c for c in calls_in(doc) if c.fn == "OPTEE_SMC_CALL_GET_OS_REVISION"]
     assert len(fast) >= 3  # the probe's too
     for call in fast[-3:]:

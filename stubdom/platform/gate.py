@@ -6,9 +6,7 @@ Xen checks that the toolstack gave it the domain it names, stamps the client
 ID itself and makes the SMC. :class:`Gate` is that hypercall, in the
 platform process beside the TEE model: a teeif ``BackRing`` at
 ``<runtime_dir>/xen/gate/ring`` and an event channel listening at
-``<runtime_dir>/xen/gate/evtchn``, served by one thread and, while they
-spin, by the vCPU threads waiting for the stub domain's answer (one at a
-time: see "Who serves the ring" in docs/smc-gate.md). It keeps the
+``<runtime_dir>/xen/gate/evtchn``, served by one thread. It keeps the
 assignment table (``assign``/``unassign``, the toolstack's decision),
 refuses everything else with a negative errno and zeroed registers, and
 counts every hypercall. The ABI (ops, allow-lists, statuses) is
@@ -47,7 +45,6 @@ from ring import (
     BackRing,
     EventChannel,
     EventChannelListener,
-    FrontRing,
     PeerDied,
     Request,
     Response,
@@ -88,9 +85,6 @@ _UNASSIGNED = 1  # _check's answer for a domid not assigned: -EPERM or -ENOENT, 
 
 # How long unassign waits for a hypercall of that domain still in the TEE.
 UNASSIGN_WAIT_S = 30.0
-# The gate thread spins in slices this long, so that it gives the ring up
-# within one slice to a vCPU thread that starts waiting.
-_SPIN_SLICE_NS = 20_000
 
 
 def _errno_name(status: int) -> str:
@@ -111,7 +105,6 @@ class GateStatistics:
     notifications_sent: int  # response pushes after which the stub domain was notified
     notifications_suppressed: int  # response pushes that needed no notification
     tee_errors: int  # the TEE model raised (a bug in the model): answered -EINVAL
-    waiter_batches: int  # of ``batches``, those answered by a waiting vCPU thread, not the gate thread
 
     def as_dict(self) -> dict:
         """The counters as plain, msgpack-friendly values."""
@@ -126,7 +119,6 @@ class GateStatistics:
             "notifications_sent": self.notifications_sent,
             "notifications_suppressed": self.notifications_suppressed,
             "tee_errors": self.tee_errors,
-            "waiter_batches": self.waiter_batches,
         }
 
 
@@ -140,14 +132,6 @@ class Gate:
     model). ``domain_exists(domid)`` tells -ENOENT from -EPERM.
     ``poll_window_ns`` is how long the gate spins on the ring for the next
     request before it sleeps on the event channel.
-
-    A platform thread that waits anyway for the stub domain (a vCPU whose
-    trapped SMC the daemon is serving) may serve the ring in the meantime,
-    so that the SMC the daemon issues for that call needs no second thread
-    on the same CPU: ``waiter_enter``, then ``waiter_spin`` / ``waiter_serve``
-    while it waits, ``waiter_leave`` before it sleeps or returns. It runs the
-    same ``_handle`` as the gate thread: every check, counter and refusal
-    depends on the request alone, never on which thread serves it.
     """
 
     def __init__(
@@ -207,16 +191,6 @@ class Gate:
         # welcomed: the toolstack's cue that a daemon started (or restarted)
         self.on_welcome: Callable[[int | None], None] | None = None
         self._pollers: dict[int, select.poll] = {}  # _wait's poll objects by fd
-
-        # The ring's consumer end (pop, handle, push, req_event) has one holder
-        # at a time: the gate thread, or a waiting vCPU thread (a "waiter").
-        # Lock order: _serve_lock before _lock; a waiter only ever try-locks it.
-        self._serve_lock = threading.Lock()
-        self._waiters = 0  # threads between waiter_enter and waiter_leave (under _lock)
-        self._chan: EventChannel | None = None  # the stub domain served now (set under both locks)
-        self._ring_broken = False  # a waiter found the ring corrupted: left to the gate thread
-        self._held_off = False  # req_event was last written by hold_notify, not a final check (serve lock)
-        self._waiter_batches = 0
 
     def _create_ring(self) -> BackRing:
         ring = BackRing.create(self.ring_path, self._ring_pages)
@@ -287,10 +261,9 @@ class Gate:
             os.close(self._wake_w)
             self._wake_r = self._wake_w = -1
         self._listener.close()
-        with self._serve_lock:  # a waiter may be spinning on it
-            if not self._ring.closed:
-                self._ring.close()
-                self.ring_path.unlink(missing_ok=True)
+        if not self._ring.closed:
+            self._ring.close()
+            self.ring_path.unlink(missing_ok=True)
 
     def __enter__(self) -> Gate:
         self.start()
@@ -313,14 +286,12 @@ class Gate:
                 notifications_sent=self._sent + (rs.notifications_sent if rs else 0),
                 notifications_suppressed=self._suppressed + (rs.notifications_suppressed if rs else 0),
                 tee_errors=self._tee_errors,
-                waiter_batches=self._waiter_batches,
             )
 
     # -- the serving thread ------------------------------------------------------
 
     def _wait(self, fd: int) -> bool:
-        """Block until ``fd`` is readable or a waiter nudged us (True), or
-        close() was called (False)."""
+        """Block until ``fd`` is readable (True) or close() was called (False)."""
         poller = self._pollers.get(fd)
         if poller is None:  # one per fd, kept: the serving thread sleeps per hypercall when not polling
             poller = select.poll()
@@ -335,17 +306,9 @@ class Gate:
         while not self._stopping:
             for ready, _ in poller.poll():
                 if ready == self._wake_r:
-                    if self._stopping:
-                        return False
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self._wake_r, 64)  # a nudge (_nudge): look at the ring
+                    return False
             return True
         return False
-
-    def _nudge(self) -> None:
-        """Wake the gate thread from its sleep (a waiter found the ring broken)."""
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"n")
 
     def _serve(self) -> None:
         while not self._stopping:
@@ -371,8 +334,7 @@ class Gate:
             try:
                 # Answer what a dead predecessor left, so that the newcomer
                 # attaches to a ring with nothing in flight; then welcome it.
-                with self._serve_lock:
-                    self._answer_pending(None)
+                self._answer_pending(None)
                 chan.notify()
                 if self.on_welcome is not None:
                     self.on_welcome(getattr(peer, "pid", None))
@@ -392,16 +354,13 @@ class Gate:
                 chan.close()
 
     def _reset_ring(self) -> None:
-        with self._serve_lock:
-            rs = self._ring.statistics()
-            with self._lock:
-                self._sent += rs.notifications_sent
-                self._suppressed += rs.notifications_suppressed
-            self._ring.close()
-            self.ring_path.unlink(missing_ok=True)
-            self._ring = self._create_ring()
-            self._ring_broken = False
-            self._held_off = False
+        rs = self._ring.statistics()
+        with self._lock:
+            self._sent += rs.notifications_sent
+            self._suppressed += rs.notifications_suppressed
+        self._ring.close()
+        self.ring_path.unlink(missing_ok=True)
+        self._ring = self._create_ring()
 
     def _answer_pending(self, chan: EventChannel | None) -> bool:
         """Pop every pending request, answer them all, one notify decision.
@@ -456,152 +415,16 @@ class Gate:
         return True
 
     def _serve_channel(self, chan: EventChannel) -> None:
-        with self._serve_lock, self._lock:
-            self._chan = chan  # waiters may serve from now on
-        try:
-            while not self._stopping:
-                if self._take_turn(chan):
-                    continue
-                if not self._wait(chan.fileno()):
-                    return
-                if chan.drain():  # PeerDied on end-of-file
-                    with self._lock:
-                        self._wakeups += 1
-        finally:
-            with self._serve_lock, self._lock:
-                self._chan = None
-
-    def _take_turn(self, chan: EventChannel) -> bool:
-        """The gate thread's turn at the ring: answer what is pending, spin
-        for the polling window while no waiter does. True: go round again.
-        False: sleep on the event channel, because req_event is armed (the
-        final check found nothing) or a waiter spins on the ring (it serves,
-        and the last waiter to leave does the final check: waiter_leave)."""
-        if not self._serve_lock.acquire(blocking=False):
-            with self._lock:
-                if self._waiters and not self._ring_broken:
-                    # A waiter holds the ring (it spins in slices, taking it
-                    # again at once): it serves what woke us. Queueing on its
-                    # lock would only wake us at every slice. (A waiter that
-                    # found the ring broken woke us to deal with it: we wait.)
-                    return False
-            self._serve_lock.acquire()
-        held = True
-        try:
-            self._ring_broken = False  # if it still is, the pop below raises (to _serve)
+        while not self._stopping:
             if self._answer_pending(chan):
-                return True
-            left = self._poll_ns
-            while left > 0 and not self._waiters and not self._stopping:  # a waiter spins: one spinner is enough
-                step = min(left, _SPIN_SLICE_NS)
-                left -= step
-                if self._ring.spin(step):
-                    return True
-            with self._lock:
-                if self._waiters:
-                    # decided and released under _lock: a waiter leaving now
-                    # either sees the serve lock free or was counted here
-                    self._serve_lock.release()
-                    held = False
-                    return False
-            self._held_off = False
-            return self._ring.final_check()
-        finally:
-            if held:
-                self._serve_lock.release()
-
-    # -- waiting vCPU threads ------------------------------------------------------
-
-    def waiter_enter(self) -> bool:
-        """The calling thread waits for the stub domain and will spin: it may
-        serve the ring until ``waiter_leave``. False (and nothing to leave)
-        when no stub domain is being served."""
-        with self._lock:
-            if self._chan is None or self._stopping:
-                return False
-            self._waiters += 1
-            return True
-
-    def waiter_spin(self, front: FrontRing, spin_ns: int) -> tuple[bool, bool]:
-        """Spin up to ``spin_ns`` on ``front`` (the waiter's own ring) and, if
-        no one else holds it, on the gate ring: (responses on ``front``,
-        requests for the gate). Errors of ``front`` raise here."""
-        if self._serve_lock.acquire(blocking=False):
-            try:
-                # under the lock: the gate thread drops the stub domain (and
-                # close() the ring) only while it holds it
-                if self._chan is not None and not self._ring_broken and self._hold_off():
-                    return front.spin_with(self._ring, spin_ns)  # errors of front's raise
-            finally:
-                self._serve_lock.release()
-        return front.spin(spin_ns), False
-
-    def _hold_off(self) -> bool:
-        """(serve lock held) Hold the stub domain's notifications off while
-        we watch the ring; False if the ring turned out broken."""
-        if not self._held_off:
-            try:
-                self._ring.hold_notify()
-            except (RingCorrupted, RingTruncated):
-                self._ring_failed()
-                return False
-            self._held_off = True
-        return True
-
-    def waiter_serve(self) -> bool:
-        """Answer what is pending on the ring, as the gate thread would (the
-        same ``_answer_pending`` and ``_handle``). False if nothing was
-        answered here (someone else holds the ring, or it was empty)."""
-        if not self._serve_lock.acquire(blocking=False):
-            return False
-        try:
-            return self._waiter_answer()
-        finally:
-            self._serve_lock.release()
-
-    def waiter_leave(self) -> None:
-        """The calling thread stops spinning (it got its answer, or sleeps
-        now). The last waiter to leave does the final check: req_event is
-        armed again before anyone sleeps, and what arrived meanwhile is
-        answered."""
-        with self._lock:
-            self._waiters -= 1
-            if self._waiters or self._chan is None or not self._serve_lock.acquire(blocking=False):
-                # another waiter still spins, no stub domain is served (the
-                # gate thread arms the ring for the next one), or the holder
-                # (the gate thread: _take_turn) decides under _lock after this
+                continue
+            if self._ring.poll(self._poll_ns):  # spin, then the final check
+                continue
+            if not self._wait(chan.fileno()):
                 return
-        try:
-            self._held_off = False
-            while not self._ring_broken and self._ring.final_check():
-                self._waiter_answer()
-        except (RingCorrupted, RingTruncated):
-            self._ring_failed()
-        finally:
-            self._serve_lock.release()
-
-    def _waiter_answer(self) -> bool:
-        """(serve lock held, in a waiter) _answer_pending on the served channel."""
-        chan = self._chan
-        if chan is None or self._ring_broken:
-            return False
-        try:
-            answered = self._answer_pending(chan)
-        except PeerDied:
-            answered = True  # pushed, not notified: the gate thread sees the end-of-file
-        except (RingCorrupted, RingTruncated):
-            self._ring_failed()
-            return False
-        if answered:
-            with self._lock:
-                self._waiter_batches += 1
-        return answered
-
-    def _ring_failed(self) -> None:
-        """(serve lock held) A waiter found the ring broken: the gate thread,
-        woken, finds it too and disconnects the stub domain (_serve)."""
-        self._ring_broken = True
-        self._nudge()
+            if chan.drain():  # PeerDied on end-of-file
+                with self._lock:
+                    self._wakeups += 1
 
     # -- one hypercall -----------------------------------------------------------
 

@@ -120,11 +120,9 @@ class DomainLink:
     thread-safe: several vCPUs of the domain may be in flight at once."""
 
     def __init__(self, domid: int, ring_path: Path, evtchn_path: Path, ring_pages: int, *,
-                 poll_window_ns: int, timeout_s: float, gate: Gate | None = None,
+                 poll_window_ns: int, timeout_s: float,
                  log_clock: Callable[[], float] = time.monotonic) -> None:
         self.domid = domid
-        # the SMC gate, which the receiver serves while it spins (_receive)
-        self._gate = gate
         # lines the domain's guest can cause, once per call: its rate limit
         self._glog = RateLimitedLog(log, f"d{domid}: ", clock=log_clock)
         self.ring_path = Path(ring_path)
@@ -254,74 +252,53 @@ class DomainLink:
 
     def _receive(self, deadline: float) -> None:
         """As the receiver: return once some response was delivered, the
-        daemon died, or ``deadline`` passed.
-
-        While it spins, the receiver also serves the SMC gate's ring
-        (docs/smc-gate.md, "Who serves the gate ring"): the SMC the daemon
-        issues for this call is then made in this thread, which waits
-        anyway, rather than by the gate thread woken on the same CPU."""
+        daemon died, or ``deadline`` passed."""
         spin_left = self._poll_ns
-        gate = self._gate if spin_left > 0 and self._gate is not None and self._gate.waiter_enter() else None
-        try:
-            while True:
-                if gate is not None and spin_left <= _SPIN_SLICE_NS:
-                    gate.waiter_leave()  # before the final check and the sleep: the gate thread's again
-                    gate = None
-                serve = False
-                with self._cond:
-                    if self._dead is not None or self._deliver():
-                        return
-                    step = min(spin_left, _SPIN_SLICE_NS)
-                    spin_left -= step
-                    try:
-                        # Slices spin without re-arming rsp_event (a re-armed
-                        # event index makes the daemon notify every answer); the
-                        # last one does the final check before we may sleep.
-                        if gate is not None:
-                            answered, serve = gate.waiter_spin(self._ring, step)
-                            if answered:
-                                continue
-                        elif self._ring.spin(step) if spin_left > 0 else self._ring.poll(step):
-                            continue
-                    except _RING_BROKEN as e:
-                        self._break(e)
-                        return
-                    chan = self._chan
-                if serve and gate is not None:
-                    gate.waiter_serve()
-                    continue
-                if spin_left > 0:
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or chan is None:
+        while True:
+            with self._cond:
+                if self._dead is not None or self._deliver():
                     return
+                step = min(spin_left, _SPIN_SLICE_NS)
+                spin_left -= step
                 try:
-                    poller = self._poller_for(chan.fileno())
-                except RingError:
-                    return  # closed under us: the domain is being torn down
-                if TRACER.on and (tcall := TRACER.current()) is not None:
-                    t0 = now_ns()
-                    woke = poller.poll(max(1, int(remaining * 1000)))
-                    TRACER.span(tcall, "sleep", "vcpu", t0, now_ns())
-                else:
-                    woke = poller.poll(max(1, int(remaining * 1000)))
-                if not woke:
+                    # Slices spin without re-arming rsp_event (a re-armed
+                    # event index makes the daemon notify every answer); the
+                    # last one does the final check before we may sleep.
+                    if self._ring.spin(step) if spin_left > 0 else self._ring.poll(step):
+                        continue
+                except _RING_BROKEN as e:
+                    self._break(e)
                     return
-                try:
-                    if chan.drain():
-                        with self._cond:
-                            self._n["wakeups"] += 1
-                except PeerDied:
-                    self._mark_dead("the daemon closed the event channel")
-                    # the responses it pushed before dying are still on the ring
+                chan = self._chan
+            if spin_left > 0:
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or chan is None:
+                return
+            try:
+                poller = self._poller_for(chan.fileno())
+            except RingError:
+                return  # closed under us: the domain is being torn down
+            if TRACER.on and (tcall := TRACER.current()) is not None:
+                t0 = now_ns()
+                woke = poller.poll(max(1, int(remaining * 1000)))
+                TRACER.span(tcall, "sleep", "vcpu", t0, now_ns())
+            else:
+                woke = poller.poll(max(1, int(remaining * 1000)))
+            if not woke:
+                return
+            try:
+                if chan.drain():
                     with self._cond:
-                        self._deliver()
-                    return
-                except RingError:
-                    return
-        finally:
-            if gate is not None:
-                gate.waiter_leave()
+                        self._n["wakeups"] += 1
+            except PeerDied:
+                self._mark_dead("the daemon closed the event channel")
+                # the responses it pushed before dying are still on the ring
+                with self._cond:
+                    self._deliver()
+                return
+            except RingError:
+                return
 
     def _poller_for(self, fd: int) -> select.poll:
         """A poll object on ``fd``, kept between sleeps (only the receiver
@@ -606,7 +583,7 @@ class StubdomPlacement:
     def _attach(self, domid: int, result: dict) -> DomainLink:
         ring, evtchn, pages = self._check_paths(domid, result)
         return DomainLink(domid, ring, evtchn, pages, poll_window_ns=self._poll_ns, timeout_s=self._timeout,
-                          gate=self.gate, log_clock=self._log_clock)
+                          log_clock=self._log_clock)
 
     def handle_call(self, domid: int, vcpu: int, regs: Regs) -> Regs:
         with self._lock:

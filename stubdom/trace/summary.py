@@ -49,7 +49,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("daemon", "journal", "journal records of a call that changes state"),
     ("daemon", "stats", "per-domain statistics"),
     ("daemon", "reply push", "teeif response pushed (+ notification if the vCPU sleeps)"),
-    ("gate", "gate pop", "the gate's pop of the hypercall (its thread, or a waiting vCPU thread)"),
+    ("gate", "gate pop", "the gate thread's pop of the hypercall"),
     ("gate", "hypercall", "the gate's checks, client ID stamped, and the SMC"),
     ("gate", "OP-TEE", "the OP-TEE model's execution of the SMC"),
     ("gate", "gate push", "the gate's answer pushed (+ notification)"),
@@ -167,15 +167,8 @@ def calls_in(doc: dict) -> list[CallTrace]:
             where_of.setdefault((e["pid"], e["tid"]), w)
 
     def span(e: dict) -> Span:
-        a = e.get("args", {})
-        # A span's own category says whose it is: under stubdom-poll a vCPU
-        # thread that waits serves the SMC gate too (docs/smc-gate.md, "Who
-        # serves the gate ring"); OP-TEE's span is the gate's when the gate
-        # made the SMC, whichever thread that was. Else the thread's role.
-        w = _WHERE.get(e.get("cat", ""))
-        if w is None:
-            w = "gate" if "gate_id" in a and "call" not in a else where_of.get((e["pid"], e["tid"]), "vCPU")
-        return Span(w, e["name"], e["ts"], e["ts"] + e["dur"], e["pid"], e["tid"], a)
+        return Span(where_of.get((e["pid"], e["tid"]), "vCPU"), e["name"], e["ts"], e["ts"] + e["dur"],
+                    e["pid"], e["tid"], e.get("args", {}))
 
     platform: dict[tuple, CallTrace] = {}
     daemon: dict[tuple, list[Span]] = defaultdict(list)  # (scope, domid, teeif id) -> spans
