@@ -47,7 +47,7 @@ from stubdom.guest.teecore import TeeContext, TeeSubsystem
 from stubdom.guest.teeshm import TeeShm
 from stubdom.guest.uapi import TEE_IOC_SUPPL_RECV
 from stubdom.guest.usermem import Caller, UserMemory, UserRegion
-from stubdom.rundir import SOCKET_MODE, PeerRefused, check_peer
+from stubdom.rundir import SOCKET_MODE, PeerRefused, check_peer, sockaddr
 
 from .errors import WireError
 from .wire import (
@@ -151,7 +151,7 @@ class DeviceServer:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
             os.fchmod(listener.fileno(), SOCKET_MODE)  # never born wider, then exactly that
-            with _sockaddr(self.path) as addr:
+            with sockaddr(self.path) as addr:
                 await listener.bind(addr)
                 os.chmod(addr, SOCKET_MODE)
             listener.listen(64)
@@ -477,7 +477,7 @@ def query_statistics(path: str | os.PathLike[str], *, timeout: float = 60.0) -> 
     try:
         conn.settimeout(timeout)
         mine.settimeout(timeout)
-        with _sockaddr(Path(path)) as addr:
+        with sockaddr(Path(path)) as addr:
             conn.connect(addr)
         conn.sendmsg([REQ.pack(TEEDEV_MAGIC, TEEDEV_WIRE_VERSION, TEEDEV_OP_STATS, 0, 0, 0, bytes(16), 0, 0)],
                       [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [theirs.fileno()]).tobytes())])
@@ -506,17 +506,3 @@ _OP_NAMES = {TEEDEV_OP_OPEN: "OPEN", TEEDEV_OP_IOCTL: "IOCTL", TEEDEV_OP_MMAP: "
 
 def _op_name(op: int) -> str:
     return _OP_NAMES.get(op, f"op {op}")
-
-
-@contextlib.contextmanager
-def _sockaddr(path: Path):
-    raw = os.fsencode(path)
-    if len(raw) < 108:
-        yield raw
-        return
-    head, name = os.path.split(raw)
-    dfd = os.open(head or b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield b"/proc/self/fd/%d/%s" % (dfd, name)
-    finally:
-        os.close(dfd)

@@ -23,14 +23,11 @@ from pathlib import Path
 import msgpack
 
 from stubdom.platform.vcpuhost import MAX_CONTROL_MESSAGE, REGS, vcpu_host_path
-from stubdom.rundir import PeerRefused, check_peer
+from stubdom.rundir import PeerRefused, check_peer, sockaddr
 
 from .errors import PlatformGone, PlatformRefused, PlatformUnavailable
 
 __all__ = ["VcpuPool", "PlatformLease", "attach_domain"]
-
-_SUN_PATH_MAX = 108
-
 
 @dataclass
 class PlatformLease:
@@ -60,16 +57,8 @@ class PlatformLease:
 
 
 def _connect(sock: socket.socket, path: Path) -> None:
-    raw = os.fsencode(path)
-    if len(raw) < _SUN_PATH_MAX:
-        sock.connect(raw)
-        return
-    head, name = os.path.split(raw)
-    dfd = os.open(head or b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        sock.connect(b"/proc/self/fd/%d/%s" % (dfd, name))
-    finally:
-        os.close(dfd)
+    with sockaddr(path) as addr:  # past sun_path too
+        sock.connect(addr)
 
 
 def attach_domain(runtime_dir: str | os.PathLike[str], domid: int, *, nr_pages: int, vcpus: int,

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import msgpack
 
-from stubdom.rundir import SOCKET_MODE, PeerRefused, check_peer, ensure_runtime_dir, make_private_dir
+from stubdom.rundir import SOCKET_MODE, PeerRefused, check_peer, ensure_runtime_dir, make_private_dir, sockaddr
 
 from .errors import DomainCreationFailed, PlatformError
 from .platform import DomainSpec, Platform
@@ -61,26 +61,11 @@ MAX_REMOTE_VCPUS = 8  # a guest-dev kernel needs a few; each is a platform threa
 MIN_REMOTE_PAGES = 64  # room for the driver's argument pages and a few buffers
 MAX_CONTROL_MESSAGE = 4096
 _BACKLOG = 8
-_SUN_PATH_MAX = 108
 
 
 def vcpu_host_path(runtime_dir: str | os.PathLike[str]) -> Path:
     """``<runtime_dir>/xen/vcpus``: where guests in other processes attach."""
     return Path(runtime_dir) / "xen" / "vcpus"
-
-
-@contextlib.contextmanager
-def _sockaddr(path: Path):
-    raw = os.fsencode(path)
-    if len(raw) < _SUN_PATH_MAX:
-        yield raw
-        return
-    head, name = os.path.split(raw)
-    dfd = os.open(head or b".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield b"/proc/self/fd/%d/%s" % (dfd, name)
-    finally:
-        os.close(dfd)
 
 
 @dataclass(eq=False)
@@ -118,7 +103,7 @@ class VcpuHost:
         try:
             # never born wider than SOCKET_MODE (the umask narrows it), then exactly that
             os.fchmod(self._listener.fileno(), SOCKET_MODE)
-            with _sockaddr(self.path) as addr:
+            with sockaddr(self.path) as addr:
                 self._listener.bind(addr)
                 os.chmod(addr, SOCKET_MODE)
             self._listener.listen(_BACKLOG)

@@ -4,7 +4,8 @@ sun_path holds 108 bytes with its NUL, and a runtime directory may sit
 deeper than that (a test's temporary directory, a long $XDG_RUNTIME_DIR).
 Linux resolves ``/proc/self/fd/<dirfd>/<name>`` on bind(2) and connect(2)
 alike, so a long path is reached through a descriptor of its directory, as
-the ring package does for event channels.
+the ring package does for event channels (ring keeps its own copy: it
+imports nothing of stubdom). Every socket of stubdom goes through here.
 """
 
 from __future__ import annotations
