@@ -26,7 +26,7 @@
  */
 
 /* Bumped whenever this interface changes; ring/_lib.py refuses a stale build. */
-#define TEEIF_ABI_VERSION 3
+#define TEEIF_ABI_VERSION 4
 
 #define TEEIF_PAGE_SIZE 4096        /* ring protocols use 4 KiB pages: io/ring.h XEN_PAGE_SHIFT */
 #define TEEIF_RING_HDR_SIZE 64      /* io/ring.h: four indices, pvt[4], __pad[44] */
@@ -40,9 +40,10 @@ enum teeif_error {
     TEEIF_EPEER = -10004,       /* event channel: end-of-file, the peer closed or died */
     TEEIF_ESIZE = -10005,       /* ring file size is not a whole number of pages in range */
     TEEIF_EMISMATCH = -10006,   /* floor: a response did not echo its request */
-    TEEIF_ETRUNC = -10007       /* the ring file shrank under its mapping (SIGBUS caught): the
+    TEEIF_ETRUNC = -10007,      /* the ring file shrank under its mapping (SIGBUS caught): the
                                  * peer truncated it; see fault_off. Sticky: every later call
                                  * on that end fails so, without touching the mapping */
+    TEEIF_ETIMEOUT = -10008     /* fast path: the forwarding ring gave no answer in time */
 };
 
 /* fault_off when the fault carried no address (a handler in front of ours passed it on). */
@@ -179,6 +180,11 @@ int teeif_front_spin(struct teeif_front_ring *f, uint64_t spin_ns);
 /* Back. */
 /* Copy up to max requests out of the shared page; returns how many. */
 int teeif_back_pop_requests(struct teeif_back_ring *b, struct teeif_request *out, uint32_t max);
+/* Copy the oldest unconsumed request out without consuming it; returns the
+ * requests waiting (0: none, nothing copied). The caller decides on its copy. */
+int teeif_back_peek_request(struct teeif_back_ring *b, struct teeif_request *out);
+/* Consume n requests already looked at with peek (at most the requests waiting). */
+int teeif_back_skip_requests(struct teeif_back_ring *b, uint32_t n);
 /* Copy n responses in and push them with one notify decision. */
 int teeif_back_push_responses(struct teeif_back_ring *b, const struct teeif_response *rsps,
                               uint32_t n, int *notify);
@@ -230,3 +236,80 @@ int teeif_evtchn_wait(int fd, int64_t timeout_ns);
 int teeif_floor_front_run(struct teeif_front_ring *f, int fd, uint32_t rounds, uint32_t batch,
                           uint64_t spin_ns, uint64_t *samples_ns);
 int teeif_floor_back_run(struct teeif_back_ring *b, int fd, uint64_t entries, uint64_t spin_ns);
+
+/*
+ * Answering from C (teeif_fast.c). A backend serving many rings from one
+ * thread may give this table the requests it answers without judgment: a
+ * rule per function (the low 32 bits of a[0]) either answers fixed
+ * registers or forwards one request (a[0] = the function, a[1..7] = 0)
+ * through another ring it is the front of (the stub domain: the SMC gate)
+ * and passes the first `keep` registers of that answer on, each masked to
+ * 32 bits, the rest 0. A ring's `allow` mask says which rules apply to it.
+ * Only the request at the head of a ring is ever answered here, so a ring's
+ * requests are answered in order: anything else stops the table at that
+ * ring and is the owner's to pop. Requests are read once (peek, then the
+ * copy decides) and a forwarded answer with a status other than 0, or any
+ * failure of the forwarding ring, answers nothing: the request stays at the
+ * head for the owner, the ring is paused (`paused`) until the owner clears
+ * it, and fwd_error says why. The table never blocks longer than one
+ * forwarded request (fwd_timeout_ns).
+ */
+#define TEEIF_FAST_MAX_RULES 8
+#define TEEIF_FAST_LATENCIES 64     /* per ring: the last answers' latencies kept */
+
+struct teeif_fast_rule {
+    uint32_t function;          /* a[0] & 0xffffffff */
+    uint32_t forward;           /* 0: answer[] as it is; 1: forward through the table's ring */
+    uint32_t keep;              /* forward: registers of the forwarded answer passed on (0..8) */
+    uint32_t pad;
+    uint64_t answer[8];         /* forward == 0: the registers answered */
+};
+
+struct teeif_fast_ring {        /* one per ring the table may answer; its owner's between calls */
+    uint32_t allow;             /* bit i: rules[i] may answer this ring's requests */
+    uint32_t target;            /* teeif_request.vcpu of a forwarded request (the stub domain: the domid) */
+    int32_t evtchn_fd;          /* the frontend's channel, notified when a push says so; < 0: none,
+                                 * and nothing is answered (an answer could not be announced) */
+    uint32_t paused;            /* set here (a forwarding failure, a dead peer): nothing answered until cleared */
+    uint32_t peer_gone;         /* notifying the frontend met end-of-file */
+    uint32_t pad;
+    uint64_t answered[TEEIF_FAST_MAX_RULES];   /* per rule */
+    uint64_t latency_next;      /* latencies written (free running): latency_ns[i % TEEIF_FAST_LATENCIES] */
+    uint32_t latency_ns[TEEIF_FAST_LATENCIES]; /* peek to push, ns, saturating */
+};
+
+struct teeif_fast_table {
+    uint32_t enabled;           /* 0: nothing is answered here */
+    uint32_t nrules;
+    uint64_t skip_id_bits;      /* a request whose id has any of these bits is the owner's */
+    struct teeif_fast_rule rules[TEEIF_FAST_MAX_RULES];
+    struct teeif_front_ring *fwd;   /* the forwarding ring (the owner keeps it attached) */
+    int32_t fwd_fd;             /* its event channel */
+    uint32_t fwd_flags;         /* teeif_request.flags of a forwarded request (the gate's op) */
+    uint64_t fwd_next_id;       /* the next forwarded request's id; the owner syncs its own counter */
+    uint64_t fwd_id_mask;       /* ids wrap within this mask */
+    uint64_t fwd_spin_ns;       /* spin for the answer this long before sleeping on fwd_fd */
+    int64_t fwd_timeout_ns;     /* no answer by then: TEEIF_ETIMEOUT */
+    uint64_t fwd_calls;         /* forwarded requests pushed */
+    uint64_t fwd_wakeups;       /* sleeps on fwd_fd that ended with a notification */
+    uint64_t fwd_dropped;       /* forwarded answers whose id was not the one waited for */
+    uint64_t fwd_failures;      /* forwarded requests that answered nothing (fwd_error) */
+    int32_t fwd_error;          /* the last failure: the answer's status (< 0) or a TEEIF_E* code */
+    uint32_t pad;
+};
+
+/* Answer the requests at the head of ring b that the table may answer
+ * (r: that ring's state); returns how many, or a negative TEEIF_E* of ring b
+ * itself (corrupted, truncated), which the owner's pop reports. */
+int teeif_fast_serve(struct teeif_fast_table *t, struct teeif_back_ring *b, struct teeif_fast_ring *r);
+/*
+ * teeif_back_spin_any, answering what the table may on the way: spins for up
+ * to spin_ns (counted from the call) until some ring has a request the table
+ * left (its slot goes to ready[]) and returns how many such rings; rings the
+ * table answered requests of go to served[] (*nserved of them, each once),
+ * and an answer restarts nothing: the call still ends at spin_ns. fast[i] may
+ * be NULL (ring i is the owner's alone); t NULL or disabled answers nothing.
+ */
+int teeif_fast_spin_any(struct teeif_fast_table *t, struct teeif_back_ring **rings,
+                        struct teeif_fast_ring **fast, uint32_t n, uint64_t spin_ns,
+                        uint32_t *ready, uint32_t *served, uint32_t *nserved);

@@ -415,6 +415,38 @@ int teeif_back_pop_requests(struct teeif_back_ring *b, struct teeif_request *out
     TEEIF_GUARDED(b, back_pop_requests(b, out, max));
 }
 
+static int back_peek_request(struct teeif_back_ring *b, struct teeif_request *out)
+{
+    int avail = back_avail(b);
+    if (avail > 0)
+        copy_out(out, b->sring, b->nr_ents, b->req_cons, 1);
+    return avail;
+}
+
+int teeif_back_peek_request(struct teeif_back_ring *b, struct teeif_request *out)
+{
+    TEEIF_GUARDED(b, back_peek_request(b, out));
+}
+
+static int back_skip_requests(struct teeif_back_ring *b, uint32_t n)
+{
+    int avail = back_avail(b);
+    if (avail < 0)
+        return avail;
+    if (n > (uint32_t)avail)
+        return TEEIF_ENOREQ;
+    b->req_cons += n;
+    b->stats.pops += n;
+    if (n)
+        b->stats.batches++;
+    return (int)n;
+}
+
+int teeif_back_skip_requests(struct teeif_back_ring *b, uint32_t n)
+{
+    TEEIF_GUARDED(b, back_skip_requests(b, n));
+}
+
 static int back_push_responses(struct teeif_back_ring *b, const struct teeif_response *rsps,
                                uint32_t n, int *notify)
 {

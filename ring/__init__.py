@@ -14,6 +14,12 @@ from ring._evtchn import ChannelStatistics as ChannelStatistics
 from ring._evtchn import EventChannel as EventChannel
 from ring._evtchn import EventChannelListener as EventChannelListener
 from ring._evtchn import connect as connect
+from ring._fast import FORWARD_TIMEOUT as FORWARD_TIMEOUT
+from ring._fast import MAX_FAST_RULES as MAX_FAST_RULES
+from ring._fast import FastRing as FastRing
+from ring._fast import FastRule as FastRule
+from ring._fast import FastStatistics as FastStatistics
+from ring._fast import FastTable as FastTable
 from ring._floor import EVTCHN_FILE as EVTCHN_FILE
 from ring._floor import RING_FILE as RING_FILE
 from ring._floor import run_floor as run_floor
@@ -45,9 +51,15 @@ __all__ = [
     "EVTCHN_FILE",
     "EventChannel",
     "EventChannelListener",
+    "FORWARD_TIMEOUT",
+    "FastRing",
+    "FastRule",
+    "FastStatistics",
+    "FastTable",
     "FloorMismatch",
     "FrontRing",
     "HEADER_SIZE",
+    "MAX_FAST_RULES",
     "MAX_RING_PAGES",
     "PAGE_SIZE",
     "PeerDied",

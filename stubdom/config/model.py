@@ -111,6 +111,7 @@ class MediatorConfig:
     gate_timeout_ms: int
     tee_num_params: int = 4  # TEE_NUM_PARAMS of the OP-TEE behind (tee_api_defines.h)
     profile: str = "strict"  # the mediator profile (stubdom.mediator.profile.PROFILE_NAMES)
+    fast_path: bool = True  # identity queries answered in C (stubdom.daemon.fastpath)
 
 
 @dataclass(frozen=True, slots=True)

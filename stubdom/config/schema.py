@@ -209,6 +209,10 @@ _MEDIATOR_SECTION = Section((
         "pages of each domain's teeif ring (1 page = 32 entries)"),
     Key("poll_window_us", Integer(0, 1_000_000), 200,
         "how long a waiter spins on a ring before blocking on the event channel (0 = never)"),
+    Key("fast_path", Boolean(), True,
+        "stubdom-teed answers the identity queries policy allows (CALLS_COUNT, CALLS_UID, "
+        "CALLS_REVISION, GET_OS_UUID, GET_OS_REVISION) in C, without its event loop; false: "
+        "every call goes through the interpreter"),
     Key("runtime_dir", PathValue(), None,
         "directory of the machine, the gate, the control socket and the domains' rings; null: "
         "/run/stubdom-teed as root, else $XDG_RUNTIME_DIR/stubdom-teed, else "

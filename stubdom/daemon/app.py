@@ -33,6 +33,7 @@ from stubdom.trace import TRACER
 from .control import ControlServer
 from .daemon import Daemon
 from .errors import GateUnavailable, JournalCorrupt, StartupError
+from .fastpath import FastPath
 from .gateport import GatePort
 from .journal import JOURNAL_FILE, Journal, Replay
 from .journal import load as load_journal
@@ -266,6 +267,8 @@ async def _serve_with(signals, config, config_path, load_config, logger: logging
                         policy=PolicyEngine(config),
                         mediator=mediator, gate_port=_GateStats(gate_port, gate), machine=machine,
                         logger=logger, load_config=load_config, journal=journal)
+        if config.mediator.fast_path:
+            daemon.use_fast_path(FastPath(gate, gate_port, mediator, daemon.policy, logger))
         # the mediator's lines about a domain obey that domain's log_level
         mediator_log.filters[:] = [DomainLevelFilter(daemon.domain_log_level, logger.level)]
         server = ControlServer(control_socket_path(runtime_dir), daemon, logger)

@@ -16,7 +16,9 @@ import logging
 import os
 import select
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import outcome
 import trio
@@ -28,6 +30,9 @@ from stubdom.trace import TRACE_ID_BIT, TRACER, TracedCall, now_ns
 
 from .logs import GuestLog, event
 from .stats import DomainStats
+
+if TYPE_CHECKING:
+    from .fastpath import FastPath
 
 __all__ = ["DomainBackend", "RingPoller", "BACKEND_FAILURE_STATUS"]
 
@@ -66,6 +71,10 @@ class RingPoller:
 
     def __init__(self, window_ns: int, *, slice_ns: int = _SPIN_SLICE_NS) -> None:
         self.window_ns = window_ns
+        # answers given in C during the spin (fastpath.py); answered(domid)
+        # is told of each domain that got some (fair service's bookkeeping)
+        self.fast: FastPath | None = None
+        self.answered: Callable[[int], None] | None = None
         self._slice = max(1, min(window_ns, slice_ns))
         self._set = ring.BackSpinSet()
         self._slots: dict[ring.BackRing, int] = {}  # watched rings
@@ -74,6 +83,7 @@ class RingPoller:
         self._parked: dict[int, trio.lowlevel.Task] = {}  # slot -> owner task waiting here
         self._epoll = select.epoll() if window_ns else None  # channels of armed parked rings
         self._fd_slot: dict[int, int] = {}  # registered channel fd -> slot
+        self._fast_slots: dict[int, ring.FastRing] = {}  # slots answered in C as well
         self._spinning = False
         self._idle: trio.CancelScope | None = None  # the spinner sleeping on the epoll set
         self.spins = 0  # C spin slices run
@@ -94,13 +104,18 @@ class RingPoller:
         """The spinner sleeps on the parked rings' channels (window over)."""
         return self._idle is not None
 
-    async def wait_for_requests(self, ring_: ring.BackRing, chan: ring.EventChannel) -> None:
+    async def wait_for_requests(self, ring_: ring.BackRing, chan: ring.EventChannel,
+                                fast: ring.FastRing | None = None) -> None:
         """Return when ``ring_`` may have requests (look again). Raises
-        PeerDied when its channel reached end-of-file. Needs a window > 0."""
+        PeerDied when its channel reached end-of-file. Needs a window > 0.
+        ``fast``: the ring's state in the fast path's table; what the table
+        answers during the spin never wakes the owner."""
         slot = self._slots.get(ring_)
         if slot is None:
-            slot = self._slots[ring_] = self._set.add(ring_)
+            slot = self._slots[ring_] = self._set.add(ring_, fast)
             self._rings[slot] = ring_
+            if fast is not None:
+                self._fast_slots[slot] = fast
         self._chans[slot] = chan
         self._parked[slot] = trio.lowlevel.current_task()
         if not self._spinning:
@@ -126,6 +141,7 @@ class RingPoller:
             return
         self._set.discard(slot)
         del self._rings[slot]
+        self._fast_slots.pop(slot, None)
         self._parked.pop(slot, None)
         self._chans.pop(slot, None)
         for fd, s in list(self._fd_slot.items()):
@@ -153,7 +169,15 @@ class RingPoller:
                 # steps), look once and let them go on: they must not wait
                 # out a slice, and a ring that got work is seen at once
                 busy = trio.lowlevel.current_statistics().tasks_runnable
-                ready = self._set.spin(0 if busy else self._slice)
+                if self.fast is not None and self._fast_slots:
+                    ready, served = self.fast.spin(self._set, 0 if busy else self._slice)
+                    if served:
+                        last_work = time.perf_counter_ns()
+                        if self.answered is not None:
+                            for slot in served:
+                                self.answered(self._fast_slots[slot].target)
+                else:
+                    ready = self._set.spin(0 if busy else self._slice)
                 self.spins += 1
                 if ready:
                     mine = False
@@ -279,6 +303,10 @@ class DomainBackend:
             raise
         self.ring_pages = ring_pages
         self.channel: ring.EventChannel | None = None
+        # this domain in the fast path's table (fastpath.py), if the daemon has one
+        fast = getattr(daemon, "fast", None)
+        self._fast: FastPath | None = fast
+        self.fast: ring.FastRing | None = fast.ring_state(domid) if fast is not None else None
         self._scope = trio.CancelScope()
         self._done = trio.Event()
 
@@ -346,12 +374,31 @@ class DomainBackend:
                 self._close_channel()
 
     async def _serve_channel(self, chan: ring.EventChannel, reqs, rsps, nr: int) -> None:
+        fast, state = self._fast, self.fast
+        if state is None:
+            return await self._serve_requests(chan, reqs, rsps, nr)
+        assert fast is not None  # a state comes from the daemon's fast path
+        state.evtchn_fd = chan.fileno()  # answers given in C are announced on it
+        fast.compile(self.domid, state)
+        try:
+            await self._serve_requests(chan, reqs, rsps, nr)
+        finally:
+            state.evtchn_fd = -1  # no channel: C answers nothing
+
+    async def _serve_requests(self, chan: ring.EventChannel, reqs, rsps, nr: int) -> None:
         ring_ = self.ring
+        fast, state = self._fast, self.fast
         while True:
+            if state is not None:
+                assert fast is not None  # a state comes from the daemon's fast path
+                if fast.serve(ring_, state):
+                    self._daemon.fair.answered(self.domid)
             if TRACER.on:
                 await self._serve_traced(chan, reqs, rsps, nr)
                 continue
             n = ring_.pop_raw(reqs, nr)
+            if state is not None and state.paused:
+                state.resume()  # the request C left at the head is popped: C may go on after it
             if n:
                 self.stats.in_flight += n
                 done = 0  # answered, not yet pushed
@@ -380,7 +427,7 @@ class DomainBackend:
                 continue
             if self._poller is not None and self._poller.window_ns:
                 # one spin over all idle rings, then one sleep for all channels
-                await self._poller.wait_for_requests(ring_, chan)
+                await self._poller.wait_for_requests(ring_, chan, state)
                 continue
             if ring_.poll(self._poll_ns):  # spins, then the final check
                 continue
@@ -396,7 +443,7 @@ class DomainBackend:
         n = ring_.pop_raw(reqs, nr)
         if not n:
             if self._poller is not None and self._poller.window_ns:
-                await self._poller.wait_for_requests(ring_, chan)
+                await self._poller.wait_for_requests(ring_, chan, self.fast)
                 return
             if ring_.poll(self._poll_ns):
                 return
@@ -404,6 +451,8 @@ class DomainBackend:
             chan.drain()
             return
         t1 = now_ns()
+        if self.fast is not None and self.fast.paused:
+            self.fast.resume()
         self.stats.in_flight += n
         done = 0
         gone = None
@@ -467,6 +516,16 @@ class DomainBackend:
             self.stats.record(a[0], regs[0], t1 - t0)
             if call is not None:
                 TRACER.span(call, "stats", "daemon", t1, now_ns())
+
+    def absorb_fast(self) -> None:
+        """Add what C answered for this domain since the last time to its
+        statistics (before they are read)."""
+        if self.fast is None:
+            return
+        latencies = self.fast.take_latencies()
+        for rule, n in self.fast.take_answered():
+            self.stats.record_answered_in_c(rule.function, n)
+        self.stats.record_latencies(latencies)
 
     # -- teardown ------------------------------------------------------------
 

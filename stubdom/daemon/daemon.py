@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from stubdom.policy import PolicyEngine
     from stubdom.xen import Machine
 
+    from .fastpath import FastPath
+
 __all__ = ["Daemon", "DUMP_LIST_CAP"]
 
 # Lists in a dump are cut at this many entries (the response must fit the
@@ -145,6 +147,9 @@ class Daemon:
         self.fair = FairShare()  # who goes on between the steps of a heavy call
         # one spin over every idle domain ring (the window is fixed at start, like the ring size)
         self.ring_poller = RingPoller(config.mediator.poll_window_us * 1000)
+        self.ring_poller.answered = self.fair.answered
+        # the calls answered in C (fastpath.py); None: every call is the interpreter's
+        self.fast: FastPath | None = None
         # the journal (docs/faults.md); None: not kept (in-process tests)
         self.journal = CallJournal(journal, mediator.snapshot, logger)
         self.leases = Leases(mediator=mediator, journal=self.journal,
@@ -152,6 +157,19 @@ class Daemon:
         self.recovery = Recovery(mediator=mediator, machine=machine, runtime_dir=self.runtime_dir,
                                  journal=self.journal, leases=self.leases, logger=logger,
                                  serve=self._serve_recovered)
+
+    def use_fast_path(self, fast: FastPath) -> None:
+        """Answer the identity queries policy allows in C (before any domain
+        is served: each backend takes its state in the table at creation)."""
+        self.fast = fast
+        self.ring_poller.fast = fast
+
+    def _recompile_fast(self) -> None:
+        """The policy changed: every domain's mask again."""
+        if self.fast is not None:
+            for domid, backend in self.domains.items():
+                if backend.fast is not None:
+                    self.fast.compile(domid, backend.fast)
 
     # == per call (the backend tasks) ========================================
 
@@ -360,6 +378,7 @@ class Daemon:
         self.leases.cancel(domid)  # relinquish ends its calls now
         await backend.stop()
         del self.domains[domid]
+        backend.absorb_fast()
         backend.close()
         self.policy.forget(domid)
         self.fair.forget(domid)
@@ -399,6 +418,7 @@ class Daemon:
         chosen = [domid] if domid is not None else sorted(self.domains)
         out = {}
         for d in chosen:
+            self.domains[d].absorb_fast()  # what C answered counts as the domain's calls
             # keys are strings ("1"): msgpack readers with strict_map_key accept them
             out[str(d)] = self.domains[d].stats.snapshot(
                 len(self.machine.pinned_frames(d)), self._mediator_calls(d))
@@ -406,7 +426,8 @@ class Daemon:
             out[str(d)]["mediator_ops"] = self.mediator.op_counts(d)
         gate = self.gate_port.statistics()
         return {"domains": out, "gate": gate, "journal": self.journal_statistics(),
-                "fairness": self.fair.statistics(), "mediator_ops": self.mediator.op_counts()}
+                "fairness": self.fair.statistics(), "mediator_ops": self.mediator.op_counts(),
+                "fast_path": self.fast.statistics() if self.fast is not None else {"enabled": False}}
 
     async def op_reload(self, req: Request) -> dict:
         path = req.str_arg("path", required=False)
@@ -441,6 +462,7 @@ class Daemon:
         old = self.config
         self.policy.swap(new)
         self.config = new
+        self._recompile_fast()  # at once: no call answered in C under the old policy after this
         for domid, backend in self.domains.items():  # log levels apply to running domains too
             backend.log.level = LEVELS[new.policy_for(domid).log_level]
         if path:
@@ -508,6 +530,8 @@ class Daemon:
         """Refuse new calls, let the admitted ones finish (bounded), then
         destroy every domain cleanly."""
         self.draining = True
+        if self.fast is not None:
+            self.fast.stop()  # only RETURN_FROM_RPC goes on: the interpreter refuses the rest
         left = self.calls_in_flight()
         event(self.logger, logging.INFO, "draining", domains=len(self.domains), in_flight=left,
               timeout_ms=int(timeout_s * 1000))

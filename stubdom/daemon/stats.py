@@ -72,6 +72,14 @@ class DomainStats:
             self.errors += 1
         self._latency_us.append(elapsed_ns // 1000)
 
+    def record_answered_in_c(self, a0: int, n: int) -> None:
+        """``n`` calls of ``a0`` answered by the fast path (fastpath.py):
+        identity queries, never errors."""
+        self.calls[function_key(a0)] += n
+
+    def record_latencies(self, elapsed_ns: list[int]) -> None:
+        self._latency_us.extend(ns // 1000 for ns in elapsed_ns)
+
     def record_failure(self, a0: int) -> None:
         self.calls[function_key(a0)] += 1
         self.errors += 1

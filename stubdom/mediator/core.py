@@ -257,13 +257,13 @@ class Mediator(RecoveryOps):
         self._log_clock = log_clock
         self._domains: dict[int, DomainContext] = {}
         self._lock = threading.Lock()  # guards _domains
+        # identity queries forwarded as themselves: function -> registers of
+        # OP-TEE's answer the guest gets (each a W register), the rest zero
+        forwarded = {OPTEE_SMC_CALLS_UID: 4, OPTEE_SMC_CALLS_REVISION: 2, OPTEE_SMC_CALL_GET_OS_UUID: 4,
+                     OPTEE_SMC_CALL_GET_OS_REVISION: profile.os_revision_regs}
         handlers: dict[int, Callable[[DomainContext, int, Regs], Regs]] = {
             OPTEE_SMC_CALLS_COUNT: self._calls_count,
-            OPTEE_SMC_CALLS_UID: self._forward(OPTEE_SMC_CALLS_UID, 4),
-            OPTEE_SMC_CALLS_REVISION: self._forward(OPTEE_SMC_CALLS_REVISION, 2),
-            OPTEE_SMC_CALL_GET_OS_UUID: self._forward(OPTEE_SMC_CALL_GET_OS_UUID, 4),
-            OPTEE_SMC_CALL_GET_OS_REVISION: self._forward(OPTEE_SMC_CALL_GET_OS_REVISION,
-                                                          profile.os_revision_regs),
+            **{f: self._forward(f, n) for f, n in forwarded.items()},
             OPTEE_SMC_EXCHANGE_CAPABILITIES: self._exchange_capabilities,
             OPTEE_SMC_GET_SHM_CONFIG: self._get_shm_config,
             OPTEE_SMC_GET_THREAD_COUNT: self._get_thread_count,
@@ -280,6 +280,7 @@ class Mediator(RecoveryOps):
                              f"{sorted(hex(f) for f in missing)}")
         # one flat dispatch: the profile's functions, nothing else
         self._dispatch = {f: h for f, h in handlers.items() if f in profile.functions}
+        self._forwarded = {f: n for f, n in forwarded.items() if f in profile.functions}
         self._probe()
 
     # == probe ================================================================
@@ -349,6 +350,24 @@ class Mediator(RecoveryOps):
         0 for a domain without a context."""
         ctx = self._domains.get(domid)
         return 0 if ctx is None else ctx.calls
+
+    def serves(self, domid: int) -> bool:
+        """``domid`` has a context that takes new calls (not dying)."""
+        ctx = self._domains.get(domid)
+        return ctx is not None and not ctx.dying
+
+    def stateless_calls(self) -> dict[int, Regs | int]:
+        """The fast calls this mediator answers alike for every domain it
+        serves, touching no domain state and no guest memory: function ID ->
+        the registers answered, or (an int) the number of registers of the
+        same call made to OP-TEE, ``(function, 0, ..., 0)``, that the guest
+        gets, each masked to 32 bits, the others zero. What a stub domain
+        may answer without its interpreter (stubdom.daemon.fastpath); a
+        domain without a context, or dying, is answered by :meth:`call_steps`."""
+        out: dict[int, Regs | int] = dict(self._forwarded)
+        if OPTEE_SMC_CALLS_COUNT in self._dispatch:
+            out[OPTEE_SMC_CALLS_COUNT] = _ret(len(self._dispatch))
+        return out
 
     def op_counts(self, domid: int | None = None) -> dict[str, int]:
         """``{op: count}`` of the operations in opcount.MEDIATOR_OPS since

@@ -9,16 +9,21 @@ channel (SO_PEERCRED): only a gate of its own user (or root) is attached.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from ring import (
     EVTCHN_FILE,
+    FORWARD_TIMEOUT,
     RING_FILE,
     EventChannel,
+    FastRule,
+    FastStatistics,
+    FastTable,
     FrontRing,
     PeerDied,
     Request,
@@ -29,7 +34,7 @@ from stubdom.rundir import PeerRefused, check_peer
 from stubdom.trace import TRACE_ID_BIT, TRACER, now_ns
 
 from .errors import GateClosed, GateNotRunning, GateNotWelcomed, GatePeerRefused, GateTimeout
-from .gate import gate_dir
+from .gate import GATE_OP_SMC, gate_dir
 
 __all__ = ["GateClient", "GateClientStatistics"]
 
@@ -101,6 +106,8 @@ class GateClient:
         # predecessor's late response for its own.
         self._next_id = int.from_bytes(os.urandom(8), "little") & (_U64 >> 1)
         self._calls = self._wakeups = self._timeouts = self._dropped = 0
+        # fast tables on this ring (fast_table) -> their counters as last added to ours
+        self._tables: dict[FastTable, FastStatistics] = {}
 
     def call(self, op: int, domid: int, regs: Sequence[int], *, _mark: int = 0,
              _times: list[int] | None = None) -> tuple[int, tuple[int, ...]]:
@@ -159,6 +166,47 @@ class GateClient:
         TRACER.span(tcall, "gate hypercall", "daemon", t0, t2, {"op": op, "fn": f"{regs[0] & 0xFFFFFFFF:#x}",
                                                                  "ret": f"{out[1][0] & 0xFFFFFFFF:#x}"})
         return out
+
+    def fast_table(self, rules: Sequence[FastRule], *, skip_id_bits: int = 0) -> FastTable:
+        """A :class:`ring.FastTable` whose forwarding rules are GATE_OP_SMC
+        hypercalls on this client's ring, for the domain each ring's
+        ``target`` names (the gate checks and stamps it as for any other),
+        spinning and timing out as this client does. Use it only inside
+        :meth:`lend`."""
+        table = FastTable(rules, forward=self._ring, forward_fd=self._chan.fileno(), forward_flags=GATE_OP_SMC,
+                          id_mask=_ID_MASK, spin_ns=self._poll_ns, timeout_ns=int(self._timeout * 1e9),
+                          skip_id_bits=skip_id_bits)
+        self._tables[table] = table.statistics()
+        return table
+
+    @contextlib.contextmanager
+    def lend(self, table: FastTable) -> Iterator[FastTable | None]:
+        """Let ``table`` make hypercalls in C for the ``with`` block: the
+        client's lock is held (None is given instead when another thread
+        holds it: nothing is lent), the ids carry on from this client's and
+        what the table did is counted as this client's calls."""
+        if not self._lock.acquire(blocking=False):
+            yield None
+            return
+        try:
+            if self._ring.closed:
+                yield None
+                return
+            table.next_id = start = self._next_id
+            try:
+                yield table
+            finally:
+                if table.next_id != start:  # something was forwarded: count it as ours
+                    before = self._tables[table]
+                    after = self._tables[table] = table.statistics()
+                    self._next_id = table.next_id
+                    self._calls += after.forwarded - before.forwarded
+                    self._wakeups += after.wakeups - before.wakeups
+                    self._dropped += after.dropped - before.dropped
+                    if after.failures != before.failures and after.last_error == FORWARD_TIMEOUT:
+                        self._timeouts += 1
+        finally:
+            self._lock.release()
 
     def fileno(self) -> int:
         """The event channel's descriptor: readable when the gate notified

@@ -1,0 +1,124 @@
+"""The calls the daemon answers in C (docs/daemon.md, "Answered in C").
+
+OP-TEE's identity queries (CALLS_COUNT, CALLS_UID, CALLS_REVISION,
+GET_OS_UUID, GET_OS_REVISION) need no judgment of the stub domain once
+policy allows them: the mediator answers them alike for every domain,
+touching no domain state (``Mediator.stateless_calls``). So they are given
+to a :class:`ring.FastTable`, which answers them at the head of a domain's
+ring in C, the SMC going through the gate as a GATE_OP_SMC hypercall like
+any other, without the event loop, the policy engine or the statistics in
+Python. Everything else — standard calls, RPC returns, every call that
+changes state, and any of these that policy refuses — is the interpreter's,
+and a ring's requests are always answered in order.
+
+Per domain the table's ``allow`` mask is compiled from the policy view
+(the domain enabled and the call's class allowed) and from the mediator
+(the domain has a context that is not dying), and recompiled whenever
+either changes: domain creation, recovery, reload, drain. A call the mask
+does not allow, a sampled call (tracing on), and a call the gate refused
+are left at the head for the interpreter, which answers them as it always
+did (a refusal by policy is counted and logged there). What C answered is
+added to the domain's statistics when they are read.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import ring
+from stubdom.trace import TRACE_ID_BIT, TRACER
+
+from .logs import event
+
+if TYPE_CHECKING:
+    from stubdom.mediator import Mediator
+    from stubdom.policy import PolicyEngine
+    from stubdom.public.gate_client import GateClient
+
+    from .gateport import GatePort
+
+__all__ = ["FastPath"]
+
+
+class FastPath:
+    """The daemon's :class:`ring.FastTable` over its gate client, and the
+    per-domain masks. Lives in the daemon's trio thread."""
+
+    def __init__(self, gate: GateClient, port: GatePort, mediator: Mediator, policy: PolicyEngine,
+                 logger: logging.Logger) -> None:
+        calls = mediator.stateless_calls()
+        rules = [ring.FastRule(f, answer=a) if isinstance(a, tuple) else ring.FastRule(f, keep=a)
+                 for f, a in sorted(calls.items())]
+        self.rules = tuple(rules)
+        self._gate = gate
+        self._port = port
+        self._mediator = mediator
+        self._policy = policy
+        self._logger = logger
+        # a sampled call (stubdom.trace) is traced by the interpreter's path
+        self.table = gate.fast_table(rules, skip_id_bits=TRACE_ID_BIT if TRACER.on else 0)
+        self._forwarded = 0  # the table's forwarded calls already added to the port's count
+        self._reported = False  # the table turned itself off, and that was logged
+
+    @property
+    def enabled(self) -> bool:
+        return self.table.enabled
+
+    def stop(self) -> None:
+        """Answer nothing in C from now on (the daemon drains)."""
+        self.table.enabled = False
+
+    def ring_state(self, domid: int) -> ring.FastRing:
+        """A new domain's state in the table, its mask compiled."""
+        state = self.table.ring(domid)
+        self.compile(domid, state)
+        return state
+
+    def compile(self, domid: int, state: ring.FastRing) -> None:
+        """The calls of ``domid`` C may answer: those its policy allows now,
+        while the mediator serves it."""
+        mask = 0
+        if self._mediator.serves(domid):
+            view = self._policy.snapshot(domid)
+            for i, rule in enumerate(self.rules):
+                if view.class_refusal(rule.function) is None:
+                    mask |= 1 << i
+        state.allow = mask
+
+    def serve(self, backing: ring.BackRing, state: ring.FastRing) -> int:
+        """Answer what C may at the head of ``backing`` (the interpreter's
+        path, a backend not in the shared spin); returns how many."""
+        with self._gate.lend(self.table) as table:
+            if table is None:
+                return 0
+            n = table.serve(backing, state)
+        self._after()
+        return n
+
+    def spin(self, spin_set: ring.BackSpinSet, spin_ns: int) -> tuple[list[int], list[int]]:
+        """``spin_set.spin_serving`` with the table lent: (ready slots,
+        slots answered in C)."""
+        with self._gate.lend(self.table) as table:
+            out = spin_set.spin_serving(spin_ns, table)
+        if out[1]:
+            self._after()
+        return out
+
+    def _after(self) -> None:
+        """Count what the table forwarded as the port's SMCs; say once if it
+        turned itself off (its gate ring failed or timed out: the
+        interpreter's own hypercalls meet that failure and handle it)."""
+        st = self.table.statistics()
+        self._port.smc_calls += st.forwarded - self._forwarded
+        self._forwarded = st.forwarded
+        if not self._reported and not self.table.enabled and st.failures:
+            self._reported = True
+            event(self._logger, logging.WARNING, "fast_path_off", error=st.last_error,
+                  detail="the gate failed under a call answered in C; every call goes through the "
+                         "interpreter from now on")
+
+    def statistics(self) -> dict:
+        st = self.table.statistics()
+        return {"enabled": self.table.enabled, "forwarded": st.forwarded, "failures": st.failures,
+                "last_error": st.last_error}
