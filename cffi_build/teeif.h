@@ -256,6 +256,7 @@ int teeif_floor_back_run(struct teeif_back_ring *b, int fd, uint64_t entries, ui
  */
 #define TEEIF_FAST_MAX_RULES 8
 #define TEEIF_FAST_LATENCIES 64     /* per ring: the last answers' latencies kept */
+#define TEEIF_FAST_TRACES 32        /* per table: the last sampled answers' stage times kept */
 
 struct teeif_fast_rule {
     uint32_t function;          /* a[0] & 0xffffffff */
@@ -278,10 +279,27 @@ struct teeif_fast_ring {        /* one per ring the table may answer; its owner'
     uint32_t latency_ns[TEEIF_FAST_LATENCIES]; /* peek to push, ns, saturating */
 };
 
+/* One sampled answer (its request id has a trace bit): when each stage began
+ * and ended, CLOCK_MONOTONIC ns; the fwd_* are 0 for a fixed answer. */
+struct teeif_fast_trace {
+    uint64_t id;                /* the request's id */
+    uint64_t fwd_id;            /* the forwarded request's id (it carries the trace bits too) */
+    uint32_t target;
+    uint32_t function;
+    uint64_t peek_start, peek_end;      /* the request copied out */
+    uint64_t fwd_start, fwd_pushed;     /* the forwarded request pushed (and notified) */
+    uint64_t fwd_popped;                /* its answer popped */
+    uint64_t push_start, push_end;      /* the answer pushed (and notified) */
+};
+
 struct teeif_fast_table {
     uint32_t enabled;           /* 0: nothing is answered here */
     uint32_t nrules;
     uint64_t skip_id_bits;      /* a request whose id has any of these bits is the owner's */
+    uint64_t trace_bits;        /* a request whose id has any of these bits is answered and recorded in
+                                 * traces[], and its forwarded request's id carries the same bits */
+    uint64_t traces_next;       /* records written (free running): traces[i % TEEIF_FAST_TRACES] */
+    struct teeif_fast_trace traces[TEEIF_FAST_TRACES];
     struct teeif_fast_rule rules[TEEIF_FAST_MAX_RULES];
     struct teeif_front_ring *fwd;   /* the forwarding ring (the owner keeps it attached) */
     int32_t fwd_fd;             /* its event channel */

@@ -38,7 +38,7 @@ static const struct teeif_fast_rule *rule_for(const struct teeif_fast_table *t,
  * answer's status was not 0 (in *status); < 0 the ring or its channel failed
  * (a TEEIF_E* code or a negative errno). */
 static int forward(struct teeif_fast_table *t, uint32_t target, uint32_t function, uint64_t out[8],
-                   int32_t *status)
+                   int32_t *status, struct teeif_fast_trace *tr)
 {
     struct teeif_request q;
     struct teeif_response rsp;
@@ -48,6 +48,11 @@ static int forward(struct teeif_fast_table *t, uint32_t target, uint32_t functio
     memset(&q, 0, sizeof(q));
     q.id = t->fwd_next_id & t->fwd_id_mask;
     t->fwd_next_id = (q.id + 1) & t->fwd_id_mask;
+    if (tr != NULL) {
+        q.id |= tr->id & t->trace_bits;    /* the gate traces its side of a sampled call */
+        tr->fwd_id = q.id;
+        tr->fwd_start = teeif_now_ns();
+    }
     q.vcpu = target;
     q.flags = t->fwd_flags;
     q.a[0] = function;
@@ -57,6 +62,8 @@ static int forward(struct teeif_fast_table *t, uint32_t target, uint32_t functio
     t->fwd_calls++;
     if (notify && (rc = teeif_evtchn_notify(t->fwd_fd)) < 0)
         return rc;
+    if (tr != NULL)
+        tr->fwd_pushed = teeif_now_ns();
     deadline = teeif_now_ns() + (uint64_t)t->fwd_timeout_ns;
     for (;;) {
         while ((rc = teeif_front_pop_responses(t->fwd, &rsp, 1)) > 0) {
@@ -64,6 +71,8 @@ static int forward(struct teeif_fast_table *t, uint32_t target, uint32_t functio
                 t->fwd_dropped++;   /* late: a predecessor's, or an abandoned one's */
                 continue;
             }
+            if (tr != NULL)
+                tr->fwd_popped = teeif_now_ns();
             if (rsp.status != 0) {
                 *status = rsp.status;
                 return 1;
@@ -108,6 +117,7 @@ int teeif_fast_serve(struct teeif_fast_table *t, struct teeif_back_ring *b, stru
         struct teeif_request req;
         struct teeif_response rsp;
         const struct teeif_fast_rule *rule;
+        struct teeif_fast_trace tr, *trp = NULL;
         uint32_t index = 0;
         uint64_t t0 = teeif_now_ns();
         int notify, rc = teeif_back_peek_request(b, &req);
@@ -116,12 +126,21 @@ int teeif_fast_serve(struct teeif_fast_table *t, struct teeif_back_ring *b, stru
         rule = rule_for(t, r, &req, &index);
         if (rule == NULL)
             break;  /* the owner's, and so is everything behind it */
+        if (req.id & t->trace_bits) {
+            memset(&tr, 0, sizeof(tr));
+            tr.id = req.id;
+            tr.target = r->target;
+            tr.function = rule->function;
+            tr.peek_start = t0;
+            tr.peek_end = teeif_now_ns();
+            trp = &tr;
+        }
         memset(&rsp, 0, sizeof(rsp));
         rsp.id = req.id;
         if (rule->forward) {
             uint64_t got[8];
             int32_t status = 0;
-            rc = forward(t, r->target, rule->function, got, &status);
+            rc = forward(t, r->target, rule->function, got, &status, trp);
             if (rc != 0) {
                 /* refused: this request is the owner's to send again and answer as it
                  * answers a refusal; the ring itself failed, or timed out: the owner's
@@ -141,16 +160,22 @@ int teeif_fast_serve(struct teeif_fast_table *t, struct teeif_back_ring *b, stru
         rc = teeif_back_skip_requests(b, 1);
         if (rc < 0)
             return rc;
+        if (trp != NULL)
+            tr.push_start = teeif_now_ns();
         rc = teeif_back_push_responses(b, &rsp, 1, &notify);
         if (rc < 0)
             return rc;
+        if (notify && teeif_evtchn_notify(r->evtchn_fd) == TEEIF_EPEER) {
+            r->peer_gone = 1;   /* the owner finds the end-of-file on its channel */
+            r->paused = 1;
+        }
         r->answered[index]++;
         record_latency(r, teeif_now_ns() - t0);
         answered++;
-        if (notify && r->evtchn_fd >= 0 && teeif_evtchn_notify(r->evtchn_fd) == TEEIF_EPEER) {
-            r->peer_gone = 1;   /* the owner finds the end-of-file on its channel */
-            r->paused = 1;
-            break;
+        if (trp != NULL) {
+            tr.push_end = teeif_now_ns();
+            t->traces[t->traces_next % TEEIF_FAST_TRACES] = tr;
+            t->traces_next++;
         }
     }
     return answered;

@@ -20,6 +20,7 @@ from ring._fast import FastRing as FastRing
 from ring._fast import FastRule as FastRule
 from ring._fast import FastStatistics as FastStatistics
 from ring._fast import FastTable as FastTable
+from ring._fast import FastTrace as FastTrace
 from ring._floor import EVTCHN_FILE as EVTCHN_FILE
 from ring._floor import RING_FILE as RING_FILE
 from ring._floor import run_floor as run_floor
@@ -56,6 +57,7 @@ __all__ = [
     "FastRule",
     "FastStatistics",
     "FastTable",
+    "FastTrace",
     "FloorMismatch",
     "FrontRing",
     "HEADER_SIZE",

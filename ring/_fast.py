@@ -24,12 +24,13 @@ from ring._lib import check, ffi, lib
 if TYPE_CHECKING:
     from ring._ring import CData
 
-__all__ = ["FastRule", "FastTable", "FastRing", "FastStatistics", "MAX_FAST_RULES", "FORWARD_TIMEOUT"]
+__all__ = ["FastRule", "FastTable", "FastRing", "FastStatistics", "FastTrace", "MAX_FAST_RULES", "FORWARD_TIMEOUT"]
 
 MAX_FAST_RULES: int = lib.TEEIF_FAST_MAX_RULES
 # FastStatistics.last_error of a forwarded request that got no answer in time
 FORWARD_TIMEOUT: int = lib.TEEIF_ETIMEOUT
 _LATENCIES: int = lib.TEEIF_FAST_LATENCIES
+_TRACES: int = lib.TEEIF_FAST_TRACES
 _U32 = 0xFFFFFFFF
 _U64 = (1 << 64) - 1
 
@@ -53,6 +54,25 @@ class FastRule:
             raise ValueError(f"FastRule.answer must be eight uint64 registers, got {self.answer!r}")
         if type(self.keep) is not int or not 0 <= self.keep <= 8:
             raise ValueError(f"FastRule.keep must be 0..8, got {self.keep!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class FastTrace:
+    """One sampled answer (its request id had a trace bit): when each stage
+    began and ended, in CLOCK_MONOTONIC ns (``time.perf_counter_ns``'s
+    clock on Linux); the ``fwd_*`` are 0 for a fixed answer."""
+
+    id: int
+    fwd_id: int
+    target: int
+    function: int
+    peek_start: int
+    peek_end: int
+    fwd_start: int
+    fwd_pushed: int
+    fwd_popped: int
+    push_start: int
+    push_end: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,12 +171,15 @@ class FastTable:
     and ids from :attr:`next_id` within ``id_mask``. The caller owns the
     forwarding ring and keeps the table's use of it exclusive (one thread,
     or the ring's owner's lock held around each call into C).
-    ``skip_id_bits``: requests whose id has any of them are the owner's.
+    ``skip_id_bits``: requests whose id has any of them are the owner's;
+    ``trace_bits``: requests whose id has any of them are answered and
+    their stage times kept (:meth:`take_traces`), and the requests they
+    forward carry the same bits in their ids.
     """
 
     def __init__(self, rules: Sequence[FastRule], *, forward: FrontRing | None = None, forward_fd: int = -1,
                  forward_flags: int = 0, id_mask: int = _U64 >> 1, spin_ns: int = 0,
-                 timeout_ns: int = 5_000_000_000, skip_id_bits: int = 0) -> None:
+                 timeout_ns: int = 5_000_000_000, skip_id_bits: int = 0, trace_bits: int = 0) -> None:
         rules = tuple(rules)
         if len(rules) > MAX_FAST_RULES:
             raise ValueError(f"a FastTable takes at most {MAX_FAST_RULES} rules, got {len(rules)}")
@@ -184,7 +207,9 @@ class FastTable:
         c.fwd_spin_ns = spin_ns
         c.fwd_timeout_ns = timeout_ns
         c.skip_id_bits = skip_id_bits
+        c.trace_bits = trace_bits
         c.enabled = 1
+        self._traced = 0  # trace records handed out by take_traces
 
     @property
     def enabled(self) -> bool:
@@ -218,6 +243,20 @@ class FastTable:
         c = self._c
         return FastStatistics(int(c.fwd_calls), int(c.fwd_wakeups), int(c.fwd_dropped),
                               int(c.fwd_failures), int(c.fwd_error))
+
+    def take_traces(self) -> list[FastTrace]:
+        """The sampled answers recorded since the last take (only the last
+        TEEIF_FAST_TRACES of them are kept)."""
+        written = int(self._c.traces_next)
+        first = max(self._traced, written - _TRACES)
+        self._traced = written
+        out = []
+        for i in range(first, written):
+            t = self._c.traces[i % _TRACES]
+            out.append(FastTrace(int(t.id), int(t.fwd_id), int(t.target), int(t.function), int(t.peek_start),
+                                 int(t.peek_end), int(t.fwd_start), int(t.fwd_pushed), int(t.fwd_popped),
+                                 int(t.push_start), int(t.push_end)))
+        return out
 
     def ring(self, target: int, evtchn_fd: int = -1) -> FastRing:
         """A new ring's state (nothing allowed until ``allow`` is set)."""

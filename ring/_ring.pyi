@@ -72,6 +72,7 @@ class _Lib:
     TEEIF_ETIMEOUT: Final[int]
     TEEIF_FAST_MAX_RULES: Final[int]
     TEEIF_FAST_LATENCIES: Final[int]
+    TEEIF_FAST_TRACES: Final[int]
 
     # the shared ring
     def teeif_ring_entries(self, ring_pages: int, /) -> int: ...

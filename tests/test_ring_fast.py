@@ -216,7 +216,7 @@ def test_the_spin_answers_and_reports_what_it_left(tmp_path, fwd, keep):
     table = fwd.table()
     spin = BackSpinSet()
     states = []
-    for (b, _), (cb, _) in zip(rings, chans):
+    for _, (cb, _) in zip(rings, chans):
         st = table.ring(1, cb.fileno())
         st.allow = 0b11
         states.append(st)
@@ -264,3 +264,22 @@ def test_rules_are_checked():
         FastTable((FWD,))
     with pytest.raises(ValueError, match="twice"):
         FastTable((FIXED, FIXED))
+
+
+def test_sampled_answers_are_recorded_and_their_forwards_marked(fwd, dom):
+    back, front, cb, _ = dom
+    bit = 1 << 63
+    table = fwd.table(trace_bits=bit)
+    state = table.ring(4, cb.fileno())
+    state.allow = 0b11
+    front.push(req(0, 0x20))
+    front.push(req(1 | bit, 0x20))
+    front.push(req(2 | bit, 0x10))
+    assert table.serve(back, state) == 3
+    t1, t2 = table.take_traces()
+    assert table.take_traces() == []
+    assert (t1.id, t1.target, t1.function) == (1 | bit, 4, 0x20)
+    assert t1.fwd_id & bit and fwd.got[1].id == t1.fwd_id and not fwd.got[0].id & bit
+    assert (t1.peek_start <= t1.peek_end <= t1.fwd_start <= t1.fwd_pushed <= t1.fwd_popped
+            <= t1.push_start <= t1.push_end)
+    assert (t2.function, t2.fwd_id, t2.fwd_start) == (0x10, 0, 0)  # a fixed answer forwards nothing

@@ -48,7 +48,9 @@ def _check_format(doc: dict) -> None:
 
 
 def _inside(inner, outer) -> bool:
-    return outer.t0 <= inner.t0 and inner.t1 <= outer.t1
+    # µs as floats from ns (ts + dur): spans that end together may differ in the last bit
+    eps = 1e-3
+    return outer.t0 - eps <= inner.t0 and inner.t1 <= outer.t1 + eps
 
 
 def _one(call, where, name):
@@ -127,9 +129,9 @@ def test_stubdom_spans_of_one_call_cross_both_processes_in_order(tmp_path, trace
     for call in fast[-3:]:
         trap = _one(call, "vCPU", "trap")
         push, wait, pop, resume = (_one(call, "vCPU", n) for n in ("ring push", "wait", "ring pop", "resume"))
-        d_pop, serve, policy, mediate, d_hyp, d_gpush, d_gwait, reply = (
-            _one(call, "daemon", n) for n in ("ring pop", "serve", "policy", "mediate", "gate hypercall",
-                                              "gate push", "gate wait", "reply push"))
+        d_pop, serve, d_hyp, d_gpush, d_gwait, reply = (
+            _one(call, "daemon", n) for n in ("ring pop", "serve", "gate hypercall", "gate push", "gate wait",
+                                              "reply push"))
         g_pop, g_hyp, optee, g_push = (_one(call, "gate", n) for n in ("gate pop", "hypercall", "OP-TEE",
                                                                           "gate push"))
         # the vCPU thread: push, wait, pop, resume, all inside the trap
@@ -137,16 +139,18 @@ def test_stubdom_spans_of_one_call_cross_both_processes_in_order(tmp_path, trace
             assert _inside(s, trap)
         assert push.t0 <= wait.t0 and pop.t0 >= push.t1 and resume.t0 >= pop.t0
         # handoff 1: the daemon pops the request after the vCPU began pushing it
-        assert d_pop.t1 >= push.t0 and serve.t0 >= d_pop.t1
-        for s in (policy, mediate):
-            assert _inside(s, serve)
-        assert policy.t1 <= mediate.t0 and _inside(d_hyp, mediate)
+        assert d_pop.t1 >= push.t0 and serve.t0 >= d_pop.t1 - 1e-3
+        # an identity query is answered in C (docs/daemon.md, "Answered in C"): no
+        # policy or mediator spans, the reply pushed inside the serve
+        assert serve.args.get("in") == "C" and d_pop.args.get("in") == "C"
+        assert not [s for s in call.spans if s.where == "daemon" and s.name in ("policy", "mediate")]
+        assert _inside(d_hyp, serve) and _inside(reply, serve) and reply.t0 >= d_hyp.t1
         assert _inside(d_gpush, d_hyp) and _inside(d_gwait, d_hyp) and d_gpush.t0 <= d_gwait.t0
         # handoffs 2 and 3: the gate thread between the daemon's push and its answer popped
         assert g_pop.t1 >= d_gpush.t0 and g_hyp.t0 >= g_pop.t1 and _inside(optee, g_hyp)
         assert g_push.t0 >= g_hyp.t1 and d_gwait.t1 >= g_push.t0
         # handoff 4: the vCPU pops the answer after the daemon began pushing it
-        assert reply.t0 >= serve.t1 and pop.t1 >= reply.t0
+        assert pop.t1 >= reply.t0
         assert set(call.handoffs()) == {"vCPU → daemon", "daemon → gate thread", "gate thread → daemon",
                                         "daemon → vCPU"}
         assert all(v >= 0 for v in call.handoffs().values())

@@ -27,7 +27,7 @@ import logging
 from typing import TYPE_CHECKING
 
 import ring
-from stubdom.trace import TRACE_ID_BIT, TRACER
+from stubdom.trace import TRACE_ID_BIT, TRACER, TracedCall
 
 from .logs import event
 
@@ -56,8 +56,9 @@ class FastPath:
         self._mediator = mediator
         self._policy = policy
         self._logger = logger
-        # a sampled call (stubdom.trace) is traced by the interpreter's path
-        self.table = gate.fast_table(rules, skip_id_bits=TRACE_ID_BIT if TRACER.on else 0)
+        # a sampled call (stubdom.trace): answered in C too, its stage times
+        # recorded there and turned into spans here (_trace)
+        self.table = gate.fast_table(rules, trace_bits=TRACE_ID_BIT if TRACER.on else 0)
         self._forwarded = 0  # the table's forwarded calls already added to the port's count
         self._reported = False  # the table turned itself off, and that was logged
 
@@ -109,6 +110,9 @@ class FastPath:
         """Count what the table forwarded as the port's SMCs; say once if it
         turned itself off (its gate ring failed or timed out: the
         interpreter's own hypercalls meet that failure and handle it)."""
+        if TRACER.on:
+            for t in self.table.take_traces():
+                _trace(t)
         st = self.table.statistics()
         self._port.smc_calls += st.forwarded - self._forwarded
         self._forwarded = st.forwarded
@@ -122,3 +126,22 @@ class FastPath:
         st = self.table.statistics()
         return {"enabled": self.table.enabled, "forwarded": st.forwarded, "failures": st.failures,
                 "last_error": st.last_error}
+
+
+def _trace(t: ring.FastTrace) -> None:
+    """A sampled call answered in C, as the interpreter's path traces one:
+    the same span names (docs/performance.md, "Tracing a call"), so that the
+    table and the pictures read the same; "serve" says where it ran."""
+    call = TracedCall(("teeif", t.target, t.id), args={"domid": t.target, "id": f"{t.id:#x}"})
+    TRACER.span(call, "ring pop", "daemon", t.peek_start, t.peek_end, {"batch": 1, "in": "C"})
+    TRACER.flow(call, "f", f"teeif/d{t.target}/{t.id:x}/req", "teeif request", t.peek_start + 1)
+    TRACER.span(call, "serve", "daemon", t.peek_end, t.push_end, {"fn": f"{t.function:#x}", "in": "C"})
+    if t.fwd_start:
+        TRACER.span(call, "gate hypercall", "daemon", t.fwd_start, t.fwd_popped,
+                    {"fn": f"{t.function:#x}", "in": "C"})
+        TRACER.span(call, "gate push", "daemon", t.fwd_start, t.fwd_pushed, {"gate_id": f"{t.fwd_id:#x}"})
+        TRACER.flow(call, "s", f"gate/{t.fwd_id:x}/req", "gate request", t.fwd_pushed - 1)
+        TRACER.span(call, "gate wait", "daemon", t.fwd_pushed, t.fwd_popped)
+        TRACER.flow(call, "f", f"gate/{t.fwd_id:x}/rsp", "gate response", t.fwd_popped - 1)
+    TRACER.span(call, "reply push", "daemon", t.push_start, t.push_end, {"batch": 1})
+    TRACER.flow(call, "s", f"teeif/d{t.target}/{t.id:x}/rsp", "teeif response", t.push_end - 1)

@@ -167,7 +167,7 @@ class GateClient:
                                                                  "ret": f"{out[1][0] & 0xFFFFFFFF:#x}"})
         return out
 
-    def fast_table(self, rules: Sequence[FastRule], *, skip_id_bits: int = 0) -> FastTable:
+    def fast_table(self, rules: Sequence[FastRule], *, skip_id_bits: int = 0, trace_bits: int = 0) -> FastTable:
         """A :class:`ring.FastTable` whose forwarding rules are GATE_OP_SMC
         hypercalls on this client's ring, for the domain each ring's
         ``target`` names (the gate checks and stamps it as for any other),
@@ -175,7 +175,7 @@ class GateClient:
         :meth:`lend`."""
         table = FastTable(rules, forward=self._ring, forward_fd=self._chan.fileno(), forward_flags=GATE_OP_SMC,
                           id_mask=_ID_MASK, spin_ns=self._poll_ns, timeout_ns=int(self._timeout * 1e9),
-                          skip_id_bits=skip_id_bits)
+                          skip_id_bits=skip_id_bits, trace_bits=trace_bits)
         self._tables[table] = table.statistics()
         return table
 
