@@ -241,7 +241,8 @@ int teeif_floor_back_run(struct teeif_back_ring *b, int fd, uint64_t entries, ui
  * Answering from C (teeif_fast.c). A backend serving many rings from one
  * thread may give this table the requests it answers without judgment: a
  * rule per function (the low 32 bits of a[0]) either answers fixed
- * registers or forwards one request (a[0] = the function, a[1..7] = 0)
+ * registers or forwards one request (a[0] = the function, a[1..6] = 0,
+ * a[7] = the id of the request it is made for)
  * through another ring it is the front of (the stub domain: the SMC gate)
  * and passes the first `keep` registers of that answer on, each masked to
  * 32 bits, the rest 0. A ring's `allow` mask says which rules apply to it.
