@@ -8,6 +8,7 @@ where a test wants it (a slow OP-TEE, not a fake one).
 
 from __future__ import annotations
 
+import os
 import selectors
 import shutil
 import signal
@@ -61,20 +62,38 @@ class ScriptedFrontend:
         self.proc = subprocess.Popen([str(exe), str(domdir), str(wait_ms), str(tag)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, bufsize=1)
+        # stdout is read from its descriptor into our own buffer: a buffered
+        # readline would hold lines the selector cannot see (several lines
+        # written at once), and wait out HANG_GUARD_S with them in hand
+        self._fd = self.proc.stdout.fileno()
+        self._pending = b""
         self._sel = selectors.DefaultSelector()
-        self._sel.register(self.proc.stdout, selectors.EVENT_READ)
+        self._sel.register(self._fd, selectors.EVENT_READ)
         self.lines: list[str] = []
 
     def send(self, command: str) -> None:
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
 
+    def _readline(self) -> str | None:
+        """The next line without its newline; None when the frontend stays
+        silent for HANG_GUARD_S; "" at end-of-file."""
+        while b"\n" not in self._pending:
+            if not self._sel.select(HANG_GUARD_S):
+                return None
+            chunk = os.read(self._fd, 4096)
+            if not chunk:
+                return ""
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
+        return line.decode() + "\n"
+
     def expect(self, answer: str) -> str:
         while True:
-            if not self._sel.select(HANG_GUARD_S):
+            line = self._readline()
+            if line is None:
                 raise AssertionError(f"frontend {self.tag} silent for {HANG_GUARD_S} s; "
                                      f"lines so far: {self.lines}")
-            line = self.proc.stdout.readline()
             if not line:
                 self.proc.wait(HANG_GUARD_S)
                 err = self.proc.stderr.read().strip()
