@@ -265,7 +265,8 @@ int teeif_floor_back_run(struct teeif_back_ring *b, int fd, uint64_t entries, ui
  * 32 bits, the rest 0. A ring's `allow` mask says which rules apply to it.
  * Only the request at the head of a ring is ever answered here, so a ring's
  * requests are answered in order: anything else stops the table at that
- * ring and is the owner's to pop. Requests are read once (peek, then the
+ * ring and is the owner's to pop, and so is a ring whose owner has taken
+ * requests it has not answered yet. Requests are read once (peek, then the
  * copy decides) and a forwarded answer with a status other than 0, or any
  * failure of the forwarding ring, answers nothing: the request stays at the
  * head for the owner, the ring is paused (`paused`) until the owner clears

@@ -123,7 +123,12 @@ int teeif_fast_serve(struct teeif_fast_table *t, struct teeif_back_ring *b, stru
         struct teeif_fast_trace tr, *trp = NULL;
         uint32_t index = 0;
         uint64_t t0 = teeif_now_ns();
-        int notify, rc = teeif_back_peek_request(b, &req);
+        int notify, rc;
+        /* requests the owner took and has not answered yet come first: C
+         * answers nothing while any is owed, so a ring is answered in order */
+        if (b->req_cons != b->rsp_prod_pvt)
+            break;
+        rc = teeif_back_peek_request(b, &req);
         if (rc <= 0)
             return rc < 0 ? rc : answered;
         rule = rule_for(t, r, &req, &index);

@@ -284,3 +284,17 @@ def test_sampled_answers_are_recorded_and_their_forwards_marked(fwd, dom):
     assert (t1.peek_start <= t1.peek_end <= t1.fwd_start <= t1.fwd_pushed <= t1.fwd_popped
             <= t1.push_start <= t1.push_end)
     assert (t2.function, t2.fwd_id, t2.fwd_start) == (0x10, 0, 0)  # a fixed answer forwards nothing
+
+
+def test_nothing_is_answered_while_the_owner_owes_an_answer(fwd, dom):
+    back, front, cb, _ = dom
+    table = fwd.table()
+    state = table.ring(1, cb.fileno())
+    state.allow = 0b11
+    front.push(req(0, OTHER))
+    front.push(req(1, 0x10))
+    assert [r.id for r in back.pop_batch(1)] == [0]  # the owner took the first, not answered yet
+    assert table.serve(back, state) == 0  # the second would be answered before the first
+    back.push(Response(0, 0, 0, (0,) * 8))
+    assert table.serve(back, state) == 1
+    assert [r.id for r in front.pop_batch()] == [0, 1]
