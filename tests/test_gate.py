@@ -196,6 +196,27 @@ def test_unassign_takes_the_domain_back(gate, client) -> None:
     assert client.call(GATE_OP_SMC, 1, regs(OPTEE_SMC_GET_THREAD_COUNT)) == (EPERM, ZERO)
 
 
+def test_unassign_waits_for_a_hypercall_of_the_domain_still_in_the_tee(gate, client, spy) -> None:
+    created(gate, client, 1)
+    spy.release.clear()  # the secure world holds the next SMC
+    held = threading.Thread(target=client.call, args=(GATE_OP_SMC, 1, regs(OPTEE_SMC_GET_THREAD_COUNT)))
+    held.start()
+    deadline = time.monotonic() + 10.0
+    while gate._in_tee != 1:
+        assert time.monotonic() < deadline, "the hypercall never reached the TEE"
+        time.sleep(0.001)
+    unassigned = threading.Event()
+    taker = threading.Thread(target=lambda: (gate.unassign(1), unassigned.set()))
+    taker.start()
+    # unassign must not return while the hypercall it admitted is in the TEE
+    assert not unassigned.wait(0.05)
+    spy.release.set()
+    held.join()
+    taker.join()
+    assert unassigned.is_set()
+    assert client.call(GATE_OP_SMC, 1, regs(OPTEE_SMC_GET_THREAD_COUNT)) == (EPERM, ZERO)
+
+
 def test_statistics_count_per_domid_and_op_and_refusals(gate, client) -> None:
     created(gate, client, 1)
     client.call(GATE_OP_SMC, 1, regs(OPTEE_SMC_GET_THREAD_COUNT))

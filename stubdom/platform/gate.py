@@ -79,6 +79,9 @@ __all__ = ["Gate", "GateStatistics", "UNASSIGN_WAIT_S"]
 log = logging.getLogger("stubdom.platform.gate")
 
 _ZERO_REGS = (0,) * 8
+# Response(...) without the NamedTuple's Python-level __new__ (the TEE's
+# registers are checked when the ring packs them)
+_new_entry = tuple.__new__
 
 _UNASSIGNED = 1  # _check's answer for a domid not assigned: -EPERM or -ENOENT, decided outside the lock
 
@@ -160,9 +163,13 @@ class Gate:
         # that unassign can wait for it (the serving thread runs one at a time)
         self._in_tee: int | None = None
         self._tee_done = threading.Condition(self._lock)
+        self._unassigning = 0  # unassign calls waiting on _tee_done
         self._calls: Counter[tuple[int, int]] = Counter()
         self._refusals: Counter[tuple[int, str]] = Counter()
-        self._connections = self._wakeups = self._batches = self._tee_errors = self._refused = 0
+        self._connections = self._tee_errors = self._refused = 0
+        # written by the serving thread alone, hence without the lock (an int
+        # is read whole): the hot path's counters
+        self._wakeups = self._batches = 0
         self._sent = self._suppressed = 0  # of rings already replaced
         # rate limits: the stub domain's own lines, and one per assigned domain
         # (created by assign, dropped by unassign: bounded by the toolstack)
@@ -231,7 +238,12 @@ class Gate:
         with self._lock:
             self._assigned.discard(domid)
             self._domain_logs.pop(domid, None)
-            if not self._tee_done.wait_for(lambda: self._in_tee != domid, timeout):
+            self._unassigning += 1
+            try:
+                done = self._tee_done.wait_for(lambda: self._in_tee != domid, timeout)
+            finally:
+                self._unassigning -= 1
+            if not done:
                 log.warning("d%d: a hypercall for it is still in the TEE after %.0f s", domid, timeout)
 
     def assigned(self) -> frozenset[int]:
@@ -371,11 +383,15 @@ class Gate:
         if not reqs:
             return False
         rsps = [self._handle(req) for req in reqs]
-        with self._lock:
-            self._batches += 1
-        if self._ring.push_batch(rsps) and chan is not None:
+        self._batches += 1  # only this thread writes it: no lock
+        if self._push(rsps) and chan is not None:
             chan.notify()
         return True
+
+    def _push(self, rsps: list[Response]) -> bool:
+        """Push every answer with one notify decision (the common single
+        answer without push_batch's extra layers)."""
+        return self._ring.push(rsps[0]) if len(rsps) == 1 else self._ring.push_batch(rsps)
 
     def _answer_traced(self, chan: EventChannel | None) -> bool:
         """_answer_pending with tracing on: the spans of the hypercalls the
@@ -403,10 +419,9 @@ class Gate:
                             {"op": req.flags, "fn": f"{req.a[0] & 0xFFFFFFFF:#x}", "status": rsps[-1].status})
             finally:
                 TRACER.set_current(prev)
-        with self._lock:
-            self._batches += 1
+        self._batches += 1
         p0 = now_ns()
-        if self._ring.push_batch(rsps) and chan is not None:
+        if self._push(rsps) and chan is not None:
             chan.notify()
         p1 = now_ns()
         for call in traced:
@@ -423,13 +438,12 @@ class Gate:
             if not self._wait(chan.fileno()):
                 return
             if chan.drain():  # PeerDied on end-of-file
-                with self._lock:
-                    self._wakeups += 1
+                self._wakeups += 1
 
     # -- one hypercall -----------------------------------------------------------
 
     def _handle(self, req: Request) -> Response:
-        op, domid, a = req.flags, req.vcpu, req.a
+        rid, domid, op, a = req  # id, vcpu (the target domid), flags (the op), a
         with self._lock:  # one acquisition per hypercall: the check and the counter
             status = self._check(op, domid, a)
             self._calls[(domid, op)] += 1
@@ -443,7 +457,7 @@ class Gate:
             if log.isEnabledFor(logging.DEBUG):  # a line nobody reads must not take a token
                 self._log_for(domid).log(logging.DEBUG, "gate refused op %d for d%d a0=%#x: %s",
                                          op, domid, a[0], _errno_name(status))
-            return Response(req.id, status, 0, _ZERO_REGS)
+            return _new_entry(Response, (rid, status, 0, _ZERO_REGS))
         # The gate, never the stub domain, chooses a7.
         a7 = domid + 1 if op == GATE_OP_SMC else HYP_CLIENT_ID
         try:
@@ -454,12 +468,13 @@ class Gate:
             with self._lock:
                 self._tee_errors += 1
                 self._refusals[(domid, "EINVAL")] += 1
-            return Response(req.id, GATE_EINVAL, 0, _ZERO_REGS)
+            return _new_entry(Response, (rid, GATE_EINVAL, 0, _ZERO_REGS))
         finally:
             with self._lock:
                 self._in_tee = None
-                self._tee_done.notify_all()
-        return Response(req.id, 0, 0, regs)
+                if self._unassigning:  # nobody else waits for it
+                    self._tee_done.notify_all()
+        return _new_entry(Response, (rid, 0, 0, regs))
 
     def _log_for(self, domid: int) -> RateLimitedLog:
         """The rate limit of lines about a hypercall for ``domid``: that
