@@ -94,6 +94,9 @@ _ID_MASK = _U64 >> 1
 # What the daemon can do to a domain's ring: write impossible indices, or
 # shrink the file under our mapping. Either way that domain is cut off.
 _RING_BROKEN = (RingCorrupted, RingTruncated)
+# Request(...) without the NamedTuple's Python-level __new__ (regs are
+# checked already: route_smc)
+_new_entry = tuple.__new__
 # What a vCPU waiting on a ring the daemon will never answer again finds
 # instead of a response (the domain was re-created on a new ring).
 _GONE = object()
@@ -136,7 +139,11 @@ class DomainLink:
         except BaseException:
             self._ring.close()
             raise
-        self._cond = threading.Condition(threading.Lock())  # guards the ring and everything below
+        # guards the ring and everything below; taken as the bare lock (one C
+        # call) where nobody waits on the condition
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._sleepers = 0  # vCPUs in _cond.wait: notify only when there are some
         self._waiting: dict[int, object] = {}  # request id -> its Response once popped, else None
         self._receiving = False  # a vCPU thread is the receiver
         self._dead: str | None = None  # why the daemon is unreachable
@@ -156,7 +163,7 @@ class DomainLink:
     def call(self, vcpu: int, regs: Regs) -> Regs:
         """Forward one trapped SMC and wait for its answer (bounded)."""
         deadline = time.monotonic() + self._timeout
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise UnknownDomain(self.domid)
             if self._dead is not None and not self._reconnect():
@@ -169,7 +176,7 @@ class DomainLink:
                 rid |= TRACE_ID_BIT
                 traced = [tcall, now_ns(), 0]
             try:
-                notify = self._ring.push(Request(rid, vcpu, 0, regs))
+                notify = self._ring.push(_new_entry(Request, (rid, vcpu, 0, regs)))
             except RingFull:
                 # more vCPUs in flight than the ring has slots: the guest's doing
                 self._glog.warning("teeif ring full (daemon not answering): ENOTAVAIL")
@@ -202,7 +209,7 @@ class DomainLink:
         try:
             out = self._await(rid, deadline)
         finally:
-            with self._cond:
+            with self._lock:
                 self._traced.pop(rid, None)
         popped = traced[2] or now_ns()
         TRACER.span(call, "wait", "vcpu", t1, popped)
@@ -211,7 +218,7 @@ class DomainLink:
 
     def _await(self, rid: int, deadline: float) -> Regs:
         while True:
-            with self._cond:
+            with self._lock:
                 while True:
                     rsp = self._waiting.get(rid)
                     if rsp is not None:
@@ -231,13 +238,23 @@ class DomainLink:
                     if not self._receiving:
                         self._receiving = True
                         break
-                    self._cond.wait(remaining)
+                    self._sleepers += 1
+                    try:
+                        self._cond.wait(remaining)
+                    finally:
+                        self._sleepers -= 1
             try:
                 self._receive(deadline)
             finally:
-                with self._cond:
+                with self._lock:
                     self._receiving = False
-                    self._cond.notify_all()
+                    self._wake()
+
+    def _wake(self) -> None:
+        """(lock held) Wake every vCPU waiting on the condition: for its
+        answer, or to become the receiver. Most calls have none to wake."""
+        if self._sleepers:
+            self._cond.notify_all()
 
     def _resume_regs(self, rsp) -> Regs:
         if rsp is _GONE:
@@ -255,7 +272,7 @@ class DomainLink:
         daemon died, or ``deadline`` passed."""
         spin_left = self._poll_ns
         while True:
-            with self._cond:
+            with self._lock:
                 if self._dead is not None or self._deliver():
                     return
                 step = min(spin_left, _SPIN_SLICE_NS)
@@ -289,12 +306,12 @@ class DomainLink:
                 return
             try:
                 if chan.drain():
-                    with self._cond:
+                    with self._lock:
                         self._n["wakeups"] += 1
             except PeerDied:
                 self._mark_dead("the daemon closed the event channel")
                 # the responses it pushed before dying are still on the ring
-                with self._cond:
+                with self._lock:
                     self._deliver()
                 return
             except RingError:
@@ -323,13 +340,15 @@ class DomainLink:
             return True
         if traced:
             self._trace_popped(rsps, t0)
+        waiting = self._waiting
         for rsp in rsps:
-            if rsp.id in self._waiting and self._waiting[rsp.id] is None:
-                self._waiting[rsp.id] = rsp
+            rid = rsp.id
+            if waiting.get(rid, _GONE) is None:  # a vCPU waits for it, nothing delivered yet
+                waiting[rid] = rsp
             else:
                 self._n["dropped"] += 1
         if rsps:
-            self._cond.notify_all()
+            self._wake()
         return bool(rsps)
 
     def _trace_popped(self, rsps, t0: int) -> None:
@@ -345,18 +364,18 @@ class DomainLink:
     # -- the daemon going away ---------------------------------------------------
 
     def _mark_dead(self, why: str) -> None:
-        with self._cond:
+        with self._lock:
             if self._dead is None and self._reconnect(receiver_ok=True):
                 # a restarted daemon already listens: the requests on the ring
                 # get its answer (run, or ENOTAVAIL if sent to the dead one)
-                self._cond.notify_all()
+                self._wake()
                 return
             if self._dead is None:
                 # a daemon that accepts and hangs up again would make each of
                 # the guest's calls log this and the line below: rate-limited
                 self._glog.warning("%s; calls get ENOTAVAIL until it is back", why)
                 self._dead = why
-            self._cond.notify_all()
+            self._wake()
 
     def _break(self, e: RingError) -> None:
         """The daemon wrote impossible indices or truncated the ring file
@@ -368,7 +387,7 @@ class DomainLink:
         self._dead = f"ring corrupted: {e}"
         if self._chan is not None:
             self._chan.close()
-        self._cond.notify_all()
+        self._wake()
 
     def _reconnect(self, *, receiver_ok: bool = False) -> bool:
         """(lock held) A restarted daemon replaced the listener (and maybe the
@@ -407,7 +426,7 @@ class DomainLink:
         call, which would otherwise push onto the old ring first. vCPUs
         waiting on the old ring resume with ENOTAVAIL. False when the ring
         was broken for good or cannot be attached."""
-        with self._cond:
+        with self._lock:
             if self._closed or self._broken:
                 return False
             if not self._reconnect(receiver_ok=True):
@@ -415,13 +434,13 @@ class DomainLink:
             for rid, rsp in self._waiting.items():
                 if rsp is None:
                     self._waiting[rid] = _GONE
-            self._cond.notify_all()
+            self._wake()
             return True
 
     # -- statistics, close -------------------------------------------------------
 
     def statistics(self) -> LinkStatistics:
-        with self._cond:
+        with self._lock:
             rs = self._ring.statistics() if not self._ring.closed else None
             return LinkStatistics(
                 requests=self._n["requests"],
@@ -438,7 +457,7 @@ class DomainLink:
 
     def close(self) -> None:
         """Close the channel and unmap the ring (the vCPUs must be stopped)."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             if self._chan is not None:
                 self._chan.close()
@@ -448,7 +467,7 @@ class DomainLink:
                 self._suppressed += rs.notifications_suppressed
                 self._ring.close()
             self._dead = "domain closed"
-            self._cond.notify_all()
+            self._wake()
 
 
 class StubdomPlacement:
