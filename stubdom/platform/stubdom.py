@@ -217,36 +217,39 @@ class DomainLink:
         return out
 
     def _await(self, rid: int, deadline: float) -> Regs:
-        while True:
-            with self._lock:
-                while True:
-                    rsp = self._waiting.get(rid)
-                    if rsp is not None:
-                        del self._waiting[rid]
-                        return self._resume_regs(rsp)
-                    if self._dead is not None:
-                        del self._waiting[rid]
-                        self._n["unavailable"] += 1
-                        return UNAVAILABLE_REGS
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        del self._waiting[rid]
-                        self._n["timeouts"] += 1
-                        self._glog.warning("no answer from stubdom-teed within %g s: ENOTAVAIL",
-                                           self._timeout)
-                        return UNAVAILABLE_REGS
-                    if not self._receiving:
-                        self._receiving = True
-                        break
+        lock = self._lock
+        with lock:
+            while True:
+                rsp = self._waiting.get(rid)
+                if rsp is not None:
+                    del self._waiting[rid]
+                    return self._resume_regs(rsp)
+                if self._dead is not None:
+                    del self._waiting[rid]
+                    self._n["unavailable"] += 1
+                    return UNAVAILABLE_REGS
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    del self._waiting[rid]
+                    self._n["timeouts"] += 1
+                    self._glog.warning("no answer from stubdom-teed within %g s: ENOTAVAIL",
+                                       self._timeout)
+                    return UNAVAILABLE_REGS
+                if self._receiving:
                     self._sleepers += 1
                     try:
                         self._cond.wait(remaining)
                     finally:
                         self._sleepers -= 1
-            try:
-                self._receive(deadline)
-            finally:
-                with self._lock:
+                    continue
+                # The receiver: _receive takes the lock itself, slice by
+                # slice; it is ours again, once, for the look above.
+                self._receiving = True
+                lock.release()
+                try:
+                    self._receive(deadline)
+                finally:
+                    lock.acquire()
                     self._receiving = False
                     self._wake()
 
