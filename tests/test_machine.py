@@ -26,6 +26,7 @@ from stubdom.xen import (
     MachineExists,
     MachineFormatError,
     NoSuchDomain,
+    NotMapped,
     OutOfFrames,
     P2mType,
 )
@@ -127,6 +128,35 @@ def test_bad_machine_config(tmp_path, kwargs, text):
     with pytest.raises(BadMachineConfig, match=text):
         Machine.create(tmp_path / "m", **kwargs)
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
+
+
+def test_attach_read_by_fd_reads_and_writes_the_same_memory(machine):
+    """read_by_fd (the stub domain's attach): reads by pread see what a
+    process writes through its mapping and the other way round; the same
+    checks refuse the same accesses."""
+    d5 = machine.create_domain(5, nr_pages=3)
+    with Machine.attach(machine.path, read_by_fd=True) as other:
+        seen = other.domain(5)
+        # a guest write across a page boundary, read back across it
+        d5.write(GUEST_RAM0_BASE + 0xFFC, b"12345678")
+        assert seen.read(GUEST_RAM0_BASE + 0xFFC, 8) == b"12345678"
+        assert seen.read(GUEST_RAM0_BASE + 0xFFE, 2) == b"34"
+        seen.write(GUEST_RAM0_BASE + 0x1FFE, memoryview(b"abcd"))
+        assert d5.read(GUEST_RAM0_BASE + 0x1FFE, 4) == b"abcd"
+        with pytest.raises(NotMapped):  # past the domain's RAM: nothing written
+            seen.write(GUEST_RAM0_BASE + 0x2FFE, b"xyzw")
+        assert d5.read(GUEST_RAM0_BASE + 0x2FFE, 2) == bytes(2)
+        # machine addresses
+        maddr = d5.translate(GUEST_RAM0_BASE, write=False)
+        other.write_machine(maddr + 16, bytearray(b"shadow"))
+        assert machine.read_machine(maddr + 16, 6) == b"shadow"
+        assert other.read_machine(maddr + 0xFFC, 4) == b"1234"
+        with pytest.raises(MachineAddressOutOfRange):
+            other.read_machine(other.ram_end - 2, 4)
+        with pytest.raises(MachineAddressOutOfRange):
+            other.write_machine(other.ram_end - 2, b"1234")
+        with other.page_view(maddr >> 12) as view:  # page_view still maps
+            assert bytes(view[16:22]) == b"shadow"
 
 
 def test_attach_errors(tmp_path, machine):

@@ -239,7 +239,8 @@ async def _serve_with(signals, config, config_path, load_config, logger: logging
     own_dir = runtime_dir / "stubdom-teed"
     try:
         try:
-            machine = Machine.attach(runtime_dir / "machine")
+            # reads by pread(2): no fault-around maps neighbouring frames here (Machine.attach)
+            machine = Machine.attach(runtime_dir / "machine", read_by_fd=True)
         except (MachineError, OSError) as e:
             raise StartupError(f"stubdom-teed: no machine at {runtime_dir / 'machine'} ({e}); "
                                f"is the platform running in this runtime directory?") from None

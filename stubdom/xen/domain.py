@@ -10,6 +10,7 @@ incarnation of the domain (else :class:`NoSuchDomain`).
 
 from __future__ import annotations
 
+import os
 import random
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,15 @@ _MMIO = int(P2mType.p2m_mmio_direct_dev)
 _MFN_LIMIT = 1 << (64 - PAGE_SHIFT)
 
 
+def _pread(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes of the RAM file at ``offset`` (inside it: checked by
+    the caller; the file never shrinks while mapped)."""
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise OSError(f"short read of machine RAM: {len(data)} of {length} bytes at {offset:#x}")
+    return data
+
+
 class Domain:
     """One domain (incarnation ``generation`` of ``domid``)."""
 
@@ -61,6 +71,7 @@ class Domain:
         self.generation = generation
         self._p2m = p2m
         self._ram = machine._ram
+        self._read_fd = machine._read_fd  # Machine.attach(read_by_fd=True): reads by pread(2)
         self._ram_base = machine.ram_base
         self._ram_size = machine.ram_size
 
@@ -171,8 +182,14 @@ class Domain:
 
     def read(self, ipa: int, length: int) -> bytes:
         """A copy of ``length`` bytes of guest memory at ``ipa``."""
-        ram = self._ram
         spans = self._spans(ipa, length, False)
+        if self._read_fd >= 0:
+            fd = self._read_fd
+            if len(spans) == 1:
+                off, n = spans[0]
+                return _pread(fd, n, off)
+            return b"".join([_pread(fd, n, off) for off, n in spans])
+        ram = self._ram
         if len(spans) == 1:
             off, n = spans[0]
             return bytes(ram[off : off + n])

@@ -35,7 +35,7 @@ from .constants import (
     PAGE_SHIFT,
     PAGE_SIZE,
 )
-from .domain import Domain
+from .domain import Domain, _pread
 from .errors import (
     BadDomainConfig,
     BadDomid,
@@ -113,6 +113,10 @@ class Machine:
         self._ram_fd = ram_fd
         self._ram_mm = ram_mm
         self._ram = memoryview(ram_mm)
+        # attach(read_by_fd=True): RAM is read with pread(2) on this
+        # descriptor (and still written through the mapping); -1: read
+        # through the mapping
+        self._read_fd = -1
         self._domains: dict[int, Domain] = {}
         # Handles of destroyed incarnations still referenced somewhere: they
         # stay mapped (reads see an empty, dead p2m) while anyone holds them,
@@ -195,9 +199,22 @@ class Machine:
         return cls(path, lock, frames, registry, ram_fd, ram_mm)
 
     @classmethod
-    def attach(cls, path: Path) -> Machine:
+    def attach(cls, path: Path, *, read_by_fd: bool = False) -> Machine:
         """Map an existing machine; sees everything done by any process,
-        including domains created later."""
+        including domains created later.
+
+        ``read_by_fd``: read RAM (:meth:`read_machine`, ``Domain.read``)
+        with pread(2) on the RAM file instead of through the mapping, which
+        still serves writes and :meth:`page_view`. Both go through the same
+        page cache, so what is read is the same; what differs is what this
+        process maps, and so its RSS: a read fault on a shared file mapping
+        maps up to 16 of the neighbouring pages already in the page cache
+        (the kernel's fault-around) and they stay mapped, where a write
+        fault maps only the page written. A process that reads a page or
+        two of each of many domains' scattered frames (the stub domain)
+        would map some 10 KiB per domain it never needed. (Writes stay on
+        the mapping: pwrite(2) would be subject to RLIMIT_FSIZE, a store
+        into a mapping is not.)"""
         path = Path(path)
         if not (path / _LOCK_FILE).is_file():
             raise MachineFormatError(str(path), "no machine here (lock file missing)")
@@ -221,7 +238,10 @@ class Machine:
             raise MachineFormatError(str(path / _RAM_FILE),
                                      f"size {size} is not {frames.nr_frames} frames")
         ram_mm = mmap.mmap(ram_fd, size)
-        return cls(path, MachineLock(path / _LOCK_FILE), frames, registry, ram_fd, ram_mm)
+        machine = cls(path, MachineLock(path / _LOCK_FILE), frames, registry, ram_fd, ram_mm)
+        if read_by_fd:
+            machine._read_fd = ram_fd
+        return machine
 
     def close(self) -> None:
         """Unmap everything.  Views from :meth:`page_view` must have been
@@ -235,7 +255,7 @@ class Machine:
         self._ram.release()
         self._ram_mm.close()
         os.close(self._ram_fd)
-        self._ram_fd = -1
+        self._ram_fd = self._read_fd = -1
         self._frames.close()
         self._registry.close()
         self._lock.close()
@@ -312,6 +332,8 @@ class Machine:
     def read_machine(self, maddr: int, length: int) -> bytes:
         """A copy of ``length`` bytes of machine RAM at ``maddr``."""
         off = self._ram_offset(maddr, length)
+        if self._read_fd >= 0:
+            return _pread(self._read_fd, length, off)
         return bytes(self._ram[off : off + length])
 
     def write_machine(self, maddr: int, data: bytes | bytearray | memoryview) -> None:
