@@ -230,13 +230,14 @@ def context_to_data(ctx: DomainContext) -> Snapshot:
                 list_pages += len(t["list_pages"])
                 if not t["static"]:
                     pinned += len(t["mfns"])
-        rpc = []
+        rpc: list[RpcBufferData] = []
         for rb in ctx.rpc_buffers.values():
-            rpc.append(RpcBufferData(cookie=rb.cookie, ipa=rb.ipa, mfn=rb.mfn, shadow=rb.shadow.mfn))
+            rpc.append({"cookie": rb.cookie, "ipa": rb.ipa, "mfn": rb.mfn, "shadow": rb.shadow.mfn})
             if rb.mfn is not None:
                 pinned += 1
         pool = ctx.pool
         lim = ctx.limits
+        held = ctx.held_frames
         free = [p.mfn for p in pool._free]
         frame_zero = list(pool._frame_zero)
         total = len(free) + len(frame_zero) + len(rpc) + in_calls + list_pages
@@ -250,7 +251,7 @@ def context_to_data(ctx: DomainContext) -> Snapshot:
             "next_seq": ctx.next_seq, "internal_errors": ctx.internal_errors,
             "pool": {"free": free, "frame_zero": frame_zero, "total": total},
             "suspended": calls, "shm_buffers": shm, "rpc_buffers": rpc,
-            "held_frames": sorted([m, n] for m, n in ctx.held_frames.items()),
+            "held_frames": sorted([m, n] for m, n in held.items()) if held else [],
             "calls": len(calls), "nr_buffers": nr_buffers, "pinned_pages": pinned,
         }
         if len(begun) == len(ctx.all_calls):
