@@ -274,6 +274,20 @@ def test_swap_keeps_snapshots():
     assert eng.config.policy_for(1) is after.policy
 
 
+def test_a_generation_shares_one_view_per_domain():
+    # views are immutable: the calls of one generation share a domain's
+    eng = PolicyEngine(config("domains: [{domid: 1}, {domid: 2, enabled: false}]\n"))
+    one = eng.snapshot(1)
+    assert eng.snapshot(1) is one and eng.snapshot(2) is not one
+    assert (one.domid, eng.snapshot(2).domid) == (1, 2) and not eng.snapshot(2).policy.enabled
+    eng.forget(1)  # a destroyed domain's view goes with it; the next one is the same policy
+    assert eng.snapshot(1) == one
+    eng.swap(config("domains: [{domid: 1, enabled: false}]\n"))
+    assert eng.snapshot(1).generation == 1 and not eng.snapshot(1).policy.enabled
+    assert eng.snapshot(2).generation == 1 and eng.snapshot(2).policy.enabled  # the defaults now
+    assert one.generation == 0 and one.policy.enabled  # a view taken before keeps its policy
+
+
 def test_swap_rate_limit_changes():
     eng = PolicyEngine(config(RATE))
     for _ in range(2):

@@ -32,7 +32,6 @@ from stubdom.optee.smc import (
     OPTEE_SMC_EXCHANGE_CAPABILITIES,
     OPTEE_SMC_RETURN_ENOTAVAIL,
 )
-from stubdom.optee.smccc import function_id
 from stubdom.public.control import PROTOCOL_VERSION, Request
 from stubdom.public.errors import ControlError, ErrorCode
 from stubdom.trace import TRACER, now_ns
@@ -90,6 +89,7 @@ class _CallHooks:
     journal's ``begin`` comes before it reaches OP-TEE. Whether that
     ``begin`` could be written stays with the call."""
 
+    __slots__ = ("_daemon", "_backend", "_view", "journal_refused")
     filters_open_session = True
 
     def __init__(self, daemon: Daemon, backend: DomainBackend, view) -> None:
@@ -197,18 +197,23 @@ class Daemon:
             backend.log.event(logging.WARNING, "call_refused", reason=refusal.reason,
                               detail=refusal.describe())
             return refusal.regs, refusal.reason
-        fn = function_id(regs[0])  # W0, as the mediator reads it
-        journaled = self.journal.kept and fn in _STATE_FUNCS
+        # W0, as the mediator reads it (function_id(regs[0]): check_call
+        # refused anything but a 64-bit register value)
+        fn = regs[0] & _U32
+        journal = self.journal
+        journaled = fn in _STATE_FUNCS and journal.journal is not None  # journal.kept
+        std = fn in _STD_FUNCS
         if journaled and fn in _BEGIN_FUNCS:
             # an unhealthy journal is retried here, at rest (a checkpoint
             # snapshots every domain); refused: nothing reached the TEE
-            if not self.journal.healthy and not self.journal.checkpoint():
+            if not journal.healthy and not journal.checkpoint():
                 return _ENOTAVAIL, "journal_unavailable"
-            if fn not in _STD_FUNCS and not self.journal.begin(domid, fn, regs[3] & _U32, None):
+            if not std and not journal.begin(domid, fn, regs[3] & _U32, None):
                 return _ENOTAVAIL, "journal_unavailable"
         if fn == OPTEE_SMC_CALL_RETURN_FROM_RPC:
             self.leases.resumed(domid, regs[3] & _U32)  # no longer an orphan, whatever the outcome
-        hooks = _CallHooks(self, backend, view)
+        # the mediator consults a call's hooks for standard calls only
+        hooks = _CallHooks(self, backend, view) if std else None
         steps = self.mediator.call_steps(domid, vcpu, regs, hooks)
         if tcall is not None:
             t0 = now_ns()
@@ -229,10 +234,10 @@ class Daemon:
             t1 = now_ns()
             TRACER.span(tcall, "mediate", "daemon", t0, t1)
         if journaled:
-            self.journal.state(domid)
+            journal.state(domid)
             if tcall is not None:
                 TRACER.span(tcall, "journal", "daemon", t1, now_ns())
-        return out, "journal_unavailable" if hooks.journal_refused else None
+        return out, "journal_unavailable" if hooks is not None and hooks.journal_refused else None
 
     # == the journal =========================================================
 

@@ -177,8 +177,10 @@ def _apply(path: Path, pos: int, replay: Replay, rec) -> None:
         d.snap, d.open_call = cast("Snapshot", rec["snap"]), None
 
 
-def _frame(rec: Entry) -> bytes:
-    body = msgpack.packb(rec, use_bin_type=True)
+def _frame(rec: Entry, pack: Callable[[object], bytes] | None = None) -> bytes:
+    """A record as written: length, CRC, msgpack payload. ``pack``: a
+    journal's own Packer's (msgpack.packb builds a Packer per call)."""
+    body = pack(rec) if pack is not None else msgpack.packb(rec, use_bin_type=True)
     return _FRAME.pack(len(body), zlib.crc32(body)) + body
 
 
@@ -194,6 +196,9 @@ class Journal:
         self._fsync = fsync
         self._fd = -1
         self._size = 0
+        # one Packer for every record (the same bytes as msgpack.packb: it
+        # resets after each record, and after one it could not pack)
+        self._pack = msgpack.Packer(use_bin_type=True).pack
         self.appends = 0
         self.syncs = 0
         self.failures = 0
@@ -205,7 +210,7 @@ class Journal:
         written beside it, fsync'd, renamed over it, directory fsync'd. On
         failure the old file stays as it was; raises JournalWriteError."""
         tmp = self.path.with_name(self.path.name + ".new")
-        data = _HEADER.pack(JOURNAL_MAGIC, JOURNAL_VERSION, 0) + b"".join(_frame(r) for r in records)
+        data = _HEADER.pack(JOURNAL_MAGIC, JOURNAL_VERSION, 0) + b"".join(_frame(r, self._pack) for r in records)
         fd = -1
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
@@ -252,7 +257,7 @@ class Journal:
         JournalWriteError is raised."""
         if self._fd < 0:
             raise JournalWriteError(self.path, errno.EBADF, "journal not open")
-        data = _frame(rec)
+        data = _frame(rec, self._pack)
         try:
             self._write_all(self._fd, data)
             if sync:

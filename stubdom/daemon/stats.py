@@ -36,12 +36,25 @@ _NOT_ERRORS = frozenset({OPTEE_SMC_RETURN_OK, OPTEE_SMC_RETURN_RPC_ALLOC, OPTEE_
                          OPTEE_SMC_RETURN_RPC_FOREIGN_INTR, OPTEE_SMC_RETURN_RPC_CMD})
 
 
+_U64 = (1 << 64) - 1
+_U32 = 0xFFFFFFFF
+# each known function ID's stats key, computed once
+_KEYS = {fid: name.removeprefix("OPTEE_SMC_") for fid, name in SMC_NAMES.items() if name}
+
+
+def _function_id(a0: int) -> int:
+    """function_id(a0) (W0) without building its FunctionId; anything but a
+    64-bit register value goes to function_id, which refuses it."""
+    if type(a0) is int and 0 <= a0 <= _U64:
+        return a0 & _U32
+    return function_id(a0)
+
+
 def function_key(a0: int) -> str:
     """The stats key of the function ID a0 names (W0): its optee_smc.h name
     without the OPTEE_SMC_ prefix, or "unknown" (a guest must not be able to
     grow the table with made-up IDs)."""
-    name = SMC_NAMES.get(function_id(a0))
-    return name.removeprefix("OPTEE_SMC_") if name else "unknown"
+    return _KEYS.get(_function_id(a0), "unknown")
 
 
 def percentiles(sample, points=(50, 90, 99)) -> dict[str, int]:
@@ -67,8 +80,9 @@ class DomainStats:
         self._latency_us: collections.deque[int] = collections.deque(maxlen=LATENCY_SAMPLE)
 
     def record(self, a0: int, ret_a0: int, elapsed_ns: int) -> None:
-        self.calls[function_key(a0)] += 1
-        if function_id(a0) in _A0_IS_STATUS and ret_a0 not in _NOT_ERRORS:
+        fid = _function_id(a0)
+        self.calls[_KEYS.get(fid, "unknown")] += 1
+        if fid in _A0_IS_STATUS and ret_a0 not in _NOT_ERRORS:
             self.errors += 1
         self._latency_us.append(elapsed_ns // 1000)
 

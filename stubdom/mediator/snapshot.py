@@ -140,29 +140,51 @@ class Intent(TypedDict):
 
 
 # == to plain data ===========================================================
+# The daemon takes one snapshot per state-changing call (docs/faults.md), so
+# this direction is written for speed; the data is the same as ever.
+
+# Enum.value is a slow property, and an Enum's hash a Python call: members
+# are singletons, looked up by identity
+_VALUE = {id(m): m.value for e in (ShmKind, ShmState, RpcState) for m in e}
+# MsgArg is immutable (frozen, a tuple of frozen params): its packed bytes
+# are remembered by identity. The entry holds the object, so its id is never
+# reused while the entry exists; bounded, cleared when full.
+_PACKED: dict[int, tuple[MsgArg, bytes]] = {}
+_PACKED_MAX = 256
+
 
 def _shm(buf: ShmBuffer, state: ShmState | None = None) -> ShmData:
     state = state or buf.state
-    return {"kind": buf.kind.value, "cookie": buf.cookie, "ipas": list(buf.ipas),
+    return {"kind": _VALUE[id(buf.kind)], "cookie": buf.cookie, "ipas": list(buf.ipas),
             "mfns": list(buf.mfns), "offset": buf.offset, "size": buf.size,
             "list_pages": [p.mfn for p in buf.list_pages], "static": buf.static,
-            "state": state.value, "owner": None if state is ShmState.LIVE else buf.owner}
+            "state": _VALUE[id(state)], "owner": None if state is ShmState.LIVE else buf.owner}
 
 
 def _arg(arg: MsgArg | None) -> bytes | None:
-    return None if arg is None else arg.pack()
+    if arg is None:
+        return None
+    hit = _PACKED.get(id(arg))
+    if hit is not None and hit[0] is arg:
+        return hit[1]
+    data = arg.pack()
+    if len(_PACKED) >= _PACKED_MAX:
+        _PACKED.clear()
+    _PACKED[id(arg)] = (arg, data)
+    return data
 
 
 def _call(call: StdCall) -> CallData:
+    register, unregister = call.register, call.unregister
     return {"seq": call.seq, "function": call.function, "shadow": call.shadow.mfn,
             "guest_ipa": call.guest_ipa, "request": _arg(call.request),
             "rpc_offset": call.rpc_offset, "rpc_size": call.rpc_size,
             "tmem": [_shm(b) for b in call.tmem],
             # by cookie: the buffer itself is among the domain's shm_buffers
-            "register": None if call.register is None else call.register.cookie,
-            "unregister": None if call.unregister is None else call.unregister.cookie,
+            "register": None if register is None else register.cookie,
+            "unregister": None if unregister is None else unregister.cookie,
             "begun": call.begun,
-            "thread_id": call.thread_id, "rpc_state": call.rpc_state.value,
+            "thread_id": call.thread_id, "rpc_state": _VALUE[id(call.rpc_state)],
             "rpc_func": call.rpc_func, "rpc_a1": call.rpc_a1, "rpc_a2": call.rpc_a2,
             "rpc_request": _arg(call.rpc_request), "rpc_shm_type": call.rpc_shm_type,
             "stale_lists": [p.mfn for p in call.stale_lists]}
@@ -171,27 +193,54 @@ def _call(call: StdCall) -> CallData:
 def context_to_data(ctx: DomainContext) -> Snapshot:
     """The domain's mediator state as plain data. At rest only: every call
     that reached OP-TEE must be suspended (raises BadSnapshot otherwise);
-    calls not yet begun are left out, with what they claimed."""
+    calls not yet begun are left out, with what they claimed. Its counters
+    are those :func:`_count` computes from the data, counted on the way."""
     domid = ctx.domid
+    LIVE, UNREGISTERING = ShmState.LIVE, ShmState.UNREGISTERING
     with ctx.lock:
-        suspended = dict(ctx.suspended)
+        suspended = ctx.suspended
         begun = {c for c in ctx.all_calls if c.begun}
         if set(suspended.values()) != begun:
             raise BadSnapshot(domid, f"{len(begun)} calls in OP-TEE, "
                                      f"{len(suspended)} suspended: not at rest")
         mine = {c.seq for c in begun}
         shm = []
+        nr_buffers = pinned = list_pages = 0
         for b in ctx.shm_buffers.values():
-            if b.state is ShmState.LIVE or b.owner in mine:
-                shm.append(_shm(b))
-            elif b.state is ShmState.UNREGISTERING:
-                shm.append(_shm(b, ShmState.LIVE))  # its UNREGISTER_SHM has not reached OP-TEE
-            # else: PENDING for a call not begun: nothing of it reached OP-TEE
-        calls = [[tid, _call(c)] for tid, c in sorted(suspended.items())]
-        rpc = [RpcBufferData(cookie=b.cookie, ipa=b.ipa, mfn=b.mfn, shadow=b.shadow.mfn)
-               for b in ctx.rpc_buffers.values()]
+            state = b.state
+            if state is LIVE or b.owner in mine:
+                d = _shm(b)
+            elif state is UNREGISTERING:
+                d = _shm(b, LIVE)  # its UNREGISTER_SHM has not reached OP-TEE
+            else:
+                continue  # PENDING for a call not begun: nothing of it reached OP-TEE
+            shm.append(d)
+            nr_buffers += 1
+            list_pages += len(d["list_pages"])
+            if not d["static"]:
+                pinned += len(d["mfns"])
+        calls = []
+        in_calls = 0  # shadow pages of the suspended calls: argument page, stale lists
+        for tid in sorted(suspended):
+            cd = _call(suspended[tid])
+            calls.append([tid, cd])
+            in_calls += 1 + len(cd["stale_lists"])
+            for t in cd["tmem"]:
+                nr_buffers += 1
+                list_pages += len(t["list_pages"])
+                if not t["static"]:
+                    pinned += len(t["mfns"])
+        rpc: list[RpcBufferData] = []
+        for rb in ctx.rpc_buffers.values():
+            rpc.append({"cookie": rb.cookie, "ipa": rb.ipa, "mfn": rb.mfn, "shadow": rb.shadow.mfn})
+            if rb.mfn is not None:
+                pinned += 1
         pool = ctx.pool
         lim = ctx.limits
+        held = ctx.held_frames
+        free = [p.mfn for p in pool._free]
+        frame_zero = list(pool._frame_zero)
+        total = len(free) + len(frame_zero) + len(rpc) + in_calls + list_pages
         snap: Snapshot = {
             "version": SNAPSHOT_VERSION, "domid": domid, "profile": ctx.profile.name,
             "limits": [lim.max_calls, lim.max_shm_buffers, lim.max_pages_per_buffer,
@@ -200,15 +249,15 @@ def context_to_data(ctx: DomainContext) -> Snapshot:
             "static_shm_allowed": ctx.static_shm_allowed,
             "rpc_param_count": ctx.rpc_param_count, "dying": ctx.dying,
             "next_seq": ctx.next_seq, "internal_errors": ctx.internal_errors,
-            "pool": {"free": [p.mfn for p in pool._free], "frame_zero": list(pool._frame_zero)},
+            "pool": {"free": free, "frame_zero": frame_zero, "total": total},
             "suspended": calls, "shm_buffers": shm, "rpc_buffers": rpc,
-            "held_frames": sorted([m, n] for m, n in ctx.held_frames.items()),
+            "held_frames": sorted([m, n] for m, n in held.items()) if held else [],
+            "calls": len(calls), "nr_buffers": nr_buffers, "pinned_pages": pinned,
         }
-        _count(snap)
         if len(begun) == len(ctx.all_calls):
             # nothing left out: what is counted must be what the context counts
             want = (ctx.calls, ctx.nr_buffers, ctx.pinned_pages, pool.total)
-            got = (snap["calls"], snap["nr_buffers"], snap["pinned_pages"], snap["pool"]["total"])
+            got = (len(calls), nr_buffers, pinned, total)
             if want != got:
                 raise BadSnapshot(domid, f"counters (calls, buffers, pinned pages, shadow pages) "
                                          f"are {want}, the structures hold {got}")

@@ -55,7 +55,6 @@ from stubdom.optee.smc import (
     OPTEE_SMC_VM_CREATED,
     OPTEE_SMC_VM_DESTROYED,
 )
-from stubdom.optee.smccc import function_id
 
 __all__ = [
     "CLASS_INFO",
@@ -126,10 +125,12 @@ NEVER_ALLOWED_CLASSES = frozenset({CLASS_HYPERVISOR})
 DEFAULT_ALLOWED_CLASSES = frozenset(FUNCTION_CLASSES) - NEVER_ALLOWED_CLASSES
 
 _U64 = (1 << 64) - 1
+_U32 = 0xFFFFFFFF
 
 
 def function_class(a0: int) -> str:
     """The class of the function a0 names (see the module docstring)."""
     if type(a0) is not int or not 0 <= a0 <= _U64:
         raise ValueError(f"a0 = {a0!r} is not a 64-bit register value")
-    return _CLASS_OF.get(function_id(a0), CLASS_UNKNOWN)
+    # function_id(a0), without building its FunctionId: a0 is a register value
+    return _CLASS_OF.get(a0 & _U32, CLASS_UNKNOWN)

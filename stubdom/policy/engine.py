@@ -51,7 +51,10 @@ class DomainPolicyView:
 
     def class_refusal(self, a0: int) -> Refusal | None:
         """Refusal by the enabled flag and the class lists (no rate limit)."""
-        cls = function_class(a0)
+        return self._class_refusal(a0, function_class(a0))
+
+    def _class_refusal(self, a0: int, cls: str) -> Refusal | None:
+        """:meth:`class_refusal`, ``cls`` being ``function_class(a0)``."""
         if cls == CLASS_RPC_RETURN:
             return None
         if not self.policy.enabled:
@@ -95,6 +98,9 @@ class PolicyEngine:
         self._generation = 0
         self._buckets: dict[int, TokenBucket] = {}
         self._refusals: dict[int, dict[str, int]] = {}
+        # each domain's view of the current generation: a view is immutable,
+        # so every call of one generation shares it (dropped by swap, forget)
+        self._views: dict[int, DomainPolicyView] = {}
 
     @property
     def config(self) -> Config:
@@ -114,6 +120,7 @@ class PolicyEngine:
             old = self._config
             self._config = config
             self._generation += 1
+            self._views.clear()
             for domid in list(self._buckets):
                 before = old.policy_for(domid).rate
                 after = config.policy_for(domid).rate
@@ -129,7 +136,11 @@ class PolicyEngine:
     def snapshot(self, domid: int) -> DomainPolicyView:
         """The domain's policy now, for a call that starts now."""
         with self._lock:
-            return DomainPolicyView(domid, self._generation, self._config.policy_for(domid))
+            view = self._views.get(domid)
+            if view is None:
+                view = DomainPolicyView(domid, self._generation, self._config.policy_for(domid))
+                self._views[domid] = view
+            return view
 
     def check_call(self, domid: int, a0: int, now: float, *,
                    view: DomainPolicyView | None = None) -> Refusal | None:
@@ -139,11 +150,12 @@ class PolicyEngine:
         OP-TEE thread, while fast calls are bounded by the domain's vCPUs
         (one trap outstanding per vCPU) and some cannot be refused without
         breaking the guest's driver for good."""
-        if function_class(a0) == CLASS_RPC_RETURN:
+        cls = function_class(a0)
+        if cls == CLASS_RPC_RETURN:
             return None
         view = view if view is not None else self.snapshot(domid)
-        refusal = view.class_refusal(a0)
-        if refusal is None and function_class(a0) == CLASS_STD_CALL and view.policy.rate is not None:
+        refusal = view._class_refusal(a0, cls)
+        if refusal is None and cls == CLASS_STD_CALL and view.policy.rate is not None:
             rate = view.policy.rate
             with self._lock:
                 bucket = self._buckets.get(domid)
@@ -173,6 +185,7 @@ class PolicyEngine:
         with self._lock:
             self._buckets.pop(domid, None)
             self._refusals.pop(domid, None)
+            self._views.pop(domid, None)
 
     def statistics(self) -> PolicyStatistics:
         with self._lock:
