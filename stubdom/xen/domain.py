@@ -50,7 +50,7 @@ _MMIO = int(P2mType.p2m_mmio_direct_dev)
 _MFN_LIMIT = 1 << (64 - PAGE_SHIFT)
 
 
-def _pread(fd: int, length: int, offset: int) -> bytes:
+def pread_ram(fd: int, length: int, offset: int) -> bytes:
     """``length`` bytes of the RAM file at ``offset`` (inside it: checked by
     the caller; the file never shrinks while mapped)."""
     data = os.pread(fd, length, offset)
@@ -187,8 +187,8 @@ class Domain:
             fd = self._read_fd
             if len(spans) == 1:
                 off, n = spans[0]
-                return _pread(fd, n, off)
-            return b"".join([_pread(fd, n, off) for off, n in spans])
+                return pread_ram(fd, n, off)
+            return b"".join([pread_ram(fd, n, off) for off, n in spans])
         ram = self._ram
         if len(spans) == 1:
             off, n = spans[0]

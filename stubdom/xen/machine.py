@@ -35,7 +35,7 @@ from .constants import (
     PAGE_SHIFT,
     PAGE_SIZE,
 )
-from .domain import Domain, _pread
+from .domain import Domain, pread_ram
 from .errors import (
     BadDomainConfig,
     BadDomid,
@@ -333,7 +333,7 @@ class Machine:
         """A copy of ``length`` bytes of machine RAM at ``maddr``."""
         off = self._ram_offset(maddr, length)
         if self._read_fd >= 0:
-            return _pread(self._read_fd, length, off)
+            return pread_ram(self._read_fd, length, off)
         return bytes(self._ram[off : off + length])
 
     def write_machine(self, maddr: int, data: bytes | bytearray | memoryview) -> None:
