@@ -201,23 +201,6 @@ int teeif_back_recheck_notify(struct teeif_back_ring *b);
 /* RING_FINAL_CHECK_FOR_REQUESTS: > 0 work waiting, 0 sleep (req_event armed). */
 int teeif_back_final_check(struct teeif_back_ring *b);
 int teeif_back_poll(struct teeif_back_ring *b, uint64_t spin_ns);
-/*
- * teeif_front_spin, also watching another ring's requests: returns > 0 as soon
- * as responses wait on f, 0 when the window ended with none, and
- * TEEIF_WATCHED (> 0 too, checked first) when the request at the head of
- * `watch` looks addressed to the caller (its vcpu field == vcpu and a[7] ==
- * a7). `watch` is another thread's back ring: its head is read without that
- * thread's lock, so the caller takes it (teeif_back_take_if) under the lock
- * before believing it. For a thread that waits for an answer and may make
- * the request its answer depends on itself (the platform's vCPU thread and
- * the SMC gate: docs/smc-gate.md, "The waiting vCPU").
- */
-#define TEEIF_WATCHED 0x40000000
-int teeif_front_spin_watching(struct teeif_front_ring *f, struct teeif_back_ring *watch, uint32_t vcpu,
-                              uint64_t a7, uint64_t spin_ns);
-/* Under the back ring owner's lock: if the head request's vcpu field is vcpu
- * and its a[7] is a7, copy it to out, consume it and return 1; else 0. */
-int teeif_back_take_if(struct teeif_back_ring *b, uint32_t vcpu, uint64_t a7, struct teeif_request *out);
 /* teeif_front_spin's twin for requests. */
 int teeif_back_spin(struct teeif_back_ring *b, uint64_t spin_ns);
 /*
@@ -258,8 +241,7 @@ int teeif_floor_back_run(struct teeif_back_ring *b, int fd, uint64_t entries, ui
  * Answering from C (teeif_fast.c). A backend serving many rings from one
  * thread may give this table the requests it answers without judgment: a
  * rule per function (the low 32 bits of a[0]) either answers fixed
- * registers or forwards one request (a[0] = the function, a[1..6] = 0,
- * a[7] = the id of the request it is made for)
+ * registers or forwards one request (a[0] = the function, a[1..7] = 0)
  * through another ring it is the front of (the stub domain: the SMC gate)
  * and passes the first `keep` registers of that answer on, each masked to
  * 32 bits, the rest 0. A ring's `allow` mask says which rules apply to it.

@@ -34,13 +34,11 @@ static const struct teeif_fast_rule *rule_for(const struct teeif_fast_table *t,
     return NULL;
 }
 
-/* One request through the forwarding ring, made for request `behalf` (its
- * a[7]: the stub domain's gate ignores a7 for the SMC, and may use it to let
- * the vCPU waiting for that request make it): 0 and out[] filled; 1 if the
+/* One request through the forwarding ring: 0 and out[] filled; 1 if the
  * answer's status was not 0 (in *status); < 0 the ring or its channel failed
  * (a TEEIF_E* code or a negative errno). */
-static int forward(struct teeif_fast_table *t, uint32_t target, uint32_t function, uint64_t behalf,
-                   uint64_t out[8], int32_t *status, struct teeif_fast_trace *tr)
+static int forward(struct teeif_fast_table *t, uint32_t target, uint32_t function, uint64_t out[8],
+                   int32_t *status, struct teeif_fast_trace *tr)
 {
     struct teeif_request q;
     struct teeif_response rsp;
@@ -58,7 +56,6 @@ static int forward(struct teeif_fast_table *t, uint32_t target, uint32_t functio
     q.vcpu = target;
     q.flags = t->fwd_flags;
     q.a[0] = function;
-    q.a[7] = behalf;
     rc = teeif_front_push_requests(t->fwd, &q, 1, &notify);
     if (rc < 0)
         return rc;
@@ -148,7 +145,7 @@ int teeif_fast_serve(struct teeif_fast_table *t, struct teeif_back_ring *b, stru
         if (rule->forward) {
             uint64_t got[8];
             int32_t status = 0;
-            rc = forward(t, r->target, rule->function, req.id, got, &status, trp);
+            rc = forward(t, r->target, rule->function, got, &status, trp);
             if (rc != 0) {
                 /* refused: this request is the owner's to send again and answer as it
                  * answers a refusal; the ring itself failed, or timed out: the owner's

@@ -347,53 +347,6 @@ int teeif_front_final_check(struct teeif_front_ring *f)
     TEEIF_GUARDED(f, front_final_check(f));
 }
 
-/* The head of another thread's back ring, read without its lock: req_cons is
- * that thread's (read once, relaxed), the slot may be being answered. Only a
- * hint: 1 if it looks like a request for (vcpu, a7). */
-static int watched_head(struct teeif_back_ring *w, uint32_t vcpu, uint64_t a7)
-{
-    struct teeif_request q;
-    uint32_t cons = __atomic_load_n(&w->req_cons, __ATOMIC_RELAXED);
-    uint32_t prod = idx_load(&w->sring->req_prod);
-    if (prod == cons || (uint32_t)(prod - cons) > w->nr_ents)
-        return 0;
-    teeif_rmb();
-    copy_out(&q, w->sring, w->nr_ents, cons, 1);
-    return q.vcpu == vcpu && q.a[7] == a7;
-}
-
-static int guarded_watched_head(struct teeif_back_ring *w, uint32_t vcpu, uint64_t a7)
-{
-    /* its own guard: a truncated gate ring fails the gate's end, not ours */
-    TEEIF_GUARDED(w, watched_head(w, vcpu, a7));
-}
-
-static int front_spin_watching(struct teeif_front_ring *f, struct teeif_back_ring *watch, uint32_t vcpu,
-                               uint64_t a7, uint64_t spin_ns)
-{
-    uint64_t t0 = teeif_now_ns();
-    unsigned spins = 0;
-    for (;;) {
-        int avail = front_avail(f);
-        if (avail != 0) {
-            if (avail > 0)
-                f->stats.poll_hits++;
-            return avail;
-        }
-        if (guarded_watched_head(watch, vcpu, a7) > 0)
-            return TEEIF_WATCHED;
-        if (teeif_now_ns() - t0 >= spin_ns)
-            return 0;
-        teeif_spin_step(&spins);
-    }
-}
-
-int teeif_front_spin_watching(struct teeif_front_ring *f, struct teeif_back_ring *watch, uint32_t vcpu,
-                              uint64_t a7, uint64_t spin_ns)
-{
-    TEEIF_GUARDED(f, front_spin_watching(f, watch, vcpu, a7, spin_ns));
-}
-
 int teeif_front_poll(struct teeif_front_ring *f, uint64_t spin_ns)
 {
     TEEIF_GUARDED(f, front_poll(f, spin_ns));
@@ -473,25 +426,6 @@ static int back_peek_request(struct teeif_back_ring *b, struct teeif_request *ou
 int teeif_back_peek_request(struct teeif_back_ring *b, struct teeif_request *out)
 {
     TEEIF_GUARDED(b, back_peek_request(b, out));
-}
-
-static int back_take_if(struct teeif_back_ring *b, uint32_t vcpu, uint64_t a7, struct teeif_request *out)
-{
-    int avail = back_avail(b);
-    if (avail <= 0)
-        return avail;
-    copy_out(out, b->sring, b->nr_ents, b->req_cons, 1);
-    if (out->vcpu != vcpu || out->a[7] != a7)
-        return 0;
-    b->req_cons++;
-    b->stats.pops++;
-    b->stats.batches++;
-    return 1;
-}
-
-int teeif_back_take_if(struct teeif_back_ring *b, uint32_t vcpu, uint64_t a7, struct teeif_request *out)
-{
-    TEEIF_GUARDED(b, back_take_if(b, vcpu, a7, out));
 }
 
 static int back_skip_requests(struct teeif_back_ring *b, uint32_t n)

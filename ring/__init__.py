@@ -24,7 +24,6 @@ from ring._fast import FastTrace as FastTrace
 from ring._floor import EVTCHN_FILE as EVTCHN_FILE
 from ring._floor import RING_FILE as RING_FILE
 from ring._floor import run_floor as run_floor
-from ring._front import WATCHED as WATCHED
 from ring._front import FrontRing as FrontRing
 from ring._shared import ENTRY_SIZE as ENTRY_SIZE
 from ring._shared import HEADER_SIZE as HEADER_SIZE
@@ -80,7 +79,6 @@ __all__ = [
     "RingTruncated",
     "SharedIndices",
     "TooManyResponses",
-    "WATCHED",
     "connect",
     "create_ring_file",
     "request_buffer",

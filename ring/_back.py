@@ -87,15 +87,6 @@ class BackRing(_RingEnd):
         return check(lib.teeif_back_pop_requests(self._c, buf, max_entries), self.path,
                      back=self._c)
 
-    def take_if(self, vcpu: int, a7: int) -> Request | None:
-        """The request at the head if its ``vcpu`` field is ``vcpu`` and its
-        a[7] is ``a7`` (taken off the ring), else None (left there). With
-        the ring's owner's lock held, for another thread that may answer the
-        request it watched (``FrontRing.spin_watching``)."""
-        self._live()
-        n = check(lib.teeif_back_take_if(self._c, vcpu, a7, self._reqs), self.path, back=self._c)
-        return read_requests(self._reqs, 1, self._reqs_mem)[0] if n else None
-
     # -- push ---------------------------------------------------------------
 
     def push(self, rsp: Response) -> bool:

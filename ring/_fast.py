@@ -6,10 +6,9 @@ from C").
 
 The table knows nothing of what the requests mean: a rule is a function
 number (the low 32 bits of ``a[0]``) and either fixed registers or "forward
-``(function, 0, ..., 0, id)`` (``id``: the request's, in a[7]) and pass the
-first ``keep`` registers of the answer on, each masked to 32 bits". What
-may be answered so, and for which ring, is the owner's decision (stub
-domain: stubdom.daemon.fastpath).
+``(function, 0, ...)`` and pass the first ``keep`` registers of the answer
+on, each masked to 32 bits". What may be answered so, and for which ring,
+is the owner's decision (stub domain: stubdom.daemon.fastpath).
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ _U64 = (1 << 64) - 1
 class FastRule:
     """Answer requests whose ``a[0] & 0xffffffff`` is ``function``: with
     ``answer`` (eight registers), or, when ``answer`` is None, by forwarding
-    ``(function, 0, ..., 0, request id)`` and passing the first ``keep`` registers of
+    ``(function, 0, ..., 0)`` and passing the first ``keep`` registers of
     the forwarded answer on (masked to 32 bits; the others 0)."""
 
     function: int

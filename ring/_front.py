@@ -25,13 +25,9 @@ from ring._shared import _RingEnd
 if TYPE_CHECKING:
     from _typeshed import StrPath
 
-    from ring._back import BackRing
     from ring._ring import CData, CFrontRing
 
-__all__ = ["FrontRing", "WATCHED"]
-
-# FrontRing.spin_watching: the watched ring's head looks addressed to the caller
-WATCHED = 2
+__all__ = ["FrontRing"]
 
 
 class FrontRing(_RingEnd):
@@ -155,16 +151,3 @@ class FrontRing(_RingEnd):
         ``final_check``) once, at the end of the whole window."""
         self._live()
         return check(lib.teeif_front_spin(self._c, spin_ns), self.path, front=self._c) > 0
-
-    def spin_watching(self, spin_ns: int, watch: BackRing, vcpu: int, a7: int) -> int:
-        """``spin``, also watching ``watch`` (another thread's back ring, in
-        this process): 1 when responses wait here, :data:`WATCHED` when the
-        request at the head of ``watch`` looks addressed to (``vcpu``,
-        ``a7``) — read without its owner's lock: take it with
-        ``BackRing.take_if`` under that lock before believing it —, 0 when
-        the window ended with neither (docs/protocol.md, "Watching another
-        ring")."""
-        self._live()
-        watch._live()
-        rc = check(lib.teeif_front_spin_watching(self._c, watch._c, vcpu, a7, spin_ns), self.path, front=self._c)
-        return WATCHED if rc == lib.TEEIF_WATCHED else int(rc > 0)

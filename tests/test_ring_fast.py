@@ -112,8 +112,7 @@ def test_rules_answer_at_the_head_in_order(fwd, dom):
     assert got[0].a == FIXED.answer
     # forwarded as (function, 0, ..., 0) to target 9, three registers kept and masked
     (sent,) = fwd.got
-    # a[7]: the id of the request it is made for
-    assert (sent.vcpu, sent.flags, sent.a) == (9, OP, (0x20,) + (0,) * 6 + (1,))
+    assert (sent.vcpu, sent.flags, sent.a) == (9, OP, (0x20,) + (0,) * 7)
     assert got[1].a == ((0x20 << 8) | 0, (0x20 << 8) | 1, (0x20 << 8) | 2, 0, 0, 0, 0, 0)
     # the owner's request stops the table: it and everything behind it stay
     assert table.serve(back, state) == 0

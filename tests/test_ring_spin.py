@@ -91,24 +91,3 @@ def test_spin_set_reports_a_corrupt_ring_for_its_owner(tmp_path):
                 back.pop()
     finally:
         os.close(fd)
-
-
-def test_spin_watching_sees_a_request_addressed_to_it_on_another_ring(tmp_path):
-    from ring import WATCHED
-
-    front, back = make(tmp_path, "mine")
-    gate_front, gate_back = make(tmp_path, "gate")
-    front.push(req(0))
-    back.pop()
-    assert front.spin_watching(20_000, gate_back, 3, 0x77) == 0
-    gate_front.push(Request(id=9, vcpu=3, flags=1, a=(1,) + (0,) * 6 + (0x66,)))  # someone else's
-    assert front.spin_watching(20_000, gate_back, 3, 0x77) == 0
-    assert gate_back.take_if(3, 0x77) is None and gate_back.unconsumed() == 1
-    gate_back.pop()
-    gate_front.push(Request(id=10, vcpu=3, flags=1, a=(1,) + (0,) * 6 + (0x77,)))
-    assert front.spin_watching(10**9, gate_back, 3, 0x77) == WATCHED
-    assert front.statistics().final_checks == 0  # the event index left alone
-    got = gate_back.take_if(3, 0x77)
-    assert got is not None and got.id == 10 and gate_back.unconsumed() == 0
-    back.push(Response(0, 0, 0, (0,) * 8))
-    assert front.spin_watching(10**9, gate_back, 3, 0x77) == 1  # responses come first

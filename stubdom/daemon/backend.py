@@ -28,7 +28,6 @@ from stubdom.optee.smc import OPTEE_SMC_CALL_RETURN_FROM_RPC, OPTEE_SMC_RETURN_E
 from stubdom.optee.smccc import function_id
 from stubdom.trace import TRACE_ID_BIT, TRACER, TracedCall, now_ns
 
-from .gateport import ON_BEHALF
 from .logs import GuestLog, event
 from .stats import DomainStats
 
@@ -499,7 +498,6 @@ class DomainBackend:
         rsp.id = req.id
         rsp.flags = 0
         t0 = time.perf_counter_ns()
-        behalf = ON_BEHALF.set(req.id)  # the gate hypercalls made for it say so
         try:
             regs, refused = await self._daemon.serve_call(self, req.vcpu, a)
         except Exception as e:  # a daemon bug: the guest gets a defined error
@@ -509,8 +507,6 @@ class DomainBackend:
             rsp.status = BACKEND_FAILURE_STATUS
             rsp.a = _ZERO
             return
-        finally:
-            ON_BEHALF.reset(behalf)
         rsp.status = 0
         rsp.a = regs
         if refused is not None:

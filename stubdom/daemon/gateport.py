@@ -5,10 +5,7 @@ A stub domain cannot execute an SMC for another domain: every SMC the
 mediator issues becomes a gate hypercall. ``call(domid, regs)`` is
 GATE_OP_SMC: the gate checks that ``domid`` was assigned to this stub domain
 and stamps a7 = domid + 1 itself, so whatever a7 the mediator passes is
-irrelevant: a7 carries instead the teeif request id the hypercall is made
-for (:data:`ON_BEHALF`, set per trio task by the backend serving it; 0 for
-the daemon's own), a scheduling hint the platform may use to let the vCPU
-waiting for that request make the SMC (docs/smc-gate.md, "Entries"). ``hyp_call(regs)`` is GATE_OP_HYP, a7 = 0:
+irrelevant (it is sent as 0). ``hyp_call(regs)`` is GATE_OP_HYP, a7 = 0:
 probing, and VM_CREATED / VM_DESTROYED, for which the request's ``vcpu``
 field names the domain (a1 - 1) so that the gate can check the assignment.
 
@@ -21,20 +18,14 @@ into TEE_REFUSED for the toolstack.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
-
 from stubdom.mediator.port import Regs
 from stubdom.optee.smc import OPTEE_SMC_VM_CREATED, OPTEE_SMC_VM_DESTROYED
 from stubdom.public.errors import GateRefused
 from stubdom.public.gate import GATE_OP_HYP, GATE_OP_SMC
 
-__all__ = ["GatePort", "ON_BEHALF"]
+__all__ = ["GatePort"]
 
 _U32 = 0xFFFFFFFF
-
-# The teeif request the current trio task is serving (each task has its own
-# context, so a call's steps keep it across the awaits between them).
-ON_BEHALF: ContextVar[int] = ContextVar("gate_on_behalf", default=0)
 
 
 class GatePort:
@@ -52,8 +43,8 @@ class GatePort:
 
     def call(self, domid: int, regs: Regs) -> Regs:
         self.smc_calls += 1
-        # a7 is the gate's to stamp: ours only names the request it is for
-        return self._issue(GATE_OP_SMC, "SMC", domid, tuple(regs[:7]) + (ON_BEHALF.get(),))
+        # a7 is the gate's to stamp: send 0, never a value of our choosing
+        return self._issue(GATE_OP_SMC, "SMC", domid, tuple(regs[:7]) + (0,))
 
     def hyp_call(self, regs: Regs) -> Regs:
         self.hyp_calls += 1
