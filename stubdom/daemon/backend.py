@@ -105,11 +105,12 @@ class RingPoller:
         return self._idle is not None
 
     async def wait_for_requests(self, ring_: ring.BackRing, chan: ring.EventChannel,
-                                fast: ring.FastRing | None = None) -> None:
+                                fast: ring.FastRing | None = None) -> bool:
         """Return when ``ring_`` may have requests (look again). Raises
         PeerDied when its channel reached end-of-file. Needs a window > 0.
         ``fast``: the ring's state in the fast path's table; what the table
-        answers during the spin never wakes the owner."""
+        answers during the spin never wakes the owner. True when the spin's
+        table looked at the head (it is the owner's), False when nobody did."""
         slot = self._slots.get(ring_)
         if slot is None:
             slot = self._slots[ring_] = self._set.add(ring_, fast)
@@ -132,6 +133,7 @@ class RingPoller:
         if got is _TAKE_OVER:
             self._parked[slot] = trio.lowlevel.current_task()
             return await self._spin(slot)
+        return got is True
 
     def forget(self, ring_: ring.BackRing) -> None:
         """Stop watching ``ring_`` (its owner stopped serving this channel;
@@ -160,7 +162,7 @@ class RingPoller:
         task = self._parked.pop(slot)
         trio.lowlevel.reschedule(task, value if isinstance(value, outcome.Outcome) else outcome.Value(value))
 
-    async def _spin(self, own: int) -> None:
+    async def _spin(self, own: int) -> bool:
         self._spinning = True
         try:
             last_work = time.perf_counter_ns()
@@ -169,8 +171,9 @@ class RingPoller:
                 # steps), look once and let them go on: they must not wait
                 # out a slice, and a ring that got work is seen at once
                 busy = trio.lowlevel.current_statistics().tasks_runnable
+                looked = False  # the fast path's table looked at the rings it leaves ready
                 if self.fast is not None and self._fast_slots:
-                    ready, served = self.fast.spin(self._set, 0 if busy else self._slice)
+                    ready, served, looked = self.fast.spin(self._set, 0 if busy else self._slice)
                     if served:
                         last_work = time.perf_counter_ns()
                         if self.answered is not None:
@@ -185,15 +188,15 @@ class RingPoller:
                         if slot == own:
                             mine = True
                         elif slot in self._parked:
-                            self._wake(slot, True)
+                            self._wake(slot, looked and slot in self._fast_slots)
                         else:  # its owner is serving: it needs no spin until it parks
                             self.forget(self._rings[slot])
                     if mine:
-                        return
+                        return looked and own in self._fast_slots
                     last_work = time.perf_counter_ns()
                 elif time.perf_counter_ns() - last_work >= self.window_ns:
                     if await self._window_over(own):
-                        return
+                        return False
                     last_work = time.perf_counter_ns()
                 # the woken backends serve their batches, the control socket runs
                 await trio.lowlevel.checkpoint()
@@ -220,7 +223,7 @@ class RingPoller:
                 if slot == own:
                     mine = True
                 else:
-                    self._wake(slot, True)
+                    self._wake(slot, False)  # nobody answered its head in C yet
                     woke = True
                 continue
             fd = self._chans[slot].fileno()
@@ -245,7 +248,7 @@ class RingPoller:
             result: outcome.Outcome[bool]
             try:
                 self._chans[owner].drain()
-                result = outcome.Value(True)
+                result = outcome.Value(False)  # a notification: C has not looked
             except (ring.PeerDied, ring.RingError, OSError) as e:
                 self._unregister(fd)
                 result = outcome.Error(e)
@@ -388,11 +391,17 @@ class DomainBackend:
     async def _serve_requests(self, chan: ring.EventChannel, reqs, rsps, nr: int) -> None:
         ring_ = self.ring
         fast, state = self._fast, self.fast
+        c_looked = False  # the shared spin's table just left the head to us
         while True:
-            if state is not None:
+            if state is not None and not c_looked and ring_.unconsumed():
                 assert fast is not None  # a state comes from the daemon's fast path
                 if fast.serve(ring_, state):
                     self._daemon.fair.answered(self.domid)
+                    # others run; then the head again, C first: the guest may
+                    # have made its next call while C made this one's SMC
+                    await trio.lowlevel.checkpoint()
+                    continue
+            c_looked = False
             if TRACER.on:
                 await self._serve_traced(chan, reqs, rsps, nr)
                 continue
@@ -427,7 +436,8 @@ class DomainBackend:
                 continue
             if self._poller is not None and self._poller.window_ns:
                 # one spin over all idle rings, then one sleep for all channels
-                await self._poller.wait_for_requests(ring_, chan, state)
+                # (woken by the spin: its table has looked at the head already)
+                c_looked = await self._poller.wait_for_requests(ring_, chan, state)
                 continue
             if ring_.poll(self._poll_ns):  # spins, then the final check
                 continue

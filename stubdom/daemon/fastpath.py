@@ -97,14 +97,15 @@ class FastPath:
         self._after()
         return n
 
-    def spin(self, spin_set: ring.BackSpinSet, spin_ns: int) -> tuple[list[int], list[int]]:
+    def spin(self, spin_set: ring.BackSpinSet, spin_ns: int) -> tuple[list[int], list[int], bool]:
         """``spin_set.spin_serving`` with the table lent: (ready slots,
-        slots answered in C)."""
+        slots answered in C, whether the table was lent: then a ready ring's
+        head is one C leaves to its owner)."""
         with self._gate.lend(self.table) as table:
-            out = spin_set.spin_serving(spin_ns, table)
-        if out[1]:
+            ready, served = spin_set.spin_serving(spin_ns, table)
+        if served:
             self._after()
-        return out
+        return ready, served, table is not None and table.enabled
 
     def _after(self) -> None:
         """Count what the table forwarded as the port's SMCs; say once if it
