@@ -317,10 +317,28 @@ struct teeif_fast_table {
     uint32_t pad;
 };
 
+/*
+ * One request of the owner's own through the table's forwarding ring (the
+ * stub domain: every gate hypercall it makes, in C): a[8] as given, flags
+ * and target (the request's vcpu field) as given, the id from fwd_next_id;
+ * out gets the answer, its status whatever it is. 0, or < 0 when the ring or
+ * its channel failed (TEEIF_ETIMEOUT: no answer within fwd_timeout_ns). The
+ * table's enabled flag is neither read nor changed.
+ */
+int teeif_fast_forward(struct teeif_fast_table *t, uint32_t target, uint32_t flags, const uint64_t *a,
+                       struct teeif_response *out);
 /* Answer the requests at the head of ring b that the table may answer
  * (r: that ring's state); returns how many, or a negative TEEIF_E* of ring b
  * itself (corrupted, truncated), which the owner's pop reports. */
 int teeif_fast_serve(struct teeif_fast_table *t, struct teeif_back_ring *b, struct teeif_fast_ring *r);
+/*
+ * teeif_fast_serve, then pop what it left into out[0..max) (returns how many
+ * were popped; *answered gets how many C answered). Nothing is popped when C
+ * emptied the ring: a request landing after its last look is left for its
+ * next one, never taken by the owner past it. t or r NULL: the pop alone.
+ */
+int teeif_fast_serve_pop(struct teeif_fast_table *t, struct teeif_back_ring *b, struct teeif_fast_ring *r,
+                         struct teeif_request *out, uint32_t max, uint32_t *answered);
 /*
  * teeif_back_spin_any, answering what the table may on the way: spins for up
  * to spin_ns (counted from the call) until some ring has a request the table

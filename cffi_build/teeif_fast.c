@@ -34,29 +34,24 @@ static const struct teeif_fast_rule *rule_for(const struct teeif_fast_table *t,
     return NULL;
 }
 
-/* One request through the forwarding ring: 0 and out[] filled; 1 if the
- * answer's status was not 0 (in *status); < 0 the ring or its channel failed
- * (a TEEIF_E* code or a negative errno). */
-static int forward(struct teeif_fast_table *t, uint32_t target, uint32_t function, uint64_t out[8],
-                   int32_t *status, struct teeif_fast_trace *tr)
+/* Push q (its id is given here) on the forwarding ring and wait for the
+ * answer with that id: 0 and *rsp filled (its status whatever it is), or
+ * < 0 when the ring or its channel failed (a TEEIF_E* code or a negative
+ * errno; TEEIF_ETIMEOUT: no answer within fwd_timeout_ns). */
+static int forward_req(struct teeif_fast_table *t, struct teeif_request *q, struct teeif_response *rsp,
+                       struct teeif_fast_trace *tr)
 {
-    struct teeif_request q;
-    struct teeif_response rsp;
     uint64_t deadline;
     int notify, rc;
 
-    memset(&q, 0, sizeof(q));
-    q.id = t->fwd_next_id & t->fwd_id_mask;
-    t->fwd_next_id = (q.id + 1) & t->fwd_id_mask;
+    q->id = t->fwd_next_id & t->fwd_id_mask;
+    t->fwd_next_id = (q->id + 1) & t->fwd_id_mask;
     if (tr != NULL) {
-        q.id |= tr->id & t->trace_bits;    /* the gate traces its side of a sampled call */
-        tr->fwd_id = q.id;
+        q->id |= tr->id & t->trace_bits;   /* the gate traces its side of a sampled call */
+        tr->fwd_id = q->id;
         tr->fwd_start = teeif_now_ns();
     }
-    q.vcpu = target;
-    q.flags = t->fwd_flags;
-    q.a[0] = function;
-    rc = teeif_front_push_requests(t->fwd, &q, 1, &notify);
+    rc = teeif_front_push_requests(t->fwd, q, 1, &notify);
     if (rc < 0)
         return rc;
     t->fwd_calls++;
@@ -66,18 +61,13 @@ static int forward(struct teeif_fast_table *t, uint32_t target, uint32_t functio
         tr->fwd_pushed = teeif_now_ns();
     deadline = teeif_now_ns() + (uint64_t)t->fwd_timeout_ns;
     for (;;) {
-        while ((rc = teeif_front_pop_responses(t->fwd, &rsp, 1)) > 0) {
-            if (rsp.id != q.id) {
+        while ((rc = teeif_front_pop_responses(t->fwd, rsp, 1)) > 0) {
+            if (rsp->id != q->id) {
                 t->fwd_dropped++;   /* late: a predecessor's, or an abandoned one's */
                 continue;
             }
             if (tr != NULL)
                 tr->fwd_popped = teeif_now_ns();
-            if (rsp.status != 0) {
-                *status = rsp.status;
-                return 1;
-            }
-            memcpy(out, rsp.a, sizeof(rsp.a));
             return 0;
         }
         if (rc < 0)
@@ -101,6 +91,45 @@ static int forward(struct teeif_fast_table *t, uint32_t target, uint32_t functio
                 t->fwd_wakeups++;
         }
     }
+}
+
+/* A rule's request, (function, 0, ..., 0): 0 and out[] filled; 1 if the
+ * answer's status was not 0 (in *status); < 0 the ring or its channel
+ * failed. */
+static int forward(struct teeif_fast_table *t, uint32_t target, uint32_t function, uint64_t out[8],
+                   int32_t *status, struct teeif_fast_trace *tr)
+{
+    struct teeif_request q;
+    struct teeif_response rsp;
+    int rc;
+
+    memset(&q, 0, sizeof(q));
+    q.vcpu = target;
+    q.flags = t->fwd_flags;
+    q.a[0] = function;
+    rc = forward_req(t, &q, &rsp, tr);
+    if (rc < 0)
+        return rc;
+    if (rsp.status != 0) {
+        *status = rsp.status;
+        return 1;
+    }
+    memcpy(out, rsp.a, sizeof(rsp.a));
+    return 0;
+}
+
+int teeif_fast_forward(struct teeif_fast_table *t, uint32_t target, uint32_t flags, const uint64_t *a,
+                       struct teeif_response *out)
+{
+    struct teeif_request q;
+
+    if (t->fwd == NULL)
+        return -22;     /* -EINVAL: no forwarding ring */
+    memset(&q, 0, sizeof(q));
+    q.vcpu = target;
+    q.flags = flags;
+    memcpy(q.a, a, sizeof(q.a));
+    return forward_req(t, &q, out, NULL);
 }
 
 static void record_latency(struct teeif_fast_ring *r, uint64_t ns)
@@ -184,6 +213,24 @@ int teeif_fast_serve(struct teeif_fast_table *t, struct teeif_back_ring *b, stru
         }
     }
     return answered;
+}
+
+int teeif_fast_serve_pop(struct teeif_fast_table *t, struct teeif_back_ring *b, struct teeif_fast_ring *r,
+                         struct teeif_request *out, uint32_t max, uint32_t *answered)
+{
+    int rc = 0;
+    *answered = 0;
+    if (t != NULL && r != NULL) {
+        rc = teeif_fast_serve(t, b, r);
+        if (rc < 0)
+            return rc;
+        *answered = (uint32_t)rc;
+        /* an empty ring stays empty for us: a request landing now is C's next look */
+        rc = teeif_back_unconsumed(b);
+        if (rc <= 0)
+            return rc;
+    }
+    return teeif_back_pop_requests(b, out, max);
 }
 
 int teeif_fast_spin_any(struct teeif_fast_table *t, struct teeif_back_ring **rings,

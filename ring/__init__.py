@@ -21,6 +21,7 @@ from ring._fast import FastRule as FastRule
 from ring._fast import FastStatistics as FastStatistics
 from ring._fast import FastTable as FastTable
 from ring._fast import FastTrace as FastTrace
+from ring._fast import ForwardTimeout as ForwardTimeout
 from ring._floor import EVTCHN_FILE as EVTCHN_FILE
 from ring._floor import RING_FILE as RING_FILE
 from ring._floor import run_floor as run_floor
@@ -58,6 +59,7 @@ __all__ = [
     "FastStatistics",
     "FastTable",
     "FastTrace",
+    "ForwardTimeout",
     "FloorMismatch",
     "FrontRing",
     "HEADER_SIZE",

@@ -18,13 +18,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from ring._back import BackRing
+from ring._entries import check_room
 from ring._front import FrontRing
 from ring._lib import check, ffi, lib
+from ring.errors import RingError
 
 if TYPE_CHECKING:
     from ring._ring import CData
 
-__all__ = ["FastRule", "FastTable", "FastRing", "FastStatistics", "FastTrace", "MAX_FAST_RULES", "FORWARD_TIMEOUT"]
+__all__ = ["FastRule", "FastTable", "FastRing", "FastStatistics", "FastTrace", "ForwardTimeout", "MAX_FAST_RULES",
+           "FORWARD_TIMEOUT"]
 
 MAX_FAST_RULES: int = lib.TEEIF_FAST_MAX_RULES
 # FastStatistics.last_error of a forwarded request that got no answer in time
@@ -54,6 +57,10 @@ class FastRule:
             raise ValueError(f"FastRule.answer must be eight uint64 registers, got {self.answer!r}")
         if type(self.keep) is not int or not 0 <= self.keep <= 8:
             raise ValueError(f"FastRule.keep must be 0..8, got {self.keep!r}")
+
+
+class ForwardTimeout(RingError):
+    """FastTable.forward: the forwarding ring gave no answer in time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +217,9 @@ class FastTable:
         c.trace_bits = trace_bits
         c.enabled = 1
         self._traced = 0  # trace records handed out by take_traces
+        self._fwd_a: Any = ffi.new("uint64_t[8]")
+        self._fwd_out: Any = ffi.new("struct teeif_response *")
+        self._answered = ffi.new("uint32_t *")
 
     @property
     def enabled(self) -> bool:
@@ -244,6 +254,28 @@ class FastTable:
         return FastStatistics(int(c.fwd_calls), int(c.fwd_wakeups), int(c.fwd_dropped),
                               int(c.fwd_failures), int(c.fwd_error))
 
+    def forward(self, target: int, flags: int, regs: Sequence[int]) -> tuple[int, tuple[int, ...]]:
+        """One request of the owner's own through the forwarding ring, in C
+        (GIL released): ``(status, a0..a7)`` of the answer. Raises
+        :class:`ForwardTimeout` when no answer came within the table's
+        timeout, PeerDied when the channel reached end-of-file, and the
+        forwarding ring's own errors."""
+        fwd = self._forward
+        if fwd is None:
+            raise ValueError("this FastTable has no forward ring")
+        fwd._live()
+        if len(regs) != 8:
+            raise ValueError(f"a request has 8 registers, got {len(regs)}")
+        a = self._fwd_a
+        for i in range(8):
+            a[i] = regs[i]
+        rc = lib.teeif_fast_forward(self._c, target, flags, a, self._fwd_out)
+        if rc == FORWARD_TIMEOUT:
+            raise ForwardTimeout(f"{fwd.path}: no answer within {self._c.fwd_timeout_ns / 1e9:g} s")
+        check(rc, fwd.path, front=fwd._c)
+        out = self._fwd_out
+        return int(out.status), tuple(out.a)
+
     def take_traces(self) -> list[FastTrace]:
         """The sampled answers recorded since the last take (only the last
         TEEIF_FAST_TRACES of them are kept)."""
@@ -274,6 +306,18 @@ class FastTable:
         ring._live()
         c = self._usable()
         return check(lib.teeif_fast_serve(c, ring._c, state._c), ring.path, back=ring._c)
+
+    def serve_pop(self, ring: BackRing, state: FastRing, buf: CData, max_entries: int) -> tuple[int, int]:
+        """``serve``, then pop what it left into ``buf`` (a request_buffer)
+        in the same call into C: (answered in C, popped). A request that
+        lands after C emptied the ring is not popped (C's next look takes
+        it), so the owner never overtakes C on the head."""
+        ring._live()
+        check_room(buf, max_entries)
+        c = self._usable()
+        n = check(lib.teeif_fast_serve_pop(c, ring._c, state._c, buf, max_entries, self._answered), ring.path,
+                  back=ring._c)
+        return int(self._answered[0]), n
 
     def c_table(self) -> CData:
         """The C table (for a spin set)."""

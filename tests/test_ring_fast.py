@@ -297,3 +297,31 @@ def test_nothing_is_answered_while_the_owner_owes_an_answer(fwd, dom):
     back.push(Response(0, 0, 0, (0,) * 8))
     assert table.serve(back, state) == 1
     assert [r.id for r in front.pop_batch()] == [0, 1]
+
+
+def test_serve_pop_answers_the_head_then_pops_the_rest_and_never_a_request_past_c(fwd, dom):
+    from ring import request_buffer
+
+    back, front, cb, _ = dom
+    table = fwd.table()
+    state = table.ring(1, cb.fileno())
+    state.allow = 0b11
+    buf = request_buffer(back.size)
+    front.push(req(0, 0x10))
+    front.push(req(1, 0x20))
+    assert table.serve_pop(back, state, buf, back.size) == (2, 0)  # answered, nothing left to pop
+    front.push(req(2, 0x10))
+    front.push(req(3, OTHER))
+    front.push(req(4, 0x10))
+    assert table.serve_pop(back, state, buf, back.size) == (1, 2)  # the owner's head and what follows it
+    assert [buf[i].id for i in range(2)] == [3, 4]
+
+
+def test_forward_makes_the_owners_own_request(fwd):
+    table = fwd.table()
+    status, a = table.forward(7, 3, (0x99, 1, 2, 3, 4, 5, 6, 7))
+    assert status == 0 and a[0] == (0x99 << 8) + 2**40
+    sent = fwd.got[-1]
+    assert (sent.vcpu, sent.flags, sent.a) == (7, 3, (0x99, 1, 2, 3, 4, 5, 6, 7))
+    with pytest.raises(ValueError, match="8 registers"):
+        table.forward(7, 3, (1, 2))

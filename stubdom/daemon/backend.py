@@ -393,19 +393,25 @@ class DomainBackend:
         fast, state = self._fast, self.fast
         c_looked = False  # the shared spin's table just left the head to us
         while True:
-            if state is not None and not c_looked and ring_.unconsumed():
-                assert fast is not None  # a state comes from the daemon's fast path
-                if fast.serve(ring_, state):
-                    self._daemon.fair.answered(self.domid)
-                    # others run; then the head again, C first: the guest may
-                    # have made its next call while C made this one's SMC
-                    await trio.lowlevel.checkpoint()
-                    continue
-            c_looked = False
             if TRACER.on:
-                await self._serve_traced(chan, reqs, rsps, nr)
+                await self._serve_traced(chan, reqs, rsps, nr, c_looked)
+                c_looked = False
                 continue
-            n = ring_.pop_raw(reqs, nr)
+            if state is not None and not c_looked:
+                assert fast is not None  # a state comes from the daemon's fast path
+                # C answers what it may at the head and only then the rest is
+                # popped, in one call: nothing overtakes C on the head
+                answered, n = fast.serve_pop(ring_, state, reqs, nr)
+                if answered:
+                    self._daemon.fair.answered(self.domid)
+                    if not n:
+                        # others run; then the head again, C first: the guest
+                        # may have made its next call while C made this SMC
+                        await trio.lowlevel.checkpoint()
+                        continue
+            else:
+                n = ring_.pop_raw(reqs, nr)
+            c_looked = False
             if state is not None and state.paused:
                 state.resume()  # the request C left at the head is popped: C may go on after it
             if n:
@@ -444,13 +450,22 @@ class DomainBackend:
             await chan.wait_readable()
             chan.drain()  # PeerDied once the last notifications are drained
 
-    async def _serve_traced(self, chan: ring.EventChannel, reqs, rsps, nr: int) -> None:
+    async def _serve_traced(self, chan: ring.EventChannel, reqs, rsps, nr: int, c_looked: bool) -> None:
         """One turn of _serve_channel's loop with tracing on: the same steps,
         and the spans of the requests the frontend marked as sampled
         (stubdom.trace.TRACE_ID_BIT in their id)."""
         ring_ = self.ring
         t0 = now_ns()
-        n = ring_.pop_raw(reqs, nr)
+        if self.fast is not None and not c_looked:
+            assert self._fast is not None  # a state comes from the daemon's fast path
+            answered, n = self._fast.serve_pop(ring_, self.fast, reqs, nr)
+            if answered:
+                self._daemon.fair.answered(self.domid)
+                if not n:
+                    await trio.lowlevel.checkpoint()
+                    return
+        else:
+            n = ring_.pop_raw(reqs, nr)
         if not n:
             if self._poller is not None and self._poller.window_ns:
                 await self._poller.wait_for_requests(ring_, chan, self.fast)

@@ -97,6 +97,17 @@ class FastPath:
         self._after()
         return n
 
+    def serve_pop(self, backing: ring.BackRing, state: ring.FastRing, buf, max_entries: int) -> tuple[int, int]:
+        """Answer what C may at the head of ``backing``, then pop the rest
+        into ``buf``, in one call into C: (answered in C, popped)."""
+        with self._gate.lend(self.table) as table:
+            if table is None:
+                return 0, backing.pop_raw(buf, max_entries)
+            out = table.serve_pop(backing, state, buf, max_entries)
+        if out[0]:
+            self._after()
+        return out
+
     def spin(self, spin_set: ring.BackSpinSet, spin_ns: int) -> tuple[list[int], list[int], bool]:
         """``spin_set.spin_serving`` with the table lent: (ready slots,
         slots answered in C, whether the table was lent: then a ready ring's

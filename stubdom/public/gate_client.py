@@ -24,6 +24,7 @@ from ring import (
     FastRule,
     FastStatistics,
     FastTable,
+    ForwardTimeout,
     FrontRing,
     PeerDied,
     Request,
@@ -108,6 +109,10 @@ class GateClient:
         self._calls = self._wakeups = self._timeouts = self._dropped = 0
         # fast tables on this ring (fast_table) -> their counters as last added to ours
         self._tables: dict[FastTable, FastStatistics] = {}
+        # our own hypercalls made in C (_call_in_c); its wake-ups and dropped
+        # answers count as ours (statistics)
+        self._forwarder = FastTable((), forward=self._ring, forward_fd=self._chan.fileno(), id_mask=_ID_MASK,
+                                    spin_ns=poll_window_ns, timeout_ns=int(timeout * 1e9))
 
     def call(self, op: int, domid: int, regs: Sequence[int], *, _mark: int = 0,
              _times: list[int] | None = None) -> tuple[int, tuple[int, ...]]:
@@ -115,6 +120,8 @@ class GateClient:
         (``_mark``, ``_times``: the tracer's, from _traced_call.)"""
         if TRACER.on and _times is None and (tcall := TRACER.current()) is not None:
             return self._traced_call(tcall, op, domid, regs)
+        if _times is None:
+            return self._call_in_c(op, domid, regs)
         mark, times = _mark, _times
         with self._lock:
             if self._ring.closed:
@@ -149,6 +156,30 @@ class GateClient:
                 raise GateClosed(self.path, "client closed") from None
             except RingError as e:
                 raise GateClosed(self.path, str(e)) from e
+
+    def _call_in_c(self, op: int, domid: int, regs: Sequence[int]) -> tuple[int, tuple[int, ...]]:
+        """call() without a sampled call: push, spin, sleep and pop in one
+        call into C (ring.FastTable.forward, GIL released), the same steps
+        and bounds as the interpreter's loop in call()."""
+        with self._lock:
+            if self._ring.closed:
+                raise GateClosed(self.path, "client closed")
+            fwd = self._forwarder
+            fwd.next_id = self._next_id
+            self._calls += 1
+            try:
+                return fwd.forward(domid, op, regs)
+            except ForwardTimeout:
+                self._timeouts += 1
+                raise GateTimeout(op, domid, self._timeout) from None
+            except PeerDied:
+                raise GateClosed(self.path, "the platform closed the event channel") from None
+            except RingClosed:
+                raise GateClosed(self.path, "client closed") from None
+            except (RingError, OSError) as e:
+                raise GateClosed(self.path, str(e)) from e
+            finally:
+                self._next_id = fwd.next_id
 
     def _traced_call(self, tcall, op: int, domid: int, regs: Sequence[int]) -> tuple[int, tuple[int, ...]]:
         """A hypercall for a sampled call: its id marked (stubdom.trace), so
@@ -228,8 +259,9 @@ class GateClient:
 
     def statistics(self) -> GateClientStatistics:
         rs = self._ring.statistics()
+        fwd = self._forwarder.statistics()
         return GateClientStatistics(self._calls, rs.notifications_sent, rs.notifications_suppressed,
-                                    self._wakeups, self._timeouts, self._dropped)
+                                    self._wakeups + fwd.wakeups, self._timeouts, self._dropped + fwd.dropped)
 
     def close(self) -> None:
         """Detach from the ring and close the channel (the gate sees EOF)."""
