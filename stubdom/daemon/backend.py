@@ -390,28 +390,20 @@ class DomainBackend:
 
     async def _serve_requests(self, chan: ring.EventChannel, reqs, rsps, nr: int) -> None:
         ring_ = self.ring
-        fast, state = self._fast, self.fast
+        state = self.fast
         c_looked = False  # the shared spin's table just left the head to us
         while True:
             if TRACER.on:
                 await self._serve_traced(chan, reqs, rsps, nr, c_looked)
                 c_looked = False
                 continue
-            if state is not None and not c_looked:
-                assert fast is not None  # a state comes from the daemon's fast path
-                # C answers what it may at the head and only then the rest is
-                # popped, in one call: nothing overtakes C on the head
-                answered, n = fast.serve_pop(ring_, state, reqs, nr)
-                if answered:
-                    self._daemon.fair.answered(self.domid)
-                    if not n:
-                        # others run; then the head again, C first: the guest
-                        # may have made its next call while C made this SMC
-                        await trio.lowlevel.checkpoint()
-                        continue
-            else:
-                n = ring_.pop_raw(reqs, nr)
+            n = self._pop(reqs, nr, c_looked)
             c_looked = False
+            if n is None:
+                # others run; then the head again, C first: the guest may
+                # have made its next call while C made this one's SMC
+                await trio.lowlevel.checkpoint()
+                continue
             if state is not None and state.paused:
                 state.resume()  # the request C left at the head is popped: C may go on after it
             if n:
@@ -450,22 +442,32 @@ class DomainBackend:
             await chan.wait_readable()
             chan.drain()  # PeerDied once the last notifications are drained
 
+    def _pop(self, reqs, nr: int, c_looked: bool) -> int | None:
+        """Pop up to ``nr`` requests into ``reqs``: C answers what it may at
+        the head first and only then the rest is popped, in one call, so
+        nothing overtakes C on the head (``c_looked``: the spin's table left
+        the head to us just now: pop). None: C answered everything there was."""
+        fast, state = self._fast, self.fast
+        if state is None or c_looked:
+            return self.ring.pop_raw(reqs, nr)
+        assert fast is not None  # a state comes from the daemon's fast path
+        answered, n = fast.serve_pop(self.ring, state, reqs, nr)
+        if answered:
+            self._daemon.fair.answered(self.domid)
+            if not n:
+                return None
+        return n
+
     async def _serve_traced(self, chan: ring.EventChannel, reqs, rsps, nr: int, c_looked: bool) -> None:
         """One turn of _serve_channel's loop with tracing on: the same steps,
         and the spans of the requests the frontend marked as sampled
         (stubdom.trace.TRACE_ID_BIT in their id)."""
         ring_ = self.ring
         t0 = now_ns()
-        if self.fast is not None and not c_looked:
-            assert self._fast is not None  # a state comes from the daemon's fast path
-            answered, n = self._fast.serve_pop(ring_, self.fast, reqs, nr)
-            if answered:
-                self._daemon.fair.answered(self.domid)
-                if not n:
-                    await trio.lowlevel.checkpoint()
-                    return
-        else:
-            n = ring_.pop_raw(reqs, nr)
+        n = self._pop(reqs, nr, c_looked)
+        if n is None:
+            await trio.lowlevel.checkpoint()
+            return
         if not n:
             if self._poller is not None and self._poller.window_ns:
                 await self._poller.wait_for_requests(ring_, chan, self.fast)
