@@ -7,6 +7,7 @@
  * of teeif_ring.c; this file only decides.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -81,6 +82,8 @@ static int forward_req(struct teeif_fast_table *t, struct teeif_request *q, stru
         if (now >= deadline)
             return TEEIF_ETIMEOUT;
         rc = teeif_evtchn_wait(t->fwd_fd, (int64_t)(deadline - now));
+        if (rc == -EINTR)
+            continue;   /* a signal for the owner (SIGHUP: reload): its handler runs after the call */
         if (rc < 0)
             return rc;
         if (rc > 0) {
