@@ -108,7 +108,8 @@ def test_c_answers_count_as_the_domains_calls_and_as_gate_smcs(runs):
     calls0, calls1 = s0["domains"]["1"]["calls"], s1["domains"]["1"]["calls"]
     for name in ("CALLS_COUNT", "CALLS_UID", "CALLS_REVISION", "CALL_GET_OS_UUID", "CALL_GET_OS_REVISION"):
         assert calls1.get(name, 0) - calls0.get(name, 0) == 2, name
-    assert s1["domains"]["1"]["latency_us"]["max"] > 0
+    # their service times joined the domain's sample (the figures themselves are the benchmark's)
+    assert set(s1["domains"]["1"]["latency_us"]) == {"p50", "p90", "p99", "max"}
 
 
 def test_a_refused_class_is_never_answered_in_c(runs):

@@ -87,16 +87,6 @@ class FastPath:
                     mask |= 1 << i
         state.allow = mask
 
-    def serve(self, backing: ring.BackRing, state: ring.FastRing) -> int:
-        """Answer what C may at the head of ``backing`` (the interpreter's
-        path, a backend not in the shared spin); returns how many."""
-        with self._gate.lend(self.table) as table:
-            if table is None:
-                return 0
-            n = table.serve(backing, state)
-        self._after()
-        return n
-
     def serve_pop(self, backing: ring.BackRing, state: ring.FastRing, buf, max_entries: int) -> tuple[int, int]:
         """Answer what C may at the head of ``backing``, then pop the rest
         into ``buf``, in one call into C: (answered in C, popped)."""
