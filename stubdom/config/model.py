@@ -112,6 +112,7 @@ class MediatorConfig:
     tee_num_params: int = 4  # TEE_NUM_PARAMS of the OP-TEE behind (tee_api_defines.h)
     profile: str = "strict"  # the mediator profile (stubdom.mediator.profile.PROFILE_NAMES)
     fast_path: bool = True  # identity queries answered in C (stubdom.daemon.fastpath)
+    gate_spin_us: int = 10_000  # the daemon spins this long for a gate hypercall's answer, then sleeps
 
 
 @dataclass(frozen=True, slots=True)

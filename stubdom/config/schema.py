@@ -223,6 +223,10 @@ _MEDIATOR_SECTION = Section((
         "bound on letting calls finish at shutdown"),
     Key("gate_timeout_ms", Integer(1, 3_600_000), 5000,
         "bound on one SMC gate hypercall of the daemon; past it the platform counts as dead"),
+    Key("gate_spin_us", Integer(0, 1_000_000), 10_000,
+        "how long the daemon spins for the answer to one SMC gate hypercall before it sleeps on the "
+        "gate's event channel: a hypercall is synchronous (the stub domain's vCPU stays in Xen until "
+        "the SMC returns), whatever poll_window_us says of the guests' rings (0 = sleep at once)"),
     Key("log_level", _LOG_LEVEL, "info", "the daemon's log level (--log-level overrides)"),
     Key("tee_num_params", Integer(1, 125), 4,
         "parameters the OP-TEE behind takes per call (its TEE_NUM_PARAMS; OP-TEE does not report it): "

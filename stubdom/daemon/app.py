@@ -120,7 +120,7 @@ def _another_daemon(runtime_dir: Path) -> StartupError:
                         f"at {gate}; stop it first" + (f" (kill -TERM {pid})" if pid else ""))
 
 
-def _connect_gate(runtime_dir: Path, config_path: str | None, poll_window_ns: int,
+def _connect_gate(runtime_dir: Path, config_path: str | None, spin_ns: int,
                   timeout_s: float) -> GateClient:
     """The stub domain's gate client (blocks up to ``timeout_s`` for the
     welcome: run it in a thread)."""
@@ -130,7 +130,7 @@ def _connect_gate(runtime_dir: Path, config_path: str | None, poll_window_ns: in
     try:
         # timeout_s bounds the welcome and every hypercall: past it the
         # platform counts as dead (mediator.gate_timeout_ms)
-        return GateClient(runtime_dir, poll_window_ns, timeout_s)
+        return GateClient(runtime_dir, spin_ns, timeout_s)
     except GatePeerRefused as e:  # a socket of another user's: not the platform
         raise StartupError(f"stubdom-teed: {e}") from None
     except GateNotWelcomed:  # the platform is there and serves someone else
@@ -229,11 +229,13 @@ async def _serve_with(signals, config, config_path, load_config, logger: logging
     from stubdom.xen.errors import MachineError
 
     runtime_dir = Path(config.mediator.runtime_dir)
-    poll_ns = config.mediator.poll_window_us * 1000
+    # a hypercall is synchronous: the daemon spins for its answer
+    # (mediator.gate_spin_us), whatever the guests' rings do
+    spin_ns = config.mediator.gate_spin_us * 1000
     # debug: a daemon that cannot start says so in one line, with nothing before it
     event(logger, logging.DEBUG, "gate_connecting", path=gate_dir(runtime_dir) / EVTCHN_FILE,
           timeout_ms=config.mediator.gate_timeout_ms)
-    gate = await _interruptible(signals, _connect_gate, runtime_dir, config_path, poll_ns,
+    gate = await _interruptible(signals, _connect_gate, runtime_dir, config_path, spin_ns,
                                 config.mediator.gate_timeout_ms / 1000)
     machine = None
     own_dir = runtime_dir / "stubdom-teed"
