@@ -24,6 +24,7 @@ __all__ = [
     "write_responses",
     "read_requests",
     "read_responses",
+    "read_response",
     "check_room",
 ]
 
@@ -113,6 +114,13 @@ def read_responses(buf: CData, n: int, mem: buffer | None = None) -> list[Respon
         mem = ffi.buffer(buf)
     unpack = _RSP.unpack_from
     return [_new(Response, (v[0], v[1], v[2], v[3:])) for v in (unpack(mem, i * _SIZE) for i in range(n))]
+
+
+def read_response(mem: buffer) -> Response:
+    """The first response of a ``response_buffer``'s ``ffi.buffer``: the
+    one-entry read of the hot path, without read_responses' list."""
+    v = _RSP.unpack_from(mem)
+    return _new(Response, (v[0], v[1], v[2], v[3:]))
 
 
 def check_room(buf: CData, n: int) -> None:
