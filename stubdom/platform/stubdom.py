@@ -6,7 +6,11 @@ The platform is the ring's frontend. Per domain, one :class:`DomainLink`
 owns the ring end: pushes and pops happen under its lock, and among the
 vCPU threads waiting for answers exactly one at a time is the *receiver*: it
 spins on the ring for the polling window, then sleeps on the event channel,
-and hands every response it pops to the vCPU waiting for that id.
+and hands every response it pops to the vCPU waiting for that id. A call
+with no other call of its domain in flight first tries the fast path: push,
+notify and the window's first slice in one C call that takes only its own
+answer (FrontRing.call; docs/protocol.md, "One round trip in one call");
+whatever else it meets is the receiver's, as after a plain push.
 
 A daemon that is dead, silent, or answers with status != 0 gives the guest
 :data:`UNAVAILABLE_REGS` — a0 = OPTEE_SMC_RETURN_ENOTAVAIL, a1..a7 = 0 —
