@@ -21,6 +21,7 @@ __all__ = [
     "request_buffer",
     "response_buffer",
     "write_requests",
+    "write_request",
     "write_responses",
     "read_requests",
     "read_responses",
@@ -89,6 +90,12 @@ def write_requests(buf: CData, reqs: Sequence[Request], mem: buffer | None = Non
     for i, r in enumerate(reqs):
         _pack(_REQ, mem, i, r, r.vcpu, r.a)
     return len(reqs)
+
+
+def write_request(mem: buffer, req: Request) -> None:
+    """Fill the first entry of a ``request_buffer`` through its
+    ``ffi.buffer``: write_requests for one, without its loop (the hot path)."""
+    _pack(_REQ, mem, 0, req, req.vcpu, req.a)
 
 
 def write_responses(buf: CData, rsps: Sequence[Response], mem: buffer | None = None) -> int:

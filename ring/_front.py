@@ -19,6 +19,7 @@ from ring._entries import (
     read_responses,
     request_buffer,
     response_buffer,
+    write_request,
     write_requests,
 )
 from ring._evtchn import EventChannel
@@ -97,7 +98,7 @@ class FrontRing(_RingEnd):
         """Push one request; returns True if the backend must be notified.
         Raises RingFull if no slot is free."""
         self._live()
-        write_requests(self._req1, (req,), self._req1_mem)
+        write_request(self._req1_mem, req)
         rc = lib.teeif_front_push_requests(self._c, self._req1, 1, self._notify)
         if rc < 0:
             check(rc, self.path, front=self._c, wanted=1)
@@ -135,7 +136,7 @@ class FrontRing(_RingEnd):
         spin too unless the backend set it right again (nothing was read
         with it)."""
         self._live()
-        write_requests(self._req1, (req,), self._req1_mem)
+        write_request(self._req1_mem, req)
         notify = self._notify
         rc = lib.teeif_front_call(self._c, self._req1, spin_ns, chan.fileno(), self._rsps, notify)
         if rc < 0:
