@@ -26,7 +26,7 @@
  */
 
 /* Bumped whenever this interface changes; ring/_lib.py refuses a stale build. */
-#define TEEIF_ABI_VERSION 4
+#define TEEIF_ABI_VERSION 5
 
 #define TEEIF_PAGE_SIZE 4096        /* ring protocols use 4 KiB pages: io/ring.h XEN_PAGE_SHIFT */
 #define TEEIF_RING_HDR_SIZE 64      /* io/ring.h: four indices, pvt[4], __pad[44] */
@@ -176,6 +176,44 @@ int teeif_front_poll(struct teeif_front_ring *f, uint64_t spin_ns);
  * responses waiting, 0 when the window ended with none. For a consumer that
  * spins in slices and re-arms only once, at the end of its whole window. */
 int teeif_front_spin(struct teeif_front_ring *f, uint64_t spin_ns);
+/*
+ * One request's round trip in one call, for a frontend whose caller is the
+ * only one waiting on this ring (the platform's trap path, when one vCPU of
+ * the domain is in flight): push req as teeif_front_push_requests does; if
+ * the push says the back must be notified, notify evtchn_fd
+ * (teeif_evtchn_notify); then spin for up to spin_ns (no final check) until
+ * a response is there and take it only if its id is req->id. Anything else
+ * stays on the ring, unconsumed, for the caller's own pop.
+ *
+ * Returns < 0 only when nothing was pushed: the push's TEEIF_EFULL or
+ * TEEIF_ETRUNC. Otherwise req is on the ring, and:
+ *   TEEIF_CALL_ANSWERED       *out is req's answer, consumed;
+ *   TEEIF_CALL_WAITING        the window ended with no response;
+ *   TEEIF_CALL_OTHER          the oldest response is another id's (a late
+ *                             answer the caller no longer waits for, or
+ *                             another caller's): left on the ring;
+ *   TEEIF_CALL_FAILED         the ring failed after the push (rsp_prod
+ *                             refused: bad_prod; or truncated: every later
+ *                             call on the end says so); nothing was read;
+ *   TEEIF_CALL_NOTIFY_FAILED  the notification could not be sent (*notify
+ *                             holds teeif_evtchn_notify's error); nothing spun.
+ * *notify: what became of the push's notify decision (TEEIF_NOTIFY_*, or
+ * that error). *out is scratch unless the answer is in it.
+ */
+enum teeif_call_result {
+    TEEIF_CALL_WAITING = 0,
+    TEEIF_CALL_ANSWERED = 1,
+    TEEIF_CALL_OTHER = 2,
+    TEEIF_CALL_FAILED = 3,
+    TEEIF_CALL_NOTIFY_FAILED = 4
+};
+enum teeif_call_notify {
+    TEEIF_NOTIFY_NONE = 0,      /* the back's req_event asked for no notification */
+    TEEIF_NOTIFY_SENT = 1,      /* one sent on evtchn_fd */
+    TEEIF_NOTIFY_PENDING = 2    /* the channel was full: one is pending at the back already */
+};
+int teeif_front_call(struct teeif_front_ring *f, const struct teeif_request *req, uint64_t spin_ns,
+                     int evtchn_fd, struct teeif_response *out, int *notify);
 
 /* Back. */
 /* Copy up to max requests out of the shared page; returns how many. */

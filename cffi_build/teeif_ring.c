@@ -357,6 +357,75 @@ int teeif_front_spin(struct teeif_front_ring *f, uint64_t spin_ns)
     TEEIF_GUARDED(f, front_spin(f, spin_ns));
 }
 
+/*
+ * teeif_front_call's body (under the caller's guard). The spin is
+ * front_spin's, except that what it finds is copied out and decided on
+ * here: the caller's own answer is taken, anything else is left for the
+ * caller's pop, which then owns the decision (hand it to another waiter,
+ * drop it, report the index). Errors after the push are results, not
+ * negative codes: the request is on the ring whatever happens next.
+ */
+static int front_call(struct teeif_front_ring *f, const struct teeif_request *req, uint64_t spin_ns,
+                      int evtchn_fd, struct teeif_response *out, int *notify)
+{
+    uint64_t t0;
+    unsigned spins = 0;
+    int rc = front_push_requests(f, req, 1, notify);
+    if (rc < 0)
+        return rc;
+    if (*notify) {
+        /* the back is asleep (it armed req_event): a spin would only wait out its wake-up */
+        rc = teeif_evtchn_notify(evtchn_fd);
+        if (rc < 0) {
+            *notify = rc;
+            return TEEIF_CALL_NOTIFY_FAILED;
+        }
+        *notify = rc ? TEEIF_NOTIFY_SENT : TEEIF_NOTIFY_PENDING;
+    }
+    t0 = teeif_now_ns();
+    for (;;) {
+        int avail = front_avail(f);
+        if (avail < 0)
+            return TEEIF_CALL_FAILED;   /* bad_prod says which index; no slot was read */
+        if (avail > 0) {
+            f->stats.poll_hits++;
+            /* RING_COPY_RESPONSE, then decide on the copy: the back may rewrite the slot */
+            copy_out(out, f->sring, f->nr_ents, f->rsp_cons, 1);
+            if (out->id != req->id)
+                return TEEIF_CALL_OTHER;
+            f->rsp_cons++;
+            f->stats.pops++;
+            f->stats.batches++;
+            return TEEIF_CALL_ANSWERED;
+        }
+        if (teeif_now_ns() - t0 >= spin_ns)
+            return TEEIF_CALL_WAITING;
+        teeif_spin_step(&spins);
+    }
+}
+
+static int front_call_guarded(struct teeif_front_ring *f, const struct teeif_request *req, uint64_t spin_ns,
+                              int evtchn_fd, struct teeif_response *out, int *notify)
+{
+    TEEIF_GUARDED(f, front_call(f, req, spin_ns, evtchn_fd, out, notify));
+}
+
+int teeif_front_call(struct teeif_front_ring *f, const struct teeif_request *req, uint64_t spin_ns,
+                     int evtchn_fd, struct teeif_response *out, int *notify)
+{
+    uint32_t before = f->req_prod_pvt;
+    int rc;
+    *notify = TEEIF_NOTIFY_NONE;
+    rc = front_call_guarded(f, req, spin_ns, evtchn_fd, out, notify);
+    /* The guard answers a fault with TEEIF_ETRUNC wherever it happened; one
+     * after the push (our private producer index covers the request) is a
+     * failure of a pushed request, which the caller's receiver meets again
+     * (a truncated end stays truncated). */
+    if (rc == TEEIF_ETRUNC && f->req_prod_pvt != before)
+        return TEEIF_CALL_FAILED;
+    return rc;
+}
+
 /* ---- back ------------------------------------------------------------------------------- */
 
 /* Requests the front has produced and we have not consumed. The shared page is

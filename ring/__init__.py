@@ -25,6 +25,7 @@ from ring._fast import ForwardTimeout as ForwardTimeout
 from ring._floor import EVTCHN_FILE as EVTCHN_FILE
 from ring._floor import RING_FILE as RING_FILE
 from ring._floor import run_floor as run_floor
+from ring._front import CallStatus as CallStatus
 from ring._front import FrontRing as FrontRing
 from ring._shared import ENTRY_SIZE as ENTRY_SIZE
 from ring._shared import HEADER_SIZE as HEADER_SIZE
@@ -48,6 +49,7 @@ from ring.errors import TooManyResponses as TooManyResponses
 __all__ = [
     "BackRing",
     "BackSpinSet",
+    "CallStatus",
     "ChannelStatistics",
     "ENTRY_SIZE",
     "EVTCHN_FILE",

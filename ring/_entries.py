@@ -21,9 +21,11 @@ __all__ = [
     "request_buffer",
     "response_buffer",
     "write_requests",
+    "write_request",
     "write_responses",
     "read_requests",
     "read_responses",
+    "read_response",
     "check_room",
 ]
 
@@ -90,6 +92,12 @@ def write_requests(buf: CData, reqs: Sequence[Request], mem: buffer | None = Non
     return len(reqs)
 
 
+def write_request(mem: buffer, req: Request) -> None:
+    """Fill the first entry of a ``request_buffer`` through its
+    ``ffi.buffer``: write_requests for one, without its loop (the hot path)."""
+    _pack(_REQ, mem, 0, req, req.vcpu, req.a)
+
+
 def write_responses(buf: CData, rsps: Sequence[Response], mem: buffer | None = None) -> int:
     if mem is None:
         mem = ffi.buffer(buf)
@@ -113,6 +121,13 @@ def read_responses(buf: CData, n: int, mem: buffer | None = None) -> list[Respon
         mem = ffi.buffer(buf)
     unpack = _RSP.unpack_from
     return [_new(Response, (v[0], v[1], v[2], v[3:])) for v in (unpack(mem, i * _SIZE) for i in range(n))]
+
+
+def read_response(mem: buffer) -> Response:
+    """The first response of a ``response_buffer``'s ``ffi.buffer``: the
+    one-entry read of the hot path, without read_responses' list."""
+    v = _RSP.unpack_from(mem)
+    return _new(Response, (v[0], v[1], v[2], v[3:]))
 
 
 def check_room(buf: CData, n: int) -> None:

@@ -105,6 +105,15 @@ class EventChannel:
         self._coalesced += 1
         return False
 
+    def _count_notify(self, rc: int) -> None:
+        """Count a notification C sent on this channel for the ring
+        (FrontRing.call): ``rc`` is TEEIF_NOTIFY_SENT or _PENDING, or the
+        send's error (nothing counted; the next ``notify`` raises it)."""
+        if rc == lib.TEEIF_NOTIFY_SENT:
+            self._sent += 1
+        elif rc == lib.TEEIF_NOTIFY_PENDING:
+            self._coalesced += 1
+
     def drain(self) -> int:
         """Read every pending notification without blocking; returns how many
         (0: a spurious wake-up). Raises PeerDied on end-of-file, once the

@@ -7,6 +7,7 @@ validates the peer's producer index and copies entries out before use.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -14,11 +15,14 @@ from ring._entries import (
     Request,
     Response,
     check_room,
+    read_response,
     read_responses,
     request_buffer,
     response_buffer,
+    write_request,
     write_requests,
 )
+from ring._evtchn import EventChannel
 from ring._lib import check, ffi, lib
 from ring._shared import _RingEnd
 
@@ -27,7 +31,22 @@ if TYPE_CHECKING:
 
     from ring._ring import CData, CFrontRing
 
-__all__ = ["FrontRing"]
+__all__ = ["CallStatus", "FrontRing"]
+
+
+class CallStatus(enum.IntEnum):
+    """What :meth:`FrontRing.call` did when it brought no answer back. Its
+    request is on the ring in every case (teeif.h, teeif_front_call)."""
+
+    WAITING = lib.TEEIF_CALL_WAITING  # the window ended with no response
+    OTHER = lib.TEEIF_CALL_OTHER  # the oldest response is another id's: left on the ring
+    FAILED = lib.TEEIF_CALL_FAILED  # the ring failed after the push: the next pop or spin raises it
+    NOTIFY_FAILED = lib.TEEIF_CALL_NOTIFY_FAILED  # the notification could not be sent: nothing spun
+
+
+_ANSWERED = lib.TEEIF_CALL_ANSWERED
+# CallStatus by value: a dict lookup, not the enum's call (the hot path's fallback)
+_STATUS = {s.value: s for s in CallStatus}
 
 
 class FrontRing(_RingEnd):
@@ -79,7 +98,7 @@ class FrontRing(_RingEnd):
         """Push one request; returns True if the backend must be notified.
         Raises RingFull if no slot is free."""
         self._live()
-        write_requests(self._req1, (req,), self._req1_mem)
+        write_request(self._req1_mem, req)
         rc = lib.teeif_front_push_requests(self._c, self._req1, 1, self._notify)
         if rc < 0:
             check(rc, self.path, front=self._c, wanted=1)
@@ -101,6 +120,32 @@ class FrontRing(_RingEnd):
         check(lib.teeif_front_push_requests(self._c, buf, n, self._notify), self.path,
               front=self._c, wanted=n)
         return bool(self._notify[0])
+
+    # -- one round trip -----------------------------------------------------
+
+    def call(self, req: Request, spin_ns: int, chan: EventChannel) -> Response | CallStatus:
+        """Push ``req``, notify ``chan`` if the push says so, spin (GIL
+        released) for up to ``spin_ns`` and take the oldest response if it is
+        ``req``'s answer: one C call for a caller that is the only one
+        waiting on this ring. Returns that answer, or a :class:`CallStatus`
+        saying why there is none yet (``req`` is pushed either way; a
+        response of another id stays on the ring for ``pop``). Raises only
+        when nothing was pushed: RingFull, RingTruncated. A ring that fails
+        after the push is ``CallStatus.FAILED``: a truncated end stays
+        truncated, and an impossible rsp_prod is refused by the next pop or
+        spin too unless the backend set it right again (nothing was read
+        with it)."""
+        self._live()
+        write_request(self._req1_mem, req)
+        notify = self._notify
+        rc = lib.teeif_front_call(self._c, self._req1, spin_ns, chan.fileno(), self._rsps, notify)
+        if rc < 0:
+            check(rc, self.path, front=self._c, wanted=1)
+        if notify[0]:
+            chan._count_notify(notify[0])
+        if rc == _ANSWERED:
+            return read_response(self._rsps_mem)
+        return _STATUS[rc]
 
     # -- pop ----------------------------------------------------------------
 

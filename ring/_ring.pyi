@@ -70,6 +70,14 @@ class _Lib:
     TEEIF_EMISMATCH: Final[int]
     TEEIF_ETRUNC: Final[int]
     TEEIF_ETIMEOUT: Final[int]
+    TEEIF_CALL_WAITING: Final[int]
+    TEEIF_CALL_ANSWERED: Final[int]
+    TEEIF_CALL_OTHER: Final[int]
+    TEEIF_CALL_FAILED: Final[int]
+    TEEIF_CALL_NOTIFY_FAILED: Final[int]
+    TEEIF_NOTIFY_NONE: Final[int]
+    TEEIF_NOTIFY_SENT: Final[int]
+    TEEIF_NOTIFY_PENDING: Final[int]
     TEEIF_FAST_MAX_RULES: Final[int]
     TEEIF_FAST_LATENCIES: Final[int]
     TEEIF_FAST_TRACES: Final[int]
@@ -92,6 +100,9 @@ class _Lib:
     def teeif_front_final_check(self, f: CFrontRing, /) -> int: ...
     def teeif_front_poll(self, f: CFrontRing, spin_ns: int, /) -> int: ...
     def teeif_front_spin(self, f: CFrontRing, spin_ns: int, /) -> int: ...
+    def teeif_front_call(
+        self, f: CFrontRing, req: CData, spin_ns: int, evtchn_fd: int, out: CData, notify: CData, /
+    ) -> int: ...
 
     # the back
     def teeif_back_pop_requests(self, b: CBackRing, out: CData, max: int, /) -> int: ...

@@ -67,6 +67,10 @@ def test_platform_runs_the_workload_beside_a_real_daemon_and_stops_on_sigterm(tm
         assert rest.splitlines()[-1] == "platform: stopped; isolation oracle: 0 violations"
     finally:
         for proc in (platform, daemon):
-            if proc is not None and proc.poll() is None:
+            if proc is None:
+                continue
+            if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-                proc.communicate(timeout=60)
+            # the daemon ends by itself once the platform is gone: its pipes
+            # must be closed either way (a ResourceWarning fails the test)
+            proc.communicate(timeout=60)

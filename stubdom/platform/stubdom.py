@@ -6,7 +6,11 @@ The platform is the ring's frontend. Per domain, one :class:`DomainLink`
 owns the ring end: pushes and pops happen under its lock, and among the
 vCPU threads waiting for answers exactly one at a time is the *receiver*: it
 spins on the ring for the polling window, then sleeps on the event channel,
-and hands every response it pops to the vCPU waiting for that id.
+and hands every response it pops to the vCPU waiting for that id. A call
+with no other call of its domain in flight first tries the fast path: push,
+notify and the window's first slice in one C call that takes only its own
+answer (FrontRing.call; docs/protocol.md, "One round trip in one call");
+whatever else it meets is the receiver's, as after a plain push.
 
 A daemon that is dead, silent, or answers with status != 0 gives the guest
 :data:`UNAVAILABLE_REGS` — a0 = OPTEE_SMC_RETURN_ENOTAVAIL, a1..a7 = 0 —
@@ -39,6 +43,7 @@ from pathlib import Path
 from ring import (
     EVTCHN_FILE,
     RING_FILE,
+    CallStatus,
     EventChannel,
     FrontRing,
     PeerDied,
@@ -131,6 +136,8 @@ class DomainLink:
         self.ring_path = Path(ring_path)
         self.evtchn_path = Path(evtchn_path)
         self._poll_ns = poll_window_ns
+        # what the fast path spins with the lock held: the window's first slice
+        self._slice0 = min(poll_window_ns, _SPIN_SLICE_NS)
         self._timeout = timeout_s
         self._ring = FrontRing.attach(self.ring_path, ring_pages)
         self._ring_ino = os.stat(self.ring_path).st_ino
@@ -175,8 +182,20 @@ class DomainLink:
             if TRACER.on and (tcall := TRACER.current()) is not None:
                 rid |= TRACE_ID_BIT
                 traced = [tcall, now_ns(), 0]
+            req = _new_entry(Request, (rid, vcpu, 0, regs))
+            chan = self._chan
+            # The fast path (its channel, else None): no other call of the
+            # domain in flight (so nobody receives, and no answer on the ring
+            # is anyone else's), not sampled for a trace. One C call pushes,
+            # notifies if the daemon's req_event says so and spins the
+            # window's first slice for the answer; whatever else it meets is
+            # the receiver's (_await) to handle, as after a plain push.
+            fast = chan if traced is None and not self._waiting and not self._receiving else None
             try:
-                notify = self._ring.push(_new_entry(Request, (rid, vcpu, 0, regs)))
+                if fast is not None:
+                    got = self._ring.call(req, self._slice0, fast)
+                else:
+                    notify = self._ring.push(req)
             except RingFull:
                 # more vCPUs in flight than the ring has slots: the guest's doing
                 self._glog.warning("teeif ring full (daemon not answering): ENOTAVAIL")
@@ -187,10 +206,18 @@ class DomainLink:
                 self._n["unavailable"] += 1
                 return UNAVAILABLE_REGS
             self._n["requests"] += 1
+            if fast is not None and not isinstance(got, CallStatus):
+                return self._resume_regs(got)
             self._waiting[rid] = None
             if traced is not None:
                 self._traced[rid] = traced
-            chan = self._chan
+        if fast is not None:
+            if got is CallStatus.NOTIFY_FAILED:
+                self._mark_dead("the daemon closed the event channel")
+                return self._await(rid, deadline)
+            # the slice spun counts against the window, unless the receiver
+            # must look at the ring at once (an answer of another id, a failure)
+            return self._await(rid, deadline, self._slice0 if got is CallStatus.WAITING else 0)
         if notify and chan is not None:
             try:
                 chan.notify()
@@ -216,7 +243,9 @@ class DomainLink:
         TRACER.span(call, "resume", "vcpu", popped, now_ns())
         return out
 
-    def _await(self, rid: int, deadline: float) -> Regs:
+    def _await(self, rid: int, deadline: float, spun_ns: int = 0) -> Regs:
+        """Wait for the answer to ``rid``, as the receiver or asleep; ``spun_ns``:
+        the polling window already spun for it (the fast path's slice)."""
         lock = self._lock
         with lock:
             while True:
@@ -247,7 +276,8 @@ class DomainLink:
                 self._receiving = True
                 lock.release()
                 try:
-                    self._receive(deadline)
+                    self._receive(deadline, spun_ns)
+                    spun_ns = 0
                 finally:
                     lock.acquire()
                     self._receiving = False
@@ -270,22 +300,26 @@ class DomainLink:
             return UNAVAILABLE_REGS
         return tuple(rsp.a)
 
-    def _receive(self, deadline: float) -> None:
+    def _receive(self, deadline: float, spun_ns: int = 0) -> None:
         """As the receiver: return once some response was delivered, the
-        daemon died, or ``deadline`` passed."""
-        spin_left = self._poll_ns
+        daemon died, or ``deadline`` passed. ``spun_ns`` of the polling
+        window are spent already."""
+        spin_left = max(0, self._poll_ns - spun_ns)
         while True:
             with self._lock:
-                if self._dead is not None or self._deliver():
+                if self._dead is not None:
                     return
                 step = min(spin_left, _SPIN_SLICE_NS)
                 spin_left -= step
                 try:
                     # Slices spin without re-arming rsp_event (a re-armed
                     # event index makes the daemon notify every answer); the
-                    # last one does the final check before we may sleep.
+                    # last one does the final check before we may sleep. A
+                    # spin returns at once when responses are waiting
+                    # already: no pop before it, which would mostly be empty.
                     if self._ring.spin(step) if spin_left > 0 else self._ring.poll(step):
-                        continue
+                        self._deliver()
+                        return
                 except _RING_BROKEN as e:
                     self._break(e)
                     return
