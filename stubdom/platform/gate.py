@@ -499,8 +499,7 @@ class Gate:
             self._log_for(domid).error("the TEE model raised on op %d for d%d a0=%#x", op, domid, a[0],
                                        exc_info=True)
         else:
-            self._log_for(domid).error("the TEE model answered op %d for d%d a0=%#x with %s", op, domid, a[0],
-                                       invalid)
+            self._log_for(domid).error("the TEE model answered op %d for d%d a0=%#x: %s", op, domid, a[0], invalid)
         with self._lock:
             self._tee_errors += 1
             self._refusals[(domid, "EINVAL")] += 1
