@@ -88,6 +88,7 @@ def gate(tmp_path: Path, machine, spy):
     g = Gate(tmp_path, spy, domain_exists=lambda d: d in machine.domains())
     g.start()
     yield g
+    spy.release.set()  # a test that failed holding an SMC must not hang close()
     g.close()
 
 

@@ -345,7 +345,7 @@ class Gate:
             try:
                 # Answer what a dead predecessor left, so that the newcomer
                 # attaches to a ring with nothing in flight; then welcome it.
-                self._answer_pending(None)
+                self._answer_left()
                 chan.notify()
                 if self.on_welcome is not None:
                     self.on_welcome(getattr(peer, "pid", None))
@@ -373,13 +373,13 @@ class Gate:
         self.ring_path.unlink(missing_ok=True)
         self._ring = self._create_ring()
 
-    def _answer_pending(self, chan: EventChannel | None) -> None:
-        """Answer every request waiting, notifying ``chan`` (None: nobody,
-        before a welcome) as the pushes say."""
+    def _answer_left(self) -> None:
+        """Answer every request a dead predecessor left, before the welcome
+        (nobody to notify)."""
         if TRACER.on:
-            self._answer_traced(chan)
+            self._answer_traced(None)
         else:
-            self._serve_c(-1 if chan is None else chan.fileno(), 0, -1)
+            self._serve_c(-1, 0, -1)
 
     def _serve_channel(self, chan: EventChannel) -> None:
         fd = chan.fileno()
