@@ -11,10 +11,11 @@ assignment table (``assign``/``unassign``, the toolstack's decision),
 refuses everything else with a negative errno and zeroed registers, and
 counts every hypercall. The table, the checks and the ring work around one
 hypercall are C (``ring.GateTable``, cffi_build/teeif_gate.c): per admitted
-hypercall the thread makes one call into C that waits for the request,
-pops, checks it and marks it in the TEE, runs the TEE model, and makes one
-call that answers. Refusals come back to Python, which tells -ENOENT from
--EPERM, counts, logs and answers them. The ABI (ops, allow-lists, statuses) is
+hypercall the thread makes one call into C (wait for the request, pop it,
+check it, mark it in the TEE, stamp a7), runs the TEE model, and makes one
+call into C that answers. Refusals come back to Python, which tells -ENOENT
+from -EPERM, counts, logs and answers them. The ABI (ops, allow-lists,
+statuses) is
 stubdom.public.gate; the stub domain's end is
 stubdom.public.gate_client.GateClient.
 
