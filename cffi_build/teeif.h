@@ -388,3 +388,85 @@ int teeif_fast_serve_pop(struct teeif_fast_table *t, struct teeif_back_ring *b, 
 int teeif_fast_spin_any(struct teeif_fast_table *t, struct teeif_back_ring **rings,
                         struct teeif_fast_ring **fast, uint32_t n, uint64_t spin_ns,
                         uint32_t *ready, uint32_t *served, uint32_t *nserved);
+
+/* ==== The SMC gate's hypercall path (teeif_gate.c) ============================
+ *
+ * The platform's end of the SMC gate (stubdom/platform/gate.py, docs/smc-gate.md)
+ * serves the stub domain's hypercalls from one back ring. Per hypercall its
+ * thread makes one call into C that spins (and sleeps) for the next request,
+ * pops it, checks it against the gate's assignment table and, if admitted,
+ * marks it in the TEE and stamps a7; then the TEE model runs (Python); then one
+ * call pushes the answer, clears the mark and notifies. Refused requests go
+ * back to the owner with their verdict: it tells -ENOENT from -EPERM, counts,
+ * logs and answers them.
+ *
+ * The gate's ABI, mirrored here so that the checks are C's; each value is the
+ * Python constant named beside it (tests/test_gate_c.py compares them).
+ */
+#define TEEIF_GATE_OP_SMC 1                 /* stubdom.public.gate.GATE_OP_SMC */
+#define TEEIF_GATE_OP_HYP 2                 /* stubdom.public.gate.GATE_OP_HYP */
+#define TEEIF_GATE_EPERM -1                 /* stubdom.public.gate.GATE_EPERM (-EPERM) */
+#define TEEIF_GATE_EINVAL -22               /* stubdom.public.gate.GATE_EINVAL (-EINVAL) */
+#define TEEIF_GATE_HYP_CLIENT_ID 0          /* stubdom.public.gate.HYP_CLIENT_ID: a7 of GATE_OP_HYP */
+#define TEEIF_GATE_DOMID_FIRST_RESERVED 0x7FF0  /* stubdom.xen.constants (xen/include/public/xen.h) */
+#define TEEIF_GATE_OWNER_SHIFT 24           /* stubdom.optee.smccc.ARM_SMCCC_OWNER_SHIFT */
+#define TEEIF_GATE_OWNER_MASK 0x3F          /* stubdom.optee.smccc.ARM_SMCCC_OWNER_MASK */
+#define TEEIF_GATE_OWNER_FIRST 48           /* stubdom.optee.smccc.ARM_SMCCC_OWNER_TRUSTED_APP */
+#define TEEIF_GATE_OWNER_LAST 63            /* stubdom.optee.smccc.ARM_SMCCC_OWNER_TRUSTED_OS_END */
+/* Room for the hypervisor-class allow-lists (stubdom.public.gate.HYP_PROBE_CALLS,
+ * HYP_DOMAIN_CALLS), which the owner passes in: function IDs are OP-TEE's. */
+#define TEEIF_GATE_MAX_CALLS 8
+
+enum teeif_gate_verdict {
+    TEEIF_GATE_IDLE = 0,        /* next: nothing popped (no channel and an empty ring, or the wake fd fired) */
+    TEEIF_GATE_ADMIT = 1,       /* checked, marked in the TEE, a7 stamped: enter the TEE, then answer */
+    TEEIF_GATE_REFUSE = 2,      /* refused with *status (TEEIF_GATE_EPERM / TEEIF_GATE_EINVAL) */
+    TEEIF_GATE_UNASSIGNED = 3   /* the domid is not assigned: the owner decides -EPERM or -ENOENT */
+};
+
+/* The hypervisor-class calls the gate lets through (a[0], all 64 bits). */
+struct teeif_gate_policy {
+    uint32_t nprobes;           /* always allowed: the mediator's probe */
+    uint32_t ndomain_calls;     /* allowed for an assigned domid named again in a[1] as domid + 1 */
+    uint64_t probes[TEEIF_GATE_MAX_CALLS];
+    uint64_t domain_calls[TEEIF_GATE_MAX_CALLS];
+};
+
+struct teeif_gate_counters {
+    uint64_t batches;           /* pops by teeif_gate_next that found a request */
+    uint64_t wakeups;           /* its sleeps on the channel that ended with a notification */
+};
+
+/* Opaque: it holds a mutex (the check and the in-TEE mark against unassign). */
+struct teeif_gate;
+
+/* A gate with nothing assigned; NULL when out of memory or the policy has too many calls. */
+struct teeif_gate *teeif_gate_new(const struct teeif_gate_policy *policy);
+void teeif_gate_free(struct teeif_gate *g);
+/* Assign (assigned != 0) or take back a domid below TEEIF_GATE_DOMID_FIRST_RESERVED
+ * (-22 otherwise). Returns whether an admitted hypercall for domid is in the TEE
+ * now: after taking it back, none can be admitted any more, so the owner waits
+ * only for that one. */
+int teeif_gate_assign(struct teeif_gate *g, uint32_t domid, uint32_t assigned);
+/* Whether an admitted hypercall for domid is in the TEE. */
+int teeif_gate_in_tee(struct teeif_gate *g, uint32_t domid);
+/* Check req (a request already popped): a teeif_gate_verdict; on ADMIT req->a[7]
+ * is stamped and the hypercall is marked in the TEE, in one step with the check. */
+int teeif_gate_judge(struct teeif_gate *g, struct teeif_request *req, int32_t *status);
+/* The TEE returned: clear the in-TEE mark. */
+void teeif_gate_release(struct teeif_gate *g);
+/*
+ * Wait for the next request on b and judge it (teeif_gate_judge): spin for up to
+ * spin_ns, then the final check, then sleep on the channel fd until notified or
+ * until wake_fd is readable (IDLE). fd < 0: no spin and no sleep, IDLE when b is
+ * empty. A verdict, or < 0: b's TEEIF_ECORRUPT / TEEIF_ETRUNC, TEEIF_EPEER on
+ * the channel's end-of-file, a negative errno.
+ */
+int teeif_gate_next(struct teeif_gate *g, struct teeif_back_ring *b, uint64_t spin_ns, int fd, int wake_fd,
+                    struct teeif_request *out, int32_t *status);
+/* Clear the in-TEE mark, push the answer to request id (a[8]; all zero when
+ * status != 0, whatever a holds) and notify fd (if >= 0) when the push says so.
+ * Returns whether it notified, or < 0 as the push and the notify fail. */
+int teeif_gate_answer(struct teeif_gate *g, struct teeif_back_ring *b, int fd, uint64_t id, int32_t status,
+                      const uint64_t *a);
+void teeif_gate_counters(struct teeif_gate *g, struct teeif_gate_counters *out);

@@ -2,7 +2,8 @@
 
 The ring's hot path is C (``ring._ring``, built from cffi_build/); this
 package is its Python face: typed entries, the two ring ends, the event
-channel, and the transport floor.
+channel, the transport floor, the answers given in C and the SMC gate's
+hypercall path.
 """
 
 from ring._back import BackRing as BackRing
@@ -27,6 +28,13 @@ from ring._floor import RING_FILE as RING_FILE
 from ring._floor import run_floor as run_floor
 from ring._front import CallStatus as CallStatus
 from ring._front import FrontRing as FrontRing
+from ring._gate import GATE_ADMIT as GATE_ADMIT
+from ring._gate import GATE_REFUSE as GATE_REFUSE
+from ring._gate import GATE_UNASSIGNED as GATE_UNASSIGNED
+from ring._gate import GateCall as GateCall
+from ring._gate import GateCounters as GateCounters
+from ring._gate import GateRegistersInvalid as GateRegistersInvalid
+from ring._gate import GateTable as GateTable
 from ring._shared import ENTRY_SIZE as ENTRY_SIZE
 from ring._shared import HEADER_SIZE as HEADER_SIZE
 from ring._shared import MAX_RING_PAGES as MAX_RING_PAGES
@@ -64,6 +72,13 @@ __all__ = [
     "FloorMismatch",
     "ForwardTimeout",
     "FrontRing",
+    "GATE_ADMIT",
+    "GATE_REFUSE",
+    "GATE_UNASSIGNED",
+    "GateCall",
+    "GateCounters",
+    "GateRegistersInvalid",
+    "GateTable",
     "HEADER_SIZE",
     "MAX_FAST_RULES",
     "MAX_RING_PAGES",

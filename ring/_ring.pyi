@@ -81,6 +81,22 @@ class _Lib:
     TEEIF_FAST_MAX_RULES: Final[int]
     TEEIF_FAST_LATENCIES: Final[int]
     TEEIF_FAST_TRACES: Final[int]
+    # the SMC gate's hypercall path
+    TEEIF_GATE_OP_SMC: Final[int]
+    TEEIF_GATE_OP_HYP: Final[int]
+    TEEIF_GATE_EPERM: Final[int]
+    TEEIF_GATE_EINVAL: Final[int]
+    TEEIF_GATE_HYP_CLIENT_ID: Final[int]
+    TEEIF_GATE_DOMID_FIRST_RESERVED: Final[int]
+    TEEIF_GATE_OWNER_SHIFT: Final[int]
+    TEEIF_GATE_OWNER_MASK: Final[int]
+    TEEIF_GATE_OWNER_FIRST: Final[int]
+    TEEIF_GATE_OWNER_LAST: Final[int]
+    TEEIF_GATE_MAX_CALLS: Final[int]
+    TEEIF_GATE_IDLE: Final[int]
+    TEEIF_GATE_ADMIT: Final[int]
+    TEEIF_GATE_REFUSE: Final[int]
+    TEEIF_GATE_UNASSIGNED: Final[int]
 
     # the shared ring
     def teeif_ring_entries(self, ring_pages: int, /) -> int: ...
@@ -126,6 +142,19 @@ class _Lib:
         self, t: CData, rings: CData, fast: CData, n: int, spin_ns: int, ready: CData, served: CData,
         nserved: CData, /
     ) -> int: ...
+
+    # the SMC gate's hypercall path
+    def teeif_gate_new(self, policy: CData, /) -> CData: ...
+    def teeif_gate_free(self, g: CData, /) -> None: ...
+    def teeif_gate_assign(self, g: CData, domid: int, assigned: int, /) -> int: ...
+    def teeif_gate_in_tee(self, g: CData, domid: int, /) -> int: ...
+    def teeif_gate_judge(self, g: CData, req: CData, status: CData, /) -> int: ...
+    def teeif_gate_release(self, g: CData, /) -> None: ...
+    def teeif_gate_next(
+        self, g: CData, b: CBackRing, spin_ns: int, fd: int, wake_fd: int, out: CData, status: CData, /
+    ) -> int: ...
+    def teeif_gate_answer(self, g: CData, b: CBackRing, fd: int, id: int, status: int, a: CData, /) -> int: ...
+    def teeif_gate_counters(self, g: CData, out: CData, /) -> None: ...
 
     # the event channel
     def teeif_evtchn_notify(self, fd: int, /) -> int: ...

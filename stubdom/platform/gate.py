@@ -9,7 +9,13 @@ platform process beside the TEE model: a teeif ``BackRing`` at
 ``<runtime_dir>/xen/gate/evtchn``, served by one thread. It keeps the
 assignment table (``assign``/``unassign``, the toolstack's decision),
 refuses everything else with a negative errno and zeroed registers, and
-counts every hypercall. The ABI (ops, allow-lists, statuses) is
+counts every hypercall. The table, the checks and the ring work around one
+hypercall are C (``ring.GateTable``, cffi_build/teeif_gate.c): per admitted
+hypercall the thread makes one call into C (wait for the request, pop it,
+check it, mark it in the TEE, stamp a7), runs the TEE model, and makes one
+call into C that answers. Refusals come back to Python, which tells -ENOENT
+from -EPERM, counts, logs and answers them. The ABI (ops, allow-lists,
+statuses) is
 stubdom.public.gate; the stub domain's end is
 stubdom.public.gate_client.GateClient.
 
@@ -41,31 +47,25 @@ from types import MappingProxyType
 
 from ring import (
     EVTCHN_FILE,
+    GATE_ADMIT,
+    GATE_UNASSIGNED,
     RING_FILE,
     BackRing,
     EventChannel,
     EventChannelListener,
+    GateCall,
+    GateRegistersInvalid,
+    GateTable,
     PeerDied,
-    Request,
-    Response,
     RingCorrupted,
     RingTruncated,
 )
 from stubdom.mediator.ratelog import RateLimitedLog
-from stubdom.optee.smccc import (
-    ARM_SMCCC_OWNER_MASK,
-    ARM_SMCCC_OWNER_SHIFT,
-    ARM_SMCCC_OWNER_TRUSTED_APP,
-    ARM_SMCCC_OWNER_TRUSTED_OS_END,
-)
 from stubdom.public.errors import GateBusy
 from stubdom.public.gate import (
     GATE_EINVAL,
     GATE_ENOENT,
     GATE_EPERM,
-    GATE_OP_HYP,
-    GATE_OP_SMC,
-    HYP_CLIENT_ID,
     HYP_DOMAIN_CALLS,
     HYP_PROBE_CALLS,
     gate_dir,
@@ -79,12 +79,6 @@ __all__ = ["Gate", "GateStatistics", "UNASSIGN_WAIT_S"]
 log = logging.getLogger("stubdom.platform.gate")
 
 _ZERO_REGS = (0,) * 8
-# Response(...) without the NamedTuple's Python-level __new__ (the TEE's
-# registers are checked when the ring packs them)
-_new_entry = tuple.__new__
-
-_UNASSIGNED = 1  # _check's answer for a domid not assigned: -EPERM or -ENOENT, decided outside the lock
-
 
 # How long unassign waits for a hypercall of that domain still in the TEE.
 UNASSIGN_WAIT_S = 30.0
@@ -157,18 +151,20 @@ class Gate:
         self._poll_ns = poll_window_ns
         self._ring_pages = ring_pages
 
-        self._lock = threading.Lock()  # the assignment table and the counters
-        self._assigned: set[int] = set()
-        # the domid of the admitted hypercall now in the TEE (None: none), so
-        # that unassign can wait for it (the serving thread runs one at a time)
-        self._in_tee: int | None = None
-        self._tee_done = threading.Condition(self._lock)
+        self._lock = threading.Lock()  # assign/unassign, the rate limits, the counters of the rare paths
+        # The assignment table and the checks are C's: a check and the
+        # in-TEE mark of the hypercall it admits are one step under the
+        # table's mutex, so unassign sees either no admission or the mark.
+        self._table = GateTable(probes=HYP_PROBE_CALLS, domain_calls=HYP_DOMAIN_CALLS)
+        self._assigned: set[int] = set()  # the table's assigned domids, for assigned() and statistics()
+        self._tee_done = threading.Condition(self._lock)  # notified when a hypercall leaves the TEE
         self._unassigning = 0  # unassign calls waiting on _tee_done
-        self._calls: Counter[tuple[int, int]] = Counter()
         self._refusals: Counter[tuple[int, str]] = Counter()
         self._connections = self._tee_errors = self._refused = 0
         # written by the serving thread alone, hence without the lock (an int
-        # is read whole): the hot path's counters
+        # is read whole, a Counter copied whole under the interpreter lock):
+        # the hot path's counters; batches and wakeups of the C path are C's
+        self._calls: Counter[tuple[int, int]] = Counter()
         self._wakeups = self._batches = 0
         self._sent = self._suppressed = 0  # of rings already replaced
         # rate limits: the stub domain's own lines, and one per assigned domain
@@ -225,6 +221,7 @@ class Gate:
         if type(domid) is not int or not 0 <= domid < DOMID_FIRST_RESERVED:
             raise ValueError(f"domid must be an int in [0, {DOMID_FIRST_RESERVED:#x}), got {domid!r}")
         with self._lock:
+            self._table.assign(domid)
             self._assigned.add(domid)
             if domid not in self._domain_logs:
                 self._domain_logs[domid] = RateLimitedLog(log, "", clock=self._log_clock)
@@ -236,11 +233,13 @@ class Gate:
         for it reaches the TEE, so the platform's own VM_DESTROYED is the
         last word on its partition."""
         with self._lock:
+            if type(domid) is int and 0 <= domid < DOMID_FIRST_RESERVED:
+                self._table.unassign(domid)  # from now on nothing for it is admitted
             self._assigned.discard(domid)
             self._domain_logs.pop(domid, None)
             self._unassigning += 1
             try:
-                done = self._tee_done.wait_for(lambda: self._in_tee != domid, timeout)
+                done = self._tee_done.wait_for(lambda: not self._table.in_tee(domid), timeout)
             finally:
                 self._unassigning -= 1
             if not done:
@@ -286,6 +285,7 @@ class Gate:
 
     def statistics(self) -> GateStatistics:
         rs = self._ring.statistics() if not self._ring.closed else None
+        c = self._table.counters()
         with self._lock:
             return GateStatistics(
                 calls=MappingProxyType(dict(self._calls)),
@@ -293,8 +293,8 @@ class Gate:
                 assigned=frozenset(self._assigned),
                 connections=self._connections,
                 refused_peers=self._refused,
-                wakeups=self._wakeups,
-                batches=self._batches,
+                wakeups=self._wakeups + c.wakeups,
+                batches=self._batches + c.batches,
                 notifications_sent=self._sent + (rs.notifications_sent if rs else 0),
                 notifications_suppressed=self._suppressed + (rs.notifications_suppressed if rs else 0),
                 tee_errors=self._tee_errors,
@@ -346,7 +346,7 @@ class Gate:
             try:
                 # Answer what a dead predecessor left, so that the newcomer
                 # attaches to a ring with nothing in flight; then welcome it.
-                self._answer_pending(None)
+                self._answer_left()
                 chan.notify()
                 if self.on_welcome is not None:
                     self.on_welcome(getattr(peer, "pid", None))
@@ -374,107 +374,136 @@ class Gate:
         self.ring_path.unlink(missing_ok=True)
         self._ring = self._create_ring()
 
-    def _answer_pending(self, chan: EventChannel | None) -> bool:
-        """Pop every pending request, answer them all, one notify decision.
-        Returns whether anything was answered."""
+    def _answer_left(self) -> None:
+        """Answer every request a dead predecessor left, before the welcome
+        (nobody to notify)."""
         if TRACER.on:
-            return self._answer_traced(chan)
-        reqs = self._ring.pop_batch()
-        if not reqs:
+            self._answer_traced(None)
+        else:
+            self._serve_c(-1, 0, -1)
+
+    def _serve_channel(self, chan: EventChannel) -> None:
+        fd = chan.fileno()
+        while not self._stopping:
+            if not TRACER.on:
+                self._serve_c(fd, self._poll_ns, self._wake_r)  # until close() or tracing starts
+            elif not self._serve_traced(chan):
+                return
+
+    def _serve_c(self, fd: int, spin_ns: int, wake_fd: int) -> None:
+        """The hot path: C waits (spin for ``spin_ns``, then sleep on ``fd``
+        until notified), pops one request and judges it; the TEE model runs
+        here; C answers. Returns when ``wake_fd`` fires (close()), when
+        tracing starts, or, with ``fd`` < 0 (no waiting), when the ring is
+        empty."""
+        ring, table = self._ring, self._table
+        while not self._stopping and not TRACER.on:
+            call = table.next(ring, spin_ns, fd, wake_fd)
+            if call is None:
+                return
+            status, regs = self._hypercall(call)
+            self._answer(fd, call, status, regs)
+
+    def _serve_traced(self, chan: EventChannel) -> bool:
+        """One round of the loop with tracing on, in Python: answer what is
+        waiting, else spin, else sleep. False when close() was called."""
+        if self._answer_traced(chan) or self._ring.poll(self._poll_ns):  # spin, then the final check
+            return True
+        if not self._wait(chan.fileno()):
             return False
-        rsps = [self._handle(req) for req in reqs]
-        self._batches += 1  # only this thread writes it: no lock
-        if self._push(rsps) and chan is not None:
-            chan.notify()
+        if chan.drain():  # PeerDied on end-of-file
+            self._wakeups += 1
         return True
 
-    def _push(self, rsps: list[Response]) -> bool:
-        """Push every answer with one notify decision (the common single
-        answer without push_batch's extra layers)."""
-        return self._ring.push(rsps[0]) if len(rsps) == 1 else self._ring.push_batch(rsps)
-
     def _answer_traced(self, chan: EventChannel | None) -> bool:
-        """_answer_pending with tracing on: the spans of the hypercalls the
-        stub domain marked as made for a sampled call."""
+        """Pop what is waiting and answer each, with the spans of the
+        hypercalls the stub domain marked as made for a sampled call.
+        Returns whether anything was answered."""
         t0 = now_ns()
         reqs = self._ring.pop_batch()
         if not reqs:
             return False
         t1 = now_ns()
-        rsps = []
-        traced = []
+        self._batches += 1
+        fd = -1 if chan is None else chan.fileno()
         for req in reqs:
             if not req.id & TRACE_ID_BIT:
-                rsps.append(self._handle(req))
+                call = self._table.judge(req)
+                self._answer(fd, call, *self._hypercall(call))
                 continue
-            call = TracedCall(("gate", req.id), scope=TRACER.scope, args={"domid": req.vcpu, "gate_id": f"{req.id:#x}"})
-            traced.append(call)
-            TRACER.span(call, "gate pop", "gate", t0, t1, {"batch": len(reqs)})
-            TRACER.flow(call, "f", f"gate/{req.id:x}/req", "gate request", t0 + 1)
-            prev = TRACER.set_current(call)
+            traced = TracedCall(("gate", req.id), scope=TRACER.scope,
+                                args={"domid": req.vcpu, "gate_id": f"{req.id:#x}"})
+            TRACER.span(traced, "gate pop", "gate", t0, t1, {"batch": len(reqs)})
+            TRACER.flow(traced, "f", f"gate/{req.id:x}/req", "gate request", t0 + 1)
+            prev = TRACER.set_current(traced)
             try:
                 h0 = now_ns()
-                rsps.append(self._handle(req))
-                TRACER.span(call, "hypercall", "gate", h0, now_ns(),
-                            {"op": req.flags, "fn": f"{req.a[0] & 0xFFFFFFFF:#x}", "status": rsps[-1].status})
+                call = self._table.judge(req)
+                status, regs = self._hypercall(call)
+                TRACER.span(traced, "hypercall", "gate", h0, now_ns(),
+                            {"op": req.flags, "fn": f"{req.a[0] & 0xFFFFFFFF:#x}", "status": status})
             finally:
                 TRACER.set_current(prev)
-        self._batches += 1
-        p0 = now_ns()
-        if self._push(rsps) and chan is not None:
-            chan.notify()
-        p1 = now_ns()
-        for call in traced:
-            TRACER.span(call, "gate push", "gate", p0, p1, {"batch": len(rsps)})
-            TRACER.flow(call, "s", f"gate/{call.key[1]:x}/rsp", "gate response", p1 - 1)
+            p0 = now_ns()
+            self._answer(fd, call, status, regs)
+            p1 = now_ns()
+            TRACER.span(traced, "gate push", "gate", p0, p1, {"batch": len(reqs)})
+            TRACER.flow(traced, "s", f"gate/{req.id:x}/rsp", "gate response", p1 - 1)
         return True
-
-    def _serve_channel(self, chan: EventChannel) -> None:
-        while not self._stopping:
-            if self._answer_pending(chan):
-                continue
-            if self._ring.poll(self._poll_ns):  # spin, then the final check
-                continue
-            if not self._wait(chan.fileno()):
-                return
-            if chan.drain():  # PeerDied on end-of-file
-                self._wakeups += 1
 
     # -- one hypercall -----------------------------------------------------------
 
-    def _handle(self, req: Request) -> Response:
-        rid, domid, op, a = req  # id, vcpu (the target domid), flags (the op), a
-        with self._lock:  # one acquisition per hypercall: the check and the counter
-            status = self._check(op, domid, a)
-            self._calls[(domid, op)] += 1
-            if not status:
-                self._in_tee = domid
-        if status:
-            if status == _UNASSIGNED:  # outside the lock: asks the machine
-                status = GATE_EPERM if self._domain_exists(domid) else GATE_ENOENT
-            with self._lock:
-                self._refusals[(domid, _errno_name(status))] += 1
-            if log.isEnabledFor(logging.DEBUG):  # a line nobody reads must not take a token
-                self._log_for(domid).log(logging.DEBUG, "gate refused op %d for d%d a0=%#x: %s",
-                                         op, domid, a[0], _errno_name(status))
-            return _new_entry(Response, (rid, status, 0, _ZERO_REGS))
-        # The gate, never the stub domain, chooses a7.
-        a7 = domid + 1 if op == GATE_OP_SMC else HYP_CLIENT_ID
+    def _hypercall(self, call: GateCall) -> tuple[int, Sequence[int]]:
+        """(status, registers) of a hypercall C judged: a refusal's, or, for
+        one it admitted (a7 stamped, marked in the TEE), the TEE model's."""
+        rid, domid, op, a, verdict, status = call
+        self._calls[(domid, op)] += 1
+        if verdict != GATE_ADMIT:
+            return self._refusal(call), _ZERO_REGS
         try:
-            regs = tuple(self._tee.smc(a[:7] + (a7,)))
+            return 0, self._tee.smc(a)
         except Exception:
+            self._tee_failed(domid, op, a)
+            return GATE_EINVAL, _ZERO_REGS
+        except BaseException:
+            self._table.release()  # never leave unassign waiting on a hypercall gone
+            raise
+
+    def _answer(self, fd: int, call: GateCall, status: int, regs: Sequence[int]) -> None:
+        """Push the answer (C: the in-TEE mark cleared, the channel notified
+        if the push says so), then wake an unassign waiting for it."""
+        try:
+            self._table.answer(self._ring, fd, call.id, status, regs)
+        except GateRegistersInvalid as e:  # a bug in the model, as if it had raised
+            self._tee_failed(call.domid, call.op, call.a, e)
+            self._table.answer(self._ring, fd, call.id, GATE_EINVAL, _ZERO_REGS)
+        if self._unassigning:  # read without the lock: see unassign
+            with self._lock:
+                self._tee_done.notify_all()
+
+    def _refusal(self, call: GateCall) -> int:
+        """The status of a hypercall C refused: counted and logged."""
+        rid, domid, op, a, verdict, status = call
+        if verdict == GATE_UNASSIGNED:  # outside any lock: asks the machine
+            status = GATE_EPERM if self._domain_exists(domid) else GATE_ENOENT
+        with self._lock:
+            self._refusals[(domid, _errno_name(status))] += 1
+        if log.isEnabledFor(logging.DEBUG):  # a line nobody reads must not take a token
+            self._log_for(domid).log(logging.DEBUG, "gate refused op %d for d%d a0=%#x: %s",
+                                     op, domid, a[0], _errno_name(status))
+        return status
+
+    def _tee_failed(self, domid: int, op: int, a: Sequence[int], invalid: GateRegistersInvalid | None = None) -> None:
+        """The TEE model raised (call within the except block), or answered
+        registers that are not registers: counted as an -EINVAL refusal."""
+        if invalid is None:
             self._log_for(domid).error("the TEE model raised on op %d for d%d a0=%#x", op, domid, a[0],
                                        exc_info=True)
-            with self._lock:
-                self._tee_errors += 1
-                self._refusals[(domid, "EINVAL")] += 1
-            return _new_entry(Response, (rid, GATE_EINVAL, 0, _ZERO_REGS))
-        finally:
-            with self._lock:
-                self._in_tee = None
-                if self._unassigning:  # nobody else waits for it
-                    self._tee_done.notify_all()
-        return _new_entry(Response, (rid, 0, 0, regs))
+        else:
+            self._log_for(domid).error("the TEE model answered op %d for d%d a0=%#x: %s", op, domid, a[0], invalid)
+        with self._lock:
+            self._tee_errors += 1
+            self._refusals[(domid, "EINVAL")] += 1
 
     def _log_for(self, domid: int) -> RateLimitedLog:
         """The rate limit of lines about a hypercall for ``domid``: that
@@ -482,29 +511,3 @@ class Gate:
         domain it was not given is its own doing)."""
         with self._lock:
             return self._domain_logs.get(domid, self._peer_log)
-
-    def _check(self, op: int, domid: int, a: Sequence[int]) -> int:
-        """0 if the hypercall may go to the TEE, else the negative errno
-        (lock held)."""
-        if op == GATE_OP_SMC:
-            if domid >= DOMID_FIRST_RESERVED:
-                return GATE_EINVAL
-            if domid not in self._assigned:
-                return _UNASSIGNED
-            # SMCCC owner of the function ID in the low 32 bits of a0
-            # (the fields decode_function_id reads; inline on the hot path)
-            owner = (a[0] >> ARM_SMCCC_OWNER_SHIFT) & ARM_SMCCC_OWNER_MASK
-            if not ARM_SMCCC_OWNER_TRUSTED_APP <= owner <= ARM_SMCCC_OWNER_TRUSTED_OS_END:
-                return GATE_EPERM  # the gate reaches the secure world's OS, nothing else
-            return 0
-        if op == GATE_OP_HYP:
-            if a[0] in HYP_PROBE_CALLS:
-                return 0
-            if a[0] not in HYP_DOMAIN_CALLS:
-                return GATE_EPERM
-            if domid >= DOMID_FIRST_RESERVED:
-                return GATE_EINVAL
-            if domid not in self._assigned:
-                return _UNASSIGNED
-            return 0 if a[1] == domid + 1 else GATE_EPERM
-        return GATE_EINVAL
