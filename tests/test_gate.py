@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gate_support import gate_machine, optee_model, serving_gate
 from ring import EVTCHN_FILE, RING_FILE, EventChannel, FrontRing, Request
 from stubdom.optee import (
     OPTEE_MSG_UID_0,
@@ -40,8 +41,7 @@ from stubdom.public import (
     GateTimeout,
     gate_dir,
 )
-from stubdom.tee import IsolationOracle, OpteeModel, TeeConfig
-from stubdom.xen import Machine
+from stubdom.tee import OpteeModel, TeeConfig
 
 EPERM, EINVAL, ENOENT = -errno.EPERM, -errno.EINVAL, -errno.ENOENT
 ZERO = (0,) * 8
@@ -71,25 +71,19 @@ class SpyTee:
 
 @pytest.fixture
 def machine(tmp_path: Path):
-    m = Machine.create(tmp_path / "machine", nr_frames=16384)  # holds the static region at 0x42000000
-    for domid in (1, 2):
-        m.create_domain(domid, nr_pages=16)
-    yield m
-    m.close()
+    with gate_machine(tmp_path) as m:
+        yield m
 
 
 @pytest.fixture
 def spy(machine):
-    return SpyTee(OpteeModel(machine, TeeConfig(), IsolationOracle(machine)))
+    return SpyTee(optee_model(machine))
 
 
 @pytest.fixture
 def gate(tmp_path: Path, machine, spy):
-    g = Gate(tmp_path, spy, domain_exists=lambda d: d in machine.domains())
-    g.start()
-    yield g
-    spy.release.set()  # a test that failed holding an SMC must not hang close()
-    g.close()
+    with serving_gate(tmp_path, machine, spy, spy.release.set) as g:
+        yield g
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from gate_support import gate_machine, optee_model, serving_gate
 from ring import (
     EVTCHN_FILE,
     GATE_ADMIT,
@@ -44,8 +45,7 @@ from stubdom.optee import (
 from stubdom.platform import Gate
 from stubdom.public import GATE_OP_HYP, GATE_OP_SMC, GateClient, gate_dir
 from stubdom.public import gate as gate_abi
-from stubdom.tee import IsolationOracle, OpteeModel, TeeConfig
-from stubdom.xen import Machine
+from stubdom.tee import OpteeModel
 from stubdom.xen.constants import DOMID_FIRST_RESERVED
 
 EPERM, EINVAL, ENOENT = -errno.EPERM, -errno.EINVAL, -errno.ENOENT
@@ -91,25 +91,19 @@ class HeldTee:
 
 @pytest.fixture
 def machine(tmp_path: Path):
-    m = Machine.create(tmp_path / "machine", nr_frames=16384)
-    for domid in (1, 2):
-        m.create_domain(domid, nr_pages=16)
-    yield m
-    m.close()
+    with gate_machine(tmp_path) as m:
+        yield m
 
 
 @pytest.fixture
 def tee(machine):
-    return HeldTee(OpteeModel(machine, TeeConfig(), IsolationOracle(machine)))
+    return HeldTee(optee_model(machine))
 
 
 @pytest.fixture
 def gate(tmp_path: Path, machine, tee):
-    g = Gate(tmp_path, tee, domain_exists=lambda d: d in machine.domains())
-    g.start()
-    yield g
-    tee.let_go()
-    g.close()
+    with serving_gate(tmp_path, machine, tee, tee.let_go) as g:
+        yield g
 
 
 @pytest.fixture
