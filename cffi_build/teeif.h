@@ -26,7 +26,7 @@
  */
 
 /* Bumped whenever this interface changes; ring/_lib.py refuses a stale build. */
-#define TEEIF_ABI_VERSION 5
+#define TEEIF_ABI_VERSION 6
 
 #define TEEIF_PAGE_SIZE 4096        /* ring protocols use 4 KiB pages: io/ring.h XEN_PAGE_SHIFT */
 #define TEEIF_RING_HDR_SIZE 64      /* io/ring.h: four indices, pvt[4], __pad[44] */
@@ -212,8 +212,11 @@ enum teeif_call_notify {
     TEEIF_NOTIFY_SENT = 1,      /* one sent on evtchn_fd */
     TEEIF_NOTIFY_PENDING = 2    /* the channel was full: one is pending at the back already */
 };
+/* times (may be NULL, else 2 entries, teeif_now_ns): [0] the push done (and
+ * its notification sent), [1] the answer seen at the head; 0 where not reached.
+ * For the tracer, so that a sampled call takes this same path. */
 int teeif_front_call(struct teeif_front_ring *f, const struct teeif_request *req, uint64_t spin_ns,
-                     int evtchn_fd, struct teeif_response *out, int *notify);
+                     int evtchn_fd, struct teeif_response *out, int *notify, uint64_t *times);
 
 /* Back. */
 /* Copy up to max requests out of the shared page; returns how many. */
@@ -460,10 +463,12 @@ void teeif_gate_release(struct teeif_gate *g);
  * spin_ns, then the final check, then sleep on the channel fd until notified or
  * until wake_fd is readable (IDLE). fd < 0: no spin and no sleep, IDLE when b is
  * empty. A verdict, or < 0: b's TEEIF_ECORRUPT / TEEIF_ETRUNC, TEEIF_EPEER on
- * the channel's end-of-file, a negative errno.
+ * the channel's end-of-file, a negative errno. times (may be NULL, else 2
+ * entries, teeif_now_ns): [0] the request seen, [1] popped and judged (the
+ * tracer's "gate pop").
  */
 int teeif_gate_next(struct teeif_gate *g, struct teeif_back_ring *b, uint64_t spin_ns, int fd, int wake_fd,
-                    struct teeif_request *out, int32_t *status);
+                    struct teeif_request *out, int32_t *status, uint64_t *times);
 /* Clear the in-TEE mark, push the answer to request id (a[8]; all zero when
  * status != 0, whatever a holds) and notify fd (if >= 0) when the push says so.
  * Returns whether it notified, or < 0 as the push and the notify fail. */

@@ -186,7 +186,7 @@ static int sleep_on(int fd, int wake_fd)
 }
 
 int teeif_gate_next(struct teeif_gate *g, struct teeif_back_ring *b, uint64_t spin_ns, int fd, int wake_fd,
-                    struct teeif_request *out, int32_t *status)
+                    struct teeif_request *out, int32_t *status, uint64_t *times)
 {
     for (;;) {
         /* without a channel nobody could wake us: look once, never arm req_event */
@@ -194,12 +194,17 @@ int teeif_gate_next(struct teeif_gate *g, struct teeif_back_ring *b, uint64_t sp
         if (rc < 0)
             return rc;
         if (rc > 0) {
+            if (times != NULL)
+                times[0] = teeif_now_ns();
             rc = teeif_back_pop_requests(b, out, 1);
             if (rc < 0)
                 return rc;
             if (rc > 0) {
                 count(&g->counters.batches);
-                return teeif_gate_judge(g, out, status);
+                rc = teeif_gate_judge(g, out, status);
+                if (times != NULL)
+                    times[1] = teeif_now_ns();
+                return rc;
             }
             continue;
         }

@@ -366,7 +366,7 @@ int teeif_front_spin(struct teeif_front_ring *f, uint64_t spin_ns)
  * negative codes: the request is on the ring whatever happens next.
  */
 static int front_call(struct teeif_front_ring *f, const struct teeif_request *req, uint64_t spin_ns,
-                      int evtchn_fd, struct teeif_response *out, int *notify)
+                      int evtchn_fd, struct teeif_response *out, int *notify, uint64_t *times)
 {
     uint64_t t0;
     unsigned spins = 0;
@@ -383,6 +383,8 @@ static int front_call(struct teeif_front_ring *f, const struct teeif_request *re
         *notify = rc ? TEEIF_NOTIFY_SENT : TEEIF_NOTIFY_PENDING;
     }
     t0 = teeif_now_ns();
+    if (times != NULL)
+        times[0] = t0;
     for (;;) {
         int avail = front_avail(f);
         if (avail < 0)
@@ -393,6 +395,8 @@ static int front_call(struct teeif_front_ring *f, const struct teeif_request *re
             copy_out(out, f->sring, f->nr_ents, f->rsp_cons, 1);
             if (out->id != req->id)
                 return TEEIF_CALL_OTHER;
+            if (times != NULL)
+                times[1] = teeif_now_ns();
             f->rsp_cons++;
             f->stats.pops++;
             f->stats.batches++;
@@ -405,18 +409,20 @@ static int front_call(struct teeif_front_ring *f, const struct teeif_request *re
 }
 
 static int front_call_guarded(struct teeif_front_ring *f, const struct teeif_request *req, uint64_t spin_ns,
-                              int evtchn_fd, struct teeif_response *out, int *notify)
+                              int evtchn_fd, struct teeif_response *out, int *notify, uint64_t *times)
 {
-    TEEIF_GUARDED(f, front_call(f, req, spin_ns, evtchn_fd, out, notify));
+    TEEIF_GUARDED(f, front_call(f, req, spin_ns, evtchn_fd, out, notify, times));
 }
 
 int teeif_front_call(struct teeif_front_ring *f, const struct teeif_request *req, uint64_t spin_ns,
-                     int evtchn_fd, struct teeif_response *out, int *notify)
+                     int evtchn_fd, struct teeif_response *out, int *notify, uint64_t *times)
 {
     uint32_t before = f->req_prod_pvt;
     int rc;
     *notify = TEEIF_NOTIFY_NONE;
-    rc = front_call_guarded(f, req, spin_ns, evtchn_fd, out, notify);
+    if (times != NULL)
+        times[0] = times[1] = 0;
+    rc = front_call_guarded(f, req, spin_ns, evtchn_fd, out, notify, times);
     /* The guard answers a fault with TEEIF_ETRUNC wherever it happened; one
      * after the push (our private producer index covers the request) is a
      * failure of a pushed request, which the caller's receiver meets again

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ring._entries import (
     Request,
@@ -77,6 +77,7 @@ class FrontRing(_RingEnd):
     def _attach(self) -> None:
         check(lib.teeif_front_attach(self._c, self._sring, self._pages), self.path, front=self._c)
         self._req1 = request_buffer(1)
+        self._times: Any = ffi.new("uint64_t[2]")  # call(timed=True)'s, for the tracer
         self._rsps = response_buffer(self._c.nr_ents)
         self._req1_mem = ffi.buffer(self._req1)
         self._rsps_mem = ffi.buffer(self._rsps)
@@ -123,7 +124,7 @@ class FrontRing(_RingEnd):
 
     # -- one round trip -----------------------------------------------------
 
-    def call(self, req: Request, spin_ns: int, chan: EventChannel) -> Response | CallStatus:
+    def call(self, req: Request, spin_ns: int, chan: EventChannel, *, timed: bool = False) -> Response | CallStatus:
         """Push ``req``, notify ``chan`` if the push says so, spin (GIL
         released) for up to ``spin_ns`` and take the oldest response if it is
         ``req``'s answer: one C call for a caller that is the only one
@@ -134,11 +135,13 @@ class FrontRing(_RingEnd):
         after the push is ``CallStatus.FAILED``: a truncated end stays
         truncated, and an impossible rsp_prod is refused by the next pop or
         spin too unless the backend set it right again (nothing was read
-        with it)."""
+        with it). ``timed``: record when the push was done and when the
+        answer was seen (``call_times``), for the tracer."""
         self._live()
         write_request(self._req1_mem, req)
         notify = self._notify
-        rc = lib.teeif_front_call(self._c, self._req1, spin_ns, chan.fileno(), self._rsps, notify)
+        rc = lib.teeif_front_call(self._c, self._req1, spin_ns, chan.fileno(), self._rsps, notify,
+                                  self._times if timed else ffi.NULL)
         if rc < 0:
             check(rc, self.path, front=self._c, wanted=1)
         if notify[0]:
@@ -146,6 +149,12 @@ class FrontRing(_RingEnd):
         if rc == _ANSWERED:
             return read_response(self._rsps_mem)
         return _STATUS[rc]
+
+    def call_times(self) -> tuple[int, int]:
+        """The last ``call(timed=True)``'s (push done, answer seen), in
+        ``time.perf_counter_ns`` units (CLOCK_MONOTONIC); 0 where the call
+        did not get that far."""
+        return self._times[0], self._times[1]
 
     # -- pop ----------------------------------------------------------------
 

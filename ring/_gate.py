@@ -102,6 +102,7 @@ class GateTable:
         self._status: Any = ffi.new("int32_t *")
         self._regs: Any = ffi.new("uint64_t[8]")
         self._regs_mem = ffi.buffer(self._regs)
+        self._times: Any = ffi.new("uint64_t[2]")  # next(timed=True)'s, for the tracer
 
     # -- the toolstack's side -------------------------------------------------------
 
@@ -129,20 +130,27 @@ class GateTable:
 
     # -- the serving thread ---------------------------------------------------------
 
-    def next(self, ring: BackRing, spin_ns: int, fd: int, wake_fd: int = -1) -> GateCall | None:
+    def next(self, ring: BackRing, spin_ns: int, fd: int, wake_fd: int = -1, *,
+             timed: bool = False) -> GateCall | None:
         """The next hypercall on ``ring``, judged (GIL released): spin up to
         ``spin_ns``, then sleep on the channel ``fd`` until notified; None
         when ``wake_fd`` became readable, or, with ``fd`` < 0 (no spin, no
         sleep), when the ring is empty. Raises the ring's errors and PeerDied
         at the channel's end-of-file."""
         ring._live()
-        rc = lib.teeif_gate_next(self._c, ring._c, spin_ns, fd, wake_fd, self._req, self._status)
+        rc = lib.teeif_gate_next(self._c, ring._c, spin_ns, fd, wake_fd, self._req, self._status,
+                                 self._times if timed else ffi.NULL)
         if rc <= 0:
             if rc == _IDLE:
                 return None
             check(rc, ring.path, back=ring._c)
         v = _REQ.unpack_from(self._req_mem)
         return _new(GateCall, (v[0], v[1], v[2], v[3:], rc, self._status[0] if rc == GATE_REFUSE else 0))
+
+    def next_times(self) -> tuple[int, int]:
+        """The last ``next(timed=True)``'s (request seen, popped and judged),
+        in ``time.perf_counter_ns`` units (CLOCK_MONOTONIC)."""
+        return self._times[0], self._times[1]
 
     def judge(self, req: Request) -> GateCall:
         """Judge a request popped otherwise (the traced path): as next()."""

@@ -189,6 +189,25 @@ def test_table_answer_of_a_refusal_carries_no_registers_and_bad_registers_push_n
         back.close()
 
 
+def test_table_next_timed_says_when_it_saw_and_judged_the_request(tmp_path: Path) -> None:
+    """For the tracer's "gate pop": C's times, on time.perf_counter_ns's
+    clock (CLOCK_MONOTONIC), in order and inside the call."""
+    t = GateTable(probes=(), domain_calls=())
+    back = BackRing.create(tmp_path / "ring")
+    front = FrontRing.attach(tmp_path / "ring")
+    try:
+        front.push(Request(5, 1, GATE_OP_SMC, regs(1)))
+        before = time.perf_counter_ns()
+        call = t.next(back, 0, -1, timed=True)
+        after = time.perf_counter_ns()
+        assert call is not None and call.id == 5
+        seen, judged = t.next_times()
+        assert before <= seen <= judged <= after
+    finally:
+        front.close()
+        back.close()
+
+
 # -- every refusal, through the gate ----------------------------------------------------------------
 
 TA = fid(smccc.ARM_SMCCC_OWNER_TRUSTED_APP)

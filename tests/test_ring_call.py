@@ -177,3 +177,23 @@ def test_a_ring_truncated_during_the_spin_fails_the_pushed_call(ring):
     assert front.in_flight == 1
     with pytest.raises(RingTruncated, match=r"^frontend: .*offset 0x8 faulted"):
         front.pop()  # the end stays failed
+
+
+def test_a_timed_call_says_when_it_pushed_and_when_it_saw_the_answer(ring):
+    """For the tracer: the push's end and the answer's arrival, on the
+    clock of time.perf_counter_ns (CLOCK_MONOTONIC), in order."""
+    import time
+
+    path, front, back, ours, theirs = ring
+    t = serve_one(back)
+    before = time.perf_counter_ns()
+    got = front.call(req(1), LONG_NS, ours, timed=True)
+    after = time.perf_counter_ns()
+    t.join()
+    assert got == answer(req(1))
+    pushed, seen = front.call_times()
+    assert before <= pushed <= seen <= after
+    # a window that ends: pushed, nothing seen
+    assert front.call(req(2), 0, ours, timed=True) is CallStatus.WAITING
+    pushed2, seen2 = front.call_times()
+    assert pushed2 >= after and seen2 == 0

@@ -135,6 +135,9 @@ def test_stubdom_spans_of_one_call_cross_both_processes_in_order(tmp_path, trace
                                               "reply push"))
         g_pop, g_hyp, optee, g_push = (_one(call, "gate", n) for n in ("gate pop", "hypercall", "OP-TEE",
                                                                           "gate push"))
+        # sampled calls take the paths every call takes: the vCPU's push and
+        # the gate's pop are C's (FrontRing.call, GateTable.next)
+        assert push.args.get("in") == "C" and g_pop.args.get("in") == "C"
         # the vCPU thread: push, wait, pop, resume, all inside the trap
         for s in (push, wait, pop, resume):
             assert _inside(s, trap)

@@ -163,9 +163,8 @@ class Gate:
         self._connections = self._tee_errors = self._refused = 0
         # written by the serving thread alone, hence without the lock (an int
         # is read whole, a Counter copied whole under the interpreter lock):
-        # the hot path's counters; batches and wakeups of the C path are C's
+        # the hot path's counters (batches and wakeups are C's: GateTable.counters)
         self._calls: Counter[tuple[int, int]] = Counter()
-        self._wakeups = self._batches = 0
         self._sent = self._suppressed = 0  # of rings already replaced
         # rate limits: the stub domain's own lines, and one per assigned domain
         # (created by assign, dropped by unassign: bounded by the toolstack)
@@ -293,8 +292,8 @@ class Gate:
                 assigned=frozenset(self._assigned),
                 connections=self._connections,
                 refused_peers=self._refused,
-                wakeups=self._wakeups + c.wakeups,
-                batches=self._batches + c.batches,
+                wakeups=c.wakeups,
+                batches=c.batches,
                 notifications_sent=self._sent + (rs.notifications_sent if rs else 0),
                 notifications_suppressed=self._suppressed + (rs.notifications_suppressed if rs else 0),
                 tee_errors=self._tee_errors,
@@ -377,79 +376,53 @@ class Gate:
     def _answer_left(self) -> None:
         """Answer every request a dead predecessor left, before the welcome
         (nobody to notify)."""
-        if TRACER.on:
-            self._answer_traced(None)
-        else:
-            self._serve_c(-1, 0, -1)
+        self._serve_c(-1, 0, -1)
 
     def _serve_channel(self, chan: EventChannel) -> None:
         fd = chan.fileno()
         while not self._stopping:
-            if not TRACER.on:
-                self._serve_c(fd, self._poll_ns, self._wake_r)  # until close() or tracing starts
-            elif not self._serve_traced(chan):
-                return
+            self._serve_c(fd, self._poll_ns, self._wake_r)  # until close()
 
     def _serve_c(self, fd: int, spin_ns: int, wake_fd: int) -> None:
-        """The hot path: C waits (spin for ``spin_ns``, then sleep on ``fd``
-        until notified), pops one request and judges it; the TEE model runs
-        here; C answers. Returns when ``wake_fd`` fires (close()), when
-        tracing starts, or, with ``fd`` < 0 (no waiting), when the ring is
-        empty."""
+        """The only path, sampled hypercalls included: C waits (spin for
+        ``spin_ns``, then sleep on ``fd`` until notified), pops one request
+        and judges it; the TEE model runs here; C answers. Returns when
+        ``wake_fd`` fires (close()) or, with ``fd`` < 0 (no waiting), when
+        the ring is empty."""
         ring, table = self._ring, self._table
-        while not self._stopping and not TRACER.on:
-            call = table.next(ring, spin_ns, fd, wake_fd)
+        while not self._stopping:
+            timed = TRACER.on  # C notes when it saw and popped the request
+            call = table.next(ring, spin_ns, fd, wake_fd, timed=timed)
             if call is None:
                 return
+            if call.id & TRACE_ID_BIT and TRACER.on:
+                self._traced(fd, call, table.next_times() if timed else None)
+                continue
             status, regs = self._hypercall(call)
             self._answer(fd, call, status, regs)
 
-    def _serve_traced(self, chan: EventChannel) -> bool:
-        """One round of the loop with tracing on, in Python: answer what is
-        waiting, else spin, else sleep. False when close() was called."""
-        if self._answer_traced(chan) or self._ring.poll(self._poll_ns):  # spin, then the final check
-            return True
-        if not self._wait(chan.fileno()):
-            return False
-        if chan.drain():  # PeerDied on end-of-file
-            self._wakeups += 1
-        return True
-
-    def _answer_traced(self, chan: EventChannel | None) -> bool:
-        """Pop what is waiting and answer each, with the spans of the
-        hypercalls the stub domain marked as made for a sampled call.
-        Returns whether anything was answered."""
-        t0 = now_ns()
-        reqs = self._ring.pop_batch()
-        if not reqs:
-            return False
-        t1 = now_ns()
-        self._batches += 1
-        fd = -1 if chan is None else chan.fileno()
-        for req in reqs:
-            if not req.id & TRACE_ID_BIT:
-                call = self._table.judge(req)
-                self._answer(fd, call, *self._hypercall(call))
-                continue
-            traced = TracedCall(("gate", req.id), scope=TRACER.scope,
-                                args={"domid": req.vcpu, "gate_id": f"{req.id:#x}"})
-            TRACER.span(traced, "gate pop", "gate", t0, t1, {"batch": len(reqs)})
-            TRACER.flow(traced, "f", f"gate/{req.id:x}/req", "gate request", t0 + 1)
-            prev = TRACER.set_current(traced)
-            try:
-                h0 = now_ns()
-                call = self._table.judge(req)
-                status, regs = self._hypercall(call)
-                TRACER.span(traced, "hypercall", "gate", h0, now_ns(),
-                            {"op": req.flags, "fn": f"{req.a[0] & 0xFFFFFFFF:#x}", "status": status})
-            finally:
-                TRACER.set_current(prev)
-            p0 = now_ns()
-            self._answer(fd, call, status, regs)
-            p1 = now_ns()
-            TRACER.span(traced, "gate push", "gate", p0, p1, {"batch": len(reqs)})
-            TRACER.flow(traced, "s", f"gate/{req.id:x}/rsp", "gate response", p1 - 1)
-        return True
+    def _traced(self, fd: int, call: GateCall, times: tuple[int, int] | None) -> None:
+        """A hypercall the stub domain marked as made for a sampled call:
+        served as any other, with its spans. ``times``: C's (request seen,
+        popped and judged); None when tracing started while C waited."""
+        seen, popped = times if times is not None else (now_ns(),) * 2
+        traced = TracedCall(("gate", call.id), scope=TRACER.scope,
+                            args={"domid": call.domid, "gate_id": f"{call.id:#x}"})
+        TRACER.span(traced, "gate pop", "gate", seen, popped, {"in": "C"})
+        TRACER.flow(traced, "f", f"gate/{call.id:x}/req", "gate request", seen + 1)
+        prev = TRACER.set_current(traced)
+        try:
+            h0 = now_ns()
+            status, regs = self._hypercall(call)
+            TRACER.span(traced, "hypercall", "gate", h0, now_ns(),
+                        {"op": call.op, "fn": f"{call.a[0] & 0xFFFFFFFF:#x}", "status": status})
+        finally:
+            TRACER.set_current(prev)
+        p0 = now_ns()
+        self._answer(fd, call, status, regs)
+        p1 = now_ns()
+        TRACER.span(traced, "gate push", "gate", p0, p1, {"in": "C"})
+        TRACER.flow(traced, "s", f"gate/{call.id:x}/rsp", "gate response", p1 - 1)
 
     # -- one hypercall -----------------------------------------------------------
 

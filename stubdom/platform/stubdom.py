@@ -186,14 +186,15 @@ class DomainLink:
             chan = self._chan
             # The fast path (its channel, else None): no other call of the
             # domain in flight (so nobody receives, and no answer on the ring
-            # is anyone else's), not sampled for a trace. One C call pushes,
-            # notifies if the daemon's req_event says so and spins the
-            # window's first slice for the answer; whatever else it meets is
-            # the receiver's (_await) to handle, as after a plain push.
-            fast = chan if traced is None and not self._waiting and not self._receiving else None
+            # is anyone else's). One C call pushes, notifies if the daemon's
+            # req_event says so and spins the window's first slice for the
+            # answer; whatever else it meets is the receiver's (_await) to
+            # handle, as after a plain push. A sampled call takes it too, C
+            # noting when it pushed and when it saw the answer.
+            fast = chan if not self._waiting and not self._receiving else None
             try:
                 if fast is not None:
-                    got = self._ring.call(req, self._slice0, fast)
+                    got = self._ring.call(req, self._slice0, fast, timed=traced is not None)
                 else:
                     notify = self._ring.push(req)
             except RingFull:
@@ -206,35 +207,56 @@ class DomainLink:
                 self._n["unavailable"] += 1
                 return UNAVAILABLE_REGS
             self._n["requests"] += 1
-            if fast is not None and not isinstance(got, CallStatus):
-                return self._resume_regs(got)
+            if fast is not None:
+                times = self._ring.call_times() if traced is not None else None
+                if not isinstance(got, CallStatus):
+                    out = self._resume_regs(got)
+                    if traced is not None and times is not None:
+                        self._trace_answered_in_c(rid, traced, times)
+                    return out
             self._waiting[rid] = None
             if traced is not None:
                 self._traced[rid] = traced
         if fast is not None:
             if got is CallStatus.NOTIFY_FAILED:
                 self._mark_dead("the daemon closed the event channel")
-                return self._await(rid, deadline)
             # the slice spun counts against the window, unless the receiver
             # must look at the ring at once (an answer of another id, a failure)
-            return self._await(rid, deadline, self._slice0 if got is CallStatus.WAITING else 0)
+            spun = self._slice0 if got is CallStatus.WAITING else 0
+            if traced is not None and times is not None:
+                return self._traced_await(rid, deadline, traced, times[0] or now_ns(), {"in": "C"}, spun)
+            return self._await(rid, deadline, spun)
         if notify and chan is not None:
             try:
                 chan.notify()
             except (PeerDied, RingError):
                 self._mark_dead("the daemon closed the event channel")
         if traced is not None:
-            return self._traced_await(rid, deadline, traced, notify)
+            return self._traced_await(rid, deadline, traced, now_ns(), {"notified": bool(notify)})
         return self._await(rid, deadline)
 
-    def _traced_await(self, rid: int, deadline: float, traced: list, notified: bool) -> Regs:
-        """_await for a sampled call: its push, its wait and its resume."""
+    def _trace_answered_in_c(self, rid: int, traced: list, times: tuple[int, int]) -> None:
+        """(lock held) The spans of a sampled call whose round trip was one
+        C call: its push, the wait, C's take of the answer, its resume."""
         call, t0 = traced[0], traced[1]
-        t1 = traced[1] = now_ns()
-        TRACER.span(call, "ring push", "vcpu", t0, t1, {"id": f"{rid:#x}", "notified": bool(notified)})
+        pushed, seen = times
+        TRACER.span(call, "ring push", "vcpu", t0, pushed, {"id": f"{rid:#x}", "in": "C"})
+        TRACER.flow(call, "s", f"teeif/d{self.domid}/{rid:x}/req", "teeif request", pushed - 1)
+        TRACER.span(call, "wait", "vcpu", pushed, seen, {"in": "C"})
+        TRACER.span(call, "ring pop", "vcpu", seen, seen, {"batch": 1, "in": "C"})
+        TRACER.flow(call, "f", f"teeif/d{self.domid}/{rid:x}/rsp", "teeif response", seen + 1)
+        TRACER.span(call, "resume", "vcpu", seen, now_ns())
+
+    def _traced_await(self, rid: int, deadline: float, traced: list, pushed: int, push_args: dict,
+                      spun_ns: int = 0) -> Regs:
+        """_await for a sampled call: its push (ended at ``pushed``), its
+        wait and its resume."""
+        call, t0 = traced[0], traced[1]
+        t1 = traced[1] = pushed
+        TRACER.span(call, "ring push", "vcpu", t0, t1, {"id": f"{rid:#x}", **push_args})
         TRACER.flow(call, "s", f"teeif/d{self.domid}/{rid:x}/req", "teeif request", t1 - 1)
         try:
-            out = self._await(rid, deadline)
+            out = self._await(rid, deadline, spun_ns)
         finally:
             with self._lock:
                 self._traced.pop(rid, None)
