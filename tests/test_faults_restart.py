@@ -68,7 +68,11 @@ def _load(stack, domids, stop: threading.Event, seed: int):
     call.  A holder whose call the restarted daemon abandons (its guest
     gave it up) sends that wake-up to the daemon, which fails it: the
     parked guest thread would wait forever, as a Linux guest behind a stub
-    domain that lost a call would.  Not what this test is about."""
+    domain that lost a call would.  Not what this test is about.  The same
+    holds for the storage user itself: its call lost at a kill may be
+    restored holding the mutex, and its next storage call would park behind
+    it (seen: test_sigkill_soak[10], 1 run in 4), so after a failed storage
+    round trip that vCPU does increments only."""
     outcomes: dict[int, str] = {}
     failures: list[str] = []
     from stubdom import workloads
@@ -77,17 +81,20 @@ def _load(stack, domids, stop: threading.Event, seed: int):
         rng = random.Random(seed * 1000 + domid * 10 + vcpu)
         base = (domid << 24) | (vcpu << 20)
         i = 0
+        storage = vcpu == 0
         while not stop.is_set():
             i += 1
             v = base + i
+            with_storage = vcpu == 0 and rng.random() < 0.3 and storage
             try:
                 with Context(stack.drivers[domid], vcpu=vcpu) as ctx:
-                    if vcpu == 0 and rng.random() < 0.3:
+                    if with_storage:
                         workloads.storage_round_trip(ctx, b"k%d" % v, b"x" * rng.randrange(1, 9000))
                     got = inc(ctx, v)
                 outcomes[v] = "ok" if got == v + 1 else f"wrong {got}"
             except (TeecError, GuestError, workloads.WorkloadFailed) as e:
                 outcomes.setdefault(v, type(e).__name__)
+                storage = storage and not with_storage  # see the docstring
             except Exception as e:  # anything else is a finding
                 failures.append(f"d{domid}v{vcpu}: {type(e).__name__}: {e}")
                 return
