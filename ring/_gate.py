@@ -18,7 +18,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ring._entries import Request
+from ring._entries import _REQ, Request, write_request
 from ring._lib import check, ffi, lib
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ _MAX_CALLS: int = lib.TEEIF_GATE_MAX_CALLS
 _FIRST_RESERVED: int = lib.TEEIF_GATE_DOMID_FIRST_RESERVED
 _U64 = (1 << 64) - 1
 
-_REQ = struct.Struct("<QII8Q")  # struct teeif_request: id, vcpu, flags, a[8]
 _REGS = struct.Struct("<8Q")
 _new = tuple.__new__  # a NamedTuple without its Python-level __new__
 
@@ -153,11 +152,9 @@ class GateTable:
         return self._times[0], self._times[1]
 
     def judge(self, req: Request) -> GateCall:
-        """Judge a request popped otherwise (the traced path): as next()."""
-        try:
-            _REQ.pack_into(self._req_mem, 0, req.id, req.vcpu, req.flags, *req.a)
-        except struct.error as e:
-            raise ValueError(f"not a teeif request: {req!r}") from e
+        """Judge a request popped otherwise, as next() judges the one it pops
+        (ring's entry errors for one that is not a teeif request)."""
+        write_request(self._req_mem, req)
         rc = lib.teeif_gate_judge(self._c, self._req, self._status)
         v = _REQ.unpack_from(self._req_mem)
         return _new(GateCall, (v[0], v[1], v[2], v[3:], rc, self._status[0] if rc == GATE_REFUSE else 0))
