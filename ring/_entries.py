@@ -27,6 +27,7 @@ __all__ = [
     "read_responses",
     "read_response",
     "check_room",
+    "pack_entry",
 ]
 
 _NREGS = 8  # x0..x7: teeif_request.a / teeif_response.a
@@ -70,16 +71,24 @@ assert _REQ.size == _RSP.size == _SIZE == ffi.sizeof("union teeif_sring_entry")
 
 
 def _pack(layout: struct.Struct, buf: buffer, i: int, x: Request | Response, second: int, a: Sequence[int]) -> None:
-    # cffi would fill a short list into the front of the array and keep the
-    # rest: refuse anything but exactly eight registers.
-    if len(a) != _NREGS:
-        raise ValueError(f"a must hold exactly {_NREGS} registers, got {len(a)}: {a!r}")
+    pack_entry(layout, buf, i, x.id, second, x.flags, a)
+
+
+def pack_entry(layout: struct.Struct, buf: buffer, i: int, first: int, second: int, flags: int,
+               a: Sequence[int]) -> None:
+    """Pack entry ``i`` of ``buf`` from its fields; every check is the
+    packer's, so a good entry costs one C call and a bad one gets its error
+    named here. cffi would fill a short list into the front of the array
+    and keep the rest: anything but exactly eight registers is refused."""
     try:
-        layout.pack_into(buf, i * _SIZE, x.id, second, x.flags, *a)
+        layout.pack_into(buf, i * _SIZE, first, second, flags, *a)
     except struct.error as e:
+        entry = (first, second, flags, tuple(a))
+        if len(a) != _NREGS:
+            raise ValueError(f"a must hold exactly {_NREGS} registers, got {len(a)}: {a!r}") from None
         if "integer" in str(e):
-            raise TypeError(f"entry {x!r}: {e}") from None
-        raise OverflowError(f"entry {x!r}: a field is out of range for its C type") from None
+            raise TypeError(f"entry {entry!r}: {e}") from None
+        raise OverflowError(f"entry {entry!r}: a field is out of range for its C type") from None
 
 
 def write_requests(buf: CData, reqs: Sequence[Request], mem: buffer | None = None) -> int:

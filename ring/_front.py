@@ -8,14 +8,17 @@ validates the peer's producer index and copies entries out before use.
 from __future__ import annotations
 
 import enum
+import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ring._entries import (
+    _REQ,
+    _RSP,
     Request,
     Response,
     check_room,
-    read_response,
+    pack_entry,
     read_responses,
     request_buffer,
     response_buffer,
@@ -47,6 +50,7 @@ class CallStatus(enum.IntEnum):
 _ANSWERED = lib.TEEIF_CALL_ANSWERED
 # CallStatus by value: a dict lookup, not the enum's call (the hot path's fallback)
 _STATUS = {s.value: s for s in CallStatus}
+_new_response = tuple.__new__  # a Response without its Python-level __new__
 
 
 class FrontRing(_RingEnd):
@@ -137,8 +141,23 @@ class FrontRing(_RingEnd):
         spin too unless the backend set it right again (nothing was read
         with it). ``timed``: record when the push was done and when the
         answer was seen (``call_times``), for the tracer."""
-        self._live()
-        write_request(self._req1_mem, req)
+        got = self.call_entry(req.id, req.vcpu, req.a, spin_ns, chan, timed, req.flags)
+        if isinstance(got, CallStatus):
+            return got
+        return _new_response(Response, (got[0], got[1], got[2], got[3:]))
+
+    def call_entry(self, rid: int, vcpu: int, regs: Sequence[int], spin_ns: int, chan: EventChannel,
+                   timed: bool = False, flags: int = 0) -> tuple[int, ...] | CallStatus:
+        """:meth:`call` with the request given as its fields and the answer
+        as the response entry's fields, (id, status, flags, x0, ..., x7):
+        the trap path's round trip without a Request or Response built."""
+        if self._closed:
+            self._live()
+        try:
+            _REQ.pack_into(self._req1_mem, 0, rid, vcpu, flags, *regs)
+        except struct.error:
+            pack_entry(_REQ, self._req1_mem, 0, rid, vcpu, flags, regs)  # raises what was wrong
+            raise
         notify = self._notify
         rc = lib.teeif_front_call(self._c, self._req1, spin_ns, chan.fileno(), self._rsps, notify,
                                   self._times if timed else ffi.NULL)
@@ -147,7 +166,7 @@ class FrontRing(_RingEnd):
         if notify[0]:
             chan._count_notify(notify[0])
         if rc == _ANSWERED:
-            return read_response(self._rsps_mem)
+            return _RSP.unpack_from(self._rsps_mem)
         return _STATUS[rc]
 
     def call_times(self) -> tuple[int, int]:

@@ -197,3 +197,23 @@ def test_a_timed_call_says_when_it_pushed_and_when_it_saw_the_answer(ring):
     assert front.call(req(2), 0, ours, timed=True) is CallStatus.WAITING
     pushed2, seen2 = front.call_times()
     assert pushed2 >= after and seen2 == 0
+
+
+def test_call_entry_takes_the_request_as_fields_and_gives_the_answer_as_the_entrys_fields(ring):
+    """The trap path's form of call: no Request or Response built, the same
+    round trip; a register set that is not eight uint64 values is refused
+    before anything is pushed, naming what was wrong."""
+    path, front, back, ours, theirs = ring
+    r = req(4)
+    t = serve_one(back)
+    got = front.call_entry(r.id, r.vcpu, r.a, LONG_NS, ours)
+    t.join()
+    a = answer(r)
+    assert got == (a.id, a.status, a.flags, *a.a)
+    with pytest.raises(ValueError, match="exactly 8 registers, got 7"):
+        front.call_entry(5, 3, r.a[:7], 0, ours)
+    with pytest.raises(OverflowError, match="out of range"):
+        front.call_entry(5, 3, (2**64,) + r.a[1:], 0, ours)
+    with pytest.raises(TypeError, match="integer"):
+        front.call_entry(5, 3, ("x",) + r.a[1:], 0, ours)
+    assert front.in_flight == 0 and back.unconsumed() == 0

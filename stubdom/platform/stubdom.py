@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from ring import (
     EVTCHN_FILE,
@@ -182,7 +183,6 @@ class DomainLink:
             if TRACER.on and (tcall := TRACER.current()) is not None:
                 rid |= TRACE_ID_BIT
                 traced = [tcall, now_ns(), 0]
-            req = _new_entry(Request, (rid, vcpu, 0, regs))
             chan = self._chan
             # The fast path (its channel, else None): no other call of the
             # domain in flight (so nobody receives, and no answer on the ring
@@ -194,9 +194,9 @@ class DomainLink:
             fast = chan if not self._waiting and not self._receiving else None
             try:
                 if fast is not None:
-                    got = self._ring.call(req, self._slice0, fast, timed=traced is not None)
+                    got = self._ring.call_entry(rid, vcpu, regs, self._slice0, fast, traced is not None)
                 else:
-                    notify = self._ring.push(req)
+                    notify = self._ring.push(_new_entry(Request, (rid, vcpu, 0, regs)))
             except RingFull:
                 # more vCPUs in flight than the ring has slots: the guest's doing
                 self._glog.warning("teeif ring full (daemon not answering): ENOTAVAIL")
@@ -208,12 +208,12 @@ class DomainLink:
                 return UNAVAILABLE_REGS
             self._n["requests"] += 1
             if fast is not None:
-                times = self._ring.call_times() if traced is not None else None
-                if not isinstance(got, CallStatus):
-                    out = self._resume_regs(got)
-                    if traced is not None and times is not None:
-                        self._trace_answered_in_c(rid, traced, times)
+                if type(got) is tuple:  # the answer, as the response entry's fields
+                    out = self._resume(got[1], got[3:])
+                    if traced is not None:
+                        self._trace_answered_in_c(rid, traced, self._ring.call_times())
                     return out
+                times = self._ring.call_times() if traced is not None else None
             self._waiting[rid] = None
             if traced is not None:
                 self._traced[rid] = traced
@@ -315,12 +315,17 @@ class DomainLink:
         if rsp is _GONE:
             self._n["unavailable"] += 1
             return UNAVAILABLE_REGS
-        self._n["responses"] += 1
-        if rsp.status != 0:
-            self._n["backend_errors"] += 1
-            self._glog.warning("stubdom-teed answered status %d: ENOTAVAIL", rsp.status)
+        return self._resume(rsp.status, tuple(rsp.a))
+
+    def _resume(self, status: int, regs: tuple[int, ...]) -> Regs:
+        """What the vCPU resumes with, given a response's status and registers."""
+        n = self._n
+        n["responses"] += 1
+        if status != 0:
+            n["backend_errors"] += 1
+            self._glog.warning("stubdom-teed answered status %d: ENOTAVAIL", status)
             return UNAVAILABLE_REGS
-        return tuple(rsp.a)
+        return cast(Regs, regs)  # eight: the response entry's layout
 
     def _receive(self, deadline: float, spun_ns: int = 0) -> None:
         """As the receiver: return once some response was delivered, the
@@ -664,8 +669,9 @@ class StubdomPlacement:
                           log_clock=self._log_clock)
 
     def handle_call(self, domid: int, vcpu: int, regs: Regs) -> Regs:
-        with self._lock:
-            link = self._links.get(domid)
+        # read without the lock: a dict look-up is atomic, and a link closed
+        # meanwhile refuses the call itself (UnknownDomain)
+        link = self._links.get(domid)
         if link is None:
             raise UnknownDomain(domid)
         return link.call(vcpu, regs)
