@@ -26,7 +26,7 @@
  */
 
 /* Bumped whenever this interface changes; ring/_lib.py refuses a stale build. */
-#define TEEIF_ABI_VERSION 6
+#define TEEIF_ABI_VERSION 7
 
 #define TEEIF_PAGE_SIZE 4096        /* ring protocols use 4 KiB pages: io/ring.h XEN_PAGE_SHIFT */
 #define TEEIF_RING_HDR_SIZE 64      /* io/ring.h: four indices, pvt[4], __pad[44] */
@@ -424,8 +424,11 @@ enum teeif_gate_verdict {
     TEEIF_GATE_IDLE = 0,        /* next: nothing popped (no channel and an empty ring, or the wake fd fired) */
     TEEIF_GATE_ADMIT = 1,       /* checked, marked in the TEE, a7 stamped: enter the TEE, then answer */
     TEEIF_GATE_REFUSE = 2,      /* refused with *status (TEEIF_GATE_EPERM / TEEIF_GATE_EINVAL) */
-    TEEIF_GATE_UNASSIGNED = 3   /* the domid is not assigned: the owner decides -EPERM or -ENOENT */
+    TEEIF_GATE_UNASSIGNED = 3,  /* the domid is not assigned: the owner decides -EPERM or -ENOENT */
+    TEEIF_GATE_WATCHED = 4      /* answer_next: answered, nothing popped: an owner waits for the mark */
 };
+/* teeif_gate_answer's result: bit 0 it notified, this bit an owner watches the mark. */
+#define TEEIF_GATE_WATCHED_BIT 2
 
 /* The hypervisor-class calls the gate lets through (a[0], all 64 bits). */
 struct teeif_gate_policy {
@@ -456,8 +459,13 @@ int teeif_gate_in_tee(struct teeif_gate *g, uint32_t domid);
 /* Check req (a request already popped): a teeif_gate_verdict; on ADMIT req->a[7]
  * is stamped and the hypercall is marked in the TEE, in one step with the check. */
 int teeif_gate_judge(struct teeif_gate *g, struct teeif_request *req, int32_t *status);
-/* The TEE returned: clear the in-TEE mark. */
-void teeif_gate_release(struct teeif_gate *g);
+/* The TEE returned: clear the in-TEE mark. Returns whether an owner watches it. */
+int teeif_gate_release(struct teeif_gate *g);
+/* An owner starts (delta 1) or stops (-1) waiting for the in-TEE mark to clear
+ * (unassign): while any waits, every clearing is reported (release, answer), in
+ * one step with the clearing, so that the owner can wake it. Returns the number
+ * now waiting, or -22 if that would leave [0, UINT32_MAX]. */
+int teeif_gate_watch(struct teeif_gate *g, int delta);
 /*
  * Wait for the next request on b and judge it (teeif_gate_judge): spin for up to
  * spin_ns, then the final check, then sleep on the channel fd until notified or
@@ -471,7 +479,15 @@ int teeif_gate_next(struct teeif_gate *g, struct teeif_back_ring *b, uint64_t sp
                     struct teeif_request *out, int32_t *status, uint64_t *times);
 /* Clear the in-TEE mark, push the answer to request id (a[8]; all zero when
  * status != 0, whatever a holds) and notify fd (if >= 0) when the push says so.
- * Returns whether it notified, or < 0 as the push and the notify fail. */
+ * Returns bit 0: it notified, TEEIF_GATE_WATCHED_BIT: an owner watches the mark;
+ * or < 0 as the push and the notify fail. */
 int teeif_gate_answer(struct teeif_gate *g, struct teeif_back_ring *b, int fd, uint64_t id, int32_t status,
                       const uint64_t *a);
+/* teeif_gate_answer, then, unless it failed (its < 0) or an owner watches the
+ * mark (TEEIF_GATE_WATCHED: nothing popped), teeif_gate_next: one call into C
+ * between two hypercalls, so that the serving thread goes from its answer
+ * straight to the wait that lets the waiting vCPU's thread have the CPU. */
+int teeif_gate_answer_next(struct teeif_gate *g, struct teeif_back_ring *b, int fd, uint64_t id, int32_t status,
+                           const uint64_t *a, uint64_t spin_ns, int wake_fd, struct teeif_request *out,
+                           int32_t *out_status, uint64_t *times);
 void teeif_gate_counters(struct teeif_gate *g, struct teeif_gate_counters *out);

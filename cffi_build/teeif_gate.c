@@ -27,6 +27,7 @@ struct teeif_gate {
      * behind it (the platform's own VM_DESTROYED is then the last word). */
     pthread_mutex_t lock;
     int64_t in_tee;             /* domid of the admitted hypercall in the TEE, NO_DOMID: none */
+    uint32_t watchers;          /* owners waiting for the mark to clear (teeif_gate_watch) */
     struct teeif_gate_policy policy;
     /* written by the serving thread alone, read by any (relaxed atomics) */
     struct teeif_gate_counters counters;
@@ -154,11 +155,25 @@ int teeif_gate_judge(struct teeif_gate *g, struct teeif_request *req, int32_t *s
     return verdict;
 }
 
-void teeif_gate_release(struct teeif_gate *g)
+int teeif_gate_release(struct teeif_gate *g)
 {
+    uint32_t watchers;
     pthread_mutex_lock(&g->lock);
     g->in_tee = NO_DOMID;
+    watchers = g->watchers;
     pthread_mutex_unlock(&g->lock);
+    return watchers > 0;
+}
+
+int teeif_gate_watch(struct teeif_gate *g, int delta)
+{
+    int64_t n;
+    pthread_mutex_lock(&g->lock);
+    n = (int64_t)g->watchers + delta;
+    if (n >= 0 && n <= UINT32_MAX)
+        g->watchers = (uint32_t)n;
+    pthread_mutex_unlock(&g->lock);
+    return n < 0 || n > UINT32_MAX ? -EINVAL : (int)n;
 }
 
 static void count(uint64_t *counter)
@@ -225,9 +240,9 @@ int teeif_gate_answer(struct teeif_gate *g, struct teeif_back_ring *b, int fd, u
                       const uint64_t *a)
 {
     struct teeif_response rsp;
-    int notify, rc;
+    int notify, rc, watched;
     /* the TEE has returned: unassign may go on, whatever the push meets */
-    teeif_gate_release(g);
+    watched = teeif_gate_release(g) ? TEEIF_GATE_WATCHED_BIT : 0;
     memset(&rsp, 0, sizeof(rsp));
     rsp.id = id;
     rsp.status = status;
@@ -241,7 +256,19 @@ int teeif_gate_answer(struct teeif_gate *g, struct teeif_back_ring *b, int fd, u
         if (rc < 0)
             return rc;
     }
-    return notify && fd >= 0;
+    return (notify && fd >= 0) | watched;
+}
+
+int teeif_gate_answer_next(struct teeif_gate *g, struct teeif_back_ring *b, int fd, uint64_t id, int32_t status,
+                           const uint64_t *a, uint64_t spin_ns, int wake_fd, struct teeif_request *out,
+                           int32_t *out_status, uint64_t *times)
+{
+    int rc = teeif_gate_answer(g, b, fd, id, status, a);
+    if (rc < 0)
+        return rc;
+    if (rc & TEEIF_GATE_WATCHED_BIT)
+        return TEEIF_GATE_WATCHED;  /* the owner wakes them before it waits again */
+    return teeif_gate_next(g, b, spin_ns, fd, wake_fd, out, out_status, times);
 }
 
 void teeif_gate_counters(struct teeif_gate *g, struct teeif_gate_counters *out)

@@ -38,6 +38,8 @@ GATE_ADMIT: int = lib.TEEIF_GATE_ADMIT  # checked, in the TEE, a7 stamped: enter
 GATE_REFUSE: int = lib.TEEIF_GATE_REFUSE  # refused with GateCall.status
 GATE_UNASSIGNED: int = lib.TEEIF_GATE_UNASSIGNED  # the domid is not assigned: the owner tells EPERM from ENOENT
 _IDLE: int = lib.TEEIF_GATE_IDLE
+_WATCHED: int = lib.TEEIF_GATE_WATCHED
+_WATCHED_BIT: int = lib.TEEIF_GATE_WATCHED_BIT
 _MAX_CALLS: int = lib.TEEIF_GATE_MAX_CALLS
 _FIRST_RESERVED: int = lib.TEEIF_GATE_DOMID_FIRST_RESERVED
 _U64 = (1 << 64) - 1
@@ -143,8 +145,13 @@ class GateTable:
             if rc == _IDLE:
                 return None
             check(rc, ring.path, back=ring._c)
+        return self._popped(rc)
+
+    def _popped(self, verdict: int) -> GateCall:
+        """The request C popped into the table's buffer, with its verdict."""
         v = _REQ.unpack_from(self._req_mem)
-        return _new(GateCall, (v[0], v[1], v[2], v[3:], rc, self._status[0] if rc == GATE_REFUSE else 0))
+        return _new(GateCall, (v[0], v[1], v[2], v[3:], verdict,
+                               self._status[0] if verdict == GATE_REFUSE else 0))
 
     def next_times(self) -> tuple[int, int]:
         """The last ``next(timed=True)``'s (request seen, popped and judged),
@@ -155,25 +162,62 @@ class GateTable:
         """Judge a request popped otherwise, as next() judges the one it pops
         (ring's entry errors for one that is not a teeif request)."""
         write_request(self._req_mem, req)
-        rc = lib.teeif_gate_judge(self._c, self._req, self._status)
-        v = _REQ.unpack_from(self._req_mem)
-        return _new(GateCall, (v[0], v[1], v[2], v[3:], rc, self._status[0] if rc == GATE_REFUSE else 0))
+        return self._popped(lib.teeif_gate_judge(self._c, self._req, self._status))
 
-    def release(self) -> None:
-        """The TEE returned: clear the in-TEE mark (answer() does it too)."""
-        lib.teeif_gate_release(self._c)
+    def release(self) -> bool:
+        """The TEE returned: clear the in-TEE mark (answer() does it too).
+        Returns whether an owner watches the mark (``watch``)."""
+        return bool(lib.teeif_gate_release(self._c))
 
-    def answer(self, ring: BackRing, fd: int, rid: int, status: int, regs: Sequence[int]) -> None:
-        """Clear the in-TEE mark, push the answer to request ``rid`` and
-        notify ``fd`` (if >= 0) when the push says so. Registers that are not
-        eight uint64 values are GateRegistersInvalid, nothing pushed (the
-        mark is cleared all the same)."""
+    def watch(self, delta: int) -> int:
+        """Start (1) or stop (-1) waiting for the in-TEE mark to clear: while
+        anyone waits, every clearing is reported (``release``, ``answer``,
+        ``answer_next``) so that the waiter can be woken. Returns how many
+        wait now."""
+        if delta not in (1, -1):
+            raise ValueError(f"delta must be 1 or -1, got {delta!r}")
+        n = lib.teeif_gate_watch(self._c, delta)
+        if n < 0:
+            raise ValueError(f"watch({delta}) with {'no' if delta < 0 else 'every'} owner watching")
+        return n
+
+    def watching(self) -> int:
+        """How many owners wait for the in-TEE mark to clear."""
+        return lib.teeif_gate_watch(self._c, 0)
+
+    def _pack_regs(self, regs: Sequence[int]) -> None:
         try:
             _REGS.pack_into(self._regs_mem, 0, *regs)
         except (struct.error, TypeError):
             lib.teeif_gate_release(self._c)
             raise GateRegistersInvalid(regs) from None
+
+    def answer(self, ring: BackRing, fd: int, rid: int, status: int, regs: Sequence[int]) -> bool:
+        """Clear the in-TEE mark, push the answer to request ``rid`` and
+        notify ``fd`` (if >= 0) when the push says so. Registers that are not
+        eight uint64 values are GateRegistersInvalid, nothing pushed (the
+        mark is cleared all the same). Returns whether an owner watches the
+        mark (``watch``)."""
+        self._pack_regs(regs)
         ring._live()
         rc = lib.teeif_gate_answer(self._c, ring._c, fd, rid, status, self._regs)
         if rc < 0:
             check(rc, ring.path, back=ring._c, wanted=1)
+        return bool(rc & _WATCHED_BIT)
+
+    def answer_next(self, ring: BackRing, fd: int, rid: int, status: int, regs: Sequence[int], spin_ns: int,
+                    wake_fd: int = -1, *, timed: bool = False) -> GateCall | None:
+        """``answer``, then ``next``, in one call into C: the serving thread
+        between two hypercalls. None when ``next`` would be None, and also
+        when an owner watches the in-TEE mark (nothing popped then: wake it,
+        then call ``next``). Raises what either raises; GateRegistersInvalid
+        before anything is pushed."""
+        self._pack_regs(regs)
+        ring._live()
+        rc = lib.teeif_gate_answer_next(self._c, ring._c, fd, rid, status, self._regs, spin_ns, wake_fd,
+                                        self._req, self._status, self._times if timed else ffi.NULL)
+        if rc <= 0 or rc == _WATCHED:
+            if rc == _IDLE or rc == _WATCHED:
+                return None
+            check(rc, ring.path, back=ring._c)
+        return self._popped(rc)

@@ -189,6 +189,63 @@ def test_table_answer_of_a_refusal_carries_no_registers_and_bad_registers_push_n
         back.close()
 
 
+def test_table_answer_next_answers_then_pops_the_next_request(tmp_path: Path) -> None:
+    """One call into C between two hypercalls: the answer pushed and the
+    next request popped and judged; None once the ring is empty (no channel);
+    bad registers push nothing and pop nothing."""
+    t = GateTable(probes=(), domain_calls=())
+    t.assign(1)
+    back = BackRing.create(tmp_path / "ring")
+    front = FrontRing.attach(tmp_path / "ring")
+    try:
+        front.push(Request(5, 1, GATE_OP_SMC, regs(OPTEE_SMC_GET_THREAD_COUNT)))
+        front.push(Request(6, 2, GATE_OP_SMC, regs(OPTEE_SMC_GET_THREAD_COUNT)))
+        first = t.next(back, 0, -1)
+        assert first is not None and first.verdict == GATE_ADMIT and t.in_tee(1)
+        with pytest.raises(GateRegistersInvalid):
+            t.answer_next(back, -1, first.id, 0, (1, 2), 0)
+        assert front.pop() is None and not t.in_tee(1) and back.unconsumed() == 1
+        second = t.answer_next(back, -1, first.id, 0, regs(7), 0)
+        assert tuple(front.pop()) == (5, 0, 0, regs(7))
+        assert second is not None and (second.id, second.domid, second.verdict) == (6, 2, GATE_UNASSIGNED)
+        assert t.answer_next(back, -1, second.id, EPERM, regs(8), 0) is None
+        assert tuple(front.pop()) == (6, EPERM, 0, ZERO)
+        assert t.counters().batches == 2
+    finally:
+        front.close()
+        back.close()
+
+
+def test_table_answer_next_stops_for_an_owner_watching_the_mark(tmp_path: Path) -> None:
+    """While an owner waits for the in-TEE mark (unassign), the clearing is
+    reported in the same step and answer_next pops nothing: the owner is
+    woken before the thread waits again."""
+    t = GateTable(probes=(), domain_calls=())
+    t.assign(1)
+    back = BackRing.create(tmp_path / "ring")
+    front = FrontRing.attach(tmp_path / "ring")
+    try:
+        for i in (5, 6):
+            front.push(Request(i, 1, GATE_OP_SMC, regs(OPTEE_SMC_GET_THREAD_COUNT)))
+        call = t.next(back, 0, -1)
+        assert call is not None and t.watching() == 0
+        assert t.watch(1) == 1
+        assert t.answer_next(back, -1, call.id, 0, regs(1), 0) is None  # answered, nothing popped
+        assert tuple(front.pop()) == (5, 0, 0, regs(1)) and back.unconsumed() == 1
+        call = t.next(back, 0, -1)
+        assert call is not None and call.id == 6
+        assert t.answer(back, -1, call.id, 0, regs(2)) is True
+        assert t.watch(-1) == 0
+        with pytest.raises(ValueError, match="no owner watching"):
+            t.watch(-1)
+        with pytest.raises(ValueError, match="1 or -1"):
+            t.watch(2)
+        assert t.release() is False
+    finally:
+        front.close()
+        back.close()
+
+
 def test_table_next_timed_says_when_it_saw_and_judged_the_request(tmp_path: Path) -> None:
     """For the tracer's "gate pop": C's times, on time.perf_counter_ns's
     clock (CLOCK_MONOTONIC), in order and inside the call."""
@@ -294,7 +351,7 @@ def test_unassign_returns_only_once_the_admitted_hypercall_left_the_tee(gate, cl
     other.join(HANG_GUARD_S)
     assert not other.is_alive()
     taker, _ = _in_thread(gate.unassign, 1)
-    _until(lambda: gate._unassigning == 1, "unassign(1) waits")
+    _until(lambda: gate._table.watching() == 1, "unassign(1) waits")
     # it waits on the mark, which only the gate's answer clears
     assert taker.is_alive() and gate._table.in_tee(1)
     assert 1 not in gate.assigned()

@@ -158,7 +158,6 @@ class Gate:
         self._table = GateTable(probes=HYP_PROBE_CALLS, domain_calls=HYP_DOMAIN_CALLS)
         self._assigned: set[int] = set()  # the table's assigned domids, for assigned() and statistics()
         self._tee_done = threading.Condition(self._lock)  # notified when a hypercall leaves the TEE
-        self._unassigning = 0  # unassign calls waiting on _tee_done
         self._refusals: Counter[tuple[int, str]] = Counter()
         self._connections = self._tee_errors = self._refused = 0
         # written by the serving thread alone, hence without the lock (an int
@@ -236,11 +235,14 @@ class Gate:
                 self._table.unassign(domid)  # from now on nothing for it is admitted
             self._assigned.discard(domid)
             self._domain_logs.pop(domid, None)
-            self._unassigning += 1
+            # watched before the first look: a clearing after it is reported
+            # to the serving thread, which wakes us (under this lock, which
+            # wait_for holds from its look to its wait)
+            self._table.watch(1)
             try:
                 done = self._tee_done.wait_for(lambda: not self._table.in_tee(domid), timeout)
             finally:
-                self._unassigning -= 1
+                self._table.watch(-1)
             if not done:
                 log.warning("d%d: a hypercall for it is still in the TEE after %.0f s", domid, timeout)
 
@@ -386,20 +388,33 @@ class Gate:
     def _serve_c(self, fd: int, spin_ns: int, wake_fd: int) -> None:
         """The only path, sampled hypercalls included: C waits (spin for
         ``spin_ns``, then sleep on ``fd`` until notified), pops one request
-        and judges it; the TEE model runs here; C answers. Returns when
-        ``wake_fd`` fires (close()) or, with ``fd`` < 0 (no waiting), when
-        the ring is empty."""
+        and judges it; the TEE model runs here; then one call into C answers
+        and waits for the next request. Returns when ``wake_fd`` fires
+        (close()) or, with ``fd`` < 0 (no waiting), when the ring is empty."""
         ring, table = self._ring, self._table
+        call = None
         while not self._stopping:
             timed = TRACER.on  # C notes when it saw and popped the request
-            call = table.next(ring, spin_ns, fd, wake_fd, timed=timed)
             if call is None:
-                return
+                call = table.next(ring, spin_ns, fd, wake_fd, timed=timed)
+                if call is None:
+                    return
             if call.id & TRACE_ID_BIT and TRACER.on:
                 self._traced(fd, call, table.next_times() if timed else None)
+                call = None
                 continue
-            status, regs = self._hypercall(call)
-            self._answer(fd, call, status, regs)
+            done = call
+            status, regs = self._hypercall(done)
+            try:
+                call = table.answer_next(ring, fd, done.id, status, regs, spin_ns, wake_fd, timed=timed)
+            except GateRegistersInvalid as e:  # a bug in the model, as if it had raised
+                self._tee_failed(done.domid, done.op, done.a, e)
+                table.answer(ring, fd, done.id, GATE_EINVAL, _ZERO_REGS)
+                call = None
+            if call is None:
+                # idle, closing, or an unassign waits for the hypercall just
+                # answered: wake it (answer_next popped nothing), then next()
+                self._wake_unassign()
 
     def _traced(self, fd: int, call: GateCall, times: tuple[int, int] | None) -> None:
         """A hypercall the stub domain marked as made for a sampled call:
@@ -439,20 +454,26 @@ class Gate:
             self._tee_failed(domid, op, a)
             return GATE_EINVAL, _ZERO_REGS
         except BaseException:
-            self._table.release()  # never leave unassign waiting on a hypercall gone
+            if self._table.release():  # never leave unassign waiting on a hypercall gone
+                self._wake_unassign()
             raise
 
     def _answer(self, fd: int, call: GateCall, status: int, regs: Sequence[int]) -> None:
         """Push the answer (C: the in-TEE mark cleared, the channel notified
         if the push says so), then wake an unassign waiting for it."""
         try:
-            self._table.answer(self._ring, fd, call.id, status, regs)
+            watched = self._table.answer(self._ring, fd, call.id, status, regs)
         except GateRegistersInvalid as e:  # a bug in the model, as if it had raised
             self._tee_failed(call.domid, call.op, call.a, e)
-            self._table.answer(self._ring, fd, call.id, GATE_EINVAL, _ZERO_REGS)
-        if self._unassigning:  # read without the lock: see unassign
-            with self._lock:
-                self._tee_done.notify_all()
+            watched = self._table.answer(self._ring, fd, call.id, GATE_EINVAL, _ZERO_REGS)
+        if watched:
+            self._wake_unassign()
+
+    def _wake_unassign(self) -> None:
+        """The in-TEE mark was cleared: wake any unassign waiting for it (C
+        reports a watcher in the same step as the clearing: see unassign)."""
+        with self._lock:
+            self._tee_done.notify_all()
 
     def _refusal(self, call: GateCall) -> int:
         """The status of a hypercall C refused: counted and logged."""
