@@ -33,6 +33,10 @@ class Plan:
     scale_domains: tuple[int, ...]
     scale_workloads: tuple[str, ...]
     scale_pages: int  # pages per domain in the scale sweep
+    # calls per block in the scale sweep (one thread cycling over every
+    # domain): its p99 is compared across domain counts, so it needs the
+    # calls that make a p99 (10 rounds of 1000: the 100th slowest call)
+    scale_block: int
     floor_rounds: int  # floor round trips per block
     # the attacks sweep (not a default sweep): bystander calls per chunk, the
     # least a block lasts (chunks are added until it has, and the attacker
@@ -47,12 +51,12 @@ FULL = Plan(warmup=50, block=200, rounds=10,
             vcpu_layouts=((1, 1), (1, 2), (2, 1), (1, 4), (4, 1), (2, 4), (4, 2)),
             vcpu_workloads=("fast_call", "invoke_value"),
             scale_domains=(1, 10, 100, 1000), scale_workloads=("fast_call", "invoke_value"),
-            scale_pages=64, floor_rounds=2000)
+            scale_pages=64, scale_block=1000, floor_rounds=2000)
 QUICK = Plan(warmup=5, block=20, rounds=3,
              vcpu_layouts=((1, 1), (1, 2), (2, 1)),
              vcpu_workloads=("fast_call",),
              scale_domains=(1, 8), scale_workloads=("fast_call",),
-             scale_pages=64, floor_rounds=300,
+             scale_pages=64, scale_block=20, floor_rounds=300,
              attack_block=20, attack_block_min_s=0.02, attack_rounds=1,
              attack_workloads=("fast_call", "invoke_value"))
 #: Every sweep; the default is all but ``attacks`` (so the committed full run
@@ -186,6 +190,7 @@ def parse_options(argv: list[str]) -> BenchOptions:
         if (a.rounds is not None and a.rounds < 1) or (a.block is not None and a.block < 1):
             raise BadOption("--rounds/--block", (a.rounds, a.block), "must be at least 1")
         plan = replace(plan, rounds=a.rounds or plan.rounds, block=a.block or plan.block,
+                       scale_block=a.block or plan.scale_block,
                        attack_rounds=a.rounds or plan.attack_rounds, attack_block=a.block or plan.attack_block)
     if a.open_loop is not None and not a.open_loop > 0:
         raise BadOption("--open-loop", a.open_loop, "rate must be positive")

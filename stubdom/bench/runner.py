@@ -164,6 +164,7 @@ class Runner:
     def _run_group(self, sweep: str, layout: Layout, workload: str, placements: dict[str, BenchPlacement],
                    *, round_robin: bool, floor_cells: dict[str, Cell] | None = None) -> None:
         plan, rate = self.opts.plan, self.opts.open_loop_rate
+        block = plan.scale_block if sweep == "scale" else plan.block
         mode = "round_robin" if round_robin else "per_vcpu"
         cells = {name: Cell(sweep, layout, workload, name, mode) for name in placements}
         with ExitStack() as stack:
@@ -189,7 +190,7 @@ class Runner:
                         self._floor_block(floor_cells[name], name)
                     else:
                         TRACER.scope = placements[name].trace_scope
-                        self._block(cells[name], placements[name], calls[name], plan.block, rate, round_robin)
+                        self._block(cells[name], placements[name], calls[name], block, rate, round_robin)
                     self._tick()
             for name, pl in placements.items():
                 cells[name].rss_kib = pl.rss_kib()
