@@ -13,6 +13,7 @@ import mmap
 import os
 import struct
 import threading
+import time
 
 import pytest
 
@@ -129,3 +130,29 @@ def test_a_daemon_gone_while_idle_fails_the_next_call_at_once(peer):
     assert peer.link.call(0, regs(3)) == UNAVAILABLE_REGS  # nobody listens: not even pushed
     st = peer.link.statistics()
     assert (st.requests, st.timeouts, st.unavailable) == (2, 0, 2)
+
+
+def test_a_second_vcpu_is_let_in_while_the_first_spins_its_window(tmp_path):
+    """The fast path spins the whole polling window in one C call with the
+    ring's lock held; a second vCPU that wants the lock ends that spin
+    (FrontRing.contend) and pushes its own request at once, not after the
+    window (here 1000 s): both are answered, each its own."""
+    p = Peer(tmp_path, poll_window_ns=10**12)
+    try:
+        first, out1 = p.call_in_thread(1)
+        while p.back.unconsumed() < 1:
+            pass
+        second, out2 = p.call_in_thread(2)
+        deadline = time.monotonic() + LONG_S  # a hang guard: the window is 1000 s
+        while p.back.unconsumed() < 2:
+            assert time.monotonic() < deadline, "the second vCPU waited out the first one's window"
+        reqs = [p.back.pop(), p.back.pop()]
+        for r in reqs:
+            assert r is not None
+            p.back.push(Response(r.id, 0, 0, (r.a[0] + 100,) + ANSWER[1:]))
+        first.join()
+        second.join()
+        assert out1 == [(101,) + ANSWER[1:]] and out2 == [(102,) + ANSWER[1:]]
+        assert p.link.statistics().timeouts == 0
+    finally:
+        p.close()

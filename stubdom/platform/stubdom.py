@@ -137,8 +137,9 @@ class DomainLink:
         self.ring_path = Path(ring_path)
         self.evtchn_path = Path(evtchn_path)
         self._poll_ns = poll_window_ns
-        # what the fast path spins with the lock held: the window's first slice
-        self._slice0 = min(poll_window_ns, _SPIN_SLICE_NS)
+        # what the fast path spins with the lock held: the whole window (a
+        # vCPU that wants the lock meanwhile ends the spin: _contend)
+        self._slice0 = poll_window_ns
         self._timeout = timeout_s
         self._ring = FrontRing.attach(self.ring_path, ring_pages)
         self._ring_ino = os.stat(self.ring_path).st_ino
@@ -171,7 +172,10 @@ class DomainLink:
     def call(self, vcpu: int, regs: Regs) -> Regs:
         """Forward one trapped SMC and wait for its answer (bounded)."""
         deadline = time.monotonic() + self._timeout
-        with self._lock:
+        lock = self._lock
+        if not lock.acquire(False):
+            self._contend()
+        try:
             if self._closed:
                 raise UnknownDomain(self.domid)
             if self._dead is not None and not self._reconnect():
@@ -187,8 +191,9 @@ class DomainLink:
             # The fast path (its channel, else None): no other call of the
             # domain in flight (so nobody receives, and no answer on the ring
             # is anyone else's). One C call pushes, notifies if the daemon's
-            # req_event says so and spins the window's first slice for the
-            # answer; whatever else it meets is the receiver's (_await) to
+            # req_event says so and spins the polling window for the answer
+            # (ended early by another vCPU that wants the lock: _contend);
+            # whatever else it meets is the receiver's (_await) to
             # handle, as after a plain push. A sampled call takes it too, C
             # noting when it pushed and when it saw the answer.
             fast = chan if not self._waiting and not self._receiving else None
@@ -217,11 +222,16 @@ class DomainLink:
             self._waiting[rid] = None
             if traced is not None:
                 self._traced[rid] = traced
+        finally:
+            lock.release()
         if fast is not None:
-            if got is CallStatus.NOTIFY_FAILED:
+            if got is CallStatus.CONTENDED:
+                os.sched_yield()  # the vCPU that wants the lock may share our CPU
+            elif got is CallStatus.NOTIFY_FAILED:
                 self._mark_dead("the daemon closed the event channel")
-            # the slice spun counts against the window, unless the receiver
-            # must look at the ring at once (an answer of another id, a failure)
+            # the window spun counts, unless the receiver must look at the
+            # ring at once (an answer of another id, a failure) or the spin
+            # ended early for another vCPU (the receiver spins a window anew)
             spun = self._slice0 if got is CallStatus.WAITING else 0
             if traced is not None and times is not None:
                 return self._traced_await(rid, deadline, traced, times[0] or now_ns(), {"in": "C"}, spun)
@@ -234,6 +244,16 @@ class DomainLink:
         if traced is not None:
             return self._traced_await(rid, deadline, traced, now_ns(), {"notified": bool(notify)})
         return self._await(rid, deadline)
+
+    def _contend(self) -> None:
+        """Take the lock another vCPU's thread holds, telling its spin (C,
+        GIL released) to end: we wait one spin step, not its window."""
+        ring = self._ring
+        ring.contend(1)
+        try:
+            self._lock.acquire()
+        finally:
+            ring.contend(-1)
 
     def _trace_answered_in_c(self, rid: int, traced: list, times: tuple[int, int]) -> None:
         """(lock held) The spans of a sampled call whose round trip was one
@@ -347,10 +367,13 @@ class DomainLink:
                     if self._ring.spin(step) if spin_left > 0 else self._ring.poll(step):
                         self._deliver()
                         return
+                    contended = self._ring.contended()
                 except _RING_BROKEN as e:
                     self._break(e)
                     return
                 chan = self._chan
+            if contended:
+                os.sched_yield()  # the spin ended for a vCPU that wants the lock: let it in
             if spin_left > 0:
                 continue
             remaining = deadline - time.monotonic()
