@@ -29,6 +29,7 @@ from stubdom.optee.smccc import function_id
 from stubdom.trace import TRACE_ID_BIT, TRACER, TracedCall, now_ns
 
 from .logs import GuestLog, event
+from .runq import tasks_runnable
 from .stats import DomainStats
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ class RingPoller:
                 # with other tasks ready (a domain's call between two of its
                 # steps), look once and let them go on: they must not wait
                 # out a slice, and a ring that got work is seen at once
-                busy = trio.lowlevel.current_statistics().tasks_runnable
+                busy = tasks_runnable()
                 looked = False  # the fast path's table looked at the rings it leaves ready
                 if self.fast is not None and self._fast_slots:
                     ready, served, looked = self.fast.spin(self._set, 0 if busy else self._slice)
@@ -410,11 +411,13 @@ class DomainBackend:
                 self.stats.in_flight += n
                 done = 0  # answered, not yet pushed
                 gone = None  # the frontend's end-of-file, met notifying it
+                last = n - 1
                 for i in range(n):
                     await self._serve_one(reqs[i], rsps[done])
                     self.stats.in_flight -= 1
                     done += 1
-                    if trio.lowlevel.current_statistics().tasks_runnable:
+                    # (the last is answered below either way)
+                    if i != last and tasks_runnable():
                         # others are ready: answer what we have, then let
                         # them run (a bounded share per turn); alone, the
                         # batch is answered at once, one notification
@@ -503,7 +506,7 @@ class DomainBackend:
                             {"fn": f"{req.a[0] & 0xFFFFFFFF:#x}", "ret": f"{rsps[done].a[0] & 0xFFFFFFFF:#x}"})
             self.stats.in_flight -= 1
             done += 1
-            if trio.lowlevel.current_statistics().tasks_runnable or i == n - 1:
+            if tasks_runnable() or i == n - 1:
                 p0 = now_ns()
                 if ring_.push_raw(rsps, done):
                     gone = gone or _notify(chan)
