@@ -260,3 +260,16 @@ def test_report_renders_ratios_and_skips():
     assert "| fast_call | 1×1 | stubdom | 1.50 | (n=10) | 2.0 | 0.5 | 0.7 (floor-sleep) |" in md
     assert "**stubdom-poll**: skipped — not built" in md
     assert "![latency-cdf.png](latency-cdf.png)" in md and "- a note" in md
+
+
+def test_settle_runs_its_budget_and_at_least_one_call_per_worker() -> None:
+    from stubdom.bench.blocks import settle
+
+    made: list[int] = []
+    fns = [lambda i=i: made.append(i) for i in range(3)]
+    assert settle(fns, 0, round_robin=True) == 3 and sorted(made) == [0, 1, 2]
+    made.clear()
+    assert settle(fns, 0, round_robin=False) == 3 and sorted(made) == [0, 1, 2]
+    made.clear()
+    n = settle(fns[:1], 2_000_000, round_robin=False)  # 2 ms of calls that take next to nothing
+    assert n == len(made) > 1

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["SPIN_BEFORE_NS", "drive_block"]
+__all__ = ["SPIN_BEFORE_NS", "drive_block", "settle"]
 
 SPIN_BEFORE_NS = 500_000  # open loop: sleep until this close to the intended start, then spin
 
@@ -64,3 +64,20 @@ def drive_block(calls: list[Callable[[], None]], n: int, *, rate: float | None,
     if errors:
         raise errors[0]
     return [v for o in outs for v in o], wall
+
+
+def settle(calls: list[Callable[[], None]], budget_ns: int, *, round_robin: bool) -> int:
+    """Calls not recorded, back to back, until they have run for
+    ``budget_ns`` (at least one per worker): what a block starts with, so
+    that it measures its placement in the state its own calls keep it in,
+    not in the one the block before (another placement's) left it in.
+    Returns the calls made."""
+    made, spent, n = 0, 0, len(calls) if round_robin else 1
+    while True:
+        _, wall = drive_block(calls, n, rate=None, round_robin=round_robin)
+        made += n if round_robin else n * len(calls)
+        spent += wall
+        if spent >= budget_ns:
+            return made
+        # enough for the rest at the pace just seen, at most four times as many
+        n = max(1, min(4 * n, (budget_ns - spent) * n // max(wall, 1) + 1))

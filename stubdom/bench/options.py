@@ -38,6 +38,12 @@ class Plan:
     # calls that make a p99 (10 rounds of 1000: the 100th slowest call)
     scale_block: int
     floor_rounds: int  # floor round trips per block
+    # calls not recorded at the start of every block, for this long (blocks.settle):
+    # with placements interleaved in one process, a block otherwise measures
+    # the wake of the one before (after another placement's block the stub
+    # domain's SMC-gate thread has spun its window alone, and the scheduler
+    # makes it wait its turn beside the vCPU thread for the next few ms)
+    settle_ms: float = 10.0
     # the attacks sweep (not a default sweep): bystander calls per chunk, the
     # least a block lasts (chunks are added until it has, and the attacker
     # completed an iteration), rounds over every attack, the workloads

@@ -23,7 +23,7 @@ from stubdom.measure import latency, proc_rss_kib
 from stubdom.trace import TRACER
 
 from .attacks import AttackSweep, attack_placements
-from .blocks import drive_block
+from .blocks import drive_block, settle
 from .counters import OPS
 from .errors import PlacementUnavailable
 from .layout import Layout
@@ -46,7 +46,8 @@ class Cell:
     placement: str
     mode: str  # "per_vcpu" | "round_robin"
     hist: object = field(default_factory=latency.new_histogram)
-    calls: int = 0
+    calls: int = 0  # timed: the latencies, the throughput
+    counted_calls: int = 0  # what ops, CPU time and transport counts cover: the timed and the settling calls
     wall_ns: int = 0
     ops: dict[str, int] = field(default_factory=dict)
     cpu_ns: dict[str, int] = field(default_factory=dict)
@@ -61,12 +62,12 @@ class Cell:
             into[k] = into.get(k, 0) + after.get(k, 0) - before.get(k, 0)
 
     def to_json(self, projection: Callable[[Cell], dict] | None = None) -> dict:
-        n = self.calls
-        per = (lambda v: v / n) if n else (lambda v: None)
+        n, counted = self.calls, self.counted_calls or self.calls
+        per = (lambda v: v / counted) if counted else (lambda v: None)
         tr = self.transport
         out = {
             "sweep": self.sweep, **self.layout.describe(), "workload": self.workload,
-            "placement": self.placement, "issue": self.mode, "calls": n,
+            "placement": self.placement, "issue": self.mode, "calls": n, "counted_calls": counted,
             "latency_ns": latency.summarise(self.hist),
             "throughput_per_s": (n / (self.wall_ns / 1e9)) if self.wall_ns else None,
             "cpu_ns_per_call": {role: per(v) for role, v in sorted(self.cpu_ns.items())},
@@ -197,11 +198,16 @@ class Runner:
         self.cells.extend(cells.values())
 
     def _block(self, cell: Cell, pl: BenchPlacement, fns, n: int, rate, round_robin: bool) -> None:
+        # the counters are read around the settling calls and the block (reading
+        # them asks the daemon: the platform's threads wait meanwhile, and the
+        # block must not start in the wake of that wait), so they count both
         c0, u0, t0 = pl.counts(), pl.cpu_ns(), pl.transport()
+        settled = settle(fns, int(self.opts.plan.settle_ms * 1e6), round_robin=round_robin)
         samples, wall = drive_block(fns, n, rate=rate, round_robin=round_robin)
         c1, u1, t1 = pl.counts(), pl.cpu_ns(), pl.transport()
         latency.record(cell.hist, samples)
         cell.calls += len(samples)
+        cell.counted_calls += settled + len(samples)
         cell.wall_ns += wall
         cell._add(cell.ops, c0, c1)
         counted = pl.counted_ops()
