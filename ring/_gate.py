@@ -206,18 +206,23 @@ class GateTable:
         return bool(rc & _WATCHED_BIT)
 
     def answer_next(self, ring: BackRing, fd: int, rid: int, status: int, regs: Sequence[int], spin_ns: int,
-                    wake_fd: int = -1, *, timed: bool = False) -> GateCall | None:
+                    wake_fd: int = -1, timed: bool = False) -> GateCall | None:
         """``answer``, then ``next``, in one call into C: the serving thread
         between two hypercalls. None when ``next`` would be None, and also
         when an owner watches the in-TEE mark (nothing popped then: wake it,
         then call ``next``). Raises what either raises; GateRegistersInvalid
         before anything is pushed."""
-        self._pack_regs(regs)
-        ring._live()
+        try:
+            _REGS.pack_into(self._regs_mem, 0, *regs)
+        except (struct.error, TypeError):
+            self._pack_regs(regs)  # raises what was wrong, the mark cleared
+        if ring._closed:
+            ring._live()
         rc = lib.teeif_gate_answer_next(self._c, ring._c, fd, rid, status, self._regs, spin_ns, wake_fd,
                                         self._req, self._status, self._times if timed else ffi.NULL)
         if rc <= 0 or rc == _WATCHED:
             if rc == _IDLE or rc == _WATCHED:
                 return None
             check(rc, ring.path, back=ring._c)
-        return self._popped(rc)
+        v = _REQ.unpack_from(self._req_mem)
+        return _new(GateCall, (v[0], v[1], v[2], v[3:], rc, self._status[0] if rc == GATE_REFUSE else 0))
