@@ -232,6 +232,13 @@ enum teeif_call_notify {
  * For the tracer, so that a sampled call takes this same path. */
 int teeif_front_call(struct teeif_front_ring *f, const struct teeif_request *req, uint64_t spin_ns,
                      int evtchn_fd, struct teeif_response *out, int *notify, uint64_t *times);
+/* teeif_front_call's wait again, with nothing pushed: spin for up to spin_ns
+ * and take the oldest response only if its id is id (the same TEEIF_CALL_*
+ * results but NOTIFY_FAILED; TEEIF_ETRUNC for a truncated end). times: [1]
+ * set as by teeif_front_call when the answer is seen, [0] left alone. For a
+ * caller that waits in slices, returning to its interpreter between them. */
+int teeif_front_await(struct teeif_front_ring *f, uint64_t id, uint64_t spin_ns, struct teeif_response *out,
+                      uint64_t *times);
 
 /* Back. */
 /* Copy up to max requests out of the shared page; returns how many. */

@@ -377,26 +377,13 @@ int teeif_front_spin(struct teeif_front_ring *f, uint64_t spin_ns)
  * drop it, report the index). Errors after the push are results, not
  * negative codes: the request is on the ring whatever happens next.
  */
-static int front_call(struct teeif_front_ring *f, const struct teeif_request *req, uint64_t spin_ns,
-                      int evtchn_fd, struct teeif_response *out, int *notify, uint64_t *times)
+/* Spin for up to spin_ns for the oldest response and take it only if its
+ * id is id: front_call's wait, and teeif_front_await's. */
+static int front_take(struct teeif_front_ring *f, uint64_t id, uint64_t spin_ns, struct teeif_response *out,
+                      uint64_t *times)
 {
-    uint64_t t0;
+    uint64_t t0 = teeif_now_ns();
     unsigned spins = 0;
-    int rc = front_push_requests(f, req, 1, notify);
-    if (rc < 0)
-        return rc;
-    if (*notify) {
-        /* the back is asleep (it armed req_event): a spin would only wait out its wake-up */
-        rc = teeif_evtchn_notify(evtchn_fd);
-        if (rc < 0) {
-            *notify = rc;
-            return TEEIF_CALL_NOTIFY_FAILED;
-        }
-        *notify = rc ? TEEIF_NOTIFY_SENT : TEEIF_NOTIFY_PENDING;
-    }
-    t0 = teeif_now_ns();
-    if (times != NULL)
-        times[0] = t0;
     for (;;) {
         int avail = front_avail(f);
         if (avail < 0)
@@ -405,7 +392,7 @@ static int front_call(struct teeif_front_ring *f, const struct teeif_request *re
             f->stats.poll_hits++;
             /* RING_COPY_RESPONSE, then decide on the copy: the back may rewrite the slot */
             copy_out(out, f->sring, f->nr_ents, f->rsp_cons, 1);
-            if (out->id != req->id)
+            if (out->id != id)
                 return TEEIF_CALL_OTHER;
             if (times != NULL)
                 times[1] = teeif_now_ns();
@@ -420,6 +407,40 @@ static int front_call(struct teeif_front_ring *f, const struct teeif_request *re
             return TEEIF_CALL_CONTENDED;
         teeif_spin_step(&spins);
     }
+}
+
+/*
+ * teeif_front_call's body (under the caller's guard): the push, then
+ * front_take, which copies out what it finds and decides on the copy: the
+ * caller's own answer is taken, anything else is left for the caller's pop,
+ * which then owns the decision (hand it to another waiter, drop it, report
+ * the index). Errors after the push are results, not negative codes: the
+ * request is on the ring whatever happens next.
+ */
+static int front_call(struct teeif_front_ring *f, const struct teeif_request *req, uint64_t spin_ns,
+                      int evtchn_fd, struct teeif_response *out, int *notify, uint64_t *times)
+{
+    int rc = front_push_requests(f, req, 1, notify);
+    if (rc < 0)
+        return rc;
+    if (*notify) {
+        /* the back is asleep (it armed req_event): a spin would only wait out its wake-up */
+        rc = teeif_evtchn_notify(evtchn_fd);
+        if (rc < 0) {
+            *notify = rc;
+            return TEEIF_CALL_NOTIFY_FAILED;
+        }
+        *notify = rc ? TEEIF_NOTIFY_SENT : TEEIF_NOTIFY_PENDING;
+    }
+    if (times != NULL)
+        times[0] = teeif_now_ns();
+    return front_take(f, req->id, spin_ns, out, times);
+}
+
+int teeif_front_await(struct teeif_front_ring *f, uint64_t id, uint64_t spin_ns, struct teeif_response *out,
+                      uint64_t *times)
+{
+    TEEIF_GUARDED(f, front_take(f, id, spin_ns, out, times));
 }
 
 static int front_call_guarded(struct teeif_front_ring *f, const struct teeif_request *req, uint64_t spin_ns,

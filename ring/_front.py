@@ -170,6 +170,21 @@ class FrontRing(_RingEnd):
             return _RSP.unpack_from(self._rsps_mem)
         return _STATUS[rc]
 
+    def await_entry(self, rid: int, spin_ns: int, timed: bool = False) -> tuple[int, ...] | CallStatus:
+        """``call_entry``'s wait again, nothing pushed: spin (GIL released)
+        for up to ``spin_ns`` and take the oldest response only if its id is
+        ``rid`` (teeif_front_await). For a caller that waits in slices and
+        takes the interpreter back between them. Raises RingTruncated for a
+        truncated end."""
+        if self._closed:
+            self._live()
+        rc = lib.teeif_front_await(self._c, rid, spin_ns, self._rsps, self._times if timed else ffi.NULL)
+        if rc < 0:
+            check(rc, self.path, front=self._c)
+        if rc == _ANSWERED:
+            return _RSP.unpack_from(self._rsps_mem)
+        return _STATUS[rc]
+
     def contend(self, delta: int) -> int:
         """Another thread of the owner starts (1) or stops (-1) waiting for
         the lock around this ring: while any waits, spins and ``call`` end

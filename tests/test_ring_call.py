@@ -238,3 +238,21 @@ def test_a_contender_ends_the_spins_of_the_lock_holder(ring):
     assert front.pop() == answer(req(1))
     with pytest.raises(ValueError, match="1 or -1"):
         front.contend(0)
+
+
+def test_await_entry_waits_again_for_the_callers_own_answer_only(ring):
+    """call_entry's wait without a push: the slice that ends with nothing says
+    WAITING; the caller's own answer is taken; another id's stays on the ring."""
+    path, front, back, ours, theirs = ring
+    r = req(7)
+    assert front.call_entry(r.id, r.vcpu, r.a, 0, ours) is CallStatus.WAITING
+    assert front.await_entry(r.id, 0) is CallStatus.WAITING
+    t = serve_one(back)
+    a = answer(r)
+    assert front.await_entry(r.id, LONG_NS) == (a.id, a.status, a.flags, *a.a)
+    t.join()
+    front.push(req(8))
+    t = serve_one(back)
+    t.join()
+    assert front.await_entry(9, LONG_NS) is CallStatus.OTHER  # req 8's answer, left for pop
+    assert front.pop() == answer(req(8))

@@ -137,9 +137,9 @@ class DomainLink:
         self.ring_path = Path(ring_path)
         self.evtchn_path = Path(evtchn_path)
         self._poll_ns = poll_window_ns
-        # what the fast path spins with the lock held: the whole window (a
+        # the fast path spins the window with the lock held, in slices (a
         # vCPU that wants the lock meanwhile ends the spin: _contend)
-        self._slice0 = poll_window_ns
+        self._slice0 = min(poll_window_ns, _SPIN_SLICE_NS)
         self._timeout = timeout_s
         self._ring = FrontRing.attach(self.ring_path, ring_pages)
         self._ring_ino = os.stat(self.ring_path).st_ino
@@ -191,7 +191,8 @@ class DomainLink:
             # The fast path (its channel, else None): no other call of the
             # domain in flight (so nobody receives, and no answer on the ring
             # is anyone else's). One C call pushes, notifies if the daemon's
-            # req_event says so and spins the polling window for the answer
+            # req_event says so and spins the first slice of the polling
+            # window for the answer; then slice after slice, the rest of it
             # (ended early by another vCPU that wants the lock: _contend);
             # whatever else it meets is the receiver's (_await) to
             # handle, as after a plain push. A sampled call takes it too, C
@@ -213,6 +214,17 @@ class DomainLink:
                 return UNAVAILABLE_REGS
             self._n["requests"] += 1
             if fast is not None:
+                spun = self._slice0
+                while got is CallStatus.WAITING and spun < self._poll_ns:
+                    # the next slice: back in C after the interpreter lock
+                    # was ours again, which parks this thread while the gate
+                    # thread runs the TEE model on the CPU they share
+                    step = min(self._poll_ns - spun, _SPIN_SLICE_NS)
+                    try:
+                        got = self._ring.await_entry(rid, step, traced is not None)
+                    except RingTruncated:
+                        got = CallStatus.FAILED  # the receiver meets it again
+                    spun += step
                 if type(got) is tuple:  # the answer, as the response entry's fields
                     out = self._resume(got[1], got[3:])
                     if traced is not None:
@@ -232,7 +244,8 @@ class DomainLink:
             # the window spun counts, unless the receiver must look at the
             # ring at once (an answer of another id, a failure) or the spin
             # ended early for another vCPU (the receiver spins a window anew)
-            spun = self._slice0 if got is CallStatus.WAITING else 0
+            if got is not CallStatus.WAITING:
+                spun = 0
             if traced is not None and times is not None:
                 return self._traced_await(rid, deadline, traced, times[0] or now_ns(), {"in": "C"}, spun)
             return self._await(rid, deadline, spun)
