@@ -107,7 +107,6 @@ struct teeif_front_ring {
     uint32_t bad_prod;          /* on TEEIF_ECORRUPT: the rsp_prod that was refused */
     uint32_t truncated;         /* a SIGBUS showed the mapping shrank: TEEIF_ETRUNC from now on */
     uint32_t fault_off;         /* on TEEIF_ETRUNC: offset in the mapping of the access that faulted */
-    uint32_t contenders;        /* the owner's threads waiting for the spinner's lock (teeif_front_contend) */
 };
 
 /* The back's private state: io/ring.h's struct teeif_back_ring plus ours. */
@@ -178,16 +177,6 @@ int teeif_front_poll(struct teeif_front_ring *f, uint64_t spin_ns);
  * spins in slices and re-arms only once, at the end of its whole window. */
 int teeif_front_spin(struct teeif_front_ring *f, uint64_t spin_ns);
 /*
- * The one field of a front that any thread may change: a thread of the owner
- * that finds the lock around the front taken adds 1 before it waits and
- * subtracts 1 once it has the lock (atomically; returns the new count).
- * While the count is not 0 the spins of teeif_front_spin, teeif_front_poll
- * and teeif_front_call end early, so the lock holder can spin a whole
- * polling window in one call and still let another vCPU in within one spin
- * step (it releases the lock, then gives the CPU away).
- */
-int teeif_front_contend(struct teeif_front_ring *f, int delta);
-/*
  * One request's round trip in one call, for a frontend whose caller is the
  * only one waiting on this ring (the platform's trap path, when one vCPU of
  * the domain is in flight): push req as teeif_front_push_requests does; if
@@ -200,9 +189,6 @@ int teeif_front_contend(struct teeif_front_ring *f, int delta);
  * TEEIF_ETRUNC. Otherwise req is on the ring, and:
  *   TEEIF_CALL_ANSWERED       *out is req's answer, consumed;
  *   TEEIF_CALL_WAITING        the window ended with no response;
- *   TEEIF_CALL_CONTENDED      another thread waits for the owner's lock
- *                             (teeif_front_contend): the spin ended early,
- *                             with no response;
  *   TEEIF_CALL_OTHER          the oldest response is another id's (a late
  *                             answer the caller no longer waits for, or
  *                             another caller's): left on the ring;
@@ -219,8 +205,7 @@ enum teeif_call_result {
     TEEIF_CALL_ANSWERED = 1,
     TEEIF_CALL_OTHER = 2,
     TEEIF_CALL_FAILED = 3,
-    TEEIF_CALL_NOTIFY_FAILED = 4,
-    TEEIF_CALL_CONTENDED = 5
+    TEEIF_CALL_NOTIFY_FAILED = 4
 };
 enum teeif_call_notify {
     TEEIF_NOTIFY_NONE = 0,      /* the back's req_event asked for no notification */

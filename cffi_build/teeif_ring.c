@@ -325,13 +325,6 @@ static int front_poll(struct teeif_front_ring *f, uint64_t spin_ns)
     return avail != 0 ? avail : front_final_check(f);
 }
 
-/* Another thread of the owner waits for the lock the spinner holds: end
- * the spin (the owner releases the lock, then gives the CPU away). */
-static int front_contended(struct teeif_front_ring *f)
-{
-    return __atomic_load_n(&f->contenders, __ATOMIC_RELAXED) != 0;
-}
-
 static int front_spin(struct teeif_front_ring *f, uint64_t spin_ns)
 {
     uint64_t t0 = teeif_now_ns();
@@ -343,15 +336,10 @@ static int front_spin(struct teeif_front_ring *f, uint64_t spin_ns)
                 f->stats.poll_hits++;
             return avail;
         }
-        if (teeif_now_ns() - t0 >= spin_ns || front_contended(f))
+        if (teeif_now_ns() - t0 >= spin_ns)
             return 0;
         teeif_spin_step(&spins);
     }
-}
-
-int teeif_front_contend(struct teeif_front_ring *f, int delta)
-{
-    return (int)__atomic_add_fetch(&f->contenders, (uint32_t)delta, __ATOMIC_RELAXED);
 }
 
 int teeif_front_final_check(struct teeif_front_ring *f)
@@ -403,8 +391,6 @@ static int front_take(struct teeif_front_ring *f, uint64_t id, uint64_t spin_ns,
         }
         if (teeif_now_ns() - t0 >= spin_ns)
             return TEEIF_CALL_WAITING;
-        if (front_contended(f))
-            return TEEIF_CALL_CONTENDED;
         teeif_spin_step(&spins);
     }
 }

@@ -45,7 +45,6 @@ class CallStatus(enum.IntEnum):
     OTHER = lib.TEEIF_CALL_OTHER  # the oldest response is another id's: left on the ring
     FAILED = lib.TEEIF_CALL_FAILED  # the ring failed after the push: the next pop or spin raises it
     NOTIFY_FAILED = lib.TEEIF_CALL_NOTIFY_FAILED  # the notification could not be sent: nothing spun
-    CONTENDED = lib.TEEIF_CALL_CONTENDED  # another thread waits for the owner's lock: the spin ended early
 
 
 _ANSWERED = lib.TEEIF_CALL_ANSWERED
@@ -184,20 +183,6 @@ class FrontRing(_RingEnd):
         if rc == _ANSWERED:
             return _RSP.unpack_from(self._rsps_mem)
         return _STATUS[rc]
-
-    def contend(self, delta: int) -> int:
-        """Another thread of the owner starts (1) or stops (-1) waiting for
-        the lock around this ring: while any waits, spins and ``call`` end
-        early (teeif_front_contend). The one thread-safe method. Returns how
-        many wait now."""
-        if delta not in (1, -1):
-            raise ValueError(f"delta must be 1 or -1, got {delta!r}")
-        return lib.teeif_front_contend(self._c, delta)
-
-    def contended(self) -> bool:
-        """Whether another thread waits for the lock around this ring (what
-        ended a spin early)."""
-        return self._c.contenders != 0
 
     def call_times(self) -> tuple[int, int]:
         """The last ``call(timed=True)``'s (push done, answer seen), in

@@ -47,7 +47,6 @@ class CFrontRing(CRingEnd, Protocol):
 
     req_prod_pvt: int
     rsp_cons: int
-    contenders: int
 
 class CBackRing(CRingEnd, Protocol):
     """``struct teeif_back_ring *``."""
@@ -76,7 +75,6 @@ class _Lib:
     TEEIF_CALL_OTHER: Final[int]
     TEEIF_CALL_FAILED: Final[int]
     TEEIF_CALL_NOTIFY_FAILED: Final[int]
-    TEEIF_CALL_CONTENDED: Final[int]
     TEEIF_NOTIFY_NONE: Final[int]
     TEEIF_NOTIFY_SENT: Final[int]
     TEEIF_NOTIFY_PENDING: Final[int]
@@ -120,7 +118,6 @@ class _Lib:
     def teeif_front_final_check(self, f: CFrontRing, /) -> int: ...
     def teeif_front_poll(self, f: CFrontRing, spin_ns: int, /) -> int: ...
     def teeif_front_spin(self, f: CFrontRing, spin_ns: int, /) -> int: ...
-    def teeif_front_contend(self, f: CFrontRing, delta: int, /) -> int: ...
     def teeif_front_await(self, f: CFrontRing, id: int, spin_ns: int, out: CData, times: CData, /) -> int: ...
     def teeif_front_call(
         self, f: CFrontRing, req: CData, spin_ns: int, evtchn_fd: int, out: CData, notify: CData, times: CData, /

@@ -219,27 +219,6 @@ def test_call_entry_takes_the_request_as_fields_and_gives_the_answer_as_the_entr
     assert front.in_flight == 0 and back.unconsumed() == 0
 
 
-def test_a_contender_ends_the_spins_of_the_lock_holder(ring):
-    """A thread that waits for the owner's lock (contend(1)) ends the holder's
-    window at once: call says CONTENDED with its request pushed, spin and poll
-    come back empty; none of them waits out the minute-long window. Once the
-    contender has the lock (contend(-1)) the spin takes its answer again."""
-    path, front, back, ours, theirs = ring
-    assert front.contend(1) == 1 and front.contended()
-    assert front.call(req(1), LONG_NS, ours) is CallStatus.CONTENDED
-    assert back.unconsumed() == 1  # pushed all the same
-    assert front.spin(LONG_NS) is False
-    assert front.contend(1) == 2
-    assert front.contend(-1) == 1
-    assert front.contend(-1) == 0 and not front.contended()
-    t = serve_one(back)
-    assert front.spin(LONG_NS) is True
-    t.join()
-    assert front.pop() == answer(req(1))
-    with pytest.raises(ValueError, match="1 or -1"):
-        front.contend(0)
-
-
 def test_await_entry_waits_again_for_the_callers_own_answer_only(ring):
     """call_entry's wait without a push: the slice that ends with nothing says
     WAITING; the caller's own answer is taken; another id's stays on the ring."""
