@@ -357,14 +357,6 @@ int teeif_front_spin(struct teeif_front_ring *f, uint64_t spin_ns)
     TEEIF_GUARDED(f, front_spin(f, spin_ns));
 }
 
-/*
- * teeif_front_call's body (under the caller's guard). The spin is
- * front_spin's, except that what it finds is copied out and decided on
- * here: the caller's own answer is taken, anything else is left for the
- * caller's pop, which then owns the decision (hand it to another waiter,
- * drop it, report the index). Errors after the push are results, not
- * negative codes: the request is on the ring whatever happens next.
- */
 /* Spin for up to spin_ns for the oldest response and take it only if its
  * id is id: front_call's wait, and teeif_front_await's. */
 static int front_take(struct teeif_front_ring *f, uint64_t id, uint64_t spin_ns, struct teeif_response *out,

@@ -212,6 +212,9 @@ class GateTable:
         when an owner watches the in-TEE mark (nothing popped then: wake it,
         then call ``next``). Raises what either raises; GateRegistersInvalid
         before anything is pushed."""
+        # next()'s and answer()'s steps written out: this is the serving
+        # thread's whole Python between two hypercalls, on the CPU the vCPU
+        # thread waiting for the answer shares
         try:
             _REGS.pack_into(self._regs_mem, 0, *regs)
         except (struct.error, TypeError):

@@ -40,9 +40,9 @@ class Plan:
     floor_rounds: int  # floor round trips per block
     # calls not recorded at the start of every block, for this long (blocks.settle):
     # with placements interleaved in one process, a block otherwise measures
-    # the wake of the one before (after another placement's block the stub
-    # domain's SMC-gate thread has spun its window alone, and the scheduler
-    # makes it wait its turn beside the vCPU thread for the next few ms)
+    # the wake of the one before: after another placement's block the
+    # SMC-gate thread has spun its window alone, and the scheduler makes it
+    # wait its turn beside the vCPU thread for the next few ms
     settle_ms: float = 10.0
     # the attacks sweep (not a default sweep): bystander calls per chunk, the
     # least a block lasts (chunks are added until it has, and the attacker

@@ -406,7 +406,7 @@ class Gate:
             done = call
             status, regs = self._hypercall(done)
             try:
-                call = table.answer_next(ring, fd, done[0], status, regs, spin_ns, wake_fd, timed)
+                call = table.answer_next(ring, fd, done.id, status, regs, spin_ns, wake_fd, timed)
             except GateRegistersInvalid as e:  # a bug in the model, as if it had raised
                 self._tee_failed(done.domid, done.op, done.a, e)
                 table.answer(ring, fd, done.id, GATE_EINVAL, _ZERO_REGS)

@@ -137,8 +137,7 @@ class DomainLink:
         self.ring_path = Path(ring_path)
         self.evtchn_path = Path(evtchn_path)
         self._poll_ns = poll_window_ns
-        # the fast path spins the window with the lock held, in slices (a
-        # vCPU that wants the lock meanwhile ends the spin: _contend)
+        # the fast path spins the window with the lock held, in slices
         self._slice0 = min(poll_window_ns, _SPIN_SLICE_NS)
         self._timeout = timeout_s
         self._ring = FrontRing.attach(self.ring_path, ring_pages)
@@ -172,9 +171,7 @@ class DomainLink:
     def call(self, vcpu: int, regs: Regs) -> Regs:
         """Forward one trapped SMC and wait for its answer (bounded)."""
         deadline = time.monotonic() + self._timeout
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             if self._closed:
                 raise UnknownDomain(self.domid)
             if self._dead is not None and not self._reconnect():
@@ -196,9 +193,9 @@ class DomainLink:
             # (measured: two or four vCPUs making polled fast calls wait
             # 15-16 us this way, 50-120 when the holder let them in after a
             # slice and the receiver took over). Whatever else it meets is
-            # the receiver's (_await) to
-            # handle, as after a plain push. A sampled call takes it too, C
-            # noting when it pushed and when it saw the answer.
+            # the receiver's (_await) to handle, as after a plain push. A
+            # sampled call takes it too, C noting when it pushed and when it
+            # saw the answer.
             fast = chan if not self._waiting and not self._receiving else None
             try:
                 if fast is not None:
@@ -236,8 +233,6 @@ class DomainLink:
             self._waiting[rid] = None
             if traced is not None:
                 self._traced[rid] = traced
-        finally:
-            lock.release()
         if fast is not None:
             if got is CallStatus.NOTIFY_FAILED:
                 self._mark_dead("the daemon closed the event channel")
