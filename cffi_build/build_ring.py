@@ -13,8 +13,9 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 # One concept per file: the ring's two ends, its SIGBUS guard, the event channel, the floor,
-# the answers given in C, the SMC gate's hypercall path.
-SOURCES = ["teeif_ring.c", "teeif_guard.c", "teeif_evtchn.c", "teeif_floor.c", "teeif_fast.c", "teeif_gate.c"]
+# the answers given in C, the SMC gate's hypercall path, the machine probes.
+SOURCES = ["teeif_ring.c", "teeif_guard.c", "teeif_evtchn.c", "teeif_floor.c", "teeif_fast.c", "teeif_gate.c",
+           "teeif_probe.c"]
 
 ffi = FFI()
 ffi.cdef((HERE / "teeif.h").read_text())

@@ -26,7 +26,7 @@
  */
 
 /* Bumped whenever this interface changes; ring/_lib.py refuses a stale build. */
-#define TEEIF_ABI_VERSION 7
+#define TEEIF_ABI_VERSION 8
 
 #define TEEIF_PAGE_SIZE 4096        /* ring protocols use 4 KiB pages: io/ring.h XEN_PAGE_SHIFT */
 #define TEEIF_RING_HDR_SIZE 64      /* io/ring.h: four indices, pvt[4], __pad[44] */
@@ -284,6 +284,17 @@ int teeif_evtchn_wait(int fd, int64_t timeout_ns);
 int teeif_floor_front_run(struct teeif_front_ring *f, int fd, uint32_t rounds, uint32_t batch,
                           uint64_t spin_ns, uint64_t *samples_ns);
 int teeif_floor_back_run(struct teeif_back_ring *b, int fd, uint64_t entries, uint64_t spin_ns);
+
+/*
+ * Machine probes (teeif_probe.c): the mean cost of a system call and of a
+ * sched_yield() with the CPU to itself, over n of each; and `rounds` turns
+ * between this thread and a second one, both pinned to `cpu` (< 0: not
+ * pinned), each waiting with the rings' spin step: samples_ns[rounds] holds
+ * each turn there and back. 0, or a negative errno.
+ */
+uint64_t teeif_probe_syscall_ns(uint32_t n);
+uint64_t teeif_probe_yield_ns(uint32_t n);
+int teeif_probe_turn_run(uint32_t rounds, int cpu, uint64_t *samples_ns);
 
 /*
  * Answering from C (teeif_fast.c). A backend serving many rings from one

@@ -35,6 +35,8 @@ from ring._gate import GateCall as GateCall
 from ring._gate import GateCounters as GateCounters
 from ring._gate import GateRegistersInvalid as GateRegistersInvalid
 from ring._gate import GateTable as GateTable
+from ring._probe import MachineProbes as MachineProbes
+from ring._probe import probe_machine as probe_machine
 from ring._shared import ENTRY_SIZE as ENTRY_SIZE
 from ring._shared import HEADER_SIZE as HEADER_SIZE
 from ring._shared import MAX_RING_PAGES as MAX_RING_PAGES
@@ -104,6 +106,8 @@ __all__ = [
     "response_buffer",
     "ring_entries",
     "run_floor",
+    "MachineProbes",
+    "probe_machine",
 ]
 
 # Kept from the skeleton: the entry sizes other packages already use.

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ring._ring import CBackRing, CFrontRing, CRingEnd
 
 # Must equal TEEIF_ABI_VERSION in cffi_build/teeif.h.
-ABI_VERSION = 7
+ABI_VERSION = 8
 
 if lib.TEEIF_ABI_VERSION != ABI_VERSION:
     raise StaleBuild(

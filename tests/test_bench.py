@@ -202,6 +202,7 @@ def test_tiny_run_writes_every_output(tiny):
     report = (out / "report.md").read_text()
     assert "## Ratios" not in report or "stubdom" in report
     assert "| fast_call | el2 |" in report and "juno-r1-a57" in report
+    assert f"a system call {doc['machine']['probes']['syscall_ns']} ns" in report
 
 
 def test_tiny_run_content(tiny):
@@ -213,6 +214,9 @@ def test_tiny_run_content(tiny):
     assert wl[("transport_round_trip", "floor-sleep")]["calls"] > 0
     assert doc["placements"]["el2"]["status"] == "ran"
     assert doc["machine"]["packages"]["hdrhistogram"]
+    probes = doc["machine"]["probes"]  # measured on the platform's CPU
+    assert probes["cpu"] == doc["process_layout"]["platform_cpu"]
+    assert 0 < probes["turn_p50_ns"] <= probes["turn_p90_ns"] and probes["syscall_ns"] > 0
     assert {t["status"] for t in doc["targets"]} <= {"met", "missed", "not measured"}
 
 
@@ -230,6 +234,17 @@ def test_schema_rejects_departures(tiny):
     bad["placements"]["stubdom"] = {"status": "skipped"}
     with pytest.raises(SchemaError):
         validate(bad)
+    bad = json.loads(json.dumps(doc))
+    del bad["machine"]["probes"]["turn_p50_ns"]
+    with pytest.raises(SchemaError, match="turn_p50_ns"):
+        validate(bad)
+    bad = json.loads(json.dumps(doc))
+    bad["machine"]["probes"]["syscall_ns"] = "fast"
+    with pytest.raises(SchemaError, match="syscall_ns"):
+        validate(bad)
+    older = json.loads(json.dumps(doc))
+    del older["machine"]["probes"]  # a run from before the probes
+    validate(older)
 
 
 def test_report_renders_ratios_and_skips():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+import ring
 from stubdom.hostile import AttackOutcomeWrong
 from stubdom.measure import latency, machine_description
 from stubdom.public.logformat import log_to
@@ -39,6 +40,10 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> dict:
     profiles = [load_profile(p) for p in opts.hw_profiles]
     baseline = None if opts.baseline is None else load_baseline(opts.baseline)  # refused before the run
     machine = machine_description()
+    # what the polled paths' steps cost here, on the platform's CPU (docs/performance.md,
+    # "Machine dependence"): the polled ratios move with these between machines
+    cpus = opts.cpu_pair()
+    machine["probes"] = ring.probe_machine(cpus[0] if cpus else None).to_json()
     created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)

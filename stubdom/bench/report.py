@@ -238,6 +238,19 @@ def _dominates(doc: dict, wl: list[dict], by: dict, workloads: list[str], profil
     return "What dominates the difference: " + "; ".join(clauses) + "."
 
 
+def _probes_line(p: dict | None) -> list[str]:
+    """The machine probes (ring.probe_machine), when the run has them."""
+    if p is None:
+        return []
+    where = f"both threads on CPU {p['cpu']}" if p["cpu"] is not None else "threads where the scheduler put them"
+    return [f"- Machine probes (in C): a system call {p['syscall_ns']} ns, a sched_yield() alone "
+            f"{p['yield_alone_ns']} ns; a turn between two threads of one process and back "
+            f"{p['turn_p50_ns'] / 1000:.2f} µs p50, {p['turn_p90_ns'] / 1000:.2f} µs p90 "
+            f"({where}; {p['turns']} turns). "
+            "A polled fast call under the stub domain takes one such turn: the platform's vCPU thread "
+            "and SMC-gate thread share a CPU (docs/performance.md, \"Machine dependence\")"]
+
+
 def render_report(doc: dict, plots: list[str] | None = None) -> str:
     m, o = doc["machine"], doc["options"]
     cells = doc["cells"]
@@ -257,6 +270,7 @@ def render_report(doc: dict, plots: list[str] | None = None) -> str:
           f"- Kernel: {m['kernel']}",
           f"- Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v),
           f"- Load average at start: {', '.join(f'{x:.2f}' for x in m['loadavg'])}",
+          *_probes_line(m.get("probes")),
           f"- Sweeps: {', '.join(o.get('sweeps', ('workloads', 'vcpus', 'scale')))}. Mode: "
           + (f"open loop at {o['open_loop_rate']:g} calls/s per vCPU (latency from the intended start)"
              if o["open_loop_rate"] else "closed loop") + "; "

@@ -59,6 +59,11 @@ ATTACK_ROW_KEYS: dict[str, _Types] = {
     "over_p50": bool, "over_p99": bool, "over": bool,
     "attacker_iterations": int, "attacker_iterations_per_s": (float, type(None)),
 }
+# machine.probes (ring.probe_machine): nanoseconds, the turns timed, the CPU
+PROBE_KEYS: dict[str, _Types] = {
+    "syscall_ns": int, "yield_alone_ns": int, "turn_p50_ns": int, "turn_p90_ns": int, "turns": int,
+    "cpu": (int, type(None)),
+}
 _PLACEMENTS = ("el2", "stubdom", "stubdom-poll", "floor-sleep", "floor-poll")
 
 
@@ -165,6 +170,13 @@ def validate(doc: Mapping[str, Any]) -> None:
     validate_baseline("$.baseline", doc.get("baseline"))  # optional: --baseline
     if doc["schema_version"] != SCHEMA_VERSION:
         raise SchemaError("$.schema_version", doc["schema_version"], f"this validator reads {SCHEMA_VERSION}")
+    probes = doc["machine"].get("probes")  # optional: runs before the probes have none
+    if probes is not None:
+        _check("$.machine.probes", probes, Mapping)
+        for key, typ in PROBE_KEYS.items():
+            if key not in probes:
+                raise SchemaError(f"$.machine.probes.{key}", None, "missing")
+            _check(f"$.machine.probes.{key}", probes[key], typ)
     for name, entry in doc["placements"].items():
         _check(f"$.placements.{name}", entry, Mapping)
         if entry.get("status") not in ("ran", "skipped"):
