@@ -84,6 +84,7 @@ __all__ = [
     "HEADER_SIZE",
     "MAX_FAST_RULES",
     "MAX_RING_PAGES",
+    "MachineProbes",
     "PAGE_SIZE",
     "PeerDied",
     "REQUEST_SIZE",
@@ -102,12 +103,11 @@ __all__ = [
     "TooManyResponses",
     "connect",
     "create_ring_file",
+    "probe_machine",
     "request_buffer",
     "response_buffer",
     "ring_entries",
     "run_floor",
-    "MachineProbes",
-    "probe_machine",
 ]
 
 # Kept from the skeleton: the entry sizes other packages already use.
