@@ -288,13 +288,13 @@ int teeif_floor_back_run(struct teeif_back_ring *b, int fd, uint64_t entries, ui
 /*
  * Machine probes (teeif_probe.c): the mean cost of a system call and of a
  * sched_yield() with the CPU to itself, over n of each; and `rounds` turns
- * between this thread and a second one, both pinned to `cpu` (< 0: not
- * pinned), each waiting with the rings' spin step: samples_ns[rounds] holds
- * each turn there and back. 0, or a negative errno.
+ * between this thread and a second one it starts (which inherits this
+ * thread's CPU affinity), each waiting with the rings' spin step:
+ * samples_ns[rounds] holds each turn there and back. 0, or a negative errno.
  */
 uint64_t teeif_probe_syscall_ns(uint32_t n);
 uint64_t teeif_probe_yield_ns(uint32_t n);
-int teeif_probe_turn_run(uint32_t rounds, int cpu, uint64_t *samples_ns);
+int teeif_probe_turn_run(uint32_t rounds, uint64_t *samples_ns);
 
 /*
  * Answering from C (teeif_fast.c). A backend serving many rings from one

@@ -38,27 +38,13 @@ uint64_t teeif_probe_yield_ns(uint32_t n)
 struct turn {
     _Atomic uint32_t owner;     /* 0: the caller's turn, 1: the peer's */
     uint32_t rounds;
-    int cpu;
-    int pin_error;
 };
-
-static int pin(int cpu)
-{
-    cpu_set_t set;
-
-    if (cpu < 0)
-        return 0;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    return -pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-}
 
 static void *turn_peer(void *arg)
 {
     struct turn *t = arg;
     unsigned spins = 0;
 
-    t->pin_error = pin(t->cpu);
     for (uint32_t i = 0; i < t->rounds; i++) {
         while (atomic_load_explicit(&t->owner, memory_order_acquire) != 1)
             teeif_spin_step(&spins);
@@ -67,22 +53,16 @@ static void *turn_peer(void *arg)
     return NULL;
 }
 
-int teeif_probe_turn_run(uint32_t rounds, int cpu, uint64_t *samples_ns)
+int teeif_probe_turn_run(uint32_t rounds, uint64_t *samples_ns)
 {
-    struct turn t = { .rounds = rounds, .cpu = cpu };
+    struct turn t = { .rounds = rounds };
     pthread_t peer;
-    cpu_set_t saved;
     unsigned spins = 0;
     int r;
 
-    if (pthread_getaffinity_np(pthread_self(), sizeof(saved), &saved) != 0)
-        return -EINVAL;
-    if ((r = pin(cpu)) < 0)
-        return r;
-    if ((r = pthread_create(&peer, NULL, turn_peer, &t)) != 0) {
-        pthread_setaffinity_np(pthread_self(), sizeof(saved), &saved);
+    /* the peer inherits this thread's affinity: the caller pins both */
+    if ((r = pthread_create(&peer, NULL, turn_peer, &t)) != 0)
         return -r;
-    }
     for (uint32_t i = 0; i < rounds; i++) {
         uint64_t t0 = teeif_now_ns();
         atomic_store_explicit(&t.owner, 1, memory_order_release);
@@ -91,6 +71,5 @@ int teeif_probe_turn_run(uint32_t rounds, int cpu, uint64_t *samples_ns)
         samples_ns[i] = teeif_now_ns() - t0;
     }
     pthread_join(peer, NULL);
-    pthread_setaffinity_np(pthread_self(), sizeof(saved), &saved);
-    return t.pin_error;
+    return 0;
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
+from ring._floor import pinned
 from ring._lib import check, ffi, lib
 
 __all__ = ["MachineProbes", "probe_machine"]
@@ -40,11 +41,14 @@ def probe_machine(cpu: int | None = None, *, calls: int = 100_000, turns: int = 
         raise ValueError(f"probe_machine: CPU {cpu} is not one this process may run on "
                          f"({sorted(os.sched_getaffinity(0))})")
     samples = ffi.new("uint64_t[]", turns)
-    check(lib.teeif_probe_turn_run(turns, -1 if cpu is None else cpu, samples), "machine probe (turn)")
+    with pinned(cpu):  # this thread, and the peer C starts, which inherits it
+        syscall_ns = int(lib.teeif_probe_syscall_ns(calls))
+        yield_ns = int(lib.teeif_probe_yield_ns(calls))
+        check(lib.teeif_probe_turn_run(turns, samples), "machine probe (turn)")
     ordered = sorted(samples)
     return MachineProbes(
-        syscall_ns=int(lib.teeif_probe_syscall_ns(calls)),
-        yield_alone_ns=int(lib.teeif_probe_yield_ns(calls)),
+        syscall_ns=syscall_ns,
+        yield_alone_ns=yield_ns,
         turn_p50_ns=int(ordered[len(ordered) // 2]),
         turn_p90_ns=int(ordered[min(len(ordered) - 1, len(ordered) * 9 // 10)]),
         turns=turns,
